@@ -1,0 +1,82 @@
+// Package api serves tokend over NATS (the micro service "tokens") and HTTP:
+// wire JSON in and out, domain errors mapped to the contract's codes.
+package api
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/nats-io/nuid"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+)
+
+// AccessTokens mints RFC 9068 access tokens (JWT, typ at+jwt) signed with
+// the deployment's current Ed25519 key, and publishes the public keys.
+type AccessTokens struct {
+	issuer string
+	ttl    time.Duration
+	signer jose.Signer
+	jwks   []byte
+}
+
+// NewAccessTokens signs with the keyset's current signing key; the JWKS
+// holds every signing key so tokens signed before a rotation still verify.
+func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*AccessTokens, error) {
+	if len(ks.Signing) == 0 {
+		return nil, fmt.Errorf("keyset has no signing key")
+	}
+	cur := ks.Signing[0]
+	signer, err := jose.NewSigner(
+		jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: cur.Private(), KeyID: cur.ID}},
+		(&jose.SignerOptions{}).WithType("at+jwt"))
+	if err != nil {
+		return nil, err
+	}
+	var set jose.JSONWebKeySet
+	for _, k := range ks.Signing {
+		set.Keys = append(set.Keys, jose.JSONWebKey{
+			Key: k.Private().Public().(ed25519.PublicKey), KeyID: k.ID, Algorithm: string(jose.EdDSA), Use: "sig"})
+	}
+	jwks, err := json.Marshal(set)
+	if err != nil {
+		return nil, err
+	}
+	return &AccessTokens{issuer: issuer, ttl: ttl, signer: signer, jwks: jwks}, nil
+}
+
+// JWKS returns the public key set as JSON.
+func (a *AccessTokens) JWKS() []byte { return a.jwks }
+
+// TTL returns the lifetime of minted tokens.
+func (a *AccessTokens) TTL() time.Duration { return a.ttl }
+
+type accessClaims struct {
+	jwt.Claims
+	ClientID string `json:"client_id"`
+	Scope    string `json:"scope"`
+	SID      string `json:"sid"`
+}
+
+// Mint returns a signed access token for a grant, issued at now.
+func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
+	c := accessClaims{
+		Claims: jwt.Claims{
+			Issuer:   a.issuer,
+			Subject:  g.Family.Subject,
+			Audience: jwt.Audience(g.Audience),
+			Expiry:   jwt.NewNumericDate(now.Add(a.ttl)),
+			IssuedAt: jwt.NewNumericDate(now),
+			ID:       nuid.Next(),
+		},
+		ClientID: g.Family.ClientID,
+		Scope:    domain.ScopeString(g.Scope),
+		SID:      g.Family.ID,
+	}
+	return jwt.Signed(a.signer).Claims(c).Serialize()
+}

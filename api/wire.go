@@ -1,0 +1,129 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// MaxRequestBytes bounds every request body; the largest valid command is a
+// few KiB.
+const MaxRequestBytes = 64 << 10
+
+// IssueRequest is the wire form of tokens.cmd.issue.
+type IssueRequest struct {
+	Subject  string         `json:"subject"`
+	ClientID string         `json:"client_id"`
+	Scope    string         `json:"scope"`
+	Audience []string       `json:"audience"`
+	Context  domain.Context `json:"context"`
+}
+
+// RefreshRequest is the wire form of tokens.cmd.refresh.
+type RefreshRequest struct {
+	RefreshToken string         `json:"refresh_token"`
+	ClientID     string         `json:"client_id"`
+	Scope        *string        `json:"scope"`
+	Audience     string         `json:"audience"`
+	Context      domain.Context `json:"context"`
+}
+
+// RevokeRequest is the wire form of tokens.cmd.revoke: exactly one selector.
+type RevokeRequest struct {
+	RefreshToken *string        `json:"refresh_token"`
+	FamilyID     *string        `json:"family_id"`
+	Subject      *string        `json:"subject"`
+	ClientID     *string        `json:"client_id"`
+	Reason       string         `json:"reason"`
+	Context      domain.Context `json:"context"`
+}
+
+// TokenReply answers a successful issue or refresh.
+type TokenReply struct {
+	RefreshToken          string `json:"refresh_token"`
+	FamilyID              string `json:"family_id"`
+	TokenType             string `json:"token_type"`
+	AccessToken           string `json:"access_token"`
+	ExpiresIn             int64  `json:"expires_in"`
+	Scope                 string `json:"scope"`
+	RefreshTokenExpiresAt string `json:"refresh_token_expires_at"`
+	Seq                   uint64 `json:"seq"`
+}
+
+// RevokeReply answers a revoke; Seq is the last family.revoked event's, if any.
+type RevokeReply struct {
+	RevokedFamilies int    `json:"revoked_families"`
+	Seq             uint64 `json:"seq,omitempty"`
+}
+
+// ErrorReply is the body of every failure.
+type ErrorReply struct {
+	Error        string `json:"error"`
+	Description  string `json:"error_description"`
+	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
+}
+
+// Decode parses a request strictly: one JSON object of known fields, valid
+// UTF-8, within MaxRequestBytes. Failures are EInvalidRequest errors.
+func Decode(data []byte, v any) error {
+	if len(data) > MaxRequestBytes {
+		return domain.Errorf(domain.EInvalidRequest, "request is larger than %d bytes", MaxRequestBytes)
+	}
+	// encoding/json would silently replace invalid UTF-8; refuse it instead.
+	if !utf8.Valid(data) {
+		return domain.Errorf(domain.EInvalidRequest, "request is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return domain.Errorf(domain.EInvalidRequest, "malformed JSON: %s", describeJSONError(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return domain.Errorf(domain.EInvalidRequest, "malformed JSON: data after the object")
+	}
+	return nil
+}
+
+func describeJSONError(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &typeErr):
+		return "field " + typeErr.Field + " has the wrong type"
+	case errors.Is(err, io.EOF):
+		return "empty request"
+	}
+	msg := err.Error()
+	if len(msg) > 120 {
+		msg = msg[:120]
+	}
+	return msg
+}
+
+func errorReply(err error) ErrorReply {
+	r := ErrorReply{Error: domain.ErrorCode(err), Description: domain.ErrorMessage(err)}
+	var de *domain.Error
+	if errors.As(err, &de) {
+		r.RetryAfterMs = de.RetryAfterMs
+	}
+	return r
+}
+
+// httpStatus maps a contract error code to its status code.
+func httpStatus(code string) int {
+	switch code {
+	case domain.EInvalidRequest, domain.EInvalidGrant, domain.EInvalidScope, domain.EInvalidTarget:
+		return 400
+	case domain.ENotFound:
+		return 404
+	case domain.EUnavailable:
+		return 503
+	}
+	return 500
+}
+
+func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }

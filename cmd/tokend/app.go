@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+)
+
+// App is one running tokend: optionally an embedded NATS server, the
+// command service and the HTTP endpoints.
+type App struct {
+	cfg    Config
+	log    *slog.Logger
+	ns     *server.Server // nil with --nats-url
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	api    *api.Service
+	http   *http.Server
+	httpLn net.Listener
+}
+
+// Start brings tokend up; on error everything started so far is stopped.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error) {
+	a = &App{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			a.Stop()
+			a = nil
+		}
+	}()
+	if err := a.connect(); err != nil {
+		return nil, err
+	}
+	if a.js, err = jetstream.New(a.nc); err != nil {
+		return nil, err
+	}
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	keys, err := events.LoadOrCreateKeys(setupCtx, a.js, cfg.StreamReplicas)
+	if err != nil {
+		return nil, err
+	}
+	codec, err := keys.Codec()
+	if err != nil {
+		return nil, err
+	}
+	access, err := api.NewAccessTokens(keys, cfg.Issuer, cfg.AccessTTL)
+	if err != nil {
+		return nil, err
+	}
+	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
+	stream, reuse, err := events.Setup(setupCtx, a.js, subjects, cfg.StreamReplicas, 0, cfg.ReuseInterval)
+	if err != nil {
+		return nil, err
+	}
+	writer := events.NewWriter(events.NewStore(a.nc, a.js, stream, subjects), cfg.FamilyCache)
+	policy := domain.Policy{ReuseInterval: cfg.ReuseInterval, IdleTTL: cfg.IdleTTL, AbsoluteTTL: cfg.AbsoluteTTL}
+	a.api = &api.Service{
+		Tokens: events.NewService(writer, reuse, codec, policy, time.Now),
+		Access: access,
+		Log:    log,
+		Now:    time.Now,
+	}
+	if err := a.api.Start(a.nc, cfg.SubjectPrefix); err != nil {
+		return nil, err
+	}
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http listen: %w", err)
+	}
+	a.http = &http.Server{Handler: api.HTTPHandler(access, a.ready, nil), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+		}
+	}()
+	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "prefix", cfg.SubjectPrefix,
+		"reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
+	return a, nil
+}
+
+func (a *App) connect() error {
+	opts := []nats.Option{nats.Name("tokend"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { a.log.Warn("nats disconnected", "err", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+	}
+	if a.cfg.NATSURL != "" {
+		nc, err := nats.Connect(a.cfg.NATSURL, opts...)
+		if err != nil {
+			return fmt.Errorf("connect %s: %w", a.cfg.NATSURL, err)
+		}
+		a.nc = nc
+		return nil
+	}
+	ns, err := embeddedServer(a.cfg, a.log)
+	if err != nil {
+		return err
+	}
+	a.ns = ns
+	nc, err := nats.Connect(ns.ClientURL(), append(opts, nats.InProcessServer(ns))...)
+	if err != nil {
+		return fmt.Errorf("connect embedded server: %w", err)
+	}
+	a.nc = nc
+	return nil
+}
+
+func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(cfg.NATSListen)
+	if err != nil {
+		return nil, fmt.Errorf("--nats-listen: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("--nats-listen port: %w", err)
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "tokend",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
+		// JetStream would otherwise claim 75% of the machine's memory and disk.
+		JetStreamMaxMemory: cfg.JSMaxMemory,
+		JetStreamMaxStore:  cfg.JSMaxStore,
+		SyncAlways:         cfg.SyncAlways,
+		MaxPayload:         1 << 20,
+		NoSigs:             true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	ns.SetLoggerV2(natsLogger{log.With("component", "nats")}, false, false, false)
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats did not start listening on %s", cfg.NATSListen)
+	}
+	return ns, nil
+}
+
+// ready is the readiness check behind /readyz.
+func (a *App) ready(ctx context.Context) error {
+	if !a.nc.IsConnected() {
+		return errors.New("nats disconnected")
+	}
+	if _, err := a.js.Stream(ctx, events.StreamName); err != nil {
+		return fmt.Errorf("stream %s: %w", events.StreamName, err)
+	}
+	return nil
+}
+
+// NATSURL is where clients reach this instance's NATS.
+func (a *App) NATSURL() string {
+	if a.ns != nil {
+		return a.ns.ClientURL()
+	}
+	return a.cfg.NATSURL
+}
+
+// HTTPAddr is the bound HTTP address.
+func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// Stop drains in-flight requests, then closes HTTP, NATS and the embedded server.
+func (a *App) Stop() {
+	if a.api != nil {
+		a.api.Stop()
+	}
+	if a.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		a.http.Shutdown(ctx)
+		cancel()
+	}
+	if a.nc != nil {
+		a.nc.Drain()
+		a.nc.Close()
+	}
+	if a.ns != nil {
+		a.ns.Shutdown()
+		a.ns.WaitForShutdown()
+	}
+}
+
+// natsLogger routes the embedded server's log through slog; its notices are
+// startup chatter, so they go to debug.
+type natsLogger struct{ l *slog.Logger }
+
+func (n natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Warnf(format string, v ...any)   { n.l.Warn(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Fatalf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Errorf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Debugf(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Tracef(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is everything tokend can be told, by flag or TOKEND_* variable.
+type Config struct {
+	DataDir        string
+	NATSURL        string
+	NATSListen     string
+	HTTPAddr       string
+	SubjectPrefix  string
+	ReuseInterval  time.Duration
+	IdleTTL        time.Duration
+	AbsoluteTTL    time.Duration
+	AccessTTL      time.Duration
+	Issuer         string
+	StreamReplicas int
+	SyncAlways     bool
+	JSMaxMemory    int64
+	JSMaxStore     int64
+	FamilyCache    int
+	LogLevel       string
+}
+
+// parseConfig reads flags from args, each defaulting to its TOKEND_<FLAG>
+// variable (dashes as underscores) and then to the contract's default.
+func parseConfig(args []string, getenv func(string) (string, bool), usage io.Writer) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("tokend", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "the embedded JetStream store and the SQLite read model")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "connect to an existing NATS server or cluster instead of embedding one")
+	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client listen address of the embedded server")
+	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:8080", "HTTP listen address (metrics, health, audit API)")
+	fs.StringVar(&c.SubjectPrefix, "subject-prefix", "tokens", "prefix of every subject")
+	fs.DurationVar(&c.ReuseInterval, "reuse-interval", 10*time.Second, "grace window for retries/concurrent use of the just-rotated parent; 0 disables")
+	fs.DurationVar(&c.IdleTTL, "refresh-idle-ttl", 336*time.Hour, "a family dies if not refreshed for this long")
+	fs.DurationVar(&c.AbsoluteTTL, "refresh-absolute-ttl", 720*time.Hour, "a family dies this long after issue, whatever happens")
+	fs.DurationVar(&c.AccessTTL, "access-ttl", 5*time.Minute, "lifetime of minted access tokens")
+	fs.StringVar(&c.Issuer, "issuer", "http://127.0.0.1:8080", "iss of access tokens")
+	fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of the event stream when running on a cluster")
+	fs.BoolVar(&c.SyncAlways, "sync-always", false, "embedded server: fsync every write before acknowledging (default: fsync every 2 minutes)")
+	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
+	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
+	fs.IntVar(&c.FamilyCache, "family-cache", 65536, "family states kept in memory by the writer")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "TOKEND_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := getenv(name); ok {
+			if err := f.Value.Set(v); err != nil && envErr == nil {
+				envErr = fmt.Errorf("%s=%q: %v", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return Config{}, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.SubjectPrefix == "" || strings.ContainsAny(c.SubjectPrefix, " *>\t"):
+		return fmt.Errorf("--subject-prefix %q is not a valid subject prefix", c.SubjectPrefix)
+	case c.ReuseInterval < 0:
+		return fmt.Errorf("--reuse-interval must not be negative")
+	case c.IdleTTL <= 0 || c.AbsoluteTTL <= 0 || c.AccessTTL <= 0:
+		return fmt.Errorf("--refresh-idle-ttl, --refresh-absolute-ttl and --access-ttl must be positive")
+	case c.StreamReplicas < 1 || c.StreamReplicas > 5:
+		return fmt.Errorf("--stream-replicas must be 1..5")
+	}
+	return nil
+}
+
+func lookupEnv(name string) (string, bool) { return os.LookupEnv(name) }

@@ -1,0 +1,347 @@
+package domain
+
+import (
+	"errors"
+	"time"
+)
+
+// EventType names what happened to a family, as the contract spells it.
+type EventType string
+
+const (
+	TokenIssued     EventType = "token.issued"
+	TokenRotated    EventType = "token.rotated"
+	TokenReused     EventType = "token.reused"
+	ReplayDetected  EventType = "token.replay_detected"
+	FamilyRevoked   EventType = "family.revoked"
+	RefreshRejected EventType = "refresh.rejected"
+)
+
+// Reasons recorded on family.revoked and refresh.rejected events.
+const (
+	ReasonReplayDetected = "replay_detected"
+	ReasonRevoked        = "revoked"
+	ReasonClientMismatch = "client_mismatch"
+	ReasonExpired        = "expired"
+	ReasonFamilyRevoked  = "family_revoked"
+	ReasonInvalidScope   = "invalid_scope"
+	ReasonInvalidTarget  = "invalid_target"
+	ReasonUnknownToken   = "unknown_token"
+)
+
+// Event is one fact about a family. Token fields hold hashes, never tokens.
+type Event struct {
+	ID         string
+	Type       EventType
+	Time       time.Time
+	FamilyID   string
+	Subject    string
+	ClientID   string
+	Generation uint64 // the family's generation after the event
+	Reason     string
+	Context    Context
+
+	// TokenHash is the new current token (issued, rotated) or the presented
+	// one (reused, replay_detected, refresh.rejected).
+	TokenHash string
+	// Scope is the grant (issued) or the scope handed out by this exchange
+	// (rotated, reused).
+	Scope []string
+	// Audience is the grant's resources (issued) or the one chosen for this
+	// exchange's access token (rotated, reused; empty when the family has none).
+	Audience []string
+	// IdleExpiresAt is set by issued and rotated; AbsoluteExpiresAt by issued.
+	IdleExpiresAt     time.Time
+	AbsoluteExpiresAt time.Time
+}
+
+// Status is a family's stored status; expiry is derived from time (StatusAt).
+type Status string
+
+const (
+	StatusActive  Status = "active"
+	StatusRevoked Status = "revoked"
+	StatusExpired Status = "expired"
+)
+
+// Family is the state the decider needs, folded from a family's events.
+type Family struct {
+	ID, Subject, ClientID string
+	Scope, Audience       []string
+	Status                Status // empty until issued
+	Generation            uint64
+	CurrentHash           string
+	ParentHash            string
+	RotatedAt             time.Time // when the parent was exchanged for the current token
+	CreatedAt, LastUsedAt time.Time
+	IdleExpiresAt         time.Time
+	AbsoluteExpiresAt     time.Time
+	RevokedAt             time.Time
+	RevokedReason         string
+}
+
+// Exists reports whether the family was issued.
+func (f Family) Exists() bool { return f.Status != "" }
+
+// ExpiresAt returns when the current token dies unless rotated: the earlier of
+// idle and absolute expiry.
+func (f Family) ExpiresAt() time.Time {
+	if f.AbsoluteExpiresAt.Before(f.IdleExpiresAt) {
+		return f.AbsoluteExpiresAt
+	}
+	return f.IdleExpiresAt
+}
+
+// StatusAt returns the family's status at now, expiry included.
+func (f Family) StatusAt(now time.Time) Status {
+	if f.Status == StatusActive && !now.Before(f.ExpiresAt()) {
+		return StatusExpired
+	}
+	return f.Status
+}
+
+// Evolve applies one event to a family. It never fails: events are facts.
+func Evolve(f Family, e Event) Family {
+	switch e.Type {
+	case TokenIssued:
+		return Family{
+			ID: e.FamilyID, Subject: e.Subject, ClientID: e.ClientID,
+			Scope: e.Scope, Audience: e.Audience,
+			Status: StatusActive, Generation: e.Generation, CurrentHash: e.TokenHash,
+			CreatedAt: e.Time, LastUsedAt: e.Time,
+			IdleExpiresAt: e.IdleExpiresAt, AbsoluteExpiresAt: e.AbsoluteExpiresAt,
+		}
+	case TokenRotated:
+		f.Generation = e.Generation
+		f.ParentHash, f.CurrentHash = f.CurrentHash, e.TokenHash
+		f.RotatedAt, f.LastUsedAt = e.Time, e.Time
+		f.IdleExpiresAt = e.IdleExpiresAt
+	case FamilyRevoked:
+		f.Status = StatusRevoked
+		f.RevokedAt, f.RevokedReason = e.Time, e.Reason
+	}
+	return f
+}
+
+// Fold evolves an empty family through events.
+func Fold(events []Event) Family {
+	var f Family
+	for _, e := range events {
+		f = Evolve(f, e)
+	}
+	return f
+}
+
+// Policy holds the lifetimes a deployment configures.
+type Policy struct {
+	ReuseInterval time.Duration // 0 disables reuse: every parent presentation is a replay
+	IdleTTL       time.Duration
+	AbsoluteTTL   time.Duration
+}
+
+// Decider decides commands against a family. Now and NewEventID are injected
+// so decisions are reproducible in tests.
+type Decider struct {
+	Policy     Policy
+	Now        func() time.Time
+	NewEventID func() string
+}
+
+// Issue starts a family. Token is its generation-1 token, minted by the caller.
+type Issue struct {
+	Token    Token
+	Subject  string
+	ClientID string
+	Scope    []string
+	Audience []string
+	Context  Context
+}
+
+// Refresh exchanges a presented token.
+type Refresh struct {
+	Presented Token
+	ClientID  string
+	// Scope is the requested down-scope; nil means the whole grant.
+	Scope []string
+	// Audience is the requested resource; empty means the family's first.
+	Audience string
+	Context  Context
+	// Child is a fresh token of the next generation, used if this refresh rotates.
+	Child Token
+	// Reusable is the current token, recovered from the parent's sealed child
+	// when the presented token may be the just-rotated parent; zero otherwise.
+	Reusable Token
+}
+
+// Revoke kills a family. Reason defaults to "revoked".
+type Revoke struct {
+	Reason  string
+	Context Context
+	// Token, when revoking by refresh token, must be one the family handed
+	// out (current, parent or an ancestor); any other revokes nothing.
+	Token *Token
+}
+
+// HandedOut reports whether a verified token of this family is one it handed
+// out: the current token, the parent, or an older ancestor (a valid MAC with
+// an older generation proves one).
+func (f Family) HandedOut(t Token) bool {
+	if !f.Exists() || t.FamilyID != f.ID {
+		return false
+	}
+	switch {
+	case t.Generation == f.Generation:
+		return SameHash(t.Hash(), f.CurrentHash)
+	case t.Generation+1 == f.Generation:
+		return SameHash(t.Hash(), f.ParentHash)
+	}
+	return t.Generation < f.Generation
+}
+
+// ErrFamilyExists is returned when an issue hits an existing family id.
+var ErrFamilyExists = errors.New("family id already in use")
+
+// Decide returns the events a command produces on f. For a refused refresh
+// it returns both the events to record (refresh.rejected, or replay_detected
+// with family.revoked) and the error to reply with once they are stored:
+// ErrInvalidGrant, or EInvalidScope / EInvalidTarget errors. Invalid input
+// yields an EInvalidRequest error and no events.
+func (d Decider) Decide(f Family, cmd any) ([]Event, error) {
+	switch c := cmd.(type) {
+	case Issue:
+		return d.issue(f, c)
+	case Refresh:
+		return d.refresh(f, c)
+	case Revoke:
+		return d.revoke(f, c)
+	}
+	return nil, errors.New("unknown command")
+}
+
+func (d Decider) event(f Family, t EventType, ctx Context) Event {
+	return Event{ID: d.NewEventID(), Type: t, Time: d.Now().UTC(), FamilyID: f.ID, Subject: f.Subject,
+		ClientID: f.ClientID, Generation: f.Generation, Context: ctx}
+}
+
+func (d Decider) issue(f Family, c Issue) ([]Event, error) {
+	if f.Exists() {
+		return nil, ErrFamilyExists
+	}
+	if err := ValidateName("subject", c.Subject); err != nil {
+		return nil, err
+	}
+	if err := ValidateName("client_id", c.ClientID); err != nil {
+		return nil, err
+	}
+	if err := ValidateContext(c.Context); err != nil {
+		return nil, err
+	}
+	if c.Token.Generation != 1 {
+		return nil, errors.New("issue needs a generation-1 token")
+	}
+	f = Family{ID: c.Token.FamilyID, Subject: c.Subject, ClientID: c.ClientID, Generation: 1}
+	e := d.event(f, TokenIssued, c.Context)
+	e.TokenHash = c.Token.Hash()
+	e.Scope, e.Audience = c.Scope, c.Audience
+	e.IdleExpiresAt = e.Time.Add(d.Policy.IdleTTL)
+	e.AbsoluteExpiresAt = e.Time.Add(d.Policy.AbsoluteTTL)
+	return []Event{e}, nil
+}
+
+func (d Decider) revoke(f Family, c Revoke) ([]Event, error) {
+	reason := c.Reason
+	if reason == "" {
+		reason = ReasonRevoked
+	}
+	if err := ValidateName("reason", reason); err != nil {
+		return nil, err
+	}
+	if err := ValidateContext(c.Context); err != nil {
+		return nil, err
+	}
+	if !f.Exists() || f.Status == StatusRevoked || (c.Token != nil && !f.HandedOut(*c.Token)) {
+		return nil, nil
+	}
+	e := d.event(f, FamilyRevoked, c.Context)
+	e.Reason = reason
+	return []Event{e}, nil
+}
+
+func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
+	if err := ValidateContext(c.Context); err != nil {
+		return nil, err
+	}
+	p := c.Presented
+	if !f.Exists() || p.FamilyID != f.ID {
+		return nil, ErrInvalidGrant // nothing to record against: no such family
+	}
+	presented := p.Hash()
+	reject := func(reason string, err error) ([]Event, error) {
+		e := d.event(f, RefreshRejected, c.Context)
+		e.Reason, e.TokenHash = reason, presented
+		return []Event{e}, err
+	}
+	// Ownership comes first: a foreign presentation never counts as replay.
+	if c.ClientID != f.ClientID {
+		return reject(ReasonClientMismatch, ErrInvalidGrant)
+	}
+	if f.Status == StatusRevoked {
+		return reject(ReasonFamilyRevoked, ErrInvalidGrant)
+	}
+	now := d.Now()
+	if f.StatusAt(now) == StatusExpired {
+		return reject(ReasonExpired, ErrInvalidGrant)
+	}
+
+	isCurrent := p.Generation == f.Generation && SameHash(presented, f.CurrentHash)
+	isParent := p.Generation+1 == f.Generation && SameHash(presented, f.ParentHash)
+	isAncestor := p.Generation+1 < f.Generation // a verified MAC proves it was ours
+	switch {
+	case isCurrent:
+	case isParent && now.Before(f.RotatedAt.Add(d.Policy.ReuseInterval)):
+		if !SameHash(c.Reusable.Hash(), f.CurrentHash) {
+			// The sealed child is gone (its lifetime ends with the interval).
+			return reject(ReasonExpired, ErrInvalidGrant)
+		}
+	case isParent || isAncestor:
+		replay := d.event(f, ReplayDetected, c.Context)
+		replay.TokenHash = presented
+		revoked := d.event(f, FamilyRevoked, c.Context)
+		revoked.Reason = ReasonReplayDetected
+		return []Event{replay, revoked}, ErrInvalidGrant
+	default:
+		return reject(ReasonUnknownToken, ErrInvalidGrant)
+	}
+
+	scope := f.Scope
+	if c.Scope != nil {
+		if !Subset(c.Scope, f.Scope) {
+			return reject(ReasonInvalidScope, Errorf(EInvalidScope, "requested scope exceeds the granted scope"))
+		}
+		scope = c.Scope
+	}
+	var audience []string
+	switch {
+	case c.Audience != "":
+		if !contains(f.Audience, c.Audience) {
+			return reject(ReasonInvalidTarget, Errorf(EInvalidTarget, "requested audience is not granted to this family"))
+		}
+		audience = []string{c.Audience}
+	case len(f.Audience) > 0:
+		audience = f.Audience[:1]
+	}
+
+	if !isCurrent {
+		e := d.event(f, TokenReused, c.Context)
+		e.TokenHash, e.Scope, e.Audience = presented, scope, audience
+		return []Event{e}, nil
+	}
+	if c.Child.FamilyID != f.ID || c.Child.Generation != f.Generation+1 {
+		return nil, errors.New("rotation needs a child token of the next generation")
+	}
+	f.Generation++
+	e := d.event(f, TokenRotated, c.Context)
+	e.TokenHash, e.Scope, e.Audience = c.Child.Hash(), scope, audience
+	e.IdleExpiresAt = e.Time.Add(d.Policy.IdleTTL)
+	return []Event{e}, nil
+}

@@ -1,0 +1,186 @@
+package domain
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+)
+
+// A refresh token reads
+//
+//	rt1.<family id>.<generation>.<key id>.<secret>.<mac>
+//
+// with a 256-bit random secret and an HMAC-SHA256 under the key named by the
+// key id over everything before the MAC. The family and generation are known
+// without a lookup, forgeries fail before any I/O, and a verified token with an
+// older generation is proof of an ancestor, so replay of any ancestor is
+// detected without keeping old hashes.
+const (
+	tokenPrefix    = "rt1"
+	SecretSize     = 32
+	maxTokenLength = 256
+	maxIDLength    = 64
+)
+
+var b64 = base64.RawURLEncoding
+
+// Token is a verified refresh token. Its value is a secret: never log it.
+type Token struct {
+	FamilyID   string
+	Generation uint64
+	KeyID      string
+	value      string
+}
+
+// Value returns the token string handed to clients.
+func (t Token) Value() string { return t.value }
+
+// Hash returns the hex SHA-256 of the token: the only form stored anywhere.
+func (t Token) Hash() string { return HashToken(t.value) }
+
+// HashToken returns the hex SHA-256 of a token string.
+func HashToken(value string) string {
+	sum := sha256.Sum256([]byte(value))
+	return hex.EncodeToString(sum[:])
+}
+
+// SameHash compares two token hashes in constant time.
+func SameHash(a, b string) bool {
+	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+// MACKey is a refresh-token MAC key.
+type MACKey struct {
+	ID     string
+	Secret []byte
+}
+
+// TokenCodec mints and verifies refresh tokens. It signs with one current key
+// and verifies with any key it holds, so keys can rotate.
+type TokenCodec struct {
+	current MACKey
+	keys    map[string][]byte
+}
+
+// NewTokenCodec returns a codec that mints with current and also verifies
+// tokens made under the retired keys.
+func NewTokenCodec(current MACKey, retired ...MACKey) (*TokenCodec, error) {
+	c := &TokenCodec{current: current, keys: map[string][]byte{}}
+	for _, k := range append([]MACKey{current}, retired...) {
+		if !ValidID(k.ID) || len(k.Secret) < 32 {
+			return nil, errors.New("mac key needs an id and at least 32 bytes of secret")
+		}
+		c.keys[k.ID] = k.Secret
+	}
+	return c, nil
+}
+
+// Mint returns the token of generation gen of a family, with the given random
+// secret.
+func (c *TokenCodec) Mint(familyID string, gen uint64, secret [SecretSize]byte) Token {
+	body := tokenPrefix + "." + familyID + "." + strconv.FormatUint(gen, 10) + "." + c.current.ID + "." + b64.EncodeToString(secret[:])
+	mac := hmac.New(sha256.New, c.current.Secret)
+	mac.Write([]byte(body))
+	return Token{FamilyID: familyID, Generation: gen, KeyID: c.current.ID, value: body + "." + b64.EncodeToString(mac.Sum(nil))}
+}
+
+// Parse verifies a presented token. It returns ErrInvalidGrant for anything
+// malformed, made under an unknown key, or with a wrong MAC; it does no I/O.
+func (c *TokenCodec) Parse(s string) (Token, error) {
+	if len(s) > maxTokenLength {
+		return Token{}, ErrInvalidGrant
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) != 6 || parts[0] != tokenPrefix || !ValidID(parts[1]) {
+		return Token{}, ErrInvalidGrant
+	}
+	gen, ok := parseGeneration(parts[2])
+	key, known := c.keys[parts[3]]
+	if !ok || !known {
+		return Token{}, ErrInvalidGrant
+	}
+	secret, err := b64.DecodeString(parts[4])
+	if err != nil || len(secret) != SecretSize || b64.EncodeToString(secret) != parts[4] {
+		return Token{}, ErrInvalidGrant
+	}
+	got, err := b64.DecodeString(parts[5])
+	if err != nil || len(got) != sha256.Size {
+		return Token{}, ErrInvalidGrant
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(s[:len(s)-len(parts[5])-1]))
+	if !hmac.Equal(mac.Sum(nil), got) {
+		return Token{}, ErrInvalidGrant
+	}
+	return Token{FamilyID: parts[1], Generation: gen, KeyID: parts[3], value: s}, nil
+}
+
+// parseGeneration accepts only canonical positive decimals, so one token has
+// exactly one spelling.
+func parseGeneration(s string) (uint64, bool) {
+	if s == "" || s[0] == '0' || len(s) > 19 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, err == nil
+}
+
+// ValidID reports whether s can be a family or key id: 1..64 characters of
+// the URL-safe base64 alphabet, which is also safe in NATS subjects and KV keys.
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > maxIDLength {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// NewID encodes random bytes as an id (family ids, key ids).
+func NewID(random []byte) string { return b64.EncodeToString(random) }
+
+// childKey derives the key that seals a rotated parent's child: only a holder
+// of the parent token can open it, and nothing parent-independent is stored.
+func childKey(parent Token) cipher.AEAD {
+	key, err := hkdf.Key(sha256.New, []byte(parent.value), nil, "tokend reuse child v1", 32)
+	if err != nil {
+		panic(err) // only for lengths sha256 cannot produce
+	}
+	block, _ := aes.NewCipher(key)
+	aead, _ := cipher.NewGCM(block)
+	return aead
+}
+
+// SealChild encrypts child under a key derived from parent, with a random nonce.
+func SealChild(parent, child Token, nonce [12]byte) []byte {
+	return childKey(parent).Seal(nonce[:], nonce[:], []byte(child.value), []byte(child.Hash()))
+}
+
+// OpenChild decrypts what SealChild sealed and verifies the child is the
+// token whose hash is wantHash. It returns ErrInvalidGrant on any mismatch.
+func (c *TokenCodec) OpenChild(parent Token, sealed []byte, wantHash string) (Token, error) {
+	if len(sealed) < 12 {
+		return Token{}, ErrInvalidGrant
+	}
+	plain, err := childKey(parent).Open(nil, sealed[:12], sealed[12:], []byte(wantHash))
+	if err != nil {
+		return Token{}, ErrInvalidGrant
+	}
+	child, err := c.Parse(string(plain))
+	if err != nil || child.FamilyID != parent.FamilyID || !SameHash(child.Hash(), wantHash) {
+		return Token{}, ErrInvalidGrant
+	}
+	return child, nil
+}

@@ -1,0 +1,152 @@
+// Package events stores token families in JetStream: the event envelope, the
+// stream and KV configuration, and the family writer that appends fenced
+// decisions one family at a time.
+package events
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// Envelope is an event as stored in the stream and served by audit queries.
+// It holds token hashes only. Data.Family is the family's state after the
+// event, so the writer loads a family from its last message alone.
+type Envelope struct {
+	ID         string         `json:"id"`
+	Type       string         `json:"type"`
+	Time       time.Time      `json:"time"`
+	FamilyID   string         `json:"family_id"`
+	Subject    string         `json:"subject"`
+	ClientID   string         `json:"client_id"`
+	Generation uint64         `json:"generation"`
+	Reason     string         `json:"reason"`
+	Context    domain.Context `json:"context,omitempty"`
+	Data       Data           `json:"data"`
+}
+
+// Data is the type-specific part of an event plus the family snapshot.
+type Data struct {
+	TokenHash         string     `json:"token_hash,omitempty"`
+	Scope             *string    `json:"scope,omitempty"`
+	Audience          []string   `json:"audience,omitempty"`
+	IdleExpiresAt     *time.Time `json:"idle_expires_at,omitempty"`
+	AbsoluteExpiresAt *time.Time `json:"absolute_expires_at,omitempty"`
+	Family            Snapshot   `json:"family"`
+}
+
+// Snapshot is the decider's view of a family after an event.
+type Snapshot struct {
+	Status            domain.Status `json:"status"`
+	Generation        uint64        `json:"generation"`
+	Scope             string        `json:"scope"`
+	Audience          []string      `json:"audience"`
+	CurrentHash       string        `json:"current_hash"`
+	ParentHash        string        `json:"parent_hash,omitempty"`
+	RotatedAt         time.Time     `json:"rotated_at,omitzero"`
+	CreatedAt         time.Time     `json:"created_at"`
+	LastUsedAt        time.Time     `json:"last_used_at"`
+	IdleExpiresAt     time.Time     `json:"idle_expires_at"`
+	AbsoluteExpiresAt time.Time     `json:"absolute_expires_at"`
+	RevokedAt         time.Time     `json:"revoked_at,omitzero"`
+	RevokedReason     string        `json:"revoked_reason,omitempty"`
+}
+
+// Wrap builds the envelope of e, with after as the family's state after it.
+func Wrap(e domain.Event, after domain.Family) Envelope {
+	env := Envelope{
+		ID: e.ID, Type: string(e.Type), Time: e.Time.UTC(), FamilyID: e.FamilyID,
+		Subject: e.Subject, ClientID: e.ClientID, Generation: e.Generation,
+		Reason: e.Reason, Context: e.Context,
+		Data: Data{TokenHash: e.TokenHash, Audience: e.Audience, Family: snapshotOf(after)},
+	}
+	switch e.Type {
+	case domain.TokenIssued, domain.TokenRotated, domain.TokenReused:
+		s := domain.ScopeString(e.Scope)
+		env.Data.Scope = &s
+	}
+	if !e.IdleExpiresAt.IsZero() {
+		t := e.IdleExpiresAt.UTC()
+		env.Data.IdleExpiresAt = &t
+	}
+	if !e.AbsoluteExpiresAt.IsZero() {
+		t := e.AbsoluteExpiresAt.UTC()
+		env.Data.AbsoluteExpiresAt = &t
+	}
+	return env
+}
+
+func snapshotOf(f domain.Family) Snapshot {
+	return Snapshot{
+		Status: f.Status, Generation: f.Generation, Scope: domain.ScopeString(f.Scope), Audience: f.Audience,
+		CurrentHash: f.CurrentHash, ParentHash: f.ParentHash, RotatedAt: f.RotatedAt.UTC(),
+		CreatedAt: f.CreatedAt.UTC(), LastUsedAt: f.LastUsedAt.UTC(),
+		IdleExpiresAt: f.IdleExpiresAt.UTC(), AbsoluteExpiresAt: f.AbsoluteExpiresAt.UTC(),
+		RevokedAt: f.RevokedAt.UTC(), RevokedReason: f.RevokedReason,
+	}
+}
+
+// Event returns the domain event an envelope holds.
+func (env Envelope) Event() domain.Event {
+	e := domain.Event{
+		ID: env.ID, Type: domain.EventType(env.Type), Time: env.Time, FamilyID: env.FamilyID,
+		Subject: env.Subject, ClientID: env.ClientID, Generation: env.Generation,
+		Reason: env.Reason, Context: env.Context,
+		TokenHash: env.Data.TokenHash, Audience: env.Data.Audience,
+	}
+	if env.Data.Scope != nil {
+		e.Scope = splitScope(*env.Data.Scope)
+	}
+	if env.Data.IdleExpiresAt != nil {
+		e.IdleExpiresAt = *env.Data.IdleExpiresAt
+	}
+	if env.Data.AbsoluteExpiresAt != nil {
+		e.AbsoluteExpiresAt = *env.Data.AbsoluteExpiresAt
+	}
+	return e
+}
+
+// Family returns the family state stored with the event.
+func (env Envelope) Family() domain.Family {
+	s := env.Data.Family
+	return domain.Family{
+		ID: env.FamilyID, Subject: env.Subject, ClientID: env.ClientID,
+		Scope: splitScope(s.Scope), Audience: s.Audience, Status: s.Status,
+		Generation: s.Generation, CurrentHash: s.CurrentHash, ParentHash: s.ParentHash,
+		RotatedAt: s.RotatedAt, CreatedAt: s.CreatedAt, LastUsedAt: s.LastUsedAt,
+		IdleExpiresAt: s.IdleExpiresAt, AbsoluteExpiresAt: s.AbsoluteExpiresAt,
+		RevokedAt: s.RevokedAt, RevokedReason: s.RevokedReason,
+	}
+}
+
+func splitScope(s string) []string {
+	if s == "" {
+		return []string{}
+	}
+	return strings.Split(s, " ")
+}
+
+var knownTypes = map[string]bool{
+	string(domain.TokenIssued): true, string(domain.TokenRotated): true, string(domain.TokenReused): true,
+	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
+}
+
+// ErrMalformedEvent marks a message on an event subject that is not a
+// tokend event (a misconfigured publisher, say).
+var ErrMalformedEvent = errors.New("malformed event")
+
+// Decode parses a stored event and checks it belongs on subject family.
+func Decode(data []byte, familyID string) (Envelope, error) {
+	var env Envelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformedEvent, err)
+	}
+	if !knownTypes[env.Type] || env.ID == "" || env.FamilyID != familyID || env.Generation == 0 || env.Data.Family.Status == "" {
+		return Envelope{}, fmt.Errorf("%w: type %q, family %q", ErrMalformedEvent, env.Type, env.FamilyID)
+	}
+	return env, nil
+}

@@ -1,0 +1,191 @@
+package events
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// Service runs the token commands: it mints tokens, keeps each rotated
+// parent's child sealed for the reuse interval, and has the writer decide and
+// append.
+type Service struct {
+	writer  *Writer
+	reuse   jetstream.KeyValue // nil when the reuse interval is 0
+	codec   atomic.Pointer[domain.TokenCodec]
+	decider domain.Decider
+}
+
+// NewService returns a service deciding with policy at the times now returns.
+func NewService(writer *Writer, reuse jetstream.KeyValue, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
+	s := &Service{writer: writer, reuse: reuse, decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
+	s.codec.Store(codec)
+	return s
+}
+
+// SetCodec switches to new MAC keys (after a key rotation).
+func (s *Service) SetCodec(c *domain.TokenCodec) { s.codec.Store(c) }
+
+// Grant is the outcome of a successful issue or refresh.
+type Grant struct {
+	Token  domain.Token
+	Family domain.Family
+	// Scope and Audience are what this exchange's access token carries.
+	Scope    []string
+	Audience []string
+	Seq      uint64
+}
+
+// IssueRequest starts a family.
+type IssueRequest struct {
+	Subject, ClientID string
+	Scope, Audience   []string
+	Context           domain.Context
+}
+
+// Issue starts a new family and returns its first token.
+func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
+	familyID := domain.NewID(randomBytes(16))
+	token := s.codec.Load().Mint(familyID, 1, newSecret())
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
+		return s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
+			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
+	})
+	if err != nil {
+		return Grant{}, err
+	}
+	return Grant{Token: token, Family: d.After, Scope: d.After.Scope, Audience: d.After.Audience[:min(1, len(d.After.Audience))], Seq: d.Seq}, nil
+}
+
+// RefreshRequest exchanges a refresh token.
+type RefreshRequest struct {
+	Token    string
+	ClientID string
+	Scope    []string // nil: the whole grant
+	Audience string   // empty: the family's first
+	Context  domain.Context
+}
+
+// Refresh rotates the presented token, or returns the same child when it is
+// the just-rotated parent inside the reuse interval. Refusals are recorded
+// before the error is returned.
+func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error) {
+	codec := s.codec.Load()
+	presented, err := codec.Parse(req.Token)
+	if err != nil {
+		return Grant{}, err
+	}
+	var child, reusable domain.Token
+	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
+		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
+			Audience: req.Audience, Context: req.Context}
+		switch {
+		case presented.Generation == f.Generation:
+			child = codec.Mint(f.ID, f.Generation+1, newSecret())
+			cmd.Child = child
+		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && s.reuse != nil &&
+			domain.SameHash(presented.Hash(), f.ParentHash):
+			var err error
+			if reusable, err = s.openChild(ctx, codec, presented, f.CurrentHash); err != nil {
+				return nil, err
+			}
+			cmd.Reusable = reusable
+		}
+		events, err := s.decider.Decide(f, cmd)
+		if len(events) == 1 && events[0].Type == domain.TokenRotated && s.reuse != nil {
+			// Sealed before the rotation is appended, so a retry that finds the
+			// rotation stored always finds its child too.
+			if err := s.sealChild(ctx, presented, child); err != nil {
+				return nil, err
+			}
+		}
+		return events, err
+	})
+	if err != nil {
+		return Grant{}, err
+	}
+	last := d.Events[len(d.Events)-1]
+	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child}
+	if last.Type == domain.TokenReused {
+		g.Token = reusable
+	}
+	return g, nil
+}
+
+func (s *Service) sealChild(ctx context.Context, parent, child domain.Token) error {
+	var nonce [12]byte
+	rand.Read(nonce[:])
+	_, err := s.reuse.Create(ctx, child.Hash(), domain.SealChild(parent, child, nonce))
+	if err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// openChild returns the current token sealed under the presented parent, or
+// the zero Token when it is gone (the interval is over).
+func (s *Service) openChild(ctx context.Context, codec *domain.TokenCodec, parent domain.Token, childHash string) (domain.Token, error) {
+	entry, err := s.reuse.Get(ctx, childHash)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return domain.Token{}, nil
+	}
+	if err != nil {
+		return domain.Token{}, unavailable(err)
+	}
+	child, err := codec.OpenChild(parent, entry.Value(), childHash)
+	if err != nil {
+		return domain.Token{}, nil
+	}
+	return child, nil
+}
+
+// RevokeFamily revokes one family; it reports 0 for unknown or already
+// revoked families (RFC 7009: not an error).
+func (s *Service) RevokeFamily(ctx context.Context, familyID, reason string, c domain.Context) (int, uint64, error) {
+	if !domain.ValidID(familyID) {
+		return 0, 0, domain.Errorf(domain.EInvalidRequest, "family_id is not a valid family id")
+	}
+	return s.revoke(ctx, familyID, domain.Revoke{Reason: reason, Context: c})
+}
+
+// RevokeToken revokes the family of a refresh token it handed out. Anything
+// else, malformed or forged tokens included, revokes nothing.
+func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domain.Context) (int, uint64, error) {
+	if err := domain.ValidateName("reason", orDefault(reason)); err != nil {
+		return 0, 0, err
+	}
+	t, err := s.codec.Load().Parse(token)
+	if err != nil {
+		return 0, 0, nil
+	}
+	return s.revoke(ctx, t.FamilyID, domain.Revoke{Reason: reason, Context: c, Token: &t})
+}
+
+func (s *Service) revoke(ctx context.Context, familyID string, cmd domain.Revoke) (int, uint64, error) {
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
+		return s.decider.Decide(f, cmd)
+	})
+	if err != nil || len(d.Events) == 0 {
+		return 0, 0, err
+	}
+	return 1, d.Seq, nil
+}
+
+func orDefault(reason string) string {
+	if reason == "" {
+		return domain.ReasonRevoked
+	}
+	return reason
+}
+
+func newSecret() (s [domain.SecretSize]byte) {
+	rand.Read(s[:])
+	return s
+}

@@ -1,0 +1,162 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// ErrConflict means another writer appended to the family first: the
+// expected-last-subject-sequence fence refused the append.
+var ErrConflict = errors.New("family changed concurrently")
+
+// JetStream error codes that mean the fence refused an append: a wrong last
+// subject sequence, and its replicated-stream variant.
+const (
+	errCodeWrongLastSequence  = 10071
+	errCodeWrongLastSeqCluster = 10164
+)
+
+// lostAckCheckTimeout bounds the look-up that resolves an append of unknown
+// outcome, so a dead connection still fails fast.
+const lostAckCheckTimeout = 2 * time.Second
+
+// Store reads and appends family subjects of the TOKENS stream.
+type Store struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	subjects Subjects
+}
+
+// NewStore returns a store over an existing TOKENS stream.
+func NewStore(nc *nats.Conn, js jetstream.JetStream, stream jetstream.Stream, subjects Subjects) *Store {
+	return &Store{nc: nc, js: js, stream: stream, subjects: subjects}
+}
+
+// Load returns a family's state and the stream sequence of its last event,
+// from that one message (each event carries the state after it). An unknown
+// family is the zero Family at sequence 0.
+func (s *Store) Load(ctx context.Context, familyID string) (domain.Family, uint64, error) {
+	msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Family(familyID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return domain.Family{}, 0, nil
+	}
+	if err != nil {
+		return domain.Family{}, 0, err
+	}
+	env, err := Decode(msg.Data, familyID)
+	if err != nil {
+		return domain.Family{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, msg.Sequence, err)
+	}
+	return env.Family(), msg.Sequence, nil
+}
+
+// lastEventID returns the id of the family's last event, to tell whether an
+// append whose acknowledgement was lost was stored.
+func (s *Store) lastEventID(ctx context.Context, familyID string) (string, uint64, error) {
+	msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Family(familyID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	return msg.Header.Get(jetstream.MsgIDHeader), msg.Sequence, nil
+}
+
+// Append stores envs on the family's subject if its last sequence is still
+// expect, all or nothing, and returns the sequence of the last one. Several
+// events go in one atomic batch. It returns ErrConflict when the fence refuses.
+func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs []Envelope) (uint64, error) {
+	msgs := make([]*nats.Msg, len(envs))
+	for i, env := range envs {
+		data, err := json.Marshal(env)
+		if err != nil {
+			return 0, err
+		}
+		msgs[i] = &nats.Msg{Subject: s.subjects.Family(familyID), Data: data, Header: nats.Header{}}
+		msgs[i].Header.Set(jetstream.MsgIDHeader, env.ID)
+	}
+	msgs[0].Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
+
+	seq, err := s.publish(ctx, msgs)
+	if err == nil || errors.Is(err, ErrConflict) {
+		return seq, err
+	}
+	// The outcome is unknown (a lost acknowledgement, a broken connection):
+	// the family's last event says whether the append was stored.
+	checkCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lostAckCheckTimeout)
+	defer cancel()
+	id, last, lerr := s.lastEventID(checkCtx, familyID)
+	if lerr == nil && id == envs[len(envs)-1].ID {
+		return last, nil
+	}
+	return 0, err
+}
+
+func (s *Store) publish(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	if len(msgs) == 1 {
+		ack, err := s.js.PublishMsg(ctx, msgs[0])
+		if err != nil {
+			return 0, fenceError(err)
+		}
+		return ack.Sequence, nil
+	}
+	// Atomic batch publish (ADR-50): every message names the batch and its
+	// place in it; only the committing last one is acknowledged.
+	batch := nuid.Next()
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", batch)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(msgs)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return 0, err
+			}
+		}
+	}
+	last := msgs[len(msgs)-1]
+	last.Header.Set("Nats-Batch-Commit", "1")
+	reply, err := s.nc.RequestMsgWithContext(ctx, last)
+	if err != nil {
+		return 0, err
+	}
+	var ack struct {
+		Seq   uint64 `json:"seq"`
+		Count int    `json:"count"`
+		Error *struct {
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &ack); err != nil {
+		return 0, fmt.Errorf("batch ack: %w", err)
+	}
+	if ack.Error != nil {
+		if ack.Error.ErrCode == errCodeWrongLastSequence || ack.Error.ErrCode == errCodeWrongLastSeqCluster {
+			return 0, ErrConflict
+		}
+		return 0, fmt.Errorf("batch publish: %s (%d)", ack.Error.Description, ack.Error.ErrCode)
+	}
+	if ack.Count != len(msgs) {
+		return 0, fmt.Errorf("batch publish stored %d of %d events", ack.Count, len(msgs))
+	}
+	return ack.Seq, nil
+}
+
+func fenceError(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeWrongLastSequence || apiErr.ErrorCode == errCodeWrongLastSeqCluster) {
+		return ErrConflict
+	}
+	return err
+}

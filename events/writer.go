@@ -1,0 +1,155 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// maxAttempts bounds decide-append rounds per command: each lost round means
+// another writer advanced the family, so a handful always suffices unless the
+// family is being hammered, and then the caller should back off.
+const maxAttempts = 16
+
+// DefaultCacheSize is the number of family states kept in memory per instance.
+const DefaultCacheSize = 65536
+
+// Writer is the single writer per family: within a process one command per
+// family runs at a time, and across processes the expected-last-subject-
+// sequence fence on every append lets exactly one of two racing writers win.
+type Writer struct {
+	store *Store
+	locks keyedLocks
+	cache *lru.Cache[string, loaded]
+}
+
+type loaded struct {
+	family domain.Family
+	seq    uint64
+}
+
+// Decision is what Handle stored: the family before and after, the events
+// appended and the stream sequence of the last one.
+type Decision struct {
+	Before, After domain.Family
+	Events        []domain.Event
+	Seq           uint64
+}
+
+// NewWriter returns a writer keeping up to cacheSize family states.
+func NewWriter(store *Store, cacheSize int) *Writer {
+	if cacheSize <= 0 {
+		cacheSize = DefaultCacheSize
+	}
+	cache, _ := lru.New[string, loaded](cacheSize)
+	return &Writer{store: store, locks: keyedLocks{m: map[string]*keyedLock{}}, cache: cache}
+}
+
+// Handle loads the family, runs decide on it and appends the events decide
+// returns, fenced on the family's last sequence. On a fence conflict it
+// reloads and decides again, so decide must be safe to run more than once.
+// decide's error is returned once its events (if any) are stored; store
+// failures are EUnavailable errors.
+func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain.Family) ([]domain.Event, error)) (Decision, error) {
+	unlock := w.locks.lock(familyID)
+	defer unlock()
+	for range maxAttempts {
+		cur, err := w.load(ctx, familyID)
+		if err != nil {
+			return Decision{}, unavailable(err)
+		}
+		events, decideErr := decide(cur.family)
+		if len(events) == 0 {
+			return Decision{Before: cur.family, After: cur.family, Seq: cur.seq}, decideErr
+		}
+		after := cur.family
+		envs := make([]Envelope, len(events))
+		for i, e := range events {
+			after = domain.Evolve(after, e)
+			envs[i] = Wrap(e, after)
+		}
+		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
+		if errors.Is(err, ErrConflict) {
+			w.cache.Remove(familyID)
+			continue
+		}
+		if err != nil {
+			w.cache.Remove(familyID)
+			return Decision{}, unavailable(err)
+		}
+		w.cache.Add(familyID, loaded{family: after, seq: seq})
+		return Decision{Before: cur.family, After: after, Events: events, Seq: seq}, decideErr
+	}
+	return Decision{}, &domain.Error{Code: domain.EUnavailable, Message: "family is busy, retry", RetryAfterMs: 50}
+}
+
+func (w *Writer) load(ctx context.Context, familyID string) (loaded, error) {
+	if l, ok := w.cache.Get(familyID); ok {
+		return l, nil
+	}
+	f, seq, err := w.store.Load(ctx, familyID)
+	if err != nil {
+		return loaded{}, err
+	}
+	l := loaded{family: f, seq: seq}
+	if f.Exists() {
+		w.cache.Add(familyID, l)
+	}
+	return l, nil
+}
+
+// Forget drops a family from the cache, e.g. when it may have been changed
+// by another instance.
+func (w *Writer) Forget(familyID string) { w.cache.Remove(familyID) }
+
+func unavailable(err error) error {
+	var de *domain.Error
+	if errors.As(err, &de) {
+		return err
+	}
+	return &wrappedUnavailable{cause: err}
+}
+
+// wrappedUnavailable keeps the store failure for logs while the caller sees
+// only temporarily_unavailable.
+type wrappedUnavailable struct{ cause error }
+
+func (e *wrappedUnavailable) Error() string { return "event store unavailable: " + e.cause.Error() }
+func (e *wrappedUnavailable) Unwrap() []error {
+	return []error{&domain.Error{Code: domain.EUnavailable, Message: "event store unavailable, retry"}, e.cause}
+}
+
+// keyedLocks serializes work per key; entries live only while in use.
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+func (k *keyedLocks) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	l := k.m[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.m[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
