@@ -67,7 +67,9 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 			return fmt.Errorf("endpoint %s: %w", ep.name, err)
 		}
 	}
-	return nil
+	// Subscriptions are sent asynchronously; flushing makes the endpoints
+	// reachable before Start reports the service up.
+	return nc.FlushTimeout(10 * time.Second)
 }
 
 // Stop stops taking requests and waits for those in flight.
@@ -122,19 +124,11 @@ func respondError(req micro.Request, err error) {
 }
 
 func (s *Service) issue(ctx context.Context, data []byte) (any, error) {
-	var in IssueRequest
-	if err := Decode(data, &in); err != nil {
-		return nil, err
-	}
-	scope, err := domain.ParseScope(in.Scope)
+	req, err := ParseIssue(data)
 	if err != nil {
 		return nil, err
 	}
-	aud, err := domain.ValidateAudiences(in.Audience)
-	if err != nil {
-		return nil, err
-	}
-	g, err := s.Tokens.Issue(ctx, events.IssueRequest{Subject: in.Subject, ClientID: in.ClientID, Scope: scope, Audience: aud, Context: in.Context})
+	g, err := s.Tokens.Issue(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -142,30 +136,11 @@ func (s *Service) issue(ctx context.Context, data []byte) (any, error) {
 }
 
 func (s *Service) refresh(ctx context.Context, data []byte) (any, error) {
-	var in RefreshRequest
-	if err := Decode(data, &in); err != nil {
+	req, err := ParseRefresh(data)
+	if err != nil {
 		return nil, err
 	}
-	if in.RefreshToken == "" {
-		return nil, domain.Errorf(domain.EInvalidRequest, "refresh_token is required")
-	}
-	if err := domain.ValidateName("client_id", in.ClientID); err != nil {
-		return nil, err
-	}
-	var scope []string
-	if in.Scope != nil && *in.Scope != "" {
-		var err error
-		if scope, err = domain.ParseScope(*in.Scope); err != nil {
-			return nil, err
-		}
-	}
-	if in.Audience != "" {
-		if _, err := domain.ValidateAudiences([]string{in.Audience}); err != nil {
-			return nil, err
-		}
-	}
-	g, err := s.Tokens.Refresh(ctx, events.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID,
-		Scope: scope, Audience: in.Audience, Context: in.Context})
+	g, err := s.Tokens.Refresh(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -185,23 +160,13 @@ func (s *Service) tokenReply(g events.Grant) (TokenReply, error) {
 }
 
 func (s *Service) revoke(ctx context.Context, data []byte) (any, error) {
-	var in RevokeRequest
-	if err := Decode(data, &in); err != nil {
+	in, err := ParseRevoke(data)
+	if err != nil {
 		return nil, err
-	}
-	selectors := 0
-	for _, sel := range []*string{in.RefreshToken, in.FamilyID, in.Subject, in.ClientID} {
-		if sel != nil {
-			selectors++
-		}
-	}
-	if selectors != 1 {
-		return nil, domain.Errorf(domain.EInvalidRequest, "exactly one of refresh_token, family_id, subject, client_id is required")
 	}
 	var (
 		n   int
 		seq uint64
-		err error
 	)
 	switch {
 	case in.RefreshToken != nil:

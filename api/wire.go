@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 )
 
 // MaxRequestBytes bounds every request body; the largest valid command is a
@@ -127,3 +128,88 @@ func httpStatus(code string) int {
 }
 
 func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// ParseIssue decodes and validates tokens.cmd.issue.
+func ParseIssue(data []byte) (events.IssueRequest, error) {
+	var in IssueRequest
+	if err := Decode(data, &in); err != nil {
+		return events.IssueRequest{}, err
+	}
+	if err := domain.ValidateName("subject", in.Subject); err != nil {
+		return events.IssueRequest{}, err
+	}
+	if err := domain.ValidateName("client_id", in.ClientID); err != nil {
+		return events.IssueRequest{}, err
+	}
+	scope, err := domain.ParseScope(in.Scope)
+	if err != nil {
+		return events.IssueRequest{}, err
+	}
+	aud, err := domain.ValidateAudiences(in.Audience)
+	if err != nil {
+		return events.IssueRequest{}, err
+	}
+	if err := domain.ValidateContext(in.Context); err != nil {
+		return events.IssueRequest{}, err
+	}
+	return events.IssueRequest{Subject: in.Subject, ClientID: in.ClientID, Scope: scope, Audience: aud, Context: in.Context}, nil
+}
+
+// ParseRefresh decodes and validates tokens.cmd.refresh. The token itself is
+// verified later, by the service, so every bad token gets the same answer.
+func ParseRefresh(data []byte) (events.RefreshRequest, error) {
+	var in RefreshRequest
+	if err := Decode(data, &in); err != nil {
+		return events.RefreshRequest{}, err
+	}
+	if in.RefreshToken == "" {
+		return events.RefreshRequest{}, domain.Errorf(domain.EInvalidRequest, "refresh_token is required")
+	}
+	if err := domain.ValidateName("client_id", in.ClientID); err != nil {
+		return events.RefreshRequest{}, err
+	}
+	var scope []string
+	if in.Scope != nil && *in.Scope != "" {
+		var err error
+		if scope, err = domain.ParseScope(*in.Scope); err != nil {
+			return events.RefreshRequest{}, err
+		}
+	}
+	if in.Audience != "" {
+		if _, err := domain.ValidateAudiences([]string{in.Audience}); err != nil {
+			return events.RefreshRequest{}, err
+		}
+	}
+	if err := domain.ValidateContext(in.Context); err != nil {
+		return events.RefreshRequest{}, err
+	}
+	return events.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID, Scope: scope,
+		Audience: in.Audience, Context: in.Context}, nil
+}
+
+// ParseRevoke decodes tokens.cmd.revoke and checks it names exactly one
+// selector and a valid reason.
+func ParseRevoke(data []byte) (RevokeRequest, error) {
+	var in RevokeRequest
+	if err := Decode(data, &in); err != nil {
+		return RevokeRequest{}, err
+	}
+	selectors := 0
+	for _, sel := range []*string{in.RefreshToken, in.FamilyID, in.Subject, in.ClientID} {
+		if sel != nil {
+			selectors++
+		}
+	}
+	if selectors != 1 {
+		return RevokeRequest{}, domain.Errorf(domain.EInvalidRequest, "exactly one of refresh_token, family_id, subject, client_id is required")
+	}
+	if in.Reason != "" {
+		if err := domain.ValidateName("reason", in.Reason); err != nil {
+			return RevokeRequest{}, err
+		}
+	}
+	if err := domain.ValidateContext(in.Context); err != nil {
+		return RevokeRequest{}, err
+	}
+	return in, nil
+}

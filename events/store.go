@@ -22,7 +22,7 @@ var ErrConflict = errors.New("family changed concurrently")
 // JetStream error codes that mean the fence refused an append: a wrong last
 // subject sequence, and its replicated-stream variant.
 const (
-	errCodeWrongLastSequence  = 10071
+	errCodeWrongLastSequence   = 10071
 	errCodeWrongLastSeqCluster = 10164
 )
 

@@ -1,0 +1,104 @@
+package api
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/tokend/tokend/domain"
+)
+
+func TestParseIssue(t *testing.T) {
+	got, err := ParseIssue([]byte(`{"subject":"user-42","client_id":"web-app","scope":"openid  api:read openid",
+		"audience":["https://a.example","https://b.example","https://a.example"],"context":{"ip":"203.0.113.7"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got.Scope, ",") != "openid,api:read" || len(got.Audience) != 2 || got.Context["ip"] != "203.0.113.7" {
+		t.Fatalf("parsed %+v", got)
+	}
+	for _, bad := range []string{
+		`{"subject":"u"}`,
+		`{"subject":"u","client_id":"c","audience":[""]}`,
+		`{"subject":"u","client_id":"c","audience":["https://a b"]}`,
+		`{"subject":"u","client_id":"c","context":{"":"x"}}`,
+		`{"subject":"u","client_id":"c","context":{"k":"` + strings.Repeat("v", 513) + `"}}`,
+		`[]`,
+		`null`,
+	} {
+		if _, err := ParseIssue([]byte(bad)); domain.ErrorCode(err) != domain.EInvalidRequest {
+			t.Errorf("%s: got %v, want invalid_request", bad, err)
+		}
+	}
+}
+
+func TestParseRefreshScope(t *testing.T) {
+	for body, wantNil := range map[string]bool{
+		`{"refresh_token":"t","client_id":"c"}`:               true,
+		`{"refresh_token":"t","client_id":"c","scope":""}`:    true,
+		`{"refresh_token":"t","client_id":"c","scope":"a b"}`: false,
+	} {
+		got, err := ParseRefresh([]byte(body))
+		if err != nil || (got.Scope == nil) != wantNil {
+			t.Errorf("%s: scope %v, err %v", body, got.Scope, err)
+		}
+	}
+}
+
+func TestParseRevokeSelectors(t *testing.T) {
+	for body, ok := range map[string]bool{
+		`{"family_id":"f"}`:                        true,
+		`{"subject":"u","reason":"user_disabled"}`: true,
+		`{}`:                                false,
+		`{"family_id":"f","subject":"u"}`:   false,
+		`{"family_id":"f","reason":"a\nb"}`: false,
+	} {
+		if _, err := ParseRevoke([]byte(body)); (err == nil) != ok {
+			t.Errorf("%s: err %v", body, err)
+		}
+	}
+}
+
+// FuzzParseCommands: any input either parses into a command within the
+// limits or is refused with invalid_request; nothing panics.
+func FuzzParseCommands(f *testing.F) {
+	for _, seed := range []string{
+		`{"subject":"user-42","client_id":"web-app","scope":"openid profile","audience":["https://api.example.com"],"context":{"ip":"203.0.113.7"}}`,
+		`{"refresh_token":"rt1.abc.2.kid.secret.mac","client_id":"web-app","scope":"api:read","audience":"https://api.example.com"}`,
+		`{"family_id":"abc","reason":"user_disabled"}`,
+		`{"subject":"u","client_id":"c"} trailing`,
+		`{"subject":"\u0000","client_id":"c"}`,
+		"{\"subject\":\"\xff\"}",
+		`{"context":{"a":{"b":{"c":1}}}}`,
+		`[[[[[[[[[[[[]]]]]]]]]]]]`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		check := func(err error) bool {
+			if err != nil {
+				if code := domain.ErrorCode(err); code != domain.EInvalidRequest {
+					t.Fatalf("error code %s for %q", code, data)
+				}
+				return false
+			}
+			if !utf8.Valid(data) || len(data) > MaxRequestBytes {
+				t.Fatalf("accepted invalid input %q", data)
+			}
+			return true
+		}
+		if req, err := ParseIssue(data); check(err) {
+			if len(req.Scope) > domain.MaxScopes || len(req.Audience) > domain.MaxAudiences || domain.ValidateName("subject", req.Subject) != nil {
+				t.Fatalf("issue outside the limits accepted: %+v", req)
+			}
+		}
+		if req, err := ParseRefresh(data); check(err) {
+			if req.Token == "" || domain.ValidateName("client_id", req.ClientID) != nil {
+				t.Fatalf("refresh accepted without token or client: %+v", req)
+			}
+		}
+		if req, err := ParseRevoke(data); check(err) && len(req.Reason) > domain.MaxNameBytes {
+			t.Fatalf("revoke accepted an oversized reason")
+		}
+	})
+}

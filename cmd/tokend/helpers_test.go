@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/events"
+)
+
+// MustNATS starts a JetStream server inside the test process.
+func MustNATS(tb testing.TB) *server.Server {
+	tb.Helper()
+	ns, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(),
+		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("nats server did not start")
+	}
+	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// syncBuffer collects log output from concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testConfig(tb testing.TB) Config {
+	cfg, err := parseConfig([]string{"--data-dir", tb.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1"},
+		func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
+}
+
+// MustApp starts a tokend instance; with natsURL set it joins that server.
+func MustApp(tb testing.TB, cfg Config, logs io.Writer) *App {
+	tb.Helper()
+	if logs == nil {
+		logs = io.Discard
+	}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	app, err := Start(context.Background(), cfg, log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(app.Stop)
+	return app
+}
+
+func mustConnect(tb testing.TB, url string) *nats.Conn {
+	tb.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}
+
+// reply is a decoded answer with its micro error header.
+type reply struct {
+	raw     []byte
+	errCode string
+	token   api.TokenReply
+	err     api.ErrorReply
+}
+
+func call(tb testing.TB, nc *nats.Conn, subject string, req any) reply {
+	tb.Helper()
+	data, ok := req.([]byte)
+	if !ok {
+		var err error
+		if data, err = json.Marshal(req); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	msg, err := nc.Request(subject, data, 10*time.Second)
+	if err != nil {
+		tb.Fatalf("request %s: %v", subject, err)
+	}
+	r := reply{raw: msg.Data, errCode: msg.Header.Get("Nats-Service-Error-Code")}
+	if r.errCode != "" {
+		if err := json.Unmarshal(msg.Data, &r.err); err != nil {
+			tb.Fatalf("error body %q: %v", msg.Data, err)
+		}
+		return r
+	}
+	json.Unmarshal(msg.Data, &r.token)
+	return r
+}
+
+func mustIssue(tb testing.TB, nc *nats.Conn, subject, client string) api.TokenReply {
+	tb.Helper()
+	r := call(tb, nc, "tokens.cmd.issue", api.IssueRequest{Subject: subject, ClientID: client,
+		Scope: "openid api:read api:write", Audience: []string{"https://api.example.com", "https://billing.example.com"},
+		Context: map[string]string{"ip": "203.0.113.7"}})
+	if r.errCode != "" {
+		tb.Fatalf("issue: %s", r.raw)
+	}
+	return r.token
+}
+
+func refresh(tb testing.TB, nc *nats.Conn, token, client string) reply {
+	tb.Helper()
+	return call(tb, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: token, ClientID: client})
+}
+
+func mustRefresh(tb testing.TB, nc *nats.Conn, token, client string) api.TokenReply {
+	tb.Helper()
+	r := refresh(tb, nc, token, client)
+	if r.errCode != "" {
+		tb.Fatalf("refresh: %s", r.raw)
+	}
+	return r.token
+}
+
+func wantError(tb testing.TB, r reply, code string) {
+	tb.Helper()
+	if r.err.Error != code || r.errCode == "" {
+		tb.Fatalf("want error %s with a Nats-Service-Error-Code header, got %q (header %q)", code, r.raw, r.errCode)
+	}
+}
+
+// familyEvents reads a family's subject straight from the stream.
+func familyEvents(tb testing.TB, nc *nats.Conn, familyID string) []storedEvent {
+	tb.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	subject := "tokens.evt." + familyID
+	stream, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	want := int(info.State.Subjects[subject])
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out []storedEvent
+	for len(out) < want {
+		msgs, err := cons.Fetch(want-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for m := range msgs.Messages() {
+			env, err := events.Decode(m.Data(), familyID)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			md, _ := m.Metadata()
+			out = append(out, storedEvent{Envelope: env, Seq: md.Sequence.Stream, MsgID: m.Headers().Get("Nats-Msg-Id")})
+		}
+		if msgs.Error() != nil {
+			tb.Fatalf("reading %s: %v", subject, msgs.Error())
+		}
+	}
+	return out
+}
+
+type storedEvent struct {
+	events.Envelope
+	Seq   uint64
+	MsgID string
+}
+
+func countTypes(evs []storedEvent) map[string]int {
+	m := map[string]int{}
+	for _, e := range evs {
+		m[e.Type]++
+	}
+	return m
+}
