@@ -112,7 +112,7 @@ func (c *TokenCodec) Parse(s string) (Token, error) {
 		return Token{}, ErrInvalidGrant
 	}
 	got, err := b64.DecodeString(parts[5])
-	if err != nil || len(got) != sha256.Size {
+	if err != nil || len(got) != sha256.Size || b64.EncodeToString(got) != parts[5] {
 		return Token{}, ErrInvalidGrant
 	}
 	mac := hmac.New(sha256.New, key)
