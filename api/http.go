@@ -4,15 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
+	"strconv"
 	"time"
+
+	"github.com/tokend/tokend/domain"
 )
 
 // ReadinessCheck returns nil when the instance can serve: NATS connected,
-// the stream reachable (and, with the read side, the projection caught up).
+// the stream reachable and the read model close behind it.
 type ReadinessCheck func(context.Context) error
 
-// HTTPHandler serves health, readiness and the JWKS.
-func HTTPHandler(access *AccessTokens, ready ReadinessCheck, extra func(*http.ServeMux)) http.Handler {
+// HTTPHandler serves health, readiness, the JWKS, the audit API and, when
+// given, metrics.
+func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -29,12 +34,104 @@ func HTTPHandler(access *AccessTokens, ready ReadinessCheck, extra func(*http.Se
 	mux.HandleFunc("GET /.well-known/jwks.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
 		w.Header().Set("Cache-Control", "public, max-age=300")
-		w.Write(access.JWKS())
+		w.Write(s.Access.JWKS())
 	})
-	if extra != nil {
-		extra(mux)
+	mux.HandleFunc("GET /v1/audit", func(w http.ResponseWriter, r *http.Request) {
+		in, err := auditRequestFromQuery(r.URL.Query())
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		s.serveHTTP(w, r, func(ctx context.Context) (any, error) { return s.Audit(ctx, in) })
+	})
+	mux.HandleFunc("GET /v1/families/{id}", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		minSeq, err := uintParam(q, "min_seq")
+		if err == nil {
+			err = onlyParams(q, "min_seq")
+		}
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		in := FamilyRequest{FamilyID: r.PathValue("id"), MinSeq: minSeq}
+		s.serveHTTP(w, r, func(ctx context.Context) (any, error) { return s.Family(ctx, in) })
+	})
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
 	}
 	return mux
+}
+
+func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request, handle func(context.Context) (any, error)) {
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	out, err := handle(ctx)
+	if err != nil {
+		s.logFailure(r.URL.Path, err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+var auditParams = []string{"family_id", "subject", "client_id", "type", "since", "until", "limit", "after_seq", "min_seq"}
+
+// auditRequestFromQuery maps /v1/audit's parameters onto the NATS request,
+// so both are validated alike.
+func auditRequestFromQuery(q url.Values) (AuditRequest, error) {
+	if err := onlyParams(q, auditParams...); err != nil {
+		return AuditRequest{}, err
+	}
+	for _, single := range []string{"family_id", "subject", "client_id", "since", "until", "limit", "after_seq", "min_seq"} {
+		if len(q[single]) > 1 {
+			return AuditRequest{}, domain.Errorf(domain.EInvalidRequest, "parameter %s given more than once", single)
+		}
+	}
+	in := AuditRequest{FamilyID: q.Get("family_id"), Subject: q.Get("subject"), ClientID: q.Get("client_id"),
+		Types: q["type"], Since: q.Get("since"), Until: q.Get("until")}
+	if q.Has("limit") {
+		n, err := strconv.Atoi(q.Get("limit"))
+		if err != nil {
+			return in, domain.Errorf(domain.EInvalidRequest, "limit must be a number")
+		}
+		in.Limit = &n
+	}
+	var err error
+	if in.AfterSeq, err = uintParam(q, "after_seq"); err != nil {
+		return in, err
+	}
+	in.MinSeq, err = uintParam(q, "min_seq")
+	return in, err
+}
+
+func uintParam(q url.Values, name string) (uint64, error) {
+	if !q.Has(name) {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(q.Get(name), 10, 63)
+	if err != nil {
+		return 0, domain.Errorf(domain.EInvalidRequest, "%s must be a non-negative number", name)
+	}
+	return n, nil
+}
+
+func onlyParams(q url.Values, allowed ...string) error {
+	for k := range q {
+		known := false
+		for _, a := range allowed {
+			known = known || k == a
+		}
+		if !known {
+			return domain.Errorf(domain.EInvalidRequest, "unknown parameter %q", truncate(k))
+		}
+	}
+	return nil
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	body := errorReply(err)
+	writeJSON(w, httpStatus(body.Error), body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/projections"
 )
 
 // Version is reported in service discovery.
@@ -30,11 +31,14 @@ const maxInFlight = 1024
 
 // Service is the NATS face of tokend.
 type Service struct {
-	Tokens *events.Service
-	Access *AccessTokens
+	Tokens    *events.Service
+	Access    *AccessTokens
+	Reader    *projections.Reader
+	Projector *projections.Projector
 	Log    *slog.Logger
 	Now    func() time.Time
 
+	nc       *nats.Conn
 	inFlight sync.WaitGroup
 	slots    chan struct{}
 	micro    micro.Service
@@ -42,7 +46,7 @@ type Service struct {
 
 // Start registers the micro service "tokens" with its endpoints under prefix.
 func (s *Service) Start(nc *nats.Conn, prefix string) error {
-	s.slots = make(chan struct{}, maxInFlight)
+	s.nc, s.slots = nc, make(chan struct{}, maxInFlight)
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        "tokens",
 		Version:     Version,
@@ -55,14 +59,19 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 	endpoints := []struct {
 		name, subject string
 		handle        func(context.Context, []byte) (any, error)
+		timeout       time.Duration
 	}{
-		{"issue", prefix + ".cmd.issue", s.issue},
-		{"refresh", prefix + ".cmd.refresh", s.refresh},
-		{"revoke", prefix + ".cmd.revoke", s.revoke},
-		{"keys", prefix + ".keys", s.keys},
+		{"issue", prefix + ".cmd.issue", s.issue, requestTimeout},
+		{"refresh", prefix + ".cmd.refresh", s.refresh, requestTimeout},
+		// Revoking a subject or client may touch many families.
+		{"revoke", prefix + ".cmd.revoke", s.revoke, 30 * time.Second},
+		{"keys", prefix + ".keys", s.keys, requestTimeout},
+		{"introspect", prefix + ".query.introspect", s.introspect, requestTimeout},
+		{"family", prefix + ".query.family", s.family, requestTimeout},
+		{"audit", prefix + ".query.audit", s.audit, requestTimeout},
 	}
 	for _, ep := range endpoints {
-		if err := svc.AddEndpoint(ep.name, s.async(ep.name, ep.handle), micro.WithEndpointSubject(ep.subject)); err != nil {
+		if err := svc.AddEndpoint(ep.name, s.async(ep.name, ep.timeout, ep.handle), micro.WithEndpointSubject(ep.subject)); err != nil {
 			svc.Stop()
 			return fmt.Errorf("endpoint %s: %w", ep.name, err)
 		}
@@ -82,8 +91,11 @@ func (s *Service) Stop() {
 
 // async runs each request on its own goroutine: a subscription delivers
 // messages one at a time, and one slow family must not hold up the others.
-func (s *Service) async(name string, handle func(context.Context, []byte) (any, error)) micro.HandlerFunc {
+func (s *Service) async(name string, timeout time.Duration, handle func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
+		// Replies go straight to the reply subject: micro's request object
+		// is not safe to use once its handler has returned.
+		reply := req.Reply()
 		s.slots <- struct{}{}
 		s.inFlight.Add(1)
 		go func() {
@@ -91,19 +103,19 @@ func (s *Service) async(name string, handle func(context.Context, []byte) (any, 
 			defer func() {
 				if p := recover(); p != nil {
 					s.Log.Error("handler panic", "endpoint", name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-					respondError(req, domain.Errorf(domain.EServerError, "internal error"))
+					s.respondError(reply, domain.Errorf(domain.EServerError, "internal error"))
 				}
 			}()
-			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			reply, err := handle(ctx, req.Data())
+			out, err := handle(ctx, req.Data())
 			if err != nil {
 				s.logFailure(name, err)
-				respondError(req, err)
+				s.respondError(reply, err)
 				return
 			}
-			data, _ := json.Marshal(reply)
-			req.Respond(data)
+			data, _ := json.Marshal(out)
+			s.nc.Publish(reply, data)
 		}()
 	}
 }
@@ -117,10 +129,14 @@ func (s *Service) logFailure(endpoint string, err error) {
 	}
 }
 
-func respondError(req micro.Request, err error) {
+func (s *Service) respondError(reply string, err error) {
 	body := errorReply(err)
 	data, _ := json.Marshal(body)
-	req.Error(strconv.Itoa(httpStatus(body.Error)), body.Description, data)
+	msg := nats.NewMsg(reply)
+	msg.Data = data
+	msg.Header.Set(micro.ErrorCodeHeader, strconv.Itoa(httpStatus(body.Error)))
+	msg.Header.Set(micro.ErrorHeader, body.Description)
+	s.nc.PublishMsg(msg)
 }
 
 func (s *Service) issue(ctx context.Context, data []byte) (any, error) {
@@ -173,13 +189,129 @@ func (s *Service) revoke(ctx context.Context, data []byte) (any, error) {
 		n, seq, err = s.Tokens.RevokeToken(ctx, *in.RefreshToken, in.Reason, in.Context)
 	case in.FamilyID != nil:
 		n, seq, err = s.Tokens.RevokeFamily(ctx, *in.FamilyID, in.Reason, in.Context)
+	case in.Subject != nil:
+		n, seq, err = s.revokeAll(ctx, *in.Subject, "", in)
 	default:
-		err = domain.Errorf(domain.EInvalidRequest, "revoking by subject or client_id needs the read model, which this build does not have yet")
+		n, seq, err = s.revokeAll(ctx, "", *in.ClientID, in)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return RevokeReply{RevokedFamilies: n, Seq: seq}, nil
+}
+
+// revokeConcurrency bounds the family revocations one request runs at once.
+const revokeConcurrency = 16
+
+// revokeAll revokes every family of a subject or client. It first waits for
+// the read model to hold everything stored so far, so every family issued
+// before the reply is covered, even one issued a moment ago.
+func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in RevokeRequest) (int, uint64, error) {
+	field, value := "subject", subject
+	if clientID != "" || subject == "" {
+		field, value = "client_id", clientID
+	}
+	if err := domain.ValidateName(field, value); err != nil {
+		return 0, 0, err
+	}
+	if _, err := s.Projector.CatchUp(ctx); err != nil {
+		return 0, 0, &domain.Error{Code: domain.EUnavailable, Message: "read model is behind the stream, retry", RetryAfterMs: 500}
+	}
+	ids, err := s.Reader.RevocableFamilies(ctx, subject, clientID)
+	if err != nil {
+		return 0, 0, err
+	}
+	var (
+		mu       sync.Mutex
+		revoked  int
+		lastSeq  uint64
+		firstErr error
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, revokeConcurrency)
+	)
+	for _, id := range ids {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			n, seq, err := s.Tokens.RevokeFamily(ctx, id, in.Reason, in.Context)
+			mu.Lock()
+			defer mu.Unlock()
+			revoked += n
+			lastSeq = max(lastSeq, seq)
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}()
+	}
+	wg.Wait()
+	return revoked, lastSeq, firstErr
+}
+
+// minSeqWait bounds how long a query waits for the read model to reach min_seq.
+const minSeqWait = 2 * time.Second
+
+// awaitSeq implements min_seq: read-your-writes for a caller holding a seq.
+func (s *Service) awaitSeq(ctx context.Context, minSeq uint64) error {
+	if minSeq == 0 {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, minSeqWait)
+	defer cancel()
+	if err := s.Projector.WaitFor(wctx, minSeq); err != nil {
+		return &domain.Error{Code: domain.EUnavailable, Message: "read model has not reached min_seq yet, retry", RetryAfterMs: 200}
+	}
+	return nil
+}
+
+func (s *Service) introspect(ctx context.Context, data []byte) (any, error) {
+	var in IntrospectRequest
+	if err := Decode(data, &in); err != nil {
+		return nil, err
+	}
+	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
+		return nil, err
+	}
+	return s.Reader.Introspect(ctx, in.RefreshToken)
+}
+
+func (s *Service) family(ctx context.Context, data []byte) (any, error) {
+	var in FamilyRequest
+	if err := Decode(data, &in); err != nil {
+		return nil, err
+	}
+	return s.Family(ctx, in)
+}
+
+// Family answers query.family and GET /v1/families/{id}.
+func (s *Service) Family(ctx context.Context, in FamilyRequest) (projections.FamilyView, error) {
+	if err := domain.ValidateName("family_id", in.FamilyID); err != nil {
+		return projections.FamilyView{}, err
+	}
+	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
+		return projections.FamilyView{}, err
+	}
+	return s.Reader.Family(ctx, in.FamilyID)
+}
+
+func (s *Service) audit(ctx context.Context, data []byte) (any, error) {
+	var in AuditRequest
+	if err := Decode(data, &in); err != nil {
+		return nil, err
+	}
+	return s.Audit(ctx, in)
+}
+
+// Audit answers query.audit and GET /v1/audit.
+func (s *Service) Audit(ctx context.Context, in AuditRequest) (projections.AuditPage, error) {
+	filter, err := in.AuditFilter()
+	if err != nil {
+		return projections.AuditPage{}, err
+	}
+	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
+		return projections.AuditPage{}, err
+	}
+	return s.Reader.Audit(ctx, filter)
 }
 
 func (s *Service) keys(_ context.Context, _ []byte) (any, error) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/projections"
 )
 
 // MaxRequestBytes bounds every request body; the largest valid command is a
@@ -212,4 +213,100 @@ func ParseRevoke(data []byte) (RevokeRequest, error) {
 		return RevokeRequest{}, err
 	}
 	return in, nil
+}
+
+// IntrospectRequest is the wire form of tokens.query.introspect.
+type IntrospectRequest struct {
+	RefreshToken string `json:"refresh_token"`
+	MinSeq       uint64 `json:"min_seq"`
+}
+
+// FamilyRequest is the wire form of tokens.query.family.
+type FamilyRequest struct {
+	FamilyID string `json:"family_id"`
+	MinSeq   uint64 `json:"min_seq"`
+}
+
+// AuditRequest is the wire form of tokens.query.audit.
+type AuditRequest struct {
+	FamilyID string   `json:"family_id"`
+	Subject  string   `json:"subject"`
+	ClientID string   `json:"client_id"`
+	Types    []string `json:"types"`
+	Since    string   `json:"since"`
+	Until    string   `json:"until"`
+	Limit    *int     `json:"limit"`
+	AfterSeq uint64   `json:"after_seq"`
+	MinSeq   uint64   `json:"min_seq"`
+}
+
+// Audit page sizes.
+const (
+	DefaultAuditLimit = 100
+	MaxAuditLimit     = 1000
+)
+
+var eventTypes = map[string]bool{
+	string(domain.TokenIssued): true, string(domain.TokenRotated): true, string(domain.TokenReused): true,
+	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
+}
+
+// AuditFilter validates an audit request into a filter.
+func (in AuditRequest) AuditFilter() (projections.AuditFilter, error) {
+	f := projections.AuditFilter{FamilyID: in.FamilyID, Subject: in.Subject, ClientID: in.ClientID,
+		AfterSeq: in.AfterSeq, Limit: DefaultAuditLimit}
+	for _, field := range [...]struct{ name, value string }{{"family_id", in.FamilyID}, {"subject", in.Subject}, {"client_id", in.ClientID}} {
+		if field.value != "" {
+			if err := domain.ValidateName(field.name, field.value); err != nil {
+				return f, err
+			}
+		}
+	}
+	if len(in.Types) > len(eventTypes) {
+		return f, domain.Errorf(domain.EInvalidRequest, "too many types")
+	}
+	for _, t := range in.Types {
+		if !eventTypes[t] {
+			return f, domain.Errorf(domain.EInvalidRequest, "unknown event type %q", truncate(t))
+		}
+	}
+	f.Types = in.Types
+	var err error
+	if f.Since, err = parseTime("since", in.Since); err != nil {
+		return f, err
+	}
+	if f.Until, err = parseTime("until", in.Until); err != nil {
+		return f, err
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		return f, domain.Errorf(domain.EInvalidRequest, "since must be before until")
+	}
+	if in.Limit != nil {
+		if *in.Limit < 1 || *in.Limit > MaxAuditLimit {
+			return f, domain.Errorf(domain.EInvalidRequest, "limit must be 1..%d", MaxAuditLimit)
+		}
+		f.Limit = *in.Limit
+	}
+	if in.AfterSeq > 1<<63-1 || in.MinSeq > 1<<63-1 {
+		return f, domain.Errorf(domain.EInvalidRequest, "after_seq and min_seq must fit in 63 bits")
+	}
+	return f, nil
+}
+
+func parseTime(field, s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, domain.Errorf(domain.EInvalidRequest, "%s must be an RFC 3339 time", field)
+	}
+	return t, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40]
+	}
+	return s
 }

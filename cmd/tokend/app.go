@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/projections"
 )
 
 // App is one running tokend: optionally an embedded NATS server, the
@@ -31,6 +33,11 @@ type App struct {
 	api    *api.Service
 	http   *http.Server
 	httpLn net.Listener
+
+	db            *projections.DB
+	projector     *projections.Projector
+	stopProjector context.CancelFunc
+	projectorDone chan struct{}
 }
 
 // Start brings tokend up; on error everything started so far is stopped.
@@ -69,11 +76,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error
 	}
 	writer := events.NewWriter(events.NewStore(a.nc, a.js, stream, subjects), cfg.FamilyCache)
 	policy := domain.Policy{ReuseInterval: cfg.ReuseInterval, IdleTTL: cfg.IdleTTL, AbsoluteTTL: cfg.AbsoluteTTL}
+	if err := a.startProjections(ctx, subjects); err != nil {
+		return nil, err
+	}
 	a.api = &api.Service{
-		Tokens: events.NewService(writer, reuse, codec, policy, time.Now),
-		Access: access,
-		Log:    log,
-		Now:    time.Now,
+		Tokens:    events.NewService(writer, reuse, codec, policy, time.Now),
+		Access:    access,
+		Reader:    projections.NewReader(a.db, a.projector, time.Now),
+		Projector: a.projector,
+		Log:       log,
+		Now:       time.Now,
 	}
 	if err := a.api.Start(a.nc, cfg.SubjectPrefix); err != nil {
 		return nil, err
@@ -81,7 +93,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("http listen: %w", err)
 	}
-	a.http = &http.Server{Handler: api.HTTPHandler(access, a.ready, nil), ReadHeaderTimeout: 5 * time.Second}
+	a.http = &http.Server{Handler: a.api.HTTPHandler(a.ready, nil), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "err", err)
@@ -152,6 +164,41 @@ func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
 	return ns, nil
 }
 
+// startProjections opens the read model (rebuilding it from the stream if
+// it was deleted) and keeps the projector running until Stop.
+func (a *App) startProjections(ctx context.Context, subjects events.Subjects) error {
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	path := filepath.Join(a.cfg.DataDir, "projections.db")
+	db, err := projections.Open(ctx, path)
+	if err != nil {
+		return fmt.Errorf("projections: %w", err)
+	}
+	a.db = db
+	if a.projector, err = projections.NewProjector(ctx, db, a.js, subjects, a.log.With("component", "projector")); err != nil {
+		return fmt.Errorf("projections: %w", err)
+	}
+	if a.projector.Applied() == 0 {
+		a.log.Info("projections start from the beginning of the stream", "path", path)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.stopProjector, a.projectorDone = cancel, make(chan struct{})
+	go func() {
+		defer close(a.projectorDone)
+		for runCtx.Err() == nil {
+			if err := a.projector.Run(runCtx); err != nil && runCtx.Err() == nil {
+				a.log.Error("projector stopped, restarting", "err", err)
+				select {
+				case <-runCtx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}
+	}()
+	return nil
+}
+
 // ready is the readiness check behind /readyz.
 func (a *App) ready(ctx context.Context) error {
 	if !a.nc.IsConnected() {
@@ -159,6 +206,9 @@ func (a *App) ready(ctx context.Context) error {
 	}
 	if _, err := a.js.Stream(ctx, events.StreamName); err != nil {
 		return fmt.Errorf("stream %s: %w", events.StreamName, err)
+	}
+	if lag := a.projector.Lag(); lag > a.cfg.ReadyMaxLag {
+		return fmt.Errorf("projections are %d events behind the stream (bound %d)", lag, a.cfg.ReadyMaxLag)
 	}
 	return nil
 }
@@ -183,6 +233,13 @@ func (a *App) Stop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		a.http.Shutdown(ctx)
 		cancel()
+	}
+	if a.stopProjector != nil {
+		a.stopProjector()
+		<-a.projectorDone
+	}
+	if a.db != nil {
+		a.db.Close()
 	}
 	if a.nc != nil {
 		a.nc.Drain()

@@ -26,6 +26,7 @@ type Config struct {
 	JSMaxMemory    int64
 	JSMaxStore     int64
 	FamilyCache    int
+	ReadyMaxLag    uint64
 	LogLevel       string
 }
 
@@ -50,6 +51,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
 	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
 	fs.IntVar(&c.FamilyCache, "family-cache", 65536, "family states kept in memory by the writer")
+	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 1000, "/readyz fails while the projections are more than this many events behind the stream")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 
 	var envErr error

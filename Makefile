@@ -1,0 +1,19 @@
+# The README's test command. It needs nothing beyond Go.
+.PHONY: test fuzz conformance
+
+test:
+	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
+	go vet ./...
+	go test -race -count=1 ./...
+
+# Each fuzz target for a while (FUZZTIME=2m make fuzz for longer).
+FUZZTIME ?= 30s
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime $(FUZZTIME) ./domain
+	go test -run '^$$' -fuzz '^FuzzParseScope$$' -fuzztime $(FUZZTIME) ./domain
+	go test -run '^$$' -fuzz '^FuzzParseCommands$$' -fuzztime $(FUZZTIME) ./api
+
+# The outside contract driver, where the shared workspace has it.
+CONFORMANCE ?= .
+conformance:
+	go -C ../shared/conformance run . -repo "$(CURDIR)" -run '$(CONFORMANCE)'

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"io"
+	"testing"
+	"time"
+)
+
+func TestConfigDefaultsEnvAndFlags(t *testing.T) {
+	env := map[string]string{"TOKEND_REUSE_INTERVAL": "3s", "TOKEND_DATA_DIR": "/env/data", "TOKEND_STREAM_REPLICAS": "3"}
+	getenv := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+
+	c, err := parseConfig([]string{"--data-dir", "/flag/data"}, getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/flag/data" || c.ReuseInterval != 3*time.Second || c.StreamReplicas != 3 {
+		t.Fatalf("flags must beat env, env must beat defaults: %+v", c)
+	}
+	d, err := parseConfig(nil, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{DataDir: "./data", NATSListen: "127.0.0.1:4222", HTTPAddr: "127.0.0.1:8080", SubjectPrefix: "tokens",
+		ReuseInterval: 10 * time.Second, IdleTTL: 336 * time.Hour, AbsoluteTTL: 720 * time.Hour, AccessTTL: 5 * time.Minute,
+		Issuer: "http://127.0.0.1:8080", StreamReplicas: 1, JSMaxMemory: 256 << 20, JSMaxStore: 10 << 30,
+		FamilyCache: 65536, ReadyMaxLag: 1000, LogLevel: "info"}
+	if d != want {
+		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
+	}
+}
+
+func TestConfigRefusesBadValues(t *testing.T) {
+	none := func(string) (string, bool) { return "", false }
+	for _, args := range [][]string{
+		{"--reuse-interval", "-1s"},
+		{"--reuse-interval", "ten"},
+		{"--subject-prefix", "a b"},
+		{"--stream-replicas", "0"},
+		{"--access-ttl", "0s"},
+		{"stray"},
+	} {
+		if _, err := parseConfig(args, none, io.Discard); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+	bad := func(k string) (string, bool) { return "soon", k == "TOKEND_ACCESS_TTL" }
+	if _, err := parseConfig(nil, bad, io.Discard); err == nil {
+		t.Error("a malformed TOKEND_ACCESS_TTL was accepted")
+	}
+}

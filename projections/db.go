@@ -1,0 +1,101 @@
+// Package projections builds the SQLite read model from the TOKENS stream and
+// answers lookups and audit queries from it.
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"sort"
+
+	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+
+	"github.com/tokend/tokend/queries"
+)
+
+// DB is the read model: one writer connection (SQLite allows one writer at a
+// time, so a pool would only queue on its lock) and a read-only pool, which
+// WAL lets read while the writer writes.
+type DB struct {
+	writer, reader *sql.DB
+	W, R           *queries.Queries
+}
+
+// Open opens (creating if needed) the database at path and migrates it.
+func Open(ctx context.Context, path string) (*DB, error) {
+	pragmas := "_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)"
+	writer, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?"+pragmas+"&_txlock=immediate")
+	if err != nil {
+		return nil, err
+	}
+	writer.SetMaxOpenConns(1)
+	if err := migrate(ctx, writer); err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	}
+	reader, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&"+pragmas)
+	if err != nil {
+		writer.Close()
+		return nil, err
+	}
+	reader.SetMaxOpenConns(8)
+	db := &DB{writer: writer, reader: reader}
+	if db.W, err = queries.Prepare(ctx, writer); err == nil {
+		db.R, err = queries.Prepare(ctx, reader)
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("prepare queries: %w", err)
+	}
+	return db, nil
+}
+
+// Close closes both pools.
+func (db *DB) Close() error {
+	if db.W != nil {
+		db.W.Close()
+	}
+	if db.R != nil {
+		db.R.Close()
+	}
+	db.reader.Close()
+	return db.writer.Close()
+}
+
+// migrate applies the migrations newer than the database's user_version,
+// each in its own transaction with the version bump.
+func migrate(ctx context.Context, db *sql.DB) error {
+	names, err := fs.Glob(queries.Migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return err
+	}
+	for i := version; i < len(names); i++ {
+		body, err := fs.ReadFile(queries.Migrations, names[i])
+		if err != nil {
+			return err
+		}
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("%s: %w", names[i], err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,314 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/queries"
+)
+
+// DefaultBatchSize is the most events applied in one transaction.
+const DefaultBatchSize = 1000
+
+// Projector applies the TOKENS stream to the read model, in order, in
+// batches: each batch is one transaction that also stores the position, so
+// a crash between batches loses and repeats nothing, and applying an event
+// twice changes nothing.
+type Projector struct {
+	db       *DB
+	js       jetstream.JetStream
+	subjects events.Subjects
+	log      *slog.Logger
+	// BatchSize bounds a transaction; OnBatch, if set, is told each batch's size
+	// and duration (metrics).
+	BatchSize int
+	OnBatch   func(events int, took time.Duration)
+
+	applied   atomic.Uint64
+	streamSeq atomic.Uint64 // the stream's last sequence as last seen
+	skipped   atomic.Uint64
+
+	mu       sync.Mutex
+	advanced chan struct{} // closed and replaced whenever applied moves
+}
+
+// NewProjector returns a projector resuming from the position stored in db.
+func NewProjector(ctx context.Context, db *DB, js jetstream.JetStream, subjects events.Subjects, log *slog.Logger) (*Projector, error) {
+	p := &Projector{db: db, js: js, subjects: subjects, log: log, BatchSize: DefaultBatchSize, advanced: make(chan struct{})}
+	seq, err := db.W.AppliedSeq(ctx)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	p.applied.Store(uint64(seq))
+	return p, nil
+}
+
+// Applied returns the last stream sequence applied.
+func (p *Projector) Applied() uint64 { return p.applied.Load() }
+
+// Lag returns how many stream messages are not applied yet, as last seen.
+func (p *Projector) Lag() uint64 {
+	last, applied := p.streamSeq.Load(), p.applied.Load()
+	if last < applied {
+		return 0
+	}
+	return last - applied
+}
+
+// StreamSeq returns the stream's last sequence as last seen.
+func (p *Projector) StreamSeq() uint64 { return p.streamSeq.Load() }
+
+// Skipped returns how many malformed messages were skipped.
+func (p *Projector) Skipped() uint64 { return p.skipped.Load() }
+
+// WaitFor blocks until sequence seq is applied or ctx ends.
+func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		p.mu.Lock()
+		ch := p.advanced
+		p.mu.Unlock()
+		if p.applied.Load() >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// CatchUp waits until everything in the stream now is applied.
+func (p *Projector) CatchUp(ctx context.Context) (uint64, error) {
+	last, err := p.refreshStreamSeq(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return last, p.WaitFor(ctx, last)
+}
+
+func (p *Projector) refreshStreamSeq(ctx context.Context) (uint64, error) {
+	s, err := p.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return 0, err
+	}
+	last := s.CachedInfo().State.LastSeq
+	p.observeStreamSeq(last)
+	return last, nil
+}
+
+func (p *Projector) observeStreamSeq(seq uint64) {
+	for {
+		cur := p.streamSeq.Load()
+		if seq <= cur || p.streamSeq.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
+// Run applies the stream until ctx ends; the batch in progress is committed
+// before it returns.
+func (p *Projector) Run(ctx context.Context) error {
+	last, err := p.refreshStreamSeq(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{p.subjects.Events()}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if start := p.Applied(); start > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start+1
+	}
+	cons, err := p.js.OrderedConsumer(ctx, events.StreamName, cfg)
+	if err != nil {
+		return err
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * p.BatchSize))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	incoming := make(chan jetstream.Msg, 2*p.BatchSize)
+	go func() {
+		defer close(incoming)
+		for {
+			m, err := iter.Next()
+			if err != nil {
+				return // stopped
+			}
+			select {
+			case incoming <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { <-ctx.Done(); iter.Stop() }()
+
+	if last > p.Applied() {
+		go p.reportProgress(ctx, last)
+	}
+	go p.pollStreamSeq(ctx)
+
+	batch := make([]jetstream.Msg, 0, p.BatchSize)
+	for m := range incoming {
+		batch = append(batch[:0], m)
+	fill:
+		for len(batch) < p.BatchSize {
+			select {
+			case m, ok := <-incoming:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		if err := p.apply(context.WithoutCancel(ctx), batch); err != nil {
+			return fmt.Errorf("apply batch ending at seq %d: %w", p.Applied(), err)
+		}
+	}
+	return nil
+}
+
+func (p *Projector) pollStreamSeq(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			p.refreshStreamSeq(qctx)
+			cancel()
+		}
+	}
+}
+
+// reportProgress logs a rebuild or catch-up every few seconds, because a
+// person is waiting for /readyz.
+func (p *Projector) reportProgress(ctx context.Context, target uint64) {
+	start, from := time.Now(), p.Applied()
+	p.log.Info("projections catching up with the stream", "applied", from, "target", target)
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for p.Applied() < target {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			done := p.Applied()
+			rate := float64(done-from) / time.Since(start).Seconds()
+			p.log.Info("projections catching up with the stream", "applied", done, "target", target,
+				"percent", fmt.Sprintf("%.1f", 100*float64(done)/float64(max(target, 1))), "events_per_second", int(rate))
+		}
+	}
+	p.log.Info("projections caught up", "applied", p.Applied(), "took", time.Since(start).Round(time.Millisecond))
+}
+
+func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
+	start := time.Now()
+	tx, err := p.db.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	q := p.db.W.WithTx(tx)
+	var last uint64
+	for _, m := range batch {
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		last = md.Sequence.Stream
+		p.observeStreamSeq(last + md.NumPending)
+		familyID := p.subjects.FamilyOf(m.Subject())
+		env, err := events.Decode(m.Data(), familyID)
+		if err != nil {
+			// A message from a misconfigured publisher: no tokend event can be
+			// derived from it. Skip it (logged without its payload, counted)
+			// rather than wedge every query behind it.
+			p.skipped.Add(1)
+			p.log.Warn("skipping malformed message on the event stream", "seq", last, "subject", m.Subject(), "err", errors.Unwrap(err))
+			continue
+		}
+		if err := applyEvent(ctx, q, last, env); err != nil {
+			return err
+		}
+	}
+	if err := q.SetAppliedSeq(ctx, int64(last)); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	p.applied.Store(last)
+	p.mu.Lock()
+	close(p.advanced)
+	p.advanced = make(chan struct{})
+	p.mu.Unlock()
+	if p.OnBatch != nil {
+		p.OnBatch(len(batch), time.Since(start))
+	}
+	return nil
+}
+
+// applyEvent writes one event's rows. Each write is idempotent, so a
+// re-delivered event changes nothing.
+func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope) error {
+	ctxJSON := []byte("{}")
+	if len(env.Context) > 0 {
+		ctxJSON, _ = json.Marshal(env.Context)
+	}
+	at := env.Time.UnixNano()
+	if err := q.InsertAuditEvent(ctx, queries.InsertAuditEventParams{
+		Seq: int64(seq), ID: env.ID, Type: env.Type, Time: at, FamilyID: env.FamilyID, Subject: env.Subject,
+		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
+	}); err != nil {
+		return err
+	}
+	f := env.Family()
+	aud, _ := json.Marshal(nonNil(f.Audience))
+	revokedAt := sql.NullInt64{}
+	if !f.RevokedAt.IsZero() {
+		revokedAt = sql.NullInt64{Int64: f.RevokedAt.UnixNano(), Valid: true}
+	}
+	if err := q.UpsertFamily(ctx, queries.UpsertFamilyParams{
+		FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
+		Audience: string(aud), Status: string(f.Status), Generation: int64(f.Generation), CurrentHash: f.CurrentHash,
+		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
+		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
+		LastSeq: int64(seq),
+	}); err != nil {
+		return err
+	}
+	switch domain.EventType(env.Type) {
+	case domain.TokenIssued:
+		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: f.ID, Generation: 1, IssuedAt: at})
+	case domain.TokenRotated:
+		if err := q.MarkTokenRotated(ctx, queries.MarkTokenRotatedParams{TokenHash: f.ParentHash, RotatedAt: sql.NullInt64{Int64: at, Valid: true}}); err != nil {
+			return err
+		}
+		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: f.ID, Generation: int64(env.Generation), IssuedAt: at})
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

@@ -1,0 +1,236 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/queries"
+)
+
+// Reader answers queries from the read model. Every answer carries AsOfSeq,
+// read before the query runs, so it never claims more than the query saw.
+type Reader struct {
+	db  *DB
+	p   *Projector
+	now func() time.Time
+}
+
+// NewReader returns a reader over db, fed by p.
+func NewReader(db *DB, p *Projector, now func() time.Time) *Reader {
+	return &Reader{db: db, p: p, now: now}
+}
+
+// Introspection is an RFC 7662 answer for a refresh token.
+type Introspection struct {
+	Active    bool     `json:"active"`
+	FamilyID  string   `json:"family_id,omitempty"`
+	Sub       string   `json:"sub,omitempty"`
+	ClientID  string   `json:"client_id,omitempty"`
+	Scope     *string  `json:"scope,omitempty"`
+	Aud       []string `json:"aud,omitempty"`
+	Exp       int64    `json:"exp,omitempty"`
+	Iat       int64    `json:"iat,omitempty"`
+	TokenType string   `json:"token_type,omitempty"`
+	AsOfSeq   uint64   `json:"as_of_seq"`
+}
+
+// maxTokenBytes keeps hostile input from being hashed at length; no real
+// token comes near it.
+const maxTokenBytes = 1024
+
+// Introspect reports whether token is its family's current token in a
+// family that is neither revoked nor expired.
+func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, error) {
+	asOf := r.p.Applied()
+	inactive := Introspection{AsOfSeq: asOf}
+	if len(token) > maxTokenBytes {
+		return inactive, nil
+	}
+	row, err := r.db.R.CurrentToken(ctx, domain.HashToken(token))
+	if errors.Is(err, sql.ErrNoRows) {
+		return inactive, nil
+	}
+	if err != nil {
+		return Introspection{}, err
+	}
+	f := familyOf(row.Family)
+	if f.StatusAt(r.now()) != domain.StatusActive {
+		return inactive, nil
+	}
+	scope := domain.ScopeString(f.Scope)
+	return Introspection{Active: true, FamilyID: f.ID, Sub: f.Subject, ClientID: f.ClientID, Scope: &scope,
+		Aud: f.Audience, Exp: f.ExpiresAt().Unix(), Iat: time.Unix(0, row.TokenIssuedAt).Unix(),
+		TokenType: "refresh_token", AsOfSeq: asOf}, nil
+}
+
+// FamilyView is a family and its chain of tokens.
+type FamilyView struct {
+	FamilyID      string      `json:"family_id"`
+	Subject       string      `json:"subject"`
+	ClientID      string      `json:"client_id"`
+	Scope         string      `json:"scope"`
+	Audience      []string    `json:"audience"`
+	Status        string      `json:"status"`
+	Generation    uint64      `json:"generation"`
+	CreatedAt     time.Time   `json:"created_at"`
+	LastUsedAt    time.Time   `json:"last_used_at"`
+	ExpiresAt     time.Time   `json:"expires_at"`
+	RevokedAt     *time.Time  `json:"revoked_at"`
+	RevokedReason string      `json:"revoked_reason"`
+	Tokens        []TokenView `json:"tokens"`
+	AsOfSeq       uint64      `json:"as_of_seq"`
+}
+
+// TokenView is one generation of a family; the token itself is never kept.
+type TokenView struct {
+	Generation uint64     `json:"generation"`
+	Status     string     `json:"status"`
+	IssuedAt   time.Time  `json:"issued_at"`
+	RotatedAt  *time.Time `json:"rotated_at"`
+}
+
+// Family returns a family's view, or an ENotFound error.
+func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error) {
+	asOf := r.p.Applied()
+	row, err := r.db.R.GetFamily(ctx, familyID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
+	}
+	if err != nil {
+		return FamilyView{}, err
+	}
+	toks, err := r.db.R.FamilyTokens(ctx, familyID)
+	if err != nil {
+		return FamilyView{}, err
+	}
+	f := familyOf(row)
+	v := FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
+		Audience: f.Audience, Status: string(f.StatusAt(r.now())), Generation: f.Generation, CreatedAt: f.CreatedAt,
+		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt(), RevokedReason: f.RevokedReason, AsOfSeq: asOf,
+		Tokens: make([]TokenView, len(toks))}
+	if f.Status == domain.StatusRevoked {
+		v.RevokedAt = &f.RevokedAt
+	}
+	for i, t := range toks {
+		tv := TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
+		switch {
+		case t.RotatedAt.Valid:
+			at := unixNano(t.RotatedAt.Int64)
+			tv.Status, tv.RotatedAt = "rotated", &at
+		case f.Status == domain.StatusRevoked:
+			tv.Status = "revoked"
+		}
+		v.Tokens[i] = tv
+	}
+	return v, nil
+}
+
+// AuditFilter selects audit events; zero fields do not filter.
+type AuditFilter struct {
+	FamilyID, Subject, ClientID string
+	Types                       []string
+	Since, Until                time.Time
+	AfterSeq                    uint64
+	Limit                       int
+}
+
+// AuditEvent is a stored event as security teams see it.
+type AuditEvent struct {
+	Seq        uint64          `json:"seq"`
+	ID         string          `json:"id"`
+	Type       string          `json:"type"`
+	Time       time.Time       `json:"time"`
+	FamilyID   string          `json:"family_id"`
+	Subject    string          `json:"subject"`
+	ClientID   string          `json:"client_id"`
+	Generation uint64          `json:"generation"`
+	Reason     string          `json:"reason"`
+	Context    json.RawMessage `json:"context"`
+}
+
+// AuditPage is one page of events in ascending seq.
+type AuditPage struct {
+	Events       []AuditEvent `json:"events"`
+	NextAfterSeq uint64       `json:"next_after_seq"`
+	AsOfSeq      uint64       `json:"as_of_seq"`
+}
+
+// Audit returns the events matching f after f.AfterSeq, at most f.Limit.
+func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
+	asOf := r.p.Applied()
+	types := ""
+	if len(f.Types) > 0 {
+		b, _ := json.Marshal(f.Types)
+		types = string(b)
+	}
+	since, until := int64(0), int64(1<<63-1)
+	if !f.Since.IsZero() {
+		since = f.Since.UnixNano()
+	}
+	if !f.Until.IsZero() {
+		until = f.Until.UnixNano()
+	}
+	after, limit := int64(f.AfterSeq), int64(f.Limit)
+	var (
+		rows []queries.AuditEvent
+		err  error
+	)
+	switch {
+	case f.FamilyID != "":
+		rows, err = r.db.R.AuditByFamily(ctx, queries.AuditByFamilyParams{FamilyID: f.FamilyID, AfterSeq: after,
+			Subject: f.Subject, ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
+	case f.Subject != "":
+		rows, err = r.db.R.AuditBySubject(ctx, queries.AuditBySubjectParams{Subject: f.Subject, AfterSeq: after,
+			ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
+	case f.ClientID != "":
+		rows, err = r.db.R.AuditByClient(ctx, queries.AuditByClientParams{ClientID: f.ClientID, AfterSeq: after,
+			Types: types, Since: since, Until: until, Lim: limit})
+	default:
+		rows, err = r.db.R.AuditAll(ctx, queries.AuditAllParams{AfterSeq: after, Types: types, Since: since, Until: until, Lim: limit})
+	}
+	if err != nil {
+		return AuditPage{}, err
+	}
+	page := AuditPage{Events: make([]AuditEvent, len(rows)), AsOfSeq: asOf}
+	for i, e := range rows {
+		page.Events[i] = AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
+			FamilyID: e.FamilyID, Subject: e.Subject, ClientID: e.ClientID, Generation: uint64(e.Generation),
+			Reason: e.Reason, Context: json.RawMessage(e.Context)}
+		page.NextAfterSeq = uint64(e.Seq)
+	}
+	return page, nil
+}
+
+// RevocableFamilies lists the unrevoked families of a subject or a client
+// (exactly one of them set), as of the projection's position.
+func (r *Reader) RevocableFamilies(ctx context.Context, subject, clientID string) ([]string, error) {
+	if subject != "" {
+		return r.db.R.RevocableFamiliesBySubject(ctx, subject)
+	}
+	return r.db.R.RevocableFamiliesByClient(ctx, clientID)
+}
+
+func familyOf(row queries.Family) domain.Family {
+	var aud []string
+	json.Unmarshal([]byte(row.Audience), &aud)
+	f := domain.Family{ID: row.FamilyID, Subject: row.Subject, ClientID: row.ClientID, Scope: splitScope(row.Scope),
+		Audience: nonNil(aud), Status: domain.Status(row.Status), Generation: uint64(row.Generation),
+		CurrentHash: row.CurrentHash, CreatedAt: unixNano(row.CreatedAt), LastUsedAt: unixNano(row.LastUsedAt),
+		IdleExpiresAt: unixNano(row.IdleExpiresAt), AbsoluteExpiresAt: unixNano(row.AbsoluteExpiresAt),
+		RevokedReason: row.RevokedReason}
+	if row.RevokedAt.Valid {
+		f.RevokedAt = unixNano(row.RevokedAt.Int64)
+	}
+	return f
+}
+
+func splitScope(s string) []string {
+	scope, _ := domain.ParseScope(s)
+	return scope
+}
+
+func unixNano(n int64) time.Time { return time.Unix(0, n).UTC() }
