@@ -35,8 +35,8 @@ type Service struct {
 	Access    *AccessTokens
 	Reader    *projections.Reader
 	Projector *projections.Projector
-	Log    *slog.Logger
-	Now    func() time.Time
+	Log       *slog.Logger
+	Now       func() time.Time
 
 	nc       *nats.Conn
 	inFlight sync.WaitGroup

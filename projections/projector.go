@@ -118,8 +118,16 @@ func (p *Projector) observeStreamSeq(seq uint64) {
 }
 
 // Run applies the stream until ctx ends; the batch in progress is committed
-// before it returns.
+// before it returns. It returns nil once ctx ends.
 func (p *Projector) Run(ctx context.Context) error {
+	err := p.run(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (p *Projector) run(ctx context.Context) error {
 	last, err := p.refreshStreamSeq(ctx)
 	if err != nil {
 		return err
