@@ -1,0 +1,239 @@
+// Package client calls tokend over NATS request-reply: the commands
+// (issue, refresh, revoke), the JWKS, and any query subject through Request.
+//
+//	c := client.New(nc, "") // default prefix "tokens"
+//	tok, err := c.Issue(ctx, api.IssueRequest{Subject: "user-42", ClientID: "web-app"})
+//	var e *client.Error
+//	if errors.As(err, &e) && e.Code == "invalid_grant" { ... }
+//	if client.IsRetryable(err) { ... back off and retry ... }
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tokend/tokend/api"
+)
+
+// DefaultPrefix is tokend's default subject prefix.
+const DefaultPrefix = "tokens"
+
+// DefaultTimeout bounds a request whose context has no deadline. tokend
+// answers every command within 5 s, so this leaves room for the network.
+const DefaultTimeout = 10 * time.Second
+
+// Subject suffixes of the tokend endpoints, relative to the prefix.
+const (
+	SubjectIssue   = "cmd.issue"
+	SubjectRefresh = "cmd.refresh"
+	SubjectRevoke  = "cmd.revoke"
+	SubjectKeys    = "keys"
+)
+
+// Contract error codes that a caller may retry.
+const (
+	CodeTemporarilyUnavailable = "temporarily_unavailable"
+	CodeServerError            = "server_error"
+)
+
+// Client sends requests to one tokend deployment. It is safe for concurrent
+// use; it does not own the connection.
+type Client struct {
+	nc     *nats.Conn
+	prefix string
+
+	// Timeout applies when a request's context has no deadline;
+	// DefaultTimeout if zero.
+	Timeout time.Duration
+}
+
+// New returns a client for the tokend service reachable through nc, with
+// subjects under prefix ("tokens" when empty).
+func New(nc *nats.Conn, prefix string) *Client {
+	prefix = strings.TrimSuffix(prefix, ".")
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return &Client{nc: nc, prefix: prefix}
+}
+
+// Prefix returns the subject prefix in use.
+func (c *Client) Prefix() string { return c.prefix }
+
+// Subject returns the full subject for suffix, e.g. "tokens.cmd.issue".
+func (c *Client) Subject(suffix string) string { return c.prefix + "." + suffix }
+
+// Issue starts a new token family.
+func (c *Client) Issue(ctx context.Context, req api.IssueRequest) (api.TokenReply, error) {
+	var reply api.TokenReply
+	err := c.Request(ctx, SubjectIssue, req, &reply)
+	return reply, err
+}
+
+// Refresh exchanges a refresh token for a new one (rotation).
+func (c *Client) Refresh(ctx context.Context, req api.RefreshRequest) (api.TokenReply, error) {
+	var reply api.TokenReply
+	err := c.Request(ctx, SubjectRefresh, req, &reply)
+	return reply, err
+}
+
+// Revoke revokes the families selected by req.
+func (c *Client) Revoke(ctx context.Context, req api.RevokeRequest) (api.RevokeReply, error) {
+	var reply api.RevokeReply
+	err := c.Request(ctx, SubjectRevoke, req, &reply)
+	return reply, err
+}
+
+// Keys returns the JWKS that verifies access tokens, as received.
+func (c *Client) Keys(ctx context.Context) (json.RawMessage, error) {
+	var reply json.RawMessage
+	err := c.Request(ctx, SubjectKeys, nil, &reply)
+	return reply, err
+}
+
+// Request sends req to <prefix>.<subjectSuffix> and decodes the answer into
+// reply.
+//
+// req is encoded with encoding/json, except that a json.RawMessage or []byte
+// is sent as is and nil sends {}. reply may be nil (the answer is dropped), a
+// *json.RawMessage or *[]byte (it receives a copy of the body exactly as
+// received), or anything encoding/json decodes into.
+//
+// An error answer from the service is returned as *Error. Transport failures
+// (no responders, timeout, closed connection) are returned wrapped, with the
+// subject, so errors.Is(err, nats.ErrNoResponders) and
+// errors.Is(err, context.DeadlineExceeded) work.
+func (c *Client) Request(ctx context.Context, subjectSuffix string, req any, reply any) error {
+	subject := c.Subject(subjectSuffix)
+	data, err := encode(req)
+	if err != nil {
+		return fmt.Errorf("%s: encode request: %w", subject, err)
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		timeout := c.Timeout
+		if timeout <= 0 {
+			timeout = DefaultTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", subject, err)
+	}
+	if e := responseError(msg); e != nil {
+		return e
+	}
+	return decode(msg.Data, reply, subject)
+}
+
+func encode(req any) ([]byte, error) {
+	switch r := req.(type) {
+	case nil:
+		return []byte("{}"), nil
+	case json.RawMessage:
+		return r, nil
+	case []byte:
+		return r, nil
+	}
+	return json.Marshal(req)
+}
+
+func decode(data []byte, reply any, subject string) error {
+	switch r := reply.(type) {
+	case nil:
+		return nil
+	case *json.RawMessage:
+		*r = append(json.RawMessage(nil), data...)
+		return nil
+	case *[]byte:
+		*r = append([]byte(nil), data...)
+		return nil
+	}
+	if err := json.Unmarshal(data, reply); err != nil {
+		return fmt.Errorf("%s: decode reply: %w", subject, err)
+	}
+	return nil
+}
+
+// Error is a failure answered by the service (see the contract's error table).
+type Error struct {
+	Code         string // contract error code, e.g. "invalid_grant"
+	Description  string // error_description, safe to show
+	RetryAfterMs int64  // retry_after_ms hint, 0 if none
+	Status       string // the Nats-Service-Error-Code header, e.g. "400"
+}
+
+func (e *Error) Error() string {
+	if e.Description == "" {
+		return e.Code
+	}
+	return e.Code + ": " + e.Description
+}
+
+// RetryAfter returns the service's back-off hint, 0 if none.
+func (e *Error) RetryAfter() time.Duration { return time.Duration(e.RetryAfterMs) * time.Millisecond }
+
+// responseError returns the *Error carried by msg, or nil for a success.
+func responseError(msg *nats.Msg) *Error {
+	status := msg.Header.Get(micro.ErrorCodeHeader)
+	if status == "" {
+		return nil
+	}
+	e := &Error{Status: status}
+	var body api.ErrorReply
+	if json.Unmarshal(msg.Data, &body) == nil {
+		e.Code, e.Description, e.RetryAfterMs = body.Error, body.Description, body.RetryAfterMs
+	}
+	if e.Description == "" {
+		e.Description = msg.Header.Get(micro.ErrorHeader)
+	}
+	if e.Code == "" {
+		e.Code = codeForStatus(status)
+	}
+	return e
+}
+
+// codeForStatus guesses the contract code of an error without a usable body.
+func codeForStatus(status string) string {
+	n, _ := strconv.Atoi(status)
+	switch {
+	case n == 404:
+		return "not_found"
+	case n == 503:
+		return CodeTemporarilyUnavailable
+	case n >= 400 && n < 500:
+		return "invalid_request"
+	}
+	return CodeServerError
+}
+
+// IsRetryable reports whether err may succeed if the same request is sent
+// again later: the service said temporarily_unavailable or server_error, or
+// the request timed out or found no responder (tokend restarting or not yet
+// subscribed). Retrying a refresh is safe inside the reuse interval, which
+// returns the same child.
+func IsRetryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code == CodeTemporarilyUnavailable || e.Code == CodeServerError
+	}
+	return errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded)
+}

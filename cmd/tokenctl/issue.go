@@ -1,0 +1,44 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/client"
+)
+
+var issueCommand = &command{
+	summary:  "start a new token family",
+	synopsis: `--subject S --client C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y]`,
+	help: `Prints the family id, the first refresh token and an access token.
+--audience may repeat; the first one is the default audience of refreshes.`,
+	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
+		subject := fs.String("subject", "", "the user the family belongs to (`S`, required)")
+		clientID := fs.String("client", "", "the OAuth client id (`C`, required)")
+		scope := fs.String("scope", "", "space-separated granted `scope` (may be empty)")
+		var audience stringList
+		fs.Var(&audience, "audience", "resource `URL` the family may mint access tokens for (repeatable)")
+		reqContext := contextFlags(fs)
+		return func(ctx context.Context, e *env) error {
+			if *subject == "" {
+				return usagef("--subject is required")
+			}
+			if *clientID == "" {
+				return usagef("--client is required")
+			}
+			req := api.IssueRequest{Subject: *subject, ClientID: *clientID, Scope: *scope,
+				Audience: audience, Context: reqContext()}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.Request(ctx, client.SubjectIssue, req, &raw); err != nil {
+				return err
+			}
+			return printTokenReply(e, raw)
+		}
+	},
+}

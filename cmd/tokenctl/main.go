@@ -1,0 +1,290 @@
+// Command tokenctl is the operator CLI of tokend: it issues, refreshes and
+// revokes token families and prints the JWKS, over NATS request-reply.
+//
+//	tokenctl [--nats-url URL] [--prefix P] [--timeout D] [--json] <command> [flags]
+//
+// Each command lives in its own file and is listed in the commands map below.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/client"
+)
+
+// defaultNATSURL is where `go run ./cmd/tokend` listens by default.
+const defaultNATSURL = "nats://127.0.0.1:4222"
+
+// defaultTimeout bounds one invocation, connecting included.
+const defaultTimeout = 10 * time.Second
+
+// command is one tokenctl subcommand.
+type command struct {
+	summary  string // one line for the command list
+	synopsis string // flags after "tokenctl [global flags] <name> "
+	help     string // paragraphs printed by -h above the flags; may be empty
+
+	// setup declares the command's flags on fs and returns the function that
+	// runs the command once fs is parsed. That function checks its flags first
+	// (returning usagef errors, exit 2) and only then calls e.client(), so a
+	// usage error never needs NATS.
+	setup func(fs *flag.FlagSet) func(ctx context.Context, e *env) error
+}
+
+// commands lists the subcommands by name; add one file per command and one
+// line here.
+var commands = map[string]*command{
+	"issue":   issueCommand,
+	"refresh": refreshCommand,
+	"revoke":  revokeCommand,
+	"keys":    keysCommand,
+}
+
+// getenv is os.Getenv, replaceable in tests.
+var getenv = os.Getenv
+
+func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+
+// env is what a running command needs: its streams, the global flags and a
+// lazily opened connection.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	json           bool
+	natsURL        string
+	prefix         string
+	timeout        time.Duration
+
+	nc *nats.Conn
+	c  *client.Client
+}
+
+// client connects to NATS on first use.
+func (e *env) client() (*client.Client, error) {
+	if e.c != nil {
+		return e.c, nil
+	}
+	nc, err := nats.Connect(e.natsURL, nats.Name("tokenctl"), nats.Timeout(e.timeout), nats.NoReconnect())
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", e.natsURL, err)
+	}
+	e.nc = nc
+	e.c = client.New(nc, e.prefix)
+	e.c.Timeout = e.timeout
+	return e.c, nil
+}
+
+func (e *env) close() {
+	if e.nc != nil {
+		e.nc.Close()
+	}
+}
+
+// usageError is a bad invocation: exit status 2.
+type usageError struct{ msg string }
+
+func (u *usageError) Error() string { return u.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// run is main without the process: it returns the exit status (0 ok,
+// 1 failure, 2 usage error).
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	global := flag.NewFlagSet("tokenctl", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	global.StringVar(&e.natsURL, "nats-url", defaultURL(), "NATS server `URL` (default $TOKENCTL_NATS_URL, else $NATS_URL, else "+defaultNATSURL+")")
+	global.StringVar(&e.prefix, "prefix", client.DefaultPrefix, "subject prefix `P` of the tokend deployment")
+	global.DurationVar(&e.timeout, "timeout", defaultTimeout, "give up after `D`, connecting included")
+	global.BoolVar(&e.json, "json", false, "print the reply JSON exactly as received (for scripts)")
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			mainUsage(stdout, global)
+			return 0
+		}
+		fmt.Fprintf(stderr, "tokenctl: %v\n\n", err)
+		mainUsage(stderr, global)
+		return 2
+	}
+	if e.timeout <= 0 {
+		fmt.Fprintln(stderr, "tokenctl: --timeout must be positive")
+		return 2
+	}
+	rest := global.Args()
+	if len(rest) == 0 {
+		mainUsage(stderr, global)
+		return 2
+	}
+	name, rest := rest[0], rest[1:]
+	if name == "help" {
+		return help(rest, stdout, stderr, global)
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "tokenctl: unknown command %q; run 'tokenctl help' for the list\n", name)
+		return 2
+	}
+
+	fs := commandFlags(name)
+	exec := cmd.setup(fs)
+	fs.BoolVar(&e.json, "json", e.json, "print the reply JSON exactly as received (same as the global --json)")
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			commandUsage(stdout, name, cmd, fs)
+			return 0
+		}
+		return usageFailure(stderr, name, err)
+	}
+	if fs.NArg() > 0 {
+		return usageFailure(stderr, name, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	defer cancel()
+	defer e.close()
+	err := exec(ctx, e)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		return usageFailure(stderr, name, err)
+	}
+	reportError(e, err)
+	return 1
+}
+
+func commandFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tokenctl "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func usageFailure(stderr io.Writer, name string, err error) int {
+	fmt.Fprintf(stderr, "tokenctl %s: %v\nRun 'tokenctl %s -h' for usage.\n", name, err, name)
+	return 2
+}
+
+// reportError prints err for a human on stderr, and in --json mode the error
+// body on stdout too, so a script reads the code from the same place as a
+// success.
+func reportError(e *env, err error) {
+	var se *client.Error
+	msg := err.Error()
+	switch {
+	case errors.As(err, &se):
+		if e.json {
+			data, _ := json.Marshal(api.ErrorReply{Error: se.Code, Description: se.Description, RetryAfterMs: se.RetryAfterMs})
+			fmt.Fprintf(e.stdout, "%s\n", data)
+		}
+		msg = se.Error()
+		if se.RetryAfterMs > 0 {
+			msg += fmt.Sprintf(" (retry after %v)", se.RetryAfter())
+		}
+	case errors.Is(err, nats.ErrNoResponders):
+		msg += fmt.Sprintf(" (is tokend running with subject prefix %q on %s?)", e.prefix, e.natsURL)
+	case errors.Is(err, context.DeadlineExceeded):
+		msg += fmt.Sprintf(" (no answer within --timeout %v)", e.timeout)
+	}
+	fmt.Fprintf(e.stderr, "tokenctl: %s\n", msg)
+}
+
+func defaultURL() string {
+	for _, k := range []string{"TOKENCTL_NATS_URL", "NATS_URL"} {
+		if v := getenv(k); v != "" {
+			return v
+		}
+	}
+	return defaultNATSURL
+}
+
+func help(args []string, stdout, stderr io.Writer, global *flag.FlagSet) int {
+	if len(args) == 0 {
+		mainUsage(stdout, global)
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "tokenctl: unknown command %q; run 'tokenctl help' for the list\n", args[0])
+		return 2
+	}
+	fs := commandFlags(args[0])
+	cmd.setup(fs)
+	fs.Bool("json", false, "print the reply JSON exactly as received (same as the global --json)")
+	commandUsage(stdout, args[0], cmd, fs)
+	return 0
+}
+
+func mainUsage(w io.Writer, global *flag.FlagSet) {
+	fmt.Fprint(w, `tokenctl is the operator CLI of tokend (refresh-token rotation over NATS).
+
+Usage:
+  tokenctl [global flags] <command> [flags]
+
+Commands:
+`)
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %-9s %s\n", name, commands[name].summary)
+	}
+	fmt.Fprintf(w, "  %-9s %s\n", "help", "show the usage of a command: tokenctl help <command>")
+	fmt.Fprint(w, "\nGlobal flags:\n")
+	printFlags(w, global)
+	fmt.Fprint(w, `
+Output is human-readable by default; with --json the reply is printed exactly
+as received. Failures print "tokenctl: <error>: <description>" on stderr and
+exit 1; usage errors exit 2.
+Run 'tokenctl <command> -h' for a command's flags.
+`)
+}
+
+func commandUsage(w io.Writer, name string, cmd *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: %s\n\n%s.\n", strings.TrimSpace("tokenctl [global flags] "+name+" "+cmd.synopsis), upperFirst(cmd.summary))
+	if cmd.help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
+	}
+	fmt.Fprint(w, "\nFlags:\n")
+	printFlags(w, fs)
+	fmt.Fprint(w, "\nRun 'tokenctl help' for the global flags (--nats-url, --prefix, --timeout, --json).\n")
+}
+
+// printFlags is flag.PrintDefaults with GNU-style double dashes.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if arg != "" {
+			line += " " + arg
+		}
+		fmt.Fprintf(w, "%s\n    \t%s", line, strings.ReplaceAll(usage, "\n", "\n    \t"))
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && !strings.Contains(usage, "(default") {
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+const (
+	testAccess  = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIiwidHlwIjoiYXQrand0In0.payload.signature"
+	testRefresh = "rt1.fam-7f3a.secret"
+	// tokenReply is spaced oddly on purpose: --json must pass it through as is.
+	tokenReply = `{"refresh_token":"` + testRefresh + `", "family_id":"fam-7f3a","token_type":"Bearer","access_token":"` +
+		testAccess + `","expires_in":300,"scope":"openid api:read","refresh_token_expires_at":"2026-12-06T10:00:00Z","seq":42}`
+)
+
+// fake is an in-process NATS server with a stand-in for tokend that records
+// the requests it gets.
+type fake struct {
+	url string
+	mu  sync.Mutex
+	got map[string][]byte // subject -> last request body
+}
+
+func (f *fake) request(subject string) map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var m map[string]any
+	if err := json.Unmarshal(f.got[subject], &m); err != nil {
+		return nil
+	}
+	return m
+}
+
+// startFake answers tokens.* subjects: replies maps a subject to its success
+// body; errors maps a subject to a contract error body sent like tokend does.
+func startFake(t *testing.T, replies map[string]string, errs map[string]string) *fake {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	f := &fake{url: ns.ClientURL(), got: map[string][]byte{}}
+	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(subject string, h micro.HandlerFunc) {
+		name := strings.ReplaceAll(subject, ".", "_")
+		if err := svc.AddEndpoint(name, micro.HandlerFunc(func(r micro.Request) {
+			f.mu.Lock()
+			f.got[r.Subject()] = append([]byte(nil), r.Data()...)
+			f.mu.Unlock()
+			h(r)
+		}), micro.WithEndpointSubject(subject)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for subject, body := range replies {
+		add(subject, func(r micro.Request) { _ = r.Respond([]byte(body)) })
+	}
+	for subject, body := range errs {
+		add(subject, func(r micro.Request) {
+			var e struct {
+				Description string `json:"error_description"`
+			}
+			_ = json.Unmarshal([]byte(body), &e)
+			_ = r.Error("400", e.Description, []byte(body))
+		})
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func runCtl(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(args, strings.NewReader(stdin), &out, &errOut)
+	return result{code, out.String(), errOut.String()}
+}
+
+// deadURL is a NATS URL nothing listens on: usage errors must not need NATS.
+const deadURL = "nats://127.0.0.1:1"
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"--nats-url", deadURL},
+		{"--bogus"},
+		{"--timeout", "0", "keys"},
+		{"--nats-url", deadURL, "frobnicate"},
+		{"--nats-url", deadURL, "issue"},
+		{"--nats-url", deadURL, "issue", "--subject", "u"},
+		{"--nats-url", deadURL, "issue", "--client", "c"},
+		{"--nats-url", deadURL, "issue", "--subject", "u", "--client", "c", "extra"},
+		{"--nats-url", deadURL, "issue", "--subject"},
+		{"--nats-url", deadURL, "issue", "--nope"},
+		{"--nats-url", deadURL, "refresh", "--client", "c"},
+		{"--nats-url", deadURL, "refresh", "--token", "t"},
+		{"--nats-url", deadURL, "revoke"},
+		{"--nats-url", deadURL, "revoke", "--family", "f", "--subject", "s"},
+		{"--nats-url", deadURL, "revoke", "--family", ""},
+		{"--nats-url", deadURL, "help", "frobnicate"},
+	} {
+		r := runCtl(t, "", args...)
+		if r.code != 2 {
+			t.Errorf("tokenctl %q: exit %d, want 2 (stdout %q, stderr %q)", args, r.code, r.stdout, r.stderr)
+		}
+		if r.stderr == "" || r.stdout != "" {
+			t.Errorf("tokenctl %q: want a message on stderr only; stdout %q, stderr %q", args, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestStdinTokenErrors(t *testing.T) {
+	for _, stdin := range []string{"", "  \n", "a b\n"} {
+		r := runCtl(t, stdin, "--nats-url", deadURL, "refresh", "--client", "c", "--token", "-")
+		if r.code != 2 || !strings.Contains(r.stderr, "stdin") {
+			t.Errorf("stdin %q: exit %d, stderr %q", stdin, r.code, r.stderr)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	r := runCtl(t, "", "help")
+	if r.code != 0 {
+		t.Fatalf("help: exit %d", r.code)
+	}
+	for _, want := range []string{"issue", "refresh", "revoke", "keys", "--nats-url", "--json", "--timeout", "--prefix"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("help lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r := runCtl(t, "", "-h"); r.code != 0 || !strings.Contains(r.stdout, "Commands:") {
+		t.Errorf("-h: exit %d, stdout %q", r.code, r.stdout)
+	}
+	for _, args := range [][]string{{"refresh", "-h"}, {"help", "refresh"}, {"refresh", "--help"}} {
+		r := runCtl(t, "", args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "--token") || !strings.Contains(r.stdout, "stdin") {
+			t.Errorf("%q: exit %d, stdout %q", args, r.code, r.stdout)
+		}
+	}
+	r = runCtl(t, "", "issue", "-h")
+	if r.code != 0 || !strings.Contains(r.stdout, "--audience URL") || !strings.Contains(r.stdout, "--subject S") {
+		t.Errorf("issue -h: exit %d, stdout %q", r.code, r.stdout)
+	}
+}
+
+func TestIssueHuman(t *testing.T) {
+	f := startFake(t, map[string]string{"tokens.cmd.issue": tokenReply}, nil)
+	r := runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "user-42", "--client", "web-app",
+		"--scope", "openid api:read", "--audience", "https://a.example", "--audience", "https://b.example",
+		"--ip", "203.0.113.7", "--user-agent", "curl/8")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, want := range []string{"family:          fam-7f3a\n", "refresh_token:   " + testRefresh + "\n",
+		"access_token:    " + testAccess[:24] + "…\n", "scope:           openid api:read\n",
+		"expires_in:      300s\n", "refresh expires: ", "seq:             42\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, testAccess) {
+		t.Errorf("human output shows the whole access token:\n%s", r.stdout)
+	}
+	req := f.request("tokens.cmd.issue")
+	if req["subject"] != "user-42" || req["client_id"] != "web-app" || req["scope"] != "openid api:read" {
+		t.Errorf("request = %v", req)
+	}
+	if aud, _ := req["audience"].([]any); len(aud) != 2 || aud[1] != "https://b.example" {
+		t.Errorf("audience = %v", req["audience"])
+	}
+	if c, _ := req["context"].(map[string]any); c["ip"] != "203.0.113.7" || c["user_agent"] != "curl/8" {
+		t.Errorf("context = %v", req["context"])
+	}
+}
+
+func TestJSONPassThrough(t *testing.T) {
+	f := startFake(t, map[string]string{"tokens.cmd.issue": tokenReply}, nil)
+	for _, args := range [][]string{
+		{"--nats-url", f.url, "--json", "issue", "--subject", "u", "--client", "c"},
+		{"--nats-url", f.url, "issue", "--subject", "u", "--client", "c", "--json"},
+	} {
+		r := runCtl(t, "", args...)
+		if r.code != 0 || r.stdout != tokenReply+"\n" {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestRefreshFromStdin(t *testing.T) {
+	f := startFake(t, map[string]string{"tokens.cmd.refresh": tokenReply}, nil)
+	r := runCtl(t, testRefresh+"\n", "--nats-url", f.url, "refresh", "--token", "-", "--client", "web-app")
+	if r.code != 0 || !strings.Contains(r.stdout, "fam-7f3a") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	req := f.request("tokens.cmd.refresh")
+	if req["refresh_token"] != testRefresh || req["client_id"] != "web-app" {
+		t.Errorf("request = %v", req)
+	}
+	if req["scope"] != nil {
+		t.Errorf("scope = %#v, want it absent without --scope", req["scope"])
+	}
+
+	r = runCtl(t, "", "--nats-url", f.url, "refresh", "--token", "x", "--client", "c", "--scope", "", "--audience", "https://a")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	req = f.request("tokens.cmd.refresh")
+	if req["scope"] != "" || req["audience"] != "https://a" {
+		t.Errorf("request = %v", req)
+	}
+}
+
+func TestRevoke(t *testing.T) {
+	f := startFake(t, map[string]string{"tokens.cmd.revoke": `{"revoked_families":1,"seq":43}`}, nil)
+	r := runCtl(t, "", "--nats-url", f.url, "revoke", "--family", "fam-7f3a", "--reason", "compromised")
+	if r.code != 0 || r.stdout != "revoked_families: 1\nseq:              43\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	req := f.request("tokens.cmd.revoke")
+	if req["family_id"] != "fam-7f3a" || req["reason"] != "compromised" || req["refresh_token"] != nil || req["subject"] != nil {
+		t.Errorf("request = %v", req)
+	}
+	r = runCtl(t, "tok\n", "--nats-url", f.url, "--json", "revoke", "--token", "-")
+	if r.code != 0 || r.stdout != `{"revoked_families":1,"seq":43}`+"\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if req := f.request("tokens.cmd.revoke"); req["refresh_token"] != "tok" || req["family_id"] != nil {
+		t.Errorf("request = %v", req)
+	}
+	r = runCtl(t, "", "--nats-url", f.url, "revoke", "--client-id", "web-app")
+	if req := f.request("tokens.cmd.revoke"); r.code != 0 || req["client_id"] != "web-app" {
+		t.Errorf("exit %d, request = %v", r.code, req)
+	}
+}
+
+func TestServiceError(t *testing.T) {
+	body := `{"error":"invalid_grant","error_description":"refresh token is not valid"}`
+	f := startFake(t, nil, map[string]string{"tokens.cmd.refresh": body})
+	r := runCtl(t, "", "--nats-url", f.url, "refresh", "--token", "x", "--client", "c")
+	if r.code != 1 || r.stderr != "tokenctl: invalid_grant: refresh token is not valid\n" || r.stdout != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCtl(t, "", "--nats-url", f.url, "--json", "refresh", "--token", "x", "--client", "c")
+	if r.code != 1 || r.stdout != body+"\n" || !strings.Contains(r.stderr, "invalid_grant") {
+		t.Fatalf("--json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestNoResponders(t *testing.T) {
+	f := startFake(t, nil, nil)
+	r := runCtl(t, "", "--nats-url", f.url, "--prefix", "elsewhere", "keys")
+	if r.code != 1 || !strings.Contains(r.stderr, "no responders") || !strings.Contains(r.stderr, "elsewhere.keys") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestConnectFailure(t *testing.T) {
+	r := runCtl(t, "", "--nats-url", deadURL, "--timeout", "2s", "keys")
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "tokenctl: connect to "+deadURL) {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	jwks := `{"keys":[{"kty":"OKP","kid":"k1"}]}`
+	f := startFake(t, map[string]string{"tokens.keys": jwks}, nil)
+	r := runCtl(t, "", "--nats-url", f.url, "keys")
+	if r.code != 0 || !strings.Contains(r.stdout, "\n  \"keys\": [") || !strings.Contains(r.stdout, `"kid": "k1"`) {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := runCtl(t, "", "--nats-url", f.url, "--json", "keys"); r.stdout != jwks+"\n" {
+		t.Fatalf("--json: stdout %q", r.stdout)
+	}
+}
+
+func TestDefaultURLFromEnv(t *testing.T) {
+	env := map[string]string{}
+	old := getenv
+	getenv = func(k string) string { return env[k] }
+	t.Cleanup(func() { getenv = old })
+	if got := defaultURL(); got != defaultNATSURL {
+		t.Errorf("no env: %q", got)
+	}
+	env["NATS_URL"] = "nats://a:4222"
+	if got := defaultURL(); got != "nats://a:4222" {
+		t.Errorf("NATS_URL: %q", got)
+	}
+	env["TOKENCTL_NATS_URL"] = "nats://b:4222"
+	if got := defaultURL(); got != "nats://b:4222" {
+		t.Errorf("TOKENCTL_NATS_URL: %q", got)
+	}
+
+	f := startFake(t, map[string]string{"tokens.keys": `{"keys":[]}`}, nil)
+	env["TOKENCTL_NATS_URL"] = f.url
+	if r := runCtl(t, "", "keys"); r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}

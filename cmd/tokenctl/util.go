@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/tokend/tokend/api"
+)
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+// contextFlags declares --ip and --user-agent, recorded by tokend for audit.
+func contextFlags(fs *flag.FlagSet) func() map[string]string {
+	ip := fs.String("ip", "", "client `IP` address, recorded in the audit trail")
+	ua := fs.String("user-agent", "", "client user agent (`UA`), recorded in the audit trail")
+	return func() map[string]string {
+		c := map[string]string{}
+		if *ip != "" {
+			c["ip"] = *ip
+		}
+		if *ua != "" {
+			c["user_agent"] = *ua
+		}
+		if len(c) == 0 {
+			return nil
+		}
+		return c
+	}
+}
+
+// isSet reports whether the flag name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// maxStdinToken bounds a token read from stdin; real ones are well under 1 KiB.
+const maxStdinToken = 64 << 10
+
+// tokenArg returns the token given as flag value v, reading it from stdin
+// when v is "-" (so it stays out of shell history and ps).
+func tokenArg(e *env, flagName, v string) (string, error) {
+	if v != "-" {
+		return v, nil
+	}
+	data, err := io.ReadAll(io.LimitReader(e.stdin, maxStdinToken+1))
+	if err != nil {
+		return "", fmt.Errorf("read --%s from stdin: %w", flagName, err)
+	}
+	if len(data) > maxStdinToken {
+		return "", usagef("--%s -: stdin holds more than %d bytes", flagName, maxStdinToken)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", usagef("--%s -: stdin is empty", flagName)
+	}
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return "", usagef("--%s -: stdin must hold one token", flagName)
+	}
+	return tok, nil
+}
+
+// printRaw writes a reply exactly as received, newline-terminated.
+func printRaw(w io.Writer, raw []byte) {
+	w.Write(raw)
+	if !bytes.HasSuffix(raw, []byte("\n")) {
+		io.WriteString(w, "\n")
+	}
+}
+
+// printKV writes aligned "key: value" lines.
+func printKV(w io.Writer, rows [][2]string) {
+	width := 0
+	for _, r := range rows {
+		width = max(width, len(r[0])+1)
+	}
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-*s %s\n", width, r[0]+":", r[1])
+	}
+}
+
+// shortToken shows enough of a token to tell it apart, for human output.
+func shortToken(t string) string {
+	const keep = 24
+	if len(t) <= keep+8 {
+		return t
+	}
+	return t[:keep] + "…"
+}
+
+// printTokenReply prints an issue or refresh answer: raw in --json mode,
+// else aligned lines with the access token shortened.
+func printTokenReply(e *env, raw json.RawMessage) error {
+	if e.json {
+		printRaw(e.stdout, raw)
+		return nil
+	}
+	var r api.TokenReply
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return fmt.Errorf("decode reply: %w", err)
+	}
+	scope := r.Scope
+	if scope == "" {
+		scope = "(none)"
+	}
+	expires := r.RefreshTokenExpiresAt
+	if t, err := time.Parse(time.RFC3339, expires); err == nil {
+		expires = t.Local().Format("2006-01-02 15:04:05 MST")
+	}
+	printKV(e.stdout, [][2]string{
+		{"family", r.FamilyID},
+		{"refresh_token", r.RefreshToken},
+		{"access_token", shortToken(r.AccessToken)},
+		{"scope", scope},
+		{"expires_in", fmt.Sprintf("%ds", r.ExpiresIn)},
+		{"refresh expires", expires},
+		{"seq", fmt.Sprint(r.Seq)},
+	})
+	return nil
+}
