@@ -1,0 +1,238 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/tokend/tokend/domain"
+)
+
+var testSubjects = Subjects{Prefix: "tokens"}
+
+// MustJetStream starts an in-process JetStream server and sets up the stream.
+func MustJetStream(tb testing.TB) (*nats.Conn, jetstream.JetStream, jetstream.Stream, jetstream.KeyValue) {
+	tb.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: tb.TempDir(), JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoLog: true, NoSigs: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("nats did not start")
+	}
+	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	stream, reuse, err := Setup(context.Background(), js, testSubjects, 1, 0, 2*time.Second)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return nc, js, stream, reuse
+}
+
+type fixture struct {
+	codec   *domain.TokenCodec
+	decider domain.Decider
+	now     time.Time
+}
+
+func newFixture(tb testing.TB) *fixture {
+	tb.Helper()
+	codec, err := NewKeyset(time.Now()).Codec()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := &fixture{codec: codec, now: time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)}
+	f.decider = domain.Decider{Policy: domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour},
+		Now: func() time.Time { return f.now }, NewEventID: nuid.Next}
+	return f
+}
+
+func (f *fixture) mint(family string, gen uint64) domain.Token {
+	return f.codec.Mint(family, gen, [domain.SecretSize]byte{byte(gen), 1})
+}
+
+func TestAppendAndLoadInOneRead(t *testing.T) {
+	nc, js, stream, _ := MustJetStream(t)
+	store := NewStore(nc, js, stream, testSubjects)
+	fx := newFixture(t)
+	ctx := context.Background()
+
+	family := "fam-load"
+	var all []domain.Event
+	state, seq := domain.Family{}, uint64(0)
+	apply := func(evs []domain.Event, err error) {
+		t.Helper()
+		if len(evs) == 0 {
+			t.Fatalf("no events: %v", err)
+		}
+		after := state
+		envs := make([]Envelope, len(evs))
+		for i, e := range evs {
+			after = domain.Evolve(after, e)
+			envs[i] = Wrap(e, after)
+		}
+		if seq, err = store.Append(ctx, family, seq, envs); err != nil {
+			t.Fatal(err)
+		}
+		state = after
+		all = append(all, evs...)
+	}
+	apply(fx.decider.Decide(state, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c", Scope: []string{"a", "b"}, Audience: []string{"https://x"}}))
+	for gen := uint64(1); gen < 4; gen++ {
+		fx.now = fx.now.Add(time.Minute)
+		apply(fx.decider.Decide(state, domain.Refresh{Presented: fx.mint(family, gen), ClientID: "c", Child: fx.mint(family, gen+1)}))
+	}
+	fx.now = fx.now.Add(time.Minute)
+	apply(fx.decider.Decide(state, domain.Refresh{Presented: fx.mint(family, 1), ClientID: "c"})) // ancestor: replay + revoke
+
+	loaded, loadedSeq, err := store.Load(ctx, family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loadedSeq != seq {
+		t.Fatalf("loaded seq %d, last append %d", loadedSeq, seq)
+	}
+	if want := domain.Fold(all); !reflect.DeepEqual(normalize(loaded), normalize(want)) {
+		t.Fatalf("state from the last message:\n%+v\nfold of every event:\n%+v", loaded, want)
+	}
+	if loaded.Status != domain.StatusRevoked || loaded.RevokedReason != domain.ReasonReplayDetected {
+		t.Fatalf("after replay: %s %s", loaded.Status, loaded.RevokedReason)
+	}
+	if f, s, err := store.Load(ctx, "no-such-family"); err != nil || f.Exists() || s != 0 {
+		t.Fatalf("unknown family: %+v %d %v", f, s, err)
+	}
+}
+
+// normalize drops monotonic clock readings and nil-vs-empty differences that
+// a JSON round trip does not keep.
+func normalize(f domain.Family) domain.Family {
+	for _, t := range []*time.Time{&f.RotatedAt, &f.CreatedAt, &f.LastUsedAt, &f.IdleExpiresAt, &f.AbsoluteExpiresAt, &f.RevokedAt} {
+		*t = t.UTC().Round(0)
+	}
+	if len(f.Scope) == 0 {
+		f.Scope = nil
+	}
+	if len(f.Audience) == 0 {
+		f.Audience = nil
+	}
+	return f
+}
+
+func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
+	nc, js, stream, _ := MustJetStream(t)
+	store := NewStore(nc, js, stream, testSubjects)
+	fx := newFixture(t)
+	ctx := context.Background()
+	family := "fam-fence"
+
+	issued, _ := fx.decider.Decide(domain.Family{}, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"})
+	state := domain.Evolve(domain.Family{}, issued[0])
+	seq, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("second issue on the same subject: %v, want ErrConflict", err)
+	}
+
+	revoke := func(reason string) []Envelope {
+		evs, _ := fx.decider.Decide(state, domain.Revoke{Reason: reason})
+		replay := evs[0]
+		replay.Type, replay.ID = domain.ReplayDetected, nuid.Next()
+		return []Envelope{Wrap(replay, state), Wrap(evs[0], domain.Evolve(state, evs[0]))}
+	}
+	// A stale batch: its fence fails, so neither message may land.
+	if _, err := store.Append(ctx, family, seq-1+100, revoke("stale")); !errors.Is(err, ErrConflict) {
+		t.Fatalf("stale batch: %v, want ErrConflict", err)
+	}
+	info, _ := stream.Info(ctx)
+	if info.State.Msgs != 1 {
+		t.Fatalf("a refused batch stored %d messages", info.State.Msgs-1)
+	}
+	last, err := store.Append(ctx, family, seq, revoke("fresh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != seq+2 {
+		t.Fatalf("batch of two ended at seq %d, want %d", last, seq+2)
+	}
+}
+
+func TestWriterRetriesOnConflict(t *testing.T) {
+	nc, js, stream, _ := MustJetStream(t)
+	store := NewStore(nc, js, stream, testSubjects)
+	fx := newFixture(t)
+	ctx := context.Background()
+	family := "fam-retry"
+	a, b := NewWriter(store, 16), NewWriter(store, 16)
+
+	issue := func(f domain.Family) ([]domain.Event, error) {
+		return fx.decider.Decide(f, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"})
+	}
+	if _, err := a.Handle(ctx, family, issue); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Handle(ctx, family, func(f domain.Family) ([]domain.Event, error) {
+		return fx.decider.Decide(f, domain.Revoke{Reason: "by-b"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// a's cached state still says active; its first attempt must be fenced
+	// off and its second must see b's revocation.
+	var attempts atomic.Int32
+	d, err := a.Handle(ctx, family, func(f domain.Family) ([]domain.Event, error) {
+		attempts.Add(1)
+		return fx.decider.Decide(f, domain.Revoke{Reason: "by-a"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attempts.Load() != 2 || len(d.Events) != 0 || d.After.RevokedReason != "by-b" {
+		t.Fatalf("attempts %d, events %d, reason %q", attempts.Load(), len(d.Events), d.After.RevokedReason)
+	}
+}
+
+func TestDecodeRefusesForeignMessages(t *testing.T) {
+	for _, data := range []string{``, `{}`, `[]`, `{"id":"x","type":"token.hacked","family_id":"f","generation":1,"data":{"family":{"status":"active"}}}`,
+		`{"id":"x","type":"token.issued","family_id":"other","generation":1,"data":{"family":{"status":"active"}}}`} {
+		if _, err := Decode([]byte(data), "f"); !errors.Is(err, ErrMalformedEvent) {
+			t.Errorf("%q: %v", data, err)
+		}
+	}
+}
+
+func TestKeysCreatedOnceAndShared(t *testing.T) {
+	_, js, _, _ := MustJetStream(t)
+	ctx := context.Background()
+	results := make(chan Keyset, 4)
+	for range 4 {
+		go func() {
+			ks, err := LoadOrCreateKeys(ctx, js, 1)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- ks
+		}()
+	}
+	first := <-results
+	for range 3 {
+		if ks := <-results; !reflect.DeepEqual(ks, first) {
+			t.Fatal("instances starting together ended up with different keys")
+		}
+	}
+}

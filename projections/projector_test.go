@@ -1,0 +1,375 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+)
+
+var subjects = events.Subjects{Prefix: "tokens"}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type harness struct {
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	svc     *events.Service
+	now     time.Time
+	dataDir string
+}
+
+// MustHarness starts JetStream in-process with the TOKENS stream and a
+// command service whose clock the test moves.
+func MustHarness(tb testing.TB) *harness {
+	tb.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(),
+		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoLog: true, NoSigs: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("nats did not start")
+	}
+	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	stream, reuse, err := events.Setup(ctx, js, subjects, 1, 0, time.Minute)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	codec, err := events.NewKeyset(time.Now()).Codec()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := &harness{nc: nc, js: js, now: time.Now().UTC(), dataDir: tb.TempDir()}
+	policy := domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}
+	h.svc = events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), reuse, codec, policy,
+		func() time.Time { return h.now })
+	return h
+}
+
+// workload runs a seeded mix of every command outcome over several families
+// and returns the stream's last sequence.
+func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
+	tb.Helper()
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	type fam struct{ tokens []string }
+	fams := make([]*fam, families)
+	var last uint64
+	track := func(g events.Grant, err error) {
+		if err == nil && g.Seq > last {
+			last = g.Seq
+		}
+	}
+	for i := range fams {
+		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i%5), ClientID: fmt.Sprintf("client-%d", i%3),
+			Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}, Context: domain.Context{"ip": "203.0.113.7"}})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		track(g, nil)
+		fams[i] = &fam{tokens: []string{g.Token.Value()}}
+	}
+	for range families * 12 {
+		f := fams[rng.IntN(len(fams))]
+		h.now = h.now.Add(time.Duration(rng.IntN(4000)) * time.Millisecond)
+		cur := f.tokens[len(f.tokens)-1]
+		client := "client-0"
+		switch r := rng.IntN(20); {
+		case r < 12: // rotate (or a refusal, if revoked)
+			g, err := h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur)})
+			track(g, err)
+			if err == nil {
+				f.tokens = append(f.tokens, g.Token.Value())
+			}
+		case r < 14 && len(f.tokens) > 1: // retry with the parent: reuse or replay
+			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: f.tokens[len(f.tokens)-2], ClientID: h.clientOf(tb, cur)}))
+		case r < 16: // foreign client
+			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: "intruder"}))
+		case r < 17: // up-scope
+			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur), Scope: []string{"admin"}}))
+		case r < 18:
+			_, seq, _ := h.svc.RevokeToken(ctx, cur, "user_disabled", nil)
+			last = max(last, seq)
+		default:
+			_ = client
+			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: f.tokens[0], ClientID: h.clientOf(tb, cur)}))
+		}
+	}
+	return last
+}
+
+// clientOf reads a token's family owner from the stream, as a caller would know it.
+func (h *harness) clientOf(tb testing.TB, token string) string {
+	tb.Helper()
+	familyID := strings.Split(token, ".")[1]
+	s, _ := h.js.Stream(context.Background(), events.StreamName)
+	m, err := s.GetLastMsgForSubject(context.Background(), subjects.Family(familyID))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	env, err := events.Decode(m.Data, familyID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return env.ClientID
+}
+
+func (h *harness) openDB(tb testing.TB, name string) *DB {
+	tb.Helper()
+	db, err := Open(context.Background(), filepath.Join(h.dataDir, name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db
+}
+
+// project runs a projector on db until it has applied seq, then stops it.
+func (h *harness) project(tb testing.TB, db *DB, batch int, seq uint64) *Projector {
+	tb.Helper()
+	p, err := NewProjector(context.Background(), db, h.js, subjects, quiet)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.BatchSize = batch
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	if err := p.WaitFor(wctx, seq); err != nil {
+		tb.Fatalf("projector reached %d of %d: %v", p.Applied(), seq, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// streamEvents reads the whole stream, in order.
+func (h *harness) streamEvents(tb testing.TB) []storedEvent {
+	tb.Helper()
+	ctx := context.Background()
+	cons, err := h.js.OrderedConsumer(ctx, events.StreamName, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.Events()}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, _ := h.js.Stream(ctx, events.StreamName)
+	total := s.CachedInfo().State.Msgs
+	var out []storedEvent
+	for uint64(len(out)) < total {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			md, _ := m.Metadata()
+			env, err := events.Decode(m.Data(), subjects.FamilyOf(m.Subject()))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			out = append(out, storedEvent{seq: md.Sequence.Stream, env: env})
+		}
+		if batch.Error() != nil {
+			tb.Fatal(batch.Error())
+		}
+	}
+	return out
+}
+
+type storedEvent struct {
+	seq uint64
+	env events.Envelope
+}
+
+// dump returns every row of the read model as text, in key order.
+func dump(tb testing.TB, db *DB) map[string][]string {
+	tb.Helper()
+	out := map[string][]string{}
+	for table, order := range map[string]string{"families": "family_id", "tokens": "token_hash", "audit_events": "seq", "projection_position": "id"} {
+		rows, err := db.reader.Query("SELECT * FROM " + table + " ORDER BY " + order)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				tb.Fatal(err)
+			}
+			out[table] = append(out[table], fmt.Sprint(vals...))
+		}
+		rows.Close()
+	}
+	return out
+}
+
+func TestProjectionEqualsStream(t *testing.T) {
+	h := MustHarness(t)
+	last := h.workload(t, 1, 12)
+	db := h.openDB(t, "projections.db")
+	h.project(t, db, 50, last)
+
+	stream := h.streamEvents(t)
+	rows := dump(t, db)
+	if len(rows["audit_events"]) != len(stream) {
+		t.Fatalf("%d audit rows for %d stream events", len(rows["audit_events"]), len(stream))
+	}
+	types := map[string]int{}
+	byFamily := map[string][]domain.Event{}
+	lastSeqOf := map[string]uint64{}
+	for i, e := range stream {
+		types[e.env.Type]++
+		var seq int64
+		var id, typ string
+		if err := db.reader.QueryRow("SELECT seq, id, type FROM audit_events WHERE seq = ?", e.seq).Scan(&seq, &id, &typ); err != nil {
+			t.Fatalf("stream event %d (seq %d) missing from audit: %v", i, e.seq, err)
+		}
+		if id != e.env.ID || typ != e.env.Type {
+			t.Fatalf("seq %d: audit row %s/%s, stream %s/%s", e.seq, id, typ, e.env.ID, e.env.Type)
+		}
+		byFamily[e.env.FamilyID] = append(byFamily[e.env.FamilyID], e.env.Event())
+		lastSeqOf[e.env.FamilyID] = e.seq
+	}
+	for _, want := range []string{"token.issued", "token.rotated", "token.reused", "token.replay_detected", "family.revoked", "refresh.rejected"} {
+		if types[want] == 0 {
+			t.Errorf("the workload produced no %s: %v", want, types)
+		}
+	}
+	ctx := context.Background()
+	for id, evs := range byFamily {
+		want := domain.Fold(evs)
+		row, err := db.R.GetFamily(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := familyOf(row); !reflect.DeepEqual(normalize(got), normalize(want)) || uint64(row.LastSeq) != lastSeqOf[id] {
+			t.Fatalf("family %s:\nprojected %+v\nfolded    %+v", id, got, want)
+		}
+		toks, err := db.R.FamilyTokens(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uint64(len(toks)) != want.Generation {
+			t.Fatalf("family %s: %d token rows for generation %d", id, len(toks), want.Generation)
+		}
+		for i, tok := range toks {
+			if uint64(tok.Generation) != uint64(i+1) || tok.RotatedAt.Valid != (i+1 < len(toks)) {
+				t.Fatalf("family %s token %d: generation %d rotated %v", id, i, tok.Generation, tok.RotatedAt.Valid)
+			}
+		}
+	}
+	if len(rows["families"]) != len(byFamily) {
+		t.Fatalf("%d family rows, %d families in the stream", len(rows["families"]), len(byFamily))
+	}
+}
+
+func normalize(f domain.Family) domain.Family {
+	for _, t := range []*time.Time{&f.RotatedAt, &f.CreatedAt, &f.LastUsedAt, &f.IdleExpiresAt, &f.AbsoluteExpiresAt, &f.RevokedAt} {
+		*t = t.UTC().Round(0)
+	}
+	f.ParentHash, f.RotatedAt = "", time.Time{} // the decider's working state, not projected
+	if len(f.Scope) == 0 {
+		f.Scope = nil
+	}
+	if len(f.Audience) == 0 {
+		f.Audience = nil
+	}
+	return f
+}
+
+func TestProjectorStoppedBetweenBatchesLosesAndRepeatsNothing(t *testing.T) {
+	h := MustHarness(t)
+	last := h.workload(t, 2, 8)
+	whole := h.openDB(t, "whole.db")
+	h.project(t, whole, 1000, last)
+
+	db := h.openDB(t, "interrupted.db")
+	for stop := last / 4; stop < last; stop += last / 4 {
+		p := h.project(t, db, 7, stop) // stops somewhere at or after stop
+		if p.Applied() < stop {
+			t.Fatalf("applied %d < %d", p.Applied(), stop)
+		}
+	}
+	h.project(t, db, 7, last)
+	if got, want := dump(t, db), dump(t, whole); !reflect.DeepEqual(got, want) {
+		t.Fatal("a projector stopped and restarted between batches differs from one that ran through")
+	}
+
+	// Re-delivery: move the position back and apply the tail again.
+	if err := db.W.SetAppliedSeq(context.Background(), int64(last/2)); err != nil {
+		t.Fatal(err)
+	}
+	h.project(t, db, 13, last)
+	if got, want := dump(t, db), dump(t, whole); !reflect.DeepEqual(got, want) {
+		t.Fatal("applying events a second time changed the read model")
+	}
+}
+
+func TestRebuildFromScratchIsIdentical(t *testing.T) {
+	h := MustHarness(t)
+	last := h.workload(t, 3, 8)
+	first := h.openDB(t, "first.db")
+	h.project(t, first, 100, last)
+	rebuilt := h.openDB(t, "rebuilt.db")
+	h.project(t, rebuilt, 1000, last)
+	a, b := dump(t, first), dump(t, rebuilt)
+	if len(a["audit_events"]) == 0 || !reflect.DeepEqual(a, b) {
+		t.Fatal("a rebuild from the stream differs from the original read model")
+	}
+}
+
+func TestMalformedMessageIsSkipped(t *testing.T) {
+	h := MustHarness(t)
+	h.workload(t, 4, 2)
+	ack, err := h.js.Publish(context.Background(), subjects.Family("forged"), []byte(`{"type":"token.issued","refresh_token":"secret"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := h.openDB(t, "projections.db")
+	p := h.project(t, db, 10, ack.Sequence)
+	if p.Skipped() != 1 || p.Applied() != ack.Sequence {
+		t.Fatalf("skipped %d, applied %d of %d", p.Skipped(), p.Applied(), ack.Sequence)
+	}
+	if _, err := db.R.GetFamily(context.Background(), "forged"); err != sql.ErrNoRows {
+		t.Fatalf("a forged message made a family: %v", err)
+	}
+}
+
+func TestMigrationsAreIdempotent(t *testing.T) {
+	h := MustHarness(t)
+	h.openDB(t, "projections.db").Close()
+	db := h.openDB(t, "projections.db")
+	var version int
+	if err := db.reader.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version < 1 {
+		t.Fatalf("user_version %d, %v", version, err)
+	}
+}
