@@ -109,6 +109,9 @@ func uintParam(q url.Values, name string) (uint64, error) {
 	if !q.Has(name) {
 		return 0, nil
 	}
+	if len(q[name]) > 1 {
+		return 0, domain.Errorf(domain.EInvalidRequest, "parameter %s given more than once", name)
+	}
 	n, err := strconv.ParseUint(q.Get(name), 10, 63)
 	if err != nil {
 		return 0, domain.Errorf(domain.EInvalidRequest, "%s must be a non-negative number", name)

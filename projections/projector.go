@@ -104,11 +104,14 @@ func (p *Projector) refreshStreamSeq(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	last := s.CachedInfo().State.LastSeq
-	p.observeStreamSeq(last)
+	p.ObserveStreamSeq(last)
 	return last, nil
 }
 
-func (p *Projector) observeStreamSeq(seq uint64) {
+// ObserveStreamSeq records the stream's last sequence as seen by someone
+// else (the readiness check), so Lag stays current while the projector is
+// stopped or stalled and its own poller is not running.
+func (p *Projector) ObserveStreamSeq(seq uint64) {
 	for {
 		cur := p.streamSeq.Load()
 		if seq <= cur || p.streamSeq.CompareAndSwap(cur, seq) {
@@ -241,7 +244,7 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 			return err
 		}
 		last = md.Sequence.Stream
-		p.observeStreamSeq(last + md.NumPending)
+		p.ObserveStreamSeq(last + md.NumPending)
 		familyID := p.subjects.FamilyOf(m.Subject())
 		env, err := events.Decode(m.Data(), familyID)
 		if err != nil {

@@ -204,11 +204,17 @@ func (a *App) ready(ctx context.Context) error {
 	if !a.nc.IsConnected() {
 		return errors.New("nats disconnected")
 	}
-	if _, err := a.js.Stream(ctx, events.StreamName); err != nil {
+	stream, err := a.js.Stream(ctx, events.StreamName)
+	if err != nil {
 		return fmt.Errorf("stream %s: %w", events.StreamName, err)
 	}
-	if lag := a.projector.Lag(); lag > a.cfg.ReadyMaxLag {
-		return fmt.Errorf("projections are %d events behind the stream (bound %d)", lag, a.cfg.ReadyMaxLag)
+	// The lag is measured against the stream as just fetched: the projector's
+	// own view of the stream stops moving when the projector does, which is
+	// exactly when the lag matters.
+	last, applied := stream.CachedInfo().State.LastSeq, a.projector.Applied()
+	a.projector.ObserveStreamSeq(last)
+	if last > applied && last-applied > a.cfg.ReadyMaxLag {
+		return fmt.Errorf("projections are %d events behind the stream (bound %d)", last-applied, a.cfg.ReadyMaxLag)
 	}
 	return nil
 }
