@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,6 +17,9 @@ func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
 	cfg, err := parseConfig(args, lookupEnv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tokend:", err)
 		return 2
