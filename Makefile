@@ -1,9 +1,11 @@
 # The README's test command. It needs nothing beyond Go.
-.PHONY: test fuzz conformance
+.PHONY: test fuzz bench conformance
 
 test:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	go vet ./...
+	# The generated query code must match queries/*.sql: run 'go tool sqlc generate' after editing them.
+	go tool sqlc diff
 	go test -race -count=1 ./...
 
 # Each fuzz target for a while (FUZZTIME=2m make fuzz for longer).
@@ -12,6 +14,10 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime $(FUZZTIME) ./domain
 	go test -run '^$$' -fuzz '^FuzzParseScope$$' -fuzztime $(FUZZTIME) ./domain
 	go test -run '^$$' -fuzz '^FuzzParseCommands$$' -fuzztime $(FUZZTIME) ./api
+
+# The benchmarks behind docs/benchmarks.md.
+bench:
+	go test -run '^$$' -bench . -benchtime 5x ./projections
 
 # The outside contract driver, where the shared workspace has it.
 CONFORMANCE ?= .

@@ -1,0 +1,99 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/events"
+)
+
+// rotationLoad issues families and rotates each rotations times, one worker
+// per family, and returns the stream's last sequence and a current token of
+// every family.
+func (h *harness) rotationLoad(tb testing.TB, families, rotations int) (uint64, []string) {
+	tb.Helper()
+	ctx := context.Background()
+	current := make([]string, families)
+	seqs := make([]uint64, families)
+	var wg sync.WaitGroup
+	errs := make(chan error, families)
+	for i := range families {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := fmt.Sprintf("client-%d", i%4)
+			g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: client,
+				Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}})
+			for r := 0; err == nil && r < rotations; r++ {
+				g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: client})
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			current[i], seqs[i] = g.Token.Value(), g.Seq
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		tb.Fatal(err)
+	}
+	return slices.Max(seqs), current
+}
+
+func (h *harness) clock() time.Time { return h.now }
+
+// BenchmarkProjectionRebuild measures how fast a read model is built from
+// the stream: each iteration projects 20,000 events into a new database.
+//
+//	go test -run '^$' -bench ProjectionRebuild -benchtime 5x ./projections
+func BenchmarkProjectionRebuild(b *testing.B) {
+	h := MustHarness(b)
+	last, _ := h.rotationLoad(b, 200, 99)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		db := h.openDB(b, fmt.Sprintf("rebuild-%d.db", i))
+		b.StartTimer()
+		h.project(b, db, DefaultBatchSize, last)
+	}
+	b.ReportMetric(float64(last)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkIntrospect measures a refresh-token look-up in the read model
+// (hash, indexed join, status), one caller at a time and many in parallel.
+//
+//	go test -run '^$' -bench Introspect ./projections
+func BenchmarkIntrospect(b *testing.B) {
+	h := MustHarness(b)
+	last, tokens := h.rotationLoad(b, 1000, 9)
+	db := h.openDB(b, "projections.db")
+	p := h.project(b, db, DefaultBatchSize, last)
+	r := NewReader(db, p, h.clock)
+	ctx := context.Background()
+	check := func(tb testing.TB, i int) {
+		got, err := r.Introspect(ctx, tokens[i%len(tokens)])
+		if err != nil || !got.Active {
+			tb.Fatalf("introspect: %+v, %v", got, err)
+		}
+	}
+	b.Run("serial", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			check(b, i)
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				check(b, i)
+				i += 7
+			}
+		})
+	})
+}
