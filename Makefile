@@ -1,12 +1,19 @@
-# The README's test command. It needs nothing beyond Go.
-.PHONY: test fuzz bench conformance
+# The README's test command. Besides Go it needs promtool and prometheus,
+# which it installs from Debian's prometheus package when they are missing.
+.PHONY: test deps fuzz bench conformance
 
-test:
+test: deps
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	go vet ./...
 	# The generated query code must match queries/*.sql: run 'go tool sqlc generate' after editing them.
 	go tool sqlc diff
 	go test -race -count=1 ./...
+
+deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 # Each fuzz target for a while (FUZZTIME=2m make fuzz for longer).
 FUZZTIME ?= 30s

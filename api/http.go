@@ -42,7 +42,7 @@ func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.H
 			writeError(w, err)
 			return
 		}
-		s.serveHTTP(w, r, func(ctx context.Context) (any, error) { return s.Audit(ctx, in) })
+		s.serveHTTP(w, r, "audit", func(ctx context.Context) (any, error) { return s.Audit(ctx, in) })
 	})
 	mux.HandleFunc("GET /v1/families/{id}", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -55,7 +55,7 @@ func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.H
 			return
 		}
 		in := FamilyRequest{FamilyID: r.PathValue("id"), MinSeq: minSeq}
-		s.serveHTTP(w, r, func(ctx context.Context) (any, error) { return s.Family(ctx, in) })
+		s.serveHTTP(w, r, "family", func(ctx context.Context) (any, error) { return s.Family(ctx, in) })
 	})
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
@@ -63,10 +63,12 @@ func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.H
 	return mux
 }
 
-func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request, handle func(context.Context) (any, error)) {
+func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request, query string, handle func(context.Context) (any, error)) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
 	out, err := handle(ctx)
+	s.Metrics.query(query, err, time.Since(start))
 	if err != nil {
 		s.logFailure(r.URL.Path, err)
 		writeError(w, err)

@@ -35,6 +35,7 @@ type Service struct {
 	Access    *AccessTokens
 	Reader    *projections.Reader
 	Projector *projections.Projector
+	Metrics   *Metrics // nil: not measured
 	Log       *slog.Logger
 	Now       func() time.Time
 
@@ -60,18 +61,20 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 		name, subject string
 		handle        func(context.Context, []byte) (any, error)
 		timeout       time.Duration
+		measure       func(string, error, time.Duration)
 	}{
-		{"issue", prefix + ".cmd.issue", s.issue, requestTimeout},
-		{"refresh", prefix + ".cmd.refresh", s.refresh, requestTimeout},
+		{"issue", prefix + ".cmd.issue", s.issue, requestTimeout, s.Metrics.command},
+		{"refresh", prefix + ".cmd.refresh", s.refresh, requestTimeout, s.Metrics.command},
 		// Revoking a subject or client may touch many families.
-		{"revoke", prefix + ".cmd.revoke", s.revoke, 30 * time.Second},
-		{"keys", prefix + ".keys", s.keys, requestTimeout},
-		{"introspect", prefix + ".query.introspect", s.introspect, requestTimeout},
-		{"family", prefix + ".query.family", s.family, requestTimeout},
-		{"audit", prefix + ".query.audit", s.audit, requestTimeout},
+		{"revoke", prefix + ".cmd.revoke", s.revoke, 30 * time.Second, s.Metrics.command},
+		{"keys", prefix + ".keys", s.keys, requestTimeout, s.Metrics.query},
+		{"introspect", prefix + ".query.introspect", s.introspect, requestTimeout, s.Metrics.query},
+		{"family", prefix + ".query.family", s.family, requestTimeout, s.Metrics.query},
+		{"audit", prefix + ".query.audit", s.audit, requestTimeout, s.Metrics.query},
 	}
 	for _, ep := range endpoints {
-		if err := svc.AddEndpoint(ep.name, s.async(ep.name, ep.timeout, ep.handle), micro.WithEndpointSubject(ep.subject)); err != nil {
+		handler := s.async(ep.name, ep.timeout, ep.handle, ep.measure)
+		if err := svc.AddEndpoint(ep.name, handler, micro.WithEndpointSubject(ep.subject)); err != nil {
 			svc.Stop()
 			return fmt.Errorf("endpoint %s: %w", ep.name, err)
 		}
@@ -91,8 +94,10 @@ func (s *Service) Stop() {
 
 // async runs each request on its own goroutine: a subscription delivers
 // messages one at a time, and one slow family must not hold up the others.
-func (s *Service) async(name string, timeout time.Duration, handle func(context.Context, []byte) (any, error)) micro.HandlerFunc {
+func (s *Service) async(name string, timeout time.Duration, handle func(context.Context, []byte) (any, error),
+	measure func(string, error, time.Duration)) micro.HandlerFunc {
 	return func(req micro.Request) {
+		start := time.Now()
 		// Replies go straight to the reply subject: micro's request object
 		// is not safe to use once its handler has returned.
 		reply := req.Reply()
@@ -103,12 +108,15 @@ func (s *Service) async(name string, timeout time.Duration, handle func(context.
 			defer func() {
 				if p := recover(); p != nil {
 					s.Log.Error("handler panic", "endpoint", name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-					s.respondError(reply, domain.Errorf(domain.EServerError, "internal error"))
+					err := domain.Errorf(domain.EServerError, "internal error")
+					s.respondError(reply, err)
+					measure(name, err, time.Since(start))
 				}
 			}()
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			out, err := handle(ctx, req.Data())
+			defer func() { measure(name, err, time.Since(start)) }()
 			if err != nil {
 				s.logFailure(name, err)
 				s.respondError(reply, err)

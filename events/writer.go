@@ -25,6 +25,13 @@ type Writer struct {
 	store *Store
 	locks keyedLocks
 	cache *lru.Cache[string, loaded]
+
+	// Hooks for metrics, set before the writer is used: OnAppend gets the
+	// events of every stored append, OnConflict every fence conflict, and
+	// OnStoreError every failed load or append.
+	OnAppend     func([]domain.Event)
+	OnConflict   func()
+	OnStoreError func(error)
 }
 
 type loaded struct {
@@ -60,9 +67,13 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 	for range maxAttempts {
 		cur, err := w.load(ctx, familyID)
 		if err != nil {
+			w.storeError(err)
 			return Decision{}, unavailable(err)
 		}
 		events, decideErr := decide(cur.family)
+		if _, storeFailed := errors.AsType[*wrappedUnavailable](decideErr); storeFailed {
+			w.storeError(decideErr) // the reuse bucket, read or written while deciding
+		}
 		if len(events) == 0 {
 			return Decision{Before: cur.family, After: cur.family, Seq: cur.seq}, decideErr
 		}
@@ -75,13 +86,20 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
 		if errors.Is(err, ErrConflict) {
 			w.cache.Remove(familyID)
+			if w.OnConflict != nil {
+				w.OnConflict()
+			}
 			continue
 		}
 		if err != nil {
 			w.cache.Remove(familyID)
+			w.storeError(err)
 			return Decision{}, unavailable(err)
 		}
 		w.cache.Add(familyID, loaded{family: after, seq: seq})
+		if w.OnAppend != nil {
+			w.OnAppend(events)
+		}
 		return Decision{Before: cur.family, After: after, Events: events, Seq: seq}, decideErr
 	}
 	return Decision{}, &domain.Error{Code: domain.EUnavailable, Message: "family is busy, retry", RetryAfterMs: 50}
@@ -102,9 +120,11 @@ func (w *Writer) load(ctx context.Context, familyID string) (loaded, error) {
 	return l, nil
 }
 
-// Forget drops a family from the cache, e.g. when it may have been changed
-// by another instance.
-func (w *Writer) Forget(familyID string) { w.cache.Remove(familyID) }
+func (w *Writer) storeError(err error) {
+	if w.OnStoreError != nil {
+		w.OnStoreError(err)
+	}
+}
 
 func unavailable(err error) error {
 	var de *domain.Error

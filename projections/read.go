@@ -234,3 +234,8 @@ func splitScope(s string) []string {
 }
 
 func unixNano(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// ActiveFamilies counts the families neither revoked nor expired.
+func (r *Reader) ActiveFamilies(ctx context.Context) (int64, error) {
+	return r.db.R.CountActiveFamilies(ctx, r.now().UnixNano())
+}

@@ -39,6 +39,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.auditBySubjectStmt, err = db.PrepareContext(ctx, auditBySubject); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditBySubject: %w", err)
 	}
+	if q.countActiveFamiliesStmt, err = db.PrepareContext(ctx, countActiveFamilies); err != nil {
+		return nil, fmt.Errorf("error preparing query CountActiveFamilies: %w", err)
+	}
 	if q.countAuditEventsStmt, err = db.PrepareContext(ctx, countAuditEvents); err != nil {
 		return nil, fmt.Errorf("error preparing query CountAuditEvents: %w", err)
 	}
@@ -100,6 +103,11 @@ func (q *Queries) Close() error {
 	if q.auditBySubjectStmt != nil {
 		if cerr := q.auditBySubjectStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing auditBySubjectStmt: %w", cerr)
+		}
+	}
+	if q.countActiveFamiliesStmt != nil {
+		if cerr := q.countActiveFamiliesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing countActiveFamiliesStmt: %w", cerr)
 		}
 	}
 	if q.countAuditEventsStmt != nil {
@@ -201,6 +209,7 @@ type Queries struct {
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
 	auditBySubjectStmt             *sql.Stmt
+	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
 	familyTokensStmt               *sql.Stmt
@@ -223,6 +232,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,
 		auditBySubjectStmt:             q.auditBySubjectStmt,
+		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,
 		familyTokensStmt:               q.familyTokensStmt,

@@ -83,3 +83,7 @@ ORDER BY seq LIMIT @lim;
 
 -- name: CountAuditEvents :one
 SELECT count(*) FROM audit_events;
+
+-- name: CountActiveFamilies :one
+SELECT count(*) FROM families
+WHERE status = 'active' AND idle_expires_at > @now AND absolute_expires_at > @now;

@@ -263,6 +263,18 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 	return items, nil
 }
 
+const countActiveFamilies = `-- name: CountActiveFamilies :one
+SELECT count(*) FROM families
+WHERE status = 'active' AND idle_expires_at > ?1 AND absolute_expires_at > ?1
+`
+
+func (q *Queries) CountActiveFamilies(ctx context.Context, now int64) (int64, error) {
+	row := q.queryRow(ctx, q.countActiveFamiliesStmt, countActiveFamilies, now)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
 const countAuditEvents = `-- name: CountAuditEvents :one
 SELECT count(*) FROM audit_events
 `

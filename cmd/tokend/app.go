@@ -41,12 +41,11 @@ type App struct {
 }
 
 // Start brings tokend up; on error everything started so far is stopped.
-func Start(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error) {
-	a = &App{cfg: cfg, log: log}
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.Stop()
-			a = nil
 		}
 	}()
 	if err := a.connect(); err != nil {
@@ -74,16 +73,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error
 	if err != nil {
 		return nil, err
 	}
+	reg := newRegistry()
+	metrics := api.NewMetrics(reg)
 	writer := events.NewWriter(events.NewStore(a.nc, a.js, stream, subjects), cfg.FamilyCache)
+	writer.OnAppend, writer.OnConflict, writer.OnStoreError = metrics.Appended, metrics.FenceConflict, metrics.StoreError
 	policy := domain.Policy{ReuseInterval: cfg.ReuseInterval, IdleTTL: cfg.IdleTTL, AbsoluteTTL: cfg.AbsoluteTTL}
-	if err := a.startProjections(ctx, subjects); err != nil {
+	if err := a.startProjections(ctx, subjects, metrics.ProjectionBatch); err != nil {
 		return nil, err
 	}
+	reader := projections.NewReader(a.db, a.projector, time.Now)
+	registerStateMetrics(reg, a.projector, reader, a.nc)
 	a.api = &api.Service{
 		Tokens:    events.NewService(writer, reuse, codec, policy, time.Now),
 		Access:    access,
-		Reader:    projections.NewReader(a.db, a.projector, time.Now),
+		Reader:    reader,
 		Projector: a.projector,
+		Metrics:   metrics,
 		Log:       log,
 		Now:       time.Now,
 	}
@@ -93,7 +98,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("http listen: %w", err)
 	}
-	a.http = &http.Server{Handler: a.api.HTTPHandler(a.ready, nil), ReadHeaderTimeout: 5 * time.Second}
+	a.http = &http.Server{Handler: a.api.HTTPHandler(a.ready, metricsHandler(reg)), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "err", err)
@@ -155,18 +160,28 @@ func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{log.With("component", "nats")}, false, false, false)
+	fatal := make(chan string, 1)
+	ns.SetLoggerV2(natsLogger{l: log.With("component", "nats"), fatal: fatal}, false, false, false)
 	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
+	ready := make(chan bool, 1)
+	go func() { ready <- ns.ReadyForConnections(30 * time.Second) }()
+	select {
+	case ok := <-ready:
+		if ok {
+			return ns, nil
+		}
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded nats did not start listening on %s", cfg.NATSListen)
+	case msg := <-fatal:
+		// e.g. the port is taken: say so now rather than after the timeout.
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats: %s", msg)
 	}
-	return ns, nil
 }
 
 // startProjections opens the read model (rebuilding it from the stream if
 // it was deleted) and keeps the projector running until Stop.
-func (a *App) startProjections(ctx context.Context, subjects events.Subjects) error {
+func (a *App) startProjections(ctx context.Context, subjects events.Subjects, onBatch func(int, time.Duration)) error {
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return err
 	}
@@ -179,6 +194,7 @@ func (a *App) startProjections(ctx context.Context, subjects events.Subjects) er
 	if a.projector, err = projections.NewProjector(ctx, db, a.js, subjects, a.log.With("component", "projector")); err != nil {
 		return fmt.Errorf("projections: %w", err)
 	}
+	a.projector.OnBatch = onBatch
 	if a.projector.Applied() == 0 {
 		a.log.Info("projections start from the beginning of the stream", "path", path)
 	}
@@ -259,11 +275,21 @@ func (a *App) Stop() {
 
 // natsLogger routes the embedded server's log through slog; its notices are
 // startup chatter, so they go to debug.
-type natsLogger struct{ l *slog.Logger }
+type natsLogger struct {
+	l     *slog.Logger
+	fatal chan<- string // gets the first fatal message, which ends startup
+}
 
 func (n natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
 func (n natsLogger) Warnf(format string, v ...any)   { n.l.Warn(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Fatalf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Errorf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Debugf(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Tracef(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	n.l.Error(msg)
+	select {
+	case n.fatal <- msg:
+	default:
+	}
+}
+func (n natsLogger) Errorf(format string, v ...any) { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Debugf(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Tracef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }

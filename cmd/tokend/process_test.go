@@ -136,3 +136,27 @@ func TestProcessRefusesBadConfig(t *testing.T) {
 		t.Errorf("-h: %v\n%s", err, out)
 	}
 }
+
+// TestProcessFailsFastOnTakenPort: a port already in use is a clear startup
+// error (exit status 1), not a hang or a panic while cleaning up.
+func TestProcessFailsFastOnTakenPort(t *testing.T) {
+	bin := buildTokend(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	for _, flag := range []string{"--nats-listen", "--http"} {
+		args := []string{"--data-dir", t.TempDir(), "--nats-listen", freeAddr(t), "--http", freeAddr(t), flag, taken.Addr().String()}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		cancel()
+		code := -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		if code != 1 || !strings.Contains(string(out), "address already in use") || strings.Contains(string(out), "panic") {
+			t.Errorf("%s taken: exit %d\n%s", flag, code, out)
+		}
+	}
+}

@@ -24,22 +24,6 @@ import (
 // The read side: queries with min_seq, audit paging and filters, revocation
 // by subject or client, the HTTP API and readiness.
 
-// checkFor polls f every interval until it returns nil or total has passed.
-func checkFor(tb testing.TB, total, every time.Duration, f func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(every)
-	}
-}
-
 // mustQuery sends a query and decodes its successful reply into T.
 func mustQuery[T any](tb testing.TB, nc *nats.Conn, subject string, req any) T {
 	tb.Helper()

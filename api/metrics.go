@@ -1,0 +1,202 @@
+package api
+
+import (
+	"regexp"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// Metrics are tokend's Prometheus metrics. Label values come from fixed sets
+// (commands, error codes, event types, reasons); never a token, subject,
+// client or family id.
+type Metrics struct {
+	commands        *prometheus.CounterVec
+	commandDuration *prometheus.HistogramVec
+	queries         *prometheus.CounterVec
+	queryDuration   *prometheus.HistogramVec
+
+	eventsAppended  *prometheus.CounterVec
+	replays         prometheus.Counter
+	familiesRevoked *prometheus.CounterVec
+	refreshRejected *prometheus.CounterVec
+	reuseHits       prometheus.Counter
+	fenceConflicts  prometheus.Counter
+	storeErrors     prometheus.Counter
+
+	projectionBatch   prometheus.Histogram
+	projectionApplied prometheus.Counter
+
+	reasons reasonLabels
+}
+
+// latencyBuckets span a local fenced append (about a millisecond) to the
+// request timeout.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// NewMetrics registers tokend's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_commands_total", Help: "Commands answered, by command and outcome (ok or the contract error code).",
+		}, []string{"command", "outcome"}),
+		commandDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokend_command_duration_seconds", Help: "Time from receiving a command to sending its reply.",
+			Buckets: latencyBuckets,
+		}, []string{"command"}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_queries_total", Help: "Queries answered over NATS and HTTP, by query and outcome.",
+		}, []string{"query", "outcome"}),
+		queryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokend_query_duration_seconds", Help: "Time to answer a query, min_seq waits included.",
+			Buckets: latencyBuckets,
+		}, []string{"query"}),
+		eventsAppended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_events_appended_total", Help: "Events this instance stored in the stream, by type.",
+		}, []string{"type"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_replays_detected_total", Help: "Rotated refresh tokens presented again outside the reuse interval.",
+		}),
+		familiesRevoked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_families_revoked_total", Help: "Token families revoked, by reason.",
+		}, []string{"reason"}),
+		refreshRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_refresh_rejected_total", Help: "Refreshes refused and audited as refresh.rejected, by reason.",
+		}, []string{"reason"}),
+		reuseHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_reuse_interval_hits_total", Help: "Just-rotated tokens presented again inside the reuse interval and answered with the same child.",
+		}),
+		fenceConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_fence_conflicts_total", Help: "Appends refused because another writer advanced the family first; each is retried after a reload.",
+		}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_store_errors_total", Help: "Event store reads and writes that failed (answered temporarily_unavailable).",
+		}),
+		projectionBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tokend_projection_batch_duration_seconds", Help: "Time to apply one batch of events to the read model.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		projectionApplied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_projection_events_applied_total", Help: "Stream messages applied to the read model.",
+		}),
+	}
+	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
+		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors,
+		m.projectionBatch, m.projectionApplied, buildInfo())
+	for _, cmd := range []string{"issue", "refresh", "revoke"} {
+		m.commandDuration.WithLabelValues(cmd)
+		m.commands.WithLabelValues(cmd, "ok")
+	}
+	for _, t := range allEventTypes {
+		m.eventsAppended.WithLabelValues(string(t))
+	}
+	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	return m
+}
+
+var allEventTypes = []domain.EventType{domain.TokenIssued, domain.TokenRotated, domain.TokenReused,
+	domain.ReplayDetected, domain.FamilyRevoked, domain.RefreshRejected}
+
+func buildInfo() prometheus.Collector {
+	version, revision := Version, "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				revision = s.Value
+			}
+		}
+	}
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tokend_build_info", Help: "Always 1; the labels say which tokend is running.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(version, revision, runtime.Version()).Set(1)
+	return g
+}
+
+func (m *Metrics) command(name string, err error, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.commands.WithLabelValues(name, outcome(err)).Inc()
+	m.commandDuration.WithLabelValues(name).Observe(took.Seconds())
+}
+
+func (m *Metrics) query(name string, err error, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.queries.WithLabelValues(name, outcome(err)).Inc()
+	m.queryDuration.WithLabelValues(name).Observe(took.Seconds())
+}
+
+func outcome(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return domain.ErrorCode(err)
+}
+
+// Appended counts the events of one stored append (events.Writer.OnAppend).
+func (m *Metrics) Appended(evs []domain.Event) {
+	for _, e := range evs {
+		m.eventsAppended.WithLabelValues(string(e.Type)).Inc()
+		switch e.Type {
+		case domain.ReplayDetected:
+			m.replays.Inc()
+		case domain.TokenReused:
+			m.reuseHits.Inc()
+		case domain.FamilyRevoked:
+			m.familiesRevoked.WithLabelValues(m.reasons.label(e.Reason)).Inc()
+		case domain.RefreshRejected:
+			m.refreshRejected.WithLabelValues(e.Reason).Inc()
+		}
+	}
+}
+
+// FenceConflict counts a fence conflict (events.Writer.OnConflict).
+func (m *Metrics) FenceConflict() { m.fenceConflicts.Inc() }
+
+// StoreError counts a failed store operation (events.Writer.OnStoreError).
+func (m *Metrics) StoreError(error) { m.storeErrors.Inc() }
+
+// ProjectionBatch records one applied batch (projections.Projector.OnBatch).
+func (m *Metrics) ProjectionBatch(events int, took time.Duration) {
+	m.projectionApplied.Add(float64(events))
+	m.projectionBatch.Observe(took.Seconds())
+}
+
+// reasonLabels bounds the reason label of revocations: a revoke's reason is
+// free text from the caller, so only identifier-like reasons become label
+// values, and only the first maxCustomReasons of them; the rest count as
+// "other".
+type reasonLabels struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+const maxCustomReasons = 32
+
+var reasonPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
+
+func (r *reasonLabels) label(reason string) string {
+	if !reasonPattern.MatchString(reason) {
+		return "other"
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seen == nil {
+		r.seen = map[string]bool{}
+	}
+	if !r.seen[reason] {
+		if len(r.seen) >= maxCustomReasons {
+			return "other"
+		}
+		r.seen[reason] = true
+	}
+	return reason
+}
