@@ -1,5 +1,6 @@
 // Package client calls tokend over NATS request-reply: the commands
-// (issue, refresh, revoke), the JWKS, and any query subject through Request.
+// (issue, refresh, revoke), the queries (introspect, family, audit), the
+// JWKS, and any other subject through Request.
 //
 //	c := client.New(nc, "") // default prefix "tokens"
 //	tok, err := c.Issue(ctx, api.IssueRequest{Subject: "user-42", ClientID: "web-app"})
@@ -21,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/projections"
 )
 
 // DefaultPrefix is tokend's default subject prefix.
@@ -36,6 +38,10 @@ const (
 	SubjectRefresh = "cmd.refresh"
 	SubjectRevoke  = "cmd.revoke"
 	SubjectKeys    = "keys"
+
+	SubjectIntrospect = "query.introspect"
+	SubjectFamily     = "query.family"
+	SubjectAudit      = "query.audit"
 )
 
 // Contract error codes that a caller may retry.
@@ -43,6 +49,9 @@ const (
 	CodeTemporarilyUnavailable = "temporarily_unavailable"
 	CodeServerError            = "server_error"
 )
+
+// CodeNotFound answers Family for an unknown family id.
+const CodeNotFound = "not_found"
 
 // Client sends requests to one tokend deployment. It is safe for concurrent
 // use; it does not own the connection.
@@ -89,6 +98,33 @@ func (c *Client) Refresh(ctx context.Context, req api.RefreshRequest) (api.Token
 func (c *Client) Revoke(ctx context.Context, req api.RevokeRequest) (api.RevokeReply, error) {
 	var reply api.RevokeReply
 	err := c.Request(ctx, SubjectRevoke, req, &reply)
+	return reply, err
+}
+
+// Introspect reports whether req.RefreshToken is its family's current token
+// in a live family (RFC 7662); an unknown or dead token is Active: false, not
+// an error. With req.MinSeq set the answer waits for the read model to reach
+// it, or fails with temporarily_unavailable after 2 s.
+func (c *Client) Introspect(ctx context.Context, req api.IntrospectRequest) (projections.Introspection, error) {
+	var reply projections.Introspection
+	err := c.Request(ctx, SubjectIntrospect, req, &reply)
+	return reply, err
+}
+
+// Family returns a family and its chain of generations. An unknown id is an
+// *Error with Code CodeNotFound.
+func (c *Client) Family(ctx context.Context, req api.FamilyRequest) (projections.FamilyView, error) {
+	var reply projections.FamilyView
+	err := c.Request(ctx, SubjectFamily, req, &reply)
+	return reply, err
+}
+
+// Audit returns one page of the audit events matching req, in ascending seq.
+// For the next page, send req again with AfterSeq set to the reply's
+// NextAfterSeq; an empty page is the end.
+func (c *Client) Audit(ctx context.Context, req api.AuditRequest) (projections.AuditPage, error) {
+	var reply projections.AuditPage
+	err := c.Request(ctx, SubjectAudit, req, &reply)
 	return reply, err
 }
 
@@ -211,7 +247,7 @@ func codeForStatus(status string) string {
 	n, _ := strconv.Atoi(status)
 	switch {
 	case n == 404:
-		return "not_found"
+		return CodeNotFound
 	case n == 503:
 		return CodeTemporarilyUnavailable
 	case n >= 400 && n < 500:

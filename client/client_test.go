@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,5 +252,93 @@ func TestIsRetryable(t *testing.T) {
 		if got := client.IsRetryable(tc.err); got != tc.want {
 			t.Errorf("IsRetryable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+func TestQueries(t *testing.T) {
+	nc := connect(t)
+	var mu sync.Mutex
+	requests := map[string]map[string]any{}
+	answer := func(subject, body string) {
+		respond(t, nc, subject, func(m *nats.Msg) *nats.Msg {
+			var req map[string]any
+			if err := json.Unmarshal(m.Data, &req); err != nil {
+				t.Errorf("%s request: %v", subject, err)
+			}
+			mu.Lock()
+			requests[subject] = req
+			mu.Unlock()
+			return &nats.Msg{Data: []byte(body)}
+		})
+	}
+	got := func(subject string) map[string]any {
+		mu.Lock()
+		defer mu.Unlock()
+		return requests[subject]
+	}
+	answer("tokens.query.introspect", `{"active":true,"family_id":"fam-1","sub":"user-42","client_id":"web",
+		"scope":"","aud":["https://a"],"exp":1800000000,"iat":1700000000,"token_type":"refresh_token","as_of_seq":9}`)
+	answer("tokens.query.family", `{"family_id":"fam-1","subject":"user-42","client_id":"web","scope":"a b",
+		"audience":["https://a"],"status":"revoked","generation":2,"created_at":"2026-01-02T10:00:00Z",
+		"last_used_at":"2026-01-02T10:05:00Z","expires_at":"2026-01-16T10:05:00Z","revoked_at":"2026-01-02T10:09:00Z",
+		"revoked_reason":"replay_detected","tokens":[{"generation":1,"status":"rotated","issued_at":"2026-01-02T10:00:00Z",
+		"rotated_at":"2026-01-02T10:05:00Z"},{"generation":2,"status":"revoked","issued_at":"2026-01-02T10:05:00Z","rotated_at":null}],"as_of_seq":9}`)
+	answer("tokens.query.audit", `{"events":[{"seq":7,"id":"e7","type":"token.replay_detected","time":"2026-01-02T10:09:00Z",
+		"family_id":"fam-1","subject":"user-42","client_id":"web","generation":2,"reason":"","context":{"ip":"192.0.2.66"}}],
+		"next_after_seq":7,"as_of_seq":9}`)
+	c := client.New(nc, "")
+
+	in, err := c.Introspect(ctx(t), api.IntrospectRequest{RefreshToken: "rt", MinSeq: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !in.Active || in.FamilyID != "fam-1" || in.Scope == nil || *in.Scope != "" || in.Exp != 1800000000 || in.AsOfSeq != 9 {
+		t.Fatalf("introspection = %+v", in)
+	}
+	if req := got("tokens.query.introspect"); req["refresh_token"] != "rt" || req["min_seq"] != 5.0 {
+		t.Fatalf("introspect request = %v", req)
+	}
+
+	fam, err := c.Family(ctx(t), api.FamilyRequest{FamilyID: "fam-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fam.Status != "revoked" || len(fam.Tokens) != 2 || fam.Tokens[0].RotatedAt == nil || fam.Tokens[1].RotatedAt != nil ||
+		fam.RevokedAt == nil || !fam.RevokedAt.Equal(time.Date(2026, 1, 2, 10, 9, 0, 0, time.UTC)) {
+		t.Fatalf("family = %+v", fam)
+	}
+	if req := got("tokens.query.family"); req["family_id"] != "fam-1" {
+		t.Fatalf("family request = %v", req)
+	}
+
+	limit := 1
+	page, err := c.Audit(ctx(t), api.AuditRequest{FamilyID: "fam-1", Types: []string{"token.replay_detected"}, Limit: &limit, AfterSeq: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Events) != 1 || page.Events[0].Seq != 7 || page.Events[0].Type != "token.replay_detected" ||
+		string(page.Events[0].Context) != `{"ip":"192.0.2.66"}` || page.NextAfterSeq != 7 || page.AsOfSeq != 9 {
+		t.Fatalf("page = %+v", page)
+	}
+	req := got("tokens.query.audit")
+	if types, _ := req["types"].([]any); req["family_id"] != "fam-1" || req["limit"] != 1.0 || req["after_seq"] != 6.0 ||
+		len(types) != 1 || types[0] != "token.replay_detected" {
+		t.Fatalf("audit request = %v", req)
+	}
+}
+
+func TestFamilyNotFound(t *testing.T) {
+	nc := connect(t)
+	respond(t, nc, "tokens.query.family", func(*nats.Msg) *nats.Msg {
+		m := nats.NewMsg("")
+		m.Header.Set(micro.ErrorCodeHeader, "404")
+		m.Header.Set(micro.ErrorHeader, `no family "nope"`)
+		m.Data = []byte(`{"error":"not_found","error_description":"no family \"nope\""}`)
+		return m
+	})
+	_, err := client.New(nc, "").Family(ctx(t), api.FamilyRequest{FamilyID: "nope"})
+	var e *client.Error
+	if !errors.As(err, &e) || e.Code != client.CodeNotFound || e.Status != "404" || client.IsRetryable(err) {
+		t.Fatalf("err = %#v", err)
 	}
 }

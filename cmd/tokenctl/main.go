@@ -1,7 +1,11 @@
-// Command tokenctl is the operator CLI of tokend: it issues, refreshes and
-// revokes token families and prints the JWKS, over NATS request-reply.
+// Command tokenctl is the operator CLI of tokend, over NATS:
 //
 //	tokenctl [--nats-url URL] [--prefix P] [--timeout D] [--json] <command> [flags]
+//
+// Commands: issue, refresh and revoke change token families; introspect,
+// family and audit query the read model (audit can page through everything
+// or follow new events live); keys prints the JWKS; rebuild writes a fresh
+// SQLite read model from the event stream.
 //
 // Each command lives in its own file and is listed in the commands map below.
 package main
@@ -14,8 +18,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,7 +33,8 @@ import (
 // defaultNATSURL is where `go run ./cmd/tokend` listens by default.
 const defaultNATSURL = "nats://127.0.0.1:4222"
 
-// defaultTimeout bounds one invocation, connecting included.
+// defaultTimeout bounds one invocation, connecting included; for the
+// commands marked long, connecting and each request.
 const defaultTimeout = 10 * time.Second
 
 // command is one tokenctl subcommand.
@@ -35,6 +42,18 @@ type command struct {
 	summary  string // one line for the command list
 	synopsis string // flags after "tokenctl [global flags] <name> "
 	help     string // paragraphs printed by -h above the flags; may be empty
+
+	// args is how many positional arguments the command takes, before,
+	// between or after its flags (in env.args); run refuses more, the
+	// command checks it got enough.
+	args int
+	// jsonHelp describes --json where the command does not simply print
+	// one reply as received; empty for the default.
+	jsonHelp string
+	// long marks a command that may run for minutes or until interrupted
+	// (audit with --all or --follow, rebuild): --timeout then bounds
+	// connecting and each request, not the whole run.
+	long bool
 
 	// setup declares the command's flags on fs and returns the function that
 	// runs the command once fs is parsed. That function checks its flags first
@@ -50,12 +69,25 @@ var commands = map[string]*command{
 	"refresh": refreshCommand,
 	"revoke":  revokeCommand,
 	"keys":    keysCommand,
+
+	"introspect": introspectCommand,
+	"family":     familyCommand,
+	"audit":      auditCommand,
+	"rebuild":    rebuildCommand,
 }
 
 // getenv is os.Getenv, replaceable in tests.
 var getenv = os.Getenv
 
-func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+func main() {
+	// SIGINT/SIGTERM end a follow or a rebuild cleanly; once the context is
+	// done, stop restores the default so a second Ctrl-C kills a stuck run.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() { <-ctx.Done(); stop() }()
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
 
 // env is what a running command needs: its streams, the global flags and a
 // lazily opened connection.
@@ -66,12 +98,14 @@ type env struct {
 	natsURL        string
 	prefix         string
 	timeout        time.Duration
+	args           []string // the command's positional arguments
 
 	nc *nats.Conn
 	c  *client.Client
 }
 
-// client connects to NATS on first use.
+// client connects to NATS on first use. Its Timeout is --timeout, so each
+// request of a long command (whose context has no deadline) is bounded.
 func (e *env) client() (*client.Client, error) {
 	if e.c != nil {
 		return e.c, nil
@@ -102,14 +136,14 @@ func usagef(format string, args ...any) error {
 }
 
 // run is main without the process: it returns the exit status (0 ok,
-// 1 failure, 2 usage error).
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+// 1 failure, 2 usage error). Cancelling ctx interrupts the command.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
 	global := flag.NewFlagSet("tokenctl", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	global.StringVar(&e.natsURL, "nats-url", defaultURL(), "NATS server `URL` (default $TOKENCTL_NATS_URL, else $NATS_URL, else "+defaultNATSURL+")")
 	global.StringVar(&e.prefix, "prefix", client.DefaultPrefix, "subject prefix `P` of the tokend deployment")
-	global.DurationVar(&e.timeout, "timeout", defaultTimeout, "give up after `D`, connecting included")
+	global.DurationVar(&e.timeout, "timeout", defaultTimeout, "give up after `D`, connecting included (audit and rebuild: each request)")
 	global.BoolVar(&e.json, "json", false, "print the reply JSON exactly as received (for scripts)")
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -141,22 +175,27 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 	fs := commandFlags(name)
 	exec := cmd.setup(fs)
-	fs.BoolVar(&e.json, "json", e.json, "print the reply JSON exactly as received (same as the global --json)")
-	if err := fs.Parse(rest); err != nil {
+	fs.BoolVar(&e.json, "json", e.json, jsonUsage(cmd))
+	positional, err := parseInterleaved(fs, rest)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			commandUsage(stdout, name, cmd, fs)
 			return 0
 		}
 		return usageFailure(stderr, name, err)
 	}
-	if fs.NArg() > 0 {
-		return usageFailure(stderr, name, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	if len(positional) > cmd.args {
+		return usageFailure(stderr, name, fmt.Errorf("unexpected argument %q", positional[cmd.args]))
 	}
+	e.args = positional
 
-	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
-	defer cancel()
+	if !cmd.long {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.timeout)
+		defer cancel()
+	}
 	defer e.close()
-	err := exec(ctx, e)
+	err = exec(ctx, e)
 	var ue *usageError
 	switch {
 	case err == nil:
@@ -166,6 +205,34 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	reportError(e, err)
 	return 1
+}
+
+// parseInterleaved parses fs from args and returns the positional arguments,
+// which may come before, between or after the flags ("family ID --min-seq
+// 5"); flag.Parse alone stops at the first one. After "--" everything is
+// positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		if parsed := len(args) - len(rest); parsed > 0 && args[parsed-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		positional, args = append(positional, rest[0]), rest[1:]
+	}
+}
+
+func jsonUsage(cmd *command) string {
+	if cmd.jsonHelp != "" {
+		return cmd.jsonHelp + " (same as the global --json)"
+	}
+	return "print the reply JSON exactly as received (same as the global --json)"
 }
 
 func commandFlags(name string) *flag.FlagSet {
@@ -199,6 +266,8 @@ func reportError(e *env, err error) {
 		msg += fmt.Sprintf(" (is tokend running with subject prefix %q on %s?)", e.prefix, e.natsURL)
 	case errors.Is(err, context.DeadlineExceeded):
 		msg += fmt.Sprintf(" (no answer within --timeout %v)", e.timeout)
+	case errors.Is(err, context.Canceled):
+		msg += " (interrupted)"
 	}
 	fmt.Fprintf(e.stderr, "tokenctl: %s\n", msg)
 }
@@ -224,7 +293,7 @@ func help(args []string, stdout, stderr io.Writer, global *flag.FlagSet) int {
 	}
 	fs := commandFlags(args[0])
 	cmd.setup(fs)
-	fs.Bool("json", false, "print the reply JSON exactly as received (same as the global --json)")
+	fs.Bool("json", false, jsonUsage(cmd))
 	commandUsage(stdout, args[0], cmd, fs)
 	return 0
 }
@@ -243,9 +312,9 @@ Commands:
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		fmt.Fprintf(w, "  %-9s %s\n", name, commands[name].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", name, commands[name].summary)
 	}
-	fmt.Fprintf(w, "  %-9s %s\n", "help", "show the usage of a command: tokenctl help <command>")
+	fmt.Fprintf(w, "  %-10s %s\n", "help", "show the usage of a command: tokenctl help <command>")
 	fmt.Fprint(w, "\nGlobal flags:\n")
 	printFlags(w, global)
 	fmt.Fprint(w, `

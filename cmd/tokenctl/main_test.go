@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strings"
 	"sync"
@@ -26,22 +27,54 @@ const (
 type fake struct {
 	url string
 	mu  sync.Mutex
-	got map[string][]byte // subject -> last request body
+	got map[string][][]byte // subject -> request bodies, oldest first
 }
 
+// request returns the last request on subject, decoded.
 func (f *fake) request(subject string) map[string]any {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var m map[string]any
-	if err := json.Unmarshal(f.got[subject], &m); err != nil {
+	all := f.requests(subject)
+	if len(all) == 0 {
 		return nil
 	}
-	return m
+	return all[len(all)-1]
+}
+
+// requests returns every request on subject, decoded, oldest first.
+func (f *fake) requests(subject string) []map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]map[string]any, len(f.got[subject]))
+	for i, body := range f.got[subject] {
+		_ = json.Unmarshal(body, &out[i])
+	}
+	return out
 }
 
 // startFake answers tokens.* subjects: replies maps a subject to its success
 // body; errors maps a subject to a contract error body sent like tokend does.
 func startFake(t *testing.T, replies map[string]string, errs map[string]string) *fake {
+	t.Helper()
+	handlers := map[string]micro.HandlerFunc{}
+	for subject, body := range replies {
+		handlers[subject] = func(r micro.Request) { _ = r.Respond([]byte(body)) }
+	}
+	for subject, body := range errs {
+		handlers[subject] = func(r micro.Request) { respondError(r, "400", body) }
+	}
+	return serveFake(t, handlers)
+}
+
+// respondError answers like tokend: the contract body plus the micro headers.
+func respondError(r micro.Request, status, body string) {
+	var e struct {
+		Description string `json:"error_description"`
+	}
+	_ = json.Unmarshal([]byte(body), &e)
+	_ = r.Error(status, e.Description, []byte(body))
+}
+
+// serveFake answers each subject of handlers with its handler.
+func serveFake(t *testing.T, handlers map[string]micro.HandlerFunc) *fake {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
 	if err != nil {
@@ -57,7 +90,7 @@ func startFake(t *testing.T, replies map[string]string, errs map[string]string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	f := &fake{url: ns.ClientURL(), got: map[string][]byte{}}
+	f := &fake{url: ns.ClientURL(), got: map[string][][]byte{}}
 	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
 	if err != nil {
 		t.Fatal(err)
@@ -66,24 +99,15 @@ func startFake(t *testing.T, replies map[string]string, errs map[string]string) 
 		name := strings.ReplaceAll(subject, ".", "_")
 		if err := svc.AddEndpoint(name, micro.HandlerFunc(func(r micro.Request) {
 			f.mu.Lock()
-			f.got[r.Subject()] = append([]byte(nil), r.Data()...)
+			f.got[r.Subject()] = append(f.got[r.Subject()], append([]byte(nil), r.Data()...))
 			f.mu.Unlock()
 			h(r)
 		}), micro.WithEndpointSubject(subject)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for subject, body := range replies {
-		add(subject, func(r micro.Request) { _ = r.Respond([]byte(body)) })
-	}
-	for subject, body := range errs {
-		add(subject, func(r micro.Request) {
-			var e struct {
-				Description string `json:"error_description"`
-			}
-			_ = json.Unmarshal([]byte(body), &e)
-			_ = r.Error("400", e.Description, []byte(body))
-		})
+	for subject, h := range handlers {
+		add(subject, h)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
@@ -99,7 +123,7 @@ type result struct {
 func runCtl(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := run(args, strings.NewReader(stdin), &out, &errOut)
+	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errOut)
 	return result{code, out.String(), errOut.String()}
 }
 
@@ -125,6 +149,23 @@ func TestUsageErrors(t *testing.T) {
 		{"--nats-url", deadURL, "revoke", "--family", "f", "--subject", "s"},
 		{"--nats-url", deadURL, "revoke", "--family", ""},
 		{"--nats-url", deadURL, "help", "frobnicate"},
+		{"--nats-url", deadURL, "introspect"},
+		{"--nats-url", deadURL, "introspect", "tok"},
+		{"--nats-url", deadURL, "introspect", "--token", "t", "--min-seq", "-1"},
+		{"--nats-url", deadURL, "family"},
+		{"--nats-url", deadURL, "family", ""},
+		{"--nats-url", deadURL, "family", "a", "b"},
+		{"--nats-url", deadURL, "family", "--min-seq", "x", "a"},
+		{"--nats-url", deadURL, "audit", "--limit", "0"},
+		{"--nats-url", deadURL, "audit", "--limit", "1001"},
+		{"--nats-url", deadURL, "audit", "--since", "yesterday"},
+		{"--nats-url", deadURL, "audit", "--until", "2026-01-02"},
+		{"--nats-url", deadURL, "audit", "--since", "-1h"},
+		{"--nats-url", deadURL, "audit", "--type", "token.stolen"},
+		{"--nats-url", deadURL, "audit", "--family", ""},
+		{"--nats-url", deadURL, "audit", "--client-id", ""},
+		{"--nats-url", deadURL, "audit", "extra"},
+		{"--nats-url", deadURL, "rebuild"},
 	} {
 		r := runCtl(t, "", args...)
 		if r.code != 2 {
@@ -150,7 +191,8 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("help: exit %d", r.code)
 	}
-	for _, want := range []string{"issue", "refresh", "revoke", "keys", "--nats-url", "--json", "--timeout", "--prefix"} {
+	for _, want := range []string{"issue", "refresh", "revoke", "keys", "introspect", "family", "audit", "rebuild",
+		"--nats-url", "--json", "--timeout", "--prefix"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("help lacks %q:\n%s", want, r.stdout)
 		}
@@ -167,6 +209,20 @@ func TestHelp(t *testing.T) {
 	r = runCtl(t, "", "issue", "-h")
 	if r.code != 0 || !strings.Contains(r.stdout, "--audience URL") || !strings.Contains(r.stdout, "--subject S") {
 		t.Errorf("issue -h: exit %d, stdout %q", r.code, r.stdout)
+	}
+	for cmd, wants := range map[string][]string{
+		"introspect": {"Usage: tokenctl [global flags] introspect --token T|-", "--min-seq N"},
+		"family":     {"Usage: tokenctl [global flags] family ID", "--min-seq N", "audit --family ID --all --json"},
+		"audit": {"--type T", "--since T", "--limit N", "(default \"100\")", "--after-seq N", "--all", "--follow",
+			"token.replay_detected", "7d", "JSON Lines"},
+		"rebuild": {"--db PATH", "must not exist", "Ctrl-C"},
+	} {
+		r := runCtl(t, "", cmd, "-h")
+		for _, want := range wants {
+			if r.code != 0 || !strings.Contains(r.stdout, want) {
+				t.Errorf("%s -h: exit %d, lacks %q:\n%s", cmd, r.code, want, r.stdout)
+			}
+		}
 	}
 }
 

@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/tokend/tokend/api"
 )
@@ -119,7 +121,7 @@ func printTokenReply(e *env, raw json.RawMessage) error {
 	}
 	expires := r.RefreshTokenExpiresAt
 	if t, err := time.Parse(time.RFC3339, expires); err == nil {
-		expires = t.Local().Format("2006-01-02 15:04:05 MST")
+		expires = localTime(t)
 	}
 	printKV(e.stdout, [][2]string{
 		{"family", r.FamilyID},
@@ -131,4 +133,48 @@ func printTokenReply(e *env, raw json.RawMessage) error {
 		{"seq", fmt.Sprint(r.Seq)},
 	})
 	return nil
+}
+
+// Human output shows times in the local zone: with the zone in key: value
+// lines, without it in table cells, where it would repeat on every row.
+const (
+	timeLayout      = "2006-01-02 15:04:05 MST"
+	tableTimeLayout = "2006-01-02 15:04:05"
+)
+
+func localTime(t time.Time) string { return t.Local().Format(timeLayout) }
+
+func tableTime(t time.Time) string { return t.Local().Format(tableTimeLayout) }
+
+// minSeqFlag declares --min-seq, the read-your-writes token of the queries.
+func minSeqFlag(fs *flag.FlagSet) *uint64 {
+	return fs.Uint64("min-seq", 0, "wait (up to 2 s) until the read model has applied stream sequence `N`,\n"+
+		"e.g. the seq printed by issue, refresh or revoke")
+}
+
+// cell makes a value safe and visible in human output: "-" when empty, and
+// any control character (a tab would break the columns, an escape sequence
+// could rewrite the terminal) replaced. tokend refuses such input, but the
+// audit trail is exactly what should not be trusted blindly.
+func cell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '\uFFFD'
+	}, s)
+}
+
+// isTerminal reports whether w is a character device (a terminal), where
+// redrawing a line with \r works.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
