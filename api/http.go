@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 )
 
@@ -54,7 +55,7 @@ func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.H
 			writeError(w, err)
 			return
 		}
-		in := FamilyRequest{FamilyID: r.PathValue("id"), MinSeq: minSeq}
+		in := wire.FamilyRequest{FamilyID: r.PathValue("id"), MinSeq: minSeq}
 		s.serveHTTP(w, r, "family", func(ctx context.Context) (any, error) { return s.Family(ctx, in) })
 	})
 	if metrics != nil {
@@ -81,16 +82,16 @@ var auditParams = []string{"family_id", "subject", "client_id", "type", "since",
 
 // auditRequestFromQuery maps /v1/audit's parameters onto the NATS request,
 // so both are validated alike.
-func auditRequestFromQuery(q url.Values) (AuditRequest, error) {
+func auditRequestFromQuery(q url.Values) (wire.AuditRequest, error) {
 	if err := onlyParams(q, auditParams...); err != nil {
-		return AuditRequest{}, err
+		return wire.AuditRequest{}, err
 	}
 	for _, single := range []string{"family_id", "subject", "client_id", "since", "until", "limit", "after_seq", "min_seq"} {
 		if len(q[single]) > 1 {
-			return AuditRequest{}, domain.Errorf(domain.EInvalidRequest, "parameter %s given more than once", single)
+			return wire.AuditRequest{}, domain.Errorf(domain.EInvalidRequest, "parameter %s given more than once", single)
 		}
 	}
-	in := AuditRequest{FamilyID: q.Get("family_id"), Subject: q.Get("subject"), ClientID: q.Get("client_id"),
+	in := wire.AuditRequest{FamilyID: q.Get("family_id"), Subject: q.Get("subject"), ClientID: q.Get("client_id"),
 		Types: q["type"], Since: q.Get("since"), Until: q.Get("until")}
 	if q.Has("limit") {
 		n, err := strconv.Atoi(q.Get("limit"))

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
@@ -171,12 +172,12 @@ func (s *Service) refresh(ctx context.Context, data []byte) (any, error) {
 	return s.tokenReply(g)
 }
 
-func (s *Service) tokenReply(g events.Grant) (TokenReply, error) {
+func (s *Service) tokenReply(g events.Grant) (wire.TokenReply, error) {
 	at, err := s.Access.Mint(g, s.Now())
 	if err != nil {
-		return TokenReply{}, fmt.Errorf("sign access token: %w", err)
+		return wire.TokenReply{}, fmt.Errorf("sign access token: %w", err)
 	}
-	return TokenReply{
+	return wire.TokenReply{
 		RefreshToken: g.Token.Value(), FamilyID: g.Family.ID, TokenType: "Bearer",
 		AccessToken: at, ExpiresIn: int64(s.Access.TTL() / time.Second), Scope: domain.ScopeString(g.Scope),
 		RefreshTokenExpiresAt: rfc3339(g.Family.ExpiresAt()), Seq: g.Seq,
@@ -205,7 +206,7 @@ func (s *Service) revoke(ctx context.Context, data []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return RevokeReply{RevokedFamilies: n, Seq: seq}, nil
+	return wire.RevokeReply{RevokedFamilies: n, Seq: seq}, nil
 }
 
 // revokeConcurrency bounds the family revocations one request runs at once.
@@ -214,7 +215,7 @@ const revokeConcurrency = 16
 // revokeAll revokes every family of a subject or client. It first waits for
 // the read model to hold everything stored so far, so every family issued
 // before the reply is covered, even one issued a moment ago.
-func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in RevokeRequest) (int, uint64, error) {
+func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wire.RevokeRequest) (int, uint64, error) {
 	field, value := "subject", subject
 	if clientID != "" || subject == "" {
 		field, value = "client_id", clientID
@@ -273,7 +274,7 @@ func (s *Service) awaitSeq(ctx context.Context, minSeq uint64) error {
 }
 
 func (s *Service) introspect(ctx context.Context, data []byte) (any, error) {
-	var in IntrospectRequest
+	var in wire.IntrospectRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
 	}
@@ -284,7 +285,7 @@ func (s *Service) introspect(ctx context.Context, data []byte) (any, error) {
 }
 
 func (s *Service) family(ctx context.Context, data []byte) (any, error) {
-	var in FamilyRequest
+	var in wire.FamilyRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
 	}
@@ -292,18 +293,18 @@ func (s *Service) family(ctx context.Context, data []byte) (any, error) {
 }
 
 // Family answers query.family and GET /v1/families/{id}.
-func (s *Service) Family(ctx context.Context, in FamilyRequest) (projections.FamilyView, error) {
+func (s *Service) Family(ctx context.Context, in wire.FamilyRequest) (wire.FamilyView, error) {
 	if err := domain.ValidateName("family_id", in.FamilyID); err != nil {
-		return projections.FamilyView{}, err
+		return wire.FamilyView{}, err
 	}
 	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
-		return projections.FamilyView{}, err
+		return wire.FamilyView{}, err
 	}
 	return s.Reader.Family(ctx, in.FamilyID)
 }
 
 func (s *Service) audit(ctx context.Context, data []byte) (any, error) {
-	var in AuditRequest
+	var in wire.AuditRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
 	}
@@ -311,13 +312,13 @@ func (s *Service) audit(ctx context.Context, data []byte) (any, error) {
 }
 
 // Audit answers query.audit and GET /v1/audit.
-func (s *Service) Audit(ctx context.Context, in AuditRequest) (projections.AuditPage, error) {
-	filter, err := in.AuditFilter()
+func (s *Service) Audit(ctx context.Context, in wire.AuditRequest) (wire.AuditPage, error) {
+	filter, err := auditFilter(in)
 	if err != nil {
-		return projections.AuditPage{}, err
+		return wire.AuditPage{}, err
 	}
 	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
-		return projections.AuditPage{}, err
+		return wire.AuditPage{}, err
 	}
 	return s.Reader.Audit(ctx, filter)
 }

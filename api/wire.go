@@ -8,73 +8,17 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
 )
 
-// MaxRequestBytes bounds every request body; the largest valid command is a
-// few KiB.
-const MaxRequestBytes = 64 << 10
-
-// IssueRequest is the wire form of tokens.cmd.issue.
-type IssueRequest struct {
-	Subject  string         `json:"subject"`
-	ClientID string         `json:"client_id"`
-	Scope    string         `json:"scope"`
-	Audience []string       `json:"audience"`
-	Context  domain.Context `json:"context"`
-}
-
-// RefreshRequest is the wire form of tokens.cmd.refresh.
-type RefreshRequest struct {
-	RefreshToken string         `json:"refresh_token"`
-	ClientID     string         `json:"client_id"`
-	Scope        *string        `json:"scope"`
-	Audience     string         `json:"audience"`
-	Context      domain.Context `json:"context"`
-}
-
-// RevokeRequest is the wire form of tokens.cmd.revoke: exactly one selector.
-type RevokeRequest struct {
-	RefreshToken *string        `json:"refresh_token"`
-	FamilyID     *string        `json:"family_id"`
-	Subject      *string        `json:"subject"`
-	ClientID     *string        `json:"client_id"`
-	Reason       string         `json:"reason"`
-	Context      domain.Context `json:"context"`
-}
-
-// TokenReply answers a successful issue or refresh.
-type TokenReply struct {
-	RefreshToken          string `json:"refresh_token"`
-	FamilyID              string `json:"family_id"`
-	TokenType             string `json:"token_type"`
-	AccessToken           string `json:"access_token"`
-	ExpiresIn             int64  `json:"expires_in"`
-	Scope                 string `json:"scope"`
-	RefreshTokenExpiresAt string `json:"refresh_token_expires_at"`
-	Seq                   uint64 `json:"seq"`
-}
-
-// RevokeReply answers a revoke; Seq is the last family.revoked event's, if any.
-type RevokeReply struct {
-	RevokedFamilies int    `json:"revoked_families"`
-	Seq             uint64 `json:"seq,omitempty"`
-}
-
-// ErrorReply is the body of every failure.
-type ErrorReply struct {
-	Error        string `json:"error"`
-	Description  string `json:"error_description"`
-	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
-}
-
 // Decode parses a request strictly: one JSON object of known fields, valid
-// UTF-8, within MaxRequestBytes. Failures are EInvalidRequest errors.
+// UTF-8, within wire.MaxRequestBytes. Failures are EInvalidRequest errors.
 func Decode(data []byte, v any) error {
-	if len(data) > MaxRequestBytes {
-		return domain.Errorf(domain.EInvalidRequest, "request is larger than %d bytes", MaxRequestBytes)
+	if len(data) > wire.MaxRequestBytes {
+		return domain.Errorf(domain.EInvalidRequest, "request is larger than %d bytes", wire.MaxRequestBytes)
 	}
 	// encoding/json would silently replace invalid UTF-8; refuse it instead.
 	if !utf8.Valid(data) {
@@ -106,8 +50,8 @@ func describeJSONError(err error) string {
 	return msg
 }
 
-func errorReply(err error) ErrorReply {
-	r := ErrorReply{Error: domain.ErrorCode(err), Description: domain.ErrorMessage(err)}
+func errorReply(err error) wire.ErrorReply {
+	r := wire.ErrorReply{Error: domain.ErrorCode(err), Description: domain.ErrorMessage(err)}
 	var de *domain.Error
 	if errors.As(err, &de) {
 		r.RetryAfterMs = de.RetryAfterMs
@@ -132,7 +76,7 @@ func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // ParseIssue decodes and validates tokens.cmd.issue.
 func ParseIssue(data []byte) (events.IssueRequest, error) {
-	var in IssueRequest
+	var in wire.IssueRequest
 	if err := Decode(data, &in); err != nil {
 		return events.IssueRequest{}, err
 	}
@@ -159,7 +103,7 @@ func ParseIssue(data []byte) (events.IssueRequest, error) {
 // ParseRefresh decodes and validates tokens.cmd.refresh. The token itself is
 // verified later, by the service, so every bad token gets the same answer.
 func ParseRefresh(data []byte) (events.RefreshRequest, error) {
-	var in RefreshRequest
+	var in wire.RefreshRequest
 	if err := Decode(data, &in); err != nil {
 		return events.RefreshRequest{}, err
 	}
@@ -190,10 +134,10 @@ func ParseRefresh(data []byte) (events.RefreshRequest, error) {
 
 // ParseRevoke decodes tokens.cmd.revoke and checks it names exactly one
 // selector and a valid reason.
-func ParseRevoke(data []byte) (RevokeRequest, error) {
-	var in RevokeRequest
+func ParseRevoke(data []byte) (wire.RevokeRequest, error) {
+	var in wire.RevokeRequest
 	if err := Decode(data, &in); err != nil {
-		return RevokeRequest{}, err
+		return wire.RevokeRequest{}, err
 	}
 	selectors := 0
 	for _, sel := range []*string{in.RefreshToken, in.FamilyID, in.Subject, in.ClientID} {
@@ -202,59 +146,28 @@ func ParseRevoke(data []byte) (RevokeRequest, error) {
 		}
 	}
 	if selectors != 1 {
-		return RevokeRequest{}, domain.Errorf(domain.EInvalidRequest, "exactly one of refresh_token, family_id, subject, client_id is required")
+		return wire.RevokeRequest{}, domain.Errorf(domain.EInvalidRequest, "exactly one of refresh_token, family_id, subject, client_id is required")
 	}
 	if in.Reason != "" {
 		if err := domain.ValidateName("reason", in.Reason); err != nil {
-			return RevokeRequest{}, err
+			return wire.RevokeRequest{}, err
 		}
 	}
 	if err := domain.ValidateContext(in.Context); err != nil {
-		return RevokeRequest{}, err
+		return wire.RevokeRequest{}, err
 	}
 	return in, nil
 }
-
-// IntrospectRequest is the wire form of tokens.query.introspect.
-type IntrospectRequest struct {
-	RefreshToken string `json:"refresh_token"`
-	MinSeq       uint64 `json:"min_seq"`
-}
-
-// FamilyRequest is the wire form of tokens.query.family.
-type FamilyRequest struct {
-	FamilyID string `json:"family_id"`
-	MinSeq   uint64 `json:"min_seq"`
-}
-
-// AuditRequest is the wire form of tokens.query.audit.
-type AuditRequest struct {
-	FamilyID string   `json:"family_id"`
-	Subject  string   `json:"subject"`
-	ClientID string   `json:"client_id"`
-	Types    []string `json:"types"`
-	Since    string   `json:"since"`
-	Until    string   `json:"until"`
-	Limit    *int     `json:"limit"`
-	AfterSeq uint64   `json:"after_seq"`
-	MinSeq   uint64   `json:"min_seq"`
-}
-
-// Audit page sizes.
-const (
-	DefaultAuditLimit = 100
-	MaxAuditLimit     = 1000
-)
 
 var eventTypes = map[string]bool{
 	string(domain.TokenIssued): true, string(domain.TokenRotated): true, string(domain.TokenReused): true,
 	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
 }
 
-// AuditFilter validates an audit request into a filter.
-func (in AuditRequest) AuditFilter() (projections.AuditFilter, error) {
+// auditFilter validates an audit request into a filter.
+func auditFilter(in wire.AuditRequest) (projections.AuditFilter, error) {
 	f := projections.AuditFilter{FamilyID: in.FamilyID, Subject: in.Subject, ClientID: in.ClientID,
-		AfterSeq: in.AfterSeq, Limit: DefaultAuditLimit}
+		AfterSeq: in.AfterSeq, Limit: wire.DefaultAuditLimit}
 	for _, field := range [...]struct{ name, value string }{{"family_id", in.FamilyID}, {"subject", in.Subject}, {"client_id", in.ClientID}} {
 		if field.value != "" {
 			if err := domain.ValidateName(field.name, field.value); err != nil {
@@ -282,8 +195,8 @@ func (in AuditRequest) AuditFilter() (projections.AuditFilter, error) {
 		return f, domain.Errorf(domain.EInvalidRequest, "since must be before until")
 	}
 	if in.Limit != nil {
-		if *in.Limit < 1 || *in.Limit > MaxAuditLimit {
-			return f, domain.Errorf(domain.EInvalidRequest, "limit must be 1..%d", MaxAuditLimit)
+		if *in.Limit < 1 || *in.Limit > wire.MaxAuditLimit {
+			return f, domain.Errorf(domain.EInvalidRequest, "limit must be 1..%d", wire.MaxAuditLimit)
 		}
 		f.Limit = *in.Limit
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 )
 
@@ -82,7 +83,7 @@ func FuzzParseCommands(f *testing.F) {
 				}
 				return false
 			}
-			if !utf8.Valid(data) || len(data) > MaxRequestBytes {
+			if !utf8.Valid(data) || len(data) > wire.MaxRequestBytes {
 				t.Fatalf("accepted invalid input %q", data)
 			}
 			return true

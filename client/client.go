@@ -3,7 +3,7 @@
 // JWKS, and any other subject through Request.
 //
 //	c := client.New(nc, "") // default prefix "tokens"
-//	tok, err := c.Issue(ctx, api.IssueRequest{Subject: "user-42", ClientID: "web-app"})
+//	tok, err := c.Issue(ctx, wire.IssueRequest{Subject: "user-42", ClientID: "web-app"})
 //	var e *client.Error
 //	if errors.As(err, &e) && e.Code == "invalid_grant" { ... }
 //	if client.IsRetryable(err) { ... back off and retry ... }
@@ -21,8 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/api/wire"
 )
 
 // DefaultPrefix is tokend's default subject prefix.
@@ -81,22 +80,22 @@ func (c *Client) Prefix() string { return c.prefix }
 func (c *Client) Subject(suffix string) string { return c.prefix + "." + suffix }
 
 // Issue starts a new token family.
-func (c *Client) Issue(ctx context.Context, req api.IssueRequest) (api.TokenReply, error) {
-	var reply api.TokenReply
+func (c *Client) Issue(ctx context.Context, req wire.IssueRequest) (wire.TokenReply, error) {
+	var reply wire.TokenReply
 	err := c.Request(ctx, SubjectIssue, req, &reply)
 	return reply, err
 }
 
 // Refresh exchanges a refresh token for a new one (rotation).
-func (c *Client) Refresh(ctx context.Context, req api.RefreshRequest) (api.TokenReply, error) {
-	var reply api.TokenReply
+func (c *Client) Refresh(ctx context.Context, req wire.RefreshRequest) (wire.TokenReply, error) {
+	var reply wire.TokenReply
 	err := c.Request(ctx, SubjectRefresh, req, &reply)
 	return reply, err
 }
 
 // Revoke revokes the families selected by req.
-func (c *Client) Revoke(ctx context.Context, req api.RevokeRequest) (api.RevokeReply, error) {
-	var reply api.RevokeReply
+func (c *Client) Revoke(ctx context.Context, req wire.RevokeRequest) (wire.RevokeReply, error) {
+	var reply wire.RevokeReply
 	err := c.Request(ctx, SubjectRevoke, req, &reply)
 	return reply, err
 }
@@ -105,16 +104,16 @@ func (c *Client) Revoke(ctx context.Context, req api.RevokeRequest) (api.RevokeR
 // in a live family (RFC 7662); an unknown or dead token is Active: false, not
 // an error. With req.MinSeq set the answer waits for the read model to reach
 // it, or fails with temporarily_unavailable after 2 s.
-func (c *Client) Introspect(ctx context.Context, req api.IntrospectRequest) (projections.Introspection, error) {
-	var reply projections.Introspection
+func (c *Client) Introspect(ctx context.Context, req wire.IntrospectRequest) (wire.Introspection, error) {
+	var reply wire.Introspection
 	err := c.Request(ctx, SubjectIntrospect, req, &reply)
 	return reply, err
 }
 
 // Family returns a family and its chain of generations. An unknown id is an
 // *Error with Code CodeNotFound.
-func (c *Client) Family(ctx context.Context, req api.FamilyRequest) (projections.FamilyView, error) {
-	var reply projections.FamilyView
+func (c *Client) Family(ctx context.Context, req wire.FamilyRequest) (wire.FamilyView, error) {
+	var reply wire.FamilyView
 	err := c.Request(ctx, SubjectFamily, req, &reply)
 	return reply, err
 }
@@ -122,8 +121,8 @@ func (c *Client) Family(ctx context.Context, req api.FamilyRequest) (projections
 // Audit returns one page of the audit events matching req, in ascending seq.
 // For the next page, send req again with AfterSeq set to the reply's
 // NextAfterSeq; an empty page is the end.
-func (c *Client) Audit(ctx context.Context, req api.AuditRequest) (projections.AuditPage, error) {
-	var reply projections.AuditPage
+func (c *Client) Audit(ctx context.Context, req wire.AuditRequest) (wire.AuditPage, error) {
+	var reply wire.AuditPage
 	err := c.Request(ctx, SubjectAudit, req, &reply)
 	return reply, err
 }
@@ -229,7 +228,7 @@ func responseError(msg *nats.Msg) *Error {
 		return nil
 	}
 	e := &Error{Status: status}
-	var body api.ErrorReply
+	var body wire.ErrorReply
 	if json.Unmarshal(msg.Data, &body) == nil {
 		e.Code, e.Description, e.RetryAfterMs = body.Error, body.Description, body.RetryAfterMs
 	}

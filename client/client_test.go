@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 )
 
@@ -62,7 +62,7 @@ func ctx(t *testing.T) context.Context {
 
 func TestIssueDecodesReply(t *testing.T) {
 	nc := connect(t)
-	var got api.IssueRequest
+	var got wire.IssueRequest
 	respond(t, nc, "tokens.cmd.issue", func(m *nats.Msg) *nats.Msg {
 		if err := json.Unmarshal(m.Data, &got); err != nil {
 			t.Errorf("request body: %v", err)
@@ -74,12 +74,12 @@ func TestIssueDecodesReply(t *testing.T) {
 	if c.Prefix() != "tokens" {
 		t.Fatalf("prefix = %q", c.Prefix())
 	}
-	reply, err := c.Issue(ctx(t), api.IssueRequest{Subject: "user-42", ClientID: "web", Scope: "a b",
+	reply, err := c.Issue(ctx(t), wire.IssueRequest{Subject: "user-42", ClientID: "web", Scope: "a b",
 		Audience: []string{"https://api.example.com"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := api.TokenReply{RefreshToken: "rt", FamilyID: "fam-1", TokenType: "Bearer", AccessToken: "at",
+	want := wire.TokenReply{RefreshToken: "rt", FamilyID: "fam-1", TokenType: "Bearer", AccessToken: "at",
 		ExpiresIn: 300, Scope: "a b", RefreshTokenExpiresAt: "2026-12-06T10:00:00Z", Seq: 7}
 	if reply != want {
 		t.Fatalf("reply = %+v, want %+v", reply, want)
@@ -136,7 +136,7 @@ func TestErrorFromMicro(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = svc.Stop() })
-	replies := map[string]api.ErrorReply{
+	replies := map[string]wire.ErrorReply{
 		"refresh": {Error: "invalid_grant", Description: "refresh token is not valid"},
 		"revoke":  {Error: "temporarily_unavailable", Description: "overloaded", RetryAfterMs: 250},
 	}
@@ -155,7 +155,7 @@ func TestErrorFromMicro(t *testing.T) {
 	}
 	c := client.New(nc, "tokens")
 
-	_, err = c.Refresh(ctx(t), api.RefreshRequest{RefreshToken: "x", ClientID: "web"})
+	_, err = c.Refresh(ctx(t), wire.RefreshRequest{RefreshToken: "x", ClientID: "web"})
 	var e *client.Error
 	if !errors.As(err, &e) {
 		t.Fatalf("err = %T %v, want *client.Error", err, err)
@@ -171,7 +171,7 @@ func TestErrorFromMicro(t *testing.T) {
 	}
 
 	fam := "fam-1"
-	_, err = c.Revoke(ctx(t), api.RevokeRequest{FamilyID: &fam})
+	_, err = c.Revoke(ctx(t), wire.RevokeRequest{FamilyID: &fam})
 	if !errors.As(err, &e) || e.Code != "temporarily_unavailable" || e.RetryAfterMs != 250 || e.Status != "503" {
 		t.Fatalf("err = %#v", err)
 	}
@@ -194,7 +194,7 @@ func TestErrorHeadersOnly(t *testing.T) {
 		m.Data = []byte("not json")
 		return m
 	})
-	_, err := client.New(nc, "").Issue(ctx(t), api.IssueRequest{Subject: "s", ClientID: "c"})
+	_, err := client.New(nc, "").Issue(ctx(t), wire.IssueRequest{Subject: "s", ClientID: "c"})
 	var e *client.Error
 	if !errors.As(err, &e) || *e != (client.Error{Code: "server_error", Description: "boom", Status: "500"}) {
 		t.Fatalf("err = %#v", err)
@@ -206,7 +206,7 @@ func TestErrorHeadersOnly(t *testing.T) {
 
 func TestNoResponders(t *testing.T) {
 	nc := connect(t)
-	_, err := client.New(nc, "").Issue(ctx(t), api.IssueRequest{Subject: "s", ClientID: "c"})
+	_, err := client.New(nc, "").Issue(ctx(t), wire.IssueRequest{Subject: "s", ClientID: "c"})
 	if !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("err = %v, want no responders", err)
 	}
@@ -288,7 +288,7 @@ func TestQueries(t *testing.T) {
 		"next_after_seq":7,"as_of_seq":9}`)
 	c := client.New(nc, "")
 
-	in, err := c.Introspect(ctx(t), api.IntrospectRequest{RefreshToken: "rt", MinSeq: 5})
+	in, err := c.Introspect(ctx(t), wire.IntrospectRequest{RefreshToken: "rt", MinSeq: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func TestQueries(t *testing.T) {
 		t.Fatalf("introspect request = %v", req)
 	}
 
-	fam, err := c.Family(ctx(t), api.FamilyRequest{FamilyID: "fam-1"})
+	fam, err := c.Family(ctx(t), wire.FamilyRequest{FamilyID: "fam-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +312,7 @@ func TestQueries(t *testing.T) {
 	}
 
 	limit := 1
-	page, err := c.Audit(ctx(t), api.AuditRequest{FamilyID: "fam-1", Types: []string{"token.replay_detected"}, Limit: &limit, AfterSeq: 6})
+	page, err := c.Audit(ctx(t), wire.AuditRequest{FamilyID: "fam-1", Types: []string{"token.replay_detected"}, Limit: &limit, AfterSeq: 6})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestFamilyNotFound(t *testing.T) {
 		m.Data = []byte(`{"error":"not_found","error_description":"no family \"nope\""}`)
 		return m
 	})
-	_, err := client.New(nc, "").Family(ctx(t), api.FamilyRequest{FamilyID: "nope"})
+	_, err := client.New(nc, "").Family(ctx(t), wire.FamilyRequest{FamilyID: "nope"})
 	var e *client.Error
 	if !errors.As(err, &e) || e.Code != client.CodeNotFound || e.Status != "404" || client.IsRetryable(err) {
 		t.Fatalf("err = %#v", err)

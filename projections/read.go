@@ -7,6 +7,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/queries"
 )
@@ -24,29 +25,15 @@ func NewReader(db *DB, p *Projector, now func() time.Time) *Reader {
 	return &Reader{db: db, p: p, now: now}
 }
 
-// Introspection is an RFC 7662 answer for a refresh token.
-type Introspection struct {
-	Active    bool     `json:"active"`
-	FamilyID  string   `json:"family_id,omitempty"`
-	Sub       string   `json:"sub,omitempty"`
-	ClientID  string   `json:"client_id,omitempty"`
-	Scope     *string  `json:"scope,omitempty"`
-	Aud       []string `json:"aud,omitempty"`
-	Exp       int64    `json:"exp,omitempty"`
-	Iat       int64    `json:"iat,omitempty"`
-	TokenType string   `json:"token_type,omitempty"`
-	AsOfSeq   uint64   `json:"as_of_seq"`
-}
-
 // maxTokenBytes keeps hostile input from being hashed at length; no real
 // token comes near it.
 const maxTokenBytes = 1024
 
 // Introspect reports whether token is its family's current token in a
 // family that is neither revoked nor expired.
-func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, error) {
+func (r *Reader) Introspect(ctx context.Context, token string) (wire.Introspection, error) {
 	asOf := r.p.Applied()
-	inactive := Introspection{AsOfSeq: asOf}
+	inactive := wire.Introspection{AsOfSeq: asOf}
 	if len(token) > maxTokenBytes {
 		return inactive, nil
 	}
@@ -55,68 +42,42 @@ func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, e
 		return inactive, nil
 	}
 	if err != nil {
-		return Introspection{}, err
+		return wire.Introspection{}, err
 	}
 	f := familyOf(row.Family)
 	if f.StatusAt(r.now()) != domain.StatusActive {
 		return inactive, nil
 	}
 	scope := domain.ScopeString(f.Scope)
-	return Introspection{Active: true, FamilyID: f.ID, Sub: f.Subject, ClientID: f.ClientID, Scope: &scope,
+	return wire.Introspection{Active: true, FamilyID: f.ID, Sub: f.Subject, ClientID: f.ClientID, Scope: &scope,
 		Aud: f.Audience, Exp: f.ExpiresAt().Unix(), Iat: time.Unix(0, row.TokenIssuedAt).Unix(),
 		TokenType: "refresh_token", AsOfSeq: asOf}, nil
 }
 
-// FamilyView is a family and its chain of tokens.
-type FamilyView struct {
-	FamilyID      string      `json:"family_id"`
-	Subject       string      `json:"subject"`
-	ClientID      string      `json:"client_id"`
-	Scope         string      `json:"scope"`
-	Audience      []string    `json:"audience"`
-	Status        string      `json:"status"`
-	Generation    uint64      `json:"generation"`
-	CreatedAt     time.Time   `json:"created_at"`
-	LastUsedAt    time.Time   `json:"last_used_at"`
-	ExpiresAt     time.Time   `json:"expires_at"`
-	RevokedAt     *time.Time  `json:"revoked_at"`
-	RevokedReason string      `json:"revoked_reason"`
-	Tokens        []TokenView `json:"tokens"`
-	AsOfSeq       uint64      `json:"as_of_seq"`
-}
-
-// TokenView is one generation of a family; the token itself is never kept.
-type TokenView struct {
-	Generation uint64     `json:"generation"`
-	Status     string     `json:"status"`
-	IssuedAt   time.Time  `json:"issued_at"`
-	RotatedAt  *time.Time `json:"rotated_at"`
-}
-
 // Family returns a family's view, or an ENotFound error.
-func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error) {
+func (r *Reader) Family(ctx context.Context, familyID string) (wire.FamilyView, error) {
 	asOf := r.p.Applied()
 	row, err := r.db.R.GetFamily(ctx, familyID)
 	if errors.Is(err, sql.ErrNoRows) {
-		return FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
+		return wire.FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
 	}
 	if err != nil {
-		return FamilyView{}, err
+		return wire.FamilyView{}, err
 	}
 	toks, err := r.db.R.FamilyTokens(ctx, familyID)
 	if err != nil {
-		return FamilyView{}, err
+		return wire.FamilyView{}, err
 	}
 	f := familyOf(row)
-	v := FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
+	v := wire.FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
 		Audience: f.Audience, Status: string(f.StatusAt(r.now())), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt(), RevokedReason: f.RevokedReason, AsOfSeq: asOf,
-		Tokens: make([]TokenView, len(toks))}
+		Tokens: make([]wire.TokenView, len(toks))}
 	if f.Status == domain.StatusRevoked {
 		v.RevokedAt = &f.RevokedAt
 	}
 	for i, t := range toks {
-		tv := TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
+		tv := wire.TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
 		switch {
 		case t.RotatedAt.Valid:
 			at := unixNano(t.RotatedAt.Int64)
@@ -138,29 +99,8 @@ type AuditFilter struct {
 	Limit                       int
 }
 
-// AuditEvent is a stored event as security teams see it.
-type AuditEvent struct {
-	Seq        uint64          `json:"seq"`
-	ID         string          `json:"id"`
-	Type       string          `json:"type"`
-	Time       time.Time       `json:"time"`
-	FamilyID   string          `json:"family_id"`
-	Subject    string          `json:"subject"`
-	ClientID   string          `json:"client_id"`
-	Generation uint64          `json:"generation"`
-	Reason     string          `json:"reason"`
-	Context    json.RawMessage `json:"context"`
-}
-
-// AuditPage is one page of events in ascending seq.
-type AuditPage struct {
-	Events       []AuditEvent `json:"events"`
-	NextAfterSeq uint64       `json:"next_after_seq"`
-	AsOfSeq      uint64       `json:"as_of_seq"`
-}
-
 // Audit returns the events matching f after f.AfterSeq, at most f.Limit.
-func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
+func (r *Reader) Audit(ctx context.Context, f AuditFilter) (wire.AuditPage, error) {
 	asOf := r.p.Applied()
 	types := ""
 	if len(f.Types) > 0 {
@@ -193,11 +133,11 @@ func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
 		rows, err = r.db.R.AuditAll(ctx, queries.AuditAllParams{AfterSeq: after, Types: types, Since: since, Until: until, Lim: limit})
 	}
 	if err != nil {
-		return AuditPage{}, err
+		return wire.AuditPage{}, err
 	}
-	page := AuditPage{Events: make([]AuditEvent, len(rows)), AsOfSeq: asOf}
+	page := wire.AuditPage{Events: make([]wire.AuditEvent, len(rows)), AsOfSeq: asOf}
 	for i, e := range rows {
-		page.Events[i] = AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
+		page.Events[i] = wire.AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
 			FamilyID: e.FamilyID, Subject: e.Subject, ClientID: e.ClientID, Generation: uint64(e.Generation),
 			Reason: e.Reason, Context: json.RawMessage(e.Context)}
 		page.NextAfterSeq = uint64(e.Seq)

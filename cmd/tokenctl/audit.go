@@ -14,10 +14,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/projections"
 )
 
 // eventTypes are the audit event types of the contract, for --type.
@@ -54,13 +53,13 @@ the whole listing.`,
 		fs.Var(&types, "type", "only events of type `T` (repeatable)")
 		since := fs.String("since", "", "only events at or after `T`: RFC 3339, or a duration back from now (24h, 7d)")
 		until := fs.String("until", "", "only events before `T`: RFC 3339, or a duration back from now")
-		limit := fs.Int("limit", api.DefaultAuditLimit, fmt.Sprintf("page size `N`, 1..%d", api.MaxAuditLimit))
+		limit := fs.Int("limit", wire.DefaultAuditLimit, fmt.Sprintf("page size `N`, 1..%d", wire.MaxAuditLimit))
 		afterSeq := fs.Uint64("after-seq", 0, "start after stream sequence `N` (the SEQ of the last event seen)")
 		minSeq := minSeqFlag(fs)
 		all := fs.Bool("all", false, "page through every matching event")
 		follow := fs.Bool("follow", false, "print every matching event, then new ones as they happen, until interrupted")
 		return func(ctx context.Context, e *env) error {
-			req := api.AuditRequest{FamilyID: *family, Subject: *subject, ClientID: *clientID, Types: types,
+			req := wire.AuditRequest{FamilyID: *family, Subject: *subject, ClientID: *clientID, Types: types,
 				Limit: limit, AfterSeq: *afterSeq, MinSeq: *minSeq}
 			// An empty filter would list everyone's events: refuse it rather
 			// than let `--family "$UNSET"` widen a search.
@@ -74,8 +73,8 @@ the whole listing.`,
 					return usagef("unknown --type %q; one of %s", t, strings.Join(eventTypes, ", "))
 				}
 			}
-			if *limit < 1 || *limit > api.MaxAuditLimit {
-				return usagef("--limit must be 1..%d", api.MaxAuditLimit)
+			if *limit < 1 || *limit > wire.MaxAuditLimit {
+				return usagef("--limit must be 1..%d", wire.MaxAuditLimit)
 			}
 			now := time.Now()
 			var err error
@@ -148,7 +147,7 @@ type auditReply struct {
 
 // auditPage asks for one page, within --timeout plus the time tokend may
 // hold a request that waits for min_seq.
-func auditPage(ctx context.Context, e *env, c *client.Client, req api.AuditRequest) (auditReply, json.RawMessage, error) {
+func auditPage(ctx context.Context, e *env, c *client.Client, req wire.AuditRequest) (auditReply, json.RawMessage, error) {
 	budget := e.timeout
 	if req.MinSeq > 0 {
 		budget += longPoll
@@ -172,7 +171,7 @@ func auditPage(ctx context.Context, e *env, c *client.Client, req api.AuditReque
 // tokend answers as soon as a new event is applied, or after longPoll with
 // temporarily_unavailable, meaning nothing new yet. Cancelling ctx then ends
 // it without error. req.Limit must be set.
-func listAudit(ctx context.Context, e *env, c *client.Client, req api.AuditRequest, follow bool, out func([]json.RawMessage) error) error {
+func listAudit(ctx context.Context, e *env, c *client.Client, req wire.AuditRequest, follow bool, out func([]json.RawMessage) error) error {
 	for {
 		page, _, err := auditPage(ctx, e, c, req)
 		var se *client.Error
@@ -298,8 +297,8 @@ func (t *eventTable) print(events []json.RawMessage) error {
 	return t.tw.Flush()
 }
 
-func decodeEvent(raw json.RawMessage) (projections.AuditEvent, error) {
-	var ev projections.AuditEvent
+func decodeEvent(raw json.RawMessage) (wire.AuditEvent, error) {
+	var ev wire.AuditEvent
 	if err := json.Unmarshal(raw, &ev); err != nil {
 		return ev, fmt.Errorf("decode event: %w", err)
 	}

@@ -12,10 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/projections"
 )
 
 var familyCommand = &command{
@@ -46,22 +45,22 @@ events as JSON use: tokenctl audit --family ID --all --json`,
 				return err
 			}
 			var raw json.RawMessage
-			if err := c.Request(ctx, client.SubjectFamily, api.FamilyRequest{FamilyID: id, MinSeq: *minSeq}, &raw); err != nil {
+			if err := c.Request(ctx, client.SubjectFamily, wire.FamilyRequest{FamilyID: id, MinSeq: *minSeq}, &raw); err != nil {
 				return err
 			}
 			if e.json {
 				printRaw(e.stdout, raw)
 				return nil
 			}
-			var f projections.FamilyView
+			var f wire.FamilyView
 			if err := json.Unmarshal(raw, &f); err != nil {
 				return fmt.Errorf("decode reply: %w", err)
 			}
 			// min_seq: the events at least as recent as the view, even from
 			// another tokend instance whose read model lags behind.
-			limit := api.MaxAuditLimit
-			var evs []projections.AuditEvent
-			err = listAudit(ctx, e, c, api.AuditRequest{FamilyID: id, Limit: &limit, MinSeq: f.AsOfSeq}, false,
+			limit := wire.MaxAuditLimit
+			var evs []wire.AuditEvent
+			err = listAudit(ctx, e, c, wire.AuditRequest{FamilyID: id, Limit: &limit, MinSeq: f.AsOfSeq}, false,
 				func(page []json.RawMessage) error {
 					for _, raw := range page {
 						ev, err := decodeEvent(raw)
@@ -81,7 +80,7 @@ events as JSON use: tokenctl audit --family ID --all --json`,
 	},
 }
 
-func printFamily(w io.Writer, f projections.FamilyView, evs []projections.AuditEvent) {
+func printFamily(w io.Writer, f wire.FamilyView, evs []wire.AuditEvent) {
 	scope, aud := f.Scope, strings.Join(f.Audience, ", ")
 	if scope == "" {
 		scope = "(none)"
@@ -128,7 +127,7 @@ type timelineRow struct {
 // timeline merges the chain with the audit events, oldest first. The event
 // that created a generation (token.issued for 1, token.rotated for the
 // others) shares its line, giving it an IP; every other event gets its own.
-func timeline(tokens []projections.TokenView, evs []projections.AuditEvent) []timelineRow {
+func timeline(tokens []wire.TokenView, evs []wire.AuditEvent) []timelineRow {
 	creator := map[uint64]int{} // generation -> index in evs
 	for i, ev := range evs {
 		if ev.Type == string(domain.TokenIssued) || ev.Type == string(domain.TokenRotated) {

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
-	"github.com/tokend/tokend/projections"
 )
 
 var introspectCommand = &command{
@@ -37,14 +36,14 @@ failure: the exit status is 0 either way.
 				return err
 			}
 			var raw json.RawMessage
-			if err := c.Request(ctx, client.SubjectIntrospect, api.IntrospectRequest{RefreshToken: tok, MinSeq: *minSeq}, &raw); err != nil {
+			if err := c.Request(ctx, client.SubjectIntrospect, wire.IntrospectRequest{RefreshToken: tok, MinSeq: *minSeq}, &raw); err != nil {
 				return err
 			}
 			if e.json {
 				printRaw(e.stdout, raw)
 				return nil
 			}
-			var r projections.Introspection
+			var r wire.Introspection
 			if err := json.Unmarshal(raw, &r); err != nil {
 				return fmt.Errorf("decode reply: %w", err)
 			}
@@ -54,7 +53,7 @@ failure: the exit status is 0 either way.
 	},
 }
 
-func introspectionRows(r projections.Introspection) [][2]string {
+func introspectionRows(r wire.Introspection) [][2]string {
 	asOf := [2]string{"as_of_seq", fmt.Sprint(r.AsOfSeq)}
 	if !r.Active {
 		return [][2]string{{"active", "false"}, asOf}

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 )
 
@@ -28,7 +28,7 @@ var issueCommand = &command{
 			if *clientID == "" {
 				return usagef("--client is required")
 			}
-			req := api.IssueRequest{Subject: *subject, ClientID: *clientID, Scope: *scope,
+			req := wire.IssueRequest{Subject: *subject, ClientID: *clientID, Scope: *scope,
 				Audience: audience, Context: reqContext()}
 			c, err := e.client()
 			if err != nil {

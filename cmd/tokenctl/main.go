@@ -26,7 +26,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 )
 
@@ -255,7 +255,7 @@ func reportError(e *env, err error) {
 	switch {
 	case errors.As(err, &se):
 		if e.json {
-			data, _ := json.Marshal(api.ErrorReply{Error: se.Code, Description: se.Description, RetryAfterMs: se.RetryAfterMs})
+			data, _ := json.Marshal(wire.ErrorReply{Error: se.Code, Description: se.Description, RetryAfterMs: se.RetryAfterMs})
 			fmt.Fprintf(e.stdout, "%s\n", data)
 		}
 		msg = se.Error()

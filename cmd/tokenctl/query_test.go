@@ -13,8 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/api/wire"
 )
 
 // local renders an RFC 3339 time the way human output shows it.
@@ -77,7 +76,7 @@ func (a *fakeAudit) lastRequest() time.Time {
 }
 
 func (a *fakeAudit) handle(r micro.Request) {
-	var req api.AuditRequest
+	var req wire.AuditRequest
 	if err := json.Unmarshal(r.Data(), &req); err != nil {
 		respondError(r, "400", `{"error":"invalid_request","error_description":"malformed JSON"}`)
 		return
@@ -89,14 +88,14 @@ func (a *fakeAudit) handle(r micro.Request) {
 		respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"read model has not reached min_seq yet, retry","retry_after_ms":10}`)
 		return
 	}
-	limit := api.DefaultAuditLimit
+	limit := wire.DefaultAuditLimit
 	if req.Limit != nil {
 		limit = *req.Limit
 	}
 	var page []string
 	var next uint64
 	for _, raw := range a.events {
-		var ev projections.AuditEvent
+		var ev wire.AuditEvent
 		_ = json.Unmarshal([]byte(raw), &ev)
 		if ev.Seq <= req.AfterSeq || ev.Seq > a.asOf || (req.FamilyID != "" && ev.FamilyID != req.FamilyID) || len(page) == limit {
 			continue
@@ -123,7 +122,7 @@ func TestIntrospect(t *testing.T) {
 		`"aud":["https://a.example","https://b.example"],"exp":1800000000,"iat":1700000000,"token_type":"refresh_token","as_of_seq":42}`
 	inactive := `{"active":false,"as_of_seq":7}`
 	f := serveFake(t, map[string]micro.HandlerFunc{"tokens.query.introspect": func(r micro.Request) {
-		var req api.IntrospectRequest
+		var req wire.IntrospectRequest
 		_ = json.Unmarshal(r.Data(), &req)
 		if req.RefreshToken == testRefresh {
 			_ = r.Respond([]byte(active))

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 )
 
@@ -36,7 +36,7 @@ Presenting the just-rotated token again inside the reuse interval (default
 			if err != nil {
 				return err
 			}
-			req := api.RefreshRequest{RefreshToken: tok, ClientID: *clientID, Audience: *audience, Context: reqContext()}
+			req := wire.RefreshRequest{RefreshToken: tok, ClientID: *clientID, Audience: *audience, Context: reqContext()}
 			if isSet(fs, "scope") {
 				req.Scope = scope
 			}

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 )
 
@@ -25,7 +25,7 @@ revoked_families: 0.`,
 		reason := fs.String("reason", "", "`R`, recorded on the family.revoked events (at most 256 bytes)")
 		reqContext := contextFlags(fs)
 		return func(ctx context.Context, e *env) error {
-			var req api.RevokeRequest
+			var req wire.RevokeRequest
 			selectors := map[string]**string{"token": &req.RefreshToken, "family": &req.FamilyID,
 				"subject": &req.Subject, "client-id": &req.ClientID}
 			values := map[string]*string{"token": token, "family": family, "subject": subject, "client-id": clientID}
@@ -67,7 +67,7 @@ revoked_families: 0.`,
 				printRaw(e.stdout, raw)
 				return nil
 			}
-			var r api.RevokeReply
+			var r wire.RevokeReply
 			if err := json.Unmarshal(raw, &r); err != nil {
 				return fmt.Errorf("decode reply: %w", err)
 			}

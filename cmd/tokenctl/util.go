@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 )
 
 // stringList is a repeatable string flag.
@@ -111,7 +111,7 @@ func printTokenReply(e *env, raw json.RawMessage) error {
 		printRaw(e.stdout, raw)
 		return nil
 	}
-	var r api.TokenReply
+	var r wire.TokenReply
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return fmt.Errorf("decode reply: %w", err)
 	}

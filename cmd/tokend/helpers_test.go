@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/events"
 )
 
@@ -92,8 +92,8 @@ func mustConnect(tb testing.TB, url string) *nats.Conn {
 type reply struct {
 	raw     []byte
 	errCode string
-	token   api.TokenReply
-	err     api.ErrorReply
+	token   wire.TokenReply
+	err     wire.ErrorReply
 }
 
 func call(tb testing.TB, nc *nats.Conn, subject string, req any) reply {
@@ -120,9 +120,9 @@ func call(tb testing.TB, nc *nats.Conn, subject string, req any) reply {
 	return r
 }
 
-func mustIssue(tb testing.TB, nc *nats.Conn, subject, client string) api.TokenReply {
+func mustIssue(tb testing.TB, nc *nats.Conn, subject, client string) wire.TokenReply {
 	tb.Helper()
-	r := call(tb, nc, "tokens.cmd.issue", api.IssueRequest{Subject: subject, ClientID: client,
+	r := call(tb, nc, "tokens.cmd.issue", wire.IssueRequest{Subject: subject, ClientID: client,
 		Scope: "openid api:read api:write", Audience: []string{"https://api.example.com", "https://billing.example.com"},
 		Context: map[string]string{"ip": "203.0.113.7"}})
 	if r.errCode != "" {
@@ -133,10 +133,10 @@ func mustIssue(tb testing.TB, nc *nats.Conn, subject, client string) api.TokenRe
 
 func refresh(tb testing.TB, nc *nats.Conn, token, client string) reply {
 	tb.Helper()
-	return call(tb, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: token, ClientID: client})
+	return call(tb, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: token, ClientID: client})
 }
 
-func mustRefresh(tb testing.TB, nc *nats.Conn, token, client string) api.TokenReply {
+func mustRefresh(tb testing.TB, nc *nats.Conn, token, client string) wire.TokenReply {
 	tb.Helper()
 	r := refresh(tb, nc, token, client)
 	if r.errCode != "" {

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 )
 
 // scrape returns the raw /metrics exposition of an app.
@@ -86,19 +86,19 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	mustRefresh(t, nc, f.RefreshToken, "web-app") // reuse inside the interval
 	wantError(t, refresh(t, nc, child.RefreshToken, "other-client"), "invalid_grant")
 	up := "admin"
-	wantError(t, call(t, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: child.RefreshToken, ClientID: "web-app", Scope: &up}), "invalid_scope")
+	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: child.RefreshToken, ClientID: "web-app", Scope: &up}), "invalid_scope")
 	wantError(t, call(t, nc, "tokens.cmd.issue", []byte(`{}`)), "invalid_request")
 	time.Sleep(cfg.ReuseInterval + 100*time.Millisecond)
 	wantError(t, refresh(t, nc, f.RefreshToken, "web-app"), "invalid_grant") // replay: revokes
 
 	g := mustIssue(t, nc, "user-metrics", "web-app")
 	bySubject := "user-metrics"
-	if r := call(t, nc, "tokens.cmd.revoke", api.RevokeRequest{Subject: &bySubject, Reason: "user_disabled"}); r.errCode != "" {
+	if r := call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{Subject: &bySubject, Reason: "user_disabled"}); r.errCode != "" {
 		t.Fatalf("revoke: %s", r.raw)
 	}
 	h := mustIssue(t, nc, "user-metrics-2", "web-app")
 	free := "Free text, not a label!"
-	if r := call(t, nc, "tokens.cmd.revoke", api.RevokeRequest{FamilyID: &h.FamilyID, Reason: free}); r.errCode != "" {
+	if r := call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &h.FamilyID, Reason: free}); r.errCode != "" {
 		t.Fatalf("revoke: %s", r.raw)
 	}
 	call(t, nc, "tokens.query.family", map[string]any{"family_id": g.FamilyID, "min_seq": h.Seq})

@@ -17,8 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/api/wire"
 )
 
 // The read side: queries with min_seq, audit paging and filters, revocation
@@ -55,7 +54,7 @@ func httpGet(tb testing.TB, app *App, path string) (int, http.Header, []byte) {
 // wantHTTPError checks a contract error answer over HTTP.
 func wantHTTPError(tb testing.TB, path string, status int, header http.Header, body []byte, wantStatus int, code string) {
 	tb.Helper()
-	var e api.ErrorReply
+	var e wire.ErrorReply
 	if err := json.Unmarshal(body, &e); err != nil || status != wantStatus || e.Error != code || e.Description == "" ||
 		!strings.HasPrefix(header.Get("Content-Type"), "application/json") {
 		tb.Fatalf("GET %s: %d %q (%s), want %d with error %s", path, status, body, header.Get("Content-Type"), wantStatus, code)
@@ -87,15 +86,15 @@ func intp(n int) *int { return &n }
 
 // auditPages pages through query.audit with limit k until an empty page and
 // checks the paging contract on the way.
-func auditPages(tb testing.TB, nc *nats.Conn, filter api.AuditRequest, k int) []projections.AuditEvent {
+func auditPages(tb testing.TB, nc *nats.Conn, filter wire.AuditRequest, k int) []wire.AuditEvent {
 	tb.Helper()
-	var all []projections.AuditEvent
+	var all []wire.AuditEvent
 	filter.Limit, filter.AfterSeq = intp(k), 0
 	for pages := 0; ; pages++ {
 		if pages > 10000 {
 			tb.Fatal("paging does not end")
 		}
-		page := mustQuery[projections.AuditPage](tb, nc, "tokens.query.audit", filter)
+		page := mustQuery[wire.AuditPage](tb, nc, "tokens.query.audit", filter)
 		if len(page.Events) == 0 {
 			if page.NextAfterSeq != 0 {
 				tb.Fatalf("empty page with next_after_seq %d", page.NextAfterSeq)
@@ -118,7 +117,7 @@ func auditPages(tb testing.TB, nc *nats.Conn, filter api.AuditRequest, k int) []
 	}
 }
 
-func seqsOf(evs []projections.AuditEvent) []uint64 {
+func seqsOf(evs []wire.AuditEvent) []uint64 {
 	out := make([]uint64, len(evs))
 	for i, e := range evs {
 		out[i] = e.Seq
@@ -131,9 +130,9 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 	nc := mustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "ryw-user", "web-app")
 
-	check := func(t *testing.T, parent, child api.TokenReply, generation uint64) {
+	check := func(t *testing.T, parent, child wire.TokenReply, generation uint64) {
 		t.Helper()
-		fam := mustQuery[projections.FamilyView](t, nc, "tokens.query.family", api.FamilyRequest{FamilyID: f.FamilyID, MinSeq: child.Seq})
+		fam := mustQuery[wire.FamilyView](t, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: f.FamilyID, MinSeq: child.Seq})
 		if fam.AsOfSeq < child.Seq || fam.Generation != generation || fam.Status != "active" || len(fam.Tokens) != int(generation) {
 			t.Fatalf("family after seq %d: as_of %d generation %d status %s tokens %d; want generation %d",
 				child.Seq, fam.AsOfSeq, fam.Generation, fam.Status, len(fam.Tokens), generation)
@@ -148,17 +147,17 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 			}
 		}
 
-		now := mustQuery[projections.Introspection](t, nc, "tokens.query.introspect", api.IntrospectRequest{RefreshToken: child.RefreshToken, MinSeq: child.Seq})
+		now := mustQuery[wire.Introspection](t, nc, "tokens.query.introspect", wire.IntrospectRequest{RefreshToken: child.RefreshToken, MinSeq: child.Seq})
 		if !now.Active || now.FamilyID != f.FamilyID || now.Sub != "ryw-user" || now.ClientID != "web-app" ||
 			now.TokenType != "refresh_token" || now.AsOfSeq < child.Seq {
 			t.Fatalf("introspect of the new token right after seq %d: %+v", child.Seq, now)
 		}
-		old := mustQuery[projections.Introspection](t, nc, "tokens.query.introspect", api.IntrospectRequest{RefreshToken: parent.RefreshToken, MinSeq: child.Seq})
+		old := mustQuery[wire.Introspection](t, nc, "tokens.query.introspect", wire.IntrospectRequest{RefreshToken: parent.RefreshToken, MinSeq: child.Seq})
 		if old.Active || old.AsOfSeq < child.Seq {
 			t.Fatalf("introspect of the rotated parent right after seq %d: %+v", child.Seq, old)
 		}
 
-		page := mustQuery[projections.AuditPage](t, nc, "tokens.query.audit", api.AuditRequest{FamilyID: f.FamilyID, Limit: intp(1000), MinSeq: child.Seq})
+		page := mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", wire.AuditRequest{FamilyID: f.FamilyID, Limit: intp(1000), MinSeq: child.Seq})
 		n := len(page.Events)
 		if page.AsOfSeq < child.Seq || n == 0 {
 			t.Fatalf("audit after seq %d: as_of %d, %d events", child.Seq, page.AsOfSeq, n)
@@ -180,7 +179,7 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 	// from the stale read model, and answer once the write is applied.
 	pauseProjector(app)
 	child := mustRefresh(t, nc, parent.RefreshToken, "web-app")
-	req, _ := json.Marshal(api.FamilyRequest{FamilyID: f.FamilyID, MinSeq: child.Seq})
+	req, _ := json.Marshal(wire.FamilyRequest{FamilyID: f.FamilyID, MinSeq: child.Seq})
 	stale, err := nc.Request("tokens.query.family", req, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +198,7 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	resumeProjector(app)
 	m := <-answered
-	var fam projections.FamilyView
+	var fam wire.FamilyView
 	if m.Header.Get("Nats-Service-Error-Code") != "" || json.Unmarshal(m.Data, &fam) != nil || fam.Generation != 12 || fam.AsOfSeq < child.Seq {
 		t.Fatalf("query waiting for min_seq %d across a projector restart: %q", child.Seq, m.Data)
 	}
@@ -218,9 +217,9 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 		subject string
 		req     any
 	}{
-		{"tokens.query.family", api.FamilyRequest{FamilyID: f.FamilyID, MinSeq: far}},
-		{"tokens.query.introspect", api.IntrospectRequest{RefreshToken: child.RefreshToken, MinSeq: far}},
-		{"tokens.query.audit", api.AuditRequest{FamilyID: f.FamilyID, MinSeq: far}},
+		{"tokens.query.family", wire.FamilyRequest{FamilyID: f.FamilyID, MinSeq: far}},
+		{"tokens.query.introspect", wire.IntrospectRequest{RefreshToken: child.RefreshToken, MinSeq: far}},
+		{"tokens.query.audit", wire.AuditRequest{FamilyID: f.FamilyID, MinSeq: far}},
 	} {
 		data, _ := json.Marshal(c.req)
 		asks = append(asks, func() answer {
@@ -251,7 +250,7 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 	}
 	for range asks {
 		a := <-answers
-		var e api.ErrorReply
+		var e wire.ErrorReply
 		if a.err != nil || a.code != "503" || json.Unmarshal(a.body, &e) != nil || e.Error != "temporarily_unavailable" {
 			t.Errorf("%s with min_seq %d: code %q body %q err %v; want 503 temporarily_unavailable", a.what, far, a.code, a.body, a.err)
 		}
@@ -260,7 +259,7 @@ func TestMinSeqReadYourWrites(t *testing.T) {
 
 // auditFixture builds three families with every event type and returns the
 // stream's events in seq order.
-func auditFixture(t *testing.T, nc *nats.Conn) (families []api.TokenReply, stream []storedEvent) {
+func auditFixture(t *testing.T, nc *nats.Conn) (families []wire.TokenReply, stream []storedEvent) {
 	t.Helper()
 	owners := []struct{ subject, client string }{{"pager-alice", "web-app"}, {"pager-bob", "mobile-app"}, {"pager-alice", "mobile-app"}}
 	for i, o := range owners {
@@ -272,7 +271,7 @@ func auditFixture(t *testing.T, nc *nats.Conn) (families []api.TokenReply, strea
 		}
 		wantError(t, refresh(t, nc, token, "evil-client"), "invalid_grant") // refresh.rejected client_mismatch
 		up := "admin"
-		wantError(t, call(t, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: token, ClientID: o.client, Scope: &up}), "invalid_scope")
+		wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: token, ClientID: o.client, Scope: &up}), "invalid_scope")
 		parent := token
 		token = mustRefresh(t, nc, token, o.client).RefreshToken
 		mustRefresh(t, nc, parent, o.client) // token.reused
@@ -280,7 +279,7 @@ func auditFixture(t *testing.T, nc *nats.Conn) (families []api.TokenReply, strea
 		case 0: // token.replay_detected + family.revoked
 			wantError(t, refresh(t, nc, first, o.client), "invalid_grant")
 		case 1:
-			r := call(t, nc, "tokens.cmd.revoke", api.RevokeRequest{FamilyID: &f.FamilyID, Reason: "user_disabled"})
+			r := call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &f.FamilyID, Reason: "user_disabled"})
 			if r.errCode != "" {
 				t.Fatalf("revoke: %s", r.raw)
 			}
@@ -299,7 +298,7 @@ func TestAuditPagingAndFilters(t *testing.T) {
 	families, stream := auditFixture(t, nc)
 	lastSeq := stream[len(stream)-1].Seq
 
-	whole := mustQuery[projections.AuditPage](t, nc, "tokens.query.audit", api.AuditRequest{Limit: intp(1000), MinSeq: lastSeq})
+	whole := mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", wire.AuditRequest{Limit: intp(1000), MinSeq: lastSeq})
 	if len(whole.Events) != len(stream) || whole.NextAfterSeq != lastSeq {
 		t.Fatalf("unpaged audit: %d events next %d; the stream has %d ending at %d", len(whole.Events), whole.NextAfterSeq, len(stream), lastSeq)
 	}
@@ -323,15 +322,15 @@ func TestAuditPagingAndFilters(t *testing.T) {
 
 	t.Run("paging", func(t *testing.T) {
 		for _, k := range []int{1, 2, 7, 1000} {
-			if got := auditPages(t, nc, api.AuditRequest{}, k); !reflect.DeepEqual(got, whole.Events) {
+			if got := auditPages(t, nc, wire.AuditRequest{}, k); !reflect.DeepEqual(got, whole.Events) {
 				t.Fatalf("limit %d: paged %v, unpaged %v", k, seqsOf(got), seqsOf(whole.Events))
 			}
 		}
-		def := mustQuery[projections.AuditPage](t, nc, "tokens.query.audit", api.AuditRequest{})
-		if n := min(len(whole.Events), api.DefaultAuditLimit); len(def.Events) != n {
+		def := mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", wire.AuditRequest{})
+		if n := min(len(whole.Events), wire.DefaultAuditLimit); len(def.Events) != n {
 			t.Fatalf("default limit: %d events, want %d", len(def.Events), n)
 		}
-		end := mustQuery[projections.AuditPage](t, nc, "tokens.query.audit", api.AuditRequest{AfterSeq: lastSeq})
+		end := mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", wire.AuditRequest{AfterSeq: lastSeq})
 		if len(end.Events) != 0 || end.NextAfterSeq != 0 || end.AsOfSeq < lastSeq {
 			t.Fatalf("page after the last event: %+v", end)
 		}
@@ -343,52 +342,52 @@ func TestAuditPagingAndFilters(t *testing.T) {
 	alice, mobile := "pager-alice", "mobile-app"
 	cases := []struct {
 		name string
-		req  api.AuditRequest
-		want func(projections.AuditEvent) bool
+		req  wire.AuditRequest
+		want func(wire.AuditEvent) bool
 	}{
-		{"family 0", api.AuditRequest{FamilyID: families[0].FamilyID},
-			func(e projections.AuditEvent) bool { return e.FamilyID == families[0].FamilyID }},
-		{"family 2", api.AuditRequest{FamilyID: families[2].FamilyID},
-			func(e projections.AuditEvent) bool { return e.FamilyID == families[2].FamilyID }},
-		{"subject", api.AuditRequest{Subject: alice},
-			func(e projections.AuditEvent) bool { return e.Subject == alice }},
-		{"client", api.AuditRequest{ClientID: mobile},
-			func(e projections.AuditEvent) bool { return e.ClientID == mobile }},
-		{"subject and client", api.AuditRequest{Subject: alice, ClientID: mobile},
-			func(e projections.AuditEvent) bool { return e.Subject == alice && e.ClientID == mobile }},
-		{"family of another subject", api.AuditRequest{FamilyID: families[1].FamilyID, Subject: alice},
-			func(projections.AuditEvent) bool { return false }},
-		{"family and client", api.AuditRequest{FamilyID: families[2].FamilyID, ClientID: mobile},
-			func(e projections.AuditEvent) bool { return e.FamilyID == families[2].FamilyID }},
-		{"one type", api.AuditRequest{Types: []string{"token.rotated"}},
-			func(e projections.AuditEvent) bool { return e.Type == "token.rotated" }},
-		{"several types", api.AuditRequest{Types: []string{"family.revoked", "token.replay_detected", "refresh.rejected"}},
-			func(e projections.AuditEvent) bool {
+		{"family 0", wire.AuditRequest{FamilyID: families[0].FamilyID},
+			func(e wire.AuditEvent) bool { return e.FamilyID == families[0].FamilyID }},
+		{"family 2", wire.AuditRequest{FamilyID: families[2].FamilyID},
+			func(e wire.AuditEvent) bool { return e.FamilyID == families[2].FamilyID }},
+		{"subject", wire.AuditRequest{Subject: alice},
+			func(e wire.AuditEvent) bool { return e.Subject == alice }},
+		{"client", wire.AuditRequest{ClientID: mobile},
+			func(e wire.AuditEvent) bool { return e.ClientID == mobile }},
+		{"subject and client", wire.AuditRequest{Subject: alice, ClientID: mobile},
+			func(e wire.AuditEvent) bool { return e.Subject == alice && e.ClientID == mobile }},
+		{"family of another subject", wire.AuditRequest{FamilyID: families[1].FamilyID, Subject: alice},
+			func(wire.AuditEvent) bool { return false }},
+		{"family and client", wire.AuditRequest{FamilyID: families[2].FamilyID, ClientID: mobile},
+			func(e wire.AuditEvent) bool { return e.FamilyID == families[2].FamilyID }},
+		{"one type", wire.AuditRequest{Types: []string{"token.rotated"}},
+			func(e wire.AuditEvent) bool { return e.Type == "token.rotated" }},
+		{"several types", wire.AuditRequest{Types: []string{"family.revoked", "token.replay_detected", "refresh.rejected"}},
+			func(e wire.AuditEvent) bool {
 				return e.Type == "family.revoked" || e.Type == "token.replay_detected" || e.Type == "refresh.rejected"
 			}},
-		{"types and client", api.AuditRequest{ClientID: mobile, Types: []string{"token.reused", "token.issued"}},
-			func(e projections.AuditEvent) bool {
+		{"types and client", wire.AuditRequest{ClientID: mobile, Types: []string{"token.reused", "token.issued"}},
+			func(e wire.AuditEvent) bool {
 				return e.ClientID == mobile && (e.Type == "token.reused" || e.Type == "token.issued")
 			}},
-		{"no such subject", api.AuditRequest{Subject: "nobody"},
-			func(projections.AuditEvent) bool { return false }},
-		{"since (inclusive)", api.AuditRequest{Since: rfc(mid)},
-			func(e projections.AuditEvent) bool { return !e.Time.Before(mid) }},
-		{"until (exclusive)", api.AuditRequest{Until: rfc(mid)},
-			func(e projections.AuditEvent) bool { return e.Time.Before(mid) }},
-		{"since and until", api.AuditRequest{Since: rfc(mid), Until: rfc(late)},
-			func(e projections.AuditEvent) bool { return !e.Time.Before(mid) && e.Time.Before(late) }},
-		{"since with an offset", api.AuditRequest{Since: mid.In(time.FixedZone("", -5*3600)).Format(time.RFC3339Nano)},
-			func(e projections.AuditEvent) bool { return !e.Time.Before(mid) }},
-		{"everything", api.AuditRequest{Subject: alice, ClientID: mobile, Types: []string{"token.rotated", "token.issued"},
+		{"no such subject", wire.AuditRequest{Subject: "nobody"},
+			func(wire.AuditEvent) bool { return false }},
+		{"since (inclusive)", wire.AuditRequest{Since: rfc(mid)},
+			func(e wire.AuditEvent) bool { return !e.Time.Before(mid) }},
+		{"until (exclusive)", wire.AuditRequest{Until: rfc(mid)},
+			func(e wire.AuditEvent) bool { return e.Time.Before(mid) }},
+		{"since and until", wire.AuditRequest{Since: rfc(mid), Until: rfc(late)},
+			func(e wire.AuditEvent) bool { return !e.Time.Before(mid) && e.Time.Before(late) }},
+		{"since with an offset", wire.AuditRequest{Since: mid.In(time.FixedZone("", -5*3600)).Format(time.RFC3339Nano)},
+			func(e wire.AuditEvent) bool { return !e.Time.Before(mid) }},
+		{"everything", wire.AuditRequest{Subject: alice, ClientID: mobile, Types: []string{"token.rotated", "token.issued"},
 			Since: rfc(whole.Events[0].Time), Until: rfc(late)},
-			func(e projections.AuditEvent) bool {
+			func(e wire.AuditEvent) bool {
 				return e.Subject == alice && e.ClientID == mobile && (e.Type == "token.rotated" || e.Type == "token.issued") && e.Time.Before(late)
 			}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var want []projections.AuditEvent
+			var want []wire.AuditEvent
 			for _, e := range whole.Events {
 				if c.want(e) {
 					want = append(want, e)
@@ -405,21 +404,21 @@ func TestAuditPagingAndFilters(t *testing.T) {
 }
 
 // revokeReply sends a revoke and decodes its reply.
-func revokeReply(tb testing.TB, nc *nats.Conn, req api.RevokeRequest) api.RevokeReply {
+func revokeReply(tb testing.TB, nc *nats.Conn, req wire.RevokeRequest) wire.RevokeReply {
 	tb.Helper()
-	return mustQuery[api.RevokeReply](tb, nc, "tokens.cmd.revoke", req)
+	return mustQuery[wire.RevokeReply](tb, nc, "tokens.cmd.revoke", req)
 }
 
 // wantRevokedBy checks that a revoke reply covered the family: its last
 // stream event, its read model as of the reply's seq, and that it is dead.
-func wantRevokedBy(tb testing.TB, nc *nats.Conn, got api.RevokeReply, familyID, token, client, reason string) {
+func wantRevokedBy(tb testing.TB, nc *nats.Conn, got wire.RevokeReply, familyID, token, client, reason string) {
 	tb.Helper()
 	evs := familyEvents(tb, nc, familyID)
 	if last := evs[len(evs)-1]; last.Type != "family.revoked" || last.Reason != reason || last.Seq != got.Seq {
 		tb.Fatalf("family %s ends with %s/%q at seq %d, want family.revoked/%s at the reply's seq %d",
 			familyID, last.Type, last.Reason, last.Seq, reason, got.Seq)
 	}
-	fam := mustQuery[projections.FamilyView](tb, nc, "tokens.query.family", api.FamilyRequest{FamilyID: familyID, MinSeq: got.Seq})
+	fam := mustQuery[wire.FamilyView](tb, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: familyID, MinSeq: got.Seq})
 	if fam.Status != "revoked" || fam.RevokedReason != reason || fam.RevokedAt == nil || len(fam.Tokens) != 1 || fam.Tokens[0].Status != "revoked" {
 		tb.Fatalf("family view after the revoke: %+v", fam)
 	}
@@ -436,7 +435,7 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 			// revoked and must not be counted again.
 			f := mustIssue(t, nc, "rv-user", fmt.Sprintf("rv-client-%d", i))
 			subject := "rv-user"
-			got := revokeReply(t, nc, api.RevokeRequest{Subject: &subject, Reason: "user_disabled"})
+			got := revokeReply(t, nc, wire.RevokeRequest{Subject: &subject, Reason: "user_disabled"})
 			if got.RevokedFamilies != 1 || got.Seq <= f.Seq {
 				t.Fatalf("round %d: revoke by subject right after issue: %+v (issue seq %d)", i, got, f.Seq)
 			}
@@ -444,7 +443,7 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 
 			client := "rv-app"
 			g := mustIssue(t, nc, fmt.Sprintf("rv-other-%d", i), client)
-			got = revokeReply(t, nc, api.RevokeRequest{ClientID: &client, Reason: "user_disabled"})
+			got = revokeReply(t, nc, wire.RevokeRequest{ClientID: &client, Reason: "user_disabled"})
 			if got.RevokedFamilies != 1 || got.Seq <= g.Seq {
 				t.Fatalf("round %d: revoke by client right after issue: %+v (issue seq %d)", i, got, g.Seq)
 			}
@@ -467,18 +466,18 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 			t.Fatal(err)
 		}
 		nc := mustConnect(t, ns.ClientURL())
-		issue := func(subject, client string) api.TokenReply {
+		issue := func(subject, client string) wire.TokenReply {
 			t.Helper()
 			g, err := apps[0].api.Tokens.Issue(t.Context(), eventsIssue(subject, client))
 			if err != nil {
 				t.Fatal(err)
 			}
-			return api.TokenReply{FamilyID: g.Family.ID, RefreshToken: g.Token.Value(), Seq: g.Seq}
+			return wire.TokenReply{FamilyID: g.Family.ID, RefreshToken: g.Token.Value(), Seq: g.Seq}
 		}
 		for i := range rounds {
 			subject := fmt.Sprintf("rv2-user-%d", i)
 			f := issue(subject, "rv2-web")
-			got := revokeReply(t, nc, api.RevokeRequest{Subject: &subject, Reason: "user_disabled"})
+			got := revokeReply(t, nc, wire.RevokeRequest{Subject: &subject, Reason: "user_disabled"})
 			if got.RevokedFamilies != 1 || got.Seq <= f.Seq {
 				t.Fatalf("round %d: revoke by subject on the other instance: %+v (issue seq %d)", i, got, f.Seq)
 			}
@@ -486,7 +485,7 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 
 			client := fmt.Sprintf("rv2-app-%d", i)
 			g := issue("rv2-someone", client)
-			got = revokeReply(t, nc, api.RevokeRequest{ClientID: &client, Reason: "user_disabled"})
+			got = revokeReply(t, nc, wire.RevokeRequest{ClientID: &client, Reason: "user_disabled"})
 			if got.RevokedFamilies != 1 || got.Seq <= g.Seq {
 				t.Fatalf("round %d: revoke by client on the other instance: %+v (issue seq %d)", i, got, g.Seq)
 			}
@@ -500,23 +499,23 @@ func TestHTTPReadAPI(t *testing.T) {
 	nc := mustConnect(t, app.NATSURL())
 	families, stream := auditFixture(t, nc)
 	lastSeq := stream[len(stream)-1].Seq
-	mustQuery[projections.AuditPage](t, nc, "tokens.query.audit", api.AuditRequest{MinSeq: lastSeq})
+	mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", wire.AuditRequest{MinSeq: lastSeq})
 
 	t.Run("audit", func(t *testing.T) {
 		since, until := stream[1].Time, stream[len(stream)-2].Time
 		for _, c := range []struct {
 			query string
-			req   api.AuditRequest
+			req   wire.AuditRequest
 		}{
-			{"", api.AuditRequest{}},
-			{"limit=1000", api.AuditRequest{Limit: intp(1000)}},
+			{"", wire.AuditRequest{}},
+			{"limit=1000", wire.AuditRequest{Limit: intp(1000)}},
 			{"type=token.rotated&type=refresh.rejected&type=token.issued&limit=3&after_seq=2",
-				api.AuditRequest{Types: []string{"token.rotated", "refresh.rejected", "token.issued"}, Limit: intp(3), AfterSeq: 2}},
+				wire.AuditRequest{Types: []string{"token.rotated", "refresh.rejected", "token.issued"}, Limit: intp(3), AfterSeq: 2}},
 			{url.Values{
 				"family_id": {families[2].FamilyID}, "subject": {"pager-alice"}, "client_id": {"mobile-app"},
 				"type": {"token.rotated", "token.reused"}, "since": {since.Format(time.RFC3339Nano)},
 				"until": {until.Format(time.RFC3339Nano)}, "limit": {"2"}, "after_seq": {"1"}, "min_seq": {fmt.Sprint(lastSeq)},
-			}.Encode(), api.AuditRequest{FamilyID: families[2].FamilyID, Subject: "pager-alice", ClientID: "mobile-app",
+			}.Encode(), wire.AuditRequest{FamilyID: families[2].FamilyID, Subject: "pager-alice", ClientID: "mobile-app",
 				Types: []string{"token.rotated", "token.reused"}, Since: since.Format(time.RFC3339Nano),
 				Until: until.Format(time.RFC3339Nano), Limit: intp(2), AfterSeq: 1, MinSeq: lastSeq}},
 		} {
@@ -567,7 +566,7 @@ func TestHTTPReadAPI(t *testing.T) {
 	t.Run("families", func(t *testing.T) {
 		for _, f := range families {
 			status, _, body := httpGet(t, app, "/v1/families/"+f.FamilyID)
-			r := call(t, nc, "tokens.query.family", api.FamilyRequest{FamilyID: f.FamilyID})
+			r := call(t, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: f.FamilyID})
 			var got, want map[string]any
 			json.Unmarshal(body, &got)
 			json.Unmarshal(r.raw, &want)
@@ -723,7 +722,7 @@ func TestQueryValidation(t *testing.T) {
 	}
 
 	for _, id := range []string{"no-such-family", "a.b"} {
-		r := call(t, nc, "tokens.query.family", api.FamilyRequest{FamilyID: id})
+		r := call(t, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: id})
 		wantError(t, r, "not_found")
 		if r.errCode != "404" {
 			t.Fatalf("unknown family %q: header code %q", id, r.errCode)
@@ -732,6 +731,6 @@ func TestQueryValidation(t *testing.T) {
 	// The bounds themselves are valid.
 	for _, body := range []string{`{"limit":1}`, `{"limit":1000}`, `{"limit":null}`, `{"types":[]}`,
 		`{"since":"2026-01-01T00:00:00Z","until":"2026-01-01T00:00:00.000000001Z"}`} {
-		mustQuery[projections.AuditPage](t, nc, "tokens.query.audit", []byte(body))
+		mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", []byte(body))
 	}
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/api/wire"
 )
 
 func TestRotationChain(t *testing.T) {
@@ -248,14 +248,14 @@ func TestScopesAndAudiences(t *testing.T) {
 	nc := mustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-8", "web-app")
 	down := "api:read"
-	r := call(t, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: f.RefreshToken, ClientID: "web-app", Scope: &down, Audience: "https://billing.example.com"})
+	r := call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: f.RefreshToken, ClientID: "web-app", Scope: &down, Audience: "https://billing.example.com"})
 	if r.errCode != "" || r.token.Scope != "api:read" {
 		t.Fatalf("down-scope: %s", r.raw)
 	}
 	token := r.token.RefreshToken
 	up := "api:read admin"
-	wantError(t, call(t, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: token, ClientID: "web-app", Scope: &up}), "invalid_scope")
-	wantError(t, call(t, nc, "tokens.cmd.refresh", api.RefreshRequest{RefreshToken: token, ClientID: "web-app", Audience: "https://evil.example.com"}), "invalid_target")
+	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: token, ClientID: "web-app", Scope: &up}), "invalid_scope")
+	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: token, ClientID: "web-app", Audience: "https://evil.example.com"}), "invalid_target")
 	full := mustRefresh(t, nc, token, "web-app")
 	if full.Scope != "openid api:read api:write" {
 		t.Fatalf("the grant changed by refreshing: %q", full.Scope)
@@ -265,23 +265,23 @@ func TestScopesAndAudiences(t *testing.T) {
 func TestRevoke(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
 	nc := mustConnect(t, app.NATSURL())
-	revoke := func(req api.RevokeRequest) api.RevokeReply {
+	revoke := func(req wire.RevokeRequest) wire.RevokeReply {
 		t.Helper()
 		r := call(t, nc, "tokens.cmd.revoke", req)
 		if r.errCode != "" {
 			t.Fatalf("revoke: %s", r.raw)
 		}
-		var out api.RevokeReply
+		var out wire.RevokeReply
 		if err := jsonUnmarshal(r.raw, &out); err != nil {
 			t.Fatal(err)
 		}
 		return out
 	}
 	byFamily := mustIssue(t, nc, "user-9", "web-app")
-	if got := revoke(api.RevokeRequest{FamilyID: &byFamily.FamilyID, Reason: "user_disabled"}); got.RevokedFamilies != 1 || got.Seq == 0 {
+	if got := revoke(wire.RevokeRequest{FamilyID: &byFamily.FamilyID, Reason: "user_disabled"}); got.RevokedFamilies != 1 || got.Seq == 0 {
 		t.Fatalf("revoke by family: %+v", got)
 	}
-	if got := revoke(api.RevokeRequest{FamilyID: &byFamily.FamilyID}); got.RevokedFamilies != 0 {
+	if got := revoke(wire.RevokeRequest{FamilyID: &byFamily.FamilyID}); got.RevokedFamilies != 0 {
 		t.Fatalf("second revoke: %+v", got)
 	}
 	wantError(t, refresh(t, nc, byFamily.RefreshToken, "web-app"), "invalid_grant")
@@ -291,20 +291,20 @@ func TestRevoke(t *testing.T) {
 	}
 
 	byToken := mustIssue(t, nc, "user-9", "web-app")
-	if got := revoke(api.RevokeRequest{RefreshToken: &byToken.RefreshToken}); got.RevokedFamilies != 1 {
+	if got := revoke(wire.RevokeRequest{RefreshToken: &byToken.RefreshToken}); got.RevokedFamilies != 1 {
 		t.Fatalf("revoke by token: %+v", got)
 	}
 	garbage := "rt1.nope"
 	unknown := "no-such-family"
-	for _, req := range []api.RevokeRequest{{RefreshToken: &garbage}, {FamilyID: &unknown}} {
+	for _, req := range []wire.RevokeRequest{{RefreshToken: &garbage}, {FamilyID: &unknown}} {
 		if got := revoke(req); got.RevokedFamilies != 0 {
 			t.Fatalf("revoke of nothing: %+v", got)
 		}
 	}
-	wantError(t, call(t, nc, "tokens.cmd.revoke", api.RevokeRequest{FamilyID: &unknown, RefreshToken: &garbage}), "invalid_request")
+	wantError(t, call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &unknown, RefreshToken: &garbage}), "invalid_request")
 	wantError(t, call(t, nc, "tokens.cmd.revoke", []byte(`{}`)), "invalid_request")
 	bad := "a.b"
-	wantError(t, call(t, nc, "tokens.cmd.revoke", api.RevokeRequest{FamilyID: &bad}), "invalid_request")
+	wantError(t, call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &bad}), "invalid_request")
 }
 
 func TestBadInputIsRefused(t *testing.T) {
@@ -327,7 +327,7 @@ func TestBadInputIsRefused(t *testing.T) {
 		{"tokens.cmd.issue", `{"subject":"u","client_id":"c","audience":"not-a-list"}`},
 		{"tokens.cmd.issue", `{"subject":"u","client_id":"c","context":{"ip":{"nested":1}}}`},
 		{"tokens.cmd.issue", `{"subject":"u","client_id":"c","context":` + strings.Repeat(`{"a":`, 200) + `1` + strings.Repeat(`}`, 200) + `}`},
-		{"tokens.cmd.issue", `{"subject":"u","client_id":"c","x":"` + strings.Repeat("x", api.MaxRequestBytes) + `"}`},
+		{"tokens.cmd.issue", `{"subject":"u","client_id":"c","x":"` + strings.Repeat("x", wire.MaxRequestBytes) + `"}`},
 		{"tokens.cmd.refresh", `{"client_id":"c"}`},
 		{"tokens.cmd.refresh", `{"refresh_token":"rt1.x","client_id":""}`},
 		{"tokens.cmd.revoke", `{"family_id":"f","reason":"` + strings.Repeat("r", 257) + `"}`},

@@ -1,0 +1,161 @@
+// Package wire holds the JSON shapes of tokend's contract: the requests and
+// replies of every command and query. It depends on nothing but the
+// standard library and domain, so services can use the client package
+// without linking the server.
+package wire
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// MaxRequestBytes bounds every request body; the largest valid command is a
+// few KiB.
+const MaxRequestBytes = 64 << 10
+
+// IssueRequest is the wire form of tokens.cmd.issue.
+type IssueRequest struct {
+	Subject  string         `json:"subject"`
+	ClientID string         `json:"client_id"`
+	Scope    string         `json:"scope"`
+	Audience []string       `json:"audience"`
+	Context  domain.Context `json:"context"`
+}
+
+// RefreshRequest is the wire form of tokens.cmd.refresh.
+type RefreshRequest struct {
+	RefreshToken string         `json:"refresh_token"`
+	ClientID     string         `json:"client_id"`
+	Scope        *string        `json:"scope"`
+	Audience     string         `json:"audience"`
+	Context      domain.Context `json:"context"`
+}
+
+// RevokeRequest is the wire form of tokens.cmd.revoke: exactly one selector.
+type RevokeRequest struct {
+	RefreshToken *string        `json:"refresh_token"`
+	FamilyID     *string        `json:"family_id"`
+	Subject      *string        `json:"subject"`
+	ClientID     *string        `json:"client_id"`
+	Reason       string         `json:"reason"`
+	Context      domain.Context `json:"context"`
+}
+
+// TokenReply answers a successful issue or refresh.
+type TokenReply struct {
+	RefreshToken          string `json:"refresh_token"`
+	FamilyID              string `json:"family_id"`
+	TokenType             string `json:"token_type"`
+	AccessToken           string `json:"access_token"`
+	ExpiresIn             int64  `json:"expires_in"`
+	Scope                 string `json:"scope"`
+	RefreshTokenExpiresAt string `json:"refresh_token_expires_at"`
+	Seq                   uint64 `json:"seq"`
+}
+
+// RevokeReply answers a revoke; Seq is the last family.revoked event's, if any.
+type RevokeReply struct {
+	RevokedFamilies int    `json:"revoked_families"`
+	Seq             uint64 `json:"seq,omitempty"`
+}
+
+// ErrorReply is the body of every failure.
+type ErrorReply struct {
+	Error        string `json:"error"`
+	Description  string `json:"error_description"`
+	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
+}
+
+// IntrospectRequest is the wire form of tokens.query.introspect.
+type IntrospectRequest struct {
+	RefreshToken string `json:"refresh_token"`
+	MinSeq       uint64 `json:"min_seq"`
+}
+
+// FamilyRequest is the wire form of tokens.query.family.
+type FamilyRequest struct {
+	FamilyID string `json:"family_id"`
+	MinSeq   uint64 `json:"min_seq"`
+}
+
+// AuditRequest is the wire form of tokens.query.audit.
+type AuditRequest struct {
+	FamilyID string   `json:"family_id"`
+	Subject  string   `json:"subject"`
+	ClientID string   `json:"client_id"`
+	Types    []string `json:"types"`
+	Since    string   `json:"since"`
+	Until    string   `json:"until"`
+	Limit    *int     `json:"limit"`
+	AfterSeq uint64   `json:"after_seq"`
+	MinSeq   uint64   `json:"min_seq"`
+}
+
+// Audit page sizes.
+const (
+	DefaultAuditLimit = 100
+	MaxAuditLimit     = 1000
+)
+
+// Introspection is an RFC 7662 answer for a refresh token.
+type Introspection struct {
+	Active    bool     `json:"active"`
+	FamilyID  string   `json:"family_id,omitempty"`
+	Sub       string   `json:"sub,omitempty"`
+	ClientID  string   `json:"client_id,omitempty"`
+	Scope     *string  `json:"scope,omitempty"`
+	Aud       []string `json:"aud,omitempty"`
+	Exp       int64    `json:"exp,omitempty"`
+	Iat       int64    `json:"iat,omitempty"`
+	TokenType string   `json:"token_type,omitempty"`
+	AsOfSeq   uint64   `json:"as_of_seq"`
+}
+
+// FamilyView is a family and its chain of tokens.
+type FamilyView struct {
+	FamilyID      string      `json:"family_id"`
+	Subject       string      `json:"subject"`
+	ClientID      string      `json:"client_id"`
+	Scope         string      `json:"scope"`
+	Audience      []string    `json:"audience"`
+	Status        string      `json:"status"`
+	Generation    uint64      `json:"generation"`
+	CreatedAt     time.Time   `json:"created_at"`
+	LastUsedAt    time.Time   `json:"last_used_at"`
+	ExpiresAt     time.Time   `json:"expires_at"`
+	RevokedAt     *time.Time  `json:"revoked_at"`
+	RevokedReason string      `json:"revoked_reason"`
+	Tokens        []TokenView `json:"tokens"`
+	AsOfSeq       uint64      `json:"as_of_seq"`
+}
+
+// TokenView is one generation of a family; the token itself is never kept.
+type TokenView struct {
+	Generation uint64     `json:"generation"`
+	Status     string     `json:"status"`
+	IssuedAt   time.Time  `json:"issued_at"`
+	RotatedAt  *time.Time `json:"rotated_at"`
+}
+
+// AuditEvent is a stored event as security teams see it.
+type AuditEvent struct {
+	Seq        uint64          `json:"seq"`
+	ID         string          `json:"id"`
+	Type       string          `json:"type"`
+	Time       time.Time       `json:"time"`
+	FamilyID   string          `json:"family_id"`
+	Subject    string          `json:"subject"`
+	ClientID   string          `json:"client_id"`
+	Generation uint64          `json:"generation"`
+	Reason     string          `json:"reason"`
+	Context    json.RawMessage `json:"context"`
+}
+
+// AuditPage is one page of events in ascending seq.
+type AuditPage struct {
+	Events       []AuditEvent `json:"events"`
+	NextAfterSeq uint64       `json:"next_after_seq"`
+	AsOfSeq      uint64       `json:"as_of_seq"`
+}
