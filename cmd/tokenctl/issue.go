@@ -11,7 +11,7 @@ import (
 
 var issueCommand = &command{
 	summary:  "start a new token family",
-	synopsis: `--subject S --client C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y]`,
+	synopsis: `--subject S --client C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y] [--save FILE]`,
 	help: `Prints the family id, the first refresh token and an access token.
 --audience may repeat; the first one is the default audience of refreshes.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
@@ -21,6 +21,7 @@ var issueCommand = &command{
 		var audience stringList
 		fs.Var(&audience, "audience", "resource `URL` the family may mint access tokens for (repeatable)")
 		reqContext := contextFlags(fs)
+		save := saveFlag(fs)
 		return func(ctx context.Context, e *env) error {
 			if *subject == "" {
 				return usagef("--subject is required")
@@ -38,7 +39,7 @@ var issueCommand = &command{
 			if err := c.Request(ctx, client.SubjectIssue, req, &raw); err != nil {
 				return err
 			}
-			return printTokenReply(e, raw)
+			return printTokenReply(e, raw, *save)
 		}
 	},
 }

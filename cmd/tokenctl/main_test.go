@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -290,6 +292,46 @@ func TestRefreshFromStdin(t *testing.T) {
 	req = f.request("tokens.cmd.refresh")
 	if req["scope"] != "" || req["audience"] != "https://a" {
 		t.Errorf("request = %v", req)
+	}
+}
+
+func TestSaveKeepsTheNewToken(t *testing.T) {
+	f := startFake(t, map[string]string{"tokens.cmd.issue": tokenReply, "tokens.cmd.refresh": tokenReply}, nil)
+	path := filepath.Join(t.TempDir(), "rt.txt")
+	r := runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "u", "--client", "c", "--save", path)
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil || string(data) != testRefresh+"\n" {
+		t.Fatalf("saved %q, %v", data, err)
+	}
+	if info, _ := os.Stat(path); info.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600: the file holds a secret", info.Mode().Perm())
+	}
+	// Reading the token from the file it is saved to, as the README's tour does.
+	if err := os.WriteFile(path, []byte("rt1.previous\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = runCtl(t, string(in), "--nats-url", f.url, "--json", "refresh", "--token", "-", "--client", "c", "--save", path)
+	if r.code != 0 || f.request("tokens.cmd.refresh")["refresh_token"] != "rt1.previous" {
+		t.Fatalf("exit %d, stderr %q, request %v", r.code, r.stderr, f.request("tokens.cmd.refresh"))
+	}
+	if data, _ := os.ReadFile(path); string(data) != testRefresh+"\n" {
+		t.Fatalf("after refresh the file holds %q", data)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left behind: %v", entries)
+	}
+
+	r = runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "u", "--client", "c", "--save", filepath.Join(path, "not-a-dir", "x"))
+	if r.code != 1 || !strings.Contains(r.stdout, testRefresh) || !strings.Contains(r.stderr, "--save") {
+		t.Fatalf("a failed save must still show the new token: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 
 var refreshCommand = &command{
 	summary:  "exchange a refresh token for the next one (rotation)",
-	synopsis: `--token T|- --client C [--scope S] [--audience A] [--ip X] [--user-agent Y]`,
+	synopsis: `--token T|- --client C [--scope S] [--audience A] [--ip X] [--user-agent Y] [--save FILE]`,
 	help: `Use --token - to read the token from stdin, which keeps it out of shell
 history and the process list:
   tokenctl refresh --client web-app --token - < token.txt
@@ -25,6 +25,7 @@ Presenting the just-rotated token again inside the reuse interval (default
 		scope := fs.String("scope", "", "down-scope the access token to `S`, a subset of the grant")
 		audience := fs.String("audience", "", "audience `A` of the access token, one of the family's (default the first)")
 		reqContext := contextFlags(fs)
+		save := saveFlag(fs)
 		return func(ctx context.Context, e *env) error {
 			if *token == "" {
 				return usagef("--token is required")
@@ -48,7 +49,7 @@ Presenting the just-rotated token again inside the reuse interval (default
 			if err := c.Request(ctx, client.SubjectRefresh, req, &raw); err != nil {
 				return err
 			}
-			return printTokenReply(e, raw)
+			return printTokenReply(e, raw, *save)
 		}
 	},
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode"
@@ -104,35 +105,75 @@ func shortToken(t string) string {
 	return t[:keep] + "…"
 }
 
-// printTokenReply prints an issue or refresh answer: raw in --json mode,
-// else aligned lines with the access token shortened.
-func printTokenReply(e *env, raw json.RawMessage) error {
-	if e.json {
-		printRaw(e.stdout, raw)
-		return nil
-	}
+// saveFlag declares --save, which keeps the new refresh token in a file
+// rather than in the terminal's scrollback and the shell history.
+func saveFlag(fs *flag.FlagSet) *string {
+	return fs.String("save", "", "also write the new refresh token to `FILE` (mode 0600); read it back with --token - < FILE")
+}
+
+// printTokenReply prints an issue or refresh answer (raw in --json mode,
+// else aligned lines with the access token shortened) and then, if save is
+// set, writes the refresh token there. Printing comes first: the rotation
+// has happened, so a failed write must not lose the new token.
+func printTokenReply(e *env, raw json.RawMessage, save string) error {
 	var r wire.TokenReply
 	if err := json.Unmarshal(raw, &r); err != nil {
+		if e.json {
+			printRaw(e.stdout, raw)
+		}
 		return fmt.Errorf("decode reply: %w", err)
 	}
-	scope := r.Scope
-	if scope == "" {
-		scope = "(none)"
+	if e.json {
+		printRaw(e.stdout, raw)
+	} else {
+		scope := r.Scope
+		if scope == "" {
+			scope = "(none)"
+		}
+		expires := r.RefreshTokenExpiresAt
+		if t, err := time.Parse(time.RFC3339, expires); err == nil {
+			expires = localTime(t)
+		}
+		printKV(e.stdout, [][2]string{
+			{"family", r.FamilyID},
+			{"refresh_token", r.RefreshToken},
+			{"access_token", shortToken(r.AccessToken)},
+			{"scope", scope},
+			{"expires_in", fmt.Sprintf("%ds", r.ExpiresIn)},
+			{"refresh expires", expires},
+			{"seq", fmt.Sprint(r.Seq)},
+		})
 	}
-	expires := r.RefreshTokenExpiresAt
-	if t, err := time.Parse(time.RFC3339, expires); err == nil {
-		expires = localTime(t)
+	if save == "" {
+		return nil
 	}
-	printKV(e.stdout, [][2]string{
-		{"family", r.FamilyID},
-		{"refresh_token", r.RefreshToken},
-		{"access_token", shortToken(r.AccessToken)},
-		{"scope", scope},
-		{"expires_in", fmt.Sprintf("%ds", r.ExpiresIn)},
-		{"refresh expires", expires},
-		{"seq", fmt.Sprint(r.Seq)},
-	})
+	if err := writeSecretFile(save, r.RefreshToken+"\n"); err != nil {
+		return fmt.Errorf("--save: %w", err)
+	}
 	return nil
+}
+
+// writeSecretFile replaces path with data, readable by the owner only. It
+// writes a temporary file next to it and renames it, so a reader (or the
+// same command, reading --token - from path) never sees half a token.
+func writeSecretFile(path, data string) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.WriteString(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // Human output shows times in the local zone: with the zone in key: value
