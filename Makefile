@@ -24,7 +24,8 @@ fuzz:
 
 # The benchmarks behind docs/benchmarks.md.
 bench:
-	go test -run '^$$' -bench . -benchtime 5x ./projections
+	go test -run '^$$' -bench ProjectionRebuild -benchtime 5x ./projections
+	go test -run '^$$' -bench Introspect -benchtime 2s ./projections ./cmd/tokend
 
 # The outside contract driver, where the shared workspace has it.
 CONFORMANCE ?= .

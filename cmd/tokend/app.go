@@ -111,7 +111,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 
 func (a *App) connect() error {
 	opts := []nats.Option{nats.Name("tokend"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { a.log.Warn("nats disconnected", "err", err) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own close at shutdown
+				a.log.Warn("nats disconnected", "err", err)
+			}
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
 	}
 	if a.cfg.NATSURL != "" {
