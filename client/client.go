@@ -81,23 +81,17 @@ func (c *Client) Subject(suffix string) string { return c.prefix + "." + suffix 
 
 // Issue starts a new token family.
 func (c *Client) Issue(ctx context.Context, req wire.IssueRequest) (wire.TokenReply, error) {
-	var reply wire.TokenReply
-	err := c.Request(ctx, SubjectIssue, req, &reply)
-	return reply, err
+	return call[wire.TokenReply](ctx, c, SubjectIssue, req)
 }
 
 // Refresh exchanges a refresh token for a new one (rotation).
 func (c *Client) Refresh(ctx context.Context, req wire.RefreshRequest) (wire.TokenReply, error) {
-	var reply wire.TokenReply
-	err := c.Request(ctx, SubjectRefresh, req, &reply)
-	return reply, err
+	return call[wire.TokenReply](ctx, c, SubjectRefresh, req)
 }
 
 // Revoke revokes the families selected by req.
 func (c *Client) Revoke(ctx context.Context, req wire.RevokeRequest) (wire.RevokeReply, error) {
-	var reply wire.RevokeReply
-	err := c.Request(ctx, SubjectRevoke, req, &reply)
-	return reply, err
+	return call[wire.RevokeReply](ctx, c, SubjectRevoke, req)
 }
 
 // Introspect reports whether req.RefreshToken is its family's current token
@@ -105,32 +99,32 @@ func (c *Client) Revoke(ctx context.Context, req wire.RevokeRequest) (wire.Revok
 // an error. With req.MinSeq set the answer waits for the read model to reach
 // it, or fails with temporarily_unavailable after 2 s.
 func (c *Client) Introspect(ctx context.Context, req wire.IntrospectRequest) (wire.Introspection, error) {
-	var reply wire.Introspection
-	err := c.Request(ctx, SubjectIntrospect, req, &reply)
-	return reply, err
+	return call[wire.Introspection](ctx, c, SubjectIntrospect, req)
 }
 
 // Family returns a family and its chain of generations. An unknown id is an
 // *Error with Code CodeNotFound.
 func (c *Client) Family(ctx context.Context, req wire.FamilyRequest) (wire.FamilyView, error) {
-	var reply wire.FamilyView
-	err := c.Request(ctx, SubjectFamily, req, &reply)
-	return reply, err
+	return call[wire.FamilyView](ctx, c, SubjectFamily, req)
 }
 
 // Audit returns one page of the audit events matching req, in ascending seq.
 // For the next page, send req again with AfterSeq set to the reply's
 // NextAfterSeq; an empty page is the end.
 func (c *Client) Audit(ctx context.Context, req wire.AuditRequest) (wire.AuditPage, error) {
-	var reply wire.AuditPage
-	err := c.Request(ctx, SubjectAudit, req, &reply)
-	return reply, err
+	return call[wire.AuditPage](ctx, c, SubjectAudit, req)
 }
 
 // Keys returns the JWKS that verifies access tokens, as received.
 func (c *Client) Keys(ctx context.Context) (json.RawMessage, error) {
-	var reply json.RawMessage
-	err := c.Request(ctx, SubjectKeys, nil, &reply)
+	return call[json.RawMessage](ctx, c, SubjectKeys, nil)
+}
+
+// call sends req to <prefix>.<subjectSuffix> and returns the answer decoded
+// into a Reply: the typed form of Request that the endpoint methods share.
+func call[Reply any](ctx context.Context, c *Client, subjectSuffix string, req any) (Reply, error) {
+	var reply Reply
+	err := c.Request(ctx, subjectSuffix, req, &reply)
 	return reply, err
 }
 

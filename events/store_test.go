@@ -8,12 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 var testSubjects = Subjects{Prefix: "tokens"}
@@ -21,21 +21,7 @@ var testSubjects = Subjects{Prefix: "tokens"}
 // MustJetStream starts an in-process JetStream server and sets up the stream.
 func MustJetStream(tb testing.TB) (*nats.Conn, jetstream.JetStream, jetstream.Stream, jetstream.KeyValue) {
 	tb.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: tb.TempDir(), JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoLog: true, NoSigs: true})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		tb.Fatal("nats did not start")
-	}
-	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
+	nc := eventstest.MustConnect(tb, eventstest.MustJetStream(tb).ClientURL())
 	js, _ := jetstream.New(nc)
 	stream, reuse, err := Setup(context.Background(), js, testSubjects, 1, 0, 2*time.Second)
 	if err != nil {

@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 var subjects = events.Subjects{Prefix: "tokens"}
@@ -37,21 +37,7 @@ type harness struct {
 // command service whose clock the test moves.
 func MustHarness(tb testing.TB) *harness {
 	tb.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(),
-		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoLog: true, NoSigs: true})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		tb.Fatal("nats did not start")
-	}
-	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
+	nc := eventstest.MustConnect(tb, eventstest.MustJetStream(tb).ClientURL())
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	stream, reuse, err := events.Setup(ctx, js, subjects, 1, 0, time.Minute)

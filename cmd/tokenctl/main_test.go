@@ -9,11 +9,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 const (
@@ -78,21 +77,8 @@ func respondError(r micro.Request, status, body string) {
 // serveFake answers each subject of handlers with its handler.
 func serveFake(t *testing.T, handlers map[string]micro.HandlerFunc) *fake {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	f := &fake{url: ns.ClientURL(), got: map[string][][]byte{}}
+	f := &fake{url: eventstest.MustServer(t).ClientURL(), got: map[string][][]byte{}}
+	nc := eventstest.MustConnect(t, f.url)
 	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
 	if err != nil {
 		t.Fatal(err)

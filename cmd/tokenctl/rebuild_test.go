@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
 	"github.com/tokend/tokend/projections"
 )
 
@@ -26,26 +25,12 @@ import (
 // its URL and a JetStream context on it.
 func MustJetStream(tb testing.TB) (string, jetstream.JetStream) {
 	tb.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(),
-		NoLog: true, NoSigs: true, JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30})
+	url := eventstest.MustJetStream(tb).ClientURL()
+	js, err := jetstream.New(eventstest.MustConnect(tb, url))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		tb.Fatal("nats did not start")
-	}
-	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return ns.ClientURL(), js
+	return url, js
 }
 
 // clock is a test clock the command service reads from several goroutines.

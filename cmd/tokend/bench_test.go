@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // BenchmarkIntrospectOverNATS measures tokens.query.introspect end to end:
@@ -15,7 +16,7 @@ import (
 //	go test -run '^$' -bench IntrospectOverNATS ./cmd/tokend
 func BenchmarkIntrospectOverNATS(b *testing.B) {
 	app := MustApp(b, testConfig(b), nil)
-	nc := mustConnect(b, app.NATSURL())
+	nc := eventstest.MustConnect(b, app.NATSURL())
 	tokens := make([]string, 500)
 	var last uint64
 	for i := range tokens {

@@ -10,31 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
 )
-
-// MustNATS starts a JetStream server inside the test process.
-func MustNATS(tb testing.TB) *server.Server {
-	tb.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(),
-		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoSigs: true, NoLog: true,
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		tb.Fatal("nats server did not start")
-	}
-	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
-}
 
 // syncBuffer collects log output from concurrent writers.
 type syncBuffer struct {
@@ -78,14 +60,22 @@ func MustApp(tb testing.TB, cfg Config, logs io.Writer) *App {
 	return app
 }
 
-func mustConnect(tb testing.TB, url string) *nats.Conn {
+// mustInstances starts a JetStream server and n tokend instances that join
+// it, each on its own data directory; configure, if not nil, adjusts every
+// instance's Config before it starts. It returns the server's URL.
+func mustInstances(tb testing.TB, n int, configure func(*Config)) (natsURL string, apps []*App) {
 	tb.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		tb.Fatal(err)
+	natsURL = eventstest.MustJetStream(tb).ClientURL()
+	apps = make([]*App, n)
+	for i := range apps {
+		cfg := testConfig(tb)
+		cfg.NATSURL = natsURL
+		if configure != nil {
+			configure(&cfg)
+		}
+		apps[i] = MustApp(tb, cfg, nil)
 	}
-	tb.Cleanup(nc.Close)
-	return nc
+	return natsURL, apps
 }
 
 // reply is a decoded answer with its micro error header.

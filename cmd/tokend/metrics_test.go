@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // scrape returns the raw /metrics exposition of an app.
@@ -79,7 +80,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.ReuseInterval = 300 * time.Millisecond
 	app := MustApp(t, cfg, nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 
 	f := mustIssue(t, nc, "user-metrics", "web-app")
 	child := mustRefresh(t, nc, f.RefreshToken, "web-app")
@@ -155,13 +156,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 // TestMetricsFenceConflict: an instance deciding on a stale cached family
 // loses the fence, retries, and counts the conflict.
 func TestMetricsFenceConflict(t *testing.T) {
-	ns := MustNATS(t)
-	apps := make([]*App, 2)
-	for i := range apps {
-		cfg := testConfig(t)
-		cfg.NATSURL = ns.ClientURL()
-		apps[i] = MustApp(t, cfg, nil)
-	}
+	_, apps := mustInstances(t, 2, nil)
 	issued, err := apps[0].api.Tokens.Issue(t.Context(), eventsIssue("user-fence", "web-app"))
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // buildTokend compiles this command once per test binary run.
@@ -76,7 +78,7 @@ func TestProcessStopsCleanlyOnSignal(t *testing.T) {
 			t.Cleanup(func() { cmd.Process.Kill() })
 			waitReady(t, httpAddr, exited)
 
-			nc := mustConnect(t, "nats://"+natsAddr)
+			nc := eventstest.MustConnect(t, "nats://"+natsAddr)
 			f := mustIssue(t, nc, "user-proc", "web-app")
 			mustRefresh(t, nc, f.RefreshToken, "web-app")
 			nc.Close()

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // opsDir is the repository's ops/ folder, seen from this package.
@@ -48,15 +50,12 @@ func TestAlertRules(t *testing.T) {
 // Prometheus for every expression of the Grafana dashboard and checks the
 // alert rules are loaded, healthy, and that the replay alert fires.
 func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
-	ns := MustNATS(t)
-	apps := make([]*App, 2)
-	var targets []string
-	for i := range apps {
-		cfg := testConfig(t)
-		cfg.NATSURL = ns.ClientURL()
+	natsURL, apps := mustInstances(t, 2, func(cfg *Config) {
 		cfg.ReuseInterval = 0 // every parent presented again is a replay
-		apps[i] = MustApp(t, cfg, nil)
-		targets = append(targets, strconv.Quote(apps[i].HTTPAddr()))
+	})
+	var targets []string
+	for _, app := range apps {
+		targets = append(targets, strconv.Quote(app.HTTPAddr()))
 	}
 	// One fence conflict, so its series is not just zero.
 	issued, err := apps[0].api.Tokens.Issue(t.Context(), eventsIssue("user-prom", "web-app"))
@@ -67,7 +66,7 @@ func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
 		app.api.Tokens.Refresh(t.Context(), eventsRefresh(issued.Token.Value(), "web-app"))
 	}
 
-	stopLoad := steadyLoad(t, mustConnect(t, ns.ClientURL()))
+	stopLoad := steadyLoad(t, eventstest.MustConnect(t, natsURL))
 	defer stopLoad()
 
 	promURL := startPrometheus(t, targets)

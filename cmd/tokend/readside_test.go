@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // The read side: queries with min_seq, audit paging and filters, revocation
@@ -127,7 +128,7 @@ func seqsOf(evs []wire.AuditEvent) []uint64 {
 
 func TestMinSeqReadYourWrites(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "ryw-user", "web-app")
 
 	check := func(t *testing.T, parent, child wire.TokenReply, generation uint64) {
@@ -294,7 +295,7 @@ func auditFixture(t *testing.T, nc *nats.Conn) (families []wire.TokenReply, stre
 
 func TestAuditPagingAndFilters(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	families, stream := auditFixture(t, nc)
 	lastSeq := stream[len(stream)-1].Seq
 
@@ -429,7 +430,7 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 	const rounds = 20
 	t.Run("one instance", func(t *testing.T) {
 		app := MustApp(t, testConfig(t), nil)
-		nc := mustConnect(t, app.NATSURL())
+		nc := eventstest.MustConnect(t, app.NATSURL())
 		for i := range rounds {
 			// The same subject every round: earlier families are already
 			// revoked and must not be counted again.
@@ -452,20 +453,14 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 	})
 
 	t.Run("two instances", func(t *testing.T) {
-		ns := MustNATS(t)
-		apps := make([]*App, 2)
-		for i := range apps {
-			cfg := testConfig(t)
-			cfg.NATSURL = ns.ClientURL()
-			apps[i] = MustApp(t, cfg, nil)
-		}
+		natsURL, apps := mustInstances(t, 2, nil)
 		// Instance 0 takes no more requests, so every revoke below is served by
 		// instance 1, from its own read model, while instance 0 issues.
 		apps[0].api.Stop()
 		if err := apps[0].nc.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		nc := mustConnect(t, ns.ClientURL())
+		nc := eventstest.MustConnect(t, natsURL)
 		issue := func(subject, client string) wire.TokenReply {
 			t.Helper()
 			g, err := apps[0].api.Tokens.Issue(t.Context(), eventsIssue(subject, client))
@@ -496,7 +491,7 @@ func TestRevokeBySelectorCoversJustIssued(t *testing.T) {
 
 func TestHTTPReadAPI(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	families, stream := auditFixture(t, nc)
 	lastSeq := stream[len(stream)-1].Seq
 	mustQuery[wire.AuditPage](t, nc, "tokens.query.audit", wire.AuditRequest{MinSeq: lastSeq})
@@ -619,14 +614,7 @@ func TestReadyz(t *testing.T) {
 	})
 
 	t.Run("projection lag", func(t *testing.T) {
-		ns := MustNATS(t)
-		apps := make([]*App, 2)
-		for i := range apps {
-			cfg := testConfig(t)
-			cfg.NATSURL = ns.ClientURL()
-			cfg.ReadyMaxLag = 5
-			apps[i] = MustApp(t, cfg, nil)
-		}
+		_, apps := mustInstances(t, 2, func(cfg *Config) { cfg.ReadyMaxLag = 5 })
 		lagging, writer := apps[0], apps[1]
 		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if status, body := readyz(lagging); status != http.StatusOK {
@@ -675,7 +663,7 @@ func TestReadyz(t *testing.T) {
 
 func TestQueryValidation(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	cases := []struct {
 		subject, body string
 	}{

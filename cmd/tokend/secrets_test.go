@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // TestNoTokenAtRest runs a mixed workload on an embedded server, then scans
@@ -18,7 +20,7 @@ func TestNoTokenAtRest(t *testing.T) {
 	cfg.ReuseInterval = 300 * time.Millisecond
 	logs := &syncBuffer{}
 	app := MustApp(t, cfg, logs)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 
 	var secrets []string
 	keep := func(r reply) reply {

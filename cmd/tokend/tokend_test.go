@@ -10,11 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 func TestRotationChain(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 
 	first := mustIssue(t, nc, "user-1", "web-app")
 	seen := map[string]bool{first.RefreshToken: true}
@@ -95,7 +96,7 @@ func requireOneChild(t *testing.T, nc *nats.Conn, familyID string, replies []rep
 
 func TestConcurrentRefreshSameToken(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-2", "web-app")
 
 	child := requireOneChild(t, nc, f.FamilyID, concurrentRefresh(t, []*nats.Conn{nc}, f.RefreshToken, "web-app", 32))
@@ -103,14 +104,8 @@ func TestConcurrentRefreshSameToken(t *testing.T) {
 }
 
 func TestConcurrentRefreshTwoInstances(t *testing.T) {
-	ns := MustNATS(t)
-	var conns []*nats.Conn
-	for range 2 {
-		cfg := testConfig(t)
-		cfg.NATSURL = ns.ClientURL()
-		MustApp(t, cfg, nil)
-		conns = append(conns, mustConnect(t, ns.ClientURL()))
-	}
+	natsURL, _ := mustInstances(t, 2, nil)
+	conns := []*nats.Conn{eventstest.MustConnect(t, natsURL), eventstest.MustConnect(t, natsURL)}
 	for round := range 5 {
 		f := mustIssue(t, conns[0], "user-3", "web-app")
 		child := requireOneChild(t, conns[0], f.FamilyID, concurrentRefresh(t, conns, f.RefreshToken, "web-app", 32))
@@ -123,14 +118,8 @@ func TestConcurrentRefreshTwoInstances(t *testing.T) {
 // TestFenceBetweenInstances makes one instance decide on a stale cached state:
 // only the expected-last-subject-sequence fence stops it from forking the chain.
 func TestFenceBetweenInstances(t *testing.T) {
-	ns := MustNATS(t)
-	apps := make([]*App, 2)
-	for i := range apps {
-		cfg := testConfig(t)
-		cfg.NATSURL = ns.ClientURL()
-		apps[i] = MustApp(t, cfg, nil)
-	}
-	nc := mustConnect(t, ns.ClientURL())
+	natsURL, apps := mustInstances(t, 2, nil)
+	nc := eventstest.MustConnect(t, natsURL)
 	// Issue through instance 0's own service so its writer caches the family.
 	issued, err := apps[0].api.Tokens.Issue(t.Context(), eventsIssue("user-4", "web-app"))
 	if err != nil {
@@ -154,11 +143,11 @@ func TestFenceBetweenInstances(t *testing.T) {
 }
 
 func TestLostReplyRetriedGetsSameChild(t *testing.T) {
-	ns := MustNATS(t)
+	ns := eventstest.MustJetStream(t)
 	cfg := testConfig(t)
 	cfg.NATSURL = ns.ClientURL()
 	app := MustApp(t, cfg, nil)
-	nc := mustConnect(t, ns.ClientURL())
+	nc := eventstest.MustConnect(t, ns.ClientURL())
 	f := mustIssue(t, nc, "user-5", "web-app")
 	first := mustRefresh(t, nc, f.RefreshToken, "web-app")
 
@@ -180,7 +169,7 @@ func TestReplayAfterIntervalRevokesFamily(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.ReuseInterval = 300 * time.Millisecond
 	app := MustApp(t, cfg, nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-6", "web-app")
 	current := mustRefresh(t, nc, f.RefreshToken, "web-app")
 	time.Sleep(cfg.ReuseInterval + 100*time.Millisecond)
@@ -218,7 +207,7 @@ func TestForeignClientNeverRevokesOwner(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.ReuseInterval = 200 * time.Millisecond
 	app := MustApp(t, cfg, nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-7", "web-app")
 
 	wantError(t, refresh(t, nc, f.RefreshToken, "evil-client"), "invalid_grant")
@@ -245,7 +234,7 @@ func TestForeignClientNeverRevokesOwner(t *testing.T) {
 
 func TestScopesAndAudiences(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-8", "web-app")
 	down := "api:read"
 	r := call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: f.RefreshToken, ClientID: "web-app", Scope: &down, Audience: "https://billing.example.com"})
@@ -264,7 +253,7 @@ func TestScopesAndAudiences(t *testing.T) {
 
 func TestRevoke(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	revoke := func(req wire.RevokeRequest) wire.RevokeReply {
 		t.Helper()
 		r := call(t, nc, "tokens.cmd.revoke", req)
@@ -309,7 +298,7 @@ func TestRevoke(t *testing.T) {
 
 func TestBadInputIsRefused(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
-	nc := mustConnect(t, app.NATSURL())
+	nc := eventstest.MustConnect(t, app.NATSURL())
 	cases := []struct {
 		subject string
 		body    string
