@@ -1,5 +1,5 @@
-# The README's test command. Besides Go it needs promtool and prometheus,
-# which it installs from Debian's prometheus package when they are missing.
+# The README's test command. Besides Go it needs promtool, prometheus and
+# systemd-analyze, which it installs from Debian's packages when missing.
 .PHONY: test deps fuzz bench conformance
 
 test: deps
@@ -10,10 +10,10 @@ test: deps
 	go test -race -count=1 ./...
 
 deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null || { \
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$sudo apt-get update -qq && \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd; }
 
 # Each fuzz target for a while (FUZZTIME=2m make fuzz for longer).
 FUZZTIME ?= 30s

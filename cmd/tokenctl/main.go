@@ -98,6 +98,7 @@ type env struct {
 	natsURL        string
 	prefix         string
 	timeout        time.Duration
+	auth           authFlags
 	args           []string // the command's positional arguments
 
 	nc *nats.Conn
@@ -110,7 +111,12 @@ func (e *env) client() (*client.Client, error) {
 	if e.c != nil {
 		return e.c, nil
 	}
-	nc, err := nats.Connect(e.natsURL, nats.Name("tokenctl"), nats.Timeout(e.timeout), nats.NoReconnect())
+	opts, err := e.auth.options()
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	opts = append(opts, nats.Name("tokenctl"), nats.Timeout(e.timeout), nats.NoReconnect())
+	nc, err := nats.Connect(e.natsURL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", e.natsURL, err)
 	}
@@ -145,6 +151,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	global.StringVar(&e.prefix, "prefix", client.DefaultPrefix, "subject prefix `P` of the tokend deployment")
 	global.DurationVar(&e.timeout, "timeout", defaultTimeout, "give up after `D`, connecting included (audit and rebuild: each request)")
 	global.BoolVar(&e.json, "json", false, "print the reply JSON exactly as received (for scripts)")
+	e.auth.declare(global)
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			mainUsage(stdout, global)

@@ -137,6 +137,8 @@ func TestUsageErrors(t *testing.T) {
 		{"--nats-url", deadURL, "revoke", "--family", "f", "--subject", "s"},
 		{"--nats-url", deadURL, "revoke", "--family", ""},
 		{"--nats-url", deadURL, "help", "frobnicate"},
+		{"--nats-url", deadURL, "--tls-cert", "c.pem", "keys"},
+		{"--nats-url", deadURL, "--nkey", "/nonexistent.nk", "keys"},
 		{"--nats-url", deadURL, "introspect"},
 		{"--nats-url", deadURL, "introspect", "tok"},
 		{"--nats-url", deadURL, "introspect", "--token", "t", "--min-seq", "-1"},

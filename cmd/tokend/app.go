@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -109,80 +108,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	return a, nil
 }
 
-func (a *App) connect() error {
-	opts := []nats.Option{nats.Name("tokend"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil { // nil: our own close at shutdown
-				a.log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
-	}
-	if a.cfg.NATSURL != "" {
-		nc, err := nats.Connect(a.cfg.NATSURL, opts...)
-		if err != nil {
-			return fmt.Errorf("connect %s: %w", a.cfg.NATSURL, err)
-		}
-		a.nc = nc
-		return nil
-	}
-	ns, err := embeddedServer(a.cfg, a.log)
-	if err != nil {
-		return err
-	}
-	a.ns = ns
-	nc, err := nats.Connect(ns.ClientURL(), append(opts, nats.InProcessServer(ns))...)
-	if err != nil {
-		return fmt.Errorf("connect embedded server: %w", err)
-	}
-	a.nc = nc
-	return nil
-}
-
-func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
-	host, portStr, err := net.SplitHostPort(cfg.NATSListen)
-	if err != nil {
-		return nil, fmt.Errorf("--nats-listen: %w", err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, fmt.Errorf("--nats-listen port: %w", err)
-	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "tokend",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
-		// JetStream would otherwise claim 75% of the machine's memory and disk.
-		JetStreamMaxMemory: cfg.JSMaxMemory,
-		JetStreamMaxStore:  cfg.JSMaxStore,
-		SyncAlways:         cfg.SyncAlways,
-		MaxPayload:         1 << 20,
-		NoSigs:             true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("embedded nats: %w", err)
-	}
-	fatal := make(chan string, 1)
-	ns.SetLoggerV2(natsLogger{l: log.With("component", "nats"), fatal: fatal}, false, false, false)
-	go ns.Start()
-	ready := make(chan bool, 1)
-	go func() { ready <- ns.ReadyForConnections(30 * time.Second) }()
-	select {
-	case ok := <-ready:
-		if ok {
-			return ns, nil
-		}
-		ns.Shutdown()
-		return nil, fmt.Errorf("embedded nats did not start listening on %s", cfg.NATSListen)
-	case msg := <-fatal:
-		// e.g. the port is taken: say so now rather than after the timeout.
-		ns.Shutdown()
-		return nil, fmt.Errorf("embedded nats: %s", msg)
-	}
-}
-
 // startProjections opens the read model (rebuilding it from the stream if
 // it was deleted) and keeps the projector running until Stop.
 func (a *App) startProjections(ctx context.Context, subjects events.Subjects, onBatch func(int, time.Duration)) error {
@@ -276,24 +201,3 @@ func (a *App) Stop() {
 		a.ns.WaitForShutdown()
 	}
 }
-
-// natsLogger routes the embedded server's log through slog; its notices are
-// startup chatter, so they go to debug.
-type natsLogger struct {
-	l     *slog.Logger
-	fatal chan<- string // gets the first fatal message, which ends startup
-}
-
-func (n natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Warnf(format string, v ...any)   { n.l.Warn(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Fatalf(format string, v ...any) {
-	msg := fmt.Sprintf(format, v...)
-	n.l.Error(msg)
-	select {
-	case n.fatal <- msg:
-	default:
-	}
-}
-func (n natsLogger) Errorf(format string, v ...any) { n.l.Error(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Debugf(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Tracef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }

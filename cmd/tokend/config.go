@@ -11,23 +11,30 @@ import (
 
 // Config is everything tokend can be told, by flag or TOKEND_* variable.
 type Config struct {
-	DataDir        string
-	NATSURL        string
-	NATSListen     string
-	HTTPAddr       string
-	SubjectPrefix  string
-	ReuseInterval  time.Duration
-	IdleTTL        time.Duration
-	AbsoluteTTL    time.Duration
-	AccessTTL      time.Duration
-	Issuer         string
-	StreamReplicas int
-	SyncAlways     bool
-	JSMaxMemory    int64
-	JSMaxStore     int64
-	FamilyCache    int
-	ReadyMaxLag    uint64
-	LogLevel       string
+	DataDir         string
+	NATSURL         string
+	NATSListen      string
+	NATSConfig      string
+	NATSCreds       string
+	NATSNkey        string
+	NATSTLSCA       string
+	NATSTLSCert     string
+	NATSTLSKey      string
+	NATSInboxPrefix string
+	HTTPAddr        string
+	SubjectPrefix   string
+	ReuseInterval   time.Duration
+	IdleTTL         time.Duration
+	AbsoluteTTL     time.Duration
+	AccessTTL       time.Duration
+	Issuer          string
+	StreamReplicas  int
+	SyncAlways      bool
+	JSMaxMemory     int64
+	JSMaxStore      int64
+	FamilyCache     int
+	ReadyMaxLag     uint64
+	LogLevel        string
 }
 
 // parseConfig reads flags from args, each defaulting to its TOKEND_<FLAG>
@@ -39,6 +46,13 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "the embedded JetStream store and the SQLite read model")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "connect to an existing NATS server or cluster instead of embedding one")
 	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client listen address of the embedded server")
+	fs.StringVar(&c.NATSConfig, "nats-config", "", "embedded server: load this nats-server configuration (accounts, permissions, TLS); tokend's flags fill in what it leaves unset")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "authenticate to NATS with this credentials (JWT) file")
+	fs.StringVar(&c.NATSNkey, "nats-nkey", "", "authenticate to NATS with the nkey seed in this file")
+	fs.StringVar(&c.NATSTLSCA, "nats-tls-ca", "", "with --nats-url: verify the server against the CA certificates in this PEM file")
+	fs.StringVar(&c.NATSTLSCert, "nats-tls-cert", "", "with --nats-url: client certificate (PEM) for mutual TLS")
+	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "with --nats-url: private key (PEM) of --nats-tls-cert")
+	fs.StringVar(&c.NATSInboxPrefix, "nats-inbox-prefix", "", "prefix of tokend's reply subjects (default _INBOX); a private prefix lets permissions keep other users from reading its replies")
 	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:8080", "HTTP listen address (metrics, health, audit API)")
 	fs.StringVar(&c.SubjectPrefix, "subject-prefix", "tokens", "prefix of every subject")
 	fs.DurationVar(&c.ReuseInterval, "reuse-interval", 10*time.Second, "grace window for retries/concurrent use of the just-rotated parent; 0 disables")
@@ -85,6 +99,12 @@ func (c Config) validate() error {
 		return fmt.Errorf("--refresh-idle-ttl, --refresh-absolute-ttl and --access-ttl must be positive")
 	case c.StreamReplicas < 1 || c.StreamReplicas > 5:
 		return fmt.Errorf("--stream-replicas must be 1..5")
+	case c.NATSURL != "" && c.NATSConfig != "":
+		return fmt.Errorf("--nats-config configures the embedded server; it cannot go with --nats-url")
+	case (c.NATSTLSCert == "") != (c.NATSTLSKey == ""):
+		return fmt.Errorf("--nats-tls-cert and --nats-tls-key go together")
+	case c.NATSURL == "" && (c.NATSTLSCA != "" || c.NATSTLSCert != ""):
+		return fmt.Errorf("--nats-tls-* apply to --nats-url; the embedded server's TLS comes from --nats-config")
 	}
 	return nil
 }

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/tokend/tokend/events"
+)
+
+// secureDeployment is tokend's embedded server running the shipped
+// ops/nats/embedded.conf: nkey users per role, TLS, private inboxes.
+type secureDeployment struct {
+	app   *App
+	url   string
+	ca    string            // CA certificate file
+	seeds map[string]string // role -> nkey seed file
+}
+
+var roles = []string{"tokend", "issuer", "refresher", "auditor", "admin"}
+
+func mustSecureDeployment(t *testing.T) *secureDeployment {
+	dir := t.TempDir()
+	d := &secureDeployment{seeds: map[string]string{}}
+	for _, role := range roles {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed, _ := kp.Seed()
+		pub, _ := kp.PublicKey()
+		d.seeds[role] = filepath.Join(dir, role+".nk")
+		if err := os.WriteFile(d.seeds[role], seed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("NKEY_"+strings.ToUpper(role), pub)
+	}
+	d.ca = writeTestPKI(t, dir)
+	t.Setenv("NATS_TLS_CA", d.ca)
+	t.Setenv("NATS_TLS_CERT", filepath.Join(dir, "server.pem"))
+	t.Setenv("NATS_TLS_KEY", filepath.Join(dir, "server-key.pem"))
+
+	cfg := testConfig(t)
+	cfg.NATSConfig = filepath.Join(opsDir, "nats", "embedded.conf")
+	cfg.NATSNkey = d.seeds["tokend"]
+	cfg.NATSInboxPrefix = "_INBOX_tokend"
+	logs := &syncBuffer{}
+	d.app = MustApp(t, cfg, logs)
+	d.url = "tls://" + d.app.ns.Addr().String()
+	t.Cleanup(func() {
+		if strings.Contains(logs.String(), "Permissions Violation") {
+			t.Errorf("tokend itself hit a permission violation: its permissions in auth.conf are too tight\n%s", logs)
+		}
+	})
+	return d
+}
+
+// violations collects the permission errors the server reports on a
+// connection.
+type violations struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (v *violations) saw(what string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range v.errs {
+		if strings.Contains(e, what) {
+			return true
+		}
+	}
+	return false
+}
+
+// connect logs in as role over TLS with its nkey and private inbox.
+func (d *secureDeployment) connect(t *testing.T, role string) (*nats.Conn, *violations) {
+	t.Helper()
+	v := &violations{}
+	nkey, err := nats.NkeyOptionFromSeed(d.seeds[role])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(d.url, nkey, nats.RootCAs(d.ca), nats.CustomInboxPrefix("_INBOX_"+role),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			v.mu.Lock()
+			v.errs = append(v.errs, err.Error())
+			v.mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", role, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc, v
+}
+
+// allowed sends a request and wants a reply (a contract error is a reply).
+func allowed(t *testing.T, nc *nats.Conn, subject string, body any) []byte {
+	t.Helper()
+	data, _ := json.Marshal(body)
+	msg, err := nc.Request(subject, data, 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", subject, err)
+	}
+	return msg.Data
+}
+
+// denied sends a request that the server must refuse to deliver: no reply,
+// and a permissions violation reported on the connection.
+func denied(t *testing.T, nc *nats.Conn, v *violations, subject string) {
+	t.Helper()
+	_, err := nc.Request(subject, []byte(`{}`), 300*time.Millisecond)
+	if err == nil {
+		t.Fatalf("%s got an answer", subject)
+	}
+	checkFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		if !v.saw("Permissions Violation for Publish to \"" + subject + "\"") {
+			return errors.New("no permissions violation for " + subject)
+		}
+		return nil
+	})
+}
+
+func TestRolePermissions(t *testing.T) {
+	d := mustSecureDeployment(t)
+
+	issuer, issuerErrs := d.connect(t, "issuer")
+	var issued struct {
+		RefreshToken string `json:"refresh_token"`
+		FamilyID     string `json:"family_id"`
+		Seq          uint64 `json:"seq"`
+	}
+	json.Unmarshal(allowed(t, issuer, "tokens.cmd.issue", map[string]string{"subject": "user-1", "client_id": "web-app"}), &issued)
+	if issued.RefreshToken == "" {
+		t.Fatal("the issuer could not issue")
+	}
+	allowed(t, issuer, "tokens.keys", nil)
+	denied(t, issuer, issuerErrs, "tokens.cmd.refresh")
+	denied(t, issuer, issuerErrs, "tokens.cmd.revoke")
+	denied(t, issuer, issuerErrs, "tokens.query.audit")
+
+	t.Run("refresher", func(t *testing.T) {
+		nc, errs := d.connect(t, "refresher")
+		var got struct {
+			RefreshToken string `json:"refresh_token"`
+		}
+		json.Unmarshal(allowed(t, nc, "tokens.cmd.refresh", map[string]string{"refresh_token": issued.RefreshToken, "client_id": "web-app"}), &got)
+		if got.RefreshToken == "" {
+			t.Fatal("the refresher could not refresh")
+		}
+		denied(t, nc, errs, "tokens.cmd.issue")
+		denied(t, nc, errs, "tokens.cmd.revoke")
+		denied(t, nc, errs, "tokens.query.audit")
+		denied(t, nc, errs, "$JS.API.STREAM.INFO.TOKENS")
+		denied(t, nc, errs, "$JS.API.DIRECT.GET.TOKENS.$KV")
+		wantReadDenied(t, nc, errs, "refresher")
+		// Another role's replies, which carry tokens, are out of reach.
+		sub, err := nc.SubscribeSync("_INBOX_issuer.>")
+		if err == nil {
+			sub.Unsubscribe()
+		}
+		checkFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+			if !errs.saw("Permissions Violation for Subscription to \"_INBOX_issuer.>\"") {
+				return errors.New("the refresher may subscribe to the issuer's inbox")
+			}
+			return nil
+		})
+	})
+
+	t.Run("auditor", func(t *testing.T) {
+		nc, errs := d.connect(t, "auditor")
+		var page struct{ Events []json.RawMessage }
+		json.Unmarshal(allowed(t, nc, "tokens.query.audit", map[string]any{"family_id": issued.FamilyID, "min_seq": issued.Seq}), &page)
+		if len(page.Events) == 0 {
+			t.Fatalf("the auditor read %d events of the family", len(page.Events))
+		}
+		// The event stream itself is readable...
+		js, _ := jetstream.New(nc, jetstream.WithDefaultTimeout(3*time.Second))
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		cons, err := js.OrderedConsumer(ctx, events.StreamName, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			t.Fatalf("the auditor cannot read the stream: %v", err)
+		}
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for range batch.Messages() {
+			n++
+		}
+		if n != 1 || batch.Error() != nil {
+			t.Fatalf("the auditor read %d events from the stream: %v", n, batch.Error())
+		}
+		// ...the keys are not, nor any command. A refused request gets no
+		// answer, so the look-up only times out.
+		kvCtx, kvCancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer kvCancel()
+		if _, err := js.KeyValue(kvCtx, events.KeysBucket); err == nil {
+			t.Fatal("the auditor opened the key bucket")
+		}
+		denied(t, nc, errs, "$JS.API.DIRECT.GET.KV_TOKENS_KEYS.$KV.TOKENS_KEYS.keyset")
+		denied(t, nc, errs, "tokens.cmd.issue")
+		denied(t, nc, errs, "tokens.cmd.refresh")
+		denied(t, nc, errs, "tokens.cmd.revoke")
+	})
+
+	t.Run("admin", func(t *testing.T) {
+		nc, errs := d.connect(t, "admin")
+		var r struct {
+			RevokedFamilies int `json:"revoked_families"`
+		}
+		json.Unmarshal(allowed(t, nc, "tokens.cmd.revoke", map[string]string{"family_id": issued.FamilyID}), &r)
+		if r.RevokedFamilies != 1 {
+			t.Fatalf("the admin revoked %d families", r.RevokedFamilies)
+		}
+		denied(t, nc, errs, "tokens.cmd.issue")
+		denied(t, nc, errs, "tokens.cmd.refresh")
+		denied(t, nc, errs, "$JS.API.STREAM.INFO.KV_TOKENS_KEYS")
+	})
+
+	t.Run("strangers", func(t *testing.T) {
+		if nc, err := nats.Connect(d.url, nats.RootCAs(d.ca), nats.NoReconnect()); err == nil {
+			nc.Close()
+			t.Fatal("a client without credentials was let in")
+		}
+		plain := "nats://" + d.app.ns.Addr().String()
+		nkey, _ := nats.NkeyOptionFromSeed(d.seeds["admin"])
+		if nc, err := nats.Connect(plain, nkey, nats.NoReconnect()); err == nil {
+			nc.Close()
+			t.Fatal("a client without TLS was let in")
+		}
+	})
+}
+
+// wantReadDenied: the role can neither subscribe to the event subjects nor
+// read the key bucket.
+func wantReadDenied(t *testing.T, nc *nats.Conn, v *violations, role string) {
+	t.Helper()
+	for _, subject := range []string{"tokens.evt.>", "$KV.TOKENS_KEYS.>"} {
+		if sub, err := nc.SubscribeSync(subject); err == nil {
+			defer sub.Unsubscribe()
+		}
+		checkFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+			if !v.saw("Permissions Violation for Subscription to \"" + subject + "\"") {
+				return errors.New("the " + role + " may subscribe to " + subject)
+			}
+			return nil
+		})
+	}
+}
+
+// writeTestPKI writes a CA and a server certificate for 127.0.0.1 into dir
+// and returns the CA file.
+func writeTestPKI(t *testing.T, dir string) string {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tokend test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
+	write := func(name, typ string, der []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("ca.pem", "CERTIFICATE", caDER)
+	write("server.pem", "CERTIFICATE", srvDER)
+	write("server-key.pem", "EC PRIVATE KEY", keyDER)
+	return filepath.Join(dir, "ca.pem")
+}
+
+// TestTokenctlWithRoleCredentials: the operator CLI logs in with a role's
+// nkey, TLS and inbox prefix; an auditor's permissions are enough for
+// audit and rebuild, a refresher's are not.
+func TestTokenctlWithRoleCredentials(t *testing.T) {
+	d := mustSecureDeployment(t)
+	bin := filepath.Join(t.TempDir(), "tokenctl")
+	if out, err := exec.Command("go", "build", "-o", bin, "../tokenctl").CombinedOutput(); err != nil {
+		t.Fatalf("go build tokenctl: %v\n%s", err, out)
+	}
+	tokenctl := func(role string, args ...string) (string, error) {
+		base := []string{"--nats-url", d.url, "--tls-ca", d.ca, "--nkey", d.seeds[role], "--inbox-prefix", "_INBOX_" + role, "--timeout", "3s"}
+		out, err := exec.Command(bin, append(base, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := tokenctl("issuer", "--json", "issue", "--subject", "user-ctl", "--client", "web-app")
+	if err != nil {
+		t.Fatalf("issue as issuer: %v\n%s", err, out)
+	}
+	var issued struct {
+		FamilyID string `json:"family_id"`
+		Seq      uint64 `json:"seq"`
+	}
+	if err := json.Unmarshal([]byte(out), &issued); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := tokenctl("auditor", "audit", "--family", issued.FamilyID, "--min-seq", fmt.Sprint(issued.Seq)); err != nil || !strings.Contains(out, "token.issued") {
+		t.Fatalf("audit as auditor: %v\n%s", err, out)
+	}
+	db := filepath.Join(t.TempDir(), "copy.db")
+	if out, err := tokenctl("auditor", "rebuild", "--db", db); err != nil {
+		t.Fatalf("rebuild as auditor: %v\n%s", err, out)
+	}
+	if out, err := tokenctl("refresher", "rebuild", "--db", filepath.Join(t.TempDir(), "no.db")); err == nil {
+		t.Fatalf("a refresher rebuilt the read model from the stream:\n%s", out)
+	}
+	if out, err := tokenctl("auditor", "revoke", "--family", issued.FamilyID); err == nil {
+		t.Fatalf("an auditor revoked:\n%s", out)
+	}
+	if out, err := tokenctl("admin", "revoke", "--family", issued.FamilyID); err != nil || !strings.Contains(out, "revoked_families: 1") {
+		t.Fatalf("revoke as admin: %v\n%s", err, out)
+	}
+}

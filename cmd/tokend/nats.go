@@ -1,0 +1,210 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// minMaxPayload is the contract's floor for the embedded server's max_payload.
+const minMaxPayload = 1 << 20
+
+// connect joins the NATS server of --nats-url, or starts the embedded one
+// and joins it in-process.
+func (a *App) connect() error {
+	opts, err := a.clientOptions()
+	if err != nil {
+		return err
+	}
+	if a.cfg.NATSURL != "" {
+		nc, err := nats.Connect(a.cfg.NATSURL, opts...)
+		if err != nil {
+			return fmt.Errorf("connect %s: %w", a.cfg.NATSURL, err)
+		}
+		a.nc = nc
+		return nil
+	}
+	ns, err := embeddedServer(a.cfg, a.log)
+	if err != nil {
+		return err
+	}
+	a.ns = ns
+	// In-process: no socket, so no TLS (ClientURL says tls:// when the
+	// server has TLS, which would make the client insist on it); the
+	// credentials still apply.
+	nc, err := nats.Connect("nats://"+ns.Addr().String(), append(opts, nats.InProcessServer(ns))...)
+	if err != nil {
+		return fmt.Errorf("connect embedded server: %w", err)
+	}
+	a.nc = nc
+	return nil
+}
+
+// clientOptions are the options of tokend's own connection: reconnect for
+// ever, log state changes, and authenticate as configured.
+func (a *App) clientOptions() ([]nats.Option, error) {
+	c := a.cfg
+	opts := []nats.Option{nats.Name("tokend"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own close at shutdown
+				a.log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			// Permission violations land here: a misconfigured account must be visible.
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			a.log.Error("nats error", "err", err, "subscription", subject)
+		}),
+	}
+	if c.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(c.NATSCreds))
+	}
+	if c.NATSNkey != "" {
+		opt, err := nats.NkeyOptionFromSeed(c.NATSNkey)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-nkey: %w", err)
+		}
+		opts = append(opts, opt)
+	}
+	if c.NATSInboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.NATSInboxPrefix))
+	}
+	if c.NATSURL != "" && (c.NATSTLSCA != "" || c.NATSTLSCert != "") {
+		tc, err := clientTLS(c.NATSTLSCA, c.NATSTLSCert, c.NATSTLSKey)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	return opts, nil
+}
+
+// clientTLS trusts the CA in caFile (the system roots when empty) and
+// presents the client certificate, if given, for mutual TLS.
+func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-tls-ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--nats-tls-ca %s: no PEM certificate in it", caFile)
+		}
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-tls-cert/--nats-tls-key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// embeddedOptions returns the embedded server's options: those of
+// --nats-config if given (accounts, permissions, TLS, listen address),
+// completed by tokend's flags for whatever the file leaves unset.
+func embeddedOptions(cfg Config) (*server.Options, error) {
+	opts := &server.Options{}
+	if cfg.NATSConfig != "" {
+		var err error
+		if opts, err = server.ProcessConfigFile(cfg.NATSConfig); err != nil {
+			return nil, fmt.Errorf("--nats-config: %w", err)
+		}
+	}
+	if opts.Port == 0 {
+		host, portStr, err := net.SplitHostPort(cfg.NATSListen)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-listen: %w", err)
+		}
+		if opts.Port, err = strconv.Atoi(portStr); err != nil {
+			return nil, fmt.Errorf("--nats-listen port: %w", err)
+		}
+		if opts.Host == "" {
+			opts.Host = host
+		}
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = "tokend"
+	}
+	opts.JetStream = true
+	if opts.StoreDir == "" {
+		opts.StoreDir = filepath.Join(cfg.DataDir, "jetstream")
+	}
+	// JetStream would otherwise claim 75% of the machine's memory and disk.
+	if opts.JetStreamMaxMemory == 0 {
+		opts.JetStreamMaxMemory = cfg.JSMaxMemory
+	}
+	if opts.JetStreamMaxStore == 0 {
+		opts.JetStreamMaxStore = cfg.JSMaxStore
+	}
+	opts.SyncAlways = opts.SyncAlways || cfg.SyncAlways
+	opts.MaxPayload = max(opts.MaxPayload, minMaxPayload)
+	opts.NoSigs = true // tokend handles the signals
+	return opts, nil
+}
+
+func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
+	opts, err := embeddedOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	fatal := make(chan string, 1)
+	ns.SetLoggerV2(natsLogger{l: log.With("component", "nats"), fatal: fatal}, false, false, false)
+	go ns.Start()
+	ready := make(chan bool, 1)
+	go func() { ready <- ns.ReadyForConnections(30 * time.Second) }()
+	select {
+	case ok := <-ready:
+		if ok {
+			return ns, nil
+		}
+		ns.Shutdown()
+		return nil, errors.New("embedded nats did not start listening on " + net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)))
+	case msg := <-fatal:
+		// e.g. the port is taken: say so now rather than after the timeout.
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats: %s", msg)
+	}
+}
+
+// natsLogger routes the embedded server's log through slog; its notices are
+// startup chatter, so they go to debug.
+type natsLogger struct {
+	l     *slog.Logger
+	fatal chan<- string // gets the first fatal message, which ends startup
+}
+
+func (n natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Warnf(format string, v ...any)   { n.l.Warn(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Errorf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Debugf(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Tracef(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	n.l.Error(msg)
+	select {
+	case n.fatal <- msg:
+	default:
+	}
+}
