@@ -1,10 +1,11 @@
 # The README's test command. Besides Go it needs promtool, prometheus and
 # systemd-analyze, which it installs from Debian's packages when missing.
-.PHONY: test deps fuzz bench conformance
+.PHONY: test deps fuzz bench conformance cluster-test
 
 test: deps
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	go vet ./...
+	go vet -tags cluster ./cmd/tokend
 	# The generated query code must match queries/*.sql: run 'go tool sqlc generate' after editing them.
 	go tool sqlc diff
 	go test -race -count=1 ./...
@@ -26,6 +27,10 @@ fuzz:
 bench:
 	go test -run '^$$' -bench ProjectionRebuild -benchtime 5x ./projections
 	go test -run '^$$' -bench Introspect -benchtime 2s ./projections ./cmd/tokend
+
+# The three-node cluster test: a node fails under load (about 20 s).
+cluster-test:
+	go test -tags cluster -race -count=1 -run TestCluster -v ./cmd/tokend
 
 # The outside contract driver, where the shared workspace has it.
 CONFORMANCE ?= .

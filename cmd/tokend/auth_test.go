@@ -28,20 +28,19 @@ import (
 	"github.com/tokend/tokend/events"
 )
 
-// secureDeployment is tokend's embedded server running the shipped
-// ops/nats/embedded.conf: nkey users per role, TLS, private inboxes.
-type secureDeployment struct {
-	app   *App
-	url   string
+// credentials are a key pair per role and a PKI, published in the
+// environment variables that ops/nats/auth.conf and tls.conf read.
+type credentials struct {
 	ca    string            // CA certificate file
 	seeds map[string]string // role -> nkey seed file
 }
 
 var roles = []string{"tokend", "issuer", "refresher", "auditor", "admin"}
 
-func mustSecureDeployment(t *testing.T) *secureDeployment {
+func mustCredentials(t *testing.T) *credentials {
+	t.Helper()
 	dir := t.TempDir()
-	d := &secureDeployment{seeds: map[string]string{}}
+	c := &credentials{seeds: map[string]string{}}
 	for _, role := range roles {
 		kp, err := nkeys.CreateUser()
 		if err != nil {
@@ -49,21 +48,41 @@ func mustSecureDeployment(t *testing.T) *secureDeployment {
 		}
 		seed, _ := kp.Seed()
 		pub, _ := kp.PublicKey()
-		d.seeds[role] = filepath.Join(dir, role+".nk")
-		if err := os.WriteFile(d.seeds[role], seed, 0o600); err != nil {
+		c.seeds[role] = filepath.Join(dir, role+".nk")
+		if err := os.WriteFile(c.seeds[role], seed, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		t.Setenv("NKEY_"+strings.ToUpper(role), pub)
 	}
-	d.ca = writeTestPKI(t, dir)
-	t.Setenv("NATS_TLS_CA", d.ca)
+	c.ca = writeTestPKI(t, dir)
+	t.Setenv("NATS_TLS_CA", c.ca)
 	t.Setenv("NATS_TLS_CERT", filepath.Join(dir, "server.pem"))
 	t.Setenv("NATS_TLS_KEY", filepath.Join(dir, "server-key.pem"))
+	return c
+}
 
+// login configures cfg to connect as the tokend role.
+func (c *credentials) login(cfg *Config) {
+	cfg.NATSNkey = c.seeds["tokend"]
+	cfg.NATSInboxPrefix = "_INBOX_tokend"
+	if cfg.NATSURL != "" {
+		cfg.NATSTLSCA = c.ca
+	}
+}
+
+// secureDeployment is tokend's embedded server running the shipped
+// ops/nats/embedded.conf: nkey users per role, TLS, private inboxes.
+type secureDeployment struct {
+	*credentials
+	app *App
+	url string
+}
+
+func mustSecureDeployment(t *testing.T) *secureDeployment {
+	d := &secureDeployment{credentials: mustCredentials(t)}
 	cfg := testConfig(t)
 	cfg.NATSConfig = filepath.Join(opsDir, "nats", "embedded.conf")
-	cfg.NATSNkey = d.seeds["tokend"]
-	cfg.NATSInboxPrefix = "_INBOX_tokend"
+	d.login(&cfg)
 	logs := &syncBuffer{}
 	d.app = MustApp(t, cfg, logs)
 	d.url = "tls://" + d.app.ns.Addr().String()
@@ -96,17 +115,23 @@ func (v *violations) saw(what string) bool {
 // connect logs in as role over TLS with its nkey and private inbox.
 func (d *secureDeployment) connect(t *testing.T, role string) (*nats.Conn, *violations) {
 	t.Helper()
+	return d.credentials.connect(t, d.url, role)
+}
+
+// connect logs in to url as role over TLS with its nkey and private inbox.
+func (c *credentials) connect(t *testing.T, url, role string, opts ...nats.Option) (*nats.Conn, *violations) {
+	t.Helper()
 	v := &violations{}
-	nkey, err := nats.NkeyOptionFromSeed(d.seeds[role])
+	nkey, err := nats.NkeyOptionFromSeed(c.seeds[role])
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(d.url, nkey, nats.RootCAs(d.ca), nats.CustomInboxPrefix("_INBOX_"+role),
+	nc, err := nats.Connect(url, append(opts, nkey, nats.RootCAs(c.ca), nats.CustomInboxPrefix("_INBOX_"+role),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			v.mu.Lock()
 			v.errs = append(v.errs, err.Error())
 			v.mu.Unlock()
-		}))
+		}))...)
 	if err != nil {
 		t.Fatalf("connect as %s: %v", role, err)
 	}
@@ -287,7 +312,8 @@ func writeTestPKI(t *testing.T, dir string) string {
 	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		// Client auth too: cluster nodes present it to each other on routes.
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		KeyUsage: x509.KeyUsageDigitalSignature}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {
