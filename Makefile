@@ -16,12 +16,16 @@ deps:
 		$$sudo apt-get update -qq && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd; }
 
-# Each fuzz target for a while (FUZZTIME=2m make fuzz for longer).
+# Each fuzz target for a while (FUZZTIME=2m make fuzz for longer). The
+# corpora under */testdata/fuzz run as plain tests in make test.
 FUZZTIME ?= 30s
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime $(FUZZTIME) ./domain
 	go test -run '^$$' -fuzz '^FuzzParseScope$$' -fuzztime $(FUZZTIME) ./domain
 	go test -run '^$$' -fuzz '^FuzzParseCommands$$' -fuzztime $(FUZZTIME) ./api
+	go test -run '^$$' -fuzz '^FuzzParseQueries$$' -fuzztime $(FUZZTIME) ./api
+	go test -run '^$$' -fuzz '^FuzzAuditQueryString$$' -fuzztime $(FUZZTIME) ./api
+	go test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./events
 
 # The benchmarks behind docs/benchmarks.md.
 bench:

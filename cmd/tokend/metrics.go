@@ -49,6 +49,9 @@ func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r
 			}
 			return 0
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokend_projection_skipped_total",
+			Help: "Messages on the event subjects that were no tokend event (a misconfigured publisher) and were skipped."},
+			func() float64 { return float64(p.Skipped()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokend_nats_reconnects_total", Help: "Times the NATS connection was re-established."},
 			func() float64 { return float64(nc.Stats().Reconnects) }),
 	)

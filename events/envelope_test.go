@@ -1,0 +1,56 @@
+package events
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// FuzzDecodeEvent: a message on an event subject, whatever a misconfigured
+// or hostile publisher put there, decodes into an event of that family or
+// fails with ErrMalformedEvent; nothing panics, and what decodes survives
+// a round trip.
+func FuzzDecodeEvent(f *testing.F) {
+	at := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	fam := domain.Family{ID: "fam", Subject: "u", ClientID: "c", Scope: []string{"openid"}, Status: domain.StatusActive,
+		Generation: 1, CurrentHash: domain.HashToken("t"), CreatedAt: at, LastUsedAt: at,
+		IdleExpiresAt: at.Add(time.Hour), AbsoluteExpiresAt: at.Add(2 * time.Hour)}
+	issued := domain.Event{ID: "e1", Type: domain.TokenIssued, Time: at, FamilyID: "fam", Subject: "u", ClientID: "c",
+		Generation: 1, TokenHash: fam.CurrentHash, Scope: fam.Scope, IdleExpiresAt: fam.IdleExpiresAt,
+		AbsoluteExpiresAt: fam.AbsoluteExpiresAt, Context: domain.Context{"ip": "203.0.113.7"}}
+	good, _ := json.Marshal(Wrap(issued, fam))
+	f.Add(good, "fam")
+	f.Add(good, "other")
+	for _, seed := range []string{`{}`, `null`, `[]`, `{"type":"token.issued","refresh_token":"secret"}`,
+		`{"id":"x","type":"token.issued","family_id":"fam","generation":1,"data":{"family":{"status":"active"}}}`,
+		`{"id":"x","type":"token.bogus","family_id":"fam","generation":1,"data":{"family":{"status":"active"}}}`,
+		`{"time":"not a time"}`, "\xff\xfe"} {
+		f.Add([]byte(seed), "fam")
+	}
+	f.Fuzz(func(t *testing.T, data []byte, familyID string) {
+		env, err := Decode(data, familyID)
+		if err != nil {
+			if !errors.Is(err, ErrMalformedEvent) {
+				t.Fatalf("error %v is not ErrMalformedEvent", err)
+			}
+			return
+		}
+		if env.FamilyID != familyID || env.ID == "" || env.Generation == 0 {
+			t.Fatalf("accepted an event of another family or without id: %+v", env)
+		}
+		again, err := json.Marshal(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Decode(again, familyID)
+		if err != nil {
+			t.Fatalf("re-encoded event refused: %v", err)
+		}
+		if twice, _ := json.Marshal(back); string(twice) != string(again) {
+			t.Fatalf("round trip changed the event:\n%s\n%s", again, twice)
+		}
+	})
+}
