@@ -74,6 +74,7 @@ var commands = map[string]*command{
 	"family":     familyCommand,
 	"audit":      auditCommand,
 	"rebuild":    rebuildCommand,
+	"bench":      benchCommand,
 }
 
 // getenv is os.Getenv, replaceable in tests.

@@ -1,0 +1,416 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"iter"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+var benchCommand = &command{
+	summary:  "measure rotations per second, latency and cost of tokend, optionally against a minimal baseline",
+	synopsis: "[-k N] [--duration D] [--warmup D] [--baseline] [--target [--tokend-pid PID]] [--tokend-flag FLAG]...",
+	jsonHelp: "print the report as one JSON object",
+	long:     true,
+	help: `Starts a tokend (built from the source tree around the working directory
+unless --tokend is given) with its own temporary data directory and free
+loopback ports, issues K token families and rotates each in its own worker
+as fast as tokend answers: after --warmup, for --duration. Then it reports
+rotations per second, latency percentiles, errors by kind, tokend's CPU time
+per 1,000 rotations and peak RSS (from /proc, Linux only), this process's
+own CPU, and how long tokend's read model took to apply the last rotation
+after the load stopped. tokend is stopped with SIGTERM (exit status 0
+expected) and its directory removed unless --keep. Its per-family refresh
+rate limit is off (TOKEND_RATE_REFRESH_PER_FAMILY=0): the load rotates each
+family far faster than any client would.
+
+--baseline first runs the same load against tokenbaseline, the minimal
+pipeline (one fenced JetStream append and a reply per request, same
+storage, fsync and subject layout), and prints both with tokend/baseline
+ratios. --target measures the tokend already running at --nats-url instead
+of starting one (with whatever rate limits it has); its CPU and RSS only
+with --tokend-pid.
+
+A progress line is drawn on stderr when it is a terminal. A failed refresh
+counts as an error of its kind (the contract code, "timeout" or
+"transport") and is retried with the same token; a refused one starts a new
+family. --timeout bounds each request.`,
+	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
+		var o benchOptions
+		fs.IntVar(&o.k, "k", 16, "`N` token families, each rotated by its own worker")
+		fs.DurationVar(&o.duration, "duration", 10*time.Second, "measure for `D`")
+		fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "load for `D` before measuring, not counted")
+		fs.IntVar(&o.conns, "conns", 0, "`N` NATS connections the workers share (default 8, at most K)")
+		fs.BoolVar(&o.baseline, "baseline", false, "also run the load against tokenbaseline and print the ratios")
+		fs.StringVar(&o.order, "order", "baseline,tokend", "with --baseline: which runs first (`ORDER`: baseline,tokend or tokend,baseline)")
+		fs.BoolVar(&o.target, "target", false, "measure the tokend at the global --nats-url instead of starting one")
+		fs.IntVar(&o.tokendPID, "tokend-pid", 0, "with --target: the `PID` of that tokend, for its CPU and RSS")
+		fs.StringVar(&o.tokendBin, "tokend", "", "the tokend binary to start (`PATH`; default: go build ./cmd/tokend)")
+		fs.StringVar(&o.baselineBin, "tokenbaseline", "", "the tokenbaseline binary (`PATH`; default: go build ./cmd/tokenbaseline)")
+		fs.Var(&o.tokendFlags, "tokend-flag", "pass `FLAG` to the started tokend, e.g. --tokend-flag=--sync-always (repeatable);\n"+
+			"--sync-always goes to tokenbaseline too")
+		fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
+		return func(ctx context.Context, e *env) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			return bench(ctx, e, &o)
+		}
+	},
+}
+
+type benchOptions struct {
+	k, conns, tokendPID    int
+	duration, warmup       time.Duration
+	baseline, target, keep bool
+	order                  string
+	tokendBin, baselineBin string
+	tokendFlags            stringList
+}
+
+func (o *benchOptions) check() error {
+	switch {
+	case o.k < 1:
+		return usagef("-k must be at least 1")
+	case o.duration <= 0 || o.warmup < 0:
+		return usagef("--duration must be positive and --warmup not negative")
+	case o.conns < 0:
+		return usagef("--conns must not be negative")
+	case o.order != "baseline,tokend" && o.order != "tokend,baseline":
+		return usagef("--order %q: want baseline,tokend or tokend,baseline", o.order)
+	case o.target && (o.tokendBin != "" || len(o.tokendFlags) > 0):
+		return usagef("--tokend and --tokend-flag start a tokend; --target measures one already running")
+	case o.tokendPID != 0 && !o.target:
+		return usagef("--tokend-pid goes with --target; a started tokend's pid is known")
+	}
+	if o.conns == 0 {
+		o.conns = 8
+	}
+	o.conns = min(o.conns, o.k) // a connection without a worker would sit idle
+	return nil
+}
+
+// runs returns the names of the runs in the order they happen.
+func (o *benchOptions) runs() []string {
+	if !o.baseline {
+		return []string{"tokend"}
+	}
+	return strings.Split(o.order, ",")
+}
+
+// tokendBenchEnv lifts tokend's per-family refresh rate limit, which exists
+// to keep one noisy family from writing the stream full: with it, a load
+// that rotates each family as fast as it can would measure the limiter. A
+// variable rather than a flag, because a tokend without the limit ignores
+// it; a flag beats it, so --tokend-flag=--rate-refresh-per-family=10 puts
+// the limit back.
+var tokendBenchEnv = []string{"TOKEND_RATE_REFRESH_PER_FAMILY=0"}
+
+// syncAlwaysIn reports whether tokend's flags turn on --sync-always, which
+// the baseline then gets too: an fsync per append is most of the cost.
+func syncAlwaysIn(flags []string) bool {
+	on := false
+	for _, f := range flags {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(f, "-"), "=")
+		if name != "sync-always" {
+			continue
+		}
+		b, err := strconv.ParseBool(val)
+		on = !hasVal || err == nil && b
+	}
+	return on
+}
+
+// benchReport is what bench prints.
+type benchReport struct {
+	K               int          `json:"k"`
+	Connections     int          `json:"connections"`
+	WarmupSeconds   float64      `json:"warmup_s"`
+	DurationSeconds float64      `json:"duration_s"`
+	TokendFlags     []string     `json:"tokend_flags"`
+	Runs            []runReport  `json:"runs"` // in the order they ran
+	Ratios          *ratioReport `json:"ratios,omitempty"`
+}
+
+// ratioReport is tokend over baseline; a ratio is absent when the
+// baseline's figure is 0 or unknown.
+type ratioReport struct {
+	Throughput *float64 `json:"throughput"`
+	P50        *float64 `json:"p50"`
+	P99        *float64 `json:"p99"`
+	CPUPer1000 *float64 `json:"cpu_per_1000"`
+}
+
+func ratio(num, den float64) *float64 {
+	if den == 0 {
+		return nil
+	}
+	r := num / den
+	return &r
+}
+
+func ratioPtr(num, den *float64) *float64 {
+	if num == nil || den == nil {
+		return nil
+	}
+	return ratio(*num, *den)
+}
+
+func ratios(tokend, baseline runReport) *ratioReport {
+	return &ratioReport{
+		Throughput: ratio(tokend.RotationsPerSecond, baseline.RotationsPerSecond),
+		P50:        ratio(tokend.LatencyMs.P50, baseline.LatencyMs.P50),
+		P99:        ratio(tokend.LatencyMs.P99, baseline.LatencyMs.P99),
+		CPUPer1000: ratioPtr(tokend.ServerCPUPer1000, baseline.ServerCPUPer1000),
+	}
+}
+
+func bench(ctx context.Context, e *env, o *benchOptions) error {
+	tty := isTerminal(e.stderr)
+	// status shows what bench is doing on the terminal's last line; ""
+	// erases it.
+	status := func(msg string) {
+		switch {
+		case !tty:
+		case msg == "":
+			fmt.Fprint(e.stderr, "\r\x1b[K")
+		default:
+			fmt.Fprintf(e.stderr, "\rtokenctl bench: %s\x1b[K", msg)
+		}
+	}
+	defer status("")
+
+	bins := map[string]string{"tokend": o.tokendBin, "tokenbaseline": o.baselineBin}
+	var build []string
+	if !o.target && o.tokendBin == "" {
+		build = append(build, "tokend")
+	}
+	if o.baseline && o.baselineBin == "" {
+		build = append(build, "tokenbaseline")
+	}
+	if len(build) > 0 {
+		dir, err := os.MkdirTemp("", "tokenctl-bench-bin-")
+		if err != nil {
+			return err
+		}
+		defer keepOrRemove(e, o.keep, dir, "binaries")
+		status("building " + strings.Join(build, " and ") + "…")
+		built, err := buildServers(ctx, dir, build)
+		if err != nil {
+			return err
+		}
+		maps.Copy(bins, built)
+	}
+
+	cfg := loadConfig{k: o.k, conns: o.conns, warmup: o.warmup, duration: o.duration, timeout: e.timeout, ticks: clockTicks()}
+	if tty {
+		cfg.progress = e.stderr
+	}
+	rep := benchReport{K: o.k, Connections: o.conns, WarmupSeconds: o.warmup.Seconds(),
+		DurationSeconds: o.duration.Seconds(), TokendFlags: append([]string{}, o.tokendFlags...)}
+	var problems []error
+	for _, name := range o.runs() {
+		status(name + ": starting…")
+		run, stopErr, err := benchRun(ctx, e, o, name, bins, cfg)
+		if err != nil {
+			return errors.Join(err, stopErr)
+		}
+		rep.Runs = append(rep.Runs, run)
+		if run.CatchUpError != "" {
+			problems = append(problems, fmt.Errorf("%s: %s", name, run.CatchUpError))
+		}
+		if stopErr != nil {
+			problems = append(problems, stopErr)
+		}
+	}
+	if o.baseline {
+		byName := map[string]runReport{}
+		for _, r := range rep.Runs {
+			byName[r.Name] = r
+		}
+		rep.Ratios = ratios(byName["tokend"], byName["baseline"])
+	}
+	status("")
+	if e.json {
+		data, err := json.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		printRaw(e.stdout, data)
+	} else {
+		rep.writeTable(e.stdout)
+	}
+	return errors.Join(problems...)
+}
+
+// benchRun starts the server of one run (unless --target), loads it and
+// stops it. stopErr is a server that did not stop cleanly: the measurement
+// still stands.
+func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins map[string]string, cfg loadConfig) (_ runReport, stopErr, err error) {
+	t := loadTarget{name: name}
+	var proc *serverProc
+	switch {
+	case name == "baseline":
+		var extra []string
+		if syncAlwaysIn(o.tokendFlags) {
+			extra = []string{"--sync-always"}
+		}
+		proc, err = startServer(ctx, "tokenbaseline", bins["tokenbaseline"], extra, nil)
+		t.prefix, t.familyInBody = "baseline", true
+	case o.target:
+		if t.opts, err = e.auth.options(); err != nil {
+			return runReport{}, nil, usagef("%v", err)
+		}
+		t.url, t.prefix, t.pid, t.readModel = e.natsURL, e.prefix, o.tokendPID, true
+	default:
+		proc, err = startServer(ctx, "tokend", bins["tokend"], append([]string{"--subject-prefix", e.prefix}, o.tokendFlags...), tokendBenchEnv)
+		t.prefix, t.readModel = e.prefix, true
+	}
+	if err != nil {
+		return runReport{}, nil, err
+	}
+	if proc != nil {
+		t.url, t.pid = proc.natsURL, proc.pid()
+		defer func() {
+			stopErr = proc.stop(o.keep)
+			if stopErr == nil && o.keep {
+				fmt.Fprintf(e.stderr, "tokenctl bench: kept the %s data and log in %s\n", proc.name, proc.dir)
+			}
+		}()
+	}
+	run, err := runLoad(ctx, t, cfg)
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("bench interrupted: %w", err)
+	}
+	return run, nil, err
+}
+
+// keepOrRemove removes dir, or with keep says where it is.
+func keepOrRemove(e *env, keep bool, dir, what string) {
+	if keep {
+		fmt.Fprintf(e.stderr, "tokenctl bench: kept the %s in %s\n", what, dir)
+		return
+	}
+	os.RemoveAll(dir)
+}
+
+// writeTable prints the report for a human: one column per run, in the
+// order they ran, and the tokend/baseline ratios last.
+func (r benchReport) writeTable(w io.Writer) {
+	flags := "none"
+	if len(r.TokendFlags) > 0 {
+		flags = strings.Join(r.TokendFlags, " ")
+	}
+	fmt.Fprintf(w, "K=%d families, %d NATS connections, warmup %v, measured %v, tokend flags: %s\n\n",
+		r.K, r.Connections, seconds(r.WarmupSeconds), seconds(r.DurationSeconds), flags)
+
+	header := []string{""}
+	for _, run := range r.Runs {
+		header = append(header, run.Name)
+	}
+	if r.Ratios != nil {
+		header = append(header, "tokend/baseline")
+	}
+	rows := [][]string{header}
+	// row adds a line; ratio is its tokend/baseline cell, or nil for a
+	// figure without one.
+	row := func(label string, cell func(runReport) string, ratio func(*ratioReport) *float64) {
+		cells := []string{label}
+		for _, run := range r.Runs {
+			cells = append(cells, cell(run))
+		}
+		if r.Ratios != nil && ratio != nil {
+			cells = append(cells, optional(ratio(r.Ratios), "%.2f"))
+		}
+		rows = append(rows, cells)
+	}
+	ms := func(v float64) string { return fmt.Sprintf("%.3f", v) }
+	row("rotations/s", func(x runReport) string { return fmt.Sprintf("%.0f", x.RotationsPerSecond) },
+		func(rt *ratioReport) *float64 { return rt.Throughput })
+	row("rotations", func(x runReport) string { return strconv.Itoa(x.Rotations) }, nil)
+	row("latency p50 (ms)", func(x runReport) string { return ms(x.LatencyMs.P50) }, func(rt *ratioReport) *float64 { return rt.P50 })
+	row("latency p95 (ms)", func(x runReport) string { return ms(x.LatencyMs.P95) }, nil)
+	row("latency p99 (ms)", func(x runReport) string { return ms(x.LatencyMs.P99) }, func(rt *ratioReport) *float64 { return rt.P99 })
+	row("latency max (ms)", func(x runReport) string { return ms(x.LatencyMs.Max) }, nil)
+	row("errors", func(x runReport) string { return strconv.FormatInt(sum(maps.Values(x.Errors)), 10) }, nil)
+	kinds := map[string]bool{}
+	for _, run := range r.Runs {
+		for kind := range run.Errors {
+			kinds[kind] = true
+		}
+	}
+	for _, kind := range slices.Sorted(maps.Keys(kinds)) {
+		row("  "+kind, func(x runReport) string { return strconv.FormatInt(x.Errors[kind], 10) }, nil)
+	}
+	row("server CPU s / 1000 rotations", func(x runReport) string { return optional(x.ServerCPUPer1000, "%.3f") },
+		func(rt *ratioReport) *float64 { return rt.CPUPer1000 })
+	row("server CPU s", func(x runReport) string { return optional(x.ServerCPUSeconds, "%.2f") }, nil)
+	row("server peak RSS (MiB)", func(x runReport) string {
+		if x.ServerPeakRSSBytes == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", float64(*x.ServerPeakRSSBytes)/(1<<20))
+	}, nil)
+	row("bench CPU s / 1000 rotations", func(x runReport) string { return optional(x.BenchCPUPer1000, "%.3f") }, nil)
+	row("read model catch-up (s)", func(x runReport) string {
+		if x.CatchUpError != "" {
+			return "failed"
+		}
+		return optional(x.CatchUpSeconds, "%.3f")
+	}, nil)
+	writeColumns(w, rows)
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// optional formats v, or "-" when it is unknown.
+func optional(v *float64, format string) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf(format, *v)
+}
+
+func sum(values iter.Seq[int64]) int64 {
+	var n int64
+	for v := range values {
+		n += v
+	}
+	return n
+}
+
+// writeColumns prints rows as a table: the first column left-aligned, the
+// others (numbers) right-aligned, two spaces apart.
+func writeColumns(w io.Writer, rows [][]string) {
+	var widths []int
+	for _, r := range rows {
+		for i, c := range r {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	for _, r := range rows {
+		var b strings.Builder
+		for i, c := range r {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(c))
+			if i == 0 {
+				b.WriteString(c + pad)
+				continue
+			}
+			b.WriteString("  " + pad + c)
+		}
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
+}

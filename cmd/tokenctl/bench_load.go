@@ -1,0 +1,429 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tokend/tokend/client"
+)
+
+// benchClientID owns every family bench issues.
+const benchClientID = "tokenctl-bench"
+
+// catchUpLimit bounds the wait for tokend's read model after the load.
+const catchUpLimit = time.Minute
+
+// loadTarget is what one load runs against: tokend, or the baseline, which
+// answers the same subjects under its own prefix.
+type loadTarget struct {
+	name   string // "tokend" or "baseline"
+	url    string
+	prefix string
+	opts   []nats.Option // how to log in
+	pid    int           // the server process; 0 if unknown: no CPU or RSS then
+	// familyInBody: the baseline reads the family from family_id; tokend
+	// reads it from the token and refuses unknown fields.
+	familyInBody bool
+	// readModel: measure how long the read model takes to catch up.
+	readModel bool
+}
+
+// loadConfig is the shape of the load, the same for every target.
+type loadConfig struct {
+	k, conns         int
+	warmup, duration time.Duration
+	timeout          time.Duration // per request
+	ticks            float64       // clock ticks per second of /proc/<pid>/stat
+	progress         io.Writer     // where the progress line goes; nil for none
+}
+
+// runReport is one target's result; CPU and RSS are absent where /proc
+// could not be read (no pid, not Linux).
+type runReport struct {
+	Name               string           `json:"name"`
+	Rotations          int              `json:"rotations"`
+	Seconds            float64          `json:"seconds"`
+	RotationsPerSecond float64          `json:"rotations_per_s"`
+	LatencyMs          latencyReport    `json:"latency_ms"`
+	Errors             map[string]int64 `json:"errors"` // by kind, warmup included
+	LastSeq            uint64           `json:"last_seq"`
+	ServerCPUSeconds   *float64         `json:"server_cpu_s,omitempty"`
+	ServerCPUPer1000   *float64         `json:"server_cpu_s_per_1000,omitempty"`
+	ServerPeakRSSBytes *int64           `json:"server_peak_rss_bytes,omitempty"`
+	BenchCPUSeconds    *float64         `json:"bench_cpu_s,omitempty"`
+	BenchCPUPer1000    *float64         `json:"bench_cpu_s_per_1000,omitempty"`
+	CatchUpSeconds     *float64         `json:"catch_up_s,omitempty"`
+	CatchUpError       string           `json:"catch_up_error,omitempty"`
+}
+
+type latencyReport struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
+// sorted, 0 if it is empty. Every sample is kept (a 10 s run yields at most
+// a few hundred thousand), so no histogram rounds the tail.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	return sorted[min(max(rank, 1), len(sorted))-1]
+}
+
+func latencies(samples []time.Duration) latencyReport {
+	slices.Sort(samples)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return latencyReport{P50: ms(percentile(samples, 50)), P95: ms(percentile(samples, 95)),
+		P99: ms(percentile(samples, 99)), Max: ms(percentile(samples, 100))}
+}
+
+// errorKind names a failed request for the report: the contract error code
+// tokend answered, or "timeout", or "transport" (no responders, a closed
+// connection).
+func errorKind(err error) string {
+	var se *client.Error
+	switch {
+	case errors.As(err, &se):
+		return se.Code
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return "timeout"
+	}
+	return "transport"
+}
+
+// benchFamily is a worker's family and its current token.
+type benchFamily struct {
+	id, token string
+}
+
+type benchReply struct {
+	RefreshToken string `json:"refresh_token"`
+	FamilyID     string `json:"family_id"`
+	Seq          uint64 `json:"seq"`
+}
+
+// loadRun is one load in progress.
+type loadRun struct {
+	t          loadTarget
+	cfg        loadConfig
+	start, end time.Time // the measured window
+
+	// For the progress line: rotations and errors so far, warmup included.
+	rotations, errs atomic.Int64
+}
+
+// workerResult is what one worker saw; runLoad merges them once all have
+// stopped, so workers share nothing while they run.
+type workerResult struct {
+	samples []time.Duration // latencies of the rotations completed in the window
+	errors  map[string]int64
+	lastSeq uint64
+}
+
+// runLoad issues cfg.k families, rotates each in its own worker as fast as
+// the target answers for the warmup and then the measured window, and
+// reports the window.
+func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, error) {
+	// A small pool rather than a connection per worker: a service shares
+	// one connection among its goroutines, so a pool stands for a few client
+	// instances. It keeps nats.go's write coalescing as a real client has it
+	// and spares the shared cores 64 read loops in each process at K=64,
+	// which would measure the load generator. Both runs of a comparison use
+	// the same pool.
+	conns := make([]*client.Client, cfg.conns)
+	for i := range conns {
+		nc, err := nats.Connect(t.url, slices.Concat(t.opts, []nats.Option{nats.Name("tokenctl-bench"), nats.Timeout(cfg.timeout), nats.NoReconnect()})...)
+		if err != nil {
+			return runReport{}, fmt.Errorf("%s: connect to %s: %w", t.name, t.url, err)
+		}
+		defer nc.Close()
+		conns[i] = client.New(nc, t.prefix)
+	}
+	l := &loadRun{t: t, cfg: cfg}
+	families := make([]benchFamily, cfg.k)
+	for i := range families {
+		f, err := l.issue(ctx, conns[i%len(conns)])
+		if err != nil {
+			return runReport{}, fmt.Errorf("%s: issue family %d of %d: %w", t.name, i+1, cfg.k, err)
+		}
+		families[i] = f
+	}
+
+	began := time.Now()
+	l.start = began.Add(cfg.warmup)
+	l.end = l.start.Add(cfg.duration)
+	results := make([]workerResult, cfg.k)
+	var wg sync.WaitGroup
+	for i := range families {
+		wg.Go(func() { results[i] = l.worker(ctx, conns[i%len(conns)], families[i]) })
+	}
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	// The line is erased before runLoad returns, so it never mixes with
+	// the report.
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		if cfg.progress != nil {
+			l.showProgress(began, stopped)
+		}
+	}()
+	cpu, cpuErr := l.measureCPU(ctx)
+	<-stopped
+	loadStopped := time.Now()
+	<-progressDone
+	if err := ctx.Err(); err != nil {
+		return runReport{}, err
+	}
+
+	rep := runReport{Name: t.name, Seconds: cfg.duration.Seconds(), Errors: map[string]int64{}}
+	var samples []time.Duration
+	for _, r := range results {
+		samples = append(samples, r.samples...)
+		for kind, n := range r.errors {
+			rep.Errors[kind] += n
+		}
+		rep.LastSeq = max(rep.LastSeq, r.lastSeq)
+	}
+	rep.Rotations = len(samples)
+	rep.RotationsPerSecond = float64(len(samples)) / cfg.duration.Seconds()
+	rep.LatencyMs = latencies(samples)
+	if cpuErr == nil {
+		rep.ServerCPUSeconds, rep.BenchCPUSeconds = cpu.server, cpu.bench
+		rep.ServerCPUPer1000 = per1000(cpu.server, rep.Rotations)
+		rep.BenchCPUPer1000 = per1000(cpu.bench, rep.Rotations)
+	}
+	if t.pid != 0 {
+		if rss, err := procPeakRSS(t.pid); err == nil {
+			rep.ServerPeakRSSBytes = &rss
+		}
+	}
+	if t.readModel && rep.LastSeq > 0 {
+		took, err := catchUp(ctx, conns[0], rep.LastSeq, cfg.timeout, loadStopped)
+		if err != nil {
+			rep.CatchUpError = fmt.Sprintf("read model did not catch up with seq %d: %v", rep.LastSeq, err)
+		} else {
+			s := took.Seconds()
+			rep.CatchUpSeconds = &s
+		}
+	}
+	return rep, nil
+}
+
+func per1000(seconds *float64, rotations int) *float64 {
+	if seconds == nil || rotations == 0 {
+		return nil
+	}
+	v := *seconds / float64(rotations) * 1000
+	return &v
+}
+
+// worker rotates f until the window ends: each success's token is the next
+// request's. A retryable failure (temporarily_unavailable, server_error, a
+// timeout, a transport error) is retried with the same token, which inside
+// the reuse interval returns the same child; any other means the family is
+// dead, and the worker starts a new one, as a client would sign its user in
+// again.
+func (l *loadRun) worker(ctx context.Context, c *client.Client, f benchFamily) workerResult {
+	r := workerResult{errors: map[string]int64{}}
+	for {
+		begin := time.Now()
+		if !begin.Before(l.end) || ctx.Err() != nil {
+			return r
+		}
+		issuing := f.token == ""
+		var (
+			next benchFamily
+			seq  uint64
+			err  error
+		)
+		if issuing {
+			next, err = l.issue(ctx, c)
+		} else {
+			next, seq, err = l.refresh(ctx, c, f)
+		}
+		done := time.Now()
+		switch {
+		case ctx.Err() != nil: // interrupted: no failure of the target
+			return r
+		case err != nil:
+			r.errors[errorKind(err)]++
+			l.errs.Add(1)
+			if !client.IsRetryable(err) {
+				f.token = ""
+			}
+			sleep(ctx, backoff(err))
+		case issuing:
+			f = next
+		default:
+			f = next
+			r.lastSeq = max(r.lastSeq, seq)
+			l.rotations.Add(1)
+			if !done.Before(l.start) && done.Before(l.end) {
+				r.samples = append(r.samples, done.Sub(begin))
+			}
+		}
+	}
+}
+
+// backoff is the pause before retrying after err: the server's hint for
+// temporarily_unavailable, else a tenth of a second, so that a failing
+// target is not hammered.
+func backoff(err error) time.Duration {
+	var se *client.Error
+	if errors.As(err, &se) {
+		return retryDelay(se)
+	}
+	return 100 * time.Millisecond
+}
+
+func (l *loadRun) issue(ctx context.Context, c *client.Client) (benchFamily, error) {
+	body, _ := json.Marshal(map[string]string{"subject": "bench-user", "client_id": benchClientID})
+	var r benchReply
+	if err := l.request(ctx, c, client.SubjectIssue, body, &r); err != nil {
+		return benchFamily{}, err
+	}
+	return benchFamily{id: r.FamilyID, token: r.RefreshToken}, nil
+}
+
+func (l *loadRun) refresh(ctx context.Context, c *client.Client, f benchFamily) (benchFamily, uint64, error) {
+	req := struct {
+		FamilyID     string `json:"family_id,omitempty"`
+		RefreshToken string `json:"refresh_token"`
+		ClientID     string `json:"client_id"`
+	}{RefreshToken: f.token, ClientID: benchClientID}
+	if l.t.familyInBody {
+		req.FamilyID = f.id
+	}
+	body, _ := json.Marshal(req)
+	var r benchReply
+	if err := l.request(ctx, c, client.SubjectRefresh, body, &r); err != nil {
+		return f, 0, err
+	}
+	return benchFamily{id: f.id, token: r.RefreshToken}, r.Seq, nil
+}
+
+func (l *loadRun) request(ctx context.Context, c *client.Client, subject string, body []byte, reply *benchReply) error {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.timeout)
+	defer cancel()
+	if err := c.Request(ctx, subject, body, reply); err != nil {
+		return err
+	}
+	if reply.RefreshToken == "" {
+		return fmt.Errorf("%s: reply without refresh_token", c.Subject(subject))
+	}
+	return nil
+}
+
+// cpuUse is the CPU time used during the measured window, in seconds; a
+// nil field could not be read.
+type cpuUse struct {
+	server, bench *float64
+}
+
+// measureCPU reads the CPU times of the server and of this process at the
+// start and at the end of the window.
+func (l *loadRun) measureCPU(ctx context.Context) (cpuUse, error) {
+	read := func() (server, bench uint64, err error) {
+		if bench, err = procCPU(os.Getpid()); err != nil || l.t.pid == 0 {
+			return 0, bench, err
+		}
+		server, err = procCPU(l.t.pid)
+		return server, bench, err
+	}
+	// Workers stop before the window ends only when ctx is done.
+	waitUntil := func(t time.Time) error {
+		select {
+		case <-time.After(time.Until(t)):
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}
+	if err := waitUntil(l.start); err != nil {
+		return cpuUse{}, err
+	}
+	s0, b0, err := read()
+	if err != nil {
+		return cpuUse{}, err
+	}
+	if err := waitUntil(l.end); err != nil {
+		return cpuUse{}, err
+	}
+	s1, b1, err := read()
+	if err != nil {
+		return cpuUse{}, err
+	}
+	seconds := func(ticks uint64) *float64 { v := float64(ticks) / l.cfg.ticks; return &v }
+	use := cpuUse{bench: seconds(b1 - b0)}
+	if l.t.pid != 0 {
+		use.server = seconds(s1 - s0)
+	}
+	return use, nil
+}
+
+// catchUp asks tokend's audit query for min_seq seq until it answers: each
+// request waits up to 2 s for the read model, then answers
+// temporarily_unavailable. It returns the time from since to the answer.
+func catchUp(ctx context.Context, c *client.Client, seq uint64, timeout time.Duration, since time.Time) (time.Duration, error) {
+	body := []byte(`{"limit":1,"min_seq":` + strconv.FormatUint(seq, 10) + `}`)
+	for {
+		asked := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, timeout+longPoll)
+		err := c.Request(rctx, client.SubjectAudit, body, nil)
+		cancel()
+		answered := time.Now()
+		var se *client.Error
+		switch {
+		case err == nil:
+			return answered.Sub(since), nil
+		case !errors.As(err, &se) || se.Code != client.CodeTemporarilyUnavailable:
+			return 0, err
+		case answered.Sub(since) > catchUpLimit:
+			return 0, fmt.Errorf("still behind after %v: %w", catchUpLimit, err)
+		case answered.Sub(asked) < longPoll/2:
+			// Refused without waiting (overloaded?): do not spin.
+			sleep(ctx, 50*time.Millisecond)
+		}
+	}
+}
+
+// showProgress redraws one line on the terminal once a second until
+// stopped, then erases it.
+func (l *loadRun) showProgress(began time.Time, stopped <-chan struct{}) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	w := l.cfg.progress
+	var prev int64
+	for {
+		select {
+		case <-stopped:
+			fmt.Fprint(w, "\r\x1b[K")
+			return
+		case now := <-tick.C:
+			phase := "measuring"
+			if now.Before(l.start) {
+				phase = "warmup"
+			}
+			done := l.rotations.Load()
+			fmt.Fprintf(w, "\rtokenctl bench: %s %-9s %3.0fs  %d rotations  %d/s  %d errors\x1b[K",
+				l.t.name, phase, now.Sub(began).Seconds(), done, done-prev, l.errs.Load())
+			prev = done
+		}
+	}
+}

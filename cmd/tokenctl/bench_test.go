@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+)
+
+func TestPercentile(t *testing.T) {
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = time.Duration(i+1) * time.Millisecond
+	}
+	for _, c := range []struct {
+		given []time.Duration
+		p     float64
+		want  time.Duration
+	}{
+		{nil, 50, 0},
+		{[]time.Duration{7}, 50, 7},
+		{[]time.Duration{7}, 100, 7},
+		{[]time.Duration{1, 2}, 50, 1},
+		{[]time.Duration{1, 2}, 51, 2},
+		{hundred, 50, 50 * time.Millisecond},
+		{hundred, 95, 95 * time.Millisecond},
+		{hundred, 99, 99 * time.Millisecond},
+		{hundred, 99.5, 100 * time.Millisecond},
+		{hundred, 100, 100 * time.Millisecond},
+		{hundred, 0.1, 1 * time.Millisecond},
+	} {
+		if got := percentile(c.given, c.p); got != c.want {
+			t.Errorf("percentile(%d samples, %v) = %v, want %v", len(c.given), c.p, got, c.want)
+		}
+	}
+	// latencies sorts its samples itself.
+	l := latencies([]time.Duration{3 * time.Millisecond, time.Millisecond, 2 * time.Millisecond})
+	if l != (latencyReport{P50: 2, P95: 3, P99: 3, Max: 3}) {
+		t.Errorf("latencies = %+v", l)
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	// The command name may hold spaces and parentheses; utime and stime are
+	// fields 14 and 15.
+	stat := "4242 (odd) (name) S 1 4242 4242 0 -1 4194560 2013 0 0 0 170 35 0 0 20 0 9 0 1234 1e9 5000\n"
+	if got, err := parseStatCPU([]byte(stat)); err != nil || got != 205 {
+		t.Errorf("parseStatCPU = %d, %v; want 205", got, err)
+	}
+	for _, bad := range []string{"", "4242 (x) S 1 2", "4242 (x) S 1 2 3 4 5 6 7 8 9 x 35"} {
+		if _, err := parseStatCPU([]byte(bad)); err == nil {
+			t.Errorf("parseStatCPU(%q): no error", bad)
+		}
+	}
+	status := "Name:\ttokend\nVmPeak:\t 1300000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40000 kB\n"
+	if got, err := parseVmHWM([]byte(status)); err != nil || got != 50<<20 {
+		t.Errorf("parseVmHWM = %d, %v; want %d", got, err, 50<<20)
+	}
+	if _, err := parseVmHWM([]byte("Name:\tx\n")); err == nil {
+		t.Error("parseVmHWM without VmHWM: no error")
+	}
+	// This process, for real: the readers work on the running kernel.
+	if _, err := os.Stat("/proc/self/stat"); err == nil {
+		if _, err := procCPU(os.Getpid()); err != nil {
+			t.Error(err)
+		}
+		if rss, err := procPeakRSS(os.Getpid()); err != nil || rss <= 0 {
+			t.Errorf("procPeakRSS = %d, %v", rss, err)
+		}
+	}
+}
+
+func TestModuleRoot(t *testing.T) {
+	if got := goModPath([]byte("// comment\nmodule \"github.com/tokend/tokend\"\n\ngo 1.26\n")); got != modulePath {
+		t.Errorf("goModPath = %q", got)
+	}
+	if got := goModPath([]byte("modulex foo\n")); got != "" {
+		t.Errorf("goModPath(modulex) = %q", got)
+	}
+	root, err := moduleRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(root + "/cmd/tokend"); err != nil {
+		t.Errorf("module root %s: %v", root, err)
+	}
+	other := t.TempDir()
+	os.WriteFile(other+"/go.mod", []byte("module example.com/other\n"), 0o600)
+	if _, err := moduleRoot(other); err == nil || !strings.Contains(err.Error(), "--tokend") {
+		t.Errorf("moduleRoot outside the tree: %v", err)
+	}
+}
+
+func TestSyncAlwaysIn(t *testing.T) {
+	for _, c := range []struct {
+		flags []string
+		want  bool
+	}{
+		{nil, false},
+		{[]string{"--sync-always"}, true},
+		{[]string{"-sync-always"}, true},
+		{[]string{"--sync-always=true"}, true},
+		{[]string{"--sync-always=false"}, false},
+		{[]string{"--sync-always", "--sync-always=0"}, false},
+		{[]string{"--log-level=debug"}, false},
+	} {
+		if got := syncAlwaysIn(c.flags); got != c.want {
+			t.Errorf("syncAlwaysIn(%q) = %v", c.flags, got)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestBenchTable(t *testing.T) {
+	baseline := runReport{Name: "baseline", Rotations: 40000, Seconds: 10, RotationsPerSecond: 4000,
+		LatencyMs: latencyReport{P50: 0.5, P95: 1, P99: 2, Max: 9.5}, Errors: map[string]int64{},
+		ServerCPUSeconds: ptr(8.0), ServerCPUPer1000: ptr(0.2), ServerPeakRSSBytes: ptr(int64(40 << 20)),
+		BenchCPUSeconds: ptr(4.0), BenchCPUPer1000: ptr(0.1)}
+	tokend := runReport{Name: "tokend", Rotations: 10000, Seconds: 10, RotationsPerSecond: 1000,
+		LatencyMs:        latencyReport{P50: 1.5, P95: 3, P99: 5, Max: 120},
+		Errors:           map[string]int64{"timeout": 2, "temporarily_unavailable": 1},
+		ServerCPUSeconds: ptr(6.0), ServerCPUPer1000: ptr(0.6), ServerPeakRSSBytes: ptr(int64(100 << 20)),
+		BenchCPUSeconds: ptr(1.0), BenchCPUPer1000: ptr(0.1), CatchUpSeconds: ptr(0.25)}
+	rep := benchReport{K: 16, Connections: 8, WarmupSeconds: 2, DurationSeconds: 10, TokendFlags: []string{"--sync-always"},
+		Runs: []runReport{baseline, tokend}, Ratios: ratios(tokend, baseline)}
+	var out bytes.Buffer
+	rep.writeTable(&out)
+	want := `K=16 families, 8 NATS connections, warmup 2s, measured 10s, tokend flags: --sync-always
+
+                               baseline   tokend  tokend/baseline
+rotations/s                        4000     1000             0.25
+rotations                         40000    10000
+latency p50 (ms)                  0.500    1.500             3.00
+latency p95 (ms)                  1.000    3.000
+latency p99 (ms)                  2.000    5.000             2.50
+latency max (ms)                  9.500  120.000
+errors                                0        3
+  temporarily_unavailable             0        1
+  timeout                             0        2
+server CPU s / 1000 rotations     0.200    0.600             3.00
+server CPU s                       8.00     6.00
+server peak RSS (MiB)              40.0    100.0
+bench CPU s / 1000 rotations      0.100    0.100
+read model catch-up (s)               -    0.250
+`
+	if out.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", out.String(), want)
+	}
+
+	// One run against --target without --tokend-pid: no ratio column, no
+	// server figures, and a failed catch-up says so.
+	tokend.ServerCPUSeconds, tokend.ServerCPUPer1000, tokend.ServerPeakRSSBytes = nil, nil, nil
+	tokend.CatchUpSeconds, tokend.CatchUpError = nil, "still behind"
+	out.Reset()
+	benchReport{K: 1, Connections: 1, WarmupSeconds: 0.5, DurationSeconds: 1, Runs: []runReport{tokend}}.writeTable(&out)
+	for _, want := range []string{"tokend flags: none", "warmup 500ms, measured 1s",
+		"server CPU s / 1000 rotations        -\n", "server peak RSS (MiB)                -\n", "read model catch-up (s)         failed\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("single-run table lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "tokend/baseline") {
+		t.Errorf("single-run table has a ratio column:\n%s", out.String())
+	}
+
+	// A zero baseline figure has no ratio; JSON cannot hold an infinity.
+	r := ratios(tokend, runReport{Name: "baseline"})
+	if r.Throughput != nil || r.P50 != nil || r.CPUPer1000 != nil {
+		t.Errorf("ratios over a zero baseline: %+v", r)
+	}
+	if _, err := json.Marshal(benchReport{Runs: []runReport{tokend}, Ratios: r}); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestBenchUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"-k", "0"},
+		{"--duration", "0s"},
+		{"--warmup", "-1s"},
+		{"--conns", "-1"},
+		{"--order", "tokend"},
+		{"--target", "--tokend", "/bin/true"},
+		{"--target", "--tokend-flag=--sync-always"},
+		{"--tokend-pid", "1"},
+		{"extra"},
+	} {
+		r := runCtl(t, "", append([]string{"--nats-url", deadURL, "bench"}, args...)...)
+		if r.code != 2 || r.stdout != "" {
+			t.Errorf("bench %q: exit %d, stdout %q, stderr %q; want 2 and a message on stderr", args, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+// TestBenchWorkerErrors runs the load against a fake tokend that fails some
+// refreshes: a retryable failure is retried with the same token, a refused
+// one starts a new family, and both are counted by kind.
+func TestBenchWorkerErrors(t *testing.T) {
+	var issued, refreshes atomic.Int64
+	f := serveFake(t, map[string]micro.HandlerFunc{
+		"tokens.cmd.issue": func(r micro.Request) {
+			n := issued.Add(1)
+			r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d.1","family_id":"fam%d","seq":1}`, n, n))
+		},
+		"tokens.cmd.refresh": func(r micro.Request) {
+			var req struct {
+				RefreshToken string `json:"refresh_token"`
+			}
+			json.Unmarshal(r.Data(), &req)
+			switch n := refreshes.Add(1); n {
+			case 2:
+				respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"retry","retry_after_ms":1}`)
+			case 4:
+				respondError(r, "400", `{"error":"invalid_grant","error_description":"refresh token is not valid"}`)
+			default:
+				r.Respond(fmt.Appendf(nil, `{"refresh_token":"%s+","seq":%d}`, req.RefreshToken, n+100))
+			}
+		},
+	})
+	rep, err := runLoad(t.Context(), loadTarget{name: "tokend", url: f.url, prefix: "tokens"},
+		loadConfig{k: 1, conns: 1, duration: time.Second, timeout: 5 * time.Second, ticks: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Errors["temporarily_unavailable"] != 1 || rep.Errors["invalid_grant"] != 1 || len(rep.Errors) != 2 {
+		t.Errorf("errors %v; want one temporarily_unavailable and one invalid_grant", rep.Errors)
+	}
+	got := f.requests("tokens.cmd.refresh")
+	if len(got) < 6 {
+		t.Fatalf("only %d refreshes in 1 s", len(got))
+	}
+	want := []string{"fam1.1", "fam1.1+", "fam1.1+", "fam1.1++", "fam2.1", "fam2.1+"}
+	for i, w := range want {
+		if got[i]["refresh_token"] != w || got[i]["client_id"] != benchClientID || got[i]["family_id"] != nil {
+			t.Errorf("refresh %d: %v, want token %s from %s without family_id", i+1, got[i], w, benchClientID)
+		}
+	}
+	// The last success may come after the window: not counted, but its
+	// seq is the one the read model must reach.
+	if ok := refreshes.Load() - 2; int64(rep.Rotations) < ok-1 || int64(rep.Rotations) > ok || rep.LastSeq != uint64(refreshes.Load())+100 {
+		t.Errorf("rotations %d, last seq %d after %d refreshes, 2 failed", rep.Rotations, rep.LastSeq, refreshes.Load())
+	}
+}
+
+// TestBenchEndToEnd builds tokend and tokenbaseline, runs a short load
+// against each and checks the report's shape; it asserts no timing.
+func TestBenchEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two binaries and runs two servers")
+	}
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where bench makes and must remove its directories
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := run(ctx, []string{"bench", "--baseline", "-k", "2", "--duration", "1s", "--warmup", "200ms", "--json"},
+		strings.NewReader(""), &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	if errOut.Len() != 0 {
+		t.Errorf("stderr is not a terminal, yet bench wrote to it: %q", errOut.String())
+	}
+	var rep benchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(rep.Runs) != 2 || rep.Runs[0].Name != "baseline" || rep.Runs[1].Name != "tokend" {
+		t.Fatalf("runs: %s", out.String())
+	}
+	for _, r := range rep.Runs {
+		if r.Rotations == 0 || len(r.Errors) != 0 || r.LatencyMs.P50 <= 0 || r.LatencyMs.Max < r.LatencyMs.P99 ||
+			r.ServerCPUPer1000 == nil || r.ServerPeakRSSBytes == nil || r.LastSeq == 0 {
+			t.Errorf("%s run: %+v", r.Name, r)
+		}
+	}
+	if rep.Runs[0].CatchUpSeconds != nil || rep.Runs[1].CatchUpSeconds == nil || rep.Runs[1].CatchUpError != "" {
+		t.Errorf("catch-up: baseline %v, tokend %v %q; want only tokend's", rep.Runs[0].CatchUpSeconds,
+			rep.Runs[1].CatchUpSeconds, rep.Runs[1].CatchUpError)
+	}
+	if r := rep.Ratios; r == nil || r.Throughput == nil || r.P50 == nil || r.P99 == nil || r.CPUPer1000 == nil {
+		t.Errorf("ratios: %s", out.String())
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("bench left %v in its temporary directory", left)
+	}
+}
