@@ -55,6 +55,13 @@ func (a *App) connect() error {
 func (a *App) clientOptions() ([]nats.Option, error) {
 	c := a.cfg
 	opts := []nats.Option{nats.Name("tokend"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		// While disconnected, publish at once with an error instead of
+		// buffering until the reconnect: a buffered append would be stored
+		// after its command had answered temporarily_unavailable, and the
+		// client's retry of the same token would then be a replay. It also
+		// makes commands fail fast during an outage instead of waiting out
+		// their timeout.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: our own close at shutdown
 				a.log.Warn("nats disconnected", "err", err)
