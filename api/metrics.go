@@ -28,6 +28,7 @@ type Metrics struct {
 	reuseHits       prometheus.Counter
 	fenceConflicts  prometheus.Counter
 	storeErrors     prometheus.Counter
+	rateLimited     *prometheus.CounterVec
 
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
@@ -77,6 +78,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_store_errors_total", Help: "Event store reads and writes that failed (answered temporarily_unavailable).",
 		}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_rate_limited_total", Help: "Commands refused by a rate limit (answered temporarily_unavailable with retry_after_ms), by limit.",
+		}, []string{"limit"}),
 		projectionBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tokend_projection_batch_duration_seconds", Help: "Time to apply one batch of events to the read model.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -86,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
-		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors,
+		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.projectionBatch, m.projectionApplied, buildInfo())
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
@@ -163,6 +167,9 @@ func (m *Metrics) FenceConflict() { m.fenceConflicts.Inc() }
 
 // StoreError counts a failed store operation (events.Writer.OnStoreError).
 func (m *Metrics) StoreError(error) { m.storeErrors.Inc() }
+
+// RateLimited counts a command a rate limit refused (events.Service.OnRateLimited).
+func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }
 
 // ProjectionBatch records one applied batch (projections.Projector.OnBatch).
 func (m *Metrics) ProjectionBatch(events int, took time.Duration) {

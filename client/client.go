@@ -7,6 +7,11 @@
 //	var e *client.Error
 //	if errors.As(err, &e) && e.Code == "invalid_grant" { ... }
 //	if client.IsRetryable(err) { ... back off and retry ... }
+//
+// Connect with nats.ReconnectBufSize(-1): a request buffered while the
+// connection is down is sent after the reconnect, maybe after the caller
+// retried and moved on, and a late copy of an old refresh is a replay that
+// revokes the family.
 package client
 
 import (

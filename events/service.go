@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,19 +18,43 @@ import (
 type Service struct {
 	writer  *Writer
 	reuse   jetstream.KeyValue // nil when the reuse interval is 0
-	codec   atomic.Pointer[domain.TokenCodec]
+	codec   *domain.TokenCodec
 	decider domain.Decider
+
+	// Rate limits, set before the service is used; nil allows everything.
+	// RefreshLimit is per family and spares what must never wait: the
+	// just-rotated parent inside the reuse interval (a legitimate parallel
+	// refresh or retry) and a detected replay (which ends the family).
+	// IssueLimit is per client id.
+	RefreshLimit, IssueLimit *KeyedLimiter
+	// OnRateLimited, if set, is told which limit refused a command.
+	OnRateLimited func(limit string)
 }
+
+// Names of the rate limits, as OnRateLimited reports them.
+const (
+	LimitRefreshPerFamily = "refresh_per_family"
+	LimitIssuePerClient   = "issue_per_client"
+)
 
 // NewService returns a service deciding with policy at the times now returns.
 func NewService(writer *Writer, reuse jetstream.KeyValue, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
-	s := &Service{writer: writer, reuse: reuse, decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
-	s.codec.Store(codec)
-	return s
+	return &Service{writer: writer, reuse: reuse, codec: codec, decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
 }
 
-// SetCodec switches to new MAC keys (after a key rotation).
-func (s *Service) SetCodec(c *domain.TokenCodec) { s.codec.Store(c) }
+// limited returns the temporarily_unavailable answer of a refused command,
+// or nil when limiter lets key through.
+func (s *Service) limited(limiter *KeyedLimiter, name, key string) error {
+	ok, wait := limiter.Allow(key)
+	if ok {
+		return nil
+	}
+	if s.OnRateLimited != nil {
+		s.OnRateLimited(name)
+	}
+	return &domain.Error{Code: domain.EUnavailable, Message: "rate limited, retry later",
+		RetryAfterMs: max(1, wait.Milliseconds())}
+}
 
 // Grant is the outcome of a successful issue or refresh.
 type Grant struct {
@@ -52,8 +75,11 @@ type IssueRequest struct {
 
 // Issue starts a new family and returns its first token.
 func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
+	if err := s.limited(s.IssueLimit, LimitIssuePerClient, req.ClientID); err != nil {
+		return Grant{}, err
+	}
 	familyID := domain.NewID(randomBytes(16))
-	token := s.codec.Load().Mint(familyID, 1, newSecret())
+	token := s.codec.Mint(familyID, 1, newSecret())
 	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
 		return s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
 			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
@@ -77,12 +103,13 @@ type RefreshRequest struct {
 // the just-rotated parent inside the reuse interval. Refusals are recorded
 // before the error is returned.
 func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error) {
-	codec := s.codec.Load()
+	codec := s.codec
 	presented, err := codec.Parse(req.Token)
 	if err != nil {
 		return Grant{}, err
 	}
 	var child, reusable domain.Token
+	charged := false // a decision re-run after a fence conflict is not charged twice
 	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
 		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
 			Audience: req.Audience, Context: req.Context}
@@ -99,6 +126,12 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 			cmd.Reusable = reusable
 		}
 		events, err := s.decider.Decide(f, cmd)
+		if len(events) > 0 && !charged && (events[0].Type == domain.TokenRotated || events[0].Type == domain.RefreshRejected) {
+			if err := s.limited(s.RefreshLimit, LimitRefreshPerFamily, f.ID); err != nil {
+				return nil, err
+			}
+			charged = true
+		}
 		if len(events) == 1 && events[0].Type == domain.TokenRotated && s.reuse != nil {
 			// Sealed before the rotation is appended, so a retry that finds the
 			// rotation stored always finds its child too.
@@ -161,7 +194,7 @@ func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domai
 	if err := domain.ValidateName("reason", orDefault(reason)); err != nil {
 		return 0, 0, err
 	}
-	t, err := s.codec.Load().Parse(token)
+	t, err := s.codec.Parse(token)
 	if err != nil {
 		return 0, 0, nil
 	}

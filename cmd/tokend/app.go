@@ -39,6 +39,9 @@ type App struct {
 	projectorDone chan struct{}
 }
 
+// maxRateLimitedClients bounds the client ids whose issue rate is tracked.
+const maxRateLimitedClients = 65536
+
 // Start brings tokend up; on error everything started so far is stopped.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log}
@@ -82,8 +85,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	reader := projections.NewReader(a.db, a.projector, time.Now)
 	registerStateMetrics(reg, a.projector, reader, a.nc)
+	tokens := events.NewService(writer, reuse, codec, policy, time.Now)
+	tokens.RefreshLimit = events.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)
+	tokens.IssueLimit = events.NewKeyedLimiter(cfg.IssueRate, cfg.IssueBurst, maxRateLimitedClients, time.Now)
+	tokens.OnRateLimited = metrics.RateLimited
 	a.api = &api.Service{
-		Tokens:    events.NewService(writer, reuse, codec, policy, time.Now),
+		Tokens:    tokens,
 		Access:    access,
 		Reader:    reader,
 		Projector: a.projector,

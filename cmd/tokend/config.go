@@ -33,6 +33,10 @@ type Config struct {
 	JSMaxMemory     int64
 	JSMaxStore      int64
 	FamilyCache     int
+	RefreshRate     float64
+	RefreshBurst    int
+	IssueRate       float64
+	IssueBurst      int
 	ReadyMaxLag     uint64
 	LogLevel        string
 }
@@ -65,6 +69,10 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
 	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
 	fs.IntVar(&c.FamilyCache, "family-cache", 65536, "family states kept in memory by the writer")
+	fs.Float64Var(&c.RefreshRate, "rate-refresh-per-family", 10, "rotations and refused refreshes per family per second, on average (0: no limit); parallel refreshes answered from the reuse interval and replays are never limited")
+	fs.IntVar(&c.RefreshBurst, "rate-refresh-burst", 20, "refreshes per family allowed at once above the rate")
+	fs.Float64Var(&c.IssueRate, "rate-issue-per-client", 200, "issues per client id per second, on average (0: no limit)")
+	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
 	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 1000, "/readyz fails while the projections are more than this many events behind the stream")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 
@@ -97,6 +105,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("--reuse-interval must not be negative")
 	case c.IdleTTL <= 0 || c.AbsoluteTTL <= 0 || c.AccessTTL <= 0:
 		return fmt.Errorf("--refresh-idle-ttl, --refresh-absolute-ttl and --access-ttl must be positive")
+	case c.JSMaxMemory <= 0 || c.JSMaxStore <= 0:
+		// nats-server reads 0 or less as "75% of the machine".
+		return fmt.Errorf("--js-max-memory and --js-max-store must be positive")
+	case c.RefreshRate < 0 || c.IssueRate < 0 || c.RefreshBurst < 1 || c.IssueBurst < 1:
+		return fmt.Errorf("rate limits must not be negative and bursts must be at least 1")
 	case c.StreamReplicas < 1 || c.StreamReplicas > 5:
 		return fmt.Errorf("--stream-replicas must be 1..5")
 	case c.NATSURL != "" && c.NATSConfig != "":

@@ -24,7 +24,7 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 	want := Config{DataDir: "./data", NATSListen: "127.0.0.1:4222", HTTPAddr: "127.0.0.1:8080", SubjectPrefix: "tokens",
 		ReuseInterval: 10 * time.Second, IdleTTL: 336 * time.Hour, AbsoluteTTL: 720 * time.Hour, AccessTTL: 5 * time.Minute,
 		Issuer: "http://127.0.0.1:8080", StreamReplicas: 1, JSMaxMemory: 256 << 20, JSMaxStore: 10 << 30,
-		FamilyCache: 65536, ReadyMaxLag: 1000, LogLevel: "info"}
+		FamilyCache: 65536, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ReadyMaxLag: 1000, LogLevel: "info"}
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
 	}
@@ -38,6 +38,13 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--subject-prefix", "a b"},
 		{"--stream-replicas", "0"},
 		{"--access-ttl", "0s"},
+		{"--rate-refresh-per-family", "-1"},
+		{"--rate-issue-burst", "0"},
+		{"--js-max-store", "0"},
+		{"--js-max-memory", "-1"},
+		{"--nats-url", "nats://x", "--nats-config", "n.conf"},
+		{"--nats-tls-cert", "c.pem"},
+		{"--nats-tls-ca", "ca.pem"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, none, io.Discard); err == nil {

@@ -219,6 +219,7 @@ func TestStorageExhaustion(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.JSMaxStore = 256 << 10
 	cfg.ReuseInterval = time.Minute // nothing in the reuse bucket expires while the test runs
+	cfg.RefreshRate = 0             // the store, not the rate limit, is to refuse the rotations
 	logs := &syncBuffer{}
 	app := MustApp(t, cfg, logs)
 	nc := eventstest.MustConnect(t, app.NATSURL())

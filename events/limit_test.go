@@ -1,0 +1,127 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+)
+
+func TestKeyedLimiter(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	l := NewKeyedLimiter(2, 3, 2, clock)
+	for i := range 3 {
+		if ok, _ := l.Allow("a"); !ok {
+			t.Fatalf("burst event %d refused", i)
+		}
+	}
+	ok, wait := l.Allow("a")
+	if ok || wait != 500*time.Millisecond {
+		t.Fatalf("past the burst: ok %v, wait %v; want refused for 500ms at 2/s", ok, wait)
+	}
+	if ok, _ := l.Allow("b"); !ok {
+		t.Fatal("another key shares a's bucket")
+	}
+	now = now.Add(500 * time.Millisecond)
+	if ok, _ := l.Allow("a"); !ok {
+		t.Fatal("the bucket did not refill")
+	}
+	if ok, _ := l.Allow("a"); ok {
+		t.Fatal("a refused attempt must not have consumed the refill")
+	}
+	if NewKeyedLimiter(0, 10, 10, clock) != nil {
+		t.Fatal("a rate of 0 must switch the limit off")
+	}
+	var off *KeyedLimiter
+	for range 100 {
+		if ok, _ := off.Allow("a"); !ok {
+			t.Fatal("a switched-off limiter refused")
+		}
+	}
+}
+
+// limitedService is a service whose refresh limit holds one rotation per
+// family, with a frozen limiter clock so the bucket never refills while the
+// decider's clock moves past the reuse interval.
+func limitedService(t *testing.T) (*Service, *fixture, *[]string) {
+	nc, js, stream, reuse := MustJetStream(t)
+	fx := newFixture(t)
+	frozen := fx.now
+	s := NewService(NewWriter(NewStore(nc, js, stream, testSubjects), 64), reuse, fx.codec, fx.decider.Policy,
+		func() time.Time { return fx.now })
+	s.RefreshLimit = NewKeyedLimiter(0.001, 1, 64, func() time.Time { return frozen })
+	s.IssueLimit = NewKeyedLimiter(0.001, 2, 64, func() time.Time { return frozen })
+	var refused []string
+	s.OnRateLimited = func(limit string) { refused = append(refused, limit) }
+	return s, fx, &refused
+}
+
+func wantLimited(t *testing.T, err error) {
+	t.Helper()
+	var de *domain.Error
+	if !errors.As(err, &de) || de.Code != domain.EUnavailable || de.RetryAfterMs <= 0 {
+		t.Fatalf("want temporarily_unavailable with retry_after_ms, got %v", err)
+	}
+}
+
+func TestRefreshLimitSparesReuseAndReplay(t *testing.T) {
+	s, fx, refused := limitedService(t)
+	ctx := context.Background()
+	issued, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := s.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bucket is empty now: another rotation waits...
+	_, err = s.Refresh(ctx, RefreshRequest{Token: child.Token.Value(), ClientID: "web"})
+	wantLimited(t, err)
+	// ...and so does a foreign client's attempt, which would write a rejection...
+	_, err = s.Refresh(ctx, RefreshRequest{Token: child.Token.Value(), ClientID: "intruder"})
+	wantLimited(t, err)
+	// ...but a parallel refresh or retry with the parent still gets its child.
+	again, err := s.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "web"})
+	if err != nil || again.Token.Value() != child.Token.Value() {
+		t.Fatalf("the reuse path was rate limited: %v", err)
+	}
+	if got := len(*refused); got != 2 {
+		t.Fatalf("%d refusals reported, want 2", got)
+	}
+	// Nothing of the refused commands was stored.
+	f, _, err := s.writer.store.Load(ctx, issued.Family.ID)
+	if err != nil || f.Generation != 2 {
+		t.Fatalf("family at generation %d after refused commands: %v", f.Generation, err)
+	}
+	// A replay is never held back: the family dies at once.
+	fx.now = fx.now.Add(time.Minute)
+	_, err = s.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "web"})
+	if domain.ErrorCode(err) != domain.EInvalidGrant {
+		t.Fatalf("replay while rate limited: %v", err)
+	}
+	if f, _, _ := s.writer.store.Load(ctx, issued.Family.ID); f.Status != domain.StatusRevoked {
+		t.Fatalf("the replay did not revoke the family: %s", f.Status)
+	}
+}
+
+func TestIssueLimitPerClient(t *testing.T) {
+	s, _, refused := limitedService(t)
+	ctx := context.Background()
+	for range 2 {
+		if _, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"})
+	wantLimited(t, err)
+	if _, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "mobile"}); err != nil {
+		t.Fatalf("another client was limited: %v", err)
+	}
+	if len(*refused) != 1 || (*refused)[0] != LimitIssuePerClient {
+		t.Fatalf("refusals reported: %v", *refused)
+	}
+}
