@@ -78,5 +78,15 @@ func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
 		Scope:    domain.ScopeString(g.Scope),
 		SID:      g.Family.ID,
 	}
-	return jwt.Signed(a.signer).Claims(c).Serialize()
+	// Signed directly: jwt.Signed would marshal the claims, decode them into
+	// a map and marshal them again, a third of the cost of minting.
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	jws, err := a.signer.Sign(payload)
+	if err != nil {
+		return "", err
+	}
+	return jws.CompactSerialize()
 }

@@ -47,10 +47,10 @@ func TestKeyedLimiter(t *testing.T) {
 // family, with a frozen limiter clock so the bucket never refills while the
 // decider's clock moves past the reuse interval.
 func limitedService(t *testing.T) (*Service, *fixture, *[]string) {
-	nc, js, stream, reuse := MustJetStream(t)
+	nc, js, stream := MustJetStream(t)
 	fx := newFixture(t)
 	frozen := fx.now
-	s := NewService(NewWriter(NewStore(nc, js, stream, testSubjects), 64), reuse, fx.codec, fx.decider.Policy,
+	s := NewService(NewWriter(NewStore(nc, js, stream, testSubjects), 64), fx.codec, fx.decider.Policy,
 		func() time.Time { return fx.now })
 	s.RefreshLimit = NewKeyedLimiter(0.001, 1, 64, func() time.Time { return frozen })
 	s.IssueLimit = NewKeyedLimiter(0.001, 2, 64, func() time.Time { return frozen })

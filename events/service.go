@@ -3,10 +3,8 @@ package events
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/tokend/tokend/domain"
@@ -17,7 +15,6 @@ import (
 // append.
 type Service struct {
 	writer  *Writer
-	reuse   jetstream.KeyValue // nil when the reuse interval is 0
 	codec   *domain.TokenCodec
 	decider domain.Decider
 
@@ -38,9 +35,12 @@ const (
 )
 
 // NewService returns a service deciding with policy at the times now returns.
-func NewService(writer *Writer, reuse jetstream.KeyValue, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
-	return &Service{writer: writer, reuse: reuse, codec: codec, decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
+func NewService(writer *Writer, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
+	return &Service{writer: writer, codec: codec, decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
 }
+
+// reusable reports whether rotations keep their child for a reuse interval.
+func (s *Service) reusable() bool { return s.decider.Policy.ReuseInterval > 0 }
 
 // limited returns the temporarily_unavailable answer of a refused command,
 // or nil when limiter lets key through.
@@ -80,9 +80,10 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 	}
 	familyID := domain.NewID(randomBytes(16))
 	token := s.codec.Mint(familyID, 1, newSecret())
-	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
-		return s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, *Sealed, error) {
+		events, err := s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
 			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
+		return events, nil, err
 	})
 	if err != nil {
 		return Grant{}, err
@@ -110,36 +111,35 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	}
 	var child, reusable domain.Token
 	charged := false // a decision re-run after a fence conflict is not charged twice
-	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
+	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, *Sealed, error) {
 		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
 			Audience: req.Audience, Context: req.Context}
 		switch {
 		case presented.Generation == f.Generation:
 			child = codec.Mint(f.ID, f.Generation+1, newSecret())
 			cmd.Child = child
-		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && s.reuse != nil &&
+		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && s.reusable() &&
 			domain.SameHash(presented.Hash(), f.ParentHash):
 			var err error
-			if reusable, err = s.openChild(ctx, codec, presented, f.CurrentHash); err != nil {
-				return nil, err
+			if reusable, err = s.openChild(ctx, codec, presented, f); err != nil {
+				return nil, nil, err
 			}
 			cmd.Reusable = reusable
 		}
 		events, err := s.decider.Decide(f, cmd)
 		if len(events) > 0 && !charged && (events[0].Type == domain.TokenRotated || events[0].Type == domain.RefreshRejected) {
 			if err := s.limited(s.RefreshLimit, LimitRefreshPerFamily, f.ID); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			charged = true
 		}
-		if len(events) == 1 && events[0].Type == domain.TokenRotated && s.reuse != nil {
-			// Sealed before the rotation is appended, so a retry that finds the
-			// rotation stored always finds its child too.
-			if err := s.sealChild(ctx, presented, child); err != nil {
-				return nil, err
-			}
+		var sealed *Sealed
+		if len(events) == 1 && events[0].Type == domain.TokenRotated && s.reusable() {
+			// Stored before the rotation: a retry that finds the rotation
+			// finds its child too.
+			sealed = s.seal(presented, child)
 		}
-		return events, err
+		return events, sealed, err
 	})
 	if err != nil {
 		return Grant{}, err
@@ -152,27 +152,26 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	return g, nil
 }
 
-func (s *Service) sealChild(ctx context.Context, parent, child domain.Token) error {
+// seal encrypts child under a key derived from its parent. It is kept one
+// second past the reuse interval, for clock skew between this instance and
+// the server that expires it.
+func (s *Service) seal(parent, child domain.Token) *Sealed {
 	var nonce [12]byte
 	rand.Read(nonce[:])
-	_, err := s.reuse.Create(ctx, child.Hash(), domain.SealChild(parent, child, nonce))
-	if err != nil {
-		return unavailable(err)
-	}
-	return nil
+	return &Sealed{ChildHash: child.Hash(), Data: domain.SealChild(parent, child, nonce), TTL: s.decider.Policy.ReuseInterval + time.Second}
 }
 
-// openChild returns the current token sealed under the presented parent, or
-// the zero Token when it is gone (the interval is over).
-func (s *Service) openChild(ctx context.Context, codec *domain.TokenCodec, parent domain.Token, childHash string) (domain.Token, error) {
-	entry, err := s.reuse.Get(ctx, childHash)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return domain.Token{}, nil
-	}
+// openChild returns the family's current token sealed under the presented
+// parent, or the zero Token when it is gone (the interval is over).
+func (s *Service) openChild(ctx context.Context, codec *domain.TokenCodec, parent domain.Token, f domain.Family) (domain.Token, error) {
+	sealed, err := s.writer.store.LastSealed(ctx, f.ID, f.CurrentHash)
 	if err != nil {
 		return domain.Token{}, unavailable(err)
 	}
-	child, err := codec.OpenChild(parent, entry.Value(), childHash)
+	if sealed == nil {
+		return domain.Token{}, nil
+	}
+	child, err := codec.OpenChild(parent, sealed, f.CurrentHash)
 	if err != nil {
 		return domain.Token{}, nil
 	}
@@ -202,8 +201,9 @@ func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domai
 }
 
 func (s *Service) revoke(ctx context.Context, familyID string, cmd domain.Revoke) (int, uint64, error) {
-	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
-		return s.decider.Decide(f, cmd)
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, *Sealed, error) {
+		events, err := s.decider.Decide(f, cmd)
+		return events, nil, err
 	})
 	if err != nil || len(d.Events) == 0 {
 		return 0, 0, err

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,9 +13,6 @@ import (
 const (
 	StreamName = "TOKENS"
 	KeysBucket = "TOKENS_KEYS"
-	// ReuseBucket holds each rotated parent's child, sealed under a key only
-	// the parent's holder can derive, for the reuse interval and no longer.
-	ReuseBucket = "TOKENS_REUSE"
 )
 
 // Subjects derives every subject from the configured prefix.
@@ -25,6 +23,18 @@ func (s Subjects) Family(familyID string) string { return s.Prefix + ".evt." + f
 
 // Events returns the wildcard matching every family subject.
 func (s Subjects) Events() string { return s.Prefix + ".evt.*" }
+
+// Reuse returns the subject of a rotated parent's child, sealed under a key
+// only the holder of the parent can derive, stored with the rotation and
+// expiring with the reuse interval. It is named by the child's hash, so a
+// child sealed by a writer that then lost the fence never shadows the one
+// that won.
+func (s Subjects) Reuse(familyID, childHash string) string {
+	return s.Prefix + ".reuse." + familyID + "." + childHash
+}
+
+// reuseAll returns the wildcard matching every reuse subject.
+func (s Subjects) reuseAll() string { return s.Prefix + ".reuse.*.*" }
 
 // FamilyOf returns the family id of an event subject, or "" if it is not one.
 func (s Subjects) FamilyOf(subject string) string {
@@ -37,7 +47,10 @@ func (s Subjects) FamilyOf(subject string) string {
 
 // StreamConfig returns the TOKENS stream's configuration. Events are never
 // discarded to make room (DiscardNew): a full store refuses appends instead
-// of silently dropping the history a family's state is read from.
+// of silently dropping the history a family's state is read from. Sealed
+// children share the stream, so that the stream stores a child before its
+// rotation (see Store.Append); they carry a per-message TTL (AllowMsgTTL)
+// and the projections never read them.
 func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.StreamConfig {
 	if maxBytes == 0 {
 		maxBytes = -1
@@ -45,7 +58,7 @@ func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.Str
 	return jetstream.StreamConfig{
 		Name:               StreamName,
 		Description:        "tokend refresh-token family events",
-		Subjects:           []string{subjects.Events()},
+		Subjects:           []string{subjects.Events(), subjects.reuseAll()},
 		Storage:            jetstream.FileStorage,
 		Replicas:           replicas,
 		Retention:          jetstream.LimitsPolicy,
@@ -54,34 +67,31 @@ func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.Str
 		Duplicates:         2 * time.Minute,
 		AllowDirect:        true,
 		AllowAtomicPublish: true,
+		AllowMsgTTL:        true,
 		DenyDelete:         true,
 		DenyPurge:          true,
 	}
 }
 
-// Setup creates or updates the stream and the reuse bucket. A reuse interval
-// of 0 needs no bucket and returns a nil KeyValue.
-func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, replicas int, maxBytes int64, reuseInterval time.Duration) (jetstream.Stream, jetstream.KeyValue, error) {
+// Setup creates or updates the TOKENS stream.
+func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, replicas int, maxBytes int64) (jetstream.Stream, error) {
 	stream, err := js.CreateOrUpdateStream(ctx, StreamConfig(subjects, replicas, maxBytes))
 	if err != nil {
-		return nil, nil, fmt.Errorf("stream %s: %w", StreamName, err)
+		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
 	}
-	if reuseInterval <= 0 {
-		return stream, nil, nil
+	return stream, nil
+}
+
+// LastEventSeq returns the stream sequence of the newest event, 0 if there
+// is none. It is where a caught-up read model stands: the stream's own last
+// sequence may belong to a sealed child, which the read model never applies.
+func LastEventSeq(ctx context.Context, stream jetstream.Stream, subjects Subjects) (uint64, error) {
+	msg, err := stream.GetLastMsgForSubject(ctx, subjects.Events())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
 	}
-	reuse, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      ReuseBucket,
-		Description: "sealed children of just-rotated refresh tokens, kept for the reuse interval",
-		History:     1,
-		// The child is sealed just before its rotation is appended; the
-		// second of slack covers that gap so it outlives the interval.
-		TTL:          reuseInterval + time.Second,
-		Storage:      jetstream.FileStorage,
-		Replicas:     replicas,
-		MaxValueSize: 1024,
-	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("kv %s: %w", ReuseBucket, err)
+		return 0, err
 	}
-	return stream, reuse, nil
+	return msg.Sequence, nil
 }

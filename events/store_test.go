@@ -19,15 +19,15 @@ import (
 var testSubjects = Subjects{Prefix: "tokens"}
 
 // MustJetStream starts an in-process JetStream server and sets up the stream.
-func MustJetStream(tb testing.TB) (*nats.Conn, jetstream.JetStream, jetstream.Stream, jetstream.KeyValue) {
+func MustJetStream(tb testing.TB) (*nats.Conn, jetstream.JetStream, jetstream.Stream) {
 	tb.Helper()
 	nc := eventstest.MustConnect(tb, eventstest.MustJetStream(tb).ClientURL())
 	js, _ := jetstream.New(nc)
-	stream, reuse, err := Setup(context.Background(), js, testSubjects, 1, 0, 2*time.Second)
+	stream, err := Setup(context.Background(), js, testSubjects, 1, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return nc, js, stream, reuse
+	return nc, js, stream
 }
 
 type fixture struct {
@@ -53,7 +53,7 @@ func (f *fixture) mint(family string, gen uint64) domain.Token {
 }
 
 func TestAppendAndLoadInOneRead(t *testing.T) {
-	nc, js, stream, _ := MustJetStream(t)
+	nc, js, stream := MustJetStream(t)
 	store := NewStore(nc, js, stream, testSubjects)
 	fx := newFixture(t)
 	ctx := context.Background()
@@ -72,7 +72,7 @@ func TestAppendAndLoadInOneRead(t *testing.T) {
 			after = domain.Evolve(after, e)
 			envs[i] = Wrap(e, after)
 		}
-		if seq, err = store.Append(ctx, family, seq, envs); err != nil {
+		if seq, err = store.Append(ctx, family, seq, envs, nil); err != nil {
 			t.Fatal(err)
 		}
 		state = after
@@ -120,7 +120,7 @@ func normalize(f domain.Family) domain.Family {
 }
 
 func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
-	nc, js, stream, _ := MustJetStream(t)
+	nc, js, stream := MustJetStream(t)
 	store := NewStore(nc, js, stream, testSubjects)
 	fx := newFixture(t)
 	ctx := context.Background()
@@ -128,11 +128,11 @@ func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
 
 	issued, _ := fx.decider.Decide(domain.Family{}, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"})
 	state := domain.Evolve(domain.Family{}, issued[0])
-	seq, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)})
+	seq, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}); !errors.Is(err, ErrConflict) {
+	if _, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}, nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("second issue on the same subject: %v, want ErrConflict", err)
 	}
 
@@ -143,14 +143,14 @@ func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
 		return []Envelope{Wrap(replay, state), Wrap(evs[0], domain.Evolve(state, evs[0]))}
 	}
 	// A stale batch: its fence fails, so neither message may land.
-	if _, err := store.Append(ctx, family, seq-1+100, revoke("stale")); !errors.Is(err, ErrConflict) {
+	if _, err := store.Append(ctx, family, seq-1+100, revoke("stale"), nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("stale batch: %v, want ErrConflict", err)
 	}
 	info, _ := stream.Info(ctx)
 	if info.State.Msgs != 1 {
 		t.Fatalf("a refused batch stored %d messages", info.State.Msgs-1)
 	}
-	last, err := store.Append(ctx, family, seq, revoke("fresh"))
+	last, err := store.Append(ctx, family, seq, revoke("fresh"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,30 +160,31 @@ func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
 }
 
 func TestWriterRetriesOnConflict(t *testing.T) {
-	nc, js, stream, _ := MustJetStream(t)
+	nc, js, stream := MustJetStream(t)
 	store := NewStore(nc, js, stream, testSubjects)
 	fx := newFixture(t)
 	ctx := context.Background()
 	family := "fam-retry"
 	a, b := NewWriter(store, 16), NewWriter(store, 16)
 
-	issue := func(f domain.Family) ([]domain.Event, error) {
-		return fx.decider.Decide(f, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"})
+	decided := func(evs []domain.Event, err error) ([]domain.Event, *Sealed, error) { return evs, nil, err }
+	issue := func(f domain.Family) ([]domain.Event, *Sealed, error) {
+		return decided(fx.decider.Decide(f, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"}))
 	}
 	if _, err := a.Handle(ctx, family, issue); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Handle(ctx, family, func(f domain.Family) ([]domain.Event, error) {
-		return fx.decider.Decide(f, domain.Revoke{Reason: "by-b"})
+	if _, err := b.Handle(ctx, family, func(f domain.Family) ([]domain.Event, *Sealed, error) {
+		return decided(fx.decider.Decide(f, domain.Revoke{Reason: "by-b"}))
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// a's cached state still says active; its first attempt must be fenced
 	// off and its second must see b's revocation.
 	var attempts atomic.Int32
-	d, err := a.Handle(ctx, family, func(f domain.Family) ([]domain.Event, error) {
+	d, err := a.Handle(ctx, family, func(f domain.Family) ([]domain.Event, *Sealed, error) {
 		attempts.Add(1)
-		return fx.decider.Decide(f, domain.Revoke{Reason: "by-a"})
+		return decided(fx.decider.Decide(f, domain.Revoke{Reason: "by-a"}))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -203,7 +204,7 @@ func TestDecodeRefusesForeignMessages(t *testing.T) {
 }
 
 func TestKeysCreatedOnceAndShared(t *testing.T) {
-	_, js, _, _ := MustJetStream(t)
+	_, js, _ := MustJetStream(t)
 	ctx := context.Background()
 	results := make(chan Keyset, 4)
 	for range 4 {

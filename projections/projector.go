@@ -21,6 +21,9 @@ import (
 // DefaultBatchSize is the most events applied in one transaction.
 const DefaultBatchSize = 1000
 
+// batchLinger is how long a busy projector waits to fill a batch (see fill).
+const batchLinger = 100 * time.Millisecond
+
 // Projector applies the TOKENS stream to the read model, in order, in
 // batches: each batch is one transaction that also stores the position, so
 // a crash between batches loses and repeats nothing, and applying an event
@@ -36,7 +39,7 @@ type Projector struct {
 	OnBatch   func(events int, took time.Duration)
 
 	applied   atomic.Uint64
-	streamSeq atomic.Uint64 // the stream's last sequence as last seen
+	streamSeq atomic.Uint64 // the newest event's stream sequence as last seen
 	skipped   atomic.Uint64
 
 	mu       sync.Mutex
@@ -57,7 +60,8 @@ func NewProjector(ctx context.Context, db *DB, js jetstream.JetStream, subjects 
 // Applied returns the last stream sequence applied.
 func (p *Projector) Applied() uint64 { return p.applied.Load() }
 
-// Lag returns how many stream messages are not applied yet, as last seen.
+// Lag returns how far, in stream sequences, the read model is behind the
+// newest event as last seen.
 func (p *Projector) Lag() uint64 {
 	last, applied := p.streamSeq.Load(), p.applied.Load()
 	if last < applied {
@@ -66,7 +70,7 @@ func (p *Projector) Lag() uint64 {
 	return last - applied
 }
 
-// StreamSeq returns the stream's last sequence as last seen.
+// StreamSeq returns the newest event's stream sequence as last seen.
 func (p *Projector) StreamSeq() uint64 { return p.streamSeq.Load() }
 
 // Skipped returns how many malformed messages were skipped.
@@ -89,7 +93,7 @@ func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
 	}
 }
 
-// CatchUp waits until everything in the stream now is applied.
+// CatchUp waits until every event in the stream now is applied.
 func (p *Projector) CatchUp(ctx context.Context) (uint64, error) {
 	last, err := p.refreshStreamSeq(ctx)
 	if err != nil {
@@ -103,14 +107,17 @@ func (p *Projector) refreshStreamSeq(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	last := s.CachedInfo().State.LastSeq
+	last, err := events.LastEventSeq(ctx, s, p.subjects)
+	if err != nil {
+		return 0, err
+	}
 	p.ObserveStreamSeq(last)
 	return last, nil
 }
 
-// ObserveStreamSeq records the stream's last sequence as seen by someone
-// else (the readiness check), so Lag stays current while the projector is
-// stopped or stalled and its own poller is not running.
+// ObserveStreamSeq records the sequence of the stream's newest event as
+// seen by someone else (the readiness check), so Lag stays current while
+// the projector is stopped or stalled and its own poller is not running.
 func (p *Projector) ObserveStreamSeq(seq uint64) {
 	for {
 		cur := p.streamSeq.Load()
@@ -172,25 +179,53 @@ func (p *Projector) run(ctx context.Context) error {
 	go p.pollStreamSeq(ctx)
 
 	batch := make([]jetstream.Msg, 0, p.BatchSize)
+	busy := false
 	for m := range incoming {
-		batch = append(batch[:0], m)
-	fill:
-		for len(batch) < p.BatchSize {
-			select {
-			case m, ok := <-incoming:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
+		batch = p.fill(append(batch[:0], m), incoming, busy)
+		busy = len(batch) > 1
 		if err := p.apply(context.WithoutCancel(ctx), batch); err != nil {
 			return fmt.Errorf("apply batch ending at seq %d: %w", p.Applied(), err)
 		}
 	}
 	return nil
+}
+
+// fill adds what is waiting in incoming to batch, up to BatchSize. Under
+// load (busy: the last batch found more than one event waiting) it waits a
+// moment for more, because a commit writes every page a batch touched and a
+// larger batch writes each page once for many events. Idle, an event is
+// applied at once, for read-your-writes.
+func (p *Projector) fill(batch []jetstream.Msg, incoming <-chan jetstream.Msg, busy bool) []jetstream.Msg {
+	var linger <-chan time.Time
+	if busy {
+		timer := time.NewTimer(batchLinger)
+		defer timer.Stop()
+		linger = timer.C
+	}
+	for len(batch) < p.BatchSize {
+		var (
+			m  jetstream.Msg
+			ok bool
+		)
+		if linger == nil {
+			select {
+			case m, ok = <-incoming:
+			default:
+				return batch
+			}
+		} else {
+			select {
+			case m, ok = <-incoming:
+			case <-linger:
+				return batch
+			}
+		}
+		if !ok {
+			return batch
+		}
+		batch = append(batch, m)
+	}
+	return batch
 }
 
 func (p *Projector) pollStreamSeq(ctx context.Context) {
@@ -244,7 +279,7 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 			return err
 		}
 		last = md.Sequence.Stream
-		p.ObserveStreamSeq(last + md.NumPending)
+		p.ObserveStreamSeq(last)
 		familyID := p.subjects.FamilyOf(m.Subject())
 		env, err := events.Decode(m.Data(), familyID)
 		if err != nil {
@@ -309,9 +344,6 @@ func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.
 	case domain.TokenIssued:
 		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: f.ID, Generation: 1, IssuedAt: at})
 	case domain.TokenRotated:
-		if err := q.MarkTokenRotated(ctx, queries.MarkTokenRotatedParams{TokenHash: f.ParentHash, RotatedAt: sql.NullInt64{Int64: at, Valid: true}}); err != nil {
-			return err
-		}
 		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: f.ID, Generation: int64(env.Generation), IssuedAt: at})
 	}
 	return nil

@@ -79,8 +79,8 @@ func (r *Reader) Family(ctx context.Context, familyID string) (wire.FamilyView, 
 	for i, t := range toks {
 		tv := wire.TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
 		switch {
-		case t.RotatedAt.Valid:
-			at := unixNano(t.RotatedAt.Int64)
+		case t.RotatedAt != 0:
+			at := unixNano(t.RotatedAt)
 			tv.Status, tv.RotatedAt = "rotated", &at
 		case f.Status == domain.StatusRevoked:
 			tv.Status = "revoked"

@@ -60,9 +60,6 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.insertTokenStmt, err = db.PrepareContext(ctx, insertToken); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertToken: %w", err)
 	}
-	if q.markTokenRotatedStmt, err = db.PrepareContext(ctx, markTokenRotated); err != nil {
-		return nil, fmt.Errorf("error preparing query MarkTokenRotated: %w", err)
-	}
 	if q.revocableFamiliesByClientStmt, err = db.PrepareContext(ctx, revocableFamiliesByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query RevocableFamiliesByClient: %w", err)
 	}
@@ -140,11 +137,6 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing insertTokenStmt: %w", cerr)
 		}
 	}
-	if q.markTokenRotatedStmt != nil {
-		if cerr := q.markTokenRotatedStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing markTokenRotatedStmt: %w", cerr)
-		}
-	}
 	if q.revocableFamiliesByClientStmt != nil {
 		if cerr := q.revocableFamiliesByClientStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing revocableFamiliesByClientStmt: %w", cerr)
@@ -216,7 +208,6 @@ type Queries struct {
 	getFamilyStmt                  *sql.Stmt
 	insertAuditEventStmt           *sql.Stmt
 	insertTokenStmt                *sql.Stmt
-	markTokenRotatedStmt           *sql.Stmt
 	revocableFamiliesByClientStmt  *sql.Stmt
 	revocableFamiliesBySubjectStmt *sql.Stmt
 	setAppliedSeqStmt              *sql.Stmt
@@ -239,7 +230,6 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		getFamilyStmt:                  q.getFamilyStmt,
 		insertAuditEventStmt:           q.insertAuditEventStmt,
 		insertTokenStmt:                q.insertTokenStmt,
-		markTokenRotatedStmt:           q.markTokenRotatedStmt,
 		revocableFamiliesByClientStmt:  q.revocableFamiliesByClientStmt,
 		revocableFamiliesBySubjectStmt: q.revocableFamiliesBySubjectStmt,
 		setAppliedSeqStmt:              q.setAppliedSeqStmt,

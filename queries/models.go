@@ -49,5 +49,4 @@ type Token struct {
 	FamilyID   string
 	Generation int64
 	IssuedAt   int64
-	RotatedAt  sql.NullInt64
 }

@@ -26,14 +26,14 @@ WHERE excluded.last_seq > families.last_seq;
 INSERT INTO tokens (token_hash, family_id, generation, issued_at) VALUES (@token_hash, @family_id, @generation, @issued_at)
 ON CONFLICT (token_hash) DO NOTHING;
 
--- name: MarkTokenRotated :exec
-UPDATE tokens SET rotated_at = @rotated_at WHERE token_hash = @token_hash AND rotated_at IS NULL;
-
 -- name: GetFamily :one
 SELECT * FROM families WHERE family_id = @family_id;
 
 -- name: FamilyTokens :many
-SELECT generation, issued_at, rotated_at FROM tokens WHERE family_id = @family_id ORDER BY generation;
+-- A generation was rotated when the next one was issued; rotated_at is 0
+-- for the current one.
+SELECT generation, issued_at, CAST(COALESCE(LEAD(issued_at) OVER (ORDER BY generation), 0) AS INTEGER) AS rotated_at
+FROM tokens WHERE family_id = @family_id ORDER BY generation;
 
 -- name: CurrentToken :one
 -- The family of a token that is its family's current one (introspection).

@@ -323,15 +323,18 @@ func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (CurrentTo
 }
 
 const familyTokens = `-- name: FamilyTokens :many
-SELECT generation, issued_at, rotated_at FROM tokens WHERE family_id = ?1 ORDER BY generation
+SELECT generation, issued_at, CAST(COALESCE(LEAD(issued_at) OVER (ORDER BY generation), 0) AS INTEGER) AS rotated_at
+FROM tokens WHERE family_id = ?1 ORDER BY generation
 `
 
 type FamilyTokensRow struct {
 	Generation int64
 	IssuedAt   int64
-	RotatedAt  sql.NullInt64
+	RotatedAt  int64
 }
 
+// A generation was rotated when the next one was issued; rotated_at is 0
+// for the current one.
 func (q *Queries) FamilyTokens(ctx context.Context, familyID string) ([]FamilyTokensRow, error) {
 	rows, err := q.query(ctx, q.familyTokensStmt, familyTokens, familyID)
 	if err != nil {
@@ -436,20 +439,6 @@ func (q *Queries) InsertToken(ctx context.Context, arg InsertTokenParams) error 
 		arg.Generation,
 		arg.IssuedAt,
 	)
-	return err
-}
-
-const markTokenRotated = `-- name: MarkTokenRotated :exec
-UPDATE tokens SET rotated_at = ?1 WHERE token_hash = ?2 AND rotated_at IS NULL
-`
-
-type MarkTokenRotatedParams struct {
-	RotatedAt sql.NullInt64
-	TokenHash string
-}
-
-func (q *Queries) MarkTokenRotated(ctx context.Context, arg MarkTokenRotatedParams) error {
-	_, err := q.exec(ctx, q.markTokenRotatedStmt, markTokenRotated, arg.RotatedAt, arg.TokenHash)
 	return err
 }
 

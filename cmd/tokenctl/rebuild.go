@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -144,7 +145,13 @@ func streamLastSeq(ctx context.Context, e *env, js jetstream.JetStream) (uint64,
 	if err != nil {
 		return 0, fmt.Errorf("stream %s: %w", events.StreamName, err)
 	}
-	return s.CachedInfo().State.LastSeq, nil
+	// The newest event, not the stream's last sequence, which may be a
+	// sealed child the read model never holds.
+	last, err := events.LastEventSeq(ctx, s, events.Subjects{Prefix: e.prefix})
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", events.StreamName, err)
+	}
+	return last, nil
 }
 
 func project(ctx context.Context, e *env, db *projections.DB, js jetstream.JetStream, subjects events.Subjects, target uint64) (rebuildSummary, error) {
@@ -156,6 +163,10 @@ func project(ctx context.Context, e *env, db *projections.DB, js jetstream.JetSt
 		return rebuildSummary{}, err
 	}
 	start, from := time.Now(), p.Applied()
+	// Counted from the batches: the stream's sequences also number the sealed
+	// children, which the read model does not hold.
+	var applied atomic.Int64
+	p.OnBatch = func(n int, _ time.Duration) { applied.Add(int64(n)) }
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
@@ -190,18 +201,18 @@ wait:
 	if running {
 		runErr = <-done // Run commits the batch in progress before it returns
 	}
-	applied := p.Applied()
-	bar.finish(applied)
-	sum := rebuildSummary{applied: applied, events: applied - from, skipped: p.Skipped(), took: time.Since(start)}
+	reachedSeq := p.Applied()
+	bar.finish(reachedSeq)
+	sum := rebuildSummary{applied: reachedSeq, events: uint64(applied.Load()) - p.Skipped(), skipped: p.Skipped(), took: time.Since(start)}
 	switch {
 	case runErr != nil:
-		return sum, fmt.Errorf("rebuild failed at seq %d of %d: %w", applied, target, runErr)
-	case applied >= target:
+		return sum, fmt.Errorf("rebuild failed at seq %d of %d: %w", reachedSeq, target, runErr)
+	case reachedSeq >= target:
 		return sum, nil
 	case ctx.Err() != nil:
-		return sum, fmt.Errorf("rebuild interrupted at seq %d of %d; the database keeps the events applied so far", applied, target)
+		return sum, fmt.Errorf("rebuild interrupted at seq %d of %d; the database keeps the events applied so far", reachedSeq, target)
 	}
-	return sum, fmt.Errorf("rebuild stopped at seq %d of %d: the stream consumer ended (connection lost?)", applied, target)
+	return sum, fmt.Errorf("rebuild stopped at seq %d of %d: the stream consumer ended (connection lost?)", reachedSeq, target)
 }
 
 // progress shows a rebuild's progress on stderr: a bar redrawn in place on a
@@ -236,13 +247,13 @@ func (p *progress) draw(applied uint64) {
 		eta = time.Duration(float64(p.target-done) / rate * float64(time.Second)).Round(time.Second).String()
 	}
 	if !p.tty {
-		fmt.Fprintf(p.w, "tokenctl rebuild: %d/%d events (%.1f%%), %.0f events/s, ETA %s\n", done, p.target, 100*frac, rate, eta)
+		fmt.Fprintf(p.w, "tokenctl rebuild: seq %d/%d (%.1f%%), %.0f seq/s, ETA %s\n", done, p.target, 100*frac, rate, eta)
 		return
 	}
 	const width = 30
 	filled := int(frac * width)
 	// \r and erase-line redraw the same line.
-	fmt.Fprintf(p.w, "\r[%s%s] %5.1f%%  %d/%d events  %.0f/s  ETA %s\x1b[K",
+	fmt.Fprintf(p.w, "\r[%s%s] %5.1f%%  seq %d/%d  %.0f/s  ETA %s\x1b[K",
 		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), 100*frac, done, p.target, rate, eta)
 }
 

@@ -71,7 +71,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
-	stream, reuse, err := events.Setup(setupCtx, a.js, subjects, cfg.StreamReplicas, 0, cfg.ReuseInterval)
+	stream, err := events.Setup(setupCtx, a.js, subjects, cfg.StreamReplicas, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	reader := projections.NewReader(a.db, a.projector, time.Now)
 	registerStateMetrics(reg, a.projector, reader, a.nc)
-	tokens := events.NewService(writer, reuse, codec, policy, time.Now)
+	tokens := events.NewService(writer, codec, policy, time.Now)
 	tokens.RefreshLimit = events.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)
 	tokens.IssueLimit = events.NewKeyedLimiter(cfg.IssueRate, cfg.IssueBurst, maxRateLimitedClients, time.Now)
 	tokens.OnRateLimited = metrics.RateLimited
@@ -104,7 +104,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("http listen: %w", err)
 	}
-	a.http = &http.Server{Handler: a.api.HTTPHandler(a.ready, metricsHandler(reg)), ReadHeaderTimeout: 5 * time.Second}
+	handler := a.api.HTTPHandler(a.ready, metricsHandler(reg))
+	if cfg.Pprof {
+		handler = withPprof(handler)
+	}
+	a.http = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "err", err)
@@ -160,10 +164,14 @@ func (a *App) ready(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", events.StreamName, err)
 	}
-	// The lag is measured against the stream as just fetched: the projector's
+	// The lag is measured against the stream as just read: the projector's
 	// own view of the stream stops moving when the projector does, which is
 	// exactly when the lag matters.
-	last, applied := stream.CachedInfo().State.LastSeq, a.projector.Applied()
+	last, err := events.LastEventSeq(ctx, stream, events.Subjects{Prefix: a.cfg.SubjectPrefix})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", events.StreamName, err)
+	}
+	applied := a.projector.Applied()
 	a.projector.ObserveStreamSeq(last)
 	if last > applied && last-applied > a.cfg.ReadyMaxLag {
 		return fmt.Errorf("projections are %d events behind the stream (bound %d)", last-applied, a.cfg.ReadyMaxLag)

@@ -270,11 +270,7 @@ func TestClusterNodeFailureUnderLoad(t *testing.T) {
 		}
 	}
 	// Both read models converge on the stream after the outage.
-	stream, err := js.Stream(context.Background(), events.StreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	last := stream.CachedInfo().State.LastSeq
+	last := lastEventSeq(t, js)
 	for n, app := range apps {
 		checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 			if applied := app.projector.Applied(); applied < last {

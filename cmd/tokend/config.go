@@ -39,6 +39,7 @@ type Config struct {
 	IssueBurst      int
 	ReadyMaxLag     uint64
 	LogLevel        string
+	Pprof           bool
 }
 
 // parseConfig reads flags from args, each defaulting to its TOKEND_<FLAG>
@@ -74,6 +75,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs.Float64Var(&c.IssueRate, "rate-issue-per-client", 200, "issues per client id per second, on average (0: no limit)")
 	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
 	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 1000, "/readyz fails while the projections are more than this many events behind the stream")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the HTTP address (for benchmarks and incidents; keep the address private)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 
 	var envErr error

@@ -215,3 +215,41 @@ func checkFor(tb testing.TB, total, every time.Duration, f func() error) {
 		time.Sleep(every)
 	}
 }
+
+// streamEventCount returns how many events the stream holds (sealed
+// children share it, on other subjects).
+func streamEventCount(tb testing.TB, js jetstream.JetStream) uint64 {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter("tokens.evt.*"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var n uint64
+	for _, count := range info.State.Subjects {
+		n += count
+	}
+	return n
+}
+
+// lastEventSeq returns the stream sequence of the newest event: where a
+// caught-up read model stands.
+func lastEventSeq(tb testing.TB, js jetstream.JetStream) uint64 {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	last, err := events.LastEventSeq(ctx, s, events.Subjects{Prefix: "tokens"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return last
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -27,6 +28,18 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
+// withPprof adds Go's profiler under /debug/pprof/ (--pprof).
+func withPprof(next http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", next)
+	return mux
+}
+
 // registerStateMetrics exposes what is read at scrape time: the read model's
 // position against the stream, the active families, the NATS connection.
 func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r *projections.Reader, nc *nats.Conn) {
@@ -37,9 +50,9 @@ func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r
 	reg.MustRegister(
 		gauge("tokend_projection_applied_sequence", "Last stream sequence applied to the read model.",
 			func() float64 { return float64(p.Applied()) }),
-		gauge("tokend_stream_last_sequence", "Last sequence of the TOKENS stream, as last seen.",
+		gauge("tokend_stream_last_sequence", "Stream sequence of the newest event in TOKENS, as last seen.",
 			func() float64 { return float64(p.StreamSeq()) }),
-		gauge("tokend_projection_lag_events", "Stream messages not yet applied to the read model.",
+		gauge("tokend_projection_lag_events", "Stream sequence of the newest event minus the last one applied to the read model.",
 			func() float64 { return float64(p.Lag()) }),
 		gauge("tokend_active_families", "Token families neither revoked nor expired, per the read model (refreshed every 10s at most).",
 			active.get),

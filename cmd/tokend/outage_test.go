@@ -235,7 +235,7 @@ func TestBrokerOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	last := streamState(t, js).LastSeq
+	last := lastEventSeq(t, js)
 	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if applied := app.projector.Applied(); applied < last {
 			return fmt.Errorf("the projector applied %d of %d", applied, last)

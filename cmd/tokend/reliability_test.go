@@ -250,10 +250,9 @@ func (l *load) checkProjections(nc *nats.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := streamState(t, js)
-	waitApplied(t, nc, state.LastSeq)
-	if rows := auditPages(t, nc, wire.AuditRequest{}, wire.MaxAuditLimit); uint64(len(rows)) != state.Msgs {
-		t.Fatalf("%d audit rows for %d stream messages", len(rows), state.Msgs)
+	waitApplied(t, nc, lastEventSeq(t, js))
+	if rows, n := auditPages(t, nc, wire.AuditRequest{}, wire.MaxAuditLimit), streamEventCount(t, js); uint64(len(rows)) != n {
+		t.Fatalf("%d audit rows for %d events in the stream", len(rows), n)
 	}
 	for _, f := range l.fams {
 		evs := familyEvents(t, nc, f.id)

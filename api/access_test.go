@@ -1,0 +1,81 @@
+package api
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+)
+
+// TestAccessTokenIsRFC9068 mints an access token and checks it the way a
+// resource server would: typ at+jwt, a kid from the published JWKS, a valid
+// EdDSA signature, and the profile's claims.
+func TestAccessTokenIsRFC9068(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	ks := events.NewKeyset(now)
+	a, err := NewAccessTokens(ks, "https://tokend.example", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jwks jose.JSONWebKeySet
+	if err := json.Unmarshal(a.JWKS(), &jwks); err != nil || len(jwks.Keys) != 1 || !jwks.Keys[0].IsPublic() {
+		t.Fatalf("JWKS %s: %v", a.JWKS(), err)
+	}
+	fam := domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}
+	for _, c := range []struct {
+		audience []string
+		wantAud  jwt.Audience
+	}{
+		{[]string{"https://api.example.com"}, jwt.Audience{"https://api.example.com"}},
+		{nil, nil},
+	} {
+		raw, err := a.Mint(events.Grant{Family: fam, Scope: []string{"openid", "api:read"}, Audience: c.audience}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.EdDSA})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := tok.Headers[0]
+		if h.ExtraHeaders[jose.HeaderType] != "at+jwt" || h.KeyID != jwks.Keys[0].KeyID || h.Algorithm != string(jose.EdDSA) {
+			t.Fatalf("header %+v", h)
+		}
+		var std jwt.Claims
+		var extra struct {
+			ClientID string `json:"client_id"`
+			Scope    string `json:"scope"`
+			SID      string `json:"sid"`
+		}
+		if err := tok.Claims(jwks.Keys[0].Key, &std, &extra); err != nil {
+			t.Fatalf("signature: %v", err)
+		}
+		if err := std.ValidateWithLeeway(jwt.Expected{Issuer: "https://tokend.example", Subject: "user-42", Time: now.Add(time.Minute)}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !std.Expiry.Time().Equal(now.Add(5*time.Minute)) || !std.IssuedAt.Time().Equal(now) || std.ID == "" {
+			t.Fatalf("times or jti: %+v", std)
+		}
+		if len(std.Audience) != len(c.wantAud) || (len(c.wantAud) == 1 && std.Audience[0] != c.wantAud[0]) {
+			t.Fatalf("aud %v, want %v", std.Audience, c.wantAud)
+		}
+		if extra.ClientID != "web-app" || extra.Scope != "openid api:read" || extra.SID != "fam-1" {
+			t.Fatalf("claims %+v", extra)
+		}
+	}
+	// A token altered after signing fails verification.
+	raw, _ := a.Mint(events.Grant{Family: fam}, now)
+	tampered := []byte(raw)
+	tampered[len(tampered)-3] ^= 1
+	if tok, err := jwt.ParseSigned(string(tampered), []jose.SignatureAlgorithm{jose.EdDSA}); err == nil {
+		var std jwt.Claims
+		if tok.Claims(jwks.Keys[0].Key, &std) == nil {
+			t.Fatal("a tampered token verified")
+		}
+	}
+}
