@@ -70,6 +70,7 @@ func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request, query string
 	defer cancel()
 	out, err := handle(ctx)
 	s.Metrics.query(query, err, time.Since(start))
+	s.handled.Add(1)
 	if err != nil {
 		s.logFailure(r.URL.Path, err)
 		writeError(w, err)

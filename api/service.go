@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,7 @@ type Service struct {
 	Now       func() time.Time
 
 	nc       *nats.Conn
+	handled  atomic.Uint64 // requests answered, NATS and HTTP
 	inFlight sync.WaitGroup
 	slots    chan struct{}
 	micro    micro.Service
@@ -85,6 +87,9 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 	return nc.FlushTimeout(10 * time.Second)
 }
 
+// Handled returns how many requests have been answered so far.
+func (s *Service) Handled() uint64 { return s.handled.Load() }
+
 // Stop stops taking requests and waits for those in flight.
 func (s *Service) Stop() {
 	if s.micro != nil {
@@ -117,7 +122,7 @@ func (s *Service) async(name string, timeout time.Duration, handle func(context.
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			out, err := handle(ctx, req.Data())
-			defer func() { measure(name, err, time.Since(start)) }()
+			defer func() { measure(name, err, time.Since(start)); s.handled.Add(1) }()
 			if err != nil {
 				s.logFailure(name, err)
 				s.respondError(reply, err)

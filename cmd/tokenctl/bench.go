@@ -60,6 +60,7 @@ family. --timeout bounds each request.`,
 		fs.Var(&o.tokendFlags, "tokend-flag", "pass `FLAG` to the started tokend, e.g. --tokend-flag=--sync-always (repeatable);\n"+
 			"--sync-always goes to tokenbaseline too")
 		fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
+		fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers, stay idle for --duration, and report tokend's memory")
 		return func(ctx context.Context, e *env) error {
 			if err := o.check(); err != nil {
 				return err
@@ -71,6 +72,7 @@ family. --timeout bounds each request.`,
 
 type benchOptions struct {
 	k, conns, tokendPID    int
+	idle                   int
 	duration, warmup       time.Duration
 	baseline, target, keep bool
 	order                  string
@@ -92,6 +94,8 @@ func (o *benchOptions) check() error {
 		return usagef("--tokend and --tokend-flag start a tokend; --target measures one already running")
 	case o.tokendPID != 0 && !o.target:
 		return usagef("--tokend-pid goes with --target; a started tokend's pid is known")
+	case o.idle < 0 || o.idle > 0 && (o.baseline || o.target):
+		return usagef("--idle N measures a started tokend's memory: not negative, and not with --baseline or --target")
 	}
 	if o.conns == 0 {
 		o.conns = 8
@@ -108,13 +112,14 @@ func (o *benchOptions) runs() []string {
 	return strings.Split(o.order, ",")
 }
 
-// tokendBenchEnv lifts tokend's per-family refresh rate limit, which exists
-// to keep one noisy family from writing the stream full: with it, a load
-// that rotates each family as fast as it can would measure the limiter. A
+// tokendBenchEnv lifts tokend's rate limits (per family refreshes, per
+// client issues), which exist to keep one noisy family or client from
+// writing the stream full: with them, a load that rotates each family, or
+// issues families, as fast as it can would measure the limiter. A
 // variable rather than a flag, because a tokend without the limit ignores
 // it; a flag beats it, so --tokend-flag=--rate-refresh-per-family=10 puts
 // the limit back.
-var tokendBenchEnv = []string{"TOKEND_RATE_REFRESH_PER_FAMILY=0"}
+var tokendBenchEnv = []string{"TOKEND_RATE_REFRESH_PER_FAMILY=0", "TOKEND_RATE_ISSUE_PER_CLIENT=0"}
 
 // syncAlwaysIn reports whether tokend's flags turn on --sync-always, which
 // the baseline then gets too: an fsync per append is most of the cost.
@@ -212,6 +217,10 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 		maps.Copy(bins, built)
 	}
 
+	if o.idle > 0 {
+		status("issuing " + strconv.Itoa(o.idle) + " families…")
+		return benchIdle(ctx, e, o, bins["tokend"])
+	}
 	cfg := loadConfig{k: o.k, conns: o.conns, warmup: o.warmup, duration: o.duration, timeout: e.timeout, ticks: clockTicks()}
 	if tty {
 		cfg.progress = e.stderr

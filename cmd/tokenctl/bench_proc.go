@@ -256,21 +256,23 @@ func procPeakRSS(pid int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return parseVmHWM(data)
+	return parseStatusKB(data, "VmHWM:")
 }
 
-func parseVmHWM(status []byte) (int64, error) {
+// parseStatusKB returns the value of a "key: N kB" line of /proc/<pid>/status
+// in bytes.
+func parseStatusKB(status []byte, key string) (int64, error) {
 	sc := bufio.NewScanner(bytes.NewReader(status))
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
+		rest, ok := strings.CutPrefix(sc.Text(), key)
 		if !ok {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("/proc status VmHWM: %w", err)
+			return 0, fmt.Errorf("/proc status %s %w", key, err)
 		}
 		return kb << 10, nil
 	}
-	return 0, errors.New("/proc status: no VmHWM")
+	return 0, fmt.Errorf("/proc status: no %s", key)
 }

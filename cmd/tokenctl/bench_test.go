@@ -60,11 +60,14 @@ func TestParseProc(t *testing.T) {
 		}
 	}
 	status := "Name:\ttokend\nVmPeak:\t 1300000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40000 kB\n"
-	if got, err := parseVmHWM([]byte(status)); err != nil || got != 50<<20 {
-		t.Errorf("parseVmHWM = %d, %v; want %d", got, err, 50<<20)
+	if got, err := parseStatusKB([]byte(status), "VmHWM:"); err != nil || got != 50<<20 {
+		t.Errorf("VmHWM = %d, %v; want %d", got, err, 50<<20)
 	}
-	if _, err := parseVmHWM([]byte("Name:\tx\n")); err == nil {
-		t.Error("parseVmHWM without VmHWM: no error")
+	if got, err := parseStatusKB([]byte(status), "VmRSS:"); err != nil || got != 40000<<10 {
+		t.Errorf("VmRSS = %d, %v; want %d", got, err, 40000<<10)
+	}
+	if _, err := parseStatusKB([]byte("Name:\tx\n"), "VmHWM:"); err == nil {
+		t.Error("no VmHWM line: no error")
 	}
 	// This process, for real: the readers work on the running kernel.
 	if _, err := os.Stat("/proc/self/stat"); err == nil {
@@ -191,6 +194,9 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--target", "--tokend", "/bin/true"},
 		{"--target", "--tokend-flag=--sync-always"},
 		{"--tokend-pid", "1"},
+		{"--idle", "-1"},
+		{"--idle", "10", "--baseline"},
+		{"--idle", "10", "--target"},
 		{"extra"},
 	} {
 		r := runCtl(t, "", append([]string{"--nats-url", deadURL, "bench"}, args...)...)
@@ -291,5 +297,26 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("bench left %v in its temporary directory", left)
+	}
+}
+
+// TestBenchIdle issues families into a started tokend and reads its memory.
+func TestBenchIdle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs tokend")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := run(ctx, []string{"bench", "--idle", "300", "-k", "4", "--duration", "200ms", "--json"}, strings.NewReader(""), &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	var rep idleReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if rep.Families != 300 || rep.Errors != 0 || rep.RSSBytes <= 0 || rep.PeakRSSBytes < rep.RSSBytes || rep.IssuesPerSecond <= 0 {
+		t.Fatalf("report %+v", rep)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -37,6 +38,7 @@ type App struct {
 	projector     *projections.Projector
 	stopProjector context.CancelFunc
 	projectorDone chan struct{}
+	stopIdle      context.CancelFunc
 }
 
 // maxRateLimitedClients bounds the client ids whose issue rate is tracked.
@@ -114,6 +116,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 			log.Error("http server", "err", err)
 		}
 	}()
+	idleCtx, stopIdle := context.WithCancel(context.Background())
+	a.stopIdle = stopIdle
+	go releaseWhenIdle(idleCtx, idleCheck, a.api.Handled, debug.FreeOSMemory)
 	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "prefix", cfg.SubjectPrefix,
 		"reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
 	return a, nil
@@ -192,6 +197,9 @@ func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
 // Stop drains in-flight requests, then closes HTTP, NATS and the embedded server.
 func (a *App) Stop() {
+	if a.stopIdle != nil {
+		a.stopIdle()
+	}
 	if a.api != nil {
 		a.api.Stop()
 	}

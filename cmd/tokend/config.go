@@ -69,7 +69,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs.BoolVar(&c.SyncAlways, "sync-always", false, "embedded server: fsync every write before acknowledging (default: fsync every 2 minutes)")
 	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
 	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
-	fs.IntVar(&c.FamilyCache, "family-cache", 65536, "family states kept in memory by the writer")
+	fs.IntVar(&c.FamilyCache, "family-cache", 16384, "family states kept in memory by the writer (a miss costs one read of the family's last event)")
 	fs.Float64Var(&c.RefreshRate, "rate-refresh-per-family", 10, "rotations and refused refreshes per family per second, on average (0: no limit); parallel refreshes answered from the reuse interval and replays are never limited")
 	fs.IntVar(&c.RefreshBurst, "rate-refresh-burst", 20, "refreshes per family allowed at once above the rate")
 	fs.Float64Var(&c.IssueRate, "rate-issue-per-client", 200, "issues per client id per second, on average (0: no limit)")
