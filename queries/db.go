@@ -39,6 +39,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.auditBySubjectStmt, err = db.PrepareContext(ctx, auditBySubject); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditBySubject: %w", err)
 	}
+	if q.auditByTimeStmt, err = db.PrepareContext(ctx, auditByTime); err != nil {
+		return nil, fmt.Errorf("error preparing query AuditByTime: %w", err)
+	}
+	if q.auditByTypesStmt, err = db.PrepareContext(ctx, auditByTypes); err != nil {
+		return nil, fmt.Errorf("error preparing query AuditByTypes: %w", err)
+	}
 	if q.countActiveFamiliesStmt, err = db.PrepareContext(ctx, countActiveFamilies); err != nil {
 		return nil, fmt.Errorf("error preparing query CountActiveFamilies: %w", err)
 	}
@@ -100,6 +106,16 @@ func (q *Queries) Close() error {
 	if q.auditBySubjectStmt != nil {
 		if cerr := q.auditBySubjectStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing auditBySubjectStmt: %w", cerr)
+		}
+	}
+	if q.auditByTimeStmt != nil {
+		if cerr := q.auditByTimeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing auditByTimeStmt: %w", cerr)
+		}
+	}
+	if q.auditByTypesStmt != nil {
+		if cerr := q.auditByTypesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing auditByTypesStmt: %w", cerr)
 		}
 	}
 	if q.countActiveFamiliesStmt != nil {
@@ -201,6 +217,8 @@ type Queries struct {
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
 	auditBySubjectStmt             *sql.Stmt
+	auditByTimeStmt                *sql.Stmt
+	auditByTypesStmt               *sql.Stmt
 	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
@@ -223,6 +241,8 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,
 		auditBySubjectStmt:             q.auditBySubjectStmt,
+		auditByTimeStmt:                q.auditByTimeStmt,
+		auditByTypesStmt:               q.auditByTypesStmt,
 		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,

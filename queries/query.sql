@@ -48,37 +48,50 @@ SELECT family_id FROM families WHERE subject = @subject AND status = 'active' OR
 SELECT family_id FROM families WHERE client_id = @client_id AND status = 'active' ORDER BY family_id;
 
 -- The audit queries share one shape; each leads with the filter its index
--- serves, and the others narrow the rows it reads. @types is a JSON array
--- ('' for all types).
+-- serves, and the others narrow the rows it reads. A leading + keeps SQLite
+-- from driving a query by a filter's index it was not written for (it
+-- would pick the time index for an unbounded range and sort the whole
+-- table). @types is a JSON array ('' for all types).
 
 -- name: AuditByFamily :many
 SELECT * FROM audit_events
 WHERE family_id = @family_id AND seq > @after_seq
-  AND (CAST(@subject AS TEXT) = '' OR subject = @subject) AND (CAST(@client_id AS TEXT) = '' OR client_id = @client_id)
-  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
-  AND time >= @since AND time < @until
+  AND (CAST(@subject AS TEXT) = '' OR +subject = @subject) AND (CAST(@client_id AS TEXT) = '' OR +client_id = @client_id)
+  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
+  AND +time >= @since AND +time < @until
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditBySubject :many
 SELECT * FROM audit_events
 WHERE subject = @subject AND seq > @after_seq
-  AND (CAST(@client_id AS TEXT) = '' OR client_id = @client_id)
-  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
-  AND time >= @since AND time < @until
+  AND (CAST(@client_id AS TEXT) = '' OR +client_id = @client_id)
+  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
+  AND +time >= @since AND +time < @until
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditByClient :many
 SELECT * FROM audit_events
 WHERE client_id = @client_id AND seq > @after_seq
-  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
-  AND time >= @since AND time < @until
+  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
+  AND +time >= @since AND +time < @until
+ORDER BY seq LIMIT @lim;
+
+-- name: AuditByTypes :many
+-- Rare types (replays, revocations, rejections) among many rotations.
+SELECT * FROM audit_events
+WHERE type IN (SELECT value FROM json_each(CAST(@types AS TEXT))) AND seq > @after_seq
+  AND +time >= @since AND +time < @until
+ORDER BY seq LIMIT @lim;
+
+-- name: AuditByTime :many
+SELECT * FROM audit_events
+WHERE time >= @since AND time < @until AND seq > @after_seq
+  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditAll :many
 SELECT * FROM audit_events
 WHERE seq > @after_seq
-  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
-  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
 -- name: CountAuditEvents :one

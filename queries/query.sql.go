@@ -24,27 +24,16 @@ func (q *Queries) AppliedSeq(ctx context.Context) (int64, error) {
 const auditAll = `-- name: AuditAll :many
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
 WHERE seq > ?1
-  AND (CAST(?2 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?2)))
-  AND time >= ?3 AND time < ?4
-ORDER BY seq LIMIT ?5
+ORDER BY seq LIMIT ?2
 `
 
 type AuditAllParams struct {
 	AfterSeq int64
-	Types    string
-	Since    int64
-	Until    int64
 	Lim      int64
 }
 
 func (q *Queries) AuditAll(ctx context.Context, arg AuditAllParams) ([]AuditEvent, error) {
-	rows, err := q.query(ctx, q.auditAllStmt, auditAll,
-		arg.AfterSeq,
-		arg.Types,
-		arg.Since,
-		arg.Until,
-		arg.Lim,
-	)
+	rows, err := q.query(ctx, q.auditAllStmt, auditAll, arg.AfterSeq, arg.Lim)
 	if err != nil {
 		return nil, err
 	}
@@ -80,8 +69,8 @@ func (q *Queries) AuditAll(ctx context.Context, arg AuditAllParams) ([]AuditEven
 const auditByClient = `-- name: AuditByClient :many
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
 WHERE client_id = ?1 AND seq > ?2
-  AND (CAST(?3 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?3)))
-  AND time >= ?4 AND time < ?5
+  AND (CAST(?3 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?3)))
+  AND +time >= ?4 AND +time < ?5
 ORDER BY seq LIMIT ?6
 `
 
@@ -139,9 +128,9 @@ const auditByFamily = `-- name: AuditByFamily :many
 
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
 WHERE family_id = ?1 AND seq > ?2
-  AND (CAST(?3 AS TEXT) = '' OR subject = ?3) AND (CAST(?4 AS TEXT) = '' OR client_id = ?4)
-  AND (CAST(?5 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?5)))
-  AND time >= ?6 AND time < ?7
+  AND (CAST(?3 AS TEXT) = '' OR +subject = ?3) AND (CAST(?4 AS TEXT) = '' OR +client_id = ?4)
+  AND (CAST(?5 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?5)))
+  AND +time >= ?6 AND +time < ?7
 ORDER BY seq LIMIT ?8
 `
 
@@ -157,8 +146,10 @@ type AuditByFamilyParams struct {
 }
 
 // The audit queries share one shape; each leads with the filter its index
-// serves, and the others narrow the rows it reads. @types is a JSON array
-// (” for all types).
+// serves, and the others narrow the rows it reads. A leading + keeps SQLite
+// from driving a query by a filter's index it was not written for (it
+// would pick the time index for an unbounded range and sort the whole
+// table). @types is a JSON array (” for all types).
 func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([]AuditEvent, error) {
 	rows, err := q.query(ctx, q.auditByFamilyStmt, auditByFamily,
 		arg.FamilyID,
@@ -205,9 +196,9 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 const auditBySubject = `-- name: AuditBySubject :many
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
 WHERE subject = ?1 AND seq > ?2
-  AND (CAST(?3 AS TEXT) = '' OR client_id = ?3)
-  AND (CAST(?4 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?4)))
-  AND time >= ?5 AND time < ?6
+  AND (CAST(?3 AS TEXT) = '' OR +client_id = ?3)
+  AND (CAST(?4 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?4)))
+  AND +time >= ?5 AND +time < ?6
 ORDER BY seq LIMIT ?7
 `
 
@@ -227,6 +218,117 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 		arg.AfterSeq,
 		arg.ClientID,
 		arg.Types,
+		arg.Since,
+		arg.Until,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AuditEvent
+	for rows.Next() {
+		var i AuditEvent
+		if err := rows.Scan(
+			&i.Seq,
+			&i.ID,
+			&i.Type,
+			&i.Time,
+			&i.FamilyID,
+			&i.Subject,
+			&i.ClientID,
+			&i.Generation,
+			&i.Reason,
+			&i.Context,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const auditByTime = `-- name: AuditByTime :many
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
+WHERE time >= ?1 AND time < ?2 AND seq > ?3
+  AND (CAST(?4 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?4)))
+ORDER BY seq LIMIT ?5
+`
+
+type AuditByTimeParams struct {
+	Since    int64
+	Until    int64
+	AfterSeq int64
+	Types    string
+	Lim      int64
+}
+
+func (q *Queries) AuditByTime(ctx context.Context, arg AuditByTimeParams) ([]AuditEvent, error) {
+	rows, err := q.query(ctx, q.auditByTimeStmt, auditByTime,
+		arg.Since,
+		arg.Until,
+		arg.AfterSeq,
+		arg.Types,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AuditEvent
+	for rows.Next() {
+		var i AuditEvent
+		if err := rows.Scan(
+			&i.Seq,
+			&i.ID,
+			&i.Type,
+			&i.Time,
+			&i.FamilyID,
+			&i.Subject,
+			&i.ClientID,
+			&i.Generation,
+			&i.Reason,
+			&i.Context,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const auditByTypes = `-- name: AuditByTypes :many
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
+WHERE type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2
+  AND +time >= ?3 AND +time < ?4
+ORDER BY seq LIMIT ?5
+`
+
+type AuditByTypesParams struct {
+	Types    string
+	AfterSeq int64
+	Since    int64
+	Until    int64
+	Lim      int64
+}
+
+// Rare types (replays, revocations, rejections) among many rotations.
+func (q *Queries) AuditByTypes(ctx context.Context, arg AuditByTypesParams) ([]AuditEvent, error) {
+	rows, err := q.query(ctx, q.auditByTypesStmt, auditByTypes,
+		arg.Types,
+		arg.AfterSeq,
 		arg.Since,
 		arg.Until,
 		arg.Lim,
