@@ -38,13 +38,20 @@ type Token struct {
 	Generation uint64
 	KeyID      string
 	value      string
+	hash       string // computed once: a refresh compares it several times
+}
+
+// newToken returns the token with value, its hash computed.
+func newToken(familyID string, gen uint64, keyID, value string) Token {
+	return Token{FamilyID: familyID, Generation: gen, KeyID: keyID, value: value, hash: HashToken(value)}
 }
 
 // Value returns the token string handed to clients.
 func (t Token) Value() string { return t.value }
 
 // Hash returns the hex SHA-256 of the token: the only form stored anywhere.
-func (t Token) Hash() string { return HashToken(t.value) }
+// The zero Token's hash is empty and equals no token's.
+func (t Token) Hash() string { return t.hash }
 
 // HashToken returns the hex SHA-256 of a token string.
 func HashToken(value string) string {
@@ -89,7 +96,7 @@ func (c *TokenCodec) Mint(familyID string, gen uint64, secret [SecretSize]byte) 
 	body := tokenPrefix + "." + familyID + "." + strconv.FormatUint(gen, 10) + "." + c.current.ID + "." + b64.EncodeToString(secret[:])
 	mac := hmac.New(sha256.New, c.current.Secret)
 	mac.Write([]byte(body))
-	return Token{FamilyID: familyID, Generation: gen, KeyID: c.current.ID, value: body + "." + b64.EncodeToString(mac.Sum(nil))}
+	return newToken(familyID, gen, c.current.ID, body+"."+b64.EncodeToString(mac.Sum(nil)))
 }
 
 // Parse verifies a presented token. It returns ErrInvalidGrant for anything
@@ -120,7 +127,7 @@ func (c *TokenCodec) Parse(s string) (Token, error) {
 	if !hmac.Equal(mac.Sum(nil), got) {
 		return Token{}, ErrInvalidGrant
 	}
-	return Token{FamilyID: parts[1], Generation: gen, KeyID: parts[3], value: s}, nil
+	return newToken(parts[1], gen, parts[3], s), nil
 }
 
 // parseGeneration accepts only canonical positive decimals, so one token has

@@ -273,6 +273,9 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	defer tx.Rollback()
 	q := p.db.W.WithTx(tx)
 	var last uint64
+	// Every event carries its family's whole state, so a family needs its
+	// row written once per batch, from its newest event.
+	newest := make(map[string]stateAt, len(batch))
 	for _, m := range batch {
 		md, err := m.Metadata()
 		if err != nil {
@@ -293,6 +296,12 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 		if err := applyEvent(ctx, q, last, env); err != nil {
 			return err
 		}
+		newest[env.FamilyID] = stateAt{env: env, seq: last}
+	}
+	for _, s := range newest {
+		if err := upsertFamily(ctx, q, s.seq, s.env); err != nil {
+			return err
+		}
 	}
 	if err := q.SetAppliedSeq(ctx, int64(last)); err != nil {
 		return err
@@ -311,8 +320,14 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	return nil
 }
 
-// applyEvent writes one event's rows. Each write is idempotent, so a
-// re-delivered event changes nothing.
+// stateAt is a family's state as of the event at seq.
+type stateAt struct {
+	env events.Envelope
+	seq uint64
+}
+
+// applyEvent writes one event's audit row and, for a new token, its token
+// row. Each write is idempotent, so a re-delivered event changes nothing.
 func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope) error {
 	ctxJSON := []byte("{}")
 	if len(env.Context) > 0 {
@@ -325,28 +340,30 @@ func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.
 	}); err != nil {
 		return err
 	}
+	switch domain.EventType(env.Type) {
+	case domain.TokenIssued, domain.TokenRotated:
+		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: env.FamilyID,
+			Generation: int64(env.Generation), IssuedAt: at})
+	}
+	return nil
+}
+
+// upsertFamily writes a family's row as of the event at seq; an older
+// state than the row holds changes nothing.
+func upsertFamily(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope) error {
 	f := env.Family()
 	aud, _ := json.Marshal(nonNil(f.Audience))
 	revokedAt := sql.NullInt64{}
 	if !f.RevokedAt.IsZero() {
 		revokedAt = sql.NullInt64{Int64: f.RevokedAt.UnixNano(), Valid: true}
 	}
-	if err := q.UpsertFamily(ctx, queries.UpsertFamilyParams{
+	return q.UpsertFamily(ctx, queries.UpsertFamilyParams{
 		FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
 		Audience: string(aud), Status: string(f.Status), Generation: int64(f.Generation), CurrentHash: f.CurrentHash,
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
 		LastSeq: int64(seq),
-	}); err != nil {
-		return err
-	}
-	switch domain.EventType(env.Type) {
-	case domain.TokenIssued:
-		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: f.ID, Generation: 1, IssuedAt: at})
-	case domain.TokenRotated:
-		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: f.ID, Generation: int64(env.Generation), IssuedAt: at})
-	}
-	return nil
+	})
 }
 
 func nonNil(s []string) []string {
