@@ -118,7 +118,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}()
 	idleCtx, stopIdle := context.WithCancel(context.Background())
 	a.stopIdle = stopIdle
-	go releaseWhenIdle(idleCtx, idleCheck, a.api.Handled, debug.FreeOSMemory)
+	go func() {
+		t := time.NewTicker(idleCheck)
+		defer t.Stop()
+		releaseWhenIdle(idleCtx, t.C, a.api.Handled, debug.FreeOSMemory)
+	}()
 	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "prefix", cfg.SubjectPrefix,
 		"reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
 	return a, nil
