@@ -1,6 +1,6 @@
 # The README's test command. Besides Go it needs promtool, prometheus and
 # systemd-analyze, which it installs from Debian's packages when missing.
-.PHONY: test deps fuzz bench conformance cluster-test
+.PHONY: test deps fuzz bench conformance cluster-test reliability-test
 
 test: deps
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
@@ -27,7 +27,8 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzAuditQueryString$$' -fuzztime $(FUZZTIME) ./api
 	go test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./events
 
-# The benchmarks behind docs/benchmarks.md.
+# The go test benchmarks behind docs/benchmarks.md; the rotation benchmark
+# is go run ./cmd/tokenctl bench --baseline -k 64.
 bench:
 	go test -run '^$$' -bench ProjectionRebuild -benchtime 5x ./projections
 	go test -run '^$$' -bench Introspect -benchtime 2s ./projections ./cmd/tokend
@@ -35,6 +36,10 @@ bench:
 # The three-node cluster test: a node fails under load (about 20 s).
 cluster-test:
 	go test -tags cluster -race -count=1 -run TestCluster -v ./cmd/tokend
+
+# kill -9 under load, a NATS outage under load (about a minute).
+reliability-test:
+	go test -tags reliability -race -count=1 -run 'TestCrash|TestBrokerOutage' -v ./cmd/tokend
 
 # The outside contract driver, where the shared workspace has it.
 CONFORMANCE ?= .

@@ -15,7 +15,9 @@ import (
 //
 //	go test -run '^$' -bench IntrospectOverNATS ./cmd/tokend
 func BenchmarkIntrospectOverNATS(b *testing.B) {
-	app := MustApp(b, testConfig(b), nil)
+	cfg := testConfig(b)
+	cfg.IssueRate = 0 // the setup issues families faster than a client may
+	app := MustApp(b, cfg, nil)
 	nc := eventstest.MustConnect(b, app.NATSURL())
 	tokens := make([]string, 500)
 	var last uint64
