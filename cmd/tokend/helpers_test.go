@@ -216,17 +216,22 @@ func checkFor(tb testing.TB, total, every time.Duration, f func() error) {
 	}
 }
 
-// streamEventCount returns how many events the stream holds (sealed
-// children share it, on other subjects).
-func streamEventCount(tb testing.TB, js jetstream.JetStream) uint64 {
+// tokensStream returns the TOKENS stream.
+func tokensStream(tb testing.TB, ctx context.Context, js jetstream.JetStream) jetstream.Stream {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	s, err := js.Stream(ctx, events.StreamName)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter("tokens.evt.*"))
+	return s
+}
+
+// countSubjects returns how many messages of the TOKENS stream match filter.
+func countSubjects(tb testing.TB, js jetstream.JetStream, filter string) uint64 {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := tokensStream(tb, ctx, js).Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -237,17 +242,20 @@ func streamEventCount(tb testing.TB, js jetstream.JetStream) uint64 {
 	return n
 }
 
+// streamEventCount returns how many events the stream holds (sealed
+// children share it, on other subjects).
+func streamEventCount(tb testing.TB, js jetstream.JetStream) uint64 {
+	tb.Helper()
+	return countSubjects(tb, js, "tokens.evt.*")
+}
+
 // lastEventSeq returns the stream sequence of the newest event: where a
 // caught-up read model stands.
 func lastEventSeq(tb testing.TB, js jetstream.JetStream) uint64 {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, events.StreamName)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	last, err := events.LastEventSeq(ctx, s, events.Subjects{Prefix: "tokens"})
+	last, err := events.LastEventSeq(ctx, tokensStream(tb, ctx, js), events.Subjects{Prefix: "tokens"})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -106,21 +106,7 @@ func streamState(tb testing.TB, js jetstream.JetStream) jetstream.StreamState {
 // reuseEntries returns how many sealed children the stream holds.
 func reuseEntries(tb testing.TB, js jetstream.JetStream) uint64 {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, events.StreamName)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter("tokens.reuse.>"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var n uint64
-	for _, count := range info.State.Subjects {
-		n += count
-	}
-	return n
+	return countSubjects(tb, js, "tokens.reuse.>")
 }
 
 // wantUnavailable checks that a refused write answered the contract's
