@@ -187,6 +187,7 @@ func TestClusterNodeFailureUnderLoad(t *testing.T) {
 		cfg.NATSURL = c.urls()
 		cfg.StreamReplicas = 3
 		cfg.ReuseInterval = time.Minute // a retry after a lost reply must find the same child
+		cfg.RefreshRate = 0             // the node failure, not the rate limit, is to refuse commands
 		creds.login(&cfg)
 		apps[i] = MustApp(t, cfg, nil)
 	}

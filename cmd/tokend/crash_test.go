@@ -100,7 +100,9 @@ func crashRounds(t *testing.T, bin string, rounds, families int, args ...string)
 	t.Logf("seed %d", seed)
 	dataDir := t.TempDir()
 	// A retry after the restart must fall inside the reuse interval.
-	args = append([]string{"--reuse-interval", "1m"}, args...)
+	// The load rotates each family as fast as it can: the rate limit would
+	// leave few rotations in flight when the process dies.
+	args = append([]string{"--reuse-interval", "1m", "--rate-refresh-per-family", "0"}, args...)
 	var (
 		l        *load
 		inFlight int

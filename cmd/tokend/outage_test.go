@@ -115,6 +115,7 @@ func TestBrokerOutage(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.NATSURL = srv.url()
 	cfg.ReuseInterval = time.Minute
+	cfg.RefreshRate = 0 // the outage, not the rate limit, is to refuse commands
 	logs := &syncBuffer{}
 	app := MustApp(t, cfg, logs)
 	nc := clientConn(t, srv.url())
