@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -21,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
@@ -371,5 +374,94 @@ func TestTokenctlWithRoleCredentials(t *testing.T) {
 	}
 	if out, err := tokenctl("admin", "revoke", "--family", issued.FamilyID); err != nil || !strings.Contains(out, "revoked_families: 1") {
 		t.Fatalf("revoke as admin: %v\n%s", err, out)
+	}
+}
+
+// TestCredsFile: tokend logs in to a NATS server in operator (JWT) mode with
+// a credentials file, as on a managed deployment; a user of an account the
+// server does not trust is turned away at startup.
+func TestCredsFile(t *testing.T) {
+	operator, _ := nkeys.CreateOperator()
+	account, _ := nkeys.CreateAccount()
+	opPub, _ := operator.PublicKey()
+	accPub, _ := account.PublicKey()
+	oc := jwt.NewOperatorClaims(opPub)
+	opJWT, err := oc.Encode(operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc, err = jwt.DecodeOperatorClaims(opJWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac := jwt.NewAccountClaims(accPub)
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	accJWT, err := ac.Encode(operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Operator mode needs a system account.
+	sys, _ := nkeys.CreateAccount()
+	sysPub, _ := sys.PublicKey()
+	sysJWT, err := jwt.NewAccountClaims(sysPub).Encode(operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver := &server.MemAccResolver{}
+	for pub, claims := range map[string]string{accPub: accJWT, sysPub: sysJWT} {
+		if err := resolver.Store(pub, claims); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+		JetStream: true, StoreDir: t.TempDir(), JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30,
+		TrustedOperators: []*jwt.OperatorClaims{oc}, AccountResolver: resolver, SystemAccount: sysPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+
+	creds := func(signer nkeys.KeyPair) string {
+		user, _ := nkeys.CreateUser()
+		userPub, _ := user.PublicKey()
+		seed, _ := user.Seed()
+		uc := jwt.NewUserClaims(userPub)
+		userJWT, err := uc.Encode(signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := jwt.FormatUserConfig(userJWT, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "tokend.creds")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+
+	cfg := testConfig(t)
+	cfg.NATSURL, cfg.NATSCreds = ns.ClientURL(), creds(account)
+	app := MustApp(t, cfg, nil)
+	issued, err := app.api.Tokens.Issue(t.Context(), eventsIssue("user-creds", "web-app"))
+	if err != nil || issued.Seq == 0 {
+		t.Fatalf("issue through a creds login: %v", err)
+	}
+
+	stranger, _ := nkeys.CreateAccount()
+	cfg = testConfig(t)
+	cfg.NATSURL, cfg.NATSCreds = ns.ClientURL(), creds(stranger)
+	app, err = Start(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err == nil {
+		app.Stop()
+		t.Fatal("a user of an untrusted account was let in")
+	}
+	if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("refused for another reason: %v", err)
 	}
 }
