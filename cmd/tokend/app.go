@@ -55,7 +55,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err := a.connect(); err != nil {
 		return nil, err
 	}
-	if a.js, err = jetstream.New(a.nc); err != nil {
+	// An acknowledgement that never comes (a lost connection) must not keep
+	// its pending entry for ever: the append itself gives up with its request.
+	if a.js, err = jetstream.New(a.nc, jetstream.WithPublishAsyncTimeout(time.Minute)); err != nil {
 		return nil, err
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
