@@ -259,9 +259,6 @@ func TestBenchWorkerErrors(t *testing.T) {
 // TestBenchEndToEnd builds tokend and tokenbaseline, runs a short load
 // against each and checks the report's shape; it asserts no timing.
 func TestBenchEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds two binaries and runs two servers")
-	}
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // where bench makes and must remove its directories
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -302,9 +299,6 @@ func TestBenchEndToEnd(t *testing.T) {
 
 // TestBenchIdle issues families into a started tokend and reads its memory.
 func TestBenchIdle(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs tokend")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
