@@ -4,6 +4,7 @@ package api
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -21,7 +22,8 @@ import (
 type AccessTokens struct {
 	issuer string
 	ttl    time.Duration
-	signer jose.Signer
+	key    ed25519.PrivateKey
+	header []byte // the JWS protected header, base64url-encoded: the same for every token
 	jwks   []byte
 }
 
@@ -32,9 +34,11 @@ func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*Acces
 		return nil, fmt.Errorf("keyset has no signing key")
 	}
 	cur := ks.Signing[0]
-	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: cur.Private(), KeyID: cur.ID}},
-		(&jose.SignerOptions{}).WithType("at+jwt"))
+	header, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{string(jose.EdDSA), cur.ID, "at+jwt"})
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +51,8 @@ func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*Acces
 	if err != nil {
 		return nil, err
 	}
-	return &AccessTokens{issuer: issuer, ttl: ttl, signer: signer, jwks: jwks}, nil
+	return &AccessTokens{issuer: issuer, ttl: ttl, key: cur.Private(),
+		header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks}, nil
 }
 
 // JWKS returns the public key set as JSON.
@@ -78,15 +83,22 @@ func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
 		Scope:    domain.ScopeString(g.Scope),
 		SID:      g.Family.ID,
 	}
-	// Signed directly: jwt.Signed would marshal the claims, decode them into
-	// a map and marshal them again, a third of the cost of minting.
 	payload, err := json.Marshal(c)
 	if err != nil {
 		return "", err
 	}
-	jws, err := a.signer.Sign(payload)
-	if err != nil {
-		return "", err
-	}
-	return jws.CompactSerialize()
+	// The compact JWS (RFC 7515 section 7.1) is assembled here rather than by
+	// go-jose's signer, which rebuilt and re-encoded the constant header
+	// and copied the token three times: a fifth of the cost of minting,
+	// the rest being the Ed25519 signature itself. Tests verify the result
+	// with go-jose, as a resource server would.
+	enc := base64.RawURLEncoding
+	tok := make([]byte, 0, len(a.header)+2+enc.EncodedLen(len(payload))+enc.EncodedLen(ed25519.SignatureSize))
+	tok = append(tok, a.header...)
+	tok = append(tok, '.')
+	tok = enc.AppendEncode(tok, payload)
+	sig := ed25519.Sign(a.key, tok)
+	tok = append(tok, '.')
+	tok = enc.AppendEncode(tok, sig)
+	return string(tok), nil
 }
