@@ -54,3 +54,49 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 	})
 }
+
+// rotatedEnvelope is a typical stored rotation: two audiences, a context,
+// and the family snapshot every event carries.
+func rotatedEnvelope() Envelope {
+	at := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	auds := []string{"https://api.example.com", "https://billing.example.com"}
+	fam := domain.Family{ID: "Yx3kq0vVdM1oI7qf2nE8Tw", Subject: "user-42", ClientID: "web-app",
+		Scope: []string{"openid", "profile", "api:read"}, Audience: auds, Status: domain.StatusActive, Generation: 7,
+		CurrentHash: domain.HashToken("child"), ParentHash: domain.HashToken("parent"), RotatedAt: at,
+		CreatedAt: at.Add(-time.Hour), LastUsedAt: at, IdleExpiresAt: at.Add(24 * time.Hour),
+		AbsoluteExpiresAt: at.Add(30 * 24 * time.Hour)}
+	rotated := domain.Event{ID: "b3kq0vVdM1oI7qf2nE8TwA", Type: domain.TokenRotated, Time: at, FamilyID: fam.ID,
+		Subject: fam.Subject, ClientID: fam.ClientID, Generation: 7, TokenHash: fam.CurrentHash,
+		Scope: []string{"api:read"}, Audience: auds[:1], IdleExpiresAt: fam.IdleExpiresAt,
+		Context: domain.Context{"ip": "203.0.113.7", "user_agent": "Mozilla/5.0"}}
+	return Wrap(rotated, fam)
+}
+
+// BenchmarkEncodeEvent and BenchmarkDecodeEvent measure the JSON of one
+// rotation: the writer encodes it, the projector decodes it.
+//
+//	go test -run '^$' -bench 'codeEvent' ./events
+func BenchmarkEncodeEvent(b *testing.B) {
+	env := rotatedEnvelope()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := json.Marshal(env); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeEvent(b *testing.B) {
+	env := rotatedEnvelope()
+	data, err := json.Marshal(env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(data, env.FamilyID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
