@@ -122,7 +122,10 @@ func (s *Service) async(name string, timeout time.Duration, handle func(context.
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			out, err := handle(ctx, req.Data())
-			defer func() { measure(name, err, time.Since(start)); s.handled.Add(1) }()
+			// Counted before the reply leaves, so a caller that reads the
+			// metrics after its answer sees its own request.
+			measure(name, err, time.Since(start))
+			s.handled.Add(1)
 			if err != nil {
 				s.logFailure(name, err)
 				s.respondError(reply, err)

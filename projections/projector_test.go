@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -431,5 +432,58 @@ func TestAuditFiltersEveryPath(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("%s: got %d events %v, want %d %v", name, len(got), got, len(want), want)
 		}
+	}
+}
+
+// TestWaiterCutsLingerShort: under load the projector waits to fill large
+// batches, but not while a caller waits for a sequence (read-your-writes,
+// revoke by subject). With a linger of an hour, every wait below would
+// time out if a waiter did not end it.
+func TestWaiterCutsLingerShort(t *testing.T) {
+	h := MustHarness(t)
+	db := h.openDB(t, "projections.db")
+	p, err := NewProjector(context.Background(), db, h.js, subjects, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.BatchSize, p.Linger = 1_000_000, time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	// Keep the projector busy: families rotating without pause.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var load sync.WaitGroup
+	for i := range 4 {
+		load.Go(func() {
+			g, err := h.svc.Issue(loadCtx, events.IssueRequest{Subject: fmt.Sprintf("load-%d", i), ClientID: "c"})
+			for err == nil && loadCtx.Err() == nil {
+				g, err = h.svc.Refresh(loadCtx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"})
+			}
+		})
+	}
+	defer func() { stopLoad(); load.Wait() }()
+
+	g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: "reader", ClientID: "c"})
+	for i := 0; i < 20 && err == nil; i++ {
+		g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"})
+		if err != nil {
+			break
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err = p.WaitFor(wctx, g.Seq)
+		wcancel()
+		if err != nil {
+			t.Fatalf("waiting for seq %d (applied %d) while the projector lingers: %v", g.Seq, p.Applied(), err)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -74,7 +74,7 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs.IntVar(&c.RefreshBurst, "rate-refresh-burst", 20, "refreshes per family allowed at once above the rate")
 	fs.Float64Var(&c.IssueRate, "rate-issue-per-client", 200, "issues per client id per second, on average (0: no limit)")
 	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
-	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 1000, "/readyz fails while the projections are more than this many events behind the stream")
+	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 10000, "/readyz fails while the projections are more than this many events behind the stream")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the HTTP address (for benchmarks and incidents; keep the address private)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 

@@ -24,7 +24,7 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 	want := Config{DataDir: "./data", NATSListen: "127.0.0.1:4222", HTTPAddr: "127.0.0.1:8080", SubjectPrefix: "tokens",
 		ReuseInterval: 10 * time.Second, IdleTTL: 336 * time.Hour, AbsoluteTTL: 720 * time.Hour, AccessTTL: 5 * time.Minute,
 		Issuer: "http://127.0.0.1:8080", StreamReplicas: 1, JSMaxMemory: 256 << 20, JSMaxStore: 10 << 30,
-		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ReadyMaxLag: 1000, LogLevel: "info"}
+		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ReadyMaxLag: 10000, LogLevel: "info"}
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
 	}
