@@ -19,7 +19,7 @@ import (
 
 var benchCommand = &command{
 	summary:  "measure rotations per second, latency and cost of tokend, optionally against a minimal baseline",
-	synopsis: "[-k N] [--duration D] [--warmup D] [--baseline] [--target [--tokend-pid PID]] [--tokend-flag FLAG]...",
+	synopsis: "[-k N] [--duration D] [--warmup D] [--baseline [--rounds N]] [--target [--tokend-pid PID]] [--tokend-flag FLAG]...",
 	jsonHelp: "print the report as one JSON object",
 	long:     true,
 	help: `Starts a tokend (built from the source tree around the working directory
@@ -37,7 +37,9 @@ family far faster than any client would.
 --baseline first runs the same load against tokenbaseline, the minimal
 pipeline (one fenced JetStream append and a reply per request, same
 storage, fsync and subject layout), and prints both with tokend/baseline
-ratios. --target measures the tokend already running at --nats-url instead
+ratios. The machine's speed drifts while it is shared, so --rounds N
+repeats the pair N times, alternating which goes first (ABBA), and reports
+each round's ratios and their medians. --target measures the tokend already running at --nats-url instead
 of starting one (with whatever rate limits it has); its CPU and RSS only
 with --tokend-pid.
 
@@ -53,6 +55,7 @@ family. --timeout bounds each request.`,
 		fs.IntVar(&o.conns, "conns", 0, "`N` NATS connections the workers share (default 8, at most K)")
 		fs.BoolVar(&o.baseline, "baseline", false, "also run the load against tokenbaseline and print the ratios")
 		fs.StringVar(&o.order, "order", "baseline,tokend", "with --baseline: which runs first (`ORDER`: baseline,tokend or tokend,baseline)")
+		fs.IntVar(&o.rounds, "rounds", 1, "with --baseline: run the pair `N` times, alternating the order, and report the median ratios")
 		fs.BoolVar(&o.target, "target", false, "measure the tokend at the global --nats-url instead of starting one")
 		fs.IntVar(&o.tokendPID, "tokend-pid", 0, "with --target: the `PID` of that tokend, for its CPU and RSS")
 		fs.StringVar(&o.tokendBin, "tokend", "", "the tokend binary to start (`PATH`; default: go build ./cmd/tokend)")
@@ -72,7 +75,7 @@ family. --timeout bounds each request.`,
 
 type benchOptions struct {
 	k, conns, tokendPID    int
-	idle                   int
+	idle, rounds           int
 	duration, warmup       time.Duration
 	baseline, target, keep bool
 	order                  string
@@ -88,6 +91,8 @@ func (o *benchOptions) check() error {
 		return usagef("--duration must be positive and --warmup not negative")
 	case o.conns < 0:
 		return usagef("--conns must not be negative")
+	case o.rounds < 1 || o.rounds > 1 && !o.baseline:
+		return usagef("--rounds N repeats the --baseline comparison: N at least 1")
 	case o.order != "baseline,tokend" && o.order != "tokend,baseline":
 		return usagef("--order %q: want baseline,tokend or tokend,baseline", o.order)
 	case o.target && (o.tokendBin != "" || len(o.tokendFlags) > 0):
@@ -104,12 +109,22 @@ func (o *benchOptions) check() error {
 	return nil
 }
 
-// runs returns the names of the runs in the order they happen.
-func (o *benchOptions) runs() []string {
+// rounds returns the runs of each round in the order they happen: with
+// --baseline the pair, in --order first and reversed in every other round,
+// so a drift of the machine's speed weighs on both alike.
+func (o *benchOptions) roundRuns() [][]string {
 	if !o.baseline {
-		return []string{"tokend"}
+		return [][]string{{"tokend"}}
 	}
-	return strings.Split(o.order, ",")
+	var rounds [][]string
+	for i := range o.rounds {
+		pair := strings.Split(o.order, ",")
+		if i%2 == 1 {
+			slices.Reverse(pair)
+		}
+		rounds = append(rounds, pair)
+	}
+	return rounds
 }
 
 // tokendBenchEnv lifts tokend's rate limits (per family refreshes, per
@@ -138,13 +153,16 @@ func syncAlwaysIn(flags []string) bool {
 
 // benchReport is what bench prints.
 type benchReport struct {
-	K               int          `json:"k"`
-	Connections     int          `json:"connections"`
-	WarmupSeconds   float64      `json:"warmup_s"`
-	DurationSeconds float64      `json:"duration_s"`
-	TokendFlags     []string     `json:"tokend_flags"`
-	Runs            []runReport  `json:"runs"` // in the order they ran
-	Ratios          *ratioReport `json:"ratios,omitempty"`
+	K               int         `json:"k"`
+	Connections     int         `json:"connections"`
+	WarmupSeconds   float64     `json:"warmup_s"`
+	DurationSeconds float64     `json:"duration_s"`
+	TokendFlags     []string    `json:"tokend_flags"`
+	Runs            []runReport `json:"runs"` // in the order they ran
+	// Rounds holds each round's ratios with --baseline; Ratios is their
+	// median, figure by figure.
+	Rounds []ratioReport `json:"rounds,omitempty"`
+	Ratios *ratioReport  `json:"ratios,omitempty"`
 }
 
 // ratioReport is tokend over baseline; a ratio is absent when the
@@ -169,6 +187,33 @@ func ratioPtr(num, den *float64) *float64 {
 		return nil
 	}
 	return ratio(*num, *den)
+}
+
+// medianRatios takes each figure's median over the rounds that have it.
+func medianRatios(rounds []ratioReport) *ratioReport {
+	median := func(figure func(ratioReport) *float64) *float64 {
+		var vs []float64
+		for _, r := range rounds {
+			if v := figure(r); v != nil {
+				vs = append(vs, *v)
+			}
+		}
+		if len(vs) == 0 {
+			return nil
+		}
+		slices.Sort(vs)
+		m := vs[len(vs)/2]
+		if len(vs)%2 == 0 {
+			m = (vs[len(vs)/2-1] + m) / 2
+		}
+		return &m
+	}
+	return &ratioReport{
+		Throughput: median(func(r ratioReport) *float64 { return r.Throughput }),
+		P50:        median(func(r ratioReport) *float64 { return r.P50 }),
+		P99:        median(func(r ratioReport) *float64 { return r.P99 }),
+		CPUPer1000: median(func(r ratioReport) *float64 { return r.CPUPer1000 }),
+	}
 }
 
 func ratios(tokend, baseline runReport) *ratioReport {
@@ -228,26 +273,34 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 	rep := benchReport{K: o.k, Connections: o.conns, WarmupSeconds: o.warmup.Seconds(),
 		DurationSeconds: o.duration.Seconds(), TokendFlags: append([]string{}, o.tokendFlags...)}
 	var problems []error
-	for _, name := range o.runs() {
-		status(name + ": starting…")
-		run, stopErr, err := benchRun(ctx, e, o, name, bins, cfg)
-		if err != nil {
-			return errors.Join(err, stopErr)
+	rounds := o.roundRuns()
+	for i, round := range rounds {
+		byName := map[string]runReport{}
+		for _, name := range round {
+			if len(rounds) > 1 {
+				status(fmt.Sprintf("round %d of %d, %s: starting…", i+1, len(rounds), name))
+			} else {
+				status(name + ": starting…")
+			}
+			run, stopErr, err := benchRun(ctx, e, o, name, bins, cfg)
+			if err != nil {
+				return errors.Join(err, stopErr)
+			}
+			rep.Runs = append(rep.Runs, run)
+			byName[name] = run
+			if run.CatchUpError != "" {
+				problems = append(problems, fmt.Errorf("%s: %s", name, run.CatchUpError))
+			}
+			if stopErr != nil {
+				problems = append(problems, stopErr)
+			}
 		}
-		rep.Runs = append(rep.Runs, run)
-		if run.CatchUpError != "" {
-			problems = append(problems, fmt.Errorf("%s: %s", name, run.CatchUpError))
-		}
-		if stopErr != nil {
-			problems = append(problems, stopErr)
+		if o.baseline {
+			rep.Rounds = append(rep.Rounds, *ratios(byName["tokend"], byName["baseline"]))
 		}
 	}
 	if o.baseline {
-		byName := map[string]runReport{}
-		for _, r := range rep.Runs {
-			byName[r.Name] = r
-		}
-		rep.Ratios = ratios(byName["tokend"], byName["baseline"])
+		rep.Ratios = medianRatios(rep.Rounds)
 	}
 	status("")
 	if e.json {
@@ -328,7 +381,11 @@ func (r benchReport) writeTable(w io.Writer) {
 		header = append(header, run.Name)
 	}
 	if r.Ratios != nil {
-		header = append(header, "tokend/baseline")
+		if len(r.Rounds) > 1 {
+			header = append(header, "tokend/baseline, median")
+		} else {
+			header = append(header, "tokend/baseline")
+		}
 	}
 	rows := [][]string{header}
 	// row adds a line; ratio is its tokend/baseline cell, or nil for a
@@ -378,6 +435,19 @@ func (r benchReport) writeTable(w io.Writer) {
 		return optional(x.CatchUpSeconds, "%.3f")
 	}, nil)
 	writeColumns(w, rows)
+	if len(r.Rounds) > 1 {
+		fmt.Fprintln(w)
+		ratioRow := func(label string, rt ratioReport) []string {
+			return []string{label, optional(rt.Throughput, "%.2f"), optional(rt.P50, "%.2f"),
+				optional(rt.P99, "%.2f"), optional(rt.CPUPer1000, "%.2f")}
+		}
+		rows := [][]string{{"tokend/baseline", "rotations/s", "p50", "p99", "CPU / rotation"}}
+		for i, rt := range r.Rounds {
+			rows = append(rows, ratioRow(fmt.Sprintf("round %d", i+1), rt))
+		}
+		rows = append(rows, ratioRow("median", *r.Ratios))
+		writeColumns(w, rows)
+	}
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

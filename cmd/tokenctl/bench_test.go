@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -184,6 +185,33 @@ read model catch-up (s)               -    0.250
 	}
 }
 
+// TestBenchRoundsAlternateAndTakeMedians: with --rounds every other round
+// runs the pair in reverse, and the reported ratio of each figure is the
+// median over the rounds.
+func TestBenchRoundsAlternateAndTakeMedians(t *testing.T) {
+	o := benchOptions{baseline: true, order: "baseline,tokend", rounds: 4}
+	want := [][]string{{"baseline", "tokend"}, {"tokend", "baseline"}, {"baseline", "tokend"}, {"tokend", "baseline"}}
+	if got := o.roundRuns(); !reflect.DeepEqual(got, want) {
+		t.Errorf("rounds %v, want %v", got, want)
+	}
+	if got := (&benchOptions{order: "baseline,tokend", rounds: 1}).roundRuns(); !reflect.DeepEqual(got, [][]string{{"tokend"}}) {
+		t.Errorf("without --baseline: %v", got)
+	}
+	f := func(v float64) *float64 { return &v }
+	rounds := []ratioReport{
+		{Throughput: f(0.3), P50: f(2), P99: f(3), CPUPer1000: nil},
+		{Throughput: f(0.5), P50: f(1), P99: f(5), CPUPer1000: f(3)},
+		{Throughput: f(0.4), P50: f(4), P99: f(4), CPUPer1000: f(2)},
+	}
+	m := medianRatios(rounds)
+	if *m.Throughput != 0.4 || *m.P50 != 2 || *m.P99 != 4 || *m.CPUPer1000 != 2.5 {
+		t.Errorf("medians %v %v %v %v, want 0.4 2 4 2.5", *m.Throughput, *m.P50, *m.P99, *m.CPUPer1000)
+	}
+	if m := medianRatios([]ratioReport{{}}); m.Throughput != nil {
+		t.Errorf("median of unknown figures: %v", *m.Throughput)
+	}
+}
+
 func TestBenchUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"-k", "0"},
@@ -191,6 +219,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--warmup", "-1s"},
 		{"--conns", "-1"},
 		{"--order", "tokend"},
+		{"--rounds", "0", "--baseline"},
+		{"--rounds", "3"},
 		{"--target", "--tokend", "/bin/true"},
 		{"--target", "--tokend-flag=--sync-always"},
 		{"--tokend-pid", "1"},
