@@ -168,8 +168,9 @@ type Refresh struct {
 	Context  Context
 	// Child is a fresh token of the next generation, used if this refresh rotates.
 	Child Token
-	// Reusable is the current token, recovered from the parent's sealed child
-	// when the presented token may be the just-rotated parent; zero otherwise.
+	// Reusable is the current token, derived again from the presented token
+	// (TokenCodec.ChildOf) when that may be the just-rotated parent; zero
+	// otherwise.
 	Reusable Token
 }
 
@@ -300,7 +301,8 @@ func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
 	case isCurrent:
 	case isParent && now.Before(f.RotatedAt.Add(d.Policy.ReuseInterval)):
 		if !SameHash(c.Reusable.Hash(), f.CurrentHash) {
-			// The sealed child is gone (its lifetime ends with the interval).
+			// The child cannot be derived again: it was minted under a key no
+			// longer held.
 			return reject(ReasonExpired, ErrInvalidGrant)
 		}
 	case isParent || isAncestor:

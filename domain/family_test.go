@@ -300,7 +300,7 @@ func TestDecide(t *testing.T) {
 		{name: "parent inside the interval with unknown audience", given: h3, at: r3.Add(time.Second),
 			when: refresh(tok2, reusable(tok3), audience("https://evil.example.com")),
 			then: []Event{rejected(r3.Add(time.Second), 3, ReasonInvalidTarget, tok2)}, thenErr: EInvalidTarget},
-		{name: "parent inside the interval without its sealed child", given: h3, at: r3.Add(time.Second), when: refresh(tok2),
+		{name: "parent inside the interval whose child cannot be derived again", given: h3, at: r3.Add(time.Second), when: refresh(tok2),
 			then: []Event{rejected(r3.Add(time.Second), 3, ReasonExpired, tok2)}, thenErr: EInvalidGrant},
 		{name: "parent inside the interval with a child that is not current", given: h3, at: r3.Add(time.Second), when: refresh(tok2, reusable(tok3bis)),
 			then: []Event{rejected(r3.Add(time.Second), 3, ReasonExpired, tok2)}, thenErr: EInvalidGrant},
@@ -781,7 +781,7 @@ func randomCommand(rng *rand.Rand, c *TokenCodec, sf *simFamily, all []*simFamil
 		cmd.Audience = "https://evil.example.com"
 	}
 	// As the writer does: a child only for the current generation, the
-	// sealed child (usually still there) only for the parent generation.
+	// re-derived child (unless its key is gone) only for the parent generation.
 	if p.FamilyID == f.ID && p.Generation == f.Generation {
 		cmd.Child = c.Mint(f.ID, f.Generation+1, secret())
 	}

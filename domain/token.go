@@ -1,8 +1,6 @@
 package domain
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -18,8 +16,9 @@ import (
 //
 //	rt1.<family id>.<generation>.<key id>.<secret>.<mac>
 //
-// with a 256-bit random secret and an HMAC-SHA256 under the key named by the
-// key id over everything before the MAC. The family and generation are known
+// with a 256-bit secret and an HMAC-SHA256 under the key named by the key id
+// over everything before the MAC. A family's first secret is random; each
+// later one is derived from its parent token (see MintChild). The family and generation are known
 // without a lookup, forgeries fail before any I/O, and a verified token with an
 // older generation is proof of an ancestor, so replay of any ancestor is
 // detected without keeping old hashes.
@@ -75,17 +74,25 @@ type MACKey struct {
 type TokenCodec struct {
 	current MACKey
 	keys    map[string][]byte
+	// childKeys turn a parent token into its child's secret, one per MAC
+	// key, derived from it (HKDF) so that no key is used for two purposes.
+	childKeys map[string][]byte
 }
 
 // NewTokenCodec returns a codec that mints with current and also verifies
 // tokens made under the retired keys.
 func NewTokenCodec(current MACKey, retired ...MACKey) (*TokenCodec, error) {
-	c := &TokenCodec{current: current, keys: map[string][]byte{}}
+	c := &TokenCodec{current: current, keys: map[string][]byte{}, childKeys: map[string][]byte{}}
 	for _, k := range append([]MACKey{current}, retired...) {
 		if !ValidID(k.ID) || len(k.Secret) < 32 {
 			return nil, errors.New("mac key needs an id and at least 32 bytes of secret")
 		}
 		c.keys[k.ID] = k.Secret
+		childKey, err := hkdf.Key(sha256.New, k.Secret, nil, "tokend child secret v1", 32)
+		if err != nil {
+			return nil, err
+		}
+		c.childKeys[k.ID] = childKey
 	}
 	return c, nil
 }
@@ -93,10 +100,65 @@ func NewTokenCodec(current MACKey, retired ...MACKey) (*TokenCodec, error) {
 // Mint returns the token of generation gen of a family, with the given random
 // secret.
 func (c *TokenCodec) Mint(familyID string, gen uint64, secret [SecretSize]byte) Token {
-	body := tokenPrefix + "." + familyID + "." + strconv.FormatUint(gen, 10) + "." + c.current.ID + "." + b64.EncodeToString(secret[:])
-	mac := hmac.New(sha256.New, c.current.Secret)
+	return mintWith(c.current.ID, c.current.Secret, familyID, gen, secret[:])
+}
+
+func mintWith(keyID string, key []byte, familyID string, gen uint64, secret []byte) Token {
+	body := tokenPrefix + "." + familyID + "." + strconv.FormatUint(gen, 10) + "." + keyID + "." + b64.EncodeToString(secret)
+	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte(body))
-	return newToken(familyID, gen, c.current.ID, body+"."+b64.EncodeToString(mac.Sum(nil)))
+	return newToken(familyID, gen, keyID, body+"."+b64.EncodeToString(mac.Sum(nil)))
+}
+
+// MintChild returns the token that replaces parent: the next generation,
+// under the current key, with a secret derived from the parent token and
+// the key that verified it. tokend can therefore hand the same child out
+// again (to a lost reply's retry or a parallel refresh, on any instance,
+// after a crash) by deriving it again, and never stores it, not even
+// encrypted. Deriving it takes the parent token itself, which only its
+// holder has, and the deployment's key. A parent this codec cannot verify
+// has no child: ErrInvalidGrant.
+func (c *TokenCodec) MintChild(parent Token) (Token, error) {
+	secret, ok := c.childSecret(parent)
+	if !ok {
+		return Token{}, ErrInvalidGrant
+	}
+	return c.Mint(parent.FamilyID, parent.Generation+1, secret), nil
+}
+
+// ChildOf derives parent's child again and returns it if its hash is
+// wantHash. The child may have been minted under a key that was current
+// then and is retired now, so each key held is tried, the current first.
+func (c *TokenCodec) ChildOf(parent Token, wantHash string) (Token, bool) {
+	secret, ok := c.childSecret(parent)
+	if !ok {
+		return Token{}, false
+	}
+	if child := c.Mint(parent.FamilyID, parent.Generation+1, secret); SameHash(child.Hash(), wantHash) {
+		return child, true
+	}
+	for id, key := range c.keys {
+		if id == c.current.ID {
+			continue
+		}
+		if child := mintWith(id, key, parent.FamilyID, parent.Generation+1, secret[:]); SameHash(child.Hash(), wantHash) {
+			return child, true
+		}
+	}
+	return Token{}, false
+}
+
+// childSecret is HMAC-SHA256 of the parent token under the child key of the
+// parent's own MAC key, which every instance holds while the parent verifies.
+func (c *TokenCodec) childSecret(parent Token) (secret [SecretSize]byte, ok bool) {
+	key, ok := c.childKeys[parent.KeyID]
+	if !ok || parent.value == "" {
+		return secret, false
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(parent.value))
+	copy(secret[:], mac.Sum(nil))
+	return secret, true
 }
 
 // Parse verifies a presented token. It returns ErrInvalidGrant for anything
@@ -157,37 +219,3 @@ func ValidID(s string) bool {
 
 // NewID encodes random bytes as an id (family ids, key ids).
 func NewID(random []byte) string { return b64.EncodeToString(random) }
-
-// childKey derives the key that seals a rotated parent's child: only a holder
-// of the parent token can open it, and nothing parent-independent is stored.
-func childKey(parent Token) cipher.AEAD {
-	key, err := hkdf.Key(sha256.New, []byte(parent.value), nil, "tokend reuse child v1", 32)
-	if err != nil {
-		panic(err) // only for lengths sha256 cannot produce
-	}
-	block, _ := aes.NewCipher(key)
-	aead, _ := cipher.NewGCM(block)
-	return aead
-}
-
-// SealChild encrypts child under a key derived from parent, with a random nonce.
-func SealChild(parent, child Token, nonce [12]byte) []byte {
-	return childKey(parent).Seal(nonce[:], nonce[:], []byte(child.value), []byte(child.Hash()))
-}
-
-// OpenChild decrypts what SealChild sealed and verifies the child is the
-// token whose hash is wantHash. It returns ErrInvalidGrant on any mismatch.
-func (c *TokenCodec) OpenChild(parent Token, sealed []byte, wantHash string) (Token, error) {
-	if len(sealed) < 12 {
-		return Token{}, ErrInvalidGrant
-	}
-	plain, err := childKey(parent).Open(nil, sealed[:12], sealed[12:], []byte(wantHash))
-	if err != nil {
-		return Token{}, ErrInvalidGrant
-	}
-	child, err := c.Parse(string(plain))
-	if err != nil || child.FamilyID != parent.FamilyID || !SameHash(child.Hash(), wantHash) {
-		return Token{}, ErrInvalidGrant
-	}
-	return child, nil
-}

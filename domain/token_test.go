@@ -377,73 +377,93 @@ func TestValidIDAndNewID(t *testing.T) {
 	}
 }
 
-func TestSealOpenChild(t *testing.T) {
+// TestMintChild: a child is the parent's next generation under the current
+// key, the same every time it is derived from the same parent, and
+// different for any other parent, including the parent's own siblings and
+// a parent of another family with the same generation.
+func TestMintChild(t *testing.T) {
 	c := MustCodec(t)
 	parent := MustMint(t, c, "fam-A", 2, 1)
-	child := MustMint(t, c, "fam-A", 3, 2)
-	nonce := [12]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
-	sealed := SealChild(parent, child, nonce)
-
-	got, err := c.OpenChild(parent, sealed, child.Hash())
-	if err != nil || got != child {
-		t.Fatalf("OpenChild = %+v, %v; want %+v", got, err, child)
+	child, err := c.MintChild(parent)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(sealed, nonce[:]) {
-		t.Errorf("sealed does not start with its nonce")
+	if child.FamilyID != "fam-A" || child.Generation != 3 || child.KeyID != testKey.ID {
+		t.Fatalf("child %+v: want fam-A, generation 3, key %s", child, testKey.ID)
 	}
-	if bytes.Contains(sealed, []byte(child.Value())) || bytes.Contains(sealed, []byte(strings.Split(child.Value(), ".")[4])) {
-		t.Errorf("sealed child contains the child token in plaintext")
+	if parsed, err := c.Parse(child.Value()); err != nil || parsed != child {
+		t.Fatalf("the child does not verify: %+v, %v", parsed, err)
 	}
-	other := SealChild(parent, child, [12]byte{9})
-	if bytes.Equal(other, sealed) {
-		t.Errorf("different nonces sealed alike")
+	again, _ := c.MintChild(parent)
+	if again != child {
+		t.Fatal("deriving the child twice gave two tokens")
 	}
-	if got, err := c.OpenChild(parent, other, child.Hash()); err != nil || got != child {
-		t.Errorf("OpenChild with another nonce = %+v, %v", got, err)
+	seen := map[string]string{child.Value(): "the child"}
+	for name, other := range map[string]Token{
+		"sibling parent":                  MustMint(t, c, "fam-A", 2, 9),
+		"same secret, another family":     MustMint(t, c, "fam-B", 2, 1),
+		"same secret, another generation": MustMint(t, c, "fam-A", 5, 1),
+		"the child as parent":             child,
+	} {
+		got, err := c.MintChild(other)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if prev, dup := seen[secretOf(got)]; dup {
+			t.Errorf("%s: same child secret as %s", name, prev)
+		}
+		seen[secretOf(got)] = name
 	}
-
-	otherFamilyChild := MustMint(t, c, "fam-B", 3, 2)
-	tests := []struct {
-		name     string
-		parent   Token
-		sealed   []byte
-		wantHash string
-		codec    *TokenCodec
-	}{
-		{"different parent, same generation", MustMint(t, c, "fam-A", 2, 9), sealed, child.Hash(), c},
-		{"the child as parent", child, sealed, child.Hash(), c},
-		{"zero parent", Token{}, sealed, child.Hash(), c},
-		{"wrong wantHash", parent, sealed, parent.Hash(), c},
-		{"empty wantHash", parent, sealed, "", c},
-		{"nil", parent, nil, child.Hash(), c},
-		{"11 bytes", parent, sealed[:11], child.Hash(), c},
-		{"nonce only", parent, sealed[:12], child.Hash(), c},
-		{"truncated tag", parent, sealed[:len(sealed)-1], child.Hash(), c},
-		{"appended byte", parent, append(bytes.Clone(sealed), 0), child.Hash(), c},
-		{"child of another family", parent, SealChild(parent, otherFamilyChild, nonce), otherFamilyChild.Hash(), c},
-		{"child under an unknown key", parent, sealed, child.Hash(), MustCodec(t, retiredKey)},
-		{"not a token", parent, func() []byte {
-			junk := Token{FamilyID: "fam-A", Generation: 3, value: "not a token"}
-			return SealChild(parent, junk, nonce)
-		}(), HashToken("not a token"), c},
+	// Another deployment's key derives another child from the same parent.
+	otherDeployment := MustCodec(t, MACKey{ID: testKey.ID, Secret: bytes.Repeat([]byte{0x43}, 32)})
+	if theirs, err := otherDeployment.MintChild(parent); err != nil || secretOf(theirs) == secretOf(child) {
+		t.Errorf("a different key derived the same child secret (%v)", err)
 	}
-	for i := range sealed {
-		for _, bit := range []byte{0x01, 0x80} {
-			tampered := bytes.Clone(sealed)
-			tampered[i] ^= bit
-			tests = append(tests, struct {
-				name     string
-				parent   Token
-				sealed   []byte
-				wantHash string
-				codec    *TokenCodec
-			}{"tampered byte " + strconv.Itoa(i) + " bit " + strconv.Itoa(int(bit)), parent, tampered, child.Hash(), c})
+	// A parent the codec cannot verify has no child.
+	for name, p := range map[string]Token{"zero token": {}, "unknown key": MustMint(t, MustCodec(t, retiredKey), "fam-A", 2, 1)} {
+		if _, err := c.MintChild(p); !errors.Is(err, ErrInvalidGrant) {
+			t.Errorf("%s: MintChild error %v, want ErrInvalidGrant", name, err)
 		}
 	}
-	for _, tc := range tests {
-		got, err := tc.codec.OpenChild(tc.parent, tc.sealed, tc.wantHash)
-		if !errors.Is(err, ErrInvalidGrant) || got != (Token{}) {
-			t.Errorf("%s: OpenChild = %+v, %v; want ErrInvalidGrant", tc.name, got, err)
+}
+
+// secretOf returns a token's secret part.
+func secretOf(t Token) string { return strings.Split(t.Value(), ".")[4] }
+
+// TestChildOf: the child is found again from the parent and the child's
+// hash, also after the key it was minted under has been retired, and never
+// for a wrong parent or hash.
+func TestChildOf(t *testing.T) {
+	before := MustCodec(t, retiredKey) // retiredKey is current here
+	parent := MustMint(t, before, "fam-A", 2, 1)
+	child, err := before.MintChild(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := MustCodec(t, testKey, retiredKey) // the key has rotated since
+	for name, c := range map[string]*TokenCodec{"same keys": before, "after a key rotation": after} {
+		if got, ok := c.ChildOf(parent, child.Hash()); !ok || got != child {
+			t.Errorf("%s: ChildOf = %+v, %v; want the child", name, got, ok)
+		}
+	}
+	if fresh, _ := after.MintChild(parent); fresh.KeyID != testKey.ID {
+		t.Errorf("a child minted after the rotation is under key %s, want the current %s", fresh.KeyID, testKey.ID)
+	}
+	for name, tc := range map[string]struct {
+		c        *TokenCodec
+		parent   Token
+		wantHash string
+	}{
+		"sibling parent":      {after, MustMint(t, before, "fam-A", 2, 9), child.Hash()},
+		"the child as parent": {after, child, child.Hash()},
+		"zero parent":         {after, Token{}, child.Hash()},
+		"parent's hash":       {after, parent, parent.Hash()},
+		"empty hash":          {after, parent, ""},
+		"key no longer held":  {MustCodec(t, testKey), parent, child.Hash()},
+		"another deployment":  {MustCodec(t, MACKey{ID: retiredKey.ID, Secret: bytes.Repeat([]byte{7}, 32)}), parent, child.Hash()},
+	} {
+		if got, ok := tc.c.ChildOf(tc.parent, tc.wantHash); ok || got != (Token{}) {
+			t.Errorf("%s: ChildOf = %+v, %v; want nothing", name, got, ok)
 		}
 	}
 }

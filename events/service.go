@@ -10,9 +10,9 @@ import (
 	"github.com/tokend/tokend/domain"
 )
 
-// Service runs the token commands: it mints tokens, keeps each rotated
-// parent's child sealed for the reuse interval, and has the writer decide and
-// append.
+// Service runs the token commands: it mints tokens, derives a rotated
+// parent's child again inside the reuse interval, and has the writer decide
+// and append.
 type Service struct {
 	writer  *Writer
 	codec   *domain.TokenCodec
@@ -80,10 +80,9 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 	}
 	familyID := domain.NewID(randomBytes(16))
 	token := s.codec.Mint(familyID, 1, newSecret())
-	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, *Sealed, error) {
-		events, err := s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
+		return s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
 			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
-		return events, nil, err
 	})
 	if err != nil {
 		return Grant{}, err
@@ -109,37 +108,33 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	if err != nil {
 		return Grant{}, err
 	}
-	var child, reusable domain.Token
+	// The child is derived, not random: a retry of this parent, here or on
+	// another instance, derives the same one (ChildOf below).
+	child, err := codec.MintChild(presented)
+	if err != nil {
+		return Grant{}, err
+	}
+	var reusable domain.Token
 	charged := false // a decision re-run after a fence conflict is not charged twice
-	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, *Sealed, error) {
+	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
 		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
 			Audience: req.Audience, Context: req.Context}
 		switch {
 		case presented.Generation == f.Generation:
-			child = codec.Mint(f.ID, f.Generation+1, newSecret())
 			cmd.Child = child
 		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && s.reusable() &&
 			domain.SameHash(presented.Hash(), f.ParentHash):
-			var err error
-			if reusable, err = s.openChild(ctx, codec, presented, f); err != nil {
-				return nil, nil, err
-			}
+			reusable, _ = codec.ChildOf(presented, f.CurrentHash)
 			cmd.Reusable = reusable
 		}
 		events, err := s.decider.Decide(f, cmd)
 		if len(events) > 0 && !charged && (events[0].Type == domain.TokenRotated || events[0].Type == domain.RefreshRejected) {
 			if err := s.limited(s.RefreshLimit, LimitRefreshPerFamily, f.ID); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			charged = true
 		}
-		var sealed *Sealed
-		if len(events) == 1 && events[0].Type == domain.TokenRotated && s.reusable() {
-			// Stored before the rotation: a retry that finds the rotation
-			// finds its child too.
-			sealed = s.seal(presented, child)
-		}
-		return events, sealed, err
+		return events, err
 	})
 	if err != nil {
 		return Grant{}, err
@@ -150,32 +145,6 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 		g.Token = reusable
 	}
 	return g, nil
-}
-
-// seal encrypts child under a key derived from its parent. It is kept one
-// second past the reuse interval, for clock skew between this instance and
-// the server that expires it.
-func (s *Service) seal(parent, child domain.Token) *Sealed {
-	var nonce [12]byte
-	rand.Read(nonce[:])
-	return &Sealed{ChildHash: child.Hash(), Data: domain.SealChild(parent, child, nonce), TTL: s.decider.Policy.ReuseInterval + time.Second}
-}
-
-// openChild returns the family's current token sealed under the presented
-// parent, or the zero Token when it is gone (the interval is over).
-func (s *Service) openChild(ctx context.Context, codec *domain.TokenCodec, parent domain.Token, f domain.Family) (domain.Token, error) {
-	sealed, err := s.writer.store.LastSealed(ctx, f.ID, f.CurrentHash)
-	if err != nil {
-		return domain.Token{}, unavailable(err)
-	}
-	if sealed == nil {
-		return domain.Token{}, nil
-	}
-	child, err := codec.OpenChild(parent, sealed, f.CurrentHash)
-	if err != nil {
-		return domain.Token{}, nil
-	}
-	return child, nil
 }
 
 // RevokeFamily revokes one family; it reports 0 for unknown or already
@@ -201,9 +170,8 @@ func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domai
 }
 
 func (s *Service) revoke(ctx context.Context, familyID string, cmd domain.Revoke) (int, uint64, error) {
-	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, *Sealed, error) {
-		events, err := s.decider.Decide(f, cmd)
-		return events, nil, err
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
+		return s.decider.Decide(f, cmd)
 	})
 	if err != nil || len(d.Events) == 0 {
 		return 0, 0, err

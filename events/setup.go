@@ -24,18 +24,6 @@ func (s Subjects) Family(familyID string) string { return s.Prefix + ".evt." + f
 // Events returns the wildcard matching every family subject.
 func (s Subjects) Events() string { return s.Prefix + ".evt.*" }
 
-// Reuse returns the subject of a rotated parent's child, sealed under a key
-// only the holder of the parent can derive, stored with the rotation and
-// expiring with the reuse interval. It is named by the child's hash, so a
-// child sealed by a writer that then lost the fence never shadows the one
-// that won.
-func (s Subjects) Reuse(familyID, childHash string) string {
-	return s.Prefix + ".reuse." + familyID + "." + childHash
-}
-
-// reuseAll returns the wildcard matching every reuse subject.
-func (s Subjects) reuseAll() string { return s.Prefix + ".reuse.*.*" }
-
 // FamilyOf returns the family id of an event subject, or "" if it is not one.
 func (s Subjects) FamilyOf(subject string) string {
 	p := s.Prefix + ".evt."
@@ -47,10 +35,9 @@ func (s Subjects) FamilyOf(subject string) string {
 
 // StreamConfig returns the TOKENS stream's configuration. Events are never
 // discarded to make room (DiscardNew): a full store refuses appends instead
-// of silently dropping the history a family's state is read from. Sealed
-// children share the stream, so that the stream stores a child before its
-// rotation (see Store.Append); they carry a per-message TTL (AllowMsgTTL)
-// and the projections never read them.
+// of silently dropping the history a family's state is read from.
+// AllowMsgTTL stays on only because earlier versions kept sealed children
+// in this stream with a TTL, and the server refuses to turn it off again.
 func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.StreamConfig {
 	if maxBytes == 0 {
 		maxBytes = -1
@@ -58,7 +45,7 @@ func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.Str
 	return jetstream.StreamConfig{
 		Name:               StreamName,
 		Description:        "tokend refresh-token family events",
-		Subjects:           []string{subjects.Events(), subjects.reuseAll()},
+		Subjects:           []string{subjects.Events()},
 		Storage:            jetstream.FileStorage,
 		Replicas:           replicas,
 		Retention:          jetstream.LimitsPolicy,
@@ -83,8 +70,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, repli
 }
 
 // LastEventSeq returns the stream sequence of the newest event, 0 if there
-// is none. It is where a caught-up read model stands: the stream's own last
-// sequence may belong to a sealed child, which the read model never applies.
+// is none. It is where a caught-up read model stands: in a stream written
+// by an earlier version the last sequence may belong to a sealed child,
+// which the read model never applies.
 func LastEventSeq(ctx context.Context, stream jetstream.Stream, subjects Subjects) (uint64, error) {
 	msg, err := stream.GetLastMsgForSubject(ctx, subjects.Events())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -74,27 +74,11 @@ func (s *Store) lastEventID(ctx context.Context, familyID string) (string, uint6
 	return msg.Header.Get(jetstream.MsgIDHeader), msg.Sequence, nil
 }
 
-// Sealed is a rotated parent's child, encrypted under a key derived from
-// the parent, to be stored with the rotation and kept for TTL.
-type Sealed struct {
-	ChildHash string
-	Data      []byte
-	TTL       time.Duration
-}
-
-// ErrSealLost means a rotation was stored but its sealed child was not: the
-// new token works, but a retry with the parent inside the reuse interval
-// will not find it.
-var ErrSealLost = errors.New("rotation stored without its sealed child")
-
 // Append stores envs on the family's subject if its last sequence is still
 // expect, all or nothing, and returns the sequence of the last one. Several
-// events go in one atomic batch. A sealed child goes just before its event,
-// on the same connection to the same stream, so that the stream stores it
-// first: a stored rotation implies a stored child. It returns ErrConflict
-// when the fence refuses, and the sequence with ErrSealLost in the unlikely
-// case that the event was stored but its child was refused.
-func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs []Envelope, sealed *Sealed) (uint64, error) {
+// events go in one atomic batch. It returns ErrConflict when the fence
+// refuses.
+func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs []Envelope) (uint64, error) {
 	msgs := make([]*nats.Msg, len(envs))
 	for i, env := range envs {
 		data, err := json.Marshal(env)
@@ -109,15 +93,12 @@ func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs
 
 	var seq uint64
 	var err error
-	switch {
-	case sealed != nil && len(msgs) == 1:
-		seq, err = s.publishSealed(ctx, familyID, msgs[0], sealed)
-	case len(msgs) == 1:
+	if len(msgs) == 1 {
 		seq, err = s.publishOne(ctx, msgs[0])
-	default:
+	} else {
 		seq, err = s.publishBatch(ctx, msgs)
 	}
-	if err == nil || errors.Is(err, ErrConflict) || errors.Is(err, ErrSealLost) {
+	if err == nil || errors.Is(err, ErrConflict) {
 		return seq, err
 	}
 	// The outcome is unknown (a lost acknowledgement, a broken connection):
@@ -131,68 +112,12 @@ func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs
 	return 0, err
 }
 
-func (s *Store) sealedMsg(familyID string, sealed *Sealed) *nats.Msg {
-	m := nats.NewMsg(s.subjects.Reuse(familyID, sealed.ChildHash))
-	m.Data = sealed.Data
-	// Whole seconds, rounded up: the server's TTL granularity.
-	m.Header.Set(jetstream.MsgTTLHeader, strconv.FormatInt(int64((sealed.TTL+time.Second-1)/time.Second), 10))
-	return m
-}
-
-// publishSealed sends the sealed child and then the event without waiting
-// in between (one round trip), and waits for both acknowledgements.
-func (s *Store) publishSealed(ctx context.Context, familyID string, event *nats.Msg, sealed *Sealed) (uint64, error) {
-	child, err := s.js.PublishMsgAsync(s.sealedMsg(familyID, sealed))
-	if err != nil {
-		return 0, err
-	}
-	ev, err := s.js.PublishMsgAsync(event)
-	if err != nil {
-		return 0, err
-	}
-	seq, evErr := awaitAck(ctx, ev)
-	if evErr != nil {
-		return 0, fenceError(evErr)
-	}
-	if _, err := awaitAck(ctx, child); err != nil {
-		// Stored after its event, it still serves a retry.
-		if _, err := s.js.PublishMsg(ctx, s.sealedMsg(familyID, sealed)); err != nil {
-			return seq, fmt.Errorf("%w: %v", ErrSealLost, err)
-		}
-	}
-	return seq, nil
-}
-
-func awaitAck(ctx context.Context, f jetstream.PubAckFuture) (uint64, error) {
-	select {
-	case ack := <-f.Ok():
-		return ack.Sequence, nil
-	case err := <-f.Err():
-		return 0, err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-}
-
 func (s *Store) publishOne(ctx context.Context, m *nats.Msg) (uint64, error) {
 	ack, err := s.js.PublishMsg(ctx, m)
 	if err != nil {
 		return 0, fenceError(err)
 	}
 	return ack.Sequence, nil
-}
-
-// LastSealed returns the sealed child whose hash is childHash, or nil when
-// there is none (its TTL is over, or it was never stored).
-func (s *Store) LastSealed(ctx context.Context, familyID, childHash string) ([]byte, error) {
-	msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Reuse(familyID, childHash))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return msg.Data, nil
 }
 
 // publishBatch stores msgs all or nothing, with an atomic batch publish

@@ -72,7 +72,7 @@ func TestAppendAndLoadInOneRead(t *testing.T) {
 			after = domain.Evolve(after, e)
 			envs[i] = Wrap(e, after)
 		}
-		if seq, err = store.Append(ctx, family, seq, envs, nil); err != nil {
+		if seq, err = store.Append(ctx, family, seq, envs); err != nil {
 			t.Fatal(err)
 		}
 		state = after
@@ -128,11 +128,11 @@ func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
 
 	issued, _ := fx.decider.Decide(domain.Family{}, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"})
 	state := domain.Evolve(domain.Family{}, issued[0])
-	seq, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}, nil)
+	seq, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}, nil); !errors.Is(err, ErrConflict) {
+	if _, err := store.Append(ctx, family, 0, []Envelope{Wrap(issued[0], state)}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("second issue on the same subject: %v, want ErrConflict", err)
 	}
 
@@ -143,14 +143,14 @@ func TestFenceRefusesStaleAppendAtomically(t *testing.T) {
 		return []Envelope{Wrap(replay, state), Wrap(evs[0], domain.Evolve(state, evs[0]))}
 	}
 	// A stale batch: its fence fails, so neither message may land.
-	if _, err := store.Append(ctx, family, seq-1+100, revoke("stale"), nil); !errors.Is(err, ErrConflict) {
+	if _, err := store.Append(ctx, family, seq-1+100, revoke("stale")); !errors.Is(err, ErrConflict) {
 		t.Fatalf("stale batch: %v, want ErrConflict", err)
 	}
 	info, _ := stream.Info(ctx)
 	if info.State.Msgs != 1 {
 		t.Fatalf("a refused batch stored %d messages", info.State.Msgs-1)
 	}
-	last, err := store.Append(ctx, family, seq, revoke("fresh"), nil)
+	last, err := store.Append(ctx, family, seq, revoke("fresh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,24 +167,23 @@ func TestWriterRetriesOnConflict(t *testing.T) {
 	family := "fam-retry"
 	a, b := NewWriter(store, 16), NewWriter(store, 16)
 
-	decided := func(evs []domain.Event, err error) ([]domain.Event, *Sealed, error) { return evs, nil, err }
-	issue := func(f domain.Family) ([]domain.Event, *Sealed, error) {
-		return decided(fx.decider.Decide(f, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"}))
+	issue := func(f domain.Family) ([]domain.Event, error) {
+		return fx.decider.Decide(f, domain.Issue{Token: fx.mint(family, 1), Subject: "u", ClientID: "c"})
 	}
 	if _, err := a.Handle(ctx, family, issue); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Handle(ctx, family, func(f domain.Family) ([]domain.Event, *Sealed, error) {
-		return decided(fx.decider.Decide(f, domain.Revoke{Reason: "by-b"}))
+	if _, err := b.Handle(ctx, family, func(f domain.Family) ([]domain.Event, error) {
+		return fx.decider.Decide(f, domain.Revoke{Reason: "by-b"})
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// a's cached state still says active; its first attempt must be fenced
 	// off and its second must see b's revocation.
 	var attempts atomic.Int32
-	d, err := a.Handle(ctx, family, func(f domain.Family) ([]domain.Event, *Sealed, error) {
+	d, err := a.Handle(ctx, family, func(f domain.Family) ([]domain.Event, error) {
 		attempts.Add(1)
-		return decided(fx.decider.Decide(f, domain.Revoke{Reason: "by-a"}))
+		return fx.decider.Decide(f, domain.Revoke{Reason: "by-a"})
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -57,12 +57,11 @@ func NewWriter(store *Store, cacheSize int) *Writer {
 }
 
 // Handle loads the family, runs decide on it and appends the events decide
-// returns (with the sealed child it may return, in the same atomic batch),
-// fenced on the family's last sequence. On a fence conflict it
+// returns, all or nothing, fenced on the family's last sequence. On a fence conflict it
 // reloads and decides again, so decide must be safe to run more than once.
 // decide's error is returned once its events (if any) are stored; store
 // failures are EUnavailable errors.
-func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain.Family) ([]domain.Event, *Sealed, error)) (Decision, error) {
+func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain.Family) ([]domain.Event, error)) (Decision, error) {
 	unlock := w.locks.lock(familyID)
 	defer unlock()
 	for range maxAttempts {
@@ -71,10 +70,7 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			w.storeError(err)
 			return Decision{}, unavailable(err)
 		}
-		events, sealed, decideErr := decide(cur.family)
-		if _, storeFailed := errors.AsType[*wrappedUnavailable](decideErr); storeFailed {
-			w.storeError(decideErr) // the reuse bucket, read or written while deciding
-		}
+		events, decideErr := decide(cur.family)
 		if len(events) == 0 {
 			return Decision{Before: cur.family, After: cur.family, Seq: cur.seq}, decideErr
 		}
@@ -84,11 +80,7 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			after = domain.Evolve(after, e)
 			envs[i] = Wrap(e, after)
 		}
-		seq, err := w.store.Append(ctx, familyID, cur.seq, envs, sealed)
-		if errors.Is(err, ErrSealLost) {
-			w.storeError(err) // the rotation stands; only a retry of its parent would miss the child
-			err = nil
-		}
+		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
 		if errors.Is(err, ErrConflict) {
 			w.cache.Remove(familyID)
 			if w.OnConflict != nil {

@@ -63,7 +63,6 @@ func BenchmarkProjectionRebuild(b *testing.B) {
 		b.StartTimer()
 		h.project(b, db, DefaultBatchSize, last)
 	}
-	// Events, not stream sequences: sealed children number sequences too.
 	b.ReportMetric(float64(families*(rotations+1)*b.N)/b.Elapsed().Seconds(), "events/s")
 }
 

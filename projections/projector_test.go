@@ -171,7 +171,7 @@ func (h *harness) streamEvents(tb testing.TB) []storedEvent {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var total uint64 // events only: sealed children share the stream
+	var total uint64 // every event of every family
 	for _, n := range info.State.Subjects {
 		total += n
 	}

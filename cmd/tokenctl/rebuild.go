@@ -145,8 +145,8 @@ func streamLastSeq(ctx context.Context, e *env, js jetstream.JetStream) (uint64,
 	if err != nil {
 		return 0, fmt.Errorf("stream %s: %w", events.StreamName, err)
 	}
-	// The newest event, not the stream's last sequence, which may be a
-	// sealed child the read model never holds.
+	// The newest event, not the stream's last sequence: a stream written by
+	// an earlier version may end on a sealed child the read model never holds.
 	last, err := events.LastEventSeq(ctx, s, events.Subjects{Prefix: e.prefix})
 	if err != nil {
 		return 0, fmt.Errorf("stream %s: %w", events.StreamName, err)
@@ -163,8 +163,7 @@ func project(ctx context.Context, e *env, db *projections.DB, js jetstream.JetSt
 		return rebuildSummary{}, err
 	}
 	start, from := time.Now(), p.Applied()
-	// Counted from the batches: the stream's sequences also number the sealed
-	// children, which the read model does not hold.
+	// Counted from the batches: events applied, not stream sequences.
 	var applied atomic.Int64
 	p.OnBatch = func(n int, _ time.Duration) { applied.Add(int64(n)) }
 	runCtx, stop := context.WithCancel(ctx)

@@ -108,7 +108,7 @@ func queryInt(t *testing.T, path, query string) int64 {
 func TestRebuild(t *testing.T) {
 	url, js := MustJetStream(t)
 	stream := produceEvents(t, js)
-	// Sealed children share the stream; the read model holds the events.
+	// The read model holds every event.
 	evInfo, err := stream.Info(context.Background(), jetstream.WithSubjectFilter("tokens.evt.*"))
 	if err != nil {
 		t.Fatal(err)

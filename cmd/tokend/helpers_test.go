@@ -242,8 +242,7 @@ func countSubjects(tb testing.TB, js jetstream.JetStream, filter string) uint64 
 	return n
 }
 
-// streamEventCount returns how many events the stream holds (sealed
-// children share it, on other subjects).
+// streamEventCount returns how many events the stream holds.
 func streamEventCount(tb testing.TB, js jetstream.JetStream) uint64 {
 	tb.Helper()
 	return countSubjects(tb, js, "tokens.evt.*")

@@ -103,12 +103,6 @@ func streamState(tb testing.TB, js jetstream.JetStream) jetstream.StreamState {
 	return s.CachedInfo().State
 }
 
-// reuseEntries returns how many sealed children the stream holds.
-func reuseEntries(tb testing.TB, js jetstream.JetStream) uint64 {
-	tb.Helper()
-	return countSubjects(tb, js, "tokens.reuse.>")
-}
-
 // wantUnavailable checks that a refused write answered the contract's
 // retryable error, promptly.
 func wantUnavailable(tb testing.TB, what string, o outcome) {
@@ -207,13 +201,11 @@ func checkUnchanged(t *testing.T, nc *nats.Conn, f *storageFamily) {
 }
 
 // TestStorageExhaustion fills a small JetStream store (the embedded server's
-// --js-max-store): every append, a rotation with its sealed child included,
-// is refused whole.
+// --js-max-store): every append is refused whole.
 func TestStorageExhaustion(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.JSMaxStore = 256 << 10
-	cfg.ReuseInterval = time.Minute // no sealed child expires while the test runs
-	cfg.RefreshRate = 0             // the store, not the rate limit, is to refuse the rotations
+	cfg.RefreshRate = 0 // the store, not the rate limit, is to refuse the rotations
 	logs := &syncBuffer{}
 	app := MustApp(t, cfg, logs)
 	nc := eventstest.MustConnect(t, app.NATSURL())
@@ -231,7 +223,7 @@ func TestStorageExhaustion(t *testing.T) {
 	rotations := fillStore(t, nc, fams)
 	before := streamState(t, js)
 	t.Logf("store full after %d rotations in %v: %d events, %d bytes in the stream", rotations, time.Since(start).Round(time.Millisecond), before.Msgs, before.Bytes)
-	errorsBefore, sealedBefore := parseMetrics(t, scrape(t, app)).value("tokend_store_errors_total"), reuseEntries(t, js)
+	errorsBefore := parseMetrics(t, scrape(t, app)).value("tokend_store_errors_total")
 	eventsBefore, lastBefore := streamEventCount(t, js), lastEventSeq(t, js)
 	if errorsBefore < float64(3*len(fams)) {
 		t.Fatalf("tokend_store_errors_total = %v after %d refused refreshes", errorsBefore, 3*len(fams))
@@ -247,12 +239,6 @@ func TestStorageExhaustion(t *testing.T) {
 	wantUnavailable(t, "revoke", tryCall(nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &fams[1].id}, 10*time.Second))
 	if events, last := streamEventCount(t, js), lastEventSeq(t, js); events != eventsBefore || last != lastBefore {
 		t.Fatalf("refused writes changed the stream: %d events up to seq %d, then %d up to %d", eventsBefore, lastBefore, events, last)
-	}
-	// A child is sent just before its rotation and is smaller, so it may fit
-	// where the rotation does not: such a child names a token no event
-	// holds, is never opened, and expires with the interval.
-	if sealed := reuseEntries(t, js); sealed > sealedBefore+uint64(2*len(fams)) {
-		t.Fatalf("refused refreshes stored %d sealed children, more than one each", sealed-sealedBefore)
 	}
 	for _, f := range fams {
 		checkUnchanged(t, nc, f)
@@ -302,14 +288,11 @@ func TestStorageExhaustion(t *testing.T) {
 }
 
 // TestStorageStreamFull: the TOKENS stream is full (its max bytes), so a
-// refresh has its rotation refused (its sealed child, smaller, may be stored
-// and is never used).
-// The presented token stays current, retrying it is refused the same way,
+// refresh has its rotation refused. The presented token stays current, retrying it is refused the same way,
 // and once there is room again it rotates exactly once. A replay that would
 // need two events where only one fits stores neither.
 func TestStorageStreamFull(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.ReuseInterval = time.Minute
 	logs := &syncBuffer{}
 	app := MustApp(t, cfg, logs)
 	nc := eventstest.MustConnect(t, app.NATSURL())
@@ -340,11 +323,8 @@ func TestStorageStreamFull(t *testing.T) {
 	full := streamState(t, js)
 	setMaxBytes(int64(full.Bytes))
 
-	sealedBefore, errorsBefore := reuseEntries(t, js), parseMetrics(t, scrape(t, app)).value("tokend_store_errors_total")
+	errorsBefore := parseMetrics(t, scrape(t, app)).value("tokend_store_errors_total")
 	wantUnavailable(t, "refresh", tryRefresh(nc, f.current, 10*time.Second))
-	if got := reuseEntries(t, js); got > sealedBefore+1 {
-		t.Fatalf("sealed children went from %d to %d for one refused rotation", sealedBefore, got)
-	}
 	wantUnavailable(t, "refresh retried", tryRefresh(nc, f.current, 10*time.Second))
 	wantUnavailable(t, "issue", tryCall(nc, "tokens.cmd.issue", wire.IssueRequest{Subject: "user-late", ClientID: "web-app"}, 10*time.Second))
 	if got := parseMetrics(t, scrape(t, app)).value("tokend_store_errors_total"); got < errorsBefore+3 {
@@ -352,8 +332,7 @@ func TestStorageStreamFull(t *testing.T) {
 	}
 	checkUnchanged(t, nc, f)
 
-	// Room again: the presented token rotates once, to the next generation,
-	// not to the child sealed for the refused rotation.
+	// Room again: the presented token rotates once, to the next generation.
 	setMaxBytes(-1)
 	r = mustRefresh(t, nc, f.current, "web-app")
 	if gen := tokenGeneration(t, r.RefreshToken); gen != f.gen+1 {
