@@ -45,12 +45,13 @@ type Service struct {
 	handled  atomic.Uint64 // requests answered, NATS and HTTP
 	inFlight sync.WaitGroup
 	slots    chan struct{}
+	workers  *workers
 	micro    micro.Service
 }
 
 // Start registers the micro service "tokens" with its endpoints under prefix.
 func (s *Service) Start(nc *nats.Conn, prefix string) error {
-	s.nc, s.slots = nc, make(chan struct{}, maxInFlight)
+	s.nc, s.slots, s.workers = nc, make(chan struct{}, maxInFlight), newWorkers(workerIdleTimeout)
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        "tokens",
 		Version:     Version,
@@ -98,8 +99,9 @@ func (s *Service) Stop() {
 	s.inFlight.Wait()
 }
 
-// async runs each request on its own goroutine: a subscription delivers
-// messages one at a time, and one slow family must not hold up the others.
+// async runs each request on a goroutine of its own: a subscription
+// delivers messages one at a time, and one slow family must not hold up the
+// others.
 func (s *Service) async(name string, timeout time.Duration, handle func(context.Context, []byte) (any, error),
 	measure func(string, error, time.Duration)) micro.HandlerFunc {
 	return func(req micro.Request) {
@@ -109,7 +111,7 @@ func (s *Service) async(name string, timeout time.Duration, handle func(context.
 		reply := req.Reply()
 		s.slots <- struct{}{}
 		s.inFlight.Add(1)
-		go func() {
+		s.workers.run(func() {
 			defer func() { <-s.slots; s.inFlight.Done() }()
 			defer func() {
 				if p := recover(); p != nil {
@@ -133,7 +135,7 @@ func (s *Service) async(name string, timeout time.Duration, handle func(context.
 			}
 			data, _ := json.Marshal(out)
 			s.nc.Publish(reply, data)
-		}()
+		})
 	}
 }
 
