@@ -18,10 +18,10 @@ import (
 //
 // with a 256-bit secret and an HMAC-SHA256 under the key named by the key id
 // over everything before the MAC. A family's first secret is random; each
-// later one is derived from its parent token (see MintChild). The family and generation are known
-// without a lookup, forgeries fail before any I/O, and a verified token with an
-// older generation is proof of an ancestor, so replay of any ancestor is
-// detected without keeping old hashes.
+// later one is derived from its parent token (see MintChild). The family and
+// generation are known without a lookup, forgeries fail before any I/O, and
+// a verified token with an older generation is proof of an ancestor, so
+// replay of any ancestor is detected without keeping old hashes.
 const (
 	tokenPrefix    = "rt1"
 	SecretSize     = 32
@@ -97,8 +97,8 @@ func NewTokenCodec(current MACKey, retired ...MACKey) (*TokenCodec, error) {
 	return c, nil
 }
 
-// Mint returns the token of generation gen of a family, with the given random
-// secret.
+// Mint returns the token of generation gen of a family, with the given
+// secret (random for a family's first token).
 func (c *TokenCodec) Mint(familyID string, gen uint64, secret [SecretSize]byte) Token {
 	return mintWith(c.current.ID, c.current.Secret, familyID, gen, secret[:])
 }
