@@ -55,9 +55,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err := a.connect(); err != nil {
 		return nil, err
 	}
-	// An acknowledgement that never comes (a lost connection) must not keep
-	// its pending entry for ever: the append itself gives up with its request.
-	if a.js, err = jetstream.New(a.nc, jetstream.WithPublishAsyncTimeout(time.Minute)); err != nil {
+	if a.js, err = jetstream.New(a.nc); err != nil {
 		return nil, err
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
