@@ -15,6 +15,10 @@ const (
 	ReplayDetected  EventType = "token.replay_detected"
 	FamilyRevoked   EventType = "family.revoked"
 	RefreshRejected EventType = "refresh.rejected"
+	// FamilyArchived summarizes a family past its absolute expiry: its state
+	// (carried by every stored event) outlives the history, which retention
+	// drops.
+	FamilyArchived EventType = "family.archived"
 )
 
 // Reasons recorded on family.revoked and refresh.rejected events.
@@ -78,6 +82,7 @@ type Family struct {
 	AbsoluteExpiresAt     time.Time
 	RevokedAt             time.Time
 	RevokedReason         string
+	ArchivedAt            time.Time // zero until family.archived
 }
 
 // Exists reports whether the family was issued.
@@ -119,6 +124,8 @@ func Evolve(f Family, e Event) Family {
 	case FamilyRevoked:
 		f.Status = StatusRevoked
 		f.RevokedAt, f.RevokedReason = e.Time, e.Reason
+	case FamilyArchived:
+		f.ArchivedAt = e.Time
 	}
 	return f
 }
@@ -183,6 +190,10 @@ type Revoke struct {
 	Token *Token
 }
 
+// Archive summarizes a family whose absolute lifetime is over, so its
+// history can be dropped while its final state stays on record.
+type Archive struct{}
+
 // HandedOut reports whether a verified token of this family is one it handed
 // out: the current token, the parent, or an older ancestor (a valid MAC with
 // an older generation proves one).
@@ -206,25 +217,40 @@ var ErrFamilyExists = errors.New("family id already in use")
 // it returns both the events to record (refresh.rejected, or replay_detected
 // with family.revoked) and the error to reply with once they are stored:
 // ErrInvalidGrant, or EInvalidScope / EInvalidTarget errors. Invalid input
-// yields an EInvalidRequest error and no events.
+// yields an EInvalidRequest error and no events. Archive yields
+// family.archived once the family's absolute expiry has passed, else nothing.
+//
+// The clock is read once: every check and every event of one decision
+// happen at the same instant, so a decision never straddles an expiry or
+// the end of the reuse interval.
 func (d Decider) Decide(f Family, cmd any) ([]Event, error) {
+	now := d.Now().UTC()
 	switch c := cmd.(type) {
 	case Issue:
-		return d.issue(f, c)
+		return d.issue(f, c, now)
 	case Refresh:
-		return d.refresh(f, c)
+		return d.refresh(f, c, now)
 	case Revoke:
-		return d.revoke(f, c)
+		return d.revoke(f, c, now)
+	case Archive:
+		return d.archive(f, now), nil
 	}
 	return nil, errors.New("unknown command")
 }
 
-func (d Decider) event(f Family, t EventType, ctx Context) Event {
-	return Event{ID: d.NewEventID(), Type: t, Time: d.Now().UTC(), FamilyID: f.ID, Subject: f.Subject,
+func (d Decider) event(f Family, t EventType, ctx Context, now time.Time) Event {
+	return Event{ID: d.NewEventID(), Type: t, Time: now, FamilyID: f.ID, Subject: f.Subject,
 		ClientID: f.ClientID, Generation: f.Generation, Context: ctx}
 }
 
-func (d Decider) issue(f Family, c Issue) ([]Event, error) {
+func (d Decider) archive(f Family, now time.Time) []Event {
+	if !f.Exists() || !f.ArchivedAt.IsZero() || now.Before(f.AbsoluteExpiresAt) {
+		return nil
+	}
+	return []Event{d.event(f, FamilyArchived, nil, now)}
+}
+
+func (d Decider) issue(f Family, c Issue, now time.Time) ([]Event, error) {
 	if f.Exists() {
 		return nil, ErrFamilyExists
 	}
@@ -241,7 +267,7 @@ func (d Decider) issue(f Family, c Issue) ([]Event, error) {
 		return nil, errors.New("issue needs a generation-1 token")
 	}
 	f = Family{ID: c.Token.FamilyID, Subject: c.Subject, ClientID: c.ClientID, Generation: 1}
-	e := d.event(f, TokenIssued, c.Context)
+	e := d.event(f, TokenIssued, c.Context, now)
 	e.TokenHash = c.Token.Hash()
 	e.Scope, e.Audience = c.Scope, c.Audience
 	e.IdleExpiresAt = e.Time.Add(d.Policy.IdleTTL)
@@ -249,7 +275,7 @@ func (d Decider) issue(f Family, c Issue) ([]Event, error) {
 	return []Event{e}, nil
 }
 
-func (d Decider) revoke(f Family, c Revoke) ([]Event, error) {
+func (d Decider) revoke(f Family, c Revoke, now time.Time) ([]Event, error) {
 	reason := c.Reason
 	if reason == "" {
 		reason = ReasonRevoked
@@ -263,12 +289,12 @@ func (d Decider) revoke(f Family, c Revoke) ([]Event, error) {
 	if !f.Exists() || f.Status == StatusRevoked || (c.Token != nil && !f.HandedOut(*c.Token)) {
 		return nil, nil
 	}
-	e := d.event(f, FamilyRevoked, c.Context)
+	e := d.event(f, FamilyRevoked, c.Context, now)
 	e.Reason = reason
 	return []Event{e}, nil
 }
 
-func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
+func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 	if err := ValidateContext(c.Context); err != nil {
 		return nil, err
 	}
@@ -278,7 +304,7 @@ func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
 	}
 	presented := p.Hash()
 	reject := func(reason string, err error) ([]Event, error) {
-		e := d.event(f, RefreshRejected, c.Context)
+		e := d.event(f, RefreshRejected, c.Context, now)
 		e.Reason, e.TokenHash = reason, presented
 		return []Event{e}, err
 	}
@@ -289,7 +315,6 @@ func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
 	if f.Status == StatusRevoked {
 		return reject(ReasonFamilyRevoked, ErrInvalidGrant)
 	}
-	now := d.Now()
 	if f.StatusAt(now) == StatusExpired {
 		return reject(ReasonExpired, ErrInvalidGrant)
 	}
@@ -306,9 +331,9 @@ func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
 			return reject(ReasonExpired, ErrInvalidGrant)
 		}
 	case isParent || isAncestor:
-		replay := d.event(f, ReplayDetected, c.Context)
+		replay := d.event(f, ReplayDetected, c.Context, now)
 		replay.TokenHash = presented
-		revoked := d.event(f, FamilyRevoked, c.Context)
+		revoked := d.event(f, FamilyRevoked, c.Context, now)
 		revoked.Reason = ReasonReplayDetected
 		return []Event{replay, revoked}, ErrInvalidGrant
 	default:
@@ -334,7 +359,7 @@ func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
 	}
 
 	if !isCurrent {
-		e := d.event(f, TokenReused, c.Context)
+		e := d.event(f, TokenReused, c.Context, now)
 		e.TokenHash, e.Scope, e.Audience = presented, scope, audience
 		return []Event{e}, nil
 	}
@@ -342,7 +367,7 @@ func (d Decider) refresh(f Family, c Refresh) ([]Event, error) {
 		return nil, errors.New("rotation needs a child token of the next generation")
 	}
 	f.Generation++
-	e := d.event(f, TokenRotated, c.Context)
+	e := d.event(f, TokenRotated, c.Context, now)
 	e.TokenHash, e.Scope, e.Audience = c.Child.Hash(), scope, audience
 	e.IdleExpiresAt = e.Time.Add(d.Policy.IdleTTL)
 	return []Event{e}, nil

@@ -135,6 +135,7 @@ func TestDecide(t *testing.T) {
 	h2 := concat(h1, []Event{rotatedAt(r2, tok2)})
 	h3 := concat(h2, []Event{rotatedAt(r3, tok3)}) // current tok3, parent tok2 rotated at r3, ancestor tok1
 	revokedAt := r3.Add(10 * time.Minute)
+	absolute := t0.Add(testPolicy.AbsoluteTTL)
 	h3revoked := concat(h3, []Event{ev("given-rev", FamilyRevoked, revokedAt, 3, withReason(ReasonRevoked))})
 	h3replayed := concat(h3, []Event{
 		ev("given-replay", ReplayDetected, revokedAt, 3, withHash(tok1.Hash())),
@@ -414,6 +415,20 @@ func TestDecide(t *testing.T) {
 		{name: "revoke: reason with control characters", given: h3, at: revokedAt, when: Revoke{Reason: "bad\nreason"}, thenErr: EInvalidRequest},
 		{name: "revoke: reason not UTF-8", given: h3, at: revokedAt, when: Revoke{Reason: "\xc3"}, thenErr: EInvalidRequest},
 		{name: "revoke: invalid reason on an unknown family", at: t0, when: Revoke{Reason: "\x00"}, thenErr: EInvalidRequest},
+
+		// archive: only past the absolute expiry, once
+		{name: "archive before the absolute expiry", given: h3, at: absolute.Add(-time.Second), when: Archive{}},
+		{name: "archive at the absolute expiry", given: h3, at: absolute, when: Archive{},
+			then: []Event{ev("evt-1", FamilyArchived, absolute, 3, withNoCtx())}},
+		{name: "archive a revoked family", given: h3revoked, at: absolute.Add(time.Hour), when: Archive{},
+			then: []Event{ev("evt-1", FamilyArchived, absolute.Add(time.Hour), 3, withNoCtx())}},
+		{name: "archive twice", given: concat(h3, []Event{ev("given-arch", FamilyArchived, absolute, 3, withNoCtx())}),
+			at: absolute.Add(time.Hour), when: Archive{}},
+		{name: "archive an unknown family", at: absolute, when: Archive{}},
+		{name: "refresh of an archived family is refused as expired",
+			given: concat(h3, []Event{ev("given-arch", FamilyArchived, absolute, 3, withNoCtx())}),
+			at:    absolute.Add(time.Hour), when: refresh(tok3, child(tok4)),
+			then: []Event{rejected(absolute.Add(time.Hour), 3, ReasonExpired, tok3)}, thenErr: EInvalidGrant},
 	}
 	for i, bad := range badContexts {
 		tests = append(tests,
@@ -540,6 +555,7 @@ func TestEvolve(t *testing.T) {
 		{"revoked", h2, ev("x", FamilyRevoked, r3, 2, withReason("user_disabled")), revokedGen2},
 		{"revoked twice keeps the newer record", concat(h2, []Event{ev("x", FamilyRevoked, r2, 2, withReason("first"))}),
 			ev("y", FamilyRevoked, r3, 2, withReason("user_disabled")), revokedGen2},
+		{"archived", h2, ev("x", FamilyArchived, r3, 2), func() Family { f := gen2; f.ArchivedAt = r3; return f }()},
 		{"unknown type changes nothing", h2, ev("x", EventType("token.frobbed"), r3, 9, withHash(tok3.Hash())), gen2},
 	}
 	for _, tc := range tests {
@@ -976,5 +992,50 @@ func checkHistory(t *testing.T, sf *simFamily) {
 		if e.Generation != gen {
 			t.Errorf("family %s event %d: %s generation %d, want %d", sf.id, i+1, e.Type, e.Generation, gen)
 		}
+	}
+}
+
+// TestDecideReadsTheClockOnce: a decision happens at one instant. With a
+// clock that jumps an hour at every reading, a second reading would put a
+// check and an event, or two events of one decision, at different times.
+func TestDecideReadsTheClockOnce(t *testing.T) {
+	c := MustCodec(t)
+	tok1, tok2, tok3 := MustMint(t, c, famA, 1, 1), MustMint(t, c, famA, 2, 2), MustMint(t, c, famA, 3, 3)
+	r2 := t0.Add(10 * time.Minute)
+	h2 := []Event{issuedAt(t0, tok1, grantScope, grantAud), rotatedAt(r2, tok2)}
+	cases := []struct {
+		name  string
+		given []Event
+		at    time.Time
+		when  any
+	}{
+		{"issue", nil, t0, Issue{Token: tok1, Subject: subj, ClientID: owner}},
+		{"rotation", h2, r2.Add(time.Minute), Refresh{Presented: tok2, ClientID: owner, Child: tok3}},
+		{"reuse", h2, r2.Add(time.Second), Refresh{Presented: tok1, ClientID: owner, Reusable: tok2}},
+		{"replay", h2, r2.Add(time.Minute), Refresh{Presented: tok1, ClientID: owner}},
+		{"rejection", h2, r2.Add(time.Minute), Refresh{Presented: tok2, ClientID: foreign}},
+		{"revoke", h2, r2.Add(time.Minute), Revoke{}},
+		{"archive", h2, t0.Add(testPolicy.AbsoluteTTL), Archive{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			reads := 0
+			d := Decider{Policy: testPolicy, NewEventID: sequentialIDs("evt-"), Now: func() time.Time {
+				reads++
+				return tc.at.Add(time.Duration(reads-1) * time.Hour)
+			}}
+			got, _ := d.Decide(Fold(tc.given), tc.when)
+			if reads != 1 {
+				t.Errorf("the decision read the clock %d times, want once", reads)
+			}
+			if len(got) == 0 {
+				t.Fatal("no events: the case no longer exercises a decision")
+			}
+			for _, e := range got {
+				if !e.Time.Equal(tc.at) {
+					t.Errorf("%s at %v, want %v", e.Type, e.Time, tc.at)
+				}
+			}
+		})
 	}
 }

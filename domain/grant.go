@@ -17,6 +17,10 @@ const (
 	MaxContextKeys   = 16
 	MaxContextKey    = 64
 	MaxContextValue  = 512
+	// MaxContextBytes bounds a whole context (keys and values): it is copied
+	// into every event of a request, and 16 values of 512 bytes made events
+	// of tens of KiB.
+	MaxContextBytes = 1024
 )
 
 // Context is request metadata recorded for audit only (ip, user_agent, …).
@@ -113,12 +117,17 @@ func ValidateName(field, s string) error {
 	return nil
 }
 
-// ValidateContext checks audit context: a few short printable entries.
+// ValidateContext checks audit context: a few short printable entries, at
+// most MaxContextBytes in all.
 func ValidateContext(c Context) error {
 	if len(c) > MaxContextKeys {
 		return Errorf(EInvalidRequest, "context has more than %d entries", MaxContextKeys)
 	}
+	size := 0
 	for k, v := range c {
+		if size += len(k) + len(v); size > MaxContextBytes {
+			return Errorf(EInvalidRequest, "context is larger than %d bytes", MaxContextBytes)
+		}
 		if k == "" || len(k) > MaxContextKey || !printable(k) {
 			return Errorf(EInvalidRequest, "context key %q is not valid", truncate(k))
 		}

@@ -215,6 +215,15 @@ func TestValidateContext(t *testing.T) {
 		{"empty", Context{}, true},
 		{"typical", Context{"ip": "203.0.113.7", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}, true},
 		{"16 entries", entries(16), true},
+		{"1 KiB in all", Context{"ua": strings.Repeat("v", 510), "ref": strings.Repeat("r", 509)}, true},
+		{"over 1 KiB in all", Context{"ua": strings.Repeat("v", 510), "ref": strings.Repeat("r", 510)}, false},
+		{"16 values of 512 bytes", func() Context {
+			c := entries(16)
+			for k := range c {
+				c[k] = strings.Repeat("v", 512)
+			}
+			return c
+		}(), false},
 		{"empty value", Context{"ip": ""}, true},
 		{"64-byte key", Context{strings.Repeat("k", 64): "v"}, true},
 		{"512-byte value", Context{"ua": strings.Repeat("v", 512)}, true},
