@@ -4,9 +4,11 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,6 +56,7 @@ type Snapshot struct {
 	AbsoluteExpiresAt time.Time     `json:"absolute_expires_at"`
 	RevokedAt         time.Time     `json:"revoked_at,omitzero"`
 	RevokedReason     string        `json:"revoked_reason,omitempty"`
+	ArchivedAt        time.Time     `json:"archived_at,omitzero"`
 }
 
 // Wrap builds the envelope of e, with after as the family's state after it.
@@ -86,7 +89,7 @@ func snapshotOf(f domain.Family) Snapshot {
 		CurrentHash: f.CurrentHash, ParentHash: f.ParentHash, RotatedAt: f.RotatedAt.UTC(),
 		CreatedAt: f.CreatedAt.UTC(), LastUsedAt: f.LastUsedAt.UTC(),
 		IdleExpiresAt: f.IdleExpiresAt.UTC(), AbsoluteExpiresAt: f.AbsoluteExpiresAt.UTC(),
-		RevokedAt: f.RevokedAt.UTC(), RevokedReason: f.RevokedReason,
+		RevokedAt: f.RevokedAt.UTC(), RevokedReason: f.RevokedReason, ArchivedAt: f.ArchivedAt.UTC(),
 	}
 }
 
@@ -119,7 +122,7 @@ func (env Envelope) Family() domain.Family {
 		Generation: s.Generation, CurrentHash: s.CurrentHash, ParentHash: s.ParentHash,
 		RotatedAt: s.RotatedAt, CreatedAt: s.CreatedAt, LastUsedAt: s.LastUsedAt,
 		IdleExpiresAt: s.IdleExpiresAt, AbsoluteExpiresAt: s.AbsoluteExpiresAt,
-		RevokedAt: s.RevokedAt, RevokedReason: s.RevokedReason,
+		RevokedAt: s.RevokedAt, RevokedReason: s.RevokedReason, ArchivedAt: s.ArchivedAt,
 	}
 }
 
@@ -130,9 +133,27 @@ func splitScope(s string) []string {
 	return strings.Split(s, " ")
 }
 
-var knownTypes = map[string]bool{
-	string(domain.TokenIssued): true, string(domain.TokenRotated): true, string(domain.TokenReused): true,
-	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
+// Types lists every event type tokend writes, in the contract's order.
+var Types = []string{
+	string(domain.TokenIssued), string(domain.TokenRotated), string(domain.TokenReused),
+	string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected),
+	string(domain.FamilyArchived),
+}
+
+// KnownType reports whether t is an event type tokend writes.
+func KnownType(t string) bool { return slices.Contains(Types, t) }
+
+// Encode returns the stored form of env. HTML escaping is off: events are
+// never embedded in HTML, and escaping turned every < > & of a user agent
+// into six bytes.
+func Encode(env Envelope) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(env); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // ErrMalformedEvent marks a message on an event subject that is not a
@@ -145,7 +166,7 @@ func Decode(data []byte, familyID string) (Envelope, error) {
 	if err := json.Unmarshal(data, &env); err != nil {
 		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformedEvent, err)
 	}
-	if !knownTypes[env.Type] || env.ID == "" || env.FamilyID != familyID || env.Generation == 0 || env.Data.Family.Status == "" {
+	if !KnownType(env.Type) || env.ID == "" || env.FamilyID != familyID || env.Generation == 0 || env.Data.Family.Status == "" {
 		return Envelope{}, fmt.Errorf("%w: type %q, family %q", ErrMalformedEvent, env.Type, env.FamilyID)
 	}
 	return env, nil

@@ -3,6 +3,7 @@ package events
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +99,26 @@ func BenchmarkDecodeEvent(b *testing.B) {
 		if _, err := Decode(data, env.FamilyID); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestEncodeKeepsMarkupAsIs: a user agent full of < > & is stored as sent,
+// one byte each, and decodes back to the same event.
+func TestEncodeKeepsMarkupAsIs(t *testing.T) {
+	at := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	ua := "Mozilla/5.0 <script>a&&b</script>"
+	fam := domain.Family{ID: "fam", Subject: "u", ClientID: "c", Status: domain.StatusActive, Generation: 1, CreatedAt: at}
+	e := domain.Event{ID: "e1", Type: domain.FamilyRevoked, Time: at, FamilyID: "fam", Subject: "u", ClientID: "c",
+		Generation: 1, Context: domain.Context{"user_agent": ua}}
+	data, err := Encode(Wrap(e, fam))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), ua) || strings.Contains(string(data), `\u003c`) || strings.HasSuffix(string(data), "\n") {
+		t.Fatalf("stored form escapes markup or ends in a newline: %s", data)
+	}
+	env, err := Decode(data, "fam")
+	if err != nil || env.Context["user_agent"] != ua {
+		t.Fatalf("round trip: %v %+v", err, env.Context)
 	}
 }

@@ -22,16 +22,22 @@ type Service struct {
 	// RefreshLimit is per family and spares what must never wait: the
 	// just-rotated parent inside the reuse interval (a legitimate parallel
 	// refresh or retry) and a detected replay (which ends the family).
-	// IssueLimit is per client id.
-	RefreshLimit, IssueLimit *KeyedLimiter
+	// IssueLimit is per client id. ForeignLimit is per presenting client id
+	// and charges presentations of another client's token: charged to the
+	// family, a foreign client could lock the owner out.
+	RefreshLimit, IssueLimit, ForeignLimit *KeyedLimiter
 	// OnRateLimited, if set, is told which limit refused a command.
 	OnRateLimited func(limit string)
+	// Revoking, if set, holds back issues for subjects and clients being
+	// revoked (see RevokeAll).
+	Revoking *Revoking
 }
 
 // Names of the rate limits, as OnRateLimited reports them.
 const (
 	LimitRefreshPerFamily = "refresh_per_family"
 	LimitIssuePerClient   = "issue_per_client"
+	LimitForeignPerClient = "foreign_per_client"
 )
 
 // NewService returns a service deciding with policy at the times now returns.
@@ -77,6 +83,10 @@ type IssueRequest struct {
 func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 	if err := s.limited(s.IssueLimit, LimitIssuePerClient, req.ClientID); err != nil {
 		return Grant{}, err
+	}
+	if s.Revoking != nil && s.Revoking.Blocks(req.Subject, req.ClientID) {
+		return Grant{}, &domain.Error{Code: domain.EUnavailable, Message: "the families of this subject or client are being revoked, retry",
+			RetryAfterMs: 500}
 	}
 	familyID := domain.NewID(randomBytes(16))
 	token := s.codec.Mint(familyID, 1, newSecret())
@@ -128,8 +138,8 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 			cmd.Reusable = reusable
 		}
 		events, err := s.decider.Decide(f, cmd)
-		if len(events) > 0 && !charged && (events[0].Type == domain.TokenRotated || events[0].Type == domain.RefreshRejected) {
-			if err := s.limited(s.RefreshLimit, LimitRefreshPerFamily, f.ID); err != nil {
+		if len(events) > 0 && !charged {
+			if err := s.charge(events[0], req.ClientID); err != nil {
 				return nil, err
 			}
 			charged = true
@@ -145,6 +155,20 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 		g.Token = reusable
 	}
 	return g, nil
+}
+
+// charge applies the rate limit a refresh's first event falls under:
+// rotations and the owner's refused refreshes count against the family, a
+// foreign client's presentations against that client. Reuses and replays
+// are never limited.
+func (s *Service) charge(first domain.Event, presenter string) error {
+	switch {
+	case first.Type == domain.RefreshRejected && first.Reason == domain.ReasonClientMismatch:
+		return s.limited(s.ForeignLimit, LimitForeignPerClient, presenter)
+	case first.Type == domain.TokenRotated || first.Type == domain.RefreshRejected:
+		return s.limited(s.RefreshLimit, LimitRefreshPerFamily, first.FamilyID)
+	}
+	return nil
 }
 
 // RevokeFamily revokes one family; it reports 0 for unknown or already
@@ -177,6 +201,16 @@ func (s *Service) revoke(ctx context.Context, familyID string, cmd domain.Revoke
 		return 0, 0, err
 	}
 	return 1, d.Seq, nil
+}
+
+// Archive appends family.archived to a family past its absolute expiry;
+// it reports false when there was nothing to do (not expired yet, already
+// archived, unknown).
+func (s *Service) Archive(ctx context.Context, familyID string) (bool, error) {
+	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
+		return s.decider.Decide(f, domain.Archive{})
+	})
+	return len(d.Events) > 0, err
 }
 
 func orDefault(reason string) string {

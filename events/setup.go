@@ -33,12 +33,24 @@ func (s Subjects) FamilyOf(subject string) string {
 	return subject[len(p):]
 }
 
-// StreamConfig returns the TOKENS stream's configuration. Events are never
-// discarded to make room (DiscardNew): a full store refuses appends instead
-// of silently dropping the history a family's state is read from.
-// AllowMsgTTL stays on only because earlier versions kept sealed children
-// in this stream with a TTL, and the server refuses to turn it off again.
-func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.StreamConfig {
+// StreamLimits size the TOKENS stream.
+type StreamLimits struct {
+	Replicas int
+	// MaxBytes bounds the stream (0: only the account's limits). A full
+	// stream refuses appends (DiscardNew) rather than drop history that
+	// families' states are read from.
+	MaxBytes int64
+	// MaxAge removes any event older than this (0: none). Events carry their
+	// own TTL (Retention); MaxAge is the backstop for events stored before
+	// they did, so it must outlast every TTL.
+	MaxAge time.Duration
+}
+
+// StreamConfig returns the TOKENS stream's configuration. DenyDelete and
+// DenyPurge keep the history tamper-proof; retention works through
+// per-message TTLs and MaxAge, which neither needs.
+func StreamConfig(subjects Subjects, limits StreamLimits) jetstream.StreamConfig {
+	maxBytes := limits.MaxBytes
 	if maxBytes == 0 {
 		maxBytes = -1
 	}
@@ -47,10 +59,11 @@ func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.Str
 		Description:        "tokend refresh-token family events",
 		Subjects:           []string{subjects.Events()},
 		Storage:            jetstream.FileStorage,
-		Replicas:           replicas,
+		Replicas:           limits.Replicas,
 		Retention:          jetstream.LimitsPolicy,
 		Discard:            jetstream.DiscardNew,
 		MaxBytes:           maxBytes,
+		MaxAge:             limits.MaxAge,
 		Duplicates:         2 * time.Minute,
 		AllowDirect:        true,
 		AllowAtomicPublish: true,
@@ -60,9 +73,11 @@ func StreamConfig(subjects Subjects, replicas int, maxBytes int64) jetstream.Str
 	}
 }
 
-// Setup creates or updates the TOKENS stream.
-func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, replicas int, maxBytes int64) (jetstream.Stream, error) {
-	stream, err := js.CreateOrUpdateStream(ctx, StreamConfig(subjects, replicas, maxBytes))
+// Setup creates the TOKENS stream, or brings an existing one to the
+// current configuration (this is how deployments of earlier versions get
+// their retention limits).
+func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, limits StreamLimits) (jetstream.Stream, error) {
+	stream, err := js.CreateOrUpdateStream(ctx, StreamConfig(subjects, limits))
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
 	}

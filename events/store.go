@@ -36,6 +36,9 @@ type Store struct {
 	js       jetstream.JetStream
 	stream   jetstream.Stream
 	subjects Subjects
+
+	// Retention sets each appended event's TTL; set before the store is used.
+	Retention Retention
 }
 
 // NewStore returns a store over an existing TOKENS stream.
@@ -81,13 +84,16 @@ func (s *Store) lastEventID(ctx context.Context, familyID string) (string, uint6
 func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs []Envelope) (uint64, error) {
 	msgs := make([]*nats.Msg, len(envs))
 	for i, env := range envs {
-		data, err := json.Marshal(env)
+		data, err := Encode(env)
 		if err != nil {
 			return 0, err
 		}
 		msgs[i] = nats.NewMsg(s.subjects.Family(familyID))
 		msgs[i].Data = data
 		msgs[i].Header.Set(jetstream.MsgIDHeader, env.ID)
+		if ttl := s.Retention.TTL(env); ttl > 0 {
+			msgs[i].Header.Set(jetstream.MsgTTLHeader, ttlHeader(ttl))
+		}
 	}
 	msgs[0].Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
 

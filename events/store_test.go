@@ -23,7 +23,7 @@ func MustJetStream(tb testing.TB) (*nats.Conn, jetstream.JetStream, jetstream.St
 	tb.Helper()
 	nc := eventstest.MustConnect(tb, eventstest.MustJetStream(tb).ClientURL())
 	js, _ := jetstream.New(nc)
-	stream, err := Setup(context.Background(), js, testSubjects, 1, 0)
+	stream, err := Setup(context.Background(), js, testSubjects, StreamLimits{Replicas: 1})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func MustHarness(tb testing.TB) *harness {
 	nc := eventstest.MustConnect(tb, eventstest.MustJetStream(tb).ClientURL())
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	stream, err := events.Setup(ctx, js, subjects, 1, 0)
+	stream, err := events.Setup(ctx, js, subjects, events.StreamLimits{Replicas: 1})
 	if err != nil {
 		tb.Fatal(err)
 	}

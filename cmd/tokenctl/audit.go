@@ -21,7 +21,7 @@ import (
 
 // eventTypes are the audit event types of the contract, for --type.
 var eventTypes = []string{string(domain.TokenIssued), string(domain.TokenRotated), string(domain.TokenReused),
-	string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected)}
+	string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected), string(domain.FamilyArchived)}
 
 var auditCommand = &command{
 	summary: "list audit events: one page, all of them, or live",

@@ -49,7 +49,7 @@ func produceEvents(t *testing.T, js jetstream.JetStream) jetstream.Stream {
 	t.Helper()
 	ctx := context.Background()
 	subjects := events.Subjects{Prefix: "tokens"}
-	stream, err := events.Setup(ctx, js, subjects, 1, 0)
+	stream, err := events.Setup(ctx, js, subjects, events.StreamLimits{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

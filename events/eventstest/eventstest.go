@@ -60,3 +60,21 @@ func MustConnect(tb testing.TB, url string) *nats.Conn {
 	tb.Cleanup(nc.Close)
 	return nc
 }
+
+// CheckFor calls f every 50 ms until it returns nil, and fails the test
+// with f's last error if that takes longer than total. Tests wait for a
+// condition this way instead of sleeping for a guessed time.
+func CheckFor(tb testing.TB, total time.Duration, f func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %v: %v", total, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,128 @@
+package events
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// RevokingBucket is the KV bucket of revocations by subject or client in
+// progress, shared by every instance.
+const RevokingBucket = "TOKENS_REVOKING"
+
+// revokingMaxAge outlives any revoke request; a marker left behind by an
+// instance that died mid-revoke expires with it.
+const revokingMaxAge = 2 * time.Minute
+
+// Revoking tracks the subjects and clients whose families are being
+// revoked, on every instance. While one is, issuing a family for it is
+// refused: a revoke by subject or client must cover every family issued
+// before its reply, and families issued while it runs would otherwise
+// keep it chasing them for as long as issuing goes on.
+type Revoking struct {
+	kv      jetstream.KeyValue
+	watcher jetstream.KeyWatcher
+
+	mu     sync.RWMutex
+	active map[string]bool // marker keys present in the bucket
+}
+
+// OpenRevoking creates or opens the bucket and follows it until Stop.
+func OpenRevoking(ctx context.Context, js jetstream.JetStream, replicas int) (*Revoking, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      RevokingBucket,
+		Description: "tokend revocations by subject or client in progress",
+		History:     1,
+		TTL:         revokingMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
+	}
+	r := &Revoking{kv: kv, active: map[string]bool{}}
+	// The watch's own context outlives ctx, which only bounds setting up.
+	if r.watcher, err = kv.WatchAll(context.WithoutCancel(ctx)); err != nil {
+		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
+	}
+	ready := make(chan struct{})
+	go r.follow(ready)
+	select {
+	case <-ready:
+		return r, nil
+	case <-ctx.Done():
+		r.Stop()
+		return nil, ctx.Err()
+	}
+}
+
+// follow applies the bucket's changes; ready is closed once the markers
+// present at the start are known.
+func (r *Revoking) follow(ready chan struct{}) {
+	initial := true
+	for e := range r.watcher.Updates() {
+		if e == nil { // end of the initial values
+			if initial {
+				close(ready)
+				initial = false
+			}
+			continue
+		}
+		r.mu.Lock()
+		if e.Operation() == jetstream.KeyValuePut {
+			r.active[e.Key()] = true
+		} else {
+			delete(r.active, e.Key())
+		}
+		r.mu.Unlock()
+	}
+}
+
+// Stop stops following the bucket.
+func (r *Revoking) Stop() { r.watcher.Stop() }
+
+// Begin marks a revocation of subject or clientID (one of them set) as in
+// progress on every instance; end removes the mark.
+func (r *Revoking) Begin(ctx context.Context, subject, clientID string) (end func(), err error) {
+	key := markerKey(subject, clientID)
+	rev, err := r.kv.Put(ctx, key, nil)
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
+	}
+	// This instance refuses issues at once, not when its watch catches up.
+	r.mu.Lock()
+	r.active[key] = true
+	r.mu.Unlock()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		// A later revoke of the same subject or client renewed the mark if
+		// the revision moved, and ends it itself. A mark this fails to
+		// remove expires after revokingMaxAge.
+		r.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+	}, nil
+}
+
+// Blocks reports whether a family of subject and clientID may not be
+// issued now because either is being revoked.
+func (r *Revoking) Blocks(subject, clientID string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.active) > 0 && (r.active[markerKey(subject, "")] || r.active[markerKey("", clientID)])
+}
+
+// markerKey names a subject's or a client's marker by a hash: KV keys
+// allow few characters, and names stay out of the bucket's subjects.
+func markerKey(subject, clientID string) string {
+	kind, name := "s", subject
+	if subject == "" {
+		kind, name = "c", clientID
+	}
+	sum := sha256.Sum256([]byte(name))
+	return kind + "_" + hex.EncodeToString(sum[:16])
+}
