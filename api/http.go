@@ -16,9 +16,11 @@ import (
 // the stream reachable and the read model close behind it.
 type ReadinessCheck func(context.Context) error
 
-// HTTPHandler serves health, readiness, the JWKS, the audit API and, when
-// given, metrics.
-func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.Handler {
+// OpsHandler serves what operators and resource servers reach: health,
+// readiness, the JWKS and, when given, metrics. With openAudit it also
+// serves the audit API, unauthenticated, as contract v1 laid it out;
+// otherwise /v1/ answers not_found, pointing to the audit listener.
+func (s *Service) OpsHandler(ready ReadinessCheck, metrics http.Handler, openAudit bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -37,6 +39,23 @@ func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.H
 		w.Header().Set("Cache-Control", "public, max-age=300")
 		w.Write(s.Access.JWKS())
 	})
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
+	if openAudit {
+		mux.Handle("/v1/", s.AuditHandler())
+	} else {
+		mux.HandleFunc("/v1/", func(w http.ResponseWriter, _ *http.Request) {
+			writeError(w, domain.Errorf(domain.ENotFound, "the audit API is served on the --audit-http listener"))
+		})
+	}
+	return mux
+}
+
+// AuditHandler serves the audit API: GET /v1/audit and /v1/families/{id}.
+// It authenticates nobody; the listener in front of it does (AuditGuard).
+func (s *Service) AuditHandler() http.Handler {
+	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/audit", func(w http.ResponseWriter, r *http.Request) {
 		in, err := auditRequestFromQuery(r.URL.Query())
 		if err != nil {
@@ -58,9 +77,6 @@ func (s *Service) HTTPHandler(ready ReadinessCheck, metrics http.Handler) http.H
 		in := wire.FamilyRequest{FamilyID: r.PathValue("id"), MinSeq: minSeq}
 		s.serveHTTP(w, r, "family", func(ctx context.Context) (any, error) { return s.Family(ctx, in) })
 	})
-	if metrics != nil {
-		mux.Handle("GET /metrics", metrics)
-	}
 	return mux
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 )
 
 // Metrics are tokend's Prometheus metrics. Label values come from fixed sets
@@ -29,6 +30,8 @@ type Metrics struct {
 	fenceConflicts  prometheus.Counter
 	storeErrors     prometheus.Counter
 	rateLimited     *prometheus.CounterVec
+	replyErrors     *prometheus.CounterVec
+	archived        prometheus.Counter
 
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
@@ -81,6 +84,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_rate_limited_total", Help: "Commands refused by a rate limit (answered temporarily_unavailable with retry_after_ms), by limit.",
 		}, []string{"limit"}),
+		replyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_reply_errors_total", Help: "Replies that could not be sent (too large, connection lost), by endpoint.",
+		}, []string{"endpoint"}),
+		archived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_families_archived_total", Help: "Families past their absolute expiry summarized by a family.archived event.",
+		}),
 		projectionBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tokend_projection_batch_duration_seconds", Help: "Time to apply one batch of events to the read model.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -91,20 +100,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
-		m.projectionBatch, m.projectionApplied, buildInfo())
+		m.replyErrors, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
 		m.commands.WithLabelValues(cmd, "ok")
 	}
-	for _, t := range allEventTypes {
-		m.eventsAppended.WithLabelValues(string(t))
+	for _, t := range events.Types {
+		m.eventsAppended.WithLabelValues(t)
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
 	return m
 }
-
-var allEventTypes = []domain.EventType{domain.TokenIssued, domain.TokenRotated, domain.TokenReused,
-	domain.ReplayDetected, domain.FamilyRevoked, domain.RefreshRejected}
 
 func buildInfo() prometheus.Collector {
 	version, revision := Version, "unknown"
@@ -170,6 +176,16 @@ func (m *Metrics) StoreError(error) { m.storeErrors.Inc() }
 
 // RateLimited counts a command a rate limit refused (events.Service.OnRateLimited).
 func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }
+
+// ReplyError counts a reply that could not be sent.
+func (m *Metrics) ReplyError(endpoint string) {
+	if m != nil {
+		m.replyErrors.WithLabelValues(endpoint).Inc()
+	}
+}
+
+// Archived counts families a janitor sweep archived (events.Janitor.OnArchived).
+func (m *Metrics) Archived(n int) { m.archived.Add(float64(n)) }
 
 // ProjectionBatch records one applied batch (projections.Projector.OnBatch).
 func (m *Metrics) ProjectionBatch(events int, took time.Duration) {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -27,9 +28,14 @@ const Version = "0.1.0"
 // temporarily_unavailable instead of hanging the caller.
 const requestTimeout = 5 * time.Second
 
-// maxInFlight bounds concurrently handled requests per instance; past it the
-// subscription stops reading and NATS buffers, which is the backpressure.
-const maxInFlight = 1024
+// Commands and queries are bounded separately per instance, so a burst of
+// slow audits cannot hold the slots refreshes need. Past its bound an
+// endpoint's subscription stops reading and NATS buffers, which is the
+// backpressure.
+const (
+	DefaultCommandsInFlight = 1024
+	DefaultQueriesInFlight  = 64
+)
 
 // Service is the NATS face of tokend.
 type Service struct {
@@ -40,18 +46,27 @@ type Service struct {
 	Metrics   *Metrics // nil: not measured
 	Log       *slog.Logger
 	Now       func() time.Time
+	// CommandsInFlight and QueriesInFlight bound the requests of each kind
+	// handled at once; zero means the default.
+	CommandsInFlight, QueriesInFlight int
 
-	nc       *nats.Conn
-	handled  atomic.Uint64 // requests answered, NATS and HTTP
-	inFlight sync.WaitGroup
-	slots    chan struct{}
-	workers  *workers
-	micro    micro.Service
+	nc *nats.Conn
+	// stopQueries ends the waits of queries in flight at shutdown: a
+	// min_seq wait has nothing to finish, unlike a command's append.
+	queriesCtx  context.Context
+	stopQueries context.CancelFunc
+	handled     atomic.Uint64 // requests answered, NATS and HTTP
+	inFlight    sync.WaitGroup
+	workers     *workers
+	micro       micro.Service
 }
 
 // Start registers the micro service "tokens" with its endpoints under prefix.
 func (s *Service) Start(nc *nats.Conn, prefix string) error {
-	s.nc, s.slots, s.workers = nc, make(chan struct{}, maxInFlight), newWorkers(workerIdleTimeout)
+	s.nc, s.workers = nc, newWorkers(workerIdleTimeout)
+	commands := make(chan struct{}, cmp.Or(s.CommandsInFlight, DefaultCommandsInFlight))
+	queries := make(chan struct{}, cmp.Or(s.QueriesInFlight, DefaultQueriesInFlight))
+	s.queriesCtx, s.stopQueries = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        "tokens",
 		Version:     Version,
@@ -66,18 +81,20 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 		handle        func(context.Context, []byte) (any, error)
 		timeout       time.Duration
 		measure       func(string, error, time.Duration)
+		slots         chan struct{}
+		base          context.Context
 	}{
-		{"issue", prefix + ".cmd.issue", s.issue, requestTimeout, s.Metrics.command},
-		{"refresh", prefix + ".cmd.refresh", s.refresh, requestTimeout, s.Metrics.command},
+		{"issue", prefix + ".cmd.issue", s.issue, requestTimeout, s.Metrics.command, commands, context.Background()},
+		{"refresh", prefix + ".cmd.refresh", s.refresh, requestTimeout, s.Metrics.command, commands, context.Background()},
 		// Revoking a subject or client may touch many families.
-		{"revoke", prefix + ".cmd.revoke", s.revoke, 30 * time.Second, s.Metrics.command},
-		{"keys", prefix + ".keys", s.keys, requestTimeout, s.Metrics.query},
-		{"introspect", prefix + ".query.introspect", s.introspect, requestTimeout, s.Metrics.query},
-		{"family", prefix + ".query.family", s.family, requestTimeout, s.Metrics.query},
-		{"audit", prefix + ".query.audit", s.audit, requestTimeout, s.Metrics.query},
+		{"revoke", prefix + ".cmd.revoke", s.revoke, revokeTimeout, s.Metrics.command, commands, context.Background()},
+		{"keys", prefix + ".keys", s.keys, requestTimeout, s.Metrics.query, queries, s.queriesCtx},
+		{"introspect", prefix + ".query.introspect", s.introspect, requestTimeout, s.Metrics.query, queries, s.queriesCtx},
+		{"family", prefix + ".query.family", s.family, requestTimeout, s.Metrics.query, queries, s.queriesCtx},
+		{"audit", prefix + ".query.audit", s.audit, requestTimeout, s.Metrics.query, queries, s.queriesCtx},
 	}
 	for _, ep := range endpoints {
-		handler := s.async(ep.name, ep.timeout, ep.handle, ep.measure)
+		handler := s.async(ep.name, ep.base, ep.timeout, ep.slots, ep.handle, ep.measure)
 		if err := svc.AddEndpoint(ep.name, handler, micro.WithEndpointSubject(ep.subject)); err != nil {
 			svc.Stop()
 			return fmt.Errorf("endpoint %s: %w", ep.name, err)
@@ -96,32 +113,35 @@ func (s *Service) Stop() {
 	if s.micro != nil {
 		s.micro.Stop()
 	}
+	if s.stopQueries != nil {
+		s.stopQueries()
+	}
 	s.inFlight.Wait()
 }
 
-// async runs each request on a goroutine of its own: a subscription
-// delivers messages one at a time, and one slow family must not hold up the
-// others.
-func (s *Service) async(name string, timeout time.Duration, handle func(context.Context, []byte) (any, error),
+// async runs each request on a goroutine of its own, holding one of slots:
+// a subscription delivers messages one at a time, and one slow family must
+// not hold up the others.
+func (s *Service) async(name string, base context.Context, timeout time.Duration, slots chan struct{}, handle func(context.Context, []byte) (any, error),
 	measure func(string, error, time.Duration)) micro.HandlerFunc {
 	return func(req micro.Request) {
 		start := time.Now()
 		// Replies go straight to the reply subject: micro's request object
 		// is not safe to use once its handler has returned.
 		reply := req.Reply()
-		s.slots <- struct{}{}
+		slots <- struct{}{}
 		s.inFlight.Add(1)
 		s.workers.run(func() {
-			defer func() { <-s.slots; s.inFlight.Done() }()
+			defer func() { <-slots; s.inFlight.Done() }()
 			defer func() {
 				if p := recover(); p != nil {
 					s.Log.Error("handler panic", "endpoint", name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 					err := domain.Errorf(domain.EServerError, "internal error")
-					s.respondError(reply, err)
+					s.respondError(name, reply, err)
 					measure(name, err, time.Since(start))
 				}
 			}()
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			ctx, cancel := context.WithTimeout(base, timeout)
 			defer cancel()
 			out, err := handle(ctx, req.Data())
 			// Counted before the reply leaves, so a caller that reads the
@@ -130,11 +150,21 @@ func (s *Service) async(name string, timeout time.Duration, handle func(context.
 			s.handled.Add(1)
 			if err != nil {
 				s.logFailure(name, err)
-				s.respondError(reply, err)
+				s.respondError(name, reply, err)
 				return
 			}
-			data, _ := json.Marshal(out)
-			s.nc.Publish(reply, data)
+			data, err := json.Marshal(out)
+			if err == nil {
+				err = s.nc.Publish(reply, data)
+			}
+			if err != nil {
+				// Too large for the server's max_payload, or the connection
+				// went: the caller would time out not knowing why, so it
+				// gets an error it can act on, if that can still be sent.
+				s.Metrics.ReplyError(name)
+				s.Log.Error("reply not sent", "endpoint", name, "bytes", len(data), "err", err)
+				s.respondError(name, reply, domain.Errorf(domain.EServerError, "reply could not be sent"))
+			}
 		})
 	}
 }
@@ -148,14 +178,21 @@ func (s *Service) logFailure(endpoint string, err error) {
 	}
 }
 
-func (s *Service) respondError(reply string, err error) {
+// respondError answers with the contract's error JSON and the micro
+// error headers: the status in Nats-Service-Error-Code and the error code
+// (invalid_grant, …) in Nats-Service-Error, so tools that show only the
+// headers show what went wrong.
+func (s *Service) respondError(endpoint, reply string, err error) {
 	body := errorReply(err)
 	data, _ := json.Marshal(body)
 	msg := nats.NewMsg(reply)
 	msg.Data = data
 	msg.Header.Set(micro.ErrorCodeHeader, strconv.Itoa(httpStatus(body.Error)))
-	msg.Header.Set(micro.ErrorHeader, body.Description)
-	s.nc.PublishMsg(msg)
+	msg.Header.Set(micro.ErrorHeader, body.Error)
+	if err := s.nc.PublishMsg(msg); err != nil {
+		s.Metrics.ReplyError(endpoint)
+		s.Log.Error("error reply not sent", "endpoint", endpoint, "err", err)
+	}
 }
 
 func (s *Service) issue(ctx context.Context, data []byte) (any, error) {
@@ -222,49 +259,75 @@ func (s *Service) revoke(ctx context.Context, data []byte) (any, error) {
 // revokeConcurrency bounds the family revocations one request runs at once.
 const revokeConcurrency = 16
 
-// revokeAll revokes every family of a subject or client. It first waits for
-// the read model to hold everything stored so far, so every family issued
-// before the reply is covered, even one issued a moment ago.
+// revokeTimeout bounds a revoke, which for a subject or client may touch
+// many families.
+const revokeTimeout = 30 * time.Second
+
+// revokeAll revokes every family of a subject or client, linearizably: it
+// returns a stream position P such that every family of theirs whose
+// token.issued is at or before P is revoked by the time of the reply.
+// Families keep being issued while it runs, possibly on other instances,
+// so it repeats: catch the read model up with the stream, revoke what it
+// lists as active, until a caught-up read model lists nothing.
+//
+// Issuing for the subject or client is refused on every instance while
+// this runs (events.Revoking), so the chase ends.
 func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wire.RevokeRequest) (int, uint64, error) {
-	field, value := "subject", subject
-	if clientID != "" || subject == "" {
-		field, value = "client_id", clientID
+	if r := s.Tokens.Revoking; r != nil {
+		end, err := r.Begin(ctx, subject, clientID)
+		if err != nil {
+			return 0, 0, &domain.Error{Code: domain.EUnavailable, Message: "cannot reach the event store, retry", RetryAfterMs: 500}
+		}
+		defer end()
 	}
-	if err := domain.ValidateName(field, value); err != nil {
-		return 0, 0, err
+	revoked := 0
+	for {
+		if _, err := s.Projector.CatchUp(ctx); err != nil {
+			return revoked, 0, &domain.Error{Code: domain.EUnavailable, Message: "read model is behind the stream, retry", RetryAfterMs: 500}
+		}
+		// The list reflects at least this position: an empty one proves
+		// every family issued up to it revoked.
+		pos := s.Projector.Applied()
+		ids, err := s.Reader.RevocableFamilies(ctx, subject, clientID)
+		if err != nil {
+			return revoked, 0, err
+		}
+		if len(ids) == 0 {
+			return revoked, pos, nil
+		}
+		n, err := s.revokeFamilies(ctx, ids, in)
+		revoked += n
+		if err != nil {
+			return revoked, 0, err
+		}
 	}
-	if _, err := s.Projector.CatchUp(ctx); err != nil {
-		return 0, 0, &domain.Error{Code: domain.EUnavailable, Message: "read model is behind the stream, retry", RetryAfterMs: 500}
-	}
-	ids, err := s.Reader.RevocableFamilies(ctx, subject, clientID)
-	if err != nil {
-		return 0, 0, err
-	}
+}
+
+// revokeFamilies revokes families, revokeConcurrency at a time, and counts
+// those it moved to revoked.
+func (s *Service) revokeFamilies(ctx context.Context, ids []string, in wire.RevokeRequest) (int, error) {
 	var (
 		mu       sync.Mutex
 		revoked  int
-		lastSeq  uint64
 		firstErr error
 		wg       sync.WaitGroup
 		slots    = make(chan struct{}, revokeConcurrency)
 	)
 	for _, id := range ids {
 		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			n, seq, err := s.Tokens.RevokeFamily(ctx, id, in.Reason, in.Context)
+		wg.Go(func() {
+			defer func() { <-slots }()
+			n, _, err := s.Tokens.RevokeFamily(ctx, id, in.Reason, in.Context)
 			mu.Lock()
 			defer mu.Unlock()
 			revoked += n
-			lastSeq = max(lastSeq, seq)
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	return revoked, lastSeq, firstErr
+	return revoked, firstErr
 }
 
 // minSeqWait bounds how long a query waits for the read model to reach min_seq.
@@ -287,6 +350,9 @@ func (s *Service) introspect(ctx context.Context, data []byte) (any, error) {
 	var in wire.IntrospectRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
+	}
+	if in.RefreshToken == "" {
+		return nil, domain.Errorf(domain.EInvalidRequest, "refresh_token is required")
 	}
 	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
 		return nil, err

@@ -140,9 +140,28 @@ func ParseRevoke(data []byte) (wire.RevokeRequest, error) {
 		return wire.RevokeRequest{}, err
 	}
 	selectors := 0
-	for _, sel := range []*string{in.RefreshToken, in.FamilyID, in.Subject, in.ClientID} {
-		if sel != nil {
-			selectors++
+	for _, sel := range []struct {
+		name  string
+		value *string
+	}{{"refresh_token", in.RefreshToken}, {"family_id", in.FamilyID}, {"subject", in.Subject}, {"client_id", in.ClientID}} {
+		if sel.value == nil {
+			continue
+		}
+		selectors++
+		if *sel.value == "" {
+			return wire.RevokeRequest{}, domain.Errorf(domain.EInvalidRequest, "%s must not be empty", sel.name)
+		}
+		var err error
+		switch sel.name {
+		case "family_id":
+			if !domain.ValidID(*sel.value) {
+				err = domain.Errorf(domain.EInvalidRequest, "family_id is not a valid family id")
+			}
+		case "subject", "client_id":
+			err = domain.ValidateName(sel.name, *sel.value)
+		}
+		if err != nil {
+			return wire.RevokeRequest{}, err
 		}
 	}
 	if selectors != 1 {
@@ -159,11 +178,6 @@ func ParseRevoke(data []byte) (wire.RevokeRequest, error) {
 	return in, nil
 }
 
-var eventTypes = map[string]bool{
-	string(domain.TokenIssued): true, string(domain.TokenRotated): true, string(domain.TokenReused): true,
-	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
-}
-
 // auditFilter validates an audit request into a filter.
 func auditFilter(in wire.AuditRequest) (projections.AuditFilter, error) {
 	f := projections.AuditFilter{FamilyID: in.FamilyID, Subject: in.Subject, ClientID: in.ClientID,
@@ -175,11 +189,11 @@ func auditFilter(in wire.AuditRequest) (projections.AuditFilter, error) {
 			}
 		}
 	}
-	if len(in.Types) > len(eventTypes) {
+	if len(in.Types) > len(events.Types) {
 		return f, domain.Errorf(domain.EInvalidRequest, "too many types")
 	}
 	for _, t := range in.Types {
-		if !eventTypes[t] {
+		if !events.KnownType(t) {
 			return f, domain.Errorf(domain.EInvalidRequest, "unknown event type %q", truncate(t))
 		}
 	}

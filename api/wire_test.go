@@ -50,12 +50,23 @@ func TestParseRevokeSelectors(t *testing.T) {
 	for body, ok := range map[string]bool{
 		`{"family_id":"f"}`:                        true,
 		`{"subject":"u","reason":"user_disabled"}`: true,
-		`{}`:                                false,
-		`{"family_id":"f","subject":"u"}`:   false,
-		`{"family_id":"f","reason":"a\nb"}`: false,
+		`{"client_id":"web-app"}`:                  true,
+		`{"refresh_token":"anything"}`:             true, // any non-empty token: unknown ones revoke nothing
+		`{}`:                                       false,
+		`{"family_id":"f","subject":"u"}`:          false,
+		`{"family_id":"f","reason":"a\nb"}`:        false,
+		`{"family_id":"a.b"}`:                      false,
+		`{"subject":"a\u0000b"}`:                   false,
 	} {
 		if _, err := ParseRevoke([]byte(body)); (err == nil) != ok {
 			t.Errorf("%s: err %v", body, err)
+		}
+	}
+	// An empty selector is refused by name, not counted as "none given".
+	for _, field := range []string{"refresh_token", "family_id", "subject", "client_id"} {
+		_, err := ParseRevoke([]byte(`{"` + field + `":""}`))
+		if domain.ErrorCode(err) != domain.EInvalidRequest || domain.ErrorMessage(err) != field+" must not be empty" {
+			t.Errorf("empty %s: %v", field, err)
 		}
 	}
 }

@@ -231,13 +231,27 @@ func responseError(msg *nats.Msg) *Error {
 	if json.Unmarshal(msg.Data, &body) == nil {
 		e.Code, e.Description, e.RetryAfterMs = body.Error, body.Description, body.RetryAfterMs
 	}
-	if e.Description == "" {
-		e.Description = msg.Header.Get(micro.ErrorHeader)
+	// tokend puts the error code in the error header; a body without one
+	// (a proxy's, an older server's) still leaves the header to go by.
+	header := msg.Header.Get(micro.ErrorHeader)
+	if e.Code == "" && contractCode(header) {
+		e.Code = header
 	}
 	if e.Code == "" {
 		e.Code = codeForStatus(status)
 	}
+	if e.Description == "" {
+		e.Description = header
+	}
 	return e
+}
+
+func contractCode(s string) bool {
+	switch s {
+	case "invalid_request", "invalid_grant", "invalid_scope", "invalid_target", CodeNotFound, CodeTemporarilyUnavailable, CodeServerError:
+		return true
+	}
+	return false
 }
 
 // codeForStatus guesses the contract code of an error without a usable body.
