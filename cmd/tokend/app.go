@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
@@ -25,14 +27,19 @@ import (
 // App is one running tokend: optionally an embedded NATS server, the
 // command service and the HTTP endpoints.
 type App struct {
-	cfg    Config
-	log    *slog.Logger
-	ns     *server.Server // nil with --nats-url
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	api    *api.Service
-	http   *http.Server
-	httpLn net.Listener
+	cfg      Config
+	log      *slog.Logger
+	lock     *os.File
+	ns       *server.Server // nil with --nats-url
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	api      *api.Service
+	http     *http.Server
+	httpLn   net.Listener
+	revoking *events.Revoking
+	// audit and auditLn serve the audit API (--audit-http); nil when off.
+	audit   *http.Server
+	auditLn net.Listener
 
 	db            *projections.DB
 	projector     *projections.Projector
@@ -52,6 +59,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 			a.Stop()
 		}
 	}()
+	if a.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if err := a.connect(); err != nil {
 		return nil, err
 	}
@@ -73,13 +83,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
-	stream, err := events.Setup(setupCtx, a.js, subjects, cfg.StreamReplicas, 0)
+	retention := events.Retention{AfterExpiry: cfg.Retention, Archive: cfg.ArchiveAfter}
+	stream, err := events.Setup(setupCtx, a.js, subjects, events.StreamLimits{Replicas: cfg.StreamReplicas,
+		MaxBytes: a.streamMaxBytes(), MaxAge: retention.MaxAge(cfg.AbsoluteTTL)})
 	if err != nil {
 		return nil, err
 	}
 	reg := newRegistry()
 	metrics := api.NewMetrics(reg)
-	writer := events.NewWriter(events.NewStore(a.nc, a.js, stream, subjects), cfg.FamilyCache)
+	store := events.NewStore(a.nc, a.js, stream, subjects)
+	store.Retention = retention
+	writer := events.NewWriter(store, cfg.FamilyCache)
 	writer.OnAppend, writer.OnConflict, writer.OnStoreError = metrics.Appended, metrics.FenceConflict, metrics.StoreError
 	policy := domain.Policy{ReuseInterval: cfg.ReuseInterval, IdleTTL: cfg.IdleTTL, AbsoluteTTL: cfg.AbsoluteTTL}
 	if err := a.startProjections(ctx, subjects, metrics.ProjectionBatch); err != nil {
@@ -90,7 +104,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	tokens := events.NewService(writer, codec, policy, time.Now)
 	tokens.RefreshLimit = events.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)
 	tokens.IssueLimit = events.NewKeyedLimiter(cfg.IssueRate, cfg.IssueBurst, maxRateLimitedClients, time.Now)
+	tokens.ForeignLimit = events.NewKeyedLimiter(cfg.ForeignRate, cfg.ForeignBurst, maxRateLimitedClients, time.Now)
 	tokens.OnRateLimited = metrics.RateLimited
+	if tokens.Revoking, err = events.OpenRevoking(setupCtx, a.js, cfg.StreamReplicas); err != nil {
+		return nil, err
+	}
+	a.revoking = tokens.Revoking
 	a.api = &api.Service{
 		Tokens:    tokens,
 		Access:    access,
@@ -99,23 +118,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Metrics:   metrics,
 		Log:       log,
 		Now:       time.Now,
+
+		CommandsInFlight: cfg.MaxCommands,
+		QueriesInFlight:  cfg.MaxQueries,
 	}
 	if err := a.api.Start(a.nc, cfg.SubjectPrefix); err != nil {
 		return nil, err
 	}
-	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("http listen: %w", err)
+	if err := a.serveHTTP(reg); err != nil {
+		return nil, err
 	}
-	handler := a.api.HTTPHandler(a.ready, metricsHandler(reg))
-	if cfg.Pprof {
-		handler = withPprof(handler)
-	}
-	a.http = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server", "err", err)
-		}
-	}()
 	idleCtx, stopIdle := context.WithCancel(context.Background())
 	a.stopIdle = stopIdle
 	go func() {
@@ -123,17 +135,61 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		defer t.Stop()
 		releaseWhenIdle(idleCtx, t.C, a.api.Handled, debug.FreeOSMemory)
 	}()
-	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "prefix", cfg.SubjectPrefix,
-		"reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
+	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "audit_http", a.AuditAddr(),
+		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
 	return a, nil
+}
+
+// streamMaxBytes is the TOKENS stream's size limit: as configured, or for
+// the embedded server 90% of its store, which leaves room for the key
+// bucket and lets the store-filling alert fire before JetStream itself is
+// out of space.
+func (a *App) streamMaxBytes() int64 {
+	if a.cfg.StreamMaxBytes > 0 || a.ns == nil {
+		return a.cfg.StreamMaxBytes
+	}
+	return a.cfg.JSMaxStore / 10 * 9
+}
+
+// serveHTTP starts the operations listener (--http) and, if configured,
+// the audit listener (--audit-http).
+func (a *App) serveHTTP(reg *prometheus.Registry) error {
+	var err error
+	if a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("--http listen: %w", err)
+	}
+	handler := a.api.OpsHandler(a.ready, metricsHandler(reg), a.cfg.V1OpenAudit)
+	if a.cfg.Pprof {
+		handler = withPprof(handler)
+	}
+	a.http = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	go a.serve(a.http, a.httpLn)
+
+	if a.cfg.AuditHTTP.Addr == "" {
+		return nil
+	}
+	guard, tlsConfig, err := auditSecurity(a.cfg.AuditHTTP, a.log.With("component", "audit-http"))
+	if err != nil {
+		return err
+	}
+	if a.auditLn, err = net.Listen("tcp", a.cfg.AuditHTTP.Addr); err != nil {
+		return fmt.Errorf("--audit-http listen: %w", err)
+	}
+	a.audit = &http.Server{Handler: guard.Wrap(a.api.AuditHandler()), TLSConfig: tlsConfig,
+		ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+	go a.serve(a.audit, tls.NewListener(a.auditLn, tlsConfig))
+	return nil
+}
+
+func (a *App) serve(srv *http.Server, ln net.Listener) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.Error("http server", "addr", ln.Addr().String(), "err", err)
+	}
 }
 
 // startProjections opens the read model (rebuilding it from the stream if
 // it was deleted) and keeps the projector running until Stop.
 func (a *App) startProjections(ctx context.Context, subjects events.Subjects, onBatch func(int, time.Duration)) error {
-	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
-		return err
-	}
 	path := filepath.Join(a.cfg.DataDir, "projections.db")
 	db, err := projections.Open(ctx, path)
 	if err != nil {
@@ -199,6 +255,14 @@ func (a *App) NATSURL() string {
 // HTTPAddr is the bound HTTP address.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
+// AuditAddr is the bound address of the audit listener, "" when it is off.
+func (a *App) AuditAddr() string {
+	if a.auditLn == nil {
+		return ""
+	}
+	return a.auditLn.Addr().String()
+}
+
 // Stop drains in-flight requests, then closes HTTP, NATS and the embedded server.
 func (a *App) Stop() {
 	if a.stopIdle != nil {
@@ -207,10 +271,15 @@ func (a *App) Stop() {
 	if a.api != nil {
 		a.api.Stop()
 	}
-	if a.http != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		a.http.Shutdown(ctx)
-		cancel()
+	for _, srv := range []*http.Server{a.http, a.audit} {
+		if srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			srv.Shutdown(ctx)
+			cancel()
+		}
+	}
+	if a.revoking != nil {
+		a.revoking.Stop()
 	}
 	if a.stopProjector != nil {
 		a.stopProjector()
@@ -226,5 +295,8 @@ func (a *App) Stop() {
 	if a.ns != nil {
 		a.ns.Shutdown()
 		a.ns.WaitForShutdown()
+	}
+	if a.lock != nil {
+		a.lock.Close() // releases the data directory
 	}
 }

@@ -4,9 +4,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"sort"
 	"strings"
 	"time"
+
+	"github.com/tokend/tokend/api"
 )
 
 // Config is everything tokend can be told, by flag or TOKEND_* variable.
@@ -22,6 +26,8 @@ type Config struct {
 	NATSTLSKey      string
 	NATSInboxPrefix string
 	HTTPAddr        string
+	AuditHTTP       AuditHTTPConfig
+	V1OpenAudit     bool
 	SubjectPrefix   string
 	ReuseInterval   time.Duration
 	IdleTTL         time.Duration
@@ -32,55 +38,51 @@ type Config struct {
 	SyncAlways      bool
 	JSMaxMemory     int64
 	JSMaxStore      int64
+	JSKeyFile       string
+	JSCipher        string
+	StreamMaxBytes  int64
+	Retention       time.Duration
+	ArchiveAfter    time.Duration // how long family.archived summaries are kept
 	FamilyCache     int
 	RefreshRate     float64
 	RefreshBurst    int
 	IssueRate       float64
 	IssueBurst      int
+	ForeignRate     float64
+	ForeignBurst    int
 	ReadyMaxLag     uint64
+	MaxCommands     int // commands handled at once
+	MaxQueries      int // queries handled at once
 	LogLevel        string
 	Pprof           bool
 }
 
+// AuditHTTPConfig is the audit API's own listener: TLS always, and callers
+// authenticated by a client certificate, a bearer token, or either.
+type AuditHTTPConfig struct {
+	Addr          string // empty: no audit listener
+	TLSCert       string
+	TLSKey        string
+	ClientCA      string // verify client certificates against this CA
+	TokensFile    string // bearer tokens, as SHA-256 hashes
+	MaxConcurrent int
+}
+
+// envName is the variable that sets a flag: TOKEND_ and the flag's name in
+// capitals, dashes as underscores.
+func envName(flagName string) string {
+	return "TOKEND_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
 // parseConfig reads flags from args, each defaulting to its TOKEND_<FLAG>
-// variable (dashes as underscores) and then to the contract's default.
+// variable and then to the contract's default.
 func parseConfig(args []string, getenv func(string) (string, bool), usage io.Writer) (Config, error) {
 	var c Config
-	fs := flag.NewFlagSet("tokend", flag.ContinueOnError)
-	fs.SetOutput(usage)
-	fs.StringVar(&c.DataDir, "data-dir", "./data", "the embedded JetStream store and the SQLite read model")
-	fs.StringVar(&c.NATSURL, "nats-url", "", "connect to an existing NATS server or cluster instead of embedding one")
-	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client listen address of the embedded server")
-	fs.StringVar(&c.NATSConfig, "nats-config", "", "embedded server: load this nats-server configuration (accounts, permissions, TLS); tokend's flags fill in what it leaves unset")
-	fs.StringVar(&c.NATSCreds, "nats-creds", "", "authenticate to NATS with this credentials (JWT) file")
-	fs.StringVar(&c.NATSNkey, "nats-nkey", "", "authenticate to NATS with the nkey seed in this file")
-	fs.StringVar(&c.NATSTLSCA, "nats-tls-ca", "", "with --nats-url: verify the server against the CA certificates in this PEM file")
-	fs.StringVar(&c.NATSTLSCert, "nats-tls-cert", "", "with --nats-url: client certificate (PEM) for mutual TLS")
-	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "with --nats-url: private key (PEM) of --nats-tls-cert")
-	fs.StringVar(&c.NATSInboxPrefix, "nats-inbox-prefix", "", "prefix of tokend's reply subjects (default _INBOX); a private prefix lets permissions keep other users from reading its replies")
-	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:8080", "HTTP listen address (metrics, health, audit API)")
-	fs.StringVar(&c.SubjectPrefix, "subject-prefix", "tokens", "prefix of every subject")
-	fs.DurationVar(&c.ReuseInterval, "reuse-interval", 10*time.Second, "grace window for retries/concurrent use of the just-rotated parent; 0 disables")
-	fs.DurationVar(&c.IdleTTL, "refresh-idle-ttl", 336*time.Hour, "a family dies if not refreshed for this long")
-	fs.DurationVar(&c.AbsoluteTTL, "refresh-absolute-ttl", 720*time.Hour, "a family dies this long after issue, whatever happens")
-	fs.DurationVar(&c.AccessTTL, "access-ttl", 5*time.Minute, "lifetime of minted access tokens")
-	fs.StringVar(&c.Issuer, "issuer", "http://127.0.0.1:8080", "iss of access tokens")
-	fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of the event stream when running on a cluster")
-	fs.BoolVar(&c.SyncAlways, "sync-always", false, "embedded server: fsync every write before acknowledging (default: fsync every 2 minutes)")
-	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
-	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
-	fs.IntVar(&c.FamilyCache, "family-cache", 16384, "family states kept in memory by the writer (a miss costs one read of the family's last event)")
-	fs.Float64Var(&c.RefreshRate, "rate-refresh-per-family", 10, "rotations and refused refreshes per family per second, on average (0: no limit); parallel refreshes answered from the reuse interval and replays are never limited")
-	fs.IntVar(&c.RefreshBurst, "rate-refresh-burst", 20, "refreshes per family allowed at once above the rate")
-	fs.Float64Var(&c.IssueRate, "rate-issue-per-client", 200, "issues per client id per second, on average (0: no limit)")
-	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
-	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 10000, "/readyz fails while the projections are more than this many events behind the stream")
-	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the HTTP address (for benchmarks and incidents; keep the address private)")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs := declareFlags(&c, usage)
 
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		name := "TOKEND_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f.Name)
 		if v, ok := getenv(name); ok {
 			if err := f.Value.Set(v); err != nil && envErr == nil {
 				envErr = fmt.Errorf("%s=%q: %v", name, v, err)
@@ -97,6 +99,96 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	return c, c.validate()
+}
+
+// unknownEnv returns the TOKEND_* names in environ that no flag reads: a
+// typo there would otherwise be ignored silently.
+func unknownEnv(environ []string) []string {
+	known := map[string]bool{}
+	declareFlags(&Config{}, io.Discard).VisitAll(func(f *flag.Flag) { known[envName(f.Name)] = true })
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "TOKEND_") && !known[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	sort.Strings(unknown)
+	return unknown
+}
+
+// declareFlags declares every flag on a new flag set writing into c, with
+// a usage text that names each flag's variable.
+func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tokend", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	fs.Usage = func() { printUsage(fs, usage) }
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "the embedded JetStream store and the SQLite read model")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "connect to an existing NATS server or cluster instead of embedding one")
+	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client listen address of the embedded server")
+	fs.StringVar(&c.NATSConfig, "nats-config", "", "embedded server: load this nats-server configuration (accounts, permissions, TLS); tokend's flags fill in what it leaves unset")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "authenticate to NATS with this credentials (JWT) file")
+	fs.StringVar(&c.NATSNkey, "nats-nkey", "", "authenticate to NATS with the nkey seed in this file")
+	fs.StringVar(&c.NATSTLSCA, "nats-tls-ca", "", "with --nats-url: verify the server against the CA certificates in this PEM file")
+	fs.StringVar(&c.NATSTLSCert, "nats-tls-cert", "", "with --nats-url: client certificate (PEM) for mutual TLS")
+	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "with --nats-url: private key (PEM) of --nats-tls-cert")
+	fs.StringVar(&c.NATSInboxPrefix, "nats-inbox-prefix", "", "prefix of tokend's reply subjects (default _INBOX); a private prefix lets permissions keep other users from reading its replies")
+	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:8080", "HTTP listen address of metrics, health, readiness and the JWKS")
+	fs.StringVar(&c.AuditHTTP.Addr, "audit-http", "", "HTTPS listen address of the audit API (/v1/audit, /v1/families); off when empty")
+	fs.StringVar(&c.AuditHTTP.TLSCert, "audit-tls-cert", "", "certificate (PEM) of the audit listener")
+	fs.StringVar(&c.AuditHTTP.TLSKey, "audit-tls-key", "", "private key (PEM) of --audit-tls-cert")
+	fs.StringVar(&c.AuditHTTP.ClientCA, "audit-client-ca", "", "accept audit callers with a client certificate signed by a CA in this PEM file (mutual TLS)")
+	fs.StringVar(&c.AuditHTTP.TokensFile, "audit-tokens", "", "accept audit callers with a bearer token whose SHA-256 is in this file (lines: NAME sha256:HEX; tokenctl audit-token makes them)")
+	fs.IntVar(&c.AuditHTTP.MaxConcurrent, "audit-max-concurrent", 4, "audit requests served at once; more are answered 503 with Retry-After")
+	fs.BoolVar(&c.V1OpenAudit, "v1-open-audit", false, "also serve the audit API on --http without authentication, as contract v1 did; only for a loopback --http")
+	fs.StringVar(&c.SubjectPrefix, "subject-prefix", "tokens", "prefix of every subject")
+	fs.DurationVar(&c.ReuseInterval, "reuse-interval", 10*time.Second, "grace window for retries/concurrent use of the just-rotated parent; 0 disables")
+	fs.DurationVar(&c.IdleTTL, "refresh-idle-ttl", 336*time.Hour, "a family dies if not refreshed for this long")
+	fs.DurationVar(&c.AbsoluteTTL, "refresh-absolute-ttl", 720*time.Hour, "a family dies this long after issue, whatever happens")
+	fs.DurationVar(&c.AccessTTL, "access-ttl", 5*time.Minute, "lifetime of minted access tokens")
+	fs.StringVar(&c.Issuer, "issuer", "http://127.0.0.1:8080", "iss of access tokens")
+	fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of the event stream when running on a cluster")
+	fs.BoolVar(&c.SyncAlways, "sync-always", false, "embedded server: fsync every write before acknowledging (default: fsync every 2 minutes)")
+	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
+	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
+	fs.StringVar(&c.JSKeyFile, "js-key-file", "", "embedded server: encrypt the JetStream store with the key in this file (at least 32 bytes; keep a copy: without it the data is lost)")
+	fs.StringVar(&c.JSCipher, "js-cipher", "chacha", "embedded server: cipher of --js-key-file, chacha (ChaCha20-Poly1305) or aes (AES-GCM)")
+	fs.Int64Var(&c.StreamMaxBytes, "stream-max-bytes", 0, "size limit of the TOKENS stream in bytes; when full, writes are refused (default: 90% of --js-max-store when embedded, else the account's limit)")
+	fs.DurationVar(&c.Retention, "retention", 2160*time.Hour, "keep a family's events this long after its absolute expiry (0: for ever)")
+	fs.DurationVar(&c.ArchiveAfter, "archive-retention", 8760*time.Hour, "keep the family.archived summary of a family this long (0: for ever)")
+	fs.IntVar(&c.FamilyCache, "family-cache", 16384, "family states kept in memory by the writer (a miss costs one read of the family's last event)")
+	fs.Float64Var(&c.RefreshRate, "rate-refresh-per-family", 10, "rotations and refused refreshes per family per second, on average (0: no limit); parallel refreshes answered from the reuse interval and replays are never limited")
+	fs.IntVar(&c.RefreshBurst, "rate-refresh-burst", 20, "refreshes per family allowed at once above the rate")
+	fs.Float64Var(&c.IssueRate, "rate-issue-per-client", 200, "issues per client id per second, on average (0: no limit)")
+	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
+	fs.Float64Var(&c.ForeignRate, "rate-foreign-per-client", 5, "refresh tokens of other clients' families a client may present per second, on average (0: no limit); charged to the presenting client, never to the owner's family")
+	fs.IntVar(&c.ForeignBurst, "rate-foreign-burst", 20, "such presentations allowed at once above the rate")
+	fs.IntVar(&c.MaxCommands, "max-commands-in-flight", api.DefaultCommandsInFlight, "commands (issue, refresh, revoke) handled at once; more wait in NATS")
+	fs.IntVar(&c.MaxQueries, "max-queries-in-flight", api.DefaultQueriesInFlight, "queries handled at once, apart from the commands' budget so slow audits cannot stall refreshes; more wait in NATS")
+	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 10000, "/readyz fails while the projections are more than this many events behind the stream")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the HTTP address (for benchmarks and incidents; keep the address private)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return fs
+}
+
+// printUsage lists every flag with its default and its variable.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, `Usage: tokend [flags]
+
+tokend runs the refresh-token service: by default with an embedded NATS
+server on 127.0.0.1:4222, metrics and health on http://127.0.0.1:8080 and
+all state under ./data. Every flag can also be set by the environment
+variable shown under it; a flag on the command line beats its variable.
+
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		kind, help := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s %s\n    \t%s", f.Name, kind, help)
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" {
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "\n    \t[%s]\n", envName(f.Name))
+	})
 }
 
 func (c Config) validate() error {
@@ -116,12 +208,54 @@ func (c Config) validate() error {
 		return fmt.Errorf("--stream-replicas must be 1..5")
 	case c.NATSURL != "" && c.NATSConfig != "":
 		return fmt.Errorf("--nats-config configures the embedded server; it cannot go with --nats-url")
+	case c.JSKeyFile != "" && c.NATSURL != "":
+		return fmt.Errorf("--js-key-file encrypts the embedded server's store; with --nats-url configure encryption on that server")
+	case c.JSCipher != "chacha" && c.JSCipher != "aes":
+		return fmt.Errorf("--js-cipher must be chacha or aes")
+	case c.StreamMaxBytes < 0:
+		return fmt.Errorf("--stream-max-bytes must not be negative")
+	case c.Retention < 0 || c.ArchiveAfter < 0:
+		return fmt.Errorf("--retention and --archive-retention must not be negative")
+	case c.MaxCommands < 1 || c.MaxQueries < 1:
+		return fmt.Errorf("--max-commands-in-flight and --max-queries-in-flight must be at least 1")
+	case c.ForeignRate < 0 || c.ForeignBurst < 1:
+		return fmt.Errorf("rate limits must not be negative and bursts must be at least 1")
 	case (c.NATSTLSCert == "") != (c.NATSTLSKey == ""):
 		return fmt.Errorf("--nats-tls-cert and --nats-tls-key go together")
 	case c.NATSURL == "" && (c.NATSTLSCA != "" || c.NATSTLSCert != ""):
 		return fmt.Errorf("--nats-tls-* apply to --nats-url; the embedded server's TLS comes from --nats-config")
 	}
+	if c.V1OpenAudit && !loopback(c.HTTPAddr) {
+		return fmt.Errorf("--v1-open-audit serves the audit API without authentication: --http %s must be a loopback address", c.HTTPAddr)
+	}
+	return c.AuditHTTP.validate()
+}
+
+func (a AuditHTTPConfig) validate() error {
+	switch {
+	case a.Addr == "":
+		return nil
+	case a.TLSCert == "" || a.TLSKey == "":
+		return fmt.Errorf("--audit-http needs --audit-tls-cert and --audit-tls-key: the audit API is served over TLS only")
+	case a.ClientCA == "" && a.TokensFile == "":
+		return fmt.Errorf("--audit-http needs --audit-client-ca or --audit-tokens: the audit API serves authenticated callers only")
+	case a.MaxConcurrent < 1:
+		return fmt.Errorf("--audit-max-concurrent must be at least 1")
+	}
 	return nil
+}
+
+// loopback reports whether a listen address only accepts local connections.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func lookupEnv(name string) (string, bool) { return os.LookupEnv(name) }

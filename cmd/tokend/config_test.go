@@ -1,7 +1,11 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"io"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -24,7 +28,9 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 	want := Config{DataDir: "./data", NATSListen: "127.0.0.1:4222", HTTPAddr: "127.0.0.1:8080", SubjectPrefix: "tokens",
 		ReuseInterval: 10 * time.Second, IdleTTL: 336 * time.Hour, AbsoluteTTL: 720 * time.Hour, AccessTTL: 5 * time.Minute,
 		Issuer: "http://127.0.0.1:8080", StreamReplicas: 1, JSMaxMemory: 256 << 20, JSMaxStore: 10 << 30,
-		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ReadyMaxLag: 10000, LogLevel: "info"}
+		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ForeignRate: 5, ForeignBurst: 20,
+		ReadyMaxLag: 10000, MaxCommands: 1024, MaxQueries: 64, LogLevel: "info", AuditHTTP: AuditHTTPConfig{MaxConcurrent: 4}, JSCipher: "chacha",
+		Retention: 2160 * time.Hour, ArchiveAfter: 8760 * time.Hour}
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
 	}
@@ -45,6 +51,16 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--nats-url", "nats://x", "--nats-config", "n.conf"},
 		{"--nats-tls-cert", "c.pem"},
 		{"--nats-tls-ca", "ca.pem"},
+		{"--audit-http", "127.0.0.1:8443"},
+		{"--audit-http", "127.0.0.1:8443", "--audit-tls-cert", "c.pem", "--audit-tls-key", "k.pem"},
+		{"--audit-http", "127.0.0.1:8443", "--audit-tokens", "t", "--audit-tls-cert", "c.pem"},
+		{"--audit-http", "127.0.0.1:8443", "--audit-tokens", "t", "--audit-tls-cert", "c.pem", "--audit-tls-key", "k.pem", "--audit-max-concurrent", "0"},
+		{"--v1-open-audit", "--http", "0.0.0.0:8080"},
+		{"--v1-open-audit", "--http", "[::]:8080"},
+		{"--js-key-file", "k", "--nats-url", "nats://x"},
+		{"--js-cipher", "rot13"},
+		{"--retention", "-1h"},
+		{"--rate-foreign-burst", "0"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, none, io.Discard); err == nil {
@@ -55,4 +71,23 @@ func TestConfigRefusesBadValues(t *testing.T) {
 	if _, err := parseConfig(nil, bad, io.Discard); err == nil {
 		t.Error("a malformed TOKEND_ACCESS_TTL was accepted")
 	}
+}
+
+func TestUnknownEnvIsReported(t *testing.T) {
+	got := unknownEnv([]string{"TOKEND_DATA_DIR=/x", "TOKEND_DATADIR=/y", "HOME=/root", "TOKEND_AUDIT_HTTP=:8443", "TOKEND_HTPP=:1"})
+	if want := []string{"TOKEND_DATADIR", "TOKEND_HTPP"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("unknownEnv = %v, want %v", got, want)
+	}
+}
+
+func TestUsageNamesEveryVariable(t *testing.T) {
+	var out strings.Builder
+	if _, err := parseConfig([]string{"-h"}, func(string) (string, bool) { return "", false }, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	declareFlags(&Config{}, io.Discard).VisitAll(func(f *flag.Flag) {
+		if !strings.Contains(out.String(), "--"+f.Name+" ") || !strings.Contains(out.String(), "["+envName(f.Name)+"]") {
+			t.Errorf("usage lacks --%s or its variable %s", f.Name, envName(f.Name))
+		}
+	})
 }

@@ -42,6 +42,7 @@ func testConfig(tb testing.TB) Config {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	cfg.AuditHTTP = testAuditHTTP(tb)
 	return cfg
 }
 
@@ -78,10 +79,11 @@ func mustInstances(tb testing.TB, n int, configure func(*Config)) (natsURL strin
 	return natsURL, apps
 }
 
-// reply is a decoded answer with its micro error header.
+// reply is a decoded answer with its micro error headers.
 type reply struct {
 	raw     []byte
-	errCode string
+	errCode string // Nats-Service-Error-Code: the status
+	errText string // Nats-Service-Error: the contract error code
 	token   wire.TokenReply
 	err     wire.ErrorReply
 }
@@ -99,7 +101,7 @@ func call(tb testing.TB, nc *nats.Conn, subject string, req any) reply {
 	if err != nil {
 		tb.Fatalf("request %s: %v", subject, err)
 	}
-	r := reply{raw: msg.Data, errCode: msg.Header.Get("Nats-Service-Error-Code")}
+	r := reply{raw: msg.Data, errCode: msg.Header.Get("Nats-Service-Error-Code"), errText: msg.Header.Get("Nats-Service-Error")}
 	if r.errCode != "" {
 		if err := json.Unmarshal(msg.Data, &r.err); err != nil {
 			tb.Fatalf("error body %q: %v", msg.Data, err)
@@ -137,8 +139,9 @@ func mustRefresh(tb testing.TB, nc *nats.Conn, token, client string) wire.TokenR
 
 func wantError(tb testing.TB, r reply, code string) {
 	tb.Helper()
-	if r.err.Error != code || r.errCode == "" {
-		tb.Fatalf("want error %s with a Nats-Service-Error-Code header, got %q (header %q)", code, r.raw, r.errCode)
+	if r.err.Error != code || r.errCode == "" || r.errText != code {
+		tb.Fatalf("want error %s in the body and the Nats-Service-Error header, with a Nats-Service-Error-Code header; got %q (headers %q, %q)",
+			code, r.raw, r.errCode, r.errText)
 	}
 }
 

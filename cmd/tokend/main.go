@@ -30,6 +30,9 @@ func run(args []string) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	for _, name := range unknownEnv(os.Environ()) {
+		log.Warn("ignoring an environment variable that names no flag (see tokend -h)", "name", name)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app, err := Start(ctx, cfg, log)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -162,9 +163,34 @@ func embeddedOptions(cfg Config) (*server.Options, error) {
 		opts.JetStreamMaxStore = cfg.JSMaxStore
 	}
 	opts.SyncAlways = opts.SyncAlways || cfg.SyncAlways
+	if cfg.JSKeyFile != "" {
+		key, err := readStoreKey(cfg.JSKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		opts.JetStreamKey, opts.JetStreamCipher = key, server.ChaCha
+		if cfg.JSCipher == "aes" {
+			opts.JetStreamCipher = server.AES
+		}
+	}
 	opts.MaxPayload = max(opts.MaxPayload, minMaxPayload)
 	opts.NoSigs = true // tokend handles the signals
 	return opts, nil
+}
+
+// readStoreKey reads the JetStream encryption key of --js-key-file. The
+// server derives its cipher keys from it, so any high-entropy text works;
+// short keys are refused because they could be guessed.
+func readStoreKey(path string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--js-key-file: %w", err)
+	}
+	key := strings.TrimSpace(string(raw))
+	if len(key) < 32 {
+		return "", fmt.Errorf("--js-key-file %s: the key must be at least 32 bytes (e.g. openssl rand -base64 48)", path)
+	}
+	return key, nil
 }
 
 func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
@@ -183,11 +209,19 @@ func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
 	go func() { ready <- ns.ReadyForConnections(30 * time.Second) }()
 	select {
 	case ok := <-ready:
-		if ok {
+		if !ok {
+			ns.Shutdown()
+			return nil, errors.New("embedded nats did not start listening on " + net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)))
+		}
+		// The store is recovered before the server listens, so a key that
+		// cannot decrypt it has been reported by now.
+		select {
+		case msg := <-fatal:
+			ns.Shutdown()
+			return nil, fmt.Errorf("embedded nats: %s", msg)
+		default:
 			return ns, nil
 		}
-		ns.Shutdown()
-		return nil, errors.New("embedded nats did not start listening on " + net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)))
 	case msg := <-fatal:
 		// e.g. the port is taken: say so now rather than after the timeout.
 		ns.Shutdown()
@@ -199,17 +233,28 @@ func embeddedServer(cfg Config, log *slog.Logger) (*server.Server, error) {
 // startup chatter, so they go to debug.
 type natsLogger struct {
 	l     *slog.Logger
-	fatal chan<- string // gets the first fatal message, which ends startup
+	fatal chan<- string // gets the first reason to give up, which ends startup
 }
 
 func (n natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Warnf(format string, v ...any)   { n.l.Warn(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Errorf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Debugf(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Tracef(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Warnf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	n.l.Warn(msg)
+	if strings.Contains(msg, "Error decrypting") {
+		n.stop("the JetStream store cannot be decrypted: is --js-key-file the key it was written with?")
+	}
+}
+func (n natsLogger) Errorf(format string, v ...any) { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Debugf(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Tracef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
 func (n natsLogger) Fatalf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
 	n.l.Error(msg)
+	n.stop(msg)
+}
+
+// stop reports the first reason the server cannot serve tokend.
+func (n natsLogger) stop(msg string) {
 	select {
 	case n.fatal <- msg:
 	default:

@@ -85,12 +85,6 @@ func clientConn(t *testing.T, url string) *nats.Conn {
 	return nc
 }
 
-func status(t *testing.T, app *App, path string) int {
-	t.Helper()
-	code, _, _ := httpGet(t, app, path)
-	return code
-}
-
 // timed runs f and says how long it took.
 func timed(f func() error) (time.Duration, error) {
 	start := time.Now()

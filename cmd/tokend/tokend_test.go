@@ -294,7 +294,23 @@ func TestRevoke(t *testing.T) {
 	wantError(t, call(t, nc, "tokens.cmd.revoke", []byte(`{}`)), "invalid_request")
 	bad := "a.b"
 	wantError(t, call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &bad}), "invalid_request")
+	// An empty selector is refused, naming it, and revokes nothing.
+	untouched := mustIssue(t, nc, "user-untouched", "web-app")
+	for _, field := range []string{"refresh_token", "family_id", "subject", "client_id"} {
+		r := call(t, nc, "tokens.cmd.revoke", []byte(`{"`+field+`":""}`))
+		wantError(t, r, "invalid_request")
+		if r.err.Description != field+" must not be empty" {
+			t.Fatalf("empty %s: %q", field, r.err.Description)
+		}
+	}
+	mustRefresh(t, nc, untouched.RefreshToken, "web-app")
+	// A well-formed id nobody issued counts nothing, like an unknown token.
+	if got := revoke(wire.RevokeRequest{FamilyID: ptr("AAAAAAAAAAAAAAAAAAAAAA")}); got.RevokedFamilies != 0 {
+		t.Fatalf("revoke of an unknown family: %+v", got)
+	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestBadInputIsRefused(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
@@ -320,6 +336,9 @@ func TestBadInputIsRefused(t *testing.T) {
 		{"tokens.cmd.refresh", `{"client_id":"c"}`},
 		{"tokens.cmd.refresh", `{"refresh_token":"rt1.x","client_id":""}`},
 		{"tokens.cmd.revoke", `{"family_id":"f","reason":"` + strings.Repeat("r", 257) + `"}`},
+		{"tokens.cmd.issue", `{"subject":"u","client_id":"c","context":{"a":"` + strings.Repeat("a", 512) + `","b":"` + strings.Repeat("b", 512) + `"}}`},
+		{"tokens.query.introspect", `{}`},
+		{"tokens.query.introspect", `{"refresh_token":""}`},
 	}
 	for _, c := range cases {
 		wantError(t, call(t, nc, c.subject, []byte(c.body)), "invalid_request")
