@@ -3,6 +3,7 @@ package events
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +60,11 @@ func TestKeysetStageAndPromote(t *testing.T) {
 	codec := mustCodec(t, staged)
 	if tok := codec.Mint("fam", 1, [domain.SecretSize]byte{1}); tok.KeyID != oldMAC {
 		t.Fatalf("minted under %s, want the current key %s", tok.KeyID, oldMAC)
+	}
+	next := staged.MAC[slices.IndexFunc(staged.MAC, func(k MACKey) bool { return k.ID == nextMAC })]
+	nextOnly, _ := domain.NewTokenCodec(domain.MACKey{ID: next.ID, Secret: next.Secret})
+	if _, err := codec.Parse(nextOnly.Mint("fam", 1, [domain.SecretSize]byte{1}).Value()); err != nil {
+		t.Fatalf("a token of the staged key: %v", err)
 	}
 	if s, _ := staged.CurrentSigning(); s.ID != oldSigning {
 		t.Fatalf("signs with %s, want %s", s.ID, oldSigning)
