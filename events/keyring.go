@@ -159,13 +159,15 @@ func (k *Keyring) Parse(ctx context.Context, token string) (domain.Token, *domai
 	if err == nil || !codec.NamesUnknownKey(token) {
 		return t, codec, err
 	}
-	if newer, rerr := k.reload(ctx, codec); rerr != nil {
+	newer, rerr := k.reload(ctx, codec)
+	switch {
+	case rerr != nil:
 		return domain.Token{}, codec, rerr
-	} else if newer != nil {
-		codec = newer
-		t, err = codec.Parse(token)
+	case newer == nil:
+		return t, codec, err
 	}
-	return t, codec, err
+	t, err = newer.Parse(token)
+	return t, newer, err
 }
 
 // ChildOf derives parent's child again (TokenCodec.ChildOf) with codec; if

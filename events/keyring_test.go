@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 func mustKeyring(t *testing.T, js jetstream.JetStream) *Keyring {
@@ -257,4 +258,28 @@ func TestKeyringUpgradesTheOldFormatInPlace(t *testing.T) {
 		stored.MAC[len(stored.MAC)-1].ExpiresAt.IsZero() {
 		t.Fatalf("upgraded keyset: %s", stored.summary())
 	}
+}
+
+// TestUnreadableKeysAreUnavailable: when a token names a key this instance
+// does not hold and the keyset cannot be read, the answer is "retry", not
+// invalid_grant (which a client takes as final) nor "nothing revoked".
+func TestUnreadableKeysAreUnavailable(t *testing.T) {
+	ns := eventstest.MustJetStream(t)
+	nc := eventstest.MustConnect(t, ns.ClientURL())
+	js, _ := jetstream.New(nc)
+	now := time.Now()
+	stale := staleKeyring(t, js, &now)
+	unseen, _ := domain.NewTokenCodec(domain.MACKey{ID: "unseen", Secret: make([]byte, 32)})
+	token := unseen.Mint("f", 1, [32]byte{}).Value()
+	ns.Shutdown()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _, err := stale.Parse(ctx, token)
+	wantCode(t, err, domain.EUnavailable)
+	s := NewService(NewWriter(nil, 1), stale.Codec(), domain.Policy{}, time.Now)
+	s.UseKeyring(stale)
+	// Within reloadEvery the failed read is reported again, not retried.
+	_, _, err = s.RevokeToken(ctx, token, "", domain.Context{})
+	wantCode(t, err, domain.EUnavailable)
 }

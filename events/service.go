@@ -162,6 +162,9 @@ func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domai
 		return 0, 0, err
 	}
 	t, _, err := s.codec.Parse(ctx, token)
+	if domain.ErrorCode(err) == domain.EUnavailable {
+		return 0, 0, err // the keys could not be reloaded: the token may well be valid
+	}
 	if err != nil {
 		return 0, 0, nil
 	}
