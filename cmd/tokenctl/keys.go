@@ -48,7 +48,7 @@ keys rotate replaces both keys without refusing a single valid token:
      made has expired;
   5. wait until every instance has loaded the promotion.
 Progress goes to stderr. If it stops before the promotion, run it again:
-keys already staged are kept. Both need the admin role. --timeout bounds
+keys already staged are kept. list and rotate need the admin role. --timeout bounds
 connecting, each request and each wait for the instances, not --publish-for.`,
 	args: 1,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
