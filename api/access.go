@@ -6,7 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -18,29 +18,47 @@ import (
 )
 
 // AccessTokens mints RFC 9068 access tokens (JWT, typ at+jwt) signed with
-// the deployment's current Ed25519 key, and publishes the public keys.
+// the deployment's current Ed25519 key, and publishes the public keys. The
+// keys are swapped atomically when they rotate (Follow); minting takes no
+// lock.
 type AccessTokens struct {
 	issuer string
 	ttl    time.Duration
+	signer atomic.Pointer[signer]
+}
+
+// signer is one keyset's signing key and JWKS.
+type signer struct {
 	key    ed25519.PrivateKey
 	header []byte // the JWS protected header, base64url-encoded: the same for every token
 	jwks   []byte
 }
 
 // NewAccessTokens signs with the keyset's current signing key; the JWKS
-// holds every signing key so tokens signed before a rotation still verify.
+// holds every signing key (next, current and retired) so tokens signed
+// before a rotation still verify and resource servers learn a staged key
+// before anything is signed with it.
 func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*AccessTokens, error) {
-	if len(ks.Signing) == 0 {
-		return nil, fmt.Errorf("keyset has no signing key")
+	a := &AccessTokens{issuer: issuer, ttl: ttl}
+	if err := a.Use(ks); err != nil {
+		return nil, err
 	}
-	cur := ks.Signing[0]
+	return a, nil
+}
+
+// Use switches to the keyset ks.
+func (a *AccessTokens) Use(ks events.Keyset) error {
+	cur, err := ks.CurrentSigning()
+	if err != nil {
+		return err
+	}
 	header, err := json.Marshal(struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 		Typ string `json:"typ"`
 	}{string(jose.EdDSA), cur.ID, "at+jwt"})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var set jose.JSONWebKeySet
 	for _, k := range ks.Signing {
@@ -49,14 +67,19 @@ func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*Acces
 	}
 	jwks, err := json.Marshal(set)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return &AccessTokens{issuer: issuer, ttl: ttl, key: cur.Private(),
-		header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks}, nil
+	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks})
+	return nil
+}
+
+// Follow keeps a on the keyring's keys as they rotate.
+func (a *AccessTokens) Follow(k *events.Keyring) error {
+	return k.OnChange(func(l *events.LoadedKeys) error { return a.Use(l.Keys) })
 }
 
 // JWKS returns the public key set as JSON.
-func (a *AccessTokens) JWKS() []byte { return a.jwks }
+func (a *AccessTokens) JWKS() []byte { return a.signer.Load().jwks }
 
 // TTL returns the lifetime of minted tokens.
 func (a *AccessTokens) TTL() time.Duration { return a.ttl }
@@ -93,11 +116,12 @@ func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
 	// the rest being the Ed25519 signature itself. Tests verify the result
 	// with go-jose, as a resource server would.
 	enc := base64.RawURLEncoding
-	tok := make([]byte, 0, len(a.header)+2+enc.EncodedLen(len(payload))+enc.EncodedLen(ed25519.SignatureSize))
-	tok = append(tok, a.header...)
+	sg := a.signer.Load()
+	tok := make([]byte, 0, len(sg.header)+2+enc.EncodedLen(len(payload))+enc.EncodedLen(ed25519.SignatureSize))
+	tok = append(tok, sg.header...)
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, payload)
-	sig := ed25519.Sign(a.key, tok)
+	sig := ed25519.Sign(sg.key, tok)
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, sig)
 	return string(tok), nil

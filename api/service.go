@@ -100,6 +100,10 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 			return fmt.Errorf("endpoint %s: %w", ep.name, err)
 		}
 	}
+	if err := s.addKeysAdmin(svc, prefix); err != nil {
+		svc.Stop()
+		return fmt.Errorf("key administration: %w", err)
+	}
 	// Subscriptions are sent asynchronously; flushing makes the endpoints
 	// reachable before Start reports the service up.
 	return nc.FlushTimeout(10 * time.Second)

@@ -192,6 +192,21 @@ func (c *TokenCodec) Parse(s string) (Token, error) {
 	return newToken(parts[1], gen, parts[3], s), nil
 }
 
+// NamesUnknownKey reports whether s is shaped like a refresh token and names
+// a key id this codec does not hold: a key another instance may have added
+// since this codec was built. It verifies nothing.
+func (c *TokenCodec) NamesUnknownKey(s string) bool {
+	if len(s) > maxTokenLength {
+		return false
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) != 6 || parts[0] != tokenPrefix || !ValidID(parts[3]) {
+		return false
+	}
+	_, known := c.keys[parts[3]]
+	return !known
+}
+
 // parseGeneration accepts only canonical positive decimals, so one token has
 // exactly one spelling.
 func parseGeneration(s string) (uint64, bool) {

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,85 +17,387 @@ import (
 )
 
 // keysetKey is the one entry of TOKENS_KEYS; a single entry makes "first
-// instance creates, the others load" one atomic create.
+// instance creates, the others load" one atomic create, and every change one
+// compare-and-set.
 const keysetKey = "keyset"
 
-// Keyset is every key a deployment holds. The first key of each list is the
-// current one; the rest are retired and kept for verification.
+// KeyState is where a key stands in its rotation.
+type KeyState string
+
+const (
+	// KeyNext is staged: it verifies refresh tokens and is published in the
+	// JWKS, but nothing is minted or signed with it yet, so every instance
+	// and every resource server can learn it before it is used.
+	KeyNext KeyState = "next"
+	// KeyCurrent mints refresh tokens or signs access tokens; one per kind.
+	KeyCurrent KeyState = "current"
+	// KeyRetired only verifies, until its ExpiresAt.
+	KeyRetired KeyState = "retired"
+)
+
+// Keyset is every key a deployment holds: one current key of each kind, at
+// most one next key of each kind, and the retired keys that still verify.
+//
+// Stored, each list starts with its current key, then the next one, then the
+// retired ones. Keysets written before keys had states are a plain list
+// whose first key is current; they are read as such (the rest retired), and
+// instances of that version read a keyset of this one correctly too.
 type Keyset struct {
 	MAC     []MACKey     `json:"mac_keys"`
 	Signing []SigningKey `json:"signing_keys"`
 }
 
+// KeyInfo is what may be shown of a key: everything but its secret.
+type KeyInfo struct {
+	ID        string    `json:"kid"`
+	State     KeyState  `json:"state"`
+	CreatedAt time.Time `json:"created_at"`
+	// RetiredAt and ExpiresAt are set on retired keys: the key is dropped at
+	// the first change after ExpiresAt.
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
 // MACKey is a refresh-token MAC key.
 type MACKey struct {
-	ID        string    `json:"kid"`
-	Secret    []byte    `json:"secret"`
-	CreatedAt time.Time `json:"created_at"`
+	KeyInfo
+	Secret []byte `json:"secret"`
 }
 
 // SigningKey is an Ed25519 access-token signing key, stored as its seed.
 type SigningKey struct {
-	ID        string    `json:"kid"`
-	Seed      []byte    `json:"seed"`
-	CreatedAt time.Time `json:"created_at"`
+	KeyInfo
+	Seed []byte `json:"seed"`
 }
+
+func (k *MACKey) info() *KeyInfo     { return &k.KeyInfo }
+func (k *SigningKey) info() *KeyInfo { return &k.KeyInfo }
 
 // Private returns the Ed25519 private key.
 func (k SigningKey) Private() ed25519.PrivateKey { return ed25519.NewKeyFromSeed(k.Seed) }
 
-// Codec returns a token codec minting with the current MAC key.
-func (ks Keyset) Codec() (*domain.TokenCodec, error) {
-	if len(ks.MAC) == 0 {
-		return nil, errors.New("keyset has no MAC key")
-	}
-	keys := make([]domain.MACKey, len(ks.MAC))
-	for i, k := range ks.MAC {
-		keys[i] = domain.MACKey{ID: k.ID, Secret: k.Secret}
-	}
-	return domain.NewTokenCodec(keys[0], keys[1:]...)
+// Lifetimes say how long a retired key must keep verifying: as long as the
+// longest-lived token made under it, plus Skew for clocks that disagree and
+// instances that learn of a promotion a moment late.
+type Lifetimes struct {
+	Refresh time.Duration // a family's absolute TTL: the most a refresh token can outlive its MAC key's retirement
+	Access  time.Duration // the access-token TTL
+	Skew    time.Duration // 0: DefaultClockSkew
 }
 
-// NewKeyset generates a fresh MAC key and signing key.
-func NewKeyset(now time.Time) Keyset {
-	return Keyset{
-		MAC:     []MACKey{{ID: randomID(8), Secret: randomBytes(32), CreatedAt: now.UTC()}},
-		Signing: []SigningKey{{ID: randomID(8), Seed: randomBytes(ed25519.SeedSize), CreatedAt: now.UTC()}},
+// DefaultClockSkew is the margin added to a retired key's lifetime.
+const DefaultClockSkew = 5 * time.Minute
+
+func (l Lifetimes) skew() time.Duration {
+	if l.Skew == 0 {
+		return DefaultClockSkew
 	}
+	return l.Skew
+}
+
+func (l Lifetimes) mac() time.Duration     { return l.Refresh + l.skew() }
+func (l Lifetimes) signing() time.Duration { return l.Access + l.skew() }
+
+// ErrNothingStaged answers a promotion without a staged key.
+var ErrNothingStaged = domain.Errorf(domain.EInvalidRequest, "no key is staged: stage keys first")
+
+// NewKeyset generates a fresh current MAC key and signing key.
+func NewKeyset(now time.Time) Keyset {
+	return Keyset{MAC: []MACKey{newMACKey(now, KeyCurrent)}, Signing: []SigningKey{newSigningKey(now, KeyCurrent)}}
+}
+
+func newMACKey(now time.Time, state KeyState) MACKey {
+	return MACKey{KeyInfo{ID: randomID(8), State: state, CreatedAt: now.UTC()}, randomBytes(32)}
+}
+
+func newSigningKey(now time.Time, state KeyState) SigningKey {
+	return SigningKey{KeyInfo{ID: randomID(8), State: state, CreatedAt: now.UTC()}, randomBytes(ed25519.SeedSize)}
+}
+
+// Stage returns the keyset with a next key of each kind that has none yet,
+// and without the retired keys that expired. Staging twice stages nothing
+// more, so an interrupted rotation can simply be run again.
+func (ks Keyset) Stage(now time.Time, life Lifetimes) Keyset {
+	out := ks.settled(now, life)
+	if !hasState(out.MAC, KeyNext) {
+		out.MAC = append(out.MAC, newMACKey(now, KeyNext))
+	}
+	if !hasState(out.Signing, KeyNext) {
+		out.Signing = append(out.Signing, newSigningKey(now, KeyNext))
+	}
+	return out.ordered()
+}
+
+// Promote returns the keyset with each next key current and each current
+// key it replaces retired, expiring after the lifetime of what it made. It
+// returns ErrNothingStaged if no kind has a next key.
+func (ks Keyset) Promote(now time.Time, life Lifetimes) (Keyset, error) {
+	out := ks.settled(now, life)
+	mac := promote(out.MAC, now, life.mac())
+	signing := promote(out.Signing, now, life.signing())
+	if !mac && !signing {
+		return Keyset{}, ErrNothingStaged
+	}
+	return out.ordered(), nil
+}
+
+// settled returns a copy without the retired keys past their expiry. A
+// retired key without one (read from the old format) gets the expiry it
+// would have had if it had retired now: later than its real one, never
+// earlier.
+func (ks Keyset) settled(now time.Time, life Lifetimes) Keyset {
+	return Keyset{MAC: settle(ks.MAC, now, life.mac()), Signing: settle(ks.Signing, now, life.signing())}
+}
+
+type stated[K any] interface {
+	*K
+	info() *KeyInfo
+}
+
+func hasState[K any, P stated[K]](keys []K, s KeyState) bool {
+	return slices.ContainsFunc(keys, func(k K) bool { return P(&k).info().State == s })
+}
+
+func settle[K any, P stated[K]](keys []K, now time.Time, lifetime time.Duration) []K {
+	out := make([]K, 0, len(keys)+1)
+	for _, k := range keys {
+		i := P(&k).info()
+		if i.State == KeyRetired {
+			if i.ExpiresAt.IsZero() {
+				i.RetiredAt, i.ExpiresAt = now.UTC(), now.Add(lifetime).UTC()
+			}
+			if !now.Before(i.ExpiresAt) {
+				continue
+			}
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// promote moves next to current and current to retired, in place; it
+// reports whether there was a next key.
+func promote[K any, P stated[K]](keys []K, now time.Time, lifetime time.Duration) bool {
+	if !hasState[K, P](keys, KeyNext) {
+		return false
+	}
+	for n := range keys {
+		switch i := P(&keys[n]).info(); i.State {
+		case KeyCurrent:
+			i.State, i.RetiredAt, i.ExpiresAt = KeyRetired, now.UTC(), now.Add(lifetime).UTC()
+		case KeyNext:
+			i.State = KeyCurrent
+		}
+	}
+	return true
+}
+
+// ordered sorts each list current, next, retired (newest retired first).
+func (ks Keyset) ordered() Keyset {
+	return Keyset{MAC: sortKeys(ks.MAC), Signing: sortKeys(ks.Signing)}
+}
+
+func sortKeys[K any, P stated[K]](keys []K) []K {
+	rank := map[KeyState]int{KeyCurrent: 0, KeyNext: 1, KeyRetired: 2}
+	out := slices.Clone(keys)
+	slices.SortStableFunc(out, func(a, b K) int {
+		ia, ib := P(&a).info(), P(&b).info()
+		if ia.State != ib.State {
+			return rank[ia.State] - rank[ib.State]
+		}
+		return ib.RetiredAt.Compare(ia.RetiredAt)
+	})
+	return out
+}
+
+// Infos returns what may be shown of every key, by kind ("mac", "signing").
+func (ks Keyset) Infos() map[string][]KeyInfo {
+	out := map[string][]KeyInfo{}
+	for _, k := range ks.MAC {
+		out["mac"] = append(out["mac"], k.KeyInfo)
+	}
+	for _, k := range ks.Signing {
+		out["signing"] = append(out["signing"], k.KeyInfo)
+	}
+	return out
+}
+
+// summary lists the key ids by kind and state, for the log.
+func (ks Keyset) summary() string {
+	var b strings.Builder
+	for _, kind := range []string{"mac", "signing"} {
+		for _, i := range ks.Infos()[kind] {
+			if b.Len() > 0 {
+				b.WriteByte(' ')
+			}
+			fmt.Fprintf(&b, "%s:%s:%s", kind, i.State, i.ID)
+		}
+	}
+	return b.String()
+}
+
+// Codec returns a token codec minting with the current MAC key and
+// verifying with every key held, next and retired included.
+func (ks Keyset) Codec() (*domain.TokenCodec, error) {
+	var current domain.MACKey
+	var others []domain.MACKey
+	for _, k := range ks.MAC {
+		key := domain.MACKey{ID: k.ID, Secret: k.Secret}
+		if k.State == KeyCurrent && current.ID == "" {
+			current = key
+		} else {
+			others = append(others, key)
+		}
+	}
+	if current.ID == "" {
+		return nil, errors.New("keyset has no current MAC key")
+	}
+	return domain.NewTokenCodec(current, others...)
+}
+
+// CurrentSigning returns the signing key access tokens are signed with.
+func (ks Keyset) CurrentSigning() (SigningKey, error) {
+	for _, k := range ks.Signing {
+		if k.State == KeyCurrent {
+			return k, nil
+		}
+	}
+	return SigningKey{}, errors.New("keyset has no current signing key")
+}
+
+// decodeKeyset reads a stored keyset, of this format or the previous one.
+func decodeKeyset(data []byte) (Keyset, error) {
+	var ks Keyset
+	if err := json.Unmarshal(data, &ks); err != nil {
+		return Keyset{}, err
+	}
+	if err := fromPlainList(ks.MAC); err != nil {
+		return Keyset{}, fmt.Errorf("mac keys: %w", err)
+	}
+	if err := fromPlainList(ks.Signing); err != nil {
+		return Keyset{}, fmt.Errorf("signing keys: %w", err)
+	}
+	return ks, ks.validate()
+}
+
+// fromPlainList gives the keys of the previous format, which had no states,
+// theirs: the first is current, the others retired.
+func fromPlainList[K any, P stated[K]](keys []K) error {
+	plain := 0
+	for n := range keys {
+		if P(&keys[n]).info().State == "" {
+			plain++
+		}
+	}
+	switch {
+	case plain == 0:
+		return nil
+	case plain < len(keys):
+		return errors.New("some keys have a state and some do not")
+	}
+	for n := range keys {
+		P(&keys[n]).info().State = KeyRetired
+	}
+	if len(keys) > 0 {
+		P(&keys[0]).info().State = KeyCurrent
+	}
+	return nil
+}
+
+// validate checks what every instance relies on: one current and at most
+// one next key per kind, unique valid ids, usable key material.
+func (ks Keyset) validate() error {
+	seen := map[string]bool{}
+	check := func(kind string, i KeyInfo, usable bool) error {
+		if !domain.ValidID(i.ID) || seen[kind+i.ID] {
+			return fmt.Errorf("%s key id %q is invalid or repeated", kind, i.ID)
+		}
+		seen[kind+i.ID] = true
+		if !usable {
+			return fmt.Errorf("%s key %s has unusable key material", kind, i.ID)
+		}
+		switch i.State {
+		case KeyNext, KeyCurrent, KeyRetired:
+		default:
+			return fmt.Errorf("%s key %s has unknown state %q", kind, i.ID, i.State)
+		}
+		return nil
+	}
+	for _, k := range ks.MAC {
+		if err := check("mac", k.KeyInfo, len(k.Secret) >= 32); err != nil {
+			return err
+		}
+	}
+	for _, k := range ks.Signing {
+		if err := check("signing", k.KeyInfo, len(k.Seed) == ed25519.SeedSize); err != nil {
+			return err
+		}
+	}
+	for kind, infos := range ks.Infos() {
+		count := map[KeyState]int{}
+		for _, i := range infos {
+			count[i.State]++
+		}
+		if count[KeyCurrent] != 1 || count[KeyNext] > 1 {
+			return fmt.Errorf("%s keys: %d current and %d next, want 1 and at most 1", kind, count[KeyCurrent], count[KeyNext])
+		}
+	}
+	if len(ks.MAC) == 0 || len(ks.Signing) == 0 {
+		return errors.New("keyset lacks a kind of key")
+	}
+	return nil
+}
+
+// openKeysBucket creates TOKENS_KEYS or adopts its configuration. It keeps
+// one revision: a key dropped from the keyset must not live on in the
+// bucket's history.
+func openKeysBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      KeysBucket,
+		Description: "tokend signing and MAC keys: the one secret of a deployment",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", KeysBucket, err)
+	}
+	return kv, nil
 }
 
 // LoadOrCreateKeys returns the deployment's keyset from TOKENS_KEYS, creating
 // the bucket and the keys if this is the first instance to start.
 func LoadOrCreateKeys(ctx context.Context, js jetstream.JetStream, replicas int) (Keyset, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      KeysBucket,
-		Description: "tokend signing and MAC keys: the one secret of a deployment",
-		History:     8,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	kv, err := openKeysBucket(ctx, js, replicas)
 	if err != nil {
-		return Keyset{}, fmt.Errorf("kv %s: %w", KeysBucket, err)
+		return Keyset{}, err
 	}
+	ks, _, err := loadOrCreate(ctx, kv)
+	return ks, err
+}
+
+// loadOrCreate returns the stored keyset and its revision, creating it if
+// there is none.
+func loadOrCreate(ctx context.Context, kv jetstream.KeyValue) (Keyset, uint64, error) {
 	for range 3 {
 		entry, err := kv.Get(ctx, keysetKey)
 		if err == nil {
-			var ks Keyset
-			if err := json.Unmarshal(entry.Value(), &ks); err != nil || len(ks.MAC) == 0 || len(ks.Signing) == 0 {
-				return Keyset{}, fmt.Errorf("kv %s: keyset is unreadable", KeysBucket)
+			ks, err := decodeKeyset(entry.Value())
+			if err != nil {
+				return Keyset{}, 0, fmt.Errorf("kv %s: keyset is unreadable: %w", KeysBucket, err)
 			}
-			return ks, nil
+			return ks, entry.Revision(), nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return Keyset{}, fmt.Errorf("kv %s: %w", KeysBucket, err)
+			return Keyset{}, 0, fmt.Errorf("kv %s: %w", KeysBucket, err)
 		}
 		raw, _ := json.Marshal(NewKeyset(time.Now()))
 		// Create fails if another instance won the race; the next Get loads its keys.
 		if _, err := kv.Create(ctx, keysetKey, raw); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return Keyset{}, fmt.Errorf("kv %s: %w", KeysBucket, err)
+			return Keyset{}, 0, fmt.Errorf("kv %s: %w", KeysBucket, err)
 		}
 	}
-	return Keyset{}, fmt.Errorf("kv %s: keyset neither loadable nor creatable", KeysBucket)
+	return Keyset{}, 0, fmt.Errorf("kv %s: keyset neither loadable nor creatable", KeysBucket)
 }
 
 func randomBytes(n int) []byte {

@@ -15,7 +15,7 @@ import (
 // and append.
 type Service struct {
 	writer  *Writer
-	codec   *domain.TokenCodec
+	codec   *Keyring // swapped atomically when keys rotate: see UseKeyring
 	decider domain.Decider
 
 	// Rate limits, set before the service is used; nil allows everything.
@@ -42,7 +42,7 @@ const (
 
 // NewService returns a service deciding with policy at the times now returns.
 func NewService(writer *Writer, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
-	return &Service{writer: writer, codec: codec, decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
+	return &Service{writer: writer, codec: FixedKeys(codec), decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
 }
 
 // reusable reports whether rotations keep their child for a reuse interval.
@@ -89,7 +89,7 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 			RetryAfterMs: 500}
 	}
 	familyID := domain.NewID(randomBytes(16))
-	token := s.codec.Mint(familyID, 1, newSecret())
+	token := s.codec.Codec().Mint(familyID, 1, newSecret())
 	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
 		return s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
 			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
@@ -113,8 +113,7 @@ type RefreshRequest struct {
 // the just-rotated parent inside the reuse interval. Refusals are recorded
 // before the error is returned.
 func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error) {
-	codec := s.codec
-	presented, err := codec.Parse(req.Token)
+	presented, codec, err := s.codec.Parse(ctx, req.Token)
 	if err != nil {
 		return Grant{}, err
 	}
@@ -134,7 +133,7 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 			cmd.Child = child
 		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && s.reusable() &&
 			domain.SameHash(presented.Hash(), f.ParentHash):
-			reusable, _ = codec.ChildOf(presented, f.CurrentHash)
+			reusable = s.codec.ChildOf(ctx, codec, presented, f.CurrentHash)
 			cmd.Reusable = reusable
 		}
 		events, err := s.decider.Decide(f, cmd)
@@ -186,7 +185,10 @@ func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domai
 	if err := domain.ValidateName("reason", orDefault(reason)); err != nil {
 		return 0, 0, err
 	}
-	t, err := s.codec.Parse(token)
+	t, _, err := s.codec.Parse(ctx, token)
+	if domain.ErrorCode(err) == domain.EUnavailable {
+		return 0, 0, err // the keys could not be reloaded: the token may well be valid
+	}
 	if err != nil {
 		return 0, 0, nil
 	}

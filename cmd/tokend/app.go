@@ -70,15 +70,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	keys, err := events.LoadOrCreateKeys(setupCtx, a.js, cfg.StreamReplicas)
+	keys, err := events.OpenKeyring(setupCtx, a.js, cfg.StreamReplicas,
+		events.Lifetimes{Refresh: cfg.AbsoluteTTL, Access: cfg.AccessTTL}, log.With("component", "keys"))
 	if err != nil {
 		return nil, err
 	}
-	codec, err := keys.Codec()
-	if err != nil {
-		return nil, err
+	access, err := api.NewAccessTokens(keys.Loaded().Keys, cfg.Issuer, cfg.AccessTTL)
+	if err == nil {
+		err = access.Follow(keys)
 	}
-	access, err := api.NewAccessTokens(keys, cfg.Issuer, cfg.AccessTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	reader := projections.NewReader(a.db, a.projector, time.Now)
 	registerStateMetrics(reg, a.projector, reader, a.nc)
-	tokens := events.NewService(writer, codec, policy, time.Now)
+	tokens := events.NewService(writer, keys.Codec(), policy, time.Now)
+	tokens.UseKeyring(keys)
 	tokens.RefreshLimit = events.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)
 	tokens.IssueLimit = events.NewKeyedLimiter(cfg.IssueRate, cfg.IssueBurst, maxRateLimitedClients, time.Now)
 	tokens.ForeignLimit = events.NewKeyedLimiter(cfg.ForeignRate, cfg.ForeignBurst, maxRateLimitedClients, time.Now)

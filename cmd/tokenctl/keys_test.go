@@ -1,0 +1,273 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/events/eventstest"
+)
+
+// fakeKeyset stands in for TOKENS_KEYS behind fake tokend instances: stage
+// and promote change it, each instance reports the revision it has loaded.
+type fakeKeyset struct {
+	mu        sync.Mutex
+	status    api.KeysStatus
+	stagedAt  time.Time
+	promoteAt time.Time
+	promoted  []api.KeysRequest // promote requests, in order
+	refused   string            // why a promotion was refused, if one was
+	instances []*fakeInstance
+}
+
+// fakeInstance is one tokend instance. One that lags reports the revision it
+// had before each change for its next lag status requests.
+type fakeInstance struct {
+	id       string
+	status   bool // serves key status
+	lag      int
+	loaded   uint64
+	pending  int
+	asked    int
+	reported uint64 // the last revision it reported
+}
+
+func newFakeKeyset() *fakeKeyset {
+	return &fakeKeyset{status: api.KeysStatus{Revision: 10, Keys: []api.KeyView{
+		{Kid: "mac-1", Kind: "mac", State: "current", CreatedAt: "2026-01-01T00:00:00Z"},
+		{Kid: "sig-1", Kind: "signing", State: "current", CreatedAt: "2026-01-01T00:00:00Z"},
+	}}}
+}
+
+// changed moves the keyset to a new revision; lagging instances notice later.
+func (f *fakeKeyset) changed() {
+	f.status.Revision++
+	for _, in := range f.instances {
+		in.pending = in.lag
+	}
+}
+
+// serve starts a fake instance on nc under prefix: it answers discovery and
+// status, and stage and promote if admin.
+func (f *fakeKeyset) serve(t *testing.T, nc *nats.Conn, prefix string, admin, withStatus bool, lag int) *fakeInstance {
+	t.Helper()
+	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Stop() })
+	in := &fakeInstance{id: svc.Info().ID, status: withStatus, lag: lag}
+	f.mu.Lock()
+	in.loaded = f.status.Revision
+	f.instances = append(f.instances, in)
+	f.mu.Unlock()
+	reply := func(r micro.Request, v any) {
+		data, _ := json.Marshal(v)
+		r.Respond(data)
+	}
+	add := func(name, subject string, h micro.HandlerFunc, opts ...micro.EndpointOpt) {
+		if err := svc.AddEndpoint(name, h, append(opts, micro.WithEndpointSubject(prefix+"."+subject))...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("keys", "keys", func(r micro.Request) { r.Respond([]byte(`{"keys":[]}`)) })
+	if withStatus {
+		add("keys_status", api.SubjectKeysStatus, func(r micro.Request) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			in.asked++
+			if in.pending > 0 {
+				in.pending--
+			} else {
+				in.loaded = f.status.Revision
+			}
+			st := f.status
+			st.InstanceID, st.Revision, in.reported = in.id, in.loaded, in.loaded
+			reply(r, st)
+		}, micro.WithEndpointQueueGroupDisabled())
+	}
+	if admin {
+		add("keys_stage", api.SubjectKeysStage, func(r micro.Request) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.status.Keys = append(f.status.Keys,
+				api.KeyView{Kid: "mac-2", Kind: "mac", State: "next", CreatedAt: "2026-06-01T00:00:00Z"},
+				api.KeyView{Kid: "sig-2", Kind: "signing", State: "next", CreatedAt: "2026-06-01T00:00:00Z"})
+			f.changed()
+			f.stagedAt = time.Now()
+			st := f.status
+			st.InstanceID = in.id
+			reply(r, st)
+		})
+		add("keys_promote", api.SubjectKeysPromote, func(r micro.Request) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var req api.KeysRequest
+			json.Unmarshal(r.Data(), &req)
+			f.promoted = append(f.promoted, req)
+			f.promoteAt = time.Now()
+			for _, other := range f.instances {
+				if other.status && other.reported < req.Revision {
+					f.refused = "promoted before instance " + other.id + " reported the staged revision"
+				}
+			}
+			for i, k := range f.status.Keys {
+				switch k.State {
+				case "current":
+					f.status.Keys[i].State, f.status.Keys[i].RetiredAt, f.status.Keys[i].ExpiresAt = "retired", "2026-06-02T00:00:00Z", "2026-07-02T00:05:00Z"
+				case "next":
+					f.status.Keys[i].State = "current"
+				}
+			}
+			f.changed()
+			st := f.status
+			st.InstanceID = in.id
+			reply(r, st)
+		})
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func TestKeysRotate(t *testing.T) {
+	url := eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	f := newFakeKeyset()
+	f.serve(t, nc, "tokens", true, true, 0)
+	lagging := f.serve(t, nc, "tokens", false, true, 3)
+	f.serve(t, nc, "elsewhere", false, false, 0) // another deployment on the same NATS
+
+	r := runCtl(t, "", "--nats-url", url, "keys", "rotate", "--publish-for", "300ms")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.promoted) != 1 || f.promoted[0].Revision != 11 || f.refused != "" {
+		t.Fatalf("promote requests %+v (%s); want one, for the staged revision 11", f.promoted, f.refused)
+	}
+	if lagging.asked < 4 || lagging.reported != 12 {
+		t.Fatalf("the lagging instance was asked %d times and reported revision %d last", lagging.asked, lagging.reported)
+	}
+	for _, want := range []string{"2 tokend instance(s)", "staged mac key mac-2 and signing key sig-2 at revision 11",
+		"every instance has loaded revision 11", "waiting 300ms", "promoted at revision 12", "every instance has loaded revision 12"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	for _, want := range []string{"rotated: mac key mac-2 and signing key sig-2 are current (keyset revision 12)",
+		"KIND", "mac      mac-2  current", "mac      mac-1  retired", "signing  sig-1  retired"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+func TestKeysRotateJSON(t *testing.T) {
+	url := eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	f := newFakeKeyset()
+	f.serve(t, nc, "tokens", true, true, 0)
+	r := runCtl(t, "", "--nats-url", url, "--json", "keys", "rotate", "--publish-for", "400ms", "--instances", "1")
+	var got api.KeysStatus
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &got) != nil || got.Revision != 12 || strings.Count(r.stdout, "\n") != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if waited := f.promoteAt.Sub(f.stagedAt); waited < 400*time.Millisecond {
+		t.Fatalf("promoted %v after staging, before --publish-for", waited)
+	}
+}
+
+// TestKeysRotateWaitsForEveryInstance: an instance that never reports the
+// staged keys (here: one too old to serve key administration) stops the
+// rotation before the promotion.
+func TestKeysRotateWaitsForEveryInstance(t *testing.T) {
+	url := eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	f := newFakeKeyset()
+	f.serve(t, nc, "tokens", true, true, 0)
+	old := f.serve(t, nc, "tokens", false, false, 0)
+
+	r := runCtl(t, "", "--nats-url", url, "--timeout", "2s", "keys", "rotate", "--publish-for", "0")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.code != 1 || len(f.promoted) != 0 {
+		t.Fatalf("exit %d, %d promotions, stderr %q", r.code, len(f.promoted), r.stderr)
+	}
+	for _, want := range []string{"revision 11", old.id + " (no answer", "nothing was promoted", "run rotate again"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	// --instances: a missing instance is noticed before anything changes.
+	r = runCtl(t, "", "--nats-url", url, "--timeout", "1s", "keys", "rotate", "--instances", "3")
+	if r.code != 1 || !strings.Contains(r.stderr, "only 2 of the 3 expected") || f.status.Revision != 11 {
+		t.Fatalf("exit %d, revision %d, stderr %q", r.code, f.status.Revision, r.stderr)
+	}
+}
+
+func TestKeysList(t *testing.T) {
+	url := eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	f := newFakeKeyset()
+	f.serve(t, nc, "tokens", true, true, 0)
+	f.serve(t, nc, "tokens", false, true, 0)
+
+	r := runCtl(t, "", "--nats-url", url, "keys", "list")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, want := range []string{"keyset revision 10; 2 instance(s), all on it", "KIND     KID    STATE    CREATED",
+		"mac      mac-1  current", "signing  sig-1  current"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = runCtl(t, "", "--nats-url", url, "--json", "keys", "list", "--instances", "2")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 {
+		t.Fatalf("--json: exit %d, stdout %q", r.code, r.stdout)
+	}
+	for _, l := range lines {
+		var st api.KeysStatus
+		if err := json.Unmarshal([]byte(l), &st); err != nil || st.InstanceID == "" || st.Revision != 10 {
+			t.Fatalf("--json line %q: %v", l, err)
+		}
+	}
+	if r := runCtl(t, "", "--nats-url", url, "--prefix", "elsewhere", "--timeout", "1s", "keys", "list"); r.code != 1 ||
+		!strings.Contains(r.stderr, `no tokend instance with subject prefix "elsewhere"`) {
+		t.Fatalf("another prefix: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestKeysUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"keys", "frobnicate"},
+		{"keys", "list", "--publish-for", "1s"},
+		{"keys", "--publish-for", "1s"},
+		{"keys", "--instances", "2"},
+		{"keys", "rotate", "--publish-for", "-1s"},
+		{"keys", "rotate", "--instances", "-1"},
+		{"keys", "rotate", "list"},
+	} {
+		if r := runCtl(t, "", append([]string{"--nats-url", deadURL}, args...)...); r.code != 2 {
+			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+	r := runCtl(t, "", "keys", "-h")
+	for _, want := range []string{"keys [list | rotate [--publish-for D]]", "--publish-for D", "--instances N", "JSON Lines", "run it again"} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("keys -h lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}

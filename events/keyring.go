@@ -1,0 +1,304 @@
+package events
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/domain"
+)
+
+// LoadedKeys is one revision of the keyset, ready to use.
+type LoadedKeys struct {
+	Revision uint64 // the KV revision it was read from; 0 for fixed keys
+	Keys     Keyset
+	Codec    *domain.TokenCodec
+}
+
+// Keyring holds the keyset an instance uses and follows its changes: every
+// instance watches TOKENS_KEYS and swaps to a new revision as soon as it is
+// written, so a key staged or promoted on one instance reaches all of them.
+// Reading the keys is one atomic load: the refresh path takes no lock.
+type Keyring struct {
+	kv   jetstream.KeyValue // nil: fixed keys that never change
+	life Lifetimes
+	now  func() time.Time
+	log  *slog.Logger
+
+	loaded atomic.Pointer[LoadedKeys]
+
+	mu        sync.Mutex // orders adoptions, so listeners see revisions in order
+	listeners []func(*LoadedKeys) error
+
+	reloadMu   sync.Mutex
+	reloadedAt time.Time
+	reloadErr  error
+}
+
+// reloadEvery bounds the reloads that tokens under unknown key ids can
+// cause: anyone may present such a token.
+const reloadEvery = time.Second
+
+// changeAttempts bounds the compare-and-set retries of one change.
+const changeAttempts = 5
+
+// FixedKeys returns a keyring that always holds codec and never reloads.
+func FixedKeys(codec *domain.TokenCodec) *Keyring {
+	k := &Keyring{now: time.Now, log: slog.New(slog.DiscardHandler)}
+	k.loaded.Store(&LoadedKeys{Codec: codec})
+	return k
+}
+
+// OpenKeyring loads the deployment's keyset from TOKENS_KEYS (creating the
+// bucket and the keys if this is the first instance to start) and follows
+// its changes until the NATS connection closes.
+func OpenKeyring(ctx context.Context, js jetstream.JetStream, replicas int, life Lifetimes, log *slog.Logger) (*Keyring, error) {
+	kv, err := openKeysBucket(ctx, js, replicas)
+	if err != nil {
+		return nil, err
+	}
+	ks, rev, err := loadOrCreate(ctx, kv)
+	if err != nil {
+		return nil, err
+	}
+	k := &Keyring{kv: kv, life: life, now: time.Now, log: log}
+	if _, err := k.adopt(rev, ks); err != nil {
+		return nil, fmt.Errorf("kv %s: %w", KeysBucket, err)
+	}
+	if err := k.watch(); err != nil {
+		return nil, fmt.Errorf("kv %s: watch: %w", KeysBucket, err)
+	}
+	return k, nil
+}
+
+// Loaded returns the keys in use.
+func (k *Keyring) Loaded() *LoadedKeys { return k.loaded.Load() }
+
+// Codec returns the token codec in use.
+func (k *Keyring) Codec() *domain.TokenCodec { return k.loaded.Load().Codec }
+
+// OnChange calls f with the keys in use now and then with every later
+// revision, in order. f's errors are logged; they cannot undo a revision
+// that other instances use already.
+func (k *Keyring) OnChange(f func(*LoadedKeys) error) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.listeners = append(k.listeners, f)
+	return f(k.loaded.Load())
+}
+
+// adopt makes revision rev of the keyset the one in use, unless a newer one
+// already is. It returns the keys built from ks either way.
+func (k *Keyring) adopt(rev uint64, ks Keyset) (*LoadedKeys, error) {
+	if err := ks.validate(); err != nil {
+		return nil, err
+	}
+	codec, err := ks.Codec()
+	if err != nil {
+		return nil, err
+	}
+	l := &LoadedKeys{Revision: rev, Keys: ks, Codec: codec}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if cur := k.loaded.Load(); cur != nil && cur.Revision >= rev {
+		return l, nil
+	}
+	k.loaded.Store(l)
+	for _, f := range k.listeners {
+		if err := f(l); err != nil {
+			k.log.Error("keyset revision not applied everywhere", "revision", rev, "err", err)
+		}
+	}
+	k.log.Info("keyset loaded", "revision", rev, "keys", ks.summary())
+	return l, nil
+}
+
+// watch adopts every revision written to the keyset entry, whoever wrote it.
+func (k *Keyring) watch() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := k.kv.Watch(ctx, keysetKey)
+	if err != nil {
+		cancel()
+		return err
+	}
+	go func() {
+		// The updates end when the connection closes.
+		defer cancel()
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			ks, err := decodeKeyset(e.Value())
+			if err == nil {
+				_, err = k.adopt(e.Revision(), ks)
+			}
+			if err != nil {
+				k.log.Error("keyset revision unusable, keeping the keys in use", "revision", e.Revision(), "err", err)
+			}
+		}
+	}()
+	return nil
+}
+
+// Parse verifies a refresh token with the keys in use and returns the codec
+// that did, for minting its child with the same keys. A token under a key id
+// this instance does not hold makes it reload the keyset once (at most once
+// per reloadEvery) before refusing: another instance may have written keys
+// this one has not seen yet.
+func (k *Keyring) Parse(ctx context.Context, token string) (domain.Token, *domain.TokenCodec, error) {
+	codec := k.Codec()
+	t, err := codec.Parse(token)
+	if err == nil || !codec.NamesUnknownKey(token) {
+		return t, codec, err
+	}
+	newer, rerr := k.reload(ctx, codec)
+	switch {
+	case rerr != nil:
+		return domain.Token{}, codec, rerr
+	case newer == nil:
+		return t, codec, err
+	}
+	t, err = newer.Parse(token)
+	return t, newer, err
+}
+
+// ChildOf derives parent's child again (TokenCodec.ChildOf) with codec; if
+// that fails, the child may have been minted under a key this instance has
+// not seen yet, so the keyset is reloaded once, as in Parse, and tried again.
+func (k *Keyring) ChildOf(ctx context.Context, codec *domain.TokenCodec, parent domain.Token, wantHash string) domain.Token {
+	if child, ok := codec.ChildOf(parent, wantHash); ok {
+		return child
+	}
+	if newer, _ := k.reload(ctx, codec); newer != nil {
+		child, _ := newer.ChildOf(parent, wantHash)
+		return child
+	}
+	return domain.Token{}
+}
+
+// reload reads the keyset from the bucket unless that was done less than
+// reloadEvery ago. It returns the codec in use if it is newer than seen, nil
+// if not; the error is the failed read's, reported to every caller until
+// the next attempt.
+func (k *Keyring) reload(ctx context.Context, seen *domain.TokenCodec) (*domain.TokenCodec, error) {
+	if k.kv == nil {
+		return nil, nil
+	}
+	k.reloadMu.Lock()
+	defer k.reloadMu.Unlock()
+	if c := k.Codec(); c != seen {
+		return c, nil // a reload or the watch got here first
+	}
+	now := k.now()
+	if now.Sub(k.reloadedAt) < reloadEvery {
+		return nil, k.reloadErr
+	}
+	k.reloadedAt, k.reloadErr = now, nil
+	entry, err := k.kv.Get(ctx, keysetKey)
+	if err != nil {
+		k.reloadErr = &domain.Error{Code: domain.EUnavailable, Message: "keys could not be read, retry", RetryAfterMs: reloadEvery.Milliseconds()}
+		k.log.Warn("keyset reload failed", "err", err)
+		return nil, k.reloadErr
+	}
+	ks, err := decodeKeyset(entry.Value())
+	if err == nil {
+		_, err = k.adopt(entry.Revision(), ks)
+	}
+	if err != nil {
+		k.log.Error("keyset revision unusable, keeping the keys in use", "revision", entry.Revision(), "err", err)
+	}
+	if c := k.Codec(); c != seen {
+		return c, nil
+	}
+	return nil, nil
+}
+
+// Stage adds a next key of each kind that has none (see Keyset.Stage) and
+// returns the keyset as written. With ifRevision set, it changes nothing
+// unless the keyset is still at that revision.
+func (k *Keyring) Stage(ctx context.Context, ifRevision uint64) (*LoadedKeys, error) {
+	return k.change(ctx, ifRevision, func(ks Keyset, now time.Time) (Keyset, error) {
+		return ks.Stage(now, k.life), nil
+	})
+}
+
+// Promote makes the next keys current and retires the current ones (see
+// Keyset.Promote); ifRevision as in Stage. Promote the revision every
+// instance has loaded, so every instance already verifies what the new keys
+// make.
+func (k *Keyring) Promote(ctx context.Context, ifRevision uint64) (*LoadedKeys, error) {
+	return k.change(ctx, ifRevision, func(ks Keyset, now time.Time) (Keyset, error) {
+		return ks.Promote(now, k.life)
+	})
+}
+
+// change applies f to the stored keyset with a compare-and-set on its
+// revision, retrying when another writer got in between (unless the caller
+// named the revision it expects), and adopts the result at once.
+func (k *Keyring) change(ctx context.Context, ifRevision uint64, f func(Keyset, time.Time) (Keyset, error)) (*LoadedKeys, error) {
+	if k.kv == nil {
+		return nil, errors.New("keys are fixed: there is no key bucket")
+	}
+	for range changeAttempts {
+		entry, err := k.kv.Get(ctx, keysetKey)
+		if err != nil {
+			return nil, keysUnavailable("read the keyset", err)
+		}
+		if ifRevision != 0 && entry.Revision() != ifRevision {
+			return nil, changedSince(ifRevision, entry.Revision())
+		}
+		ks, err := decodeKeyset(entry.Value())
+		if err != nil {
+			return nil, fmt.Errorf("kv %s: keyset is unreadable: %w", KeysBucket, err)
+		}
+		next, err := f(ks, k.now())
+		if err != nil {
+			return nil, err
+		}
+		raw, err := json.Marshal(next)
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Equal(raw, entry.Value()) {
+			return k.adopt(entry.Revision(), next)
+		}
+		rev, err := k.kv.Update(ctx, keysetKey, raw, entry.Revision())
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			if ifRevision != 0 {
+				return nil, changedSince(ifRevision, 0)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, keysUnavailable("write the keyset", err)
+		}
+		return k.adopt(rev, next)
+	}
+	return nil, &domain.Error{Code: domain.EUnavailable, Message: "the keyset kept changing underneath, retry", RetryAfterMs: 1000}
+}
+
+func changedSince(want, now uint64) error {
+	if now == 0 {
+		return domain.Errorf(domain.EInvalidRequest, "the keyset changed after revision %d; look again (tokenctl keys list)", want)
+	}
+	return domain.Errorf(domain.EInvalidRequest, "the keyset is at revision %d, not %d; look again (tokenctl keys list)", now, want)
+}
+
+func keysUnavailable(what string, err error) error {
+	return fmt.Errorf("%w: %w", &domain.Error{Code: domain.EUnavailable, Message: "could not " + what + ", retry", RetryAfterMs: 1000}, err)
+}
+
+// UseKeyring makes s mint and verify with k's keys, following its changes.
+// Call it before s is used.
+func (s *Service) UseKeyring(k *Keyring) { s.codec = k }
+
+// Keyring returns the keys s mints and verifies with.
+func (s *Service) Keyring() *Keyring { return s.codec }

@@ -1,0 +1,285 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
+)
+
+func mustKeyring(t *testing.T, js jetstream.JetStream) *Keyring {
+	t.Helper()
+	k, err := OpenKeyring(context.Background(), js, 1, testLife, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// staleKeyring loads the keyset once and does not watch it: an instance
+// that has not heard of a change yet. Its clock is *now.
+func staleKeyring(t *testing.T, js jetstream.JetStream, now *time.Time) *Keyring {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := openKeysBucket(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, rev, err := loadOrCreate(ctx, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &Keyring{kv: kv, life: testLife, now: func() time.Time { return *now }, log: slog.New(slog.DiscardHandler)}
+	if _, err := k.adopt(rev, ks); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// waitRevision waits until k has loaded revision rev.
+func waitRevision(t *testing.T, k *Keyring, rev uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for k.Loaded().Revision < rev {
+		if time.Now().After(deadline) {
+			t.Fatalf("still at revision %d, want %d", k.Loaded().Revision, rev)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func wantCode(t *testing.T, err error, code string) {
+	t.Helper()
+	if err == nil || domain.ErrorCode(err) != code {
+		t.Fatalf("want %s, got %v", code, err)
+	}
+}
+
+func TestKeyringFollowsStageAndPromote(t *testing.T) {
+	_, js, _ := MustJetStream(t)
+	ctx := context.Background()
+	a, b := mustKeyring(t, js), mustKeyring(t, js)
+	if a.Loaded().Revision != b.Loaded().Revision || a.Codec().Mint("f", 1, [32]byte{}).KeyID != b.Codec().Mint("f", 1, [32]byte{}).KeyID {
+		t.Fatal("two instances loaded different keysets")
+	}
+	var mu sync.Mutex
+	var seen []uint64
+	b.OnChange(func(l *LoadedKeys) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, l.Revision)
+		return nil
+	})
+
+	staged, err := a.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Loaded().Revision != staged.Revision {
+		t.Fatalf("the instance that staged is at revision %d, want %d at once", a.Loaded().Revision, staged.Revision)
+	}
+	waitRevision(t, b, staged.Revision)
+	nextMAC := one(t, byState(staged.Keys, "mac")[KeyNext])
+	if again, err := a.Stage(ctx, 0); err != nil || again.Revision != staged.Revision {
+		t.Fatalf("staging again wrote revision %d (was %d): %v", again.Revision, staged.Revision, err)
+	}
+
+	wantCode(t, func() error { _, err := a.Promote(ctx, staged.Revision+7); return err }(), domain.EInvalidRequest)
+	promoted, err := a.Promote(ctx, staged.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRevision(t, b, promoted.Revision)
+	child := a.Codec().Mint("f", 2, [32]byte{2})
+	if child.KeyID != nextMAC {
+		t.Fatalf("minted under %s after promotion, want %s", child.KeyID, nextMAC)
+	}
+	if _, _, err := b.Parse(ctx, child.Value()); err != nil {
+		t.Fatalf("the other instance refuses a token of the promoted key: %v", err)
+	}
+	wantCode(t, func() error { _, err := a.Promote(ctx, 0); return err }(), domain.EInvalidRequest)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 || seen[1] != staged.Revision || seen[2] != promoted.Revision {
+		t.Fatalf("listener saw revisions %v, want the first, %d, %d", seen, staged.Revision, promoted.Revision)
+	}
+	// A key dropped from the keyset must not live on in the bucket.
+	kv, _ := js.KeyValue(ctx, KeysBucket)
+	if h, err := kv.History(ctx, keysetKey); err != nil || len(h) != 1 {
+		t.Fatalf("the bucket keeps %d revisions of the keyset: %v", len(h), err)
+	}
+}
+
+func TestKeyringPromotesOnce(t *testing.T) {
+	_, js, _ := MustJetStream(t)
+	ctx := context.Background()
+	a, b := mustKeyring(t, js), mustKeyring(t, js)
+	staged, err := a.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, k := range []*Keyring{a, b} {
+		go func() { _, err := k.Promote(ctx, staged.Revision); errs <- err }()
+	}
+	first, second := <-errs, <-errs
+	if (first == nil) == (second == nil) {
+		t.Fatalf("two promotions of revision %d: %v, %v; want exactly one to succeed", staged.Revision, first, second)
+	}
+	if err := errors.Join(first, second); domain.ErrorCode(err) != domain.EInvalidRequest {
+		t.Fatalf("the losing promotion: %v", err)
+	}
+}
+
+// TestKeyringReloadsForUnknownKeys: an instance that missed a change reloads
+// the keyset when a token names a key it does not hold, at most once per
+// second.
+func TestKeyringReloadsForUnknownKeys(t *testing.T) {
+	_, js, _ := MustJetStream(t)
+	ctx := context.Background()
+	a := mustKeyring(t, js)
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	stale := staleKeyring(t, js, &now)
+
+	rotate := func() domain.Token {
+		t.Helper()
+		staged, err := a.Stage(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Promote(ctx, staged.Revision); err != nil {
+			t.Fatal(err)
+		}
+		return a.Codec().Mint("f", 1, [32]byte{})
+	}
+	first := rotate()
+	if _, codec, err := stale.Parse(ctx, first.Value()); err != nil || codec.Mint("f", 1, [32]byte{}).KeyID != first.KeyID {
+		t.Fatalf("after a reload: %v", err)
+	}
+	second := rotate()
+	now = now.Add(reloadEvery - time.Millisecond)
+	if _, _, err := stale.Parse(ctx, second.Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("a second reload within %v: %v", reloadEvery, err)
+	}
+	now = now.Add(time.Millisecond)
+	if _, _, err := stale.Parse(ctx, second.Value()); err != nil {
+		t.Fatalf("%v after the last reload: %v", reloadEvery, err)
+	}
+	// A forged token under a made-up key id is refused like any other.
+	now = now.Add(reloadEvery)
+	forged, _ := domain.NewTokenCodec(domain.MACKey{ID: "made-up", Secret: make([]byte, 32)})
+	if _, _, err := stale.Parse(ctx, forged.Mint("f", 1, [32]byte{}).Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("forged token: %v", err)
+	}
+}
+
+// TestServiceRetryAcrossAMissedRotation: instance A rotates a family under a
+// key instance B has not loaded yet; the parent's retry on B must get the
+// same child (B reloads the keys to derive it), not invalid_grant.
+func TestServiceRetryAcrossAMissedRotation(t *testing.T) {
+	nc, js, stream := MustJetStream(t)
+	ctx := context.Background()
+	fx := newFixture(t)
+	a := mustKeyring(t, js)
+	now := time.Now()
+	stale := staleKeyring(t, js, &now)
+	service := func(k *Keyring) *Service {
+		s := NewService(NewWriter(NewStore(nc, js, stream, testSubjects), 64), k.Codec(), fx.decider.Policy, time.Now)
+		s.UseKeyring(k)
+		return s
+	}
+	onA, onB := service(a), service(stale)
+
+	issued, err := onA.Issue(ctx, IssueRequest{Subject: "u", ClientID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged, err := a.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Promote(ctx, staged.Revision); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := onA.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotated.Token.KeyID == issued.Token.KeyID {
+		t.Fatal("the child was minted under the old key")
+	}
+	retry, err := onB.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "c"})
+	if err != nil || retry.Token.Value() != rotated.Token.Value() {
+		t.Fatalf("retry on the instance that missed the rotation: %v (same child: %v)", err, retry.Token.Value() == rotated.Token.Value())
+	}
+	if _, err := onB.Refresh(ctx, RefreshRequest{Token: rotated.Token.Value(), ClientID: "c"}); err != nil {
+		t.Fatalf("the child on that instance: %v", err)
+	}
+}
+
+// TestKeyringUpgradesTheOldFormatInPlace: a bucket written by the previous
+// version is loaded as is and rewritten in the new format at the first change.
+func TestKeyringUpgradesTheOldFormatInPlace(t *testing.T) {
+	_, js, _ := MustJetStream(t)
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: KeysBucket, History: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, keysetKey, []byte(oldFormat)); err != nil {
+		t.Fatal(err)
+	}
+	k := mustKeyring(t, js)
+	if tok := k.Codec().Mint("f", 1, [32]byte{}); tok.KeyID != "mac-a" {
+		t.Fatalf("mints under %s", tok.KeyID)
+	}
+	staged, err := k.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := kv.Get(ctx, keysetKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := decodeKeyset(entry.Value())
+	if err != nil || entry.Revision() != staged.Revision {
+		t.Fatalf("stored revision %d, staged %d: %v", entry.Revision(), staged.Revision, err)
+	}
+	got := byState(stored, "mac")
+	if one(t, got[KeyCurrent]) != "mac-a" || one(t, got[KeyRetired]) != "mac-b" || len(got[KeyNext]) != 1 ||
+		stored.MAC[len(stored.MAC)-1].ExpiresAt.IsZero() {
+		t.Fatalf("upgraded keyset: %s", stored.summary())
+	}
+}
+
+// TestUnreadableKeysAreUnavailable: when a token names a key this instance
+// does not hold and the keyset cannot be read, the answer is "retry", not
+// invalid_grant (which a client takes as final) nor "nothing revoked".
+func TestUnreadableKeysAreUnavailable(t *testing.T) {
+	ns := eventstest.MustJetStream(t)
+	nc := eventstest.MustConnect(t, ns.ClientURL())
+	js, _ := jetstream.New(nc)
+	now := time.Now()
+	stale := staleKeyring(t, js, &now)
+	unseen, _ := domain.NewTokenCodec(domain.MACKey{ID: "unseen", Secret: make([]byte, 32)})
+	token := unseen.Mint("f", 1, [32]byte{}).Value()
+	ns.Shutdown()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _, err := stale.Parse(ctx, token)
+	wantCode(t, err, domain.EUnavailable)
+	s := NewService(NewWriter(nil, 1), stale.Codec(), domain.Policy{}, time.Now)
+	s.UseKeyring(stale)
+	// Within reloadEvery the failed read is reported again, not retried.
+	_, _, err = s.RevokeToken(ctx, token, "", domain.Context{})
+	wantCode(t, err, domain.EUnavailable)
+}

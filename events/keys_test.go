@@ -1,0 +1,215 @@
+package events
+
+import (
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+)
+
+var testLife = Lifetimes{Refresh: 720 * time.Hour, Access: 5 * time.Minute, Skew: time.Minute}
+
+// byState returns the ids of a kind's keys in stored order, by state.
+func byState(ks Keyset, kind string) map[KeyState][]string {
+	out := map[KeyState][]string{}
+	for _, i := range ks.Infos()[kind] {
+		out[i.State] = append(out[i.State], i.ID)
+	}
+	return out
+}
+
+func one(t *testing.T, ids []string) string {
+	t.Helper()
+	if len(ids) != 1 {
+		t.Fatalf("want one key, got %v", ids)
+	}
+	return ids[0]
+}
+
+func mustCodec(t *testing.T, ks Keyset) *domain.TokenCodec {
+	t.Helper()
+	c, err := ks.Codec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestKeysetStageAndPromote(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	ks := NewKeyset(t0)
+	oldMAC, oldSigning := one(t, byState(ks, "mac")[KeyCurrent]), one(t, byState(ks, "signing")[KeyCurrent])
+
+	staged := ks.Stage(t0.Add(time.Hour), testLife)
+	if err := staged.validate(); err != nil {
+		t.Fatal(err)
+	}
+	nextMAC, nextSigning := one(t, byState(staged, "mac")[KeyNext]), one(t, byState(staged, "signing")[KeyNext])
+	if one(t, byState(staged, "mac")[KeyCurrent]) != oldMAC || one(t, byState(staged, "signing")[KeyCurrent]) != oldSigning {
+		t.Fatal("staging changed the current keys")
+	}
+	if len(byState(ks, "mac")[KeyNext]) != 0 {
+		t.Fatal("staging changed the keyset it was called on")
+	}
+	// Staged: nothing is minted or signed with the next keys, but what
+	// they make verifies, so instances that promote first are understood.
+	codec := mustCodec(t, staged)
+	if tok := codec.Mint("fam", 1, [domain.SecretSize]byte{1}); tok.KeyID != oldMAC {
+		t.Fatalf("minted under %s, want the current key %s", tok.KeyID, oldMAC)
+	}
+	next := staged.MAC[slices.IndexFunc(staged.MAC, func(k MACKey) bool { return k.ID == nextMAC })]
+	nextOnly, _ := domain.NewTokenCodec(domain.MACKey{ID: next.ID, Secret: next.Secret})
+	if _, err := codec.Parse(nextOnly.Mint("fam", 1, [domain.SecretSize]byte{1}).Value()); err != nil {
+		t.Fatalf("a token of the staged key: %v", err)
+	}
+	if s, _ := staged.CurrentSigning(); s.ID != oldSigning {
+		t.Fatalf("signs with %s, want %s", s.ID, oldSigning)
+	}
+	if again := staged.Stage(t0.Add(2*time.Hour), testLife); one(t, byState(again, "mac")[KeyNext]) != nextMAC ||
+		one(t, byState(again, "signing")[KeyNext]) != nextSigning {
+		t.Fatal("staging twice replaced the staged keys")
+	}
+
+	promotedAt := t0.Add(3 * time.Hour)
+	promoted, err := staged.Promote(promotedAt, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := promoted.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if promoted.MAC[0].ID != nextMAC || promoted.MAC[0].State != KeyCurrent ||
+		promoted.Signing[0].ID != nextSigning || promoted.Signing[0].State != KeyCurrent {
+		t.Fatalf("after promotion the first keys are %s and %s, want the promoted %s and %s",
+			promoted.MAC[0].ID, promoted.Signing[0].ID, nextMAC, nextSigning)
+	}
+	retiredMAC, retiredSigning := promoted.MAC[1], promoted.Signing[1]
+	if retiredMAC.ID != oldMAC || retiredMAC.State != KeyRetired || !retiredMAC.RetiredAt.Equal(promotedAt) ||
+		!retiredMAC.ExpiresAt.Equal(promotedAt.Add(720*time.Hour+time.Minute)) {
+		t.Fatalf("retired MAC key %+v", retiredMAC.KeyInfo)
+	}
+	if retiredSigning.ID != oldSigning || retiredSigning.State != KeyRetired ||
+		!retiredSigning.ExpiresAt.Equal(promotedAt.Add(5*time.Minute+time.Minute)) {
+		t.Fatalf("retired signing key %+v", retiredSigning.KeyInfo)
+	}
+	// Tokens minted before still verify; new ones carry the new key id.
+	before := codec.Mint("fam", 1, [domain.SecretSize]byte{1})
+	after := mustCodec(t, promoted)
+	if _, err := after.Parse(before.Value()); err != nil {
+		t.Fatalf("a token of the retired key: %v", err)
+	}
+	if tok := after.Mint("fam", 2, [domain.SecretSize]byte{2}); tok.KeyID != nextMAC {
+		t.Fatalf("minted under %s after promotion, want %s", tok.KeyID, nextMAC)
+	}
+	if _, err := promoted.Promote(promotedAt, testLife); !errors.Is(err, ErrNothingStaged) {
+		t.Fatalf("promoting with nothing staged: %v", err)
+	}
+}
+
+func TestKeysetDropsExpiredRetiredKeys(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	promoted, err := NewKeyset(t0).Stage(t0, testLife).Promote(t0, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	macExpiry, signingExpiry := promoted.MAC[1].ExpiresAt, promoted.Signing[1].ExpiresAt
+	retiredMAC := promoted.MAC[1].ID
+
+	// Just before the signing key's expiry both retired keys stay.
+	ks := promoted.Stage(signingExpiry.Add(-time.Nanosecond), testLife)
+	if len(byState(ks, "mac")[KeyRetired]) != 1 || len(byState(ks, "signing")[KeyRetired]) != 1 {
+		t.Fatalf("retired keys dropped early: %v", ks.summary())
+	}
+	// At it, the signing key goes; the MAC key, whose tokens live longer, stays.
+	ks = promoted.Stage(signingExpiry, testLife)
+	if len(byState(ks, "signing")[KeyRetired]) != 0 || one(t, byState(ks, "mac")[KeyRetired]) != retiredMAC {
+		t.Fatalf("at the signing key's expiry: %v", ks.summary())
+	}
+	// Promotion is a change too.
+	ks, err = ks.Promote(macExpiry, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range byState(ks, "mac")[KeyRetired] {
+		if id == retiredMAC {
+			t.Fatalf("expired MAC key kept: %v", ks.summary())
+		}
+	}
+	if _, err := mustCodec(t, ks).Parse(mustCodec(t, promoted).Mint("fam", 1, [domain.SecretSize]byte{}).Value()); err != nil {
+		t.Fatalf("a token of the key retired just now: %v", err)
+	}
+}
+
+// oldFormat is a keyset as tokend wrote it before keys had states: the first
+// key of each list is current, the others retired (without expiry).
+const oldFormat = `{"mac_keys":[` +
+	`{"kid":"mac-a","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","created_at":"2026-01-01T00:00:00Z"},` +
+	`{"kid":"mac-b","secret":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","created_at":"2025-01-01T00:00:00Z"}],` +
+	`"signing_keys":[{"kid":"sig-a","seed":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=","created_at":"2026-01-01T00:00:00Z"}]}`
+
+func TestKeysetReadsTheOldFormat(t *testing.T) {
+	ks, err := decodeKeyset([]byte(oldFormat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := byState(ks, "mac"); one(t, got[KeyCurrent]) != "mac-a" || one(t, got[KeyRetired]) != "mac-b" {
+		t.Fatalf("mac keys %v", got)
+	}
+	if s, err := ks.CurrentSigning(); err != nil || s.ID != "sig-a" {
+		t.Fatalf("signing key %v: %v", s.ID, err)
+	}
+	codec := mustCodec(t, ks)
+	if tok := codec.Mint("fam", 1, [domain.SecretSize]byte{}); tok.KeyID != "mac-a" {
+		t.Fatalf("mints under %s", tok.KeyID)
+	}
+	old := domain.MACKey{ID: "mac-b", Secret: ks.MAC[1].Secret}
+	oldCodec, _ := domain.NewTokenCodec(old)
+	if _, err := codec.Parse(oldCodec.Mint("fam", 1, [domain.SecretSize]byte{}).Value()); err != nil {
+		t.Fatalf("a token of the retired key: %v", err)
+	}
+
+	// The first change gives the old retired key the expiry it would have
+	// had if it had retired then: never earlier than its real one.
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	staged := ks.Stage(now, testLife)
+	if b := staged.MAC[len(staged.MAC)-1]; b.ID != "mac-b" || !b.RetiredAt.Equal(now) || !b.ExpiresAt.Equal(now.Add(testLife.mac())) {
+		t.Fatalf("old retired key after the first change: %+v", b.KeyInfo)
+	}
+
+	// And an instance still running the old version reads the new format
+	// right: its first key is the current one.
+	raw, _ := json.Marshal(staged)
+	var legacy struct {
+		MAC     []struct{ Kid string } `json:"mac_keys"`
+		Signing []struct{ Kid string } `json:"signing_keys"`
+	}
+	if err := json.Unmarshal(raw, &legacy); err != nil || legacy.MAC[0].Kid != "mac-a" || legacy.Signing[0].Kid != "sig-a" {
+		t.Fatalf("the old version would take %+v as current: %v", legacy, err)
+	}
+}
+
+func TestKeysetRefusesBrokenKeysets(t *testing.T) {
+	good := NewKeyset(time.Now())
+	raw, _ := json.Marshal(good)
+	for name, data := range map[string]string{
+		"mixed formats":   strings.Replace(oldFormat, `"kid":"mac-b",`, `"kid":"mac-b","state":"retired",`, 1),
+		"two current":     strings.Replace(oldFormat, `"kid":"mac-b",`, `"kid":"mac-b","state":"current",`, 1),
+		"no current":      strings.ReplaceAll(string(raw), `"state":"current"`, `"state":"retired"`),
+		"unknown state":   strings.Replace(string(raw), `"state":"current"`, `"state":"pending"`, 1),
+		"short seed":      `{"mac_keys":[{"kid":"m","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}],"signing_keys":[{"kid":"s","seed":"AAAA"}]}`,
+		"no signing keys": `{"mac_keys":[{"kid":"m","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}]}`,
+		"repeated id":     strings.Replace(oldFormat, `"kid":"mac-b"`, `"kid":"mac-a"`, 1),
+		"not json":        `[`,
+	} {
+		if _, err := decodeKeyset([]byte(data)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := decodeKeyset(raw); err != nil {
+		t.Fatalf("a good keyset: %v", err)
+	}
+}
