@@ -100,7 +100,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 	reader := projections.NewReader(a.db, a.projector, time.Now)
-	registerStateMetrics(reg, a.projector, reader, a.nc)
+	registerStateMetrics(reg, a.projector, reader, a.nc, a.js)
 	tokens := events.NewService(writer, keys.Codec(), policy, time.Now)
 	tokens.UseKeyring(keys)
 	tokens.RefreshLimit = events.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)

@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
 )
 
@@ -42,12 +44,17 @@ func withPprof(next http.Handler) http.Handler {
 
 // registerStateMetrics exposes what is read at scrape time: the read model's
 // position against the stream, the active families, the NATS connection.
-func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r *projections.Reader, nc *nats.Conn) {
+func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r *projections.Reader, nc *nats.Conn, js jetstream.JetStream) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	active := cachedCount{ttl: 10 * time.Second, count: r.ActiveFamilies}
+	usage := &streamUsage{ttl: 10 * time.Second, js: js}
 	reg.MustRegister(
+		gauge("tokend_stream_bytes", "Bytes the TOKENS stream holds (refreshed every 10s at most).",
+			func() float64 { return usage.get().bytes }),
+		gauge("tokend_stream_limit_bytes", "Bytes the TOKENS stream may hold: its own limit, else the account's storage limit; 0 when neither is set. Writes fail past it.",
+			func() float64 { return usage.get().limit }),
 		gauge("tokend_projection_applied_sequence", "Last stream sequence applied to the read model.",
 			func() float64 { return float64(p.Applied()) }),
 		gauge("tokend_stream_last_sequence", "Stream sequence of the newest event in TOKENS, as last seen.",
@@ -68,6 +75,40 @@ func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokend_nats_reconnects_total", Help: "Times the NATS connection was re-established."},
 			func() float64 { return float64(nc.Stats().Reconnects) }),
 	)
+}
+
+// streamUsage reads the stream's size and limit at most every ttl: a
+// scrape must not turn into a burst of JetStream API calls.
+type streamUsage struct {
+	ttl time.Duration
+	js  jetstream.JetStream
+
+	mu    sync.Mutex
+	at    time.Time
+	value struct{ bytes, limit float64 }
+}
+
+func (u *streamUsage) get() struct{ bytes, limit float64 } {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if time.Since(u.at) < u.ttl {
+		return u.value
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	stream, err := u.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return u.value
+	}
+	info := stream.CachedInfo()
+	u.value.bytes, u.value.limit = float64(info.State.Bytes), float64(max(info.Config.MaxBytes, 0))
+	if info.Config.MaxBytes <= 0 {
+		if acc, err := u.js.AccountInfo(ctx); err == nil {
+			u.value.limit = float64(max(acc.Limits.MaxStore, 0))
+		}
+	}
+	u.at = time.Now()
+	return u.value
 }
 
 // cachedCount keeps a count query off the scrape path's critical cost: a

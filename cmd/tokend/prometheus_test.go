@@ -51,7 +51,8 @@ func TestAlertRules(t *testing.T) {
 // alert rules are loaded, healthy, and that the replay alert fires.
 func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
 	natsURL, apps := mustInstances(t, 2, func(cfg *Config) {
-		cfg.ReuseInterval = 0 // every parent presented again is a replay
+		cfg.ReuseInterval = 0         // every parent presented again is a replay
+		cfg.StreamMaxBytes = 64 << 20 // the store-filling panel needs a limit to measure against
 	})
 	var targets []string
 	for _, app := range apps {
