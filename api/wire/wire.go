@@ -93,10 +93,13 @@ type AuditRequest struct {
 	MinSeq   uint64   `json:"min_seq"`
 }
 
-// Audit page sizes.
+// Audit page sizes. A page ends at Limit events or once its events reach
+// about MaxAuditPageBytes, whichever comes first, so a reply stays well
+// under NATS's 1 MiB max payload.
 const (
 	DefaultAuditLimit = 100
 	MaxAuditLimit     = 1000
+	MaxAuditPageBytes = 256 << 10
 )
 
 // Introspection is an RFC 7662 answer for a refresh token.

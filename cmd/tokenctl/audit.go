@@ -104,7 +104,8 @@ the whole listing.`,
 			if err := table.print(page.Events); err != nil {
 				return err
 			}
-			if len(page.Events) == *limit {
+			// tokend also ends a page early when its events reach a size bound.
+			if len(page.Events) == *limit || len(raw) > wire.MaxAuditPageBytes/2 {
 				fmt.Fprintf(e.stderr, "tokenctl: more events may follow: add --after-seq %d for the next page, or --all\n", page.NextAfterSeq)
 			}
 			return nil
@@ -199,8 +200,9 @@ func listAudit(ctx context.Context, e *env, c *client.Client, req wire.AuditRequ
 		switch {
 		case !follow && n == 0:
 			return nil
-		case follow && n < *req.Limit:
-			// A short page holds every match up to as_of_seq: wait for more.
+		case follow && n == 0:
+			// Every match up to as_of_seq is out: wait for more. (A short
+			// page is not the end: tokend cuts pages by size too.)
 			req.MinSeq = page.AsOfSeq + 1
 		default:
 			req.MinSeq = 0

@@ -11,12 +11,12 @@ import (
 
 var issueCommand = &command{
 	summary:  "start a new token family",
-	synopsis: `--subject S --client C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y] [--save FILE]`,
+	synopsis: `--subject S --client-id C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y] [--save FILE]`,
 	help: `Prints the family id, the first refresh token and an access token.
 --audience may repeat; the first one is the default audience of refreshes.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		subject := fs.String("subject", "", "the user the family belongs to (`S`, required)")
-		clientID := fs.String("client", "", "the OAuth client id (`C`, required)")
+		clientID := fs.String("client-id", "", "the OAuth client id (`C`, required)")
 		scope := fs.String("scope", "", "space-separated granted `scope` (may be empty)")
 		var audience stringList
 		fs.Var(&audience, "audience", "resource `URL` the family may mint access tokens for (repeatable)")
@@ -27,7 +27,7 @@ var issueCommand = &command{
 				return usagef("--subject is required")
 			}
 			if *clientID == "" {
-				return usagef("--client is required")
+				return usagef("--client-id is required")
 			}
 			req := wire.IssueRequest{Subject: *subject, ClientID: *clientID, Scope: *scope,
 				Audience: audience, Context: reqContext()}

@@ -2,10 +2,12 @@
 //
 //	tokenctl [--nats-url URL] [--prefix P] [--timeout D] [--json] <command> [flags]
 //
-// Commands: issue, refresh and revoke change token families; introspect,
-// family and audit query the read model (audit can page through everything
-// or follow new events live); keys prints the JWKS; rebuild writes a fresh
-// SQLite read model from the event stream.
+// (the global flags may also follow the command). Commands: issue, refresh
+// and revoke change token families; introspect, family and audit query the
+// read model (audit can page through everything or follow new events
+// live); keys prints the JWKS, lists the keys or rotates them; rebuild
+// writes a fresh SQLite read model from the event stream; audit-token makes
+// a bearer token for the audit listener; bench measures tokend.
 //
 // Each command lives in its own file and is listed in the commands map below.
 package main
@@ -74,7 +76,9 @@ var commands = map[string]*command{
 	"family":     familyCommand,
 	"audit":      auditCommand,
 	"rebuild":    rebuildCommand,
-	"bench":      benchCommand,
+
+	"audit-token": auditTokenCommand,
+	"bench":       benchCommand,
 }
 
 // getenv is os.Getenv, replaceable in tests.
@@ -162,10 +166,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		mainUsage(stderr, global)
 		return 2
 	}
-	if e.timeout <= 0 {
-		fmt.Fprintln(stderr, "tokenctl: --timeout must be positive")
-		return 2
-	}
 	rest := global.Args()
 	if len(rest) == 0 {
 		mainUsage(stderr, global)
@@ -184,13 +184,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs := commandFlags(name)
 	exec := cmd.setup(fs)
 	fs.BoolVar(&e.json, "json", e.json, jsonUsage(cmd))
+	acceptGlobals(fs, global)
 	positional, err := parseInterleaved(fs, rest)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			commandUsage(stdout, name, cmd, fs)
+			commandUsage(stdout, name, cmd, fs, global)
 			return 0
 		}
 		return usageFailure(stderr, name, err)
+	}
+	if e.timeout <= 0 {
+		fmt.Fprintln(stderr, "tokenctl: --timeout must be positive")
+		return 2
 	}
 	if len(positional) > cmd.args {
 		return usageFailure(stderr, name, fmt.Errorf("unexpected argument %q", positional[cmd.args]))
@@ -234,6 +239,17 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		positional, args = append(positional, rest[0]), rest[1:]
 	}
+}
+
+// acceptGlobals lets the global flags follow the command too
+// ("tokenctl audit --nats-url URL"): they are declared on the command's
+// flag set as well, sharing their variables.
+func acceptGlobals(fs, global *flag.FlagSet) {
+	global.VisitAll(func(f *flag.Flag) {
+		if fs.Lookup(f.Name) == nil {
+			fs.Var(f.Value, f.Name, f.Usage)
+		}
+	})
 }
 
 func jsonUsage(cmd *command) string {
@@ -302,7 +318,7 @@ func help(args []string, stdout, stderr io.Writer, global *flag.FlagSet) int {
 	fs := commandFlags(args[0])
 	cmd.setup(fs)
 	fs.Bool("json", false, jsonUsage(cmd))
-	commandUsage(stdout, args[0], cmd, fs)
+	commandUsage(stdout, args[0], cmd, fs, global)
 	return 0
 }
 
@@ -312,6 +328,8 @@ func mainUsage(w io.Writer, global *flag.FlagSet) {
 Usage:
   tokenctl [global flags] <command> [flags]
 
+Global flags may also come after the command.
+
 Commands:
 `)
 	names := make([]string, 0, len(commands))
@@ -320,9 +338,9 @@ Commands:
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", name, commands[name].summary)
+		fmt.Fprintf(w, "  %-11s %s\n", name, commands[name].summary)
 	}
-	fmt.Fprintf(w, "  %-10s %s\n", "help", "show the usage of a command: tokenctl help <command>")
+	fmt.Fprintf(w, "  %-11s %s\n", "help", "show the usage of a command: tokenctl help <command>")
 	fmt.Fprint(w, "\nGlobal flags:\n")
 	printFlags(w, global)
 	fmt.Fprint(w, `
@@ -333,19 +351,25 @@ Run 'tokenctl <command> -h' for a command's flags.
 `)
 }
 
-func commandUsage(w io.Writer, name string, cmd *command, fs *flag.FlagSet) {
+// commandUsage prints a command's usage; its own flags, not the global
+// ones it also accepts.
+func commandUsage(w io.Writer, name string, cmd *command, fs, global *flag.FlagSet) {
 	fmt.Fprintf(w, "Usage: %s\n\n%s.\n", strings.TrimSpace("tokenctl [global flags] "+name+" "+cmd.synopsis), upperFirst(cmd.summary))
 	if cmd.help != "" {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
 	}
 	fmt.Fprint(w, "\nFlags:\n")
-	printFlags(w, fs)
-	fmt.Fprint(w, "\nRun 'tokenctl help' for the global flags (--nats-url, --prefix, --timeout, --json).\n")
+	printFlags(w, fs, func(f *flag.Flag) bool { return f.Name == "json" || global.Lookup(f.Name) == nil })
+	fmt.Fprint(w, "\nGlobal flags (--nats-url, --prefix, --timeout, --json, credentials) go before or after the command: tokenctl help.\n")
 }
 
-// printFlags is flag.PrintDefaults with GNU-style double dashes.
-func printFlags(w io.Writer, fs *flag.FlagSet) {
+// printFlags is flag.PrintDefaults with GNU-style double dashes, for the
+// flags show accepts (all when nil).
+func printFlags(w io.Writer, fs *flag.FlagSet, show ...func(*flag.Flag) bool) {
 	fs.VisitAll(func(f *flag.Flag) {
+		if len(show) > 0 && !show[0](f) {
+			return
+		}
 		arg, usage := flag.UnquoteUsage(f)
 		line := "  --" + f.Name
 		if arg != "" {

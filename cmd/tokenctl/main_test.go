@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/events/eventstest"
 )
 
@@ -127,11 +129,11 @@ func TestUsageErrors(t *testing.T) {
 		{"--nats-url", deadURL, "frobnicate"},
 		{"--nats-url", deadURL, "issue"},
 		{"--nats-url", deadURL, "issue", "--subject", "u"},
-		{"--nats-url", deadURL, "issue", "--client", "c"},
-		{"--nats-url", deadURL, "issue", "--subject", "u", "--client", "c", "extra"},
+		{"--nats-url", deadURL, "issue", "--client-id", "c"},
+		{"--nats-url", deadURL, "issue", "--subject", "u", "--client-id", "c", "extra"},
 		{"--nats-url", deadURL, "issue", "--subject"},
 		{"--nats-url", deadURL, "issue", "--nope"},
-		{"--nats-url", deadURL, "refresh", "--client", "c"},
+		{"--nats-url", deadURL, "refresh", "--client-id", "c"},
 		{"--nats-url", deadURL, "refresh", "--token", "t"},
 		{"--nats-url", deadURL, "revoke"},
 		{"--nats-url", deadURL, "revoke", "--family", "f", "--subject", "s"},
@@ -169,7 +171,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestStdinTokenErrors(t *testing.T) {
 	for _, stdin := range []string{"", "  \n", "a b\n"} {
-		r := runCtl(t, stdin, "--nats-url", deadURL, "refresh", "--client", "c", "--token", "-")
+		r := runCtl(t, stdin, "--nats-url", deadURL, "refresh", "--client-id", "c", "--token", "-")
 		if r.code != 2 || !strings.Contains(r.stderr, "stdin") {
 			t.Errorf("stdin %q: exit %d, stderr %q", stdin, r.code, r.stderr)
 		}
@@ -218,7 +220,7 @@ func TestHelp(t *testing.T) {
 
 func TestIssueHuman(t *testing.T) {
 	f := startFake(t, map[string]string{"tokens.cmd.issue": tokenReply}, nil)
-	r := runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "user-42", "--client", "web-app",
+	r := runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "user-42", "--client-id", "web-app",
 		"--scope", "openid api:read", "--audience", "https://a.example", "--audience", "https://b.example",
 		"--ip", "203.0.113.7", "--user-agent", "curl/8")
 	if r.code != 0 {
@@ -249,8 +251,8 @@ func TestIssueHuman(t *testing.T) {
 func TestJSONPassThrough(t *testing.T) {
 	f := startFake(t, map[string]string{"tokens.cmd.issue": tokenReply}, nil)
 	for _, args := range [][]string{
-		{"--nats-url", f.url, "--json", "issue", "--subject", "u", "--client", "c"},
-		{"--nats-url", f.url, "issue", "--subject", "u", "--client", "c", "--json"},
+		{"--nats-url", f.url, "--json", "issue", "--subject", "u", "--client-id", "c"},
+		{"--nats-url", f.url, "issue", "--subject", "u", "--client-id", "c", "--json"},
 	} {
 		r := runCtl(t, "", args...)
 		if r.code != 0 || r.stdout != tokenReply+"\n" {
@@ -261,7 +263,7 @@ func TestJSONPassThrough(t *testing.T) {
 
 func TestRefreshFromStdin(t *testing.T) {
 	f := startFake(t, map[string]string{"tokens.cmd.refresh": tokenReply}, nil)
-	r := runCtl(t, testRefresh+"\n", "--nats-url", f.url, "refresh", "--token", "-", "--client", "web-app")
+	r := runCtl(t, testRefresh+"\n", "--nats-url", f.url, "refresh", "--token", "-", "--client-id", "web-app")
 	if r.code != 0 || !strings.Contains(r.stdout, "fam-7f3a") {
 		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
@@ -273,7 +275,7 @@ func TestRefreshFromStdin(t *testing.T) {
 		t.Errorf("scope = %#v, want it absent without --scope", req["scope"])
 	}
 
-	r = runCtl(t, "", "--nats-url", f.url, "refresh", "--token", "x", "--client", "c", "--scope", "", "--audience", "https://a")
+	r = runCtl(t, "", "--nats-url", f.url, "refresh", "--token", "x", "--client-id", "c", "--scope", "", "--audience", "https://a")
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -286,7 +288,7 @@ func TestRefreshFromStdin(t *testing.T) {
 func TestSaveKeepsTheNewToken(t *testing.T) {
 	f := startFake(t, map[string]string{"tokens.cmd.issue": tokenReply, "tokens.cmd.refresh": tokenReply}, nil)
 	path := filepath.Join(t.TempDir(), "rt.txt")
-	r := runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "u", "--client", "c", "--save", path)
+	r := runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "u", "--client-id", "c", "--save", path)
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -305,7 +307,7 @@ func TestSaveKeepsTheNewToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = runCtl(t, string(in), "--nats-url", f.url, "--json", "refresh", "--token", "-", "--client", "c", "--save", path)
+	r = runCtl(t, string(in), "--nats-url", f.url, "--json", "refresh", "--token", "-", "--client-id", "c", "--save", path)
 	if r.code != 0 || f.request("tokens.cmd.refresh")["refresh_token"] != "rt1.previous" {
 		t.Fatalf("exit %d, stderr %q, request %v", r.code, r.stderr, f.request("tokens.cmd.refresh"))
 	}
@@ -317,7 +319,7 @@ func TestSaveKeepsTheNewToken(t *testing.T) {
 		t.Fatalf("temporary files left behind: %v", entries)
 	}
 
-	r = runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "u", "--client", "c", "--save", filepath.Join(path, "not-a-dir", "x"))
+	r = runCtl(t, "", "--nats-url", f.url, "issue", "--subject", "u", "--client-id", "c", "--save", filepath.Join(path, "not-a-dir", "x"))
 	if r.code != 1 || !strings.Contains(r.stdout, testRefresh) || !strings.Contains(r.stderr, "--save") {
 		t.Fatalf("a failed save must still show the new token: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
@@ -349,11 +351,11 @@ func TestRevoke(t *testing.T) {
 func TestServiceError(t *testing.T) {
 	body := `{"error":"invalid_grant","error_description":"refresh token is not valid"}`
 	f := startFake(t, nil, map[string]string{"tokens.cmd.refresh": body})
-	r := runCtl(t, "", "--nats-url", f.url, "refresh", "--token", "x", "--client", "c")
+	r := runCtl(t, "", "--nats-url", f.url, "refresh", "--token", "x", "--client-id", "c")
 	if r.code != 1 || r.stderr != "tokenctl: invalid_grant: refresh token is not valid\n" || r.stdout != "" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	r = runCtl(t, "", "--nats-url", f.url, "--json", "refresh", "--token", "x", "--client", "c")
+	r = runCtl(t, "", "--nats-url", f.url, "--json", "refresh", "--token", "x", "--client-id", "c")
 	if r.code != 1 || r.stdout != body+"\n" || !strings.Contains(r.stderr, "invalid_grant") {
 		t.Fatalf("--json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
@@ -383,6 +385,58 @@ func TestKeys(t *testing.T) {
 	}
 	if r := runCtl(t, "", "--nats-url", f.url, "--json", "keys"); r.stdout != jwks+"\n" {
 		t.Fatalf("--json: stdout %q", r.stdout)
+	}
+}
+
+// TestGlobalFlagsAfterTheCommand: --nats-url, --json and the others work
+// after the command as before it.
+func TestGlobalFlagsAfterTheCommand(t *testing.T) {
+	f := startFake(t, map[string]string{"tokens.cmd.revoke": `{"revoked_families":1,"seq":9}`}, nil)
+	for _, args := range [][]string{
+		{"--nats-url", f.url, "--json", "revoke", "--family", "fam-1"},
+		{"revoke", "--family", "fam-1", "--nats-url", f.url, "--json"},
+		{"revoke", "--nats-url", f.url, "--family", "fam-1", "--timeout", "5s", "--json"},
+	} {
+		r := runCtl(t, "", args...)
+		if r.code != 0 || strings.TrimSpace(r.stdout) != `{"revoked_families":1,"seq":9}` {
+			t.Fatalf("%v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := runCtl(t, "", "revoke", "--family", "f", "--timeout", "0s"); r.code != 2 {
+		t.Fatalf("--timeout 0 after the command: exit %d", r.code)
+	}
+	// A command's usage lists its own flags, not the globals it accepts.
+	r := runCtl(t, "", "revoke", "-h")
+	if r.code != 0 || strings.Contains(r.stdout, "--nats-url URL") || !strings.Contains(r.stdout, "--subject") {
+		t.Fatalf("revoke -h: %s", r.stdout)
+	}
+}
+
+// TestAuditToken: the token printed is admitted by the line printed, read
+// the way tokend reads its --audit-tokens file.
+func TestAuditToken(t *testing.T) {
+	r := runCtl(t, "", "--json", "audit-token", "--name", "soc-team")
+	var out struct {
+		Token          string `json:"token"`
+		TokensFileLine string `json:"tokens_file_line"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || r.code != 0 {
+		t.Fatalf("exit %d, stdout %q: %v", r.code, r.stdout, err)
+	}
+	tokens, err := api.ReadAuditTokens(strings.NewReader(out.TokensFileLine + "\n"))
+	if err != nil || len(tokens) != 1 || tokens[sha256.Sum256([]byte(out.Token))] != "soc-team" {
+		t.Fatalf("the line %q does not admit the token: %v", out.TokensFileLine, err)
+	}
+	if strings.Contains(out.TokensFileLine, out.Token) || len(out.Token) < 40 {
+		t.Fatalf("token %q, line %q", out.Token, out.TokensFileLine)
+	}
+	if again := runCtl(t, "", "--json", "audit-token", "--name", "soc-team"); again.stdout == r.stdout {
+		t.Fatal("two runs made the same token")
+	}
+	for _, bad := range []string{"", "two words"} {
+		if r := runCtl(t, "", "audit-token", "--name", bad); r.code != 2 {
+			t.Fatalf("--name %q: exit %d", bad, r.code)
+		}
 	}
 }
 

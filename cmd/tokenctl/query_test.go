@@ -60,6 +60,9 @@ type fakeAudit struct {
 	events []string
 	asOf   uint64
 	last   time.Time // when the last request arrived
+	// pageCap, when set, ends pages early, as tokend does once a page's
+	// events reach its size bound.
+	pageCap int
 }
 
 func (a *fakeAudit) add(asOf uint64, events ...string) {
@@ -91,6 +94,9 @@ func (a *fakeAudit) handle(r micro.Request) {
 	limit := wire.DefaultAuditLimit
 	if req.Limit != nil {
 		limit = *req.Limit
+	}
+	if a.pageCap > 0 {
+		limit = min(limit, a.pageCap)
 	}
 	var page []string
 	var next uint64
@@ -460,6 +466,31 @@ func TestAuditFollow(t *testing.T) {
 	lines := strings.Split(stdout.String(), "\n")
 	if strings.Index(lines[0], "IP") != strings.Index(lines[3], "192.0.2.66") {
 		t.Errorf("a later page is not aligned with the header:\n%s", stdout.String())
+	}
+}
+
+// TestAuditFollowPastShortPages: a page that tokend cut short by size is
+// not the end; follow prints what comes after it without waiting for a
+// new event.
+func TestAuditFollowPastShortPages(t *testing.T) {
+	audit := &fakeAudit{pageCap: 1}
+	audit.add(3,
+		eventJSON(1, "token.issued", "fam-7f3a", 1, "", "203.0.113.7", "2026-01-02T10:00:00Z"),
+		eventJSON(2, "token.rotated", "fam-7f3a", 2, "", "203.0.113.7", "2026-01-02T10:05:00Z"),
+		eventJSON(3, "token.rotated", "fam-7f3a", 3, "", "203.0.113.7", "2026-01-02T10:06:00Z"),
+	)
+	f := serveFake(t, map[string]micro.HandlerFunc{"tokens.query.audit": audit.handle})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--nats-url", f.url, "audit", "--follow", "--limit", "100"}, strings.NewReader(""), &stdout, &stderr)
+	}()
+	waitFor(t, "all three events", func() bool { return len(fields(stdout.String())) == 4 })
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 }
 

@@ -11,17 +11,17 @@ import (
 
 var refreshCommand = &command{
 	summary:  "exchange a refresh token for the next one (rotation)",
-	synopsis: `--token T|- --client C [--scope S] [--audience A] [--ip X] [--user-agent Y] [--save FILE]`,
+	synopsis: `--token T|- --client-id C [--scope S] [--audience A] [--ip X] [--user-agent Y] [--save FILE]`,
 	help: `Use --token - to read the token from stdin, which keeps it out of shell
 history and the process list:
-  tokenctl refresh --client web-app --token - < token.txt
-  pass show tokens/web | tokenctl refresh --client web-app --token -
+  tokenctl refresh --client-id web-app --token - < token.txt
+  pass show tokens/web | tokenctl refresh --client-id web-app --token -
 
 Presenting the just-rotated token again inside the reuse interval (default
 10s) returns the same child; later, it is a replay and revokes the family.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		token := fs.String("token", "", "the refresh token (`T`, required); - reads it from stdin")
-		clientID := fs.String("client", "", "the OAuth client id the family was issued to (`C`, required)")
+		clientID := fs.String("client-id", "", "the OAuth client id the family was issued to (`C`, required)")
 		scope := fs.String("scope", "", "down-scope the access token to `S`, a subset of the grant")
 		audience := fs.String("audience", "", "audience `A` of the access token, one of the family's (default the first)")
 		reqContext := contextFlags(fs)
@@ -31,7 +31,7 @@ Presenting the just-rotated token again inside the reuse interval (default
 				return usagef("--token is required")
 			}
 			if *clientID == "" {
-				return usagef("--client is required")
+				return usagef("--client-id is required")
 			}
 			tok, err := tokenArg(e, "token", *token)
 			if err != nil {

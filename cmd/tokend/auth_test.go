@@ -348,7 +348,7 @@ func TestTokenctlWithRoleCredentials(t *testing.T) {
 		out, err := exec.Command(bin, append(base, args...)...).CombinedOutput()
 		return string(out), err
 	}
-	out, err := tokenctl("issuer", "--json", "issue", "--subject", "user-ctl", "--client", "web-app")
+	out, err := tokenctl("issuer", "--json", "issue", "--subject", "user-ctl", "--client-id", "web-app")
 	if err != nil {
 		t.Fatalf("issue as issuer: %v\n%s", err, out)
 	}
