@@ -50,8 +50,13 @@ type Projector struct {
 
 	mu       sync.Mutex
 	advanced chan struct{} // closed and replaced whenever applied moves
-	// hurry cuts a batch's linger short: somebody waits for a sequence
-	// (read-your-writes, revoke by subject), so freshness beats batch size.
+	// waiting counts the callers waiting for a sequence (read-your-writes,
+	// revoke by subject): while there are any, freshness beats batch size
+	// and no batch lingers. A count rather than a one-shot signal, so a
+	// batch that ends without the awaited sequence does not let the next
+	// one linger, and a caller that gave up cuts nothing short.
+	waiting atomic.Int64
+	// hurry wakes a lingering fill to look at waiting.
 	hurry chan struct{}
 }
 
@@ -88,16 +93,21 @@ func (p *Projector) Skipped() uint64 { return p.skipped.Load() }
 
 // WaitFor blocks until sequence seq is applied or ctx ends.
 func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
+	if p.applied.Load() >= seq {
+		return nil
+	}
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
+	select {
+	case p.hurry <- struct{}{}:
+	default: // a wake-up is pending, and fill reads waiting after taking it
+	}
 	for {
 		p.mu.Lock()
 		ch := p.advanced
 		p.mu.Unlock()
 		if p.applied.Load() >= seq {
 			return nil
-		}
-		select {
-		case p.hurry <- struct{}{}:
-		default: // already asked
 		}
 		select {
 		case <-ch:
@@ -211,7 +221,7 @@ func (p *Projector) run(ctx context.Context) error {
 // waiting for a sequence. Idle, an event is applied at once.
 func (p *Projector) fill(batch []jetstream.Msg, incoming <-chan jetstream.Msg, busy bool) []jetstream.Msg {
 	var linger <-chan time.Time
-	if busy {
+	if busy && p.waiting.Load() == 0 {
 		timer := time.NewTimer(p.Linger)
 		defer timer.Stop()
 		linger = timer.C
@@ -233,7 +243,10 @@ func (p *Projector) fill(batch []jetstream.Msg, incoming <-chan jetstream.Msg, b
 			case <-linger:
 				return batch
 			case <-p.hurry:
-				return batch
+				if p.waiting.Load() > 0 {
+					return batch
+				}
+				continue // the waiter that woke us has left
 			}
 		}
 		if !ok {
