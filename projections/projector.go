@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -302,9 +303,7 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	defer tx.Rollback()
 	q := p.db.W.WithTx(tx)
 	var last uint64
-	// Every event carries its family's whole state, so a family needs its
-	// row written once per batch, from its newest event.
-	newest := make(map[string]stateAt, len(batch))
+	evs := make([]stateAt, 0, len(batch))
 	for _, m := range batch {
 		md, err := m.Metadata()
 		if err != nil {
@@ -322,10 +321,16 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 			p.log.Warn("skipping malformed message on the event stream", "seq", last, "subject", m.Subject(), "err", errors.Unwrap(err))
 			continue
 		}
-		if err := applyEvent(ctx, q, last, env); err != nil {
-			return err
-		}
-		newest[env.FamilyID] = stateAt{env: env, seq: last}
+		evs = append(evs, stateAt{env: env, seq: last})
+	}
+	if err := applyEvents(ctx, q, evs); err != nil {
+		return err
+	}
+	// Every event carries its family's whole state, so a family needs its
+	// row written once per batch, from its newest event.
+	newest := make(map[string]stateAt, len(evs))
+	for _, e := range evs {
+		newest[e.env.FamilyID] = e
 	}
 	for _, s := range newest {
 		if err := upsertFamily(ctx, q, s.seq, s.env); err != nil {
@@ -355,9 +360,42 @@ type stateAt struct {
 	seq uint64
 }
 
+// applyEvents writes a batch's events, in seq order, with the time bounds
+// that map a time window to a seq range (migration 0003): the latest time
+// up to each event and the earliest from it on.
+func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	minFrom := make([]int64, len(evs))
+	for i := len(evs) - 1; i >= 0; i-- {
+		minFrom[i] = evs[i].env.Time.UnixNano()
+		if i+1 < len(evs) {
+			minFrom[i] = min(minFrom[i], minFrom[i+1])
+		}
+	}
+	first := int64(evs[0].seq)
+	if err := q.LowerMinTimeFrom(ctx, queries.LowerMinTimeFromParams{Time: minFrom[0], Seq: first}); err != nil {
+		return err
+	}
+	maxUpto, err := q.MaxTimeBefore(ctx, first)
+	if errors.Is(err, sql.ErrNoRows) {
+		maxUpto = math.MinInt64
+	} else if err != nil {
+		return err
+	}
+	for i, e := range evs {
+		maxUpto = max(maxUpto, e.env.Time.UnixNano())
+		if err := applyEvent(ctx, q, e.seq, e.env, maxUpto, minFrom[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // applyEvent writes one event's audit row and, for a new token, its token
 // row. Each write is idempotent, so a re-delivered event changes nothing.
-func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope) error {
+func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope, maxTimeUpto, minTimeFrom int64) error {
 	ctxJSON := []byte("{}")
 	if len(env.Context) > 0 {
 		ctxJSON, _ = json.Marshal(env.Context)
@@ -366,6 +404,7 @@ func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.
 	if err := q.InsertAuditEvent(ctx, queries.InsertAuditEventParams{
 		Seq: int64(seq), ID: env.ID, Type: env.Type, Time: at, FamilyID: env.FamilyID, Subject: env.Subject,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
+		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom,
 	}); err != nil {
 		return err
 	}

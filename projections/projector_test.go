@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +21,7 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/queries"
 )
 
 var subjects = events.Subjects{Prefix: "tokens"}
@@ -369,69 +370,57 @@ func TestMigrationsAreIdempotent(t *testing.T) {
 	}
 }
 
-// TestAuditFiltersEveryPath pages through the audit trail with each filter
-// combination (each takes its own query and index) and compares the result
-// with the same filter applied to every row.
-func TestAuditFiltersEveryPath(t *testing.T) {
-	h := MustHarness(t)
-	last := h.workload(t, 5, 10)
-	db := h.openDB(t, "projections.db")
-	p := h.project(t, db, 100, last)
-	r := NewReader(db, p, h.clock)
-	ctx := context.Background()
-	all, err := r.Audit(ctx, AuditFilter{Limit: 1 << 20})
+// TestMigrationBoundsExistingEvents: migration 0003 computes the time
+// bounds of the audit rows a read model already holds.
+func TestMigrationBoundsExistingEvents(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "projections.db")
+	old, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all.Events) < 50 {
-		t.Fatalf("only %d events", len(all.Events))
+	defer old.Close()
+	for _, name := range []string{"migrations/0001_init.sql", "migrations/0002_derive_rotated_at.sql"} {
+		body, err := fs.ReadFile(queries.Migrations, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := old.Exec(string(body)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	mid := all.Events[len(all.Events)/2].Time
-	late := all.Events[len(all.Events)*3/4].Time
-	rare := []string{"token.replay_detected", "family.revoked", "refresh.rejected"}
-	for name, f := range map[string]AuditFilter{
-		"all":                {},
-		"rare types":         {Types: rare},
-		"common type":        {Types: []string{"token.rotated"}},
-		"mixed types":        {Types: []string{"token.rotated", "family.revoked"}},
-		"since":              {Since: mid},
-		"until":              {Until: mid},
-		"window":             {Since: mid, Until: late},
-		"window, rare types": {Since: mid, Until: late, Types: rare},
-		"window, common":     {Since: mid, Until: late, Types: []string{"token.issued", "token.rotated"}},
-		"subject":            {Subject: "user-1", Types: rare},
-		"client":             {ClientID: "client-2", Since: mid},
-		"family":             {FamilyID: all.Events[0].FamilyID, Types: []string{"token.rotated"}, Until: late},
-	} {
-		var want []uint64
-		for _, e := range all.Events {
-			if (f.FamilyID == "" || e.FamilyID == f.FamilyID) && (f.Subject == "" || e.Subject == f.Subject) &&
-				(f.ClientID == "" || e.ClientID == f.ClientID) && (len(f.Types) == 0 || slices.Contains(f.Types, e.Type)) &&
-				(f.Since.IsZero() || !e.Time.Before(f.Since)) && (f.Until.IsZero() || e.Time.Before(f.Until)) {
-				want = append(want, e.Seq)
-			}
+	times := []int64{10, 30, 20, 40, 15, 50}
+	for i, at := range times {
+		if _, err := old.Exec(`INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context)
+			VALUES (?, ?, 'token.issued', ?, 'f', 's', 'c', 1, '', '{}')`, i+1, fmt.Sprint(i), at); err != nil {
+			t.Fatal(err)
 		}
-		if len(want) == 0 || len(want) == len(all.Events) && name != "all" {
-			t.Errorf("%s: %d of %d events match: the case tests nothing", name, len(want), len(all.Events))
+	}
+	if _, err := old.Exec("PRAGMA user_version = 2"); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.reader.Query("SELECT max_time_upto, min_time_from FROM audit_events ORDER BY seq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got [][2]int64
+	for rows.Next() {
+		var b [2]int64
+		if err := rows.Scan(&b[0], &b[1]); err != nil {
+			t.Fatal(err)
 		}
-		var got []uint64
-		f.Limit = 7
-		for {
-			page, err := r.Audit(ctx, f)
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if len(page.Events) == 0 {
-				break
-			}
-			for _, e := range page.Events {
-				got = append(got, e.Seq)
-			}
-			f.AfterSeq = page.NextAfterSeq
-		}
-		if !slices.Equal(got, want) {
-			t.Errorf("%s: got %d events %v, want %d %v", name, len(got), got, len(want), want)
-		}
+		got = append(got, b)
+	}
+	want := [][2]int64{{10, 10}, {30, 15}, {30, 15}, {40, 15}, {40, 15}, {50, 50}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("bounds (latest up to, earliest from) %v, want %v", got, want)
 	}
 }
 
