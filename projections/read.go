@@ -9,7 +9,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/queries"
 )
@@ -31,11 +30,23 @@ func NewReader(db *DB, p *Projector, now func() time.Time) *Reader {
 // token comes near it.
 const maxTokenBytes = 1024
 
+// Introspection is what the read model knows of a presented refresh token:
+// whether it is its family's current token in a family neither revoked nor
+// expired and, if so, the family's grant and the token's times.
+type Introspection struct {
+	Active                      bool
+	FamilyID, Subject, ClientID string
+	Scope                       string
+	Audience                    []string
+	ExpiresAt, IssuedAt         time.Time
+	AsOfSeq                     uint64
+}
+
 // Introspect reports whether token is its family's current token in a
 // family that is neither revoked nor expired.
-func (r *Reader) Introspect(ctx context.Context, token string) (wire.Introspection, error) {
+func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, error) {
 	asOf := r.p.Applied()
-	inactive := wire.Introspection{AsOfSeq: asOf}
+	inactive := Introspection{AsOfSeq: asOf}
 	if len(token) > maxTokenBytes {
 		return inactive, nil
 	}
@@ -44,42 +55,63 @@ func (r *Reader) Introspect(ctx context.Context, token string) (wire.Introspecti
 		return inactive, nil
 	}
 	if err != nil {
-		return wire.Introspection{}, err
+		return Introspection{}, err
 	}
 	f := familyOf(row.Family)
 	if f.StatusAt(r.now()) != domain.StatusActive {
 		return inactive, nil
 	}
-	scope := domain.ScopeString(f.Scope)
-	return wire.Introspection{Active: true, FamilyID: f.ID, Sub: f.Subject, ClientID: f.ClientID, Scope: &scope,
-		Aud: f.Audience, Exp: f.ExpiresAt().Unix(), Iat: time.Unix(0, row.TokenIssuedAt).Unix(),
-		TokenType: "refresh_token", AsOfSeq: asOf}, nil
+	return Introspection{Active: true, FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID,
+		Scope: domain.ScopeString(f.Scope), Audience: f.Audience, ExpiresAt: f.ExpiresAt(),
+		IssuedAt: unixNano(row.TokenIssuedAt), AsOfSeq: asOf}, nil
+}
+
+// FamilyView is a family as of the read model's position, with its chain
+// of tokens, oldest first.
+type FamilyView struct {
+	FamilyID, Subject, ClientID, Scope string
+	Audience                           []string
+	Status                             domain.Status // as of now: active, revoked or expired
+	Generation                         uint64
+	CreatedAt, LastUsedAt, ExpiresAt   time.Time
+	RevokedAt                          *time.Time // nil unless revoked
+	RevokedReason                      string
+	Tokens                             []TokenView
+	AsOfSeq                            uint64
+}
+
+// TokenView is one generation of a family; the token itself is never kept.
+type TokenView struct {
+	Generation uint64
+	Status     string // active, rotated or revoked
+	IssuedAt   time.Time
+	RotatedAt  *time.Time // nil unless rotated
 }
 
 // Family returns a family's view, or an ENotFound error.
-func (r *Reader) Family(ctx context.Context, familyID string) (wire.FamilyView, error) {
+func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error) {
 	asOf := r.p.Applied()
 	row, err := r.db.R.GetFamily(ctx, familyID)
 	if errors.Is(err, sql.ErrNoRows) {
-		return wire.FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
+		return FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
 	}
 	if err != nil {
-		return wire.FamilyView{}, err
+		return FamilyView{}, err
 	}
 	toks, err := r.db.R.FamilyTokens(ctx, familyID)
 	if err != nil {
-		return wire.FamilyView{}, err
+		return FamilyView{}, err
 	}
 	f := familyOf(row)
-	v := wire.FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
-		Audience: f.Audience, Status: string(f.StatusAt(r.now())), Generation: f.Generation, CreatedAt: f.CreatedAt,
+	v := FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
+		Audience: f.Audience, Status: f.StatusAt(r.now()), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt(), RevokedReason: f.RevokedReason, AsOfSeq: asOf,
-		Tokens: make([]wire.TokenView, len(toks))}
+		Tokens: make([]TokenView, len(toks))}
 	if f.Status == domain.StatusRevoked {
 		v.RevokedAt = &f.RevokedAt
 	}
 	for i, t := range toks {
-		tv := wire.TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
+		tv := TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
 		switch {
 		case t.RotatedAt != 0:
 			at := unixNano(t.RotatedAt)
@@ -101,18 +133,36 @@ type AuditFilter struct {
 	Limit                       int
 }
 
+// AuditEvent is a stored event as the audit trail shows it.
+type AuditEvent struct {
+	Seq                         uint64
+	ID, Type                    string
+	Time                        time.Time
+	FamilyID, Subject, ClientID string
+	Generation                  uint64
+	Reason                      string
+	Context                     json.RawMessage // a JSON object, {} when none
+}
+
+// AuditPage is one page of events in ascending seq. NextAfterSeq is the
+// last event's seq (0 if none), where the next page starts.
+type AuditPage struct {
+	Events                []AuditEvent
+	NextAfterSeq, AsOfSeq uint64
+}
+
 // Audit returns the events matching f after f.AfterSeq, at most f.Limit.
 // Each filter combination reads one index in seq order (see query.sql), so
 // a page reads about as many rows as it returns and never sorts.
-func (r *Reader) Audit(ctx context.Context, f AuditFilter) (wire.AuditPage, error) {
+func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
 	asOf := r.p.Applied()
 	rows, err := r.auditRows(ctx, f)
 	if err != nil {
-		return wire.AuditPage{}, err
+		return AuditPage{}, err
 	}
-	page := wire.AuditPage{Events: make([]wire.AuditEvent, len(rows)), AsOfSeq: asOf}
+	page := AuditPage{Events: make([]AuditEvent, len(rows)), AsOfSeq: asOf}
 	for i, e := range rows {
-		page.Events[i] = wire.AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
+		page.Events[i] = AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
 			FamilyID: e.FamilyID, Subject: e.Subject, ClientID: e.ClientID, Generation: uint64(e.Generation),
 			Reason: e.Reason, Context: json.RawMessage(e.Context)}
 		page.NextAfterSeq = uint64(e.Seq)
