@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/projections"
@@ -38,7 +39,14 @@ func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyV
 	return v, nil
 }
 
+// maxAuditPageBytes bounds the events of an audit reply: NATS drops a
+// reply over its max payload (1 MiB by default and in the contract), and
+// 1000 events with large contexts come to several MiB. A quarter of it
+// leaves room for the page's other fields and the headers.
+const maxAuditPageBytes = 256 << 10
+
 func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter) (wire.AuditPage, error) {
+	filter.MaxBytes, filter.Size = maxAuditPageBytes, auditEventBytes
 	p, err := s.Reader.Audit(ctx, filter)
 	if err != nil {
 		return wire.AuditPage{}, err
@@ -53,4 +61,10 @@ func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter)
 func auditEvent(e projections.AuditEvent) wire.AuditEvent {
 	return wire.AuditEvent{Seq: e.Seq, ID: e.ID, Type: e.Type, Time: e.Time, FamilyID: e.FamilyID,
 		Subject: e.Subject, ClientID: e.ClientID, Generation: e.Generation, Reason: e.Reason, Context: e.Context}
+}
+
+// auditEventBytes is an event's length in a reply: its JSON and a comma.
+func auditEventBytes(e projections.AuditEvent) int {
+	b, _ := json.Marshal(auditEvent(e))
+	return len(b) + 1
 }

@@ -131,6 +131,12 @@ type AuditFilter struct {
 	Since, Until                time.Time
 	AfterSeq                    uint64
 	Limit                       int
+	// MaxBytes, if set, bounds a page by the sum of Size (then required)
+	// over its events as well, so that a reply fits a message: the page
+	// ends before the event that would exceed it, but holds at least one
+	// event if any matches.
+	MaxBytes int
+	Size     func(AuditEvent) int
 }
 
 // AuditEvent is a stored event as the audit trail shows it.
@@ -151,82 +157,122 @@ type AuditPage struct {
 	NextAfterSeq, AsOfSeq uint64
 }
 
-// Audit returns the events matching f after f.AfterSeq, at most f.Limit.
-// Each filter combination reads one index in seq order (see query.sql), so
-// a page reads about as many rows as it returns and never sorts.
+// auditChunk is the most rows a page bounded by bytes reads at a time, so
+// a page of large events stops reading soon after its budget is spent.
+const auditChunk = 100
+
+// Audit returns the events matching f after f.AfterSeq, at most f.Limit
+// and f.MaxBytes. Each filter combination reads one index in seq order
+// (see query.sql), so a page reads about as many rows as it returns and
+// never sorts.
 func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
-	asOf := r.p.Applied()
-	rows, err := r.auditRows(ctx, f)
+	page := AuditPage{Events: []AuditEvent{}, AsOfSeq: r.p.Applied()}
+	q, ok, err := r.auditQuery(ctx, f)
 	if err != nil {
 		return AuditPage{}, err
 	}
-	page := AuditPage{Events: make([]AuditEvent, len(rows)), AsOfSeq: asOf}
-	for i, e := range rows {
-		page.Events[i] = AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
-			FamilyID: e.FamilyID, Subject: e.Subject, ClientID: e.ClientID, Generation: uint64(e.Generation),
-			Reason: e.Reason, Context: json.RawMessage(e.Context)}
-		page.NextAfterSeq = uint64(e.Seq)
+	if !ok {
+		return page, nil
+	}
+	used := 0
+	for len(page.Events) < f.Limit {
+		n := f.Limit - len(page.Events)
+		if f.MaxBytes > 0 {
+			n = min(n, auditChunk)
+		}
+		rows, err := r.auditRows(ctx, q, int64(n))
+		if err != nil {
+			return AuditPage{}, err
+		}
+		for _, row := range rows {
+			e := AuditEvent{Seq: uint64(row.Seq), ID: row.ID, Type: row.Type, Time: unixNano(row.Time),
+				FamilyID: row.FamilyID, Subject: row.Subject, ClientID: row.ClientID, Generation: uint64(row.Generation),
+				Reason: row.Reason, Context: json.RawMessage(row.Context)}
+			if f.MaxBytes > 0 {
+				size := f.Size(e)
+				if len(page.Events) > 0 && used+size > f.MaxBytes {
+					return page, nil
+				}
+				used += size
+			}
+			page.Events = append(page.Events, e)
+			page.NextAfterSeq, q.after = e.Seq, row.Seq
+		}
+		if len(rows) < n {
+			break
+		}
 	}
 	return page, nil
 }
 
-func (r *Reader) auditRows(ctx context.Context, f AuditFilter) ([]queries.AuditEvent, error) {
-	since, until := int64(math.MinInt64), int64(math.MaxInt64)
-	after, upto := int64(f.AfterSeq), int64(math.MaxInt64)
+// auditQuery is an audit filter ready to read: its time window mapped to
+// the seq range (after, upto], its types deduplicated.
+type auditQuery struct {
+	f            AuditFilter
+	after, upto  int64
+	since, until int64
+	types        []string
+	typesJSON    string
+}
+
+// auditQuery maps f to a query; ok is false when nothing can match.
+func (r *Reader) auditQuery(ctx context.Context, f AuditFilter) (q auditQuery, ok bool, err error) {
+	q = auditQuery{f: f, after: int64(f.AfterSeq), upto: math.MaxInt64, since: math.MinInt64, until: math.MaxInt64}
 	if !f.Since.IsZero() {
-		since = f.Since.UnixNano()
-		first, err := r.db.R.FirstSeqSince(ctx, since)
+		q.since = f.Since.UnixNano()
+		first, err := r.db.R.FirstSeqSince(ctx, q.since)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil
+			return q, false, nil
 		}
 		if err != nil {
-			return nil, err
+			return q, false, err
 		}
-		after = max(after, first-1)
+		q.after = max(q.after, first-1)
 	}
 	if !f.Until.IsZero() {
-		until = f.Until.UnixNano()
-		last, err := r.db.R.LastSeqBefore(ctx, until)
+		q.until = f.Until.UnixNano()
+		last, err := r.db.R.LastSeqBefore(ctx, q.until)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil
+			return q, false, nil
 		}
 		if err != nil {
-			return nil, err
+			return q, false, err
 		}
-		upto = last
+		q.upto = last
 	}
-	if after >= upto {
-		return nil, nil
+	q.types = slices.Clone(f.Types)
+	slices.Sort(q.types)
+	q.types = slices.Compact(q.types)
+	if len(q.types) > 0 {
+		b, _ := json.Marshal(q.types)
+		q.typesJSON = string(b)
 	}
-	types := slices.Clone(f.Types)
-	slices.Sort(types)
-	types = slices.Compact(types)
-	typesJSON := ""
-	if len(types) > 0 {
-		b, _ := json.Marshal(types)
-		typesJSON = string(b)
-	}
-	limit := int64(f.Limit)
+	return q, q.after < q.upto, nil
+}
+
+// auditRows reads the next rows of q after q.after, at most limit.
+func (r *Reader) auditRows(ctx context.Context, q auditQuery, limit int64) ([]queries.AuditEvent, error) {
+	f, after, upto, since, until, types := q.f, q.after, q.upto, q.since, q.until, q.typesJSON
 	switch {
 	case f.FamilyID != "":
 		return r.db.R.AuditByFamily(ctx, queries.AuditByFamilyParams{FamilyID: f.FamilyID, AfterSeq: after, UptoSeq: upto,
-			Subject: f.Subject, ClientID: f.ClientID, Types: typesJSON, Since: since, Until: until, Lim: limit})
+			Subject: f.Subject, ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
 	case f.Subject != "":
 		return r.db.R.AuditBySubject(ctx, queries.AuditBySubjectParams{Subject: f.Subject, AfterSeq: after, UptoSeq: upto,
-			ClientID: f.ClientID, Types: typesJSON, Since: since, Until: until, Lim: limit})
+			ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
 	case f.ClientID != "":
 		return r.db.R.AuditByClient(ctx, queries.AuditByClientParams{ClientID: f.ClientID, AfterSeq: after, UptoSeq: upto,
-			Types: typesJSON, Since: since, Until: until, Lim: limit})
-	case len(types) == 1:
-		return r.db.R.AuditByType(ctx, queries.AuditByTypeParams{Type: types[0], AfterSeq: after, UptoSeq: upto,
+			Types: types, Since: since, Until: until, Lim: limit})
+	case len(q.types) == 1:
+		return r.db.R.AuditByType(ctx, queries.AuditByTypeParams{Type: q.types[0], AfterSeq: after, UptoSeq: upto,
 			Since: since, Until: until, Lim: limit})
-	case len(types) > 1 && !slices.ContainsFunc(types, func(t string) bool { return !rareTypes[t] }):
-		return r.db.R.AuditByRareTypes(ctx, queries.AuditByRareTypesParams{Types: typesJSON, AfterSeq: after, UptoSeq: upto,
+	case len(q.types) > 1 && !slices.ContainsFunc(q.types, func(t string) bool { return !rareTypes[t] }):
+		return r.db.R.AuditByRareTypes(ctx, queries.AuditByRareTypesParams{Types: types, AfterSeq: after, UptoSeq: upto,
 			Since: since, Until: until, Lim: limit})
 	default:
 		// Common types make up much of the stream, so the table in seq
 		// order finds a page of them about as fast as an index would.
-		return r.db.R.AuditBySeq(ctx, queries.AuditBySeqParams{AfterSeq: after, UptoSeq: upto, Types: typesJSON,
+		return r.db.R.AuditBySeq(ctx, queries.AuditBySeqParams{AfterSeq: after, UptoSeq: upto, Types: types,
 			Since: since, Until: until, Lim: limit})
 	}
 }

@@ -285,3 +285,79 @@ func (r *recordingDB) QueryRowContext(ctx context.Context, query string, args ..
 	r.calls = append(r.calls, recordedCall{query, args})
 	return r.DB.QueryRowContext(ctx, query, args...)
 }
+
+// TestAuditPagesBoundedByBytes: with events carrying large contexts, a page
+// ends before the event that would take it over its byte budget, holds one
+// event even if that alone is over, reads about as many rows as it
+// returns, and next_after_seq pages through every event.
+func TestAuditPagesBoundedByBytes(t *testing.T) {
+	h := MustHarness(t)
+	ctx := context.Background()
+	big := domain.Context{}
+	for i := range domain.MaxContextKeys {
+		big[fmt.Sprintf("key-%02d", i)] = strings.Repeat("x", domain.MaxContextValue)
+	}
+	var want []uint64
+	for i := range 30 {
+		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i%2), ClientID: "c", Context: big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, g.Seq)
+	}
+	db := h.openDB(t, "projections.db")
+	r := NewReader(db, h.project(t, db, 100, want[len(want)-1]), h.clock)
+	rec := &recordingDB{DB: db.reader}
+	r.db = &DB{writer: db.writer, reader: db.reader, W: db.W, R: queries.New(rec)}
+	size := func(e AuditEvent) int { return len(e.Context) + 200 }
+
+	for _, budget := range []int{64 << 10, 1} {
+		f := AuditFilter{Subject: "user-1", Limit: 1000, MaxBytes: budget, Size: size}
+		var pages [][]AuditEvent
+		for {
+			rec.calls = nil
+			page, err := r.Audit(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page.Events) == 0 {
+				break
+			}
+			read := 0
+			for _, c := range rec.calls {
+				read += int(c.args[len(c.args)-1].(int64)) // every page query's last argument is its limit
+			}
+			if read > len(page.Events)+auditChunk {
+				t.Errorf("budget %d: read up to %d rows for a page of %d", budget, read, len(page.Events))
+			}
+			pages = append(pages, page.Events)
+			f.AfterSeq = page.NextAfterSeq
+		}
+		var got []uint64
+		for i, p := range pages {
+			total := 0
+			for _, e := range p {
+				total += size(e)
+				got = append(got, e.Seq)
+			}
+			if total > budget && len(p) > 1 {
+				t.Errorf("budget %d: page %d of %d events holds %d bytes", budget, i, len(p), total)
+			}
+			if i+1 < len(pages) && total+size(pages[i+1][0]) <= budget {
+				t.Errorf("budget %d: page %d ends at %d bytes though the next event fits", budget, i, total)
+			}
+		}
+		var wantHere []uint64
+		for i, seq := range want {
+			if i%2 == 1 {
+				wantHere = append(wantHere, seq)
+			}
+		}
+		if !slices.Equal(got, wantHere) {
+			t.Errorf("budget %d: paged %v, want %v", budget, got, wantHere)
+		}
+		if len(pages) < 2 {
+			t.Errorf("budget %d: %d page(s): the budget cut nothing", budget, len(pages))
+		}
+	}
+}
