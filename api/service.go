@@ -361,7 +361,7 @@ func (s *Service) introspect(ctx context.Context, data []byte) (any, error) {
 	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
 		return nil, err
 	}
-	return s.Reader.Introspect(ctx, in.RefreshToken)
+	return s.readIntrospection(ctx, in.RefreshToken)
 }
 
 func (s *Service) family(ctx context.Context, data []byte) (any, error) {
@@ -380,7 +380,7 @@ func (s *Service) Family(ctx context.Context, in wire.FamilyRequest) (wire.Famil
 	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
 		return wire.FamilyView{}, err
 	}
-	return s.Reader.Family(ctx, in.FamilyID)
+	return s.readFamily(ctx, in.FamilyID)
 }
 
 func (s *Service) audit(ctx context.Context, data []byte) (any, error) {
@@ -400,7 +400,7 @@ func (s *Service) Audit(ctx context.Context, in wire.AuditRequest) (wire.AuditPa
 	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
 		return wire.AuditPage{}, err
 	}
-	return s.Reader.Audit(ctx, filter)
+	return s.readAudit(ctx, filter)
 }
 
 func (s *Service) keys(_ context.Context, _ []byte) (any, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,8 +51,13 @@ type Projector struct {
 
 	mu       sync.Mutex
 	advanced chan struct{} // closed and replaced whenever applied moves
-	// hurry cuts a batch's linger short: somebody waits for a sequence
-	// (read-your-writes, revoke by subject), so freshness beats batch size.
+	// waiting counts the callers waiting for a sequence (read-your-writes,
+	// revoke by subject): while there are any, freshness beats batch size
+	// and no batch lingers. A count rather than a one-shot signal, so a
+	// batch that ends without the awaited sequence does not let the next
+	// one linger, and a caller that gave up cuts nothing short.
+	waiting atomic.Int64
+	// hurry wakes a lingering fill to look at waiting.
 	hurry chan struct{}
 }
 
@@ -88,16 +94,21 @@ func (p *Projector) Skipped() uint64 { return p.skipped.Load() }
 
 // WaitFor blocks until sequence seq is applied or ctx ends.
 func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
+	if p.applied.Load() >= seq {
+		return nil
+	}
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
+	select {
+	case p.hurry <- struct{}{}:
+	default: // a wake-up is pending, and fill reads waiting after taking it
+	}
 	for {
 		p.mu.Lock()
 		ch := p.advanced
 		p.mu.Unlock()
 		if p.applied.Load() >= seq {
 			return nil
-		}
-		select {
-		case p.hurry <- struct{}{}:
-		default: // already asked
 		}
 		select {
 		case <-ch:
@@ -211,7 +222,7 @@ func (p *Projector) run(ctx context.Context) error {
 // waiting for a sequence. Idle, an event is applied at once.
 func (p *Projector) fill(batch []jetstream.Msg, incoming <-chan jetstream.Msg, busy bool) []jetstream.Msg {
 	var linger <-chan time.Time
-	if busy {
+	if busy && p.waiting.Load() == 0 {
 		timer := time.NewTimer(p.Linger)
 		defer timer.Stop()
 		linger = timer.C
@@ -233,7 +244,10 @@ func (p *Projector) fill(batch []jetstream.Msg, incoming <-chan jetstream.Msg, b
 			case <-linger:
 				return batch
 			case <-p.hurry:
-				return batch
+				if p.waiting.Load() > 0 {
+					return batch
+				}
+				continue // the waiter that woke us has left
 			}
 		}
 		if !ok {
@@ -289,9 +303,7 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	defer tx.Rollback()
 	q := p.db.W.WithTx(tx)
 	var last uint64
-	// Every event carries its family's whole state, so a family needs its
-	// row written once per batch, from its newest event.
-	newest := make(map[string]stateAt, len(batch))
+	evs := make([]stateAt, 0, len(batch))
 	for _, m := range batch {
 		md, err := m.Metadata()
 		if err != nil {
@@ -309,10 +321,16 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 			p.log.Warn("skipping malformed message on the event stream", "seq", last, "subject", m.Subject(), "err", errors.Unwrap(err))
 			continue
 		}
-		if err := applyEvent(ctx, q, last, env); err != nil {
-			return err
-		}
-		newest[env.FamilyID] = stateAt{env: env, seq: last}
+		evs = append(evs, stateAt{env: env, seq: last})
+	}
+	if err := applyEvents(ctx, q, evs); err != nil {
+		return err
+	}
+	// Every event carries its family's whole state, so a family needs its
+	// row written once per batch, from its newest event.
+	newest := make(map[string]stateAt, len(evs))
+	for _, e := range evs {
+		newest[e.env.FamilyID] = e
 	}
 	for _, s := range newest {
 		if err := upsertFamily(ctx, q, s.seq, s.env); err != nil {
@@ -342,9 +360,42 @@ type stateAt struct {
 	seq uint64
 }
 
+// applyEvents writes a batch's events, in seq order, with the time bounds
+// that map a time window to a seq range (migration 0003): the latest time
+// up to each event and the earliest from it on.
+func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	minFrom := make([]int64, len(evs))
+	for i := len(evs) - 1; i >= 0; i-- {
+		minFrom[i] = evs[i].env.Time.UnixNano()
+		if i+1 < len(evs) {
+			minFrom[i] = min(minFrom[i], minFrom[i+1])
+		}
+	}
+	first := int64(evs[0].seq)
+	if err := q.LowerMinTimeFrom(ctx, queries.LowerMinTimeFromParams{Time: minFrom[0], Seq: first}); err != nil {
+		return err
+	}
+	maxUpto, err := q.MaxTimeBefore(ctx, first)
+	if errors.Is(err, sql.ErrNoRows) {
+		maxUpto = math.MinInt64
+	} else if err != nil {
+		return err
+	}
+	for i, e := range evs {
+		maxUpto = max(maxUpto, e.env.Time.UnixNano())
+		if err := applyEvent(ctx, q, e.seq, e.env, maxUpto, minFrom[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // applyEvent writes one event's audit row and, for a new token, its token
 // row. Each write is idempotent, so a re-delivered event changes nothing.
-func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope) error {
+func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope, maxTimeUpto, minTimeFrom int64) error {
 	ctxJSON := []byte("{}")
 	if len(env.Context) > 0 {
 		ctxJSON, _ = json.Marshal(env.Context)
@@ -353,6 +404,7 @@ func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.
 	if err := q.InsertAuditEvent(ctx, queries.InsertAuditEventParams{
 		Seq: int64(seq), ID: env.ID, Type: env.Type, Time: at, FamilyID: env.FamilyID, Subject: env.Subject,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
+		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom,
 	}); err != nil {
 		return err
 	}

@@ -3,15 +3,15 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +21,7 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/queries"
 )
 
 var subjects = events.Subjects{Prefix: "tokens"}
@@ -369,121 +370,198 @@ func TestMigrationsAreIdempotent(t *testing.T) {
 	}
 }
 
-// TestAuditFiltersEveryPath pages through the audit trail with each filter
-// combination (each takes its own query and index) and compares the result
-// with the same filter applied to every row.
-func TestAuditFiltersEveryPath(t *testing.T) {
-	h := MustHarness(t)
-	last := h.workload(t, 5, 10)
-	db := h.openDB(t, "projections.db")
-	p := h.project(t, db, 100, last)
-	r := NewReader(db, p, h.clock)
-	ctx := context.Background()
-	all, err := r.Audit(ctx, AuditFilter{Limit: 1 << 20})
+// TestMigrationBoundsExistingEvents: migration 0003 computes the time
+// bounds of the audit rows a read model already holds.
+func TestMigrationBoundsExistingEvents(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "projections.db")
+	old, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all.Events) < 50 {
-		t.Fatalf("only %d events", len(all.Events))
+	defer old.Close()
+	for _, name := range []string{"migrations/0001_init.sql", "migrations/0002_derive_rotated_at.sql"} {
+		body, err := fs.ReadFile(queries.Migrations, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := old.Exec(string(body)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	mid := all.Events[len(all.Events)/2].Time
-	late := all.Events[len(all.Events)*3/4].Time
-	rare := []string{"token.replay_detected", "family.revoked", "refresh.rejected"}
-	for name, f := range map[string]AuditFilter{
-		"all":                {},
-		"rare types":         {Types: rare},
-		"common type":        {Types: []string{"token.rotated"}},
-		"mixed types":        {Types: []string{"token.rotated", "family.revoked"}},
-		"since":              {Since: mid},
-		"until":              {Until: mid},
-		"window":             {Since: mid, Until: late},
-		"window, rare types": {Since: mid, Until: late, Types: rare},
-		"window, common":     {Since: mid, Until: late, Types: []string{"token.issued", "token.rotated"}},
-		"subject":            {Subject: "user-1", Types: rare},
-		"client":             {ClientID: "client-2", Since: mid},
-		"family":             {FamilyID: all.Events[0].FamilyID, Types: []string{"token.rotated"}, Until: late},
-	} {
-		var want []uint64
-		for _, e := range all.Events {
-			if (f.FamilyID == "" || e.FamilyID == f.FamilyID) && (f.Subject == "" || e.Subject == f.Subject) &&
-				(f.ClientID == "" || e.ClientID == f.ClientID) && (len(f.Types) == 0 || slices.Contains(f.Types, e.Type)) &&
-				(f.Since.IsZero() || !e.Time.Before(f.Since)) && (f.Until.IsZero() || e.Time.Before(f.Until)) {
-				want = append(want, e.Seq)
-			}
+	times := []int64{10, 30, 20, 40, 15, 50}
+	for i, at := range times {
+		if _, err := old.Exec(`INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context)
+			VALUES (?, ?, 'token.issued', ?, 'f', 's', 'c', 1, '', '{}')`, i+1, fmt.Sprint(i), at); err != nil {
+			t.Fatal(err)
 		}
-		if len(want) == 0 || len(want) == len(all.Events) && name != "all" {
-			t.Errorf("%s: %d of %d events match: the case tests nothing", name, len(want), len(all.Events))
+	}
+	if _, err := old.Exec("PRAGMA user_version = 2"); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.reader.Query("SELECT max_time_upto, min_time_from FROM audit_events ORDER BY seq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got [][2]int64
+	for rows.Next() {
+		var b [2]int64
+		if err := rows.Scan(&b[0], &b[1]); err != nil {
+			t.Fatal(err)
 		}
-		var got []uint64
-		f.Limit = 7
-		for {
-			page, err := r.Audit(ctx, f)
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if len(page.Events) == 0 {
-				break
-			}
-			for _, e := range page.Events {
-				got = append(got, e.Seq)
-			}
-			f.AfterSeq = page.NextAfterSeq
-		}
-		if !slices.Equal(got, want) {
-			t.Errorf("%s: got %d events %v, want %d %v", name, len(got), got, len(want), want)
-		}
+		got = append(got, b)
+	}
+	want := [][2]int64{{10, 10}, {30, 15}, {30, 15}, {40, 15}, {40, 15}, {50, 50}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("bounds (latest up to, earliest from) %v, want %v", got, want)
 	}
 }
 
 // TestWaiterCutsLingerShort: under load the projector waits to fill large
 // batches, but not while a caller waits for a sequence (read-your-writes,
-// revoke by subject). With a linger of an hour, every wait below would
-// time out if a waiter did not end it.
+// revoke by subject). The projector is made busy deterministically and its
+// linger is an hour, so the wait below ends only if the waiter cuts it short.
 func TestWaiterCutsLingerShort(t *testing.T) {
 	h := MustHarness(t)
 	db := h.openDB(t, "projections.db")
-	p, err := NewProjector(context.Background(), db, h.js, subjects, quiet)
+	ctx := context.Background()
+	p, err := NewProjector(ctx, db, h.js, subjects, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.BatchSize, p.Linger = 1_000_000, time.Hour
-	ctx, cancel := context.WithCancel(context.Background())
+	p.BatchSize, p.Linger = 1000, time.Hour
+	// Each batch is held until the test has seen its size, so events
+	// published meanwhile queue up for the next one, and the test knows when
+	// a batch of more than one event made the projector busy.
+	sizes, free := make(chan int), make(chan struct{})
+	p.OnBatch = func(n int, _ time.Duration) {
+		select {
+		case sizes <- n:
+		case <-free:
+		}
+	}
+	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	go func() { done <- p.Run(runCtx) }()
+	freed := false
 	defer func() {
+		if !freed {
+			close(free)
+		}
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
 	}()
 
-	// Keep the projector busy: families rotating without pause.
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	var load sync.WaitGroup
-	for i := range 4 {
-		load.Go(func() {
-			g, err := h.svc.Issue(loadCtx, events.IssueRequest{Subject: fmt.Sprintf("load-%d", i), ClientID: "c"})
-			for err == nil && loadCtx.Err() == nil {
-				g, err = h.svc.Refresh(loadCtx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"})
+	for round := 0; ; round++ {
+		if round == 100 {
+			t.Fatal("100 bursts of events were each applied one event at a time")
+		}
+		var last uint64
+		for i := range 20 {
+			g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("burst-%d-%d", round, i), ClientID: "c"})
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
-	}
-	defer func() { stopLoad(); load.Wait() }()
-
-	g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: "reader", ClientID: "c"})
-	for i := 0; i < 20 && err == nil; i++ {
-		g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"})
-		if err != nil {
+			last = g.Seq
+		}
+		busy := false
+		for !busy && p.Applied() < last { // idle, every event is applied at once
+			busy = <-sizes > 1
+		}
+		if busy {
 			break
 		}
-		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-		err = p.WaitFor(wctx, g.Seq)
-		wcancel()
-		if err != nil {
-			t.Fatalf("waiting for seq %d (applied %d) while the projector lingers: %v", g.Seq, p.Applied(), err)
-		}
 	}
+	close(free)
+	freed = true
+
+	// Busy, the projector lingers an hour over its next batch: the rest of
+	// the burst and this event. A minute is ample to apply them once the
+	// waiter cuts the linger short.
+	g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: "reader", ClientID: "c"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	if err := p.WaitFor(wctx, g.Seq); err != nil {
+		t.Fatalf("waiting for seq %d (applied %d) while the projector lingers: %v", g.Seq, p.Applied(), err)
+	}
+}
+
+// TestFillLingersUnlessSomeoneWaits drives fill directly: a busy batch
+// lingers for more events while nobody waits, even after a caller gave up
+// waiting, and ends at once, batch after batch, while a caller still waits
+// for a sequence not yet applied.
+func TestFillLingersUnlessSomeoneWaits(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "projections.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p, err := NewProjector(ctx, db, nil, subjects, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.BatchSize, p.Linger = 5, time.Hour
+	// fill only counts the messages, so nil ones do.
+	filled := func(incoming chan jetstream.Msg) <-chan int {
+		n := make(chan int, 1)
+		go func() { n <- len(p.fill([]jetstream.Msg{nil}, incoming, true)) }()
+		return n
+	}
+	// A minute tells a cut-short linger from one of an hour.
+	within := func(n <-chan int) int {
+		t.Helper()
+		select {
+		case got := <-n:
+			return got
+		case <-time.After(time.Minute):
+			t.Fatal("fill lingered while a caller waited")
+			return 0
+		}
+	}
+
+	gaveUp, giveUp := context.WithCancel(ctx)
+	giveUp()
+	if err := p.WaitFor(gaveUp, 1); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitFor with a canceled context: %v", err)
+	}
+	incoming := make(chan jetstream.Msg)
+	n := filled(incoming)
+	for range p.BatchSize - 1 {
+		select {
+		case incoming <- nil: // taken by the lingering fill
+		case got := <-n:
+			t.Fatalf("a caller that gave up cut a batch short at %d of %d events", got, p.BatchSize)
+		}
+	}
+	if got := within(n); got != p.BatchSize {
+		t.Fatalf("a full batch of %d events came back with %d", p.BatchSize, got)
+	}
+
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	waited := make(chan error, 1)
+	go func() { waited <- p.WaitFor(waitCtx, 1) }()
+	// The first batch ends when the waiter arrives; the next ones, which do
+	// not hold its sequence either, end at once too.
+	for i := range 3 {
+		if got := within(filled(make(chan jetstream.Msg))); got != 1 {
+			t.Fatalf("batch %d with a caller waiting: %d events", i, got)
+		}
+	}
+	stopWaiting()
+	if err := <-waited; !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitFor: %v", err)
 	}
 }

@@ -5,10 +5,10 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"math"
 	"slices"
 	"time"
 
-	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/queries"
 )
@@ -30,11 +30,23 @@ func NewReader(db *DB, p *Projector, now func() time.Time) *Reader {
 // token comes near it.
 const maxTokenBytes = 1024
 
+// Introspection is what the read model knows of a presented refresh token:
+// whether it is its family's current token in a family neither revoked nor
+// expired and, if so, the family's grant and the token's times.
+type Introspection struct {
+	Active                      bool
+	FamilyID, Subject, ClientID string
+	Scope                       string
+	Audience                    []string
+	ExpiresAt, IssuedAt         time.Time
+	AsOfSeq                     uint64
+}
+
 // Introspect reports whether token is its family's current token in a
 // family that is neither revoked nor expired.
-func (r *Reader) Introspect(ctx context.Context, token string) (wire.Introspection, error) {
+func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, error) {
 	asOf := r.p.Applied()
-	inactive := wire.Introspection{AsOfSeq: asOf}
+	inactive := Introspection{AsOfSeq: asOf}
 	if len(token) > maxTokenBytes {
 		return inactive, nil
 	}
@@ -43,42 +55,63 @@ func (r *Reader) Introspect(ctx context.Context, token string) (wire.Introspecti
 		return inactive, nil
 	}
 	if err != nil {
-		return wire.Introspection{}, err
+		return Introspection{}, err
 	}
 	f := familyOf(row.Family)
 	if f.StatusAt(r.now()) != domain.StatusActive {
 		return inactive, nil
 	}
-	scope := domain.ScopeString(f.Scope)
-	return wire.Introspection{Active: true, FamilyID: f.ID, Sub: f.Subject, ClientID: f.ClientID, Scope: &scope,
-		Aud: f.Audience, Exp: f.ExpiresAt().Unix(), Iat: time.Unix(0, row.TokenIssuedAt).Unix(),
-		TokenType: "refresh_token", AsOfSeq: asOf}, nil
+	return Introspection{Active: true, FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID,
+		Scope: domain.ScopeString(f.Scope), Audience: f.Audience, ExpiresAt: f.ExpiresAt(),
+		IssuedAt: unixNano(row.TokenIssuedAt), AsOfSeq: asOf}, nil
+}
+
+// FamilyView is a family as of the read model's position, with its chain
+// of tokens, oldest first.
+type FamilyView struct {
+	FamilyID, Subject, ClientID, Scope string
+	Audience                           []string
+	Status                             domain.Status // as of now: active, revoked or expired
+	Generation                         uint64
+	CreatedAt, LastUsedAt, ExpiresAt   time.Time
+	RevokedAt                          *time.Time // nil unless revoked
+	RevokedReason                      string
+	Tokens                             []TokenView
+	AsOfSeq                            uint64
+}
+
+// TokenView is one generation of a family; the token itself is never kept.
+type TokenView struct {
+	Generation uint64
+	Status     string // active, rotated or revoked
+	IssuedAt   time.Time
+	RotatedAt  *time.Time // nil unless rotated
 }
 
 // Family returns a family's view, or an ENotFound error.
-func (r *Reader) Family(ctx context.Context, familyID string) (wire.FamilyView, error) {
+func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error) {
 	asOf := r.p.Applied()
 	row, err := r.db.R.GetFamily(ctx, familyID)
 	if errors.Is(err, sql.ErrNoRows) {
-		return wire.FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
+		return FamilyView{}, domain.Errorf(domain.ENotFound, "no family %q", familyID)
 	}
 	if err != nil {
-		return wire.FamilyView{}, err
+		return FamilyView{}, err
 	}
 	toks, err := r.db.R.FamilyTokens(ctx, familyID)
 	if err != nil {
-		return wire.FamilyView{}, err
+		return FamilyView{}, err
 	}
 	f := familyOf(row)
-	v := wire.FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
-		Audience: f.Audience, Status: string(f.StatusAt(r.now())), Generation: f.Generation, CreatedAt: f.CreatedAt,
+	v := FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
+		Audience: f.Audience, Status: f.StatusAt(r.now()), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt(), RevokedReason: f.RevokedReason, AsOfSeq: asOf,
-		Tokens: make([]wire.TokenView, len(toks))}
+		Tokens: make([]TokenView, len(toks))}
 	if f.Status == domain.StatusRevoked {
 		v.RevokedAt = &f.RevokedAt
 	}
 	for i, t := range toks {
-		tv := wire.TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
+		tv := TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
 		switch {
 		case t.RotatedAt != 0:
 			at := unixNano(t.RotatedAt)
@@ -98,64 +131,156 @@ type AuditFilter struct {
 	Since, Until                time.Time
 	AfterSeq                    uint64
 	Limit                       int
+	// MaxBytes, if set, bounds a page by the sum of Size (then required)
+	// over its events as well, so that a reply fits a message: the page
+	// ends before the event that would exceed it, but holds at least one
+	// event if any matches.
+	MaxBytes int
+	Size     func(AuditEvent) int
 }
 
-// Audit returns the events matching f after f.AfterSeq, at most f.Limit.
-func (r *Reader) Audit(ctx context.Context, f AuditFilter) (wire.AuditPage, error) {
-	asOf := r.p.Applied()
-	types := ""
-	if len(f.Types) > 0 {
-		b, _ := json.Marshal(f.Types)
-		types = string(b)
-	}
-	since, until := int64(0), int64(1<<63-1)
-	if !f.Since.IsZero() {
-		since = f.Since.UnixNano()
-	}
-	if !f.Until.IsZero() {
-		until = f.Until.UnixNano()
-	}
-	after, limit := int64(f.AfterSeq), int64(f.Limit)
-	var (
-		rows []queries.AuditEvent
-		err  error
-	)
-	switch {
-	case f.FamilyID != "":
-		rows, err = r.db.R.AuditByFamily(ctx, queries.AuditByFamilyParams{FamilyID: f.FamilyID, AfterSeq: after,
-			Subject: f.Subject, ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
-	case f.Subject != "":
-		rows, err = r.db.R.AuditBySubject(ctx, queries.AuditBySubjectParams{Subject: f.Subject, AfterSeq: after,
-			ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
-	case f.ClientID != "":
-		rows, err = r.db.R.AuditByClient(ctx, queries.AuditByClientParams{ClientID: f.ClientID, AfterSeq: after,
-			Types: types, Since: since, Until: until, Lim: limit})
-	case len(f.Types) > 0 && !slices.ContainsFunc(f.Types, commonType):
-		rows, err = r.db.R.AuditByTypes(ctx, queries.AuditByTypesParams{Types: types, AfterSeq: after, Since: since, Until: until, Lim: limit})
-	case !f.Since.IsZero() || !f.Until.IsZero():
-		rows, err = r.db.R.AuditByTime(ctx, queries.AuditByTimeParams{Since: since, Until: until, AfterSeq: after, Types: types, Lim: limit})
-	case len(f.Types) > 0:
-		rows, err = r.db.R.AuditByTypes(ctx, queries.AuditByTypesParams{Types: types, AfterSeq: after, Since: since, Until: until, Lim: limit})
-	default:
-		rows, err = r.db.R.AuditAll(ctx, queries.AuditAllParams{AfterSeq: after, Lim: limit})
-	}
+// AuditEvent is a stored event as the audit trail shows it.
+type AuditEvent struct {
+	Seq                         uint64
+	ID, Type                    string
+	Time                        time.Time
+	FamilyID, Subject, ClientID string
+	Generation                  uint64
+	Reason                      string
+	Context                     json.RawMessage // a JSON object, {} when none
+}
+
+// AuditPage is one page of events in ascending seq. NextAfterSeq is the
+// last event's seq (0 if none), where the next page starts.
+type AuditPage struct {
+	Events                []AuditEvent
+	NextAfterSeq, AsOfSeq uint64
+}
+
+// auditChunk is the most rows a page bounded by bytes reads at a time, so
+// a page of large events stops reading soon after its budget is spent.
+const auditChunk = 100
+
+// Audit returns the events matching f after f.AfterSeq, at most f.Limit
+// and f.MaxBytes. Each filter combination reads one index in seq order
+// (see query.sql), so a page reads about as many rows as it returns and
+// never sorts.
+func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
+	page := AuditPage{Events: []AuditEvent{}, AsOfSeq: r.p.Applied()}
+	q, ok, err := r.auditQuery(ctx, f)
 	if err != nil {
-		return wire.AuditPage{}, err
+		return AuditPage{}, err
 	}
-	page := wire.AuditPage{Events: make([]wire.AuditEvent, len(rows)), AsOfSeq: asOf}
-	for i, e := range rows {
-		page.Events[i] = wire.AuditEvent{Seq: uint64(e.Seq), ID: e.ID, Type: e.Type, Time: unixNano(e.Time),
-			FamilyID: e.FamilyID, Subject: e.Subject, ClientID: e.ClientID, Generation: uint64(e.Generation),
-			Reason: e.Reason, Context: json.RawMessage(e.Context)}
-		page.NextAfterSeq = uint64(e.Seq)
+	if !ok {
+		return page, nil
+	}
+	used := 0
+	for len(page.Events) < f.Limit {
+		n := f.Limit - len(page.Events)
+		if f.MaxBytes > 0 {
+			n = min(n, auditChunk)
+		}
+		rows, err := r.auditRows(ctx, q, int64(n))
+		if err != nil {
+			return AuditPage{}, err
+		}
+		for _, row := range rows {
+			e := AuditEvent{Seq: uint64(row.Seq), ID: row.ID, Type: row.Type, Time: unixNano(row.Time),
+				FamilyID: row.FamilyID, Subject: row.Subject, ClientID: row.ClientID, Generation: uint64(row.Generation),
+				Reason: row.Reason, Context: json.RawMessage(row.Context)}
+			if f.MaxBytes > 0 {
+				size := f.Size(e)
+				if len(page.Events) > 0 && used+size > f.MaxBytes {
+					return page, nil
+				}
+				used += size
+			}
+			page.Events = append(page.Events, e)
+			page.NextAfterSeq, q.after = e.Seq, row.Seq
+		}
+		if len(rows) < n {
+			break
+		}
 	}
 	return page, nil
 }
 
-// commonType reports whether events of type t make up most of the stream,
-// so that reading them by the type index saves nothing over a time window.
-func commonType(t string) bool {
-	return t == string(domain.TokenRotated) || t == string(domain.TokenIssued) || t == string(domain.TokenReused)
+// auditQuery is an audit filter ready to read: its time window mapped to
+// the seq range (after, upto], its types deduplicated.
+type auditQuery struct {
+	f            AuditFilter
+	after, upto  int64
+	since, until int64
+	types        []string
+	typesJSON    string
+}
+
+// auditQuery maps f to a query; ok is false when nothing can match.
+func (r *Reader) auditQuery(ctx context.Context, f AuditFilter) (q auditQuery, ok bool, err error) {
+	q = auditQuery{f: f, after: int64(f.AfterSeq), upto: math.MaxInt64, since: math.MinInt64, until: math.MaxInt64}
+	if !f.Since.IsZero() {
+		q.since = f.Since.UnixNano()
+		first, err := r.db.R.FirstSeqSince(ctx, q.since)
+		if errors.Is(err, sql.ErrNoRows) {
+			return q, false, nil
+		}
+		if err != nil {
+			return q, false, err
+		}
+		q.after = max(q.after, first-1)
+	}
+	if !f.Until.IsZero() {
+		q.until = f.Until.UnixNano()
+		last, err := r.db.R.LastSeqBefore(ctx, q.until)
+		if errors.Is(err, sql.ErrNoRows) {
+			return q, false, nil
+		}
+		if err != nil {
+			return q, false, err
+		}
+		q.upto = last
+	}
+	q.types = slices.Clone(f.Types)
+	slices.Sort(q.types)
+	q.types = slices.Compact(q.types)
+	if len(q.types) > 0 {
+		b, _ := json.Marshal(q.types)
+		q.typesJSON = string(b)
+	}
+	return q, q.after < q.upto, nil
+}
+
+// auditRows reads the next rows of q after q.after, at most limit.
+func (r *Reader) auditRows(ctx context.Context, q auditQuery, limit int64) ([]queries.AuditEvent, error) {
+	f, after, upto, since, until, types := q.f, q.after, q.upto, q.since, q.until, q.typesJSON
+	switch {
+	case f.FamilyID != "":
+		return r.db.R.AuditByFamily(ctx, queries.AuditByFamilyParams{FamilyID: f.FamilyID, AfterSeq: after, UptoSeq: upto,
+			Subject: f.Subject, ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
+	case f.Subject != "":
+		return r.db.R.AuditBySubject(ctx, queries.AuditBySubjectParams{Subject: f.Subject, AfterSeq: after, UptoSeq: upto,
+			ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
+	case f.ClientID != "":
+		return r.db.R.AuditByClient(ctx, queries.AuditByClientParams{ClientID: f.ClientID, AfterSeq: after, UptoSeq: upto,
+			Types: types, Since: since, Until: until, Lim: limit})
+	case len(q.types) == 1:
+		return r.db.R.AuditByType(ctx, queries.AuditByTypeParams{Type: q.types[0], AfterSeq: after, UptoSeq: upto,
+			Since: since, Until: until, Lim: limit})
+	case len(q.types) > 1 && !slices.ContainsFunc(q.types, func(t string) bool { return !rareTypes[t] }):
+		return r.db.R.AuditByRareTypes(ctx, queries.AuditByRareTypesParams{Types: types, AfterSeq: after, UptoSeq: upto,
+			Since: since, Until: until, Lim: limit})
+	default:
+		// Common types make up much of the stream, so the table in seq
+		// order finds a page of them about as fast as an index would.
+		return r.db.R.AuditBySeq(ctx, queries.AuditBySeqParams{AfterSeq: after, UptoSeq: upto, Types: types,
+			Since: since, Until: until, Lim: limit})
+	}
+}
+
+// rareTypes are the types the partial index audit_rare holds (migration
+// 0003): few among many rotations.
+var rareTypes = map[string]bool{
+	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
 }
 
 // RevocableFamilies lists the unrevoked families of a subject or a client

@@ -27,23 +27,23 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.appliedSeqStmt, err = db.PrepareContext(ctx, appliedSeq); err != nil {
 		return nil, fmt.Errorf("error preparing query AppliedSeq: %w", err)
 	}
-	if q.auditAllStmt, err = db.PrepareContext(ctx, auditAll); err != nil {
-		return nil, fmt.Errorf("error preparing query AuditAll: %w", err)
-	}
 	if q.auditByClientStmt, err = db.PrepareContext(ctx, auditByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByClient: %w", err)
 	}
 	if q.auditByFamilyStmt, err = db.PrepareContext(ctx, auditByFamily); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByFamily: %w", err)
 	}
+	if q.auditByRareTypesStmt, err = db.PrepareContext(ctx, auditByRareTypes); err != nil {
+		return nil, fmt.Errorf("error preparing query AuditByRareTypes: %w", err)
+	}
+	if q.auditBySeqStmt, err = db.PrepareContext(ctx, auditBySeq); err != nil {
+		return nil, fmt.Errorf("error preparing query AuditBySeq: %w", err)
+	}
 	if q.auditBySubjectStmt, err = db.PrepareContext(ctx, auditBySubject); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditBySubject: %w", err)
 	}
-	if q.auditByTimeStmt, err = db.PrepareContext(ctx, auditByTime); err != nil {
-		return nil, fmt.Errorf("error preparing query AuditByTime: %w", err)
-	}
-	if q.auditByTypesStmt, err = db.PrepareContext(ctx, auditByTypes); err != nil {
-		return nil, fmt.Errorf("error preparing query AuditByTypes: %w", err)
+	if q.auditByTypeStmt, err = db.PrepareContext(ctx, auditByType); err != nil {
+		return nil, fmt.Errorf("error preparing query AuditByType: %w", err)
 	}
 	if q.countActiveFamiliesStmt, err = db.PrepareContext(ctx, countActiveFamilies); err != nil {
 		return nil, fmt.Errorf("error preparing query CountActiveFamilies: %w", err)
@@ -57,6 +57,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.familyTokensStmt, err = db.PrepareContext(ctx, familyTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query FamilyTokens: %w", err)
 	}
+	if q.firstSeqSinceStmt, err = db.PrepareContext(ctx, firstSeqSince); err != nil {
+		return nil, fmt.Errorf("error preparing query FirstSeqSince: %w", err)
+	}
 	if q.getFamilyStmt, err = db.PrepareContext(ctx, getFamily); err != nil {
 		return nil, fmt.Errorf("error preparing query GetFamily: %w", err)
 	}
@@ -65,6 +68,15 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.insertTokenStmt, err = db.PrepareContext(ctx, insertToken); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertToken: %w", err)
+	}
+	if q.lastSeqBeforeStmt, err = db.PrepareContext(ctx, lastSeqBefore); err != nil {
+		return nil, fmt.Errorf("error preparing query LastSeqBefore: %w", err)
+	}
+	if q.lowerMinTimeFromStmt, err = db.PrepareContext(ctx, lowerMinTimeFrom); err != nil {
+		return nil, fmt.Errorf("error preparing query LowerMinTimeFrom: %w", err)
+	}
+	if q.maxTimeBeforeStmt, err = db.PrepareContext(ctx, maxTimeBefore); err != nil {
+		return nil, fmt.Errorf("error preparing query MaxTimeBefore: %w", err)
 	}
 	if q.revocableFamiliesByClientStmt, err = db.PrepareContext(ctx, revocableFamiliesByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query RevocableFamiliesByClient: %w", err)
@@ -88,11 +100,6 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing appliedSeqStmt: %w", cerr)
 		}
 	}
-	if q.auditAllStmt != nil {
-		if cerr := q.auditAllStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing auditAllStmt: %w", cerr)
-		}
-	}
 	if q.auditByClientStmt != nil {
 		if cerr := q.auditByClientStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing auditByClientStmt: %w", cerr)
@@ -103,19 +110,24 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing auditByFamilyStmt: %w", cerr)
 		}
 	}
+	if q.auditByRareTypesStmt != nil {
+		if cerr := q.auditByRareTypesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing auditByRareTypesStmt: %w", cerr)
+		}
+	}
+	if q.auditBySeqStmt != nil {
+		if cerr := q.auditBySeqStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing auditBySeqStmt: %w", cerr)
+		}
+	}
 	if q.auditBySubjectStmt != nil {
 		if cerr := q.auditBySubjectStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing auditBySubjectStmt: %w", cerr)
 		}
 	}
-	if q.auditByTimeStmt != nil {
-		if cerr := q.auditByTimeStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing auditByTimeStmt: %w", cerr)
-		}
-	}
-	if q.auditByTypesStmt != nil {
-		if cerr := q.auditByTypesStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing auditByTypesStmt: %w", cerr)
+	if q.auditByTypeStmt != nil {
+		if cerr := q.auditByTypeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing auditByTypeStmt: %w", cerr)
 		}
 	}
 	if q.countActiveFamiliesStmt != nil {
@@ -138,6 +150,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing familyTokensStmt: %w", cerr)
 		}
 	}
+	if q.firstSeqSinceStmt != nil {
+		if cerr := q.firstSeqSinceStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing firstSeqSinceStmt: %w", cerr)
+		}
+	}
 	if q.getFamilyStmt != nil {
 		if cerr := q.getFamilyStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing getFamilyStmt: %w", cerr)
@@ -151,6 +168,21 @@ func (q *Queries) Close() error {
 	if q.insertTokenStmt != nil {
 		if cerr := q.insertTokenStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing insertTokenStmt: %w", cerr)
+		}
+	}
+	if q.lastSeqBeforeStmt != nil {
+		if cerr := q.lastSeqBeforeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing lastSeqBeforeStmt: %w", cerr)
+		}
+	}
+	if q.lowerMinTimeFromStmt != nil {
+		if cerr := q.lowerMinTimeFromStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing lowerMinTimeFromStmt: %w", cerr)
+		}
+	}
+	if q.maxTimeBeforeStmt != nil {
+		if cerr := q.maxTimeBeforeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing maxTimeBeforeStmt: %w", cerr)
 		}
 	}
 	if q.revocableFamiliesByClientStmt != nil {
@@ -213,19 +245,23 @@ type Queries struct {
 	db                             DBTX
 	tx                             *sql.Tx
 	appliedSeqStmt                 *sql.Stmt
-	auditAllStmt                   *sql.Stmt
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
+	auditByRareTypesStmt           *sql.Stmt
+	auditBySeqStmt                 *sql.Stmt
 	auditBySubjectStmt             *sql.Stmt
-	auditByTimeStmt                *sql.Stmt
-	auditByTypesStmt               *sql.Stmt
+	auditByTypeStmt                *sql.Stmt
 	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
 	familyTokensStmt               *sql.Stmt
+	firstSeqSinceStmt              *sql.Stmt
 	getFamilyStmt                  *sql.Stmt
 	insertAuditEventStmt           *sql.Stmt
 	insertTokenStmt                *sql.Stmt
+	lastSeqBeforeStmt              *sql.Stmt
+	lowerMinTimeFromStmt           *sql.Stmt
+	maxTimeBeforeStmt              *sql.Stmt
 	revocableFamiliesByClientStmt  *sql.Stmt
 	revocableFamiliesBySubjectStmt *sql.Stmt
 	setAppliedSeqStmt              *sql.Stmt
@@ -237,19 +273,23 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		db:                             tx,
 		tx:                             tx,
 		appliedSeqStmt:                 q.appliedSeqStmt,
-		auditAllStmt:                   q.auditAllStmt,
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,
+		auditByRareTypesStmt:           q.auditByRareTypesStmt,
+		auditBySeqStmt:                 q.auditBySeqStmt,
 		auditBySubjectStmt:             q.auditBySubjectStmt,
-		auditByTimeStmt:                q.auditByTimeStmt,
-		auditByTypesStmt:               q.auditByTypesStmt,
+		auditByTypeStmt:                q.auditByTypeStmt,
 		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,
 		familyTokensStmt:               q.familyTokensStmt,
+		firstSeqSinceStmt:              q.firstSeqSinceStmt,
 		getFamilyStmt:                  q.getFamilyStmt,
 		insertAuditEventStmt:           q.insertAuditEventStmt,
 		insertTokenStmt:                q.insertTokenStmt,
+		lastSeqBeforeStmt:              q.lastSeqBeforeStmt,
+		lowerMinTimeFromStmt:           q.lowerMinTimeFromStmt,
+		maxTimeBeforeStmt:              q.maxTimeBeforeStmt,
 		revocableFamiliesByClientStmt:  q.revocableFamiliesByClientStmt,
 		revocableFamiliesBySubjectStmt: q.revocableFamiliesBySubjectStmt,
 		setAppliedSeqStmt:              q.setAppliedSeqStmt,

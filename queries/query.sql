@@ -5,11 +5,6 @@ SELECT applied_seq FROM projection_position WHERE id = 1;
 INSERT INTO projection_position (id, applied_seq) VALUES (1, @applied_seq)
 ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq;
 
--- name: InsertAuditEvent :exec
-INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context)
-VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, @reason, @context)
-ON CONFLICT (seq) DO NOTHING;
-
 -- name: UpsertFamily :exec
 -- Every event carries the family's whole state, so the newest one wins.
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
@@ -47,51 +42,86 @@ SELECT family_id FROM families WHERE subject = @subject AND status = 'active' OR
 -- name: RevocableFamiliesByClient :many
 SELECT family_id FROM families WHERE client_id = @client_id AND status = 'active' ORDER BY family_id;
 
--- The audit queries share one shape; each leads with the filter its index
--- serves, and the others narrow the rows it reads. A leading + keeps SQLite
--- from driving a query by a filter's index it was not written for (it
--- would pick the time index for an unbounded range and sort the whole
--- table). @types is a JSON array ('' for all types).
+-- name: InsertAuditEvent :exec
+INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
+    max_time_upto, min_time_from)
+VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, @reason, @context,
+    @max_time_upto, @min_time_from)
+ON CONFLICT (seq) DO NOTHING;
+
+-- name: MaxTimeBefore :one
+-- The latest event time before seq, which the next rows' max_time_upto
+-- continues from.
+SELECT max_time_upto FROM audit_events WHERE seq < @seq ORDER BY seq DESC LIMIT 1;
+
+-- name: LowerMinTimeFrom :exec
+-- Events before seq have one at time after them now. Runs before that
+-- event's batch is inserted, so audit_by_min_time's range holds only the
+-- rows to change (none while times rise); the + keeps SQLite from reading
+-- every earlier row by seq instead.
+UPDATE audit_events SET min_time_from = @time WHERE min_time_from > @time AND +seq < @seq;
+
+-- name: FirstSeqSince :one
+-- Every event at or after since is at or after this seq.
+SELECT seq FROM audit_events INDEXED BY audit_by_max_time
+WHERE max_time_upto >= @since ORDER BY max_time_upto, seq LIMIT 1;
+
+-- name: LastSeqBefore :one
+-- Every event before until is at or before this seq.
+SELECT seq FROM audit_events INDEXED BY audit_by_min_time
+WHERE min_time_from < @until ORDER BY min_time_from DESC, seq DESC LIMIT 1;
+
+-- The audit pages: each reads seq order from the index it names (INDEXED
+-- BY: a plan that would sort fails to prepare instead), within the seq
+-- range (@after_seq, @upto_seq] a time window maps to, and filters the
+-- rest exactly. @types is a JSON array ('' for all types).
 
 -- name: AuditByFamily :many
-SELECT * FROM audit_events
-WHERE family_id = @family_id AND seq > @after_seq
-  AND (CAST(@subject AS TEXT) = '' OR +subject = @subject) AND (CAST(@client_id AS TEXT) = '' OR +client_id = @client_id)
-  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
-  AND +time >= @since AND +time < @until
+SELECT * FROM audit_events INDEXED BY audit_by_family
+WHERE family_id = @family_id AND seq > @after_seq AND seq <= @upto_seq
+  AND (CAST(@subject AS TEXT) = '' OR subject = @subject) AND (CAST(@client_id AS TEXT) = '' OR client_id = @client_id)
+  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
+  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditBySubject :many
-SELECT * FROM audit_events
-WHERE subject = @subject AND seq > @after_seq
-  AND (CAST(@client_id AS TEXT) = '' OR +client_id = @client_id)
-  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
-  AND +time >= @since AND +time < @until
+SELECT * FROM audit_events INDEXED BY audit_by_subject
+WHERE subject = @subject AND seq > @after_seq AND seq <= @upto_seq
+  AND (CAST(@client_id AS TEXT) = '' OR client_id = @client_id)
+  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
+  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditByClient :many
-SELECT * FROM audit_events
-WHERE client_id = @client_id AND seq > @after_seq
-  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
-  AND +time >= @since AND +time < @until
+SELECT * FROM audit_events INDEXED BY audit_by_client
+WHERE client_id = @client_id AND seq > @after_seq AND seq <= @upto_seq
+  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
+  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
--- name: AuditByTypes :many
--- Rare types (replays, revocations, rejections) among many rotations.
-SELECT * FROM audit_events
-WHERE type IN (SELECT value FROM json_each(CAST(@types AS TEXT))) AND seq > @after_seq
-  AND +time >= @since AND +time < @until
+-- name: AuditByType :many
+-- One type, whatever its share of the stream.
+SELECT * FROM audit_events INDEXED BY audit_by_type
+WHERE type = @type AND seq > @after_seq AND seq <= @upto_seq
+  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
--- name: AuditByTime :many
-SELECT * FROM audit_events
-WHERE time >= @since AND time < @until AND seq > @after_seq
-  AND (CAST(@types AS TEXT) = '' OR +type IN (SELECT value FROM json_each(@types)))
+-- name: AuditByRareTypes :many
+-- Several of the rare types (replays, revocations, rejections) among many
+-- rotations; the literal list is audit_rare's.
+SELECT * FROM audit_events INDEXED BY audit_rare
+WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
+  AND type IN (SELECT value FROM json_each(CAST(@types AS TEXT))) AND seq > @after_seq AND seq <= @upto_seq
+  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
--- name: AuditAll :many
-SELECT * FROM audit_events
-WHERE seq > @after_seq
+-- name: AuditBySeq :many
+-- No filter, a time window, or types that make up much of the stream: the
+-- table itself in seq order.
+SELECT * FROM audit_events NOT INDEXED
+WHERE seq > @after_seq AND seq <= @upto_seq
+  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
+  AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
 -- name: CountAuditEvents :one

@@ -21,62 +21,18 @@ func (q *Queries) AppliedSeq(ctx context.Context) (int64, error) {
 	return applied_seq, err
 }
 
-const auditAll = `-- name: AuditAll :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
-WHERE seq > ?1
-ORDER BY seq LIMIT ?2
-`
-
-type AuditAllParams struct {
-	AfterSeq int64
-	Lim      int64
-}
-
-func (q *Queries) AuditAll(ctx context.Context, arg AuditAllParams) ([]AuditEvent, error) {
-	rows, err := q.query(ctx, q.auditAllStmt, auditAll, arg.AfterSeq, arg.Lim)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []AuditEvent
-	for rows.Next() {
-		var i AuditEvent
-		if err := rows.Scan(
-			&i.Seq,
-			&i.ID,
-			&i.Type,
-			&i.Time,
-			&i.FamilyID,
-			&i.Subject,
-			&i.ClientID,
-			&i.Generation,
-			&i.Reason,
-			&i.Context,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, err
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const auditByClient = `-- name: AuditByClient :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
-WHERE client_id = ?1 AND seq > ?2
-  AND (CAST(?3 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?3)))
-  AND +time >= ?4 AND +time < ?5
-ORDER BY seq LIMIT ?6
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_client
+WHERE client_id = ?1 AND seq > ?2 AND seq <= ?3
+  AND (CAST(?4 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?4)))
+  AND time >= ?5 AND time < ?6
+ORDER BY seq LIMIT ?7
 `
 
 type AuditByClientParams struct {
 	ClientID string
 	AfterSeq int64
+	UptoSeq  int64
 	Types    string
 	Since    int64
 	Until    int64
@@ -87,6 +43,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 	rows, err := q.query(ctx, q.auditByClientStmt, auditByClient,
 		arg.ClientID,
 		arg.AfterSeq,
+		arg.UptoSeq,
 		arg.Types,
 		arg.Since,
 		arg.Until,
@@ -110,6 +67,8 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 			&i.Generation,
 			&i.Reason,
 			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
 		); err != nil {
 			return nil, err
 		}
@@ -126,17 +85,18 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 
 const auditByFamily = `-- name: AuditByFamily :many
 
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
-WHERE family_id = ?1 AND seq > ?2
-  AND (CAST(?3 AS TEXT) = '' OR +subject = ?3) AND (CAST(?4 AS TEXT) = '' OR +client_id = ?4)
-  AND (CAST(?5 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?5)))
-  AND +time >= ?6 AND +time < ?7
-ORDER BY seq LIMIT ?8
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_family
+WHERE family_id = ?1 AND seq > ?2 AND seq <= ?3
+  AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
+  AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
+  AND time >= ?7 AND time < ?8
+ORDER BY seq LIMIT ?9
 `
 
 type AuditByFamilyParams struct {
 	FamilyID string
 	AfterSeq int64
+	UptoSeq  int64
 	Subject  string
 	ClientID string
 	Types    string
@@ -145,15 +105,15 @@ type AuditByFamilyParams struct {
 	Lim      int64
 }
 
-// The audit queries share one shape; each leads with the filter its index
-// serves, and the others narrow the rows it reads. A leading + keeps SQLite
-// from driving a query by a filter's index it was not written for (it
-// would pick the time index for an unbounded range and sort the whole
-// table). @types is a JSON array (” for all types).
+// The audit pages: each reads seq order from the index it names (INDEXED
+// BY: a plan that would sort fails to prepare instead), within the seq
+// range (@after_seq, @upto_seq] a time window maps to, and filters the
+// rest exactly. @types is a JSON array (” for all types).
 func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([]AuditEvent, error) {
 	rows, err := q.query(ctx, q.auditByFamilyStmt, auditByFamily,
 		arg.FamilyID,
 		arg.AfterSeq,
+		arg.UptoSeq,
 		arg.Subject,
 		arg.ClientID,
 		arg.Types,
@@ -179,6 +139,132 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 			&i.Generation,
 			&i.Reason,
 			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const auditByRareTypes = `-- name: AuditByRareTypes :many
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_rare
+WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
+  AND type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2 AND seq <= ?3
+  AND time >= ?4 AND time < ?5
+ORDER BY seq LIMIT ?6
+`
+
+type AuditByRareTypesParams struct {
+	Types    string
+	AfterSeq int64
+	UptoSeq  int64
+	Since    int64
+	Until    int64
+	Lim      int64
+}
+
+// Several of the rare types (replays, revocations, rejections) among many
+// rotations; the literal list is audit_rare's.
+func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesParams) ([]AuditEvent, error) {
+	rows, err := q.query(ctx, q.auditByRareTypesStmt, auditByRareTypes,
+		arg.Types,
+		arg.AfterSeq,
+		arg.UptoSeq,
+		arg.Since,
+		arg.Until,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AuditEvent
+	for rows.Next() {
+		var i AuditEvent
+		if err := rows.Scan(
+			&i.Seq,
+			&i.ID,
+			&i.Type,
+			&i.Time,
+			&i.FamilyID,
+			&i.Subject,
+			&i.ClientID,
+			&i.Generation,
+			&i.Reason,
+			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const auditBySeq = `-- name: AuditBySeq :many
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events NOT INDEXED
+WHERE seq > ?1 AND seq <= ?2
+  AND (CAST(?3 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?3)))
+  AND time >= ?4 AND time < ?5
+ORDER BY seq LIMIT ?6
+`
+
+type AuditBySeqParams struct {
+	AfterSeq int64
+	UptoSeq  int64
+	Types    string
+	Since    int64
+	Until    int64
+	Lim      int64
+}
+
+// No filter, a time window, or types that make up much of the stream: the
+// table itself in seq order.
+func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]AuditEvent, error) {
+	rows, err := q.query(ctx, q.auditBySeqStmt, auditBySeq,
+		arg.AfterSeq,
+		arg.UptoSeq,
+		arg.Types,
+		arg.Since,
+		arg.Until,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AuditEvent
+	for rows.Next() {
+		var i AuditEvent
+		if err := rows.Scan(
+			&i.Seq,
+			&i.ID,
+			&i.Type,
+			&i.Time,
+			&i.FamilyID,
+			&i.Subject,
+			&i.ClientID,
+			&i.Generation,
+			&i.Reason,
+			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
 		); err != nil {
 			return nil, err
 		}
@@ -194,17 +280,18 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 }
 
 const auditBySubject = `-- name: AuditBySubject :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
-WHERE subject = ?1 AND seq > ?2
-  AND (CAST(?3 AS TEXT) = '' OR +client_id = ?3)
-  AND (CAST(?4 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?4)))
-  AND +time >= ?5 AND +time < ?6
-ORDER BY seq LIMIT ?7
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_subject
+WHERE subject = ?1 AND seq > ?2 AND seq <= ?3
+  AND (CAST(?4 AS TEXT) = '' OR client_id = ?4)
+  AND (CAST(?5 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?5)))
+  AND time >= ?6 AND time < ?7
+ORDER BY seq LIMIT ?8
 `
 
 type AuditBySubjectParams struct {
 	Subject  string
 	AfterSeq int64
+	UptoSeq  int64
 	ClientID string
 	Types    string
 	Since    int64
@@ -216,6 +303,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 	rows, err := q.query(ctx, q.auditBySubjectStmt, auditBySubject,
 		arg.Subject,
 		arg.AfterSeq,
+		arg.UptoSeq,
 		arg.ClientID,
 		arg.Types,
 		arg.Since,
@@ -240,6 +328,8 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 			&i.Generation,
 			&i.Reason,
 			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
 		); err != nil {
 			return nil, err
 		}
@@ -254,81 +344,28 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 	return items, nil
 }
 
-const auditByTime = `-- name: AuditByTime :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
-WHERE time >= ?1 AND time < ?2 AND seq > ?3
-  AND (CAST(?4 AS TEXT) = '' OR +type IN (SELECT value FROM json_each(?4)))
-ORDER BY seq LIMIT ?5
+const auditByType = `-- name: AuditByType :many
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_type
+WHERE type = ?1 AND seq > ?2 AND seq <= ?3
+  AND time >= ?4 AND time < ?5
+ORDER BY seq LIMIT ?6
 `
 
-type AuditByTimeParams struct {
-	Since    int64
-	Until    int64
+type AuditByTypeParams struct {
+	Type     string
 	AfterSeq int64
-	Types    string
-	Lim      int64
-}
-
-func (q *Queries) AuditByTime(ctx context.Context, arg AuditByTimeParams) ([]AuditEvent, error) {
-	rows, err := q.query(ctx, q.auditByTimeStmt, auditByTime,
-		arg.Since,
-		arg.Until,
-		arg.AfterSeq,
-		arg.Types,
-		arg.Lim,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []AuditEvent
-	for rows.Next() {
-		var i AuditEvent
-		if err := rows.Scan(
-			&i.Seq,
-			&i.ID,
-			&i.Type,
-			&i.Time,
-			&i.FamilyID,
-			&i.Subject,
-			&i.ClientID,
-			&i.Generation,
-			&i.Reason,
-			&i.Context,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, err
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const auditByTypes = `-- name: AuditByTypes :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context FROM audit_events
-WHERE type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2
-  AND +time >= ?3 AND +time < ?4
-ORDER BY seq LIMIT ?5
-`
-
-type AuditByTypesParams struct {
-	Types    string
-	AfterSeq int64
+	UptoSeq  int64
 	Since    int64
 	Until    int64
 	Lim      int64
 }
 
-// Rare types (replays, revocations, rejections) among many rotations.
-func (q *Queries) AuditByTypes(ctx context.Context, arg AuditByTypesParams) ([]AuditEvent, error) {
-	rows, err := q.query(ctx, q.auditByTypesStmt, auditByTypes,
-		arg.Types,
+// One type, whatever its share of the stream.
+func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]AuditEvent, error) {
+	rows, err := q.query(ctx, q.auditByTypeStmt, auditByType,
+		arg.Type,
 		arg.AfterSeq,
+		arg.UptoSeq,
 		arg.Since,
 		arg.Until,
 		arg.Lim,
@@ -351,6 +388,8 @@ func (q *Queries) AuditByTypes(ctx context.Context, arg AuditByTypesParams) ([]A
 			&i.Generation,
 			&i.Reason,
 			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
 		); err != nil {
 			return nil, err
 		}
@@ -460,6 +499,19 @@ func (q *Queries) FamilyTokens(ctx context.Context, familyID string) ([]FamilyTo
 	return items, nil
 }
 
+const firstSeqSince = `-- name: FirstSeqSince :one
+SELECT seq FROM audit_events INDEXED BY audit_by_max_time
+WHERE max_time_upto >= ?1 ORDER BY max_time_upto, seq LIMIT 1
+`
+
+// Every event at or after since is at or after this seq.
+func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error) {
+	row := q.queryRow(ctx, q.firstSeqSinceStmt, firstSeqSince, since)
+	var seq int64
+	err := row.Scan(&seq)
+	return seq, err
+}
+
 const getFamily = `-- name: GetFamily :one
 SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq FROM families WHERE family_id = ?1
 `
@@ -488,22 +540,26 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 }
 
 const insertAuditEvent = `-- name: InsertAuditEvent :exec
-INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
+    max_time_upto, min_time_from)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+    ?11, ?12)
 ON CONFLICT (seq) DO NOTHING
 `
 
 type InsertAuditEventParams struct {
-	Seq        int64
-	ID         string
-	Type       string
-	Time       int64
-	FamilyID   string
-	Subject    string
-	ClientID   string
-	Generation int64
-	Reason     string
-	Context    string
+	Seq         int64
+	ID          string
+	Type        string
+	Time        int64
+	FamilyID    string
+	Subject     string
+	ClientID    string
+	Generation  int64
+	Reason      string
+	Context     string
+	MaxTimeUpto int64
+	MinTimeFrom int64
 }
 
 func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventParams) error {
@@ -518,6 +574,8 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 		arg.Generation,
 		arg.Reason,
 		arg.Context,
+		arg.MaxTimeUpto,
+		arg.MinTimeFrom,
 	)
 	return err
 }
@@ -542,6 +600,50 @@ func (q *Queries) InsertToken(ctx context.Context, arg InsertTokenParams) error 
 		arg.IssuedAt,
 	)
 	return err
+}
+
+const lastSeqBefore = `-- name: LastSeqBefore :one
+SELECT seq FROM audit_events INDEXED BY audit_by_min_time
+WHERE min_time_from < ?1 ORDER BY min_time_from DESC, seq DESC LIMIT 1
+`
+
+// Every event before until is at or before this seq.
+func (q *Queries) LastSeqBefore(ctx context.Context, until int64) (int64, error) {
+	row := q.queryRow(ctx, q.lastSeqBeforeStmt, lastSeqBefore, until)
+	var seq int64
+	err := row.Scan(&seq)
+	return seq, err
+}
+
+const lowerMinTimeFrom = `-- name: LowerMinTimeFrom :exec
+UPDATE audit_events SET min_time_from = ?1 WHERE min_time_from > ?1 AND +seq < ?2
+`
+
+type LowerMinTimeFromParams struct {
+	Time int64
+	Seq  int64
+}
+
+// Events before seq have one at time after them now. Runs before that
+// event's batch is inserted, so audit_by_min_time's range holds only the
+// rows to change (none while times rise); the + keeps SQLite from reading
+// every earlier row by seq instead.
+func (q *Queries) LowerMinTimeFrom(ctx context.Context, arg LowerMinTimeFromParams) error {
+	_, err := q.exec(ctx, q.lowerMinTimeFromStmt, lowerMinTimeFrom, arg.Time, arg.Seq)
+	return err
+}
+
+const maxTimeBefore = `-- name: MaxTimeBefore :one
+SELECT max_time_upto FROM audit_events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1
+`
+
+// The latest event time before seq, which the next rows' max_time_upto
+// continues from.
+func (q *Queries) MaxTimeBefore(ctx context.Context, seq int64) (int64, error) {
+	row := q.queryRow(ctx, q.maxTimeBeforeStmt, maxTimeBefore, seq)
+	var max_time_upto int64
+	err := row.Scan(&max_time_upto)
+	return max_time_upto, err
 }
 
 const revocableFamiliesByClient = `-- name: RevocableFamiliesByClient :many

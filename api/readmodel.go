@@ -1,0 +1,70 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/projections"
+)
+
+// The read model answers in its own types; these put its answers in the
+// contract's shape.
+
+func (s *Service) readIntrospection(ctx context.Context, token string) (wire.Introspection, error) {
+	r, err := s.Reader.Introspect(ctx, token)
+	if err != nil {
+		return wire.Introspection{}, err
+	}
+	if !r.Active {
+		return wire.Introspection{AsOfSeq: r.AsOfSeq}, nil
+	}
+	return wire.Introspection{Active: true, FamilyID: r.FamilyID, Sub: r.Subject, ClientID: r.ClientID,
+		Scope: &r.Scope, Aud: r.Audience, Exp: r.ExpiresAt.Unix(), Iat: r.IssuedAt.Unix(),
+		TokenType: "refresh_token", AsOfSeq: r.AsOfSeq}, nil
+}
+
+func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyView, error) {
+	f, err := s.Reader.Family(ctx, familyID)
+	if err != nil {
+		return wire.FamilyView{}, err
+	}
+	v := wire.FamilyView{FamilyID: f.FamilyID, Subject: f.Subject, ClientID: f.ClientID, Scope: f.Scope,
+		Audience: f.Audience, Status: string(f.Status), Generation: f.Generation, CreatedAt: f.CreatedAt,
+		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt, RevokedAt: f.RevokedAt, RevokedReason: f.RevokedReason,
+		Tokens: make([]wire.TokenView, len(f.Tokens)), AsOfSeq: f.AsOfSeq}
+	for i, t := range f.Tokens {
+		v.Tokens[i] = wire.TokenView{Generation: t.Generation, Status: t.Status, IssuedAt: t.IssuedAt, RotatedAt: t.RotatedAt}
+	}
+	return v, nil
+}
+
+// maxAuditPageBytes bounds the events of an audit reply: NATS drops a
+// reply over its max payload (1 MiB by default and in the contract), and
+// 1000 events with large contexts come to several MiB. A quarter of it
+// leaves room for the page's other fields and the headers.
+const maxAuditPageBytes = 256 << 10
+
+func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter) (wire.AuditPage, error) {
+	filter.MaxBytes, filter.Size = maxAuditPageBytes, auditEventBytes
+	p, err := s.Reader.Audit(ctx, filter)
+	if err != nil {
+		return wire.AuditPage{}, err
+	}
+	page := wire.AuditPage{Events: make([]wire.AuditEvent, len(p.Events)), NextAfterSeq: p.NextAfterSeq, AsOfSeq: p.AsOfSeq}
+	for i, e := range p.Events {
+		page.Events[i] = auditEvent(e)
+	}
+	return page, nil
+}
+
+func auditEvent(e projections.AuditEvent) wire.AuditEvent {
+	return wire.AuditEvent{Seq: e.Seq, ID: e.ID, Type: e.Type, Time: e.Time, FamilyID: e.FamilyID,
+		Subject: e.Subject, ClientID: e.ClientID, Generation: e.Generation, Reason: e.Reason, Context: e.Context}
+}
+
+// auditEventBytes is an event's length in a reply: its JSON and a comma.
+func auditEventBytes(e projections.AuditEvent) int {
+	b, _ := json.Marshal(auditEvent(e))
+	return len(b) + 1
+}

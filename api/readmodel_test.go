@@ -1,0 +1,104 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/projections"
+)
+
+// TestAuditReplyFitsMessage: events with the largest context the contract
+// allows, every character escaped in JSON, would make a 1000-event page
+// tens of MiB, far over NATS's max payload. Each encoded reply stays within
+// the budget, and next_after_seq pages through every event.
+func TestAuditReplyFitsMessage(t *testing.T) {
+	ctx := context.Background()
+	nc := eventstest.MustConnect(t, eventstest.MustJetStream(t).ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subjects := events.Subjects{Prefix: "tokens"}
+	stream, err := events.Setup(ctx, js, subjects, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec, err := events.NewKeyset(time.Now()).Codec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds := events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), codec,
+		domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}, time.Now)
+	big := domain.Context{}
+	for i := range domain.MaxContextKeys {
+		big[fmt.Sprintf("key-%02d", i)] = strings.Repeat("<", domain.MaxContextValue) // \u003c in JSON
+	}
+	const n = 30
+	var last uint64
+	for range n {
+		g, err := cmds.Issue(ctx, events.IssueRequest{Subject: "user-42", ClientID: "web-app", Context: big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = g.Seq
+	}
+
+	db, err := projections.Open(ctx, filepath.Join(t.TempDir(), "projections.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p, err := projections.NewProjector(ctx, db, js, subjects, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	s := &Service{Reader: projections.NewReader(db, p, time.Now), Projector: p}
+
+	limit := wire.MaxAuditLimit
+	req := wire.AuditRequest{Limit: &limit}
+	var seqs []uint64
+	pages := 0
+	for {
+		req.MinSeq = last
+		page, err := s.Audit(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Events) == 0 {
+			break
+		}
+		pages++
+		body, _ := json.Marshal(page.Events)
+		if len(body) > maxAuditPageBytes && len(page.Events) > 1 {
+			t.Fatalf("page %d: %d events encode to %d bytes, over %d", pages, len(page.Events), len(body), maxAuditPageBytes)
+		}
+		for _, e := range page.Events {
+			seqs = append(seqs, e.Seq)
+		}
+		req.AfterSeq = page.NextAfterSeq
+	}
+	if len(seqs) != n || seqs[n-1] != last || pages < 2 {
+		t.Fatalf("%d pages held events %v; want all %d, ending at seq %d", pages, seqs, n, last)
+	}
+}
