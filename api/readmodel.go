@@ -39,14 +39,10 @@ func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyV
 	return v, nil
 }
 
-// maxAuditPageBytes bounds the events of an audit reply: NATS drops a
-// reply over its max payload (1 MiB by default and in the contract), and
-// 1000 events with large contexts come to several MiB. A quarter of it
-// leaves room for the page's other fields and the headers.
-const maxAuditPageBytes = 256 << 10
-
 func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter) (wire.AuditPage, error) {
-	filter.MaxBytes, filter.Size = maxAuditPageBytes, auditEventBytes
+	// NATS drops a reply over its max payload (1 MiB by default and in the
+	// contract); a quarter of it leaves room for the page's other fields.
+	filter.MaxBytes, filter.Size = wire.MaxAuditPageBytes, auditEventBytes
 	p, err := s.Reader.Audit(ctx, filter)
 	if err != nil {
 		return wire.AuditPage{}, err

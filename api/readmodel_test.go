@@ -31,7 +31,7 @@ func TestAuditReplyFitsMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	subjects := events.Subjects{Prefix: "tokens"}
-	stream, err := events.Setup(ctx, js, subjects, 1, 0)
+	stream, err := events.Setup(ctx, js, subjects, events.StreamLimits{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +90,8 @@ func TestAuditReplyFitsMessage(t *testing.T) {
 		}
 		pages++
 		body, _ := json.Marshal(page.Events)
-		if len(body) > maxAuditPageBytes && len(page.Events) > 1 {
-			t.Fatalf("page %d: %d events encode to %d bytes, over %d", pages, len(page.Events), len(body), maxAuditPageBytes)
+		if len(body) > wire.MaxAuditPageBytes && len(page.Events) > 1 {
+			t.Fatalf("page %d: %d events encode to %d bytes, over %d", pages, len(page.Events), len(body), wire.MaxAuditPageBytes)
 		}
 		for _, e := range page.Events {
 			seqs = append(seqs, e.Seq)
