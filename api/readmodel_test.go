@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -20,8 +19,8 @@ import (
 )
 
 // TestAuditReplyFitsMessage: events with the largest context the contract
-// allows, every character escaped in JSON, would make a 1000-event page
-// tens of MiB, far over NATS's max payload. Each encoded reply stays within
+// allows, every character escaped in JSON in the reply, make 400 events
+// about 2.4 MiB, far over NATS's max payload. Each encoded reply stays within
 // the budget, and next_after_seq pages through every event.
 func TestAuditReplyFitsMessage(t *testing.T) {
 	ctx := context.Background()
@@ -41,11 +40,9 @@ func TestAuditReplyFitsMessage(t *testing.T) {
 	}
 	cmds := events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), codec,
 		domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}, time.Now)
-	big := domain.Context{}
-	for i := range domain.MaxContextKeys {
-		big[fmt.Sprintf("key-%02d", i)] = strings.Repeat("<", domain.MaxContextValue) // \u003c in JSON
-	}
-	const n = 30
+	// The largest context allowed, as two values of '<' (\u003c in JSON).
+	big := domain.Context{"a": strings.Repeat("<", domain.MaxContextValue), "b": strings.Repeat("<", domain.MaxContextBytes-domain.MaxContextValue-2)}
+	const n = 400
 	var last uint64
 	for range n {
 		g, err := cmds.Issue(ctx, events.IssueRequest{Subject: "user-42", ClientID: "web-app", Context: big})

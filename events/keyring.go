@@ -111,12 +111,14 @@ func (k *Keyring) adopt(rev uint64, ks Keyset) (*LoadedKeys, error) {
 	if cur := k.loaded.Load(); cur != nil && cur.Revision >= rev {
 		return l, nil
 	}
-	k.loaded.Store(l)
+	// Listeners (the access-token signer) first: once Loaded reports the
+	// revision, as the status endpoint does, everything uses it.
 	for _, f := range k.listeners {
 		if err := f(l); err != nil {
 			k.log.Error("keyset revision not applied everywhere", "revision", rev, "err", err)
 		}
 	}
+	k.loaded.Store(l)
 	k.log.Info("keyset loaded", "revision", rev, "keys", ks.summary())
 	return l, nil
 }
