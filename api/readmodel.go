@@ -31,7 +31,7 @@ func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyV
 	}
 	v := wire.FamilyView{FamilyID: f.FamilyID, Subject: f.Subject, ClientID: f.ClientID, Scope: f.Scope,
 		Audience: f.Audience, Status: string(f.Status), Generation: f.Generation, CreatedAt: f.CreatedAt,
-		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt, RevokedAt: f.RevokedAt, RevokedReason: f.RevokedReason,
+		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt, RevokedAt: f.RevokedAt, RevokedReason: f.RevokedReason, ArchivedAt: f.ArchivedAt,
 		Tokens: make([]wire.TokenView, len(f.Tokens)), AsOfSeq: f.AsOfSeq}
 	for i, t := range f.Tokens {
 		v.Tokens[i] = wire.TokenView{Generation: t.Generation, Status: t.Status, IssuedAt: t.IssuedAt, RotatedAt: t.RotatedAt}

@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"log/slog"
 	"time"
 )
 
@@ -16,7 +15,6 @@ type Janitor struct {
 	// the given time and that are not archived yet (the read model knows).
 	Expired func(ctx context.Context, before time.Time, limit int) ([]string, error)
 	Now     func() time.Time
-	Log     *slog.Logger
 	// OnArchived, if set, is told how many families a sweep archived.
 	OnArchived func(n int)
 }
@@ -25,24 +23,15 @@ type Janitor struct {
 // backlog (after an upgrade, say) never crowds out refreshes.
 const janitorBatch = 256
 
-// Run sweeps every interval until ctx ends.
-func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// SweepAll archives every expired family the read model lists, a batch at
+// a time, and returns how many it archived.
+func (j *Janitor) SweepAll(ctx context.Context) (int, error) {
+	total := 0
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for {
-			n, err := j.Sweep(ctx)
-			if err != nil && ctx.Err() == nil {
-				j.Log.Warn("archiving expired families", "err", err)
-			}
-			if err != nil || n < janitorBatch {
-				break // a full batch means a backlog: sweep again at once
-			}
+		n, err := j.Sweep(ctx)
+		total += n
+		if err != nil || n < janitorBatch {
+			return total, err // a full batch means a backlog: sweep again
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,10 @@ type Projector struct {
 	BatchSize int
 	Linger    time.Duration
 	OnBatch   func(events int, took time.Duration)
+	// MaxAge is the stream's MaxAge (0: none): the stream drops an event
+	// stored without a TTL this long after it was stored, and so does the
+	// read model.
+	MaxAge time.Duration
 
 	applied   atomic.Uint64
 	streamSeq atomic.Uint64 // the newest event's stream sequence as last seen
@@ -321,7 +326,7 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 			p.log.Warn("skipping malformed message on the event stream", "seq", last, "subject", m.Subject(), "err", errors.Unwrap(err))
 			continue
 		}
-		evs = append(evs, stateAt{env: env, seq: last})
+		evs = append(evs, stateAt{env: env, seq: last, expiresAt: p.expiry(m, md.Timestamp)})
 	}
 	if err := applyEvents(ctx, q, evs); err != nil {
 		return err
@@ -333,7 +338,7 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 		newest[e.env.FamilyID] = e
 	}
 	for _, s := range newest {
-		if err := upsertFamily(ctx, q, s.seq, s.env); err != nil {
+		if err := upsertFamily(ctx, q, s); err != nil {
 			return err
 		}
 	}
@@ -354,10 +359,29 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	return nil
 }
 
-// stateAt is a family's state as of the event at seq.
+// stateAt is a family's state as of the event at seq; expiresAt is when
+// the stream drops that event, 0 for never.
 type stateAt struct {
-	env events.Envelope
-	seq uint64
+	env       events.Envelope
+	seq       uint64
+	expiresAt int64
+}
+
+// expiry returns when the stream drops m, stored at stored: after its TTL,
+// else after the stream's MaxAge; 0 for never.
+func (p *Projector) expiry(m jetstream.Msg, stored time.Time) int64 {
+	ttl := p.MaxAge
+	if h := m.Headers().Get(jetstream.MsgTTLHeader); h != "" {
+		if secs, err := strconv.ParseInt(h, 10, 64); err == nil && secs > 0 {
+			ttl = time.Duration(secs) * time.Second
+		} else if d, err := time.ParseDuration(h); err == nil && d > 0 {
+			ttl = d
+		}
+	}
+	if ttl <= 0 {
+		return 0
+	}
+	return stored.Add(ttl).UnixNano()
 }
 
 // applyEvents writes a batch's events, in seq order, with the time bounds
@@ -386,7 +410,7 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 	}
 	for i, e := range evs {
 		maxUpto = max(maxUpto, e.env.Time.UnixNano())
-		if err := applyEvent(ctx, q, e.seq, e.env, maxUpto, minFrom[i]); err != nil {
+		if err := applyEvent(ctx, q, e, maxUpto, minFrom[i]); err != nil {
 			return err
 		}
 	}
@@ -395,16 +419,17 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 
 // applyEvent writes one event's audit row and, for a new token, its token
 // row. Each write is idempotent, so a re-delivered event changes nothing.
-func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope, maxTimeUpto, minTimeFrom int64) error {
+func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto, minTimeFrom int64) error {
+	env := e.env
 	ctxJSON := []byte("{}")
 	if len(env.Context) > 0 {
 		ctxJSON, _ = json.Marshal(env.Context)
 	}
 	at := env.Time.UnixNano()
 	if err := q.InsertAuditEvent(ctx, queries.InsertAuditEventParams{
-		Seq: int64(seq), ID: env.ID, Type: env.Type, Time: at, FamilyID: env.FamilyID, Subject: env.Subject,
+		Seq: int64(e.seq), ID: env.ID, Type: env.Type, Time: at, FamilyID: env.FamilyID, Subject: env.Subject,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
-		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom,
+		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom, ExpiresAt: nullTime(e.expiresAt),
 	}); err != nil {
 		return err
 	}
@@ -412,14 +437,19 @@ func applyEvent(ctx context.Context, q *queries.Queries, seq uint64, env events.
 	case domain.TokenIssued, domain.TokenRotated:
 		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: env.FamilyID,
 			Generation: int64(env.Generation), IssuedAt: at})
+	case domain.FamilyArchived:
+		return q.DeleteFamilyTokens(ctx, env.FamilyID)
 	}
 	return nil
 }
 
+// nullTime is a unix-ns time column, NULL for 0.
+func nullTime(ns int64) sql.NullInt64 { return sql.NullInt64{Int64: ns, Valid: ns != 0} }
+
 // upsertFamily writes a family's row as of the event at seq; an older
 // state than the row holds changes nothing.
-func upsertFamily(ctx context.Context, q *queries.Queries, seq uint64, env events.Envelope) error {
-	f := env.Family()
+func upsertFamily(ctx context.Context, q *queries.Queries, s stateAt) error {
+	f := s.env.Family()
 	aud, _ := json.Marshal(nonNil(f.Audience))
 	revokedAt := sql.NullInt64{}
 	if !f.RevokedAt.IsZero() {
@@ -430,8 +460,48 @@ func upsertFamily(ctx context.Context, q *queries.Queries, seq uint64, env event
 		Audience: string(aud), Status: string(f.Status), Generation: int64(f.Generation), CurrentHash: f.CurrentHash,
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
-		LastSeq: int64(seq),
+		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PurgeAt: nullTime(s.expiresAt),
 	})
+}
+
+func unixNanoOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// pruneBatch bounds the rows one prune statement deletes, so the writer
+// connection is never held long by a backlog (the first prune after an
+// upgrade, say).
+const pruneBatch = 5000
+
+// Prune drops the rows of events the stream has dropped by now (their TTL
+// or the stream's MaxAge ran out), and the families whose newest event is
+// gone. The stream drops them on its own clock, the read model on this
+// one, at the same moments, so a rebuild from the stream yields the same
+// rows. It returns how many audit rows it deleted.
+func (p *Projector) Prune(ctx context.Context, now time.Time) (int64, error) {
+	q := p.db.W
+	if p.MaxAge > 0 {
+		args := queries.DateUndatedEventsParams{MaxAge: p.MaxAge.Nanoseconds(), Lim: pruneBatch}
+		if err := q.DateUndatedEvents(ctx, args); err != nil {
+			return 0, err
+		}
+		if err := q.DateUndatedFamilies(ctx, queries.DateUndatedFamiliesParams{MaxAge: args.MaxAge, Lim: pruneBatch}); err != nil {
+			return 0, err
+		}
+	}
+	ns := now.UnixNano()
+	deleted, err := q.DeleteExpiredEvents(ctx, queries.DeleteExpiredEventsParams{Now: nullTime(ns), Lim: pruneBatch})
+	if err != nil {
+		return 0, err
+	}
+	if err := q.DeletePurgedFamilyTokens(ctx, queries.DeletePurgedFamilyTokensParams{Now: nullTime(ns), Lim: pruneBatch}); err != nil {
+		return deleted, err
+	}
+	_, err = q.DeletePurgedFamilies(ctx, queries.DeletePurgedFamiliesParams{Now: nullTime(ns), Lim: pruneBatch})
+	return deleted, err
 }
 
 func nonNil(s []string) []string {

@@ -76,6 +76,7 @@ type FamilyView struct {
 	CreatedAt, LastUsedAt, ExpiresAt   time.Time
 	RevokedAt                          *time.Time // nil unless revoked
 	RevokedReason                      string
+	ArchivedAt                         *time.Time // nil unless summarized by family.archived
 	Tokens                             []TokenView
 	AsOfSeq                            uint64
 }
@@ -109,6 +110,9 @@ func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error
 		Tokens: make([]TokenView, len(toks))}
 	if f.Status == domain.StatusRevoked {
 		v.RevokedAt = &f.RevokedAt
+	}
+	if !f.ArchivedAt.IsZero() {
+		v.ArchivedAt = &f.ArchivedAt
 	}
 	for i, t := range toks {
 		tv := TokenView{Generation: uint64(t.Generation), Status: "active", IssuedAt: unixNano(t.IssuedAt)}
@@ -283,13 +287,21 @@ var rareTypes = map[string]bool{
 	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
 }
 
-// RevocableFamilies lists the unrevoked families of a subject or a client
-// (exactly one of them set), as of the projection's position.
+// RevocableFamilies lists the families of a subject or a client (exactly
+// one of them set) that are neither revoked nor expired, as of the
+// projection's position.
 func (r *Reader) RevocableFamilies(ctx context.Context, subject, clientID string) ([]string, error) {
+	now := r.now().UnixNano()
 	if subject != "" {
-		return r.db.R.RevocableFamiliesBySubject(ctx, subject)
+		return r.db.R.RevocableFamiliesBySubject(ctx, queries.RevocableFamiliesBySubjectParams{Subject: subject, Now: now})
 	}
-	return r.db.R.RevocableFamiliesByClient(ctx, clientID)
+	return r.db.R.RevocableFamiliesByClient(ctx, queries.RevocableFamiliesByClientParams{ClientID: clientID, Now: now})
+}
+
+// FamiliesToArchive lists up to limit families whose absolute expiry is
+// before the given time and that have no family.archived yet.
+func (r *Reader) FamiliesToArchive(ctx context.Context, before time.Time, limit int) ([]string, error) {
+	return r.db.R.FamiliesToArchive(ctx, queries.FamiliesToArchiveParams{Before: before.UnixNano(), Lim: int64(limit)})
 }
 
 func familyOf(row queries.Family) domain.Family {
@@ -302,6 +314,9 @@ func familyOf(row queries.Family) domain.Family {
 		RevokedReason: row.RevokedReason}
 	if row.RevokedAt.Valid {
 		f.RevokedAt = unixNano(row.RevokedAt.Int64)
+	}
+	if row.ArchivedAt.Valid {
+		f.ArchivedAt = unixNano(row.ArchivedAt.Int64)
 	}
 	return f
 }

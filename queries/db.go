@@ -54,6 +54,27 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.currentTokenStmt, err = db.PrepareContext(ctx, currentToken); err != nil {
 		return nil, fmt.Errorf("error preparing query CurrentToken: %w", err)
 	}
+	if q.dateUndatedEventsStmt, err = db.PrepareContext(ctx, dateUndatedEvents); err != nil {
+		return nil, fmt.Errorf("error preparing query DateUndatedEvents: %w", err)
+	}
+	if q.dateUndatedFamiliesStmt, err = db.PrepareContext(ctx, dateUndatedFamilies); err != nil {
+		return nil, fmt.Errorf("error preparing query DateUndatedFamilies: %w", err)
+	}
+	if q.deleteExpiredEventsStmt, err = db.PrepareContext(ctx, deleteExpiredEvents); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteExpiredEvents: %w", err)
+	}
+	if q.deleteFamilyTokensStmt, err = db.PrepareContext(ctx, deleteFamilyTokens); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteFamilyTokens: %w", err)
+	}
+	if q.deletePurgedFamiliesStmt, err = db.PrepareContext(ctx, deletePurgedFamilies); err != nil {
+		return nil, fmt.Errorf("error preparing query DeletePurgedFamilies: %w", err)
+	}
+	if q.deletePurgedFamilyTokensStmt, err = db.PrepareContext(ctx, deletePurgedFamilyTokens); err != nil {
+		return nil, fmt.Errorf("error preparing query DeletePurgedFamilyTokens: %w", err)
+	}
+	if q.familiesToArchiveStmt, err = db.PrepareContext(ctx, familiesToArchive); err != nil {
+		return nil, fmt.Errorf("error preparing query FamiliesToArchive: %w", err)
+	}
 	if q.familyTokensStmt, err = db.PrepareContext(ctx, familyTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query FamilyTokens: %w", err)
 	}
@@ -143,6 +164,41 @@ func (q *Queries) Close() error {
 	if q.currentTokenStmt != nil {
 		if cerr := q.currentTokenStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing currentTokenStmt: %w", cerr)
+		}
+	}
+	if q.dateUndatedEventsStmt != nil {
+		if cerr := q.dateUndatedEventsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing dateUndatedEventsStmt: %w", cerr)
+		}
+	}
+	if q.dateUndatedFamiliesStmt != nil {
+		if cerr := q.dateUndatedFamiliesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing dateUndatedFamiliesStmt: %w", cerr)
+		}
+	}
+	if q.deleteExpiredEventsStmt != nil {
+		if cerr := q.deleteExpiredEventsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteExpiredEventsStmt: %w", cerr)
+		}
+	}
+	if q.deleteFamilyTokensStmt != nil {
+		if cerr := q.deleteFamilyTokensStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteFamilyTokensStmt: %w", cerr)
+		}
+	}
+	if q.deletePurgedFamiliesStmt != nil {
+		if cerr := q.deletePurgedFamiliesStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deletePurgedFamiliesStmt: %w", cerr)
+		}
+	}
+	if q.deletePurgedFamilyTokensStmt != nil {
+		if cerr := q.deletePurgedFamilyTokensStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deletePurgedFamilyTokensStmt: %w", cerr)
+		}
+	}
+	if q.familiesToArchiveStmt != nil {
+		if cerr := q.familiesToArchiveStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing familiesToArchiveStmt: %w", cerr)
 		}
 	}
 	if q.familyTokensStmt != nil {
@@ -254,6 +310,13 @@ type Queries struct {
 	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
+	dateUndatedEventsStmt          *sql.Stmt
+	dateUndatedFamiliesStmt        *sql.Stmt
+	deleteExpiredEventsStmt        *sql.Stmt
+	deleteFamilyTokensStmt         *sql.Stmt
+	deletePurgedFamiliesStmt       *sql.Stmt
+	deletePurgedFamilyTokensStmt   *sql.Stmt
+	familiesToArchiveStmt          *sql.Stmt
 	familyTokensStmt               *sql.Stmt
 	firstSeqSinceStmt              *sql.Stmt
 	getFamilyStmt                  *sql.Stmt
@@ -282,6 +345,13 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,
+		dateUndatedEventsStmt:          q.dateUndatedEventsStmt,
+		dateUndatedFamiliesStmt:        q.dateUndatedFamiliesStmt,
+		deleteExpiredEventsStmt:        q.deleteExpiredEventsStmt,
+		deleteFamilyTokensStmt:         q.deleteFamilyTokensStmt,
+		deletePurgedFamiliesStmt:       q.deletePurgedFamiliesStmt,
+		deletePurgedFamilyTokensStmt:   q.deletePurgedFamilyTokensStmt,
+		familiesToArchiveStmt:          q.familiesToArchiveStmt,
 		familyTokensStmt:               q.familyTokensStmt,
 		firstSeqSinceStmt:              q.firstSeqSinceStmt,
 		getFamilyStmt:                  q.getFamilyStmt,

@@ -21,6 +21,7 @@ type AuditEvent struct {
 	Context     string
 	MaxTimeUpto int64
 	MinTimeFrom int64
+	ExpiresAt   sql.NullInt64
 }
 
 type Family struct {
@@ -39,6 +40,8 @@ type Family struct {
 	RevokedAt         sql.NullInt64
 	RevokedReason     string
 	LastSeq           int64
+	ArchivedAt        sql.NullInt64
+	PurgeAt           sql.NullInt64
 }
 
 type ProjectionPosition struct {

@@ -8,13 +8,16 @@ ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq;
 -- name: UpsertFamily :exec
 -- Every event carries the family's whole state, so the newest one wins.
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
-    created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq)
+    created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
+    archived_at, purge_at)
 VALUES (@family_id, @subject, @client_id, @scope, @audience, @status, @generation, @current_hash,
-    @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq)
+    @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq,
+    @archived_at, @purge_at)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
-    revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq
+    revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq,
+    archived_at = excluded.archived_at, purge_at = excluded.purge_at
 WHERE excluded.last_seq > families.last_seq;
 
 -- name: InsertToken :exec
@@ -37,16 +40,52 @@ FROM tokens t JOIN families f ON f.family_id = t.family_id
 WHERE t.token_hash = @token_hash AND f.current_hash = t.token_hash;
 
 -- name: RevocableFamiliesBySubject :many
-SELECT family_id FROM families WHERE subject = @subject AND status = 'active' ORDER BY family_id;
+-- Families that can still be used: an expired one is dead already.
+SELECT family_id FROM families WHERE subject = @subject AND status = 'active'
+  AND idle_expires_at > @now AND absolute_expires_at > @now ORDER BY family_id;
 
 -- name: RevocableFamiliesByClient :many
-SELECT family_id FROM families WHERE client_id = @client_id AND status = 'active' ORDER BY family_id;
+SELECT family_id FROM families WHERE client_id = @client_id AND status = 'active'
+  AND idle_expires_at > @now AND absolute_expires_at > @now ORDER BY family_id;
+
+-- name: FamiliesToArchive :many
+-- Families past their absolute expiry without a family.archived yet.
+SELECT family_id FROM families INDEXED BY families_to_archive
+WHERE archived_at IS NULL AND absolute_expires_at <= @before
+ORDER BY absolute_expires_at LIMIT @lim;
+
+-- name: DeleteFamilyTokens :exec
+-- An archived family has no usable token; introspection needs none of its rows.
+DELETE FROM tokens WHERE family_id = @family_id;
+
+-- name: DateUndatedEvents :exec
+-- Rows from before retention: the stream drops them at its MaxAge.
+UPDATE audit_events SET expires_at = audit_events.time + @max_age
+WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT @lim);
+
+-- name: DateUndatedFamilies :exec
+-- A family goes with its newest event; before retention its rows did not
+-- record that event's time, and the latest one they hold stands in.
+UPDATE families SET purge_at = max(families.last_used_at, coalesce(families.revoked_at, 0)) + @max_age
+WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_undated WHERE u.purge_at IS NULL LIMIT @lim);
+
+-- name: DeleteExpiredEvents :execrows
+DELETE FROM audit_events
+WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= @now LIMIT @lim);
+
+-- name: DeletePurgedFamilyTokens :exec
+DELETE FROM tokens
+WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= @now LIMIT @lim);
+
+-- name: DeletePurgedFamilies :execrows
+DELETE FROM families
+WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= @now LIMIT @lim);
 
 -- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from)
+    max_time_upto, min_time_from, expires_at)
 VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, @reason, @context,
-    @max_time_upto, @min_time_from)
+    @max_time_upto, @min_time_from, @expires_at)
 ON CONFLICT (seq) DO NOTHING;
 
 -- name: MaxTimeBefore :one

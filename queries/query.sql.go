@@ -22,7 +22,7 @@ func (q *Queries) AppliedSeq(ctx context.Context) (int64, error) {
 }
 
 const auditByClient = `-- name: AuditByClient :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_client
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_client
 WHERE client_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?4)))
   AND time >= ?5 AND time < ?6
@@ -69,6 +69,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 			&i.Context,
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -85,7 +86,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 
 const auditByFamily = `-- name: AuditByFamily :many
 
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_family
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
   AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
@@ -141,6 +142,7 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 			&i.Context,
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -156,7 +158,7 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 }
 
 const auditByRareTypes = `-- name: AuditByRareTypes :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_rare
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_rare
 WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
   AND type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
@@ -203,6 +205,7 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 			&i.Context,
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -218,7 +221,7 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 }
 
 const auditBySeq = `-- name: AuditBySeq :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events NOT INDEXED
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events NOT INDEXED
 WHERE seq > ?1 AND seq <= ?2
   AND (CAST(?3 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?3)))
   AND time >= ?4 AND time < ?5
@@ -265,6 +268,7 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 			&i.Context,
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -280,7 +284,7 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 }
 
 const auditBySubject = `-- name: AuditBySubject :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_subject
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_subject
 WHERE subject = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR client_id = ?4)
   AND (CAST(?5 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?5)))
@@ -330,6 +334,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 			&i.Context,
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -345,7 +350,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 }
 
 const auditByType = `-- name: AuditByType :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from FROM audit_events INDEXED BY audit_by_type
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_type
 WHERE type = ?1 AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
 ORDER BY seq LIMIT ?6
@@ -390,6 +395,7 @@ func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]Aud
 			&i.Context,
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -428,7 +434,7 @@ func (q *Queries) CountAuditEvents(ctx context.Context) (int64, error) {
 }
 
 const currentToken = `-- name: CurrentToken :one
-SELECT f.family_id, f.subject, f.client_id, f.scope, f.audience, f.status, f.generation, f.current_hash, f.created_at, f.last_used_at, f.idle_expires_at, f.absolute_expires_at, f.revoked_at, f.revoked_reason, f.last_seq, t.issued_at AS token_issued_at
+SELECT f.family_id, f.subject, f.client_id, f.scope, f.audience, f.status, f.generation, f.current_hash, f.created_at, f.last_used_at, f.idle_expires_at, f.absolute_expires_at, f.revoked_at, f.revoked_reason, f.last_seq, f.archived_at, f.purge_at, t.issued_at AS token_issued_at
 FROM tokens t JOIN families f ON f.family_id = t.family_id
 WHERE t.token_hash = ?1 AND f.current_hash = t.token_hash
 `
@@ -458,9 +464,140 @@ func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (CurrentTo
 		&i.Family.RevokedAt,
 		&i.Family.RevokedReason,
 		&i.Family.LastSeq,
+		&i.Family.ArchivedAt,
+		&i.Family.PurgeAt,
 		&i.TokenIssuedAt,
 	)
 	return i, err
+}
+
+const dateUndatedEvents = `-- name: DateUndatedEvents :exec
+UPDATE audit_events SET expires_at = audit_events.time + ?1
+WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT ?2)
+`
+
+type DateUndatedEventsParams struct {
+	MaxAge int64
+	Lim    int64
+}
+
+// Rows from before retention: the stream drops them at its MaxAge.
+func (q *Queries) DateUndatedEvents(ctx context.Context, arg DateUndatedEventsParams) error {
+	_, err := q.exec(ctx, q.dateUndatedEventsStmt, dateUndatedEvents, arg.MaxAge, arg.Lim)
+	return err
+}
+
+const dateUndatedFamilies = `-- name: DateUndatedFamilies :exec
+UPDATE families SET purge_at = max(families.last_used_at, coalesce(families.revoked_at, 0)) + ?1
+WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_undated WHERE u.purge_at IS NULL LIMIT ?2)
+`
+
+type DateUndatedFamiliesParams struct {
+	MaxAge int64
+	Lim    int64
+}
+
+// A family goes with its newest event; before retention its rows did not
+// record that event's time, and the latest one they hold stands in.
+func (q *Queries) DateUndatedFamilies(ctx context.Context, arg DateUndatedFamiliesParams) error {
+	_, err := q.exec(ctx, q.dateUndatedFamiliesStmt, dateUndatedFamilies, arg.MaxAge, arg.Lim)
+	return err
+}
+
+const deleteExpiredEvents = `-- name: DeleteExpiredEvents :execrows
+DELETE FROM audit_events
+WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= ?1 LIMIT ?2)
+`
+
+type DeleteExpiredEventsParams struct {
+	Now sql.NullInt64
+	Lim int64
+}
+
+func (q *Queries) DeleteExpiredEvents(ctx context.Context, arg DeleteExpiredEventsParams) (int64, error) {
+	result, err := q.exec(ctx, q.deleteExpiredEventsStmt, deleteExpiredEvents, arg.Now, arg.Lim)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const deleteFamilyTokens = `-- name: DeleteFamilyTokens :exec
+DELETE FROM tokens WHERE family_id = ?1
+`
+
+// An archived family has no usable token; introspection needs none of its rows.
+func (q *Queries) DeleteFamilyTokens(ctx context.Context, familyID string) error {
+	_, err := q.exec(ctx, q.deleteFamilyTokensStmt, deleteFamilyTokens, familyID)
+	return err
+}
+
+const deletePurgedFamilies = `-- name: DeletePurgedFamilies :execrows
+DELETE FROM families
+WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= ?1 LIMIT ?2)
+`
+
+type DeletePurgedFamiliesParams struct {
+	Now sql.NullInt64
+	Lim int64
+}
+
+func (q *Queries) DeletePurgedFamilies(ctx context.Context, arg DeletePurgedFamiliesParams) (int64, error) {
+	result, err := q.exec(ctx, q.deletePurgedFamiliesStmt, deletePurgedFamilies, arg.Now, arg.Lim)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
+const deletePurgedFamilyTokens = `-- name: DeletePurgedFamilyTokens :exec
+DELETE FROM tokens
+WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= ?1 LIMIT ?2)
+`
+
+type DeletePurgedFamilyTokensParams struct {
+	Now sql.NullInt64
+	Lim int64
+}
+
+func (q *Queries) DeletePurgedFamilyTokens(ctx context.Context, arg DeletePurgedFamilyTokensParams) error {
+	_, err := q.exec(ctx, q.deletePurgedFamilyTokensStmt, deletePurgedFamilyTokens, arg.Now, arg.Lim)
+	return err
+}
+
+const familiesToArchive = `-- name: FamiliesToArchive :many
+SELECT family_id FROM families INDEXED BY families_to_archive
+WHERE archived_at IS NULL AND absolute_expires_at <= ?1
+ORDER BY absolute_expires_at LIMIT ?2
+`
+
+type FamiliesToArchiveParams struct {
+	Before int64
+	Lim    int64
+}
+
+// Families past their absolute expiry without a family.archived yet.
+func (q *Queries) FamiliesToArchive(ctx context.Context, arg FamiliesToArchiveParams) ([]string, error) {
+	rows, err := q.query(ctx, q.familiesToArchiveStmt, familiesToArchive, arg.Before, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []string
+	for rows.Next() {
+		var family_id string
+		if err := rows.Scan(&family_id); err != nil {
+			return nil, err
+		}
+		items = append(items, family_id)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const familyTokens = `-- name: FamilyTokens :many
@@ -513,7 +650,7 @@ func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error)
 }
 
 const getFamily = `-- name: GetFamily :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq FROM families WHERE family_id = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, purge_at FROM families WHERE family_id = ?1
 `
 
 func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error) {
@@ -535,15 +672,17 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 		&i.RevokedAt,
 		&i.RevokedReason,
 		&i.LastSeq,
+		&i.ArchivedAt,
+		&i.PurgeAt,
 	)
 	return i, err
 }
 
 const insertAuditEvent = `-- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from)
+    max_time_upto, min_time_from, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-    ?11, ?12)
+    ?11, ?12, ?13)
 ON CONFLICT (seq) DO NOTHING
 `
 
@@ -560,6 +699,7 @@ type InsertAuditEventParams struct {
 	Context     string
 	MaxTimeUpto int64
 	MinTimeFrom int64
+	ExpiresAt   sql.NullInt64
 }
 
 func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventParams) error {
@@ -576,6 +716,7 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 		arg.Context,
 		arg.MaxTimeUpto,
 		arg.MinTimeFrom,
+		arg.ExpiresAt,
 	)
 	return err
 }
@@ -647,11 +788,17 @@ func (q *Queries) MaxTimeBefore(ctx context.Context, seq int64) (int64, error) {
 }
 
 const revocableFamiliesByClient = `-- name: RevocableFamiliesByClient :many
-SELECT family_id FROM families WHERE client_id = ?1 AND status = 'active' ORDER BY family_id
+SELECT family_id FROM families WHERE client_id = ?1 AND status = 'active'
+  AND idle_expires_at > ?2 AND absolute_expires_at > ?2 ORDER BY family_id
 `
 
-func (q *Queries) RevocableFamiliesByClient(ctx context.Context, clientID string) ([]string, error) {
-	rows, err := q.query(ctx, q.revocableFamiliesByClientStmt, revocableFamiliesByClient, clientID)
+type RevocableFamiliesByClientParams struct {
+	ClientID string
+	Now      int64
+}
+
+func (q *Queries) RevocableFamiliesByClient(ctx context.Context, arg RevocableFamiliesByClientParams) ([]string, error) {
+	rows, err := q.query(ctx, q.revocableFamiliesByClientStmt, revocableFamiliesByClient, arg.ClientID, arg.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -674,11 +821,18 @@ func (q *Queries) RevocableFamiliesByClient(ctx context.Context, clientID string
 }
 
 const revocableFamiliesBySubject = `-- name: RevocableFamiliesBySubject :many
-SELECT family_id FROM families WHERE subject = ?1 AND status = 'active' ORDER BY family_id
+SELECT family_id FROM families WHERE subject = ?1 AND status = 'active'
+  AND idle_expires_at > ?2 AND absolute_expires_at > ?2 ORDER BY family_id
 `
 
-func (q *Queries) RevocableFamiliesBySubject(ctx context.Context, subject string) ([]string, error) {
-	rows, err := q.query(ctx, q.revocableFamiliesBySubjectStmt, revocableFamiliesBySubject, subject)
+type RevocableFamiliesBySubjectParams struct {
+	Subject string
+	Now     int64
+}
+
+// Families that can still be used: an expired one is dead already.
+func (q *Queries) RevocableFamiliesBySubject(ctx context.Context, arg RevocableFamiliesBySubjectParams) ([]string, error) {
+	rows, err := q.query(ctx, q.revocableFamiliesBySubjectStmt, revocableFamiliesBySubject, arg.Subject, arg.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -712,13 +866,16 @@ func (q *Queries) SetAppliedSeq(ctx context.Context, appliedSeq int64) error {
 
 const upsertFamily = `-- name: UpsertFamily :exec
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
-    created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq)
+    created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
+    archived_at, purge_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-    ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+    ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+    ?16, ?17)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
-    revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq
+    revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq,
+    archived_at = excluded.archived_at, purge_at = excluded.purge_at
 WHERE excluded.last_seq > families.last_seq
 `
 
@@ -738,6 +895,8 @@ type UpsertFamilyParams struct {
 	RevokedAt         sql.NullInt64
 	RevokedReason     string
 	LastSeq           int64
+	ArchivedAt        sql.NullInt64
+	PurgeAt           sql.NullInt64
 }
 
 // Every event carries the family's whole state, so the newest one wins.
@@ -758,6 +917,8 @@ func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) erro
 		arg.RevokedAt,
 		arg.RevokedReason,
 		arg.LastSeq,
+		arg.ArchivedAt,
+		arg.PurgeAt,
 	)
 	return err
 }

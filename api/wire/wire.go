@@ -118,20 +118,23 @@ type Introspection struct {
 
 // FamilyView is a family and its chain of tokens.
 type FamilyView struct {
-	FamilyID      string      `json:"family_id"`
-	Subject       string      `json:"subject"`
-	ClientID      string      `json:"client_id"`
-	Scope         string      `json:"scope"`
-	Audience      []string    `json:"audience"`
-	Status        string      `json:"status"`
-	Generation    uint64      `json:"generation"`
-	CreatedAt     time.Time   `json:"created_at"`
-	LastUsedAt    time.Time   `json:"last_used_at"`
-	ExpiresAt     time.Time   `json:"expires_at"`
-	RevokedAt     *time.Time  `json:"revoked_at"`
-	RevokedReason string      `json:"revoked_reason"`
-	Tokens        []TokenView `json:"tokens"`
-	AsOfSeq       uint64      `json:"as_of_seq"`
+	FamilyID      string     `json:"family_id"`
+	Subject       string     `json:"subject"`
+	ClientID      string     `json:"client_id"`
+	Scope         string     `json:"scope"`
+	Audience      []string   `json:"audience"`
+	Status        string     `json:"status"`
+	Generation    uint64     `json:"generation"`
+	CreatedAt     time.Time  `json:"created_at"`
+	LastUsedAt    time.Time  `json:"last_used_at"`
+	ExpiresAt     time.Time  `json:"expires_at"`
+	RevokedAt     *time.Time `json:"revoked_at"`
+	RevokedReason string     `json:"revoked_reason"`
+	// ArchivedAt is set once family.archived summarized the family: its
+	// history may be gone from the stream, tokens included.
+	ArchivedAt *time.Time  `json:"archived_at,omitempty"`
+	Tokens     []TokenView `json:"tokens"`
+	AsOfSeq    uint64      `json:"as_of_seq"`
 }
 
 // TokenView is one generation of a family; the token itself is never kept.

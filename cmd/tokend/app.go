@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -37,15 +38,17 @@ type App struct {
 	http     *http.Server
 	httpLn   net.Listener
 	revoking *events.Revoking
+	janitor  *events.Janitor
 	// audit and auditLn serve the audit API (--audit-http); nil when off.
 	audit   *http.Server
 	auditLn net.Listener
 
-	db            *projections.DB
-	projector     *projections.Projector
-	stopProjector context.CancelFunc
-	projectorDone chan struct{}
-	stopIdle      context.CancelFunc
+	db             *projections.DB
+	projector      *projections.Projector
+	stopProjector  context.CancelFunc
+	projectorDone  chan struct{}
+	stopBackground context.CancelFunc // ends the janitor and the idle memory release
+	backgroundDone sync.WaitGroup
 }
 
 // maxRateLimitedClients bounds the client ids whose issue rate is tracked.
@@ -83,7 +86,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
-	retention := events.Retention{AfterExpiry: cfg.Retention, Archive: cfg.ArchiveAfter}
+	retention := a.retention()
 	stream, err := events.Setup(setupCtx, a.js, subjects, events.StreamLimits{Replicas: cfg.StreamReplicas,
 		MaxBytes: a.streamMaxBytes(), MaxAge: retention.MaxAge(cfg.AbsoluteTTL)})
 	if err != nil {
@@ -129,16 +132,46 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err := a.serveHTTP(reg); err != nil {
 		return nil, err
 	}
-	idleCtx, stopIdle := context.WithCancel(context.Background())
-	a.stopIdle = stopIdle
-	go func() {
+	background, stopBackground := context.WithCancel(context.Background())
+	a.stopBackground = stopBackground
+	a.janitor = &events.Janitor{Tokens: tokens, Expired: reader.FamiliesToArchive, Now: time.Now, OnArchived: metrics.Archived}
+	a.backgroundDone.Go(func() { a.keepRetention(background, a.janitor) })
+	a.backgroundDone.Go(func() {
 		t := time.NewTicker(idleCheck)
 		defer t.Stop()
-		releaseWhenIdle(idleCtx, t.C, a.api.Handled, debug.FreeOSMemory)
-	}()
+		releaseWhenIdle(background, t.C, a.api.Handled, debug.FreeOSMemory)
+	})
 	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "audit_http", a.AuditAddr(),
 		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
 	return a, nil
+}
+
+func (a *App) retention() events.Retention {
+	return events.Retention{AfterExpiry: a.cfg.Retention, Archive: a.cfg.ArchiveAfter}
+}
+
+// retentionEvery is how often an instance archives expired families and
+// drops the read model's rows of events the stream dropped.
+const retentionEvery = time.Minute
+
+// keepRetention archives families past their absolute expiry and prunes
+// the read model, every retentionEvery until ctx ends.
+func (a *App) keepRetention(ctx context.Context, janitor *events.Janitor) {
+	t := time.NewTicker(retentionEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := janitor.SweepAll(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("archiving expired families", "err", err)
+		}
+		if _, err := a.projector.Prune(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			a.log.Warn("dropping expired rows from the read model", "err", err)
+		}
+	}
 }
 
 // streamMaxBytes is the TOKENS stream's size limit: as configured, or for
@@ -201,6 +234,7 @@ func (a *App) startProjections(ctx context.Context, subjects events.Subjects, on
 		return fmt.Errorf("projections: %w", err)
 	}
 	a.projector.OnBatch = onBatch
+	a.projector.MaxAge = a.retention().MaxAge(a.cfg.AbsoluteTTL)
 	if a.projector.Applied() == 0 {
 		a.log.Info("projections start from the beginning of the stream", "path", path)
 	}
@@ -266,8 +300,9 @@ func (a *App) AuditAddr() string {
 
 // Stop drains in-flight requests, then closes HTTP, NATS and the embedded server.
 func (a *App) Stop() {
-	if a.stopIdle != nil {
-		a.stopIdle()
+	if a.stopBackground != nil {
+		a.stopBackground()
+		a.backgroundDone.Wait()
 	}
 	if a.api != nil {
 		a.api.Stop()

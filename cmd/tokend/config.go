@@ -216,6 +216,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("--stream-max-bytes must not be negative")
 	case c.Retention < 0 || c.ArchiveAfter < 0:
 		return fmt.Errorf("--retention and --archive-retention must not be negative")
+	case c.ArchiveAfter != 0 && (c.Retention == 0 || c.ArchiveAfter < c.Retention):
+		// The summary must outlive the history it summarizes: once it goes,
+		// the family's state would come from an older event again.
+		return fmt.Errorf("--archive-retention must be 0 (for ever) or at least --retention (and --retention not 0)")
 	case c.MaxCommands < 1 || c.MaxQueries < 1:
 		return fmt.Errorf("--max-commands-in-flight and --max-queries-in-flight must be at least 1")
 	case c.ForeignRate < 0 || c.ForeignBurst < 1:

@@ -1,0 +1,166 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
+)
+
+// TestReadModelFollowsRetention: the read model drops the rows of events
+// the stream dropped (their TTL ran out) and keeps the family.archived
+// summaries, as a rebuild from the stream would; once the summaries' own
+// TTL is over, nothing of the families is left.
+func TestReadModelFollowsRetention(t *testing.T) {
+	h := MustHarness(t)
+	ctx := context.Background()
+	stream, err := h.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := events.NewStore(h.nc, h.js, stream, subjects)
+	// The history goes 3 s after it was stored (1 s past a 2 s absolute
+	// expiry), the summaries an hour after.
+	store.Retention = events.Retention{AfterExpiry: time.Second, Archive: time.Hour}
+	codec, _ := events.NewKeyset(time.Now()).Codec()
+	// Real time: the server drops messages by its own clock.
+	h.now = time.Now()
+	svc := events.NewService(events.NewWriter(store, 64), codec,
+		domain.Policy{ReuseInterval: time.Second, IdleTTL: 2 * time.Second, AbsoluteTTL: 2 * time.Second}, h.clock)
+
+	a, err := svc.Issue(ctx, events.IssueRequest{Subject: "kept", ClientID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: a.Token.Value(), ClientID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := svc.Issue(ctx, events.IssueRequest{Subject: "revoked", ClientID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := svc.RevokeFamily(ctx, b.Family.ID, "user_disabled", nil); err != nil {
+		t.Fatal(err)
+	}
+	h.now = a.Family.AbsoluteExpiresAt.Add(time.Millisecond)
+	var last uint64
+	for _, id := range []string{a.Family.ID, b.Family.ID} {
+		if ok, err := svc.Archive(ctx, id); !ok || err != nil {
+			t.Fatalf("archive %s: %v %v", id, ok, err)
+		}
+	}
+	if last, err = events.LastEventSeq(ctx, stream, subjects); err != nil {
+		t.Fatal(err)
+	}
+
+	db := h.openDB(t, "projections.db")
+	p := h.project(t, db, 100, last)
+	rows := dump(t, db)
+	if len(rows["tokens"]) != 0 {
+		t.Fatalf("tokens of archived families kept: %v", rows["tokens"])
+	}
+	archived, err := NewReader(db, p, time.Now).Family(ctx, a.Family.ID)
+	if err != nil || archived.ArchivedAt == nil {
+		t.Fatalf("family view of an archived family: %+v %v", archived, err)
+	}
+
+	storedTypes := func() []string {
+		var out []string
+		for _, e := range h.streamEvents(t) {
+			out = append(out, e.env.Type)
+		}
+		return out
+	}
+	sameAsRebuild := func(step string) {
+		t.Helper()
+		fresh := h.openDB(t, fmt.Sprintf("rebuild-%s.db", step))
+		seq, _ := events.LastEventSeq(ctx, stream, subjects)
+		if seq > 0 {
+			h.project(t, fresh, 100, seq)
+		}
+		got, want := dump(t, db), dump(t, fresh)
+		for _, table := range []string{"families", "tokens"} {
+			if !slices.Equal(got[table], want[table]) {
+				t.Fatalf("%s: %s differ from a rebuild:\n%v\nrebuilt:\n%v", step, table, got[table], want[table])
+			}
+		}
+		if g, w := auditSeqs(t, db), auditSeqs(t, fresh); !slices.Equal(g, w) {
+			t.Fatalf("%s: audit rows %v, a rebuild has %v", step, g, w)
+		}
+	}
+
+	eventstest.CheckFor(t, 30*time.Second, func() error {
+		if got := storedTypes(); !slices.Equal(got, []string{"family.archived", "family.archived"}) {
+			return fmt.Errorf("stream holds %v", got)
+		}
+		return nil
+	})
+	if _, err := p.Prune(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	sameAsRebuild("history-gone")
+	if n := len(auditSeqs(t, db)); n != 2 {
+		t.Fatalf("%d audit rows left, want the two summaries", n)
+	}
+
+	if _, err := p.Prune(ctx, time.Now().Add(time.Hour+time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if rows := dump(t, db); len(rows["families"])+len(rows["audit_events"]) != 0 {
+		t.Fatalf("rows left after the summaries' TTL: %v", rows)
+	}
+}
+
+// TestPruneDatesRowsFromBeforeRetention: rows projected from events stored
+// without a TTL (by earlier versions) are dropped when the stream's MaxAge
+// drops those events.
+func TestPruneDatesRowsFromBeforeRetention(t *testing.T) {
+	h := MustHarness(t)
+	ctx := context.Background()
+	last := h.workload(t, 7, 4)
+	db := h.openDB(t, "projections.db")
+	p := h.project(t, db, 100, last)
+	before := len(auditSeqs(t, db))
+
+	p.MaxAge = time.Hour
+	if n, err := p.Prune(ctx, time.Now()); err != nil || n != 0 {
+		t.Fatalf("pruned %d rows younger than MaxAge: %v", n, err)
+	}
+	if got := len(auditSeqs(t, db)); got != before {
+		t.Fatalf("%d audit rows left of %d", got, before)
+	}
+	// An hour after the latest of them (the workload's clock runs ahead of
+	// the wall clock), every event is gone from the stream.
+	var latest int64
+	if err := db.reader.QueryRow("SELECT max(time) FROM audit_events").Scan(&latest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Prune(ctx, time.Unix(0, latest).Add(time.Hour+time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if rows := dump(t, db); len(rows["audit_events"])+len(rows["families"])+len(rows["tokens"]) != 0 {
+		t.Fatalf("rows left past MaxAge: %d events, %d families, %d tokens",
+			len(rows["audit_events"]), len(rows["families"]), len(rows["tokens"]))
+	}
+}
+
+func auditSeqs(tb testing.TB, db *DB) []int64 {
+	tb.Helper()
+	rows, err := db.reader.Query("SELECT seq FROM audit_events ORDER BY seq")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var s int64
+		rows.Scan(&s)
+		out = append(out, s)
+	}
+	return out
+}
