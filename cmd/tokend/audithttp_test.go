@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -153,7 +154,7 @@ func TestAuditListenerAuthenticates(t *testing.T) {
 	app := MustApp(t, testConfig(t), logs)
 	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-audit", "web-app")
-	path := "/v1/families/" + f.FamilyID
+	path := fmt.Sprintf("/v1/families/%s?min_seq=%d", f.FamilyID, f.Seq)
 
 	anonymous := auditClient(nil)
 	code, header, body := auditGet(t, anonymous, app, path, "")
@@ -268,7 +269,7 @@ func TestV1OpenAudit(t *testing.T) {
 	cfg.V1OpenAudit = true
 	app := MustApp(t, cfg, nil)
 	f := mustIssue(t, eventstest.MustConnect(t, app.NATSURL()), "user-open", "web-app")
-	resp, err := http.Get("http://" + app.HTTPAddr() + "/v1/families/" + f.FamilyID)
+	resp, err := http.Get(fmt.Sprintf("http://%s/v1/families/%s?min_seq=%d", app.HTTPAddr(), f.FamilyID, f.Seq))
 	if err != nil {
 		t.Fatal(err)
 	}
