@@ -98,7 +98,7 @@ func TestEventsExpireWithTheirFamily(t *testing.T) {
 	if n := count(); n != 5 { // issued, rotated, replay_detected, family.revoked, family.archived
 		t.Fatalf("%d events stored, want 5", n)
 	}
-	eventstest.CheckFor(t, 30*time.Second, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if n := count(); n != 1 {
 			return fmt.Errorf("%d events left, want the summary alone", n)
 		}
@@ -108,7 +108,7 @@ func TestEventsExpireWithTheirFamily(t *testing.T) {
 	if err != nil || f.ArchivedAt.IsZero() || f.Status != domain.StatusRevoked || f.Generation != 2 {
 		t.Fatalf("the summary does not hold the final state: %+v %v", f, err)
 	}
-	eventstest.CheckFor(t, 30*time.Second, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if n := count(); n != 0 {
 			return fmt.Errorf("%d events left, want none", n)
 		}

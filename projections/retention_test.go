@@ -94,7 +94,7 @@ func TestReadModelFollowsRetention(t *testing.T) {
 		}
 	}
 
-	eventstest.CheckFor(t, 30*time.Second, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if got := storedTypes(); !slices.Equal(got, []string{"family.archived", "family.archived"}) {
 			return fmt.Errorf("stream holds %v", got)
 		}

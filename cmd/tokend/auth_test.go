@@ -29,6 +29,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // credentials are a key pair per role and a PKI, published in the
@@ -161,7 +162,7 @@ func denied(t *testing.T, nc *nats.Conn, v *violations, subject string) {
 	if err == nil {
 		t.Fatalf("%s got an answer", subject)
 	}
-	checkFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
 		if !v.saw("Permissions Violation for Publish to \"" + subject + "\"") {
 			return errors.New("no permissions violation for " + subject)
 		}
@@ -207,7 +208,7 @@ func TestRolePermissions(t *testing.T) {
 		if err == nil {
 			sub.Unsubscribe()
 		}
-		checkFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
 			if !errs.saw("Permissions Violation for Subscription to \"_INBOX_issuer.>\"") {
 				return errors.New("the refresher may subscribe to the issuer's inbox")
 			}
@@ -290,7 +291,7 @@ func wantReadDenied(t *testing.T, nc *nats.Conn, v *violations, role string) {
 		if sub, err := nc.SubscribeSync(subject); err == nil {
 			defer sub.Unsubscribe()
 		}
-		checkFor(t, 2*time.Second, 10*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 2*time.Second, 10*time.Millisecond, func() error {
 			if !v.saw("Permissions Violation for Subscription to \"" + subject + "\"") {
 				return errors.New("the " + role + " may subscribe to " + subject)
 			}

@@ -31,6 +31,7 @@ import (
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // patience bounds every wait for the cluster. It is generous because a
@@ -81,7 +82,7 @@ func mustCluster(t *testing.T) *cluster {
 			}
 		}
 	})
-	checkFor(t, patience, 100*time.Millisecond, func() error {
+	eventstest.CheckFor(t, patience, 100*time.Millisecond, func() error {
 		for _, s := range c.servers {
 			if !s.JetStreamIsClustered() || !s.JetStreamIsCurrent() {
 				return errors.New("JetStream cluster not formed yet")
@@ -134,7 +135,7 @@ func (c *cluster) urls() string {
 func (c *cluster) streamLeader(js jetstream.JetStream) int {
 	c.t.Helper()
 	var leader string
-	checkFor(c.t, patience, 100*time.Millisecond, func() error {
+	eventstest.CheckFor(c.t, patience, 100*time.Millisecond, func() error {
 		s, err := js.Stream(context.Background(), events.StreamName)
 		if err != nil {
 			return err
@@ -158,7 +159,7 @@ func (c *cluster) streamLeader(js jetstream.JetStream) int {
 // are caught up, so reads see the whole replicated history.
 func (c *cluster) waitStreamCurrent(js jetstream.JetStream) {
 	c.t.Helper()
-	checkFor(c.t, patience, 200*time.Millisecond, func() error {
+	eventstest.CheckFor(c.t, patience, 200*time.Millisecond, func() error {
 		s, err := js.Stream(context.Background(), events.StreamName)
 		if err != nil {
 			return err
@@ -228,7 +229,7 @@ func TestClusterNodeFailureUnderLoad(t *testing.T) {
 		// The issuer's node may not know of tokend's subscriptions yet (no
 		// responders): retry. An issue stored despite a lost reply leaves a
 		// family that nothing checks.
-		checkFor(t, patience, 100*time.Millisecond, func() (err error) {
+		eventstest.CheckFor(t, patience, 100*time.Millisecond, func() (err error) {
 			r, err = requestOnce(issuer, "tokens.cmd.issue", map[string]string{"subject": fmt.Sprintf("user-%d", i), "client_id": "web-app"})
 			if errors.Is(err, errRefused) {
 				t.Fatalf("issue: %v", err)
@@ -293,7 +294,7 @@ func TestClusterNodeFailureUnderLoad(t *testing.T) {
 		for i := range from {
 			from[i] = rotations[i].Load()
 		}
-		checkFor(t, patience, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, patience, 50*time.Millisecond, func() error {
 			if t.Failed() {
 				t.FailNow() // a worker was refused and stopped
 			}
@@ -338,7 +339,7 @@ func TestClusterNodeFailureUnderLoad(t *testing.T) {
 	// Both read models converge on the stream after the outage.
 	last := newestEventSeq(t, js, newest)
 	for n, app := range apps {
-		checkFor(t, patience, 100*time.Millisecond, func() error {
+		eventstest.CheckFor(t, patience, 100*time.Millisecond, func() error {
 			if applied := app.projector.Applied(); applied < last {
 				return fmt.Errorf("instance %d applied %d of %d", n, applied, last)
 			}
@@ -381,7 +382,7 @@ func checkChain(t *testing.T, js jetstream.JetStream, familyID string, acked []a
 		seq  uint64
 	}
 	var evs []storedEvent
-	checkFor(t, patience, 200*time.Millisecond, func() (err error) {
+	eventstest.CheckFor(t, patience, 200*time.Millisecond, func() (err error) {
 		evs, err = readFamilyEvents(t, js, familyID)
 		return err
 	})
@@ -471,7 +472,7 @@ func readFamilyEvents(t *testing.T, js jetstream.JetStream, familyID string) ([]
 func newestEventSeq(t *testing.T, js jetstream.JetStream, atLeast uint64) uint64 {
 	t.Helper()
 	var last uint64
-	checkFor(t, patience, 200*time.Millisecond, func() error {
+	eventstest.CheckFor(t, patience, 200*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		stream, err := js.Stream(ctx, events.StreamName)

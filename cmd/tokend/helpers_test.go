@@ -203,22 +203,6 @@ func countTypes(evs []storedEvent) map[string]int {
 	return m
 }
 
-// checkFor polls f every interval until it returns nil or total has passed.
-func checkFor(tb testing.TB, total, every time.Duration, f func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(every)
-	}
-}
-
 // tokensStream returns the TOKENS stream.
 func tokensStream(tb testing.TB, ctx context.Context, js jetstream.JetStream) jetstream.Stream {
 	tb.Helper()

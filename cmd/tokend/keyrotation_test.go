@@ -136,7 +136,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	checkFor(t, time.Minute, 10*time.Millisecond, func() error {
+	eventstest.CheckFor(t, time.Minute, 10*time.Millisecond, func() error {
 		if n := total.Load(); n < 3*families {
 			return fmt.Errorf("%d refreshes before the rotation", n)
 		}
@@ -159,7 +159,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	if newMAC == "" || newSigning == "" || newMAC == before.mac || newSigning == before.signing {
 		t.Fatalf("rotated to mac %q, signing %q (from %+v)", newMAC, newSigning, before)
 	}
-	checkFor(t, time.Minute, 10*time.Millisecond, func() error {
+	eventstest.CheckFor(t, time.Minute, 10*time.Millisecond, func() error {
 		if n := after.Load(); n < 3*families {
 			return fmt.Errorf("%d refreshes after the rotation", n)
 		}

@@ -48,8 +48,8 @@ func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	active := cachedCount{ttl: 10 * time.Second, count: r.ActiveFamilies}
-	usage := &streamUsage{ttl: 10 * time.Second, js: js}
+	active := &cached[int64]{ttl: 10 * time.Second, load: r.ActiveFamilies}
+	usage := &cached[streamUsage]{ttl: 10 * time.Second, load: loadStreamUsage(js)}
 	reg.MustRegister(
 		gauge("tokend_stream_bytes", "Bytes the TOKENS stream holds (refreshed every 10s at most).",
 			func() float64 { return usage.get().bytes }),
@@ -62,7 +62,7 @@ func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r
 		gauge("tokend_projection_lag_events", "Stream sequence of the newest event minus the last one applied to the read model.",
 			func() float64 { return float64(p.Lag()) }),
 		gauge("tokend_active_families", "Token families neither revoked nor expired, per the read model (refreshed every 10s at most).",
-			active.get),
+			func() float64 { return float64(active.get()) }),
 		gauge("tokend_nats_connected", "1 while the NATS connection is up, else 0.", func() float64 {
 			if nc.IsConnected() {
 				return 1
@@ -77,52 +77,19 @@ func registerStateMetrics(reg prometheus.Registerer, p *projections.Projector, r
 	)
 }
 
-// streamUsage reads the stream's size and limit at most every ttl: a
-// scrape must not turn into a burst of JetStream API calls.
-type streamUsage struct {
-	ttl time.Duration
-	js  jetstream.JetStream
+// cached keeps a scrape from turning into a query per scrape (a count
+// over the families table, JetStream API calls): it loads the value at
+// most once per ttl and keeps the last one when a load fails.
+type cached[T any] struct {
+	ttl  time.Duration
+	load func(context.Context) (T, error)
 
 	mu    sync.Mutex
 	at    time.Time
-	value struct{ bytes, limit float64 }
+	value T
 }
 
-func (u *streamUsage) get() struct{ bytes, limit float64 } {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if time.Since(u.at) < u.ttl {
-		return u.value
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	stream, err := u.js.Stream(ctx, events.StreamName)
-	if err != nil {
-		return u.value
-	}
-	info := stream.CachedInfo()
-	u.value.bytes, u.value.limit = float64(info.State.Bytes), float64(max(info.Config.MaxBytes, 0))
-	if info.Config.MaxBytes <= 0 {
-		if acc, err := u.js.AccountInfo(ctx); err == nil {
-			u.value.limit = float64(max(acc.Limits.MaxStore, 0))
-		}
-	}
-	u.at = time.Now()
-	return u.value
-}
-
-// cachedCount keeps a count query off the scrape path's critical cost: a
-// scrape every few seconds must not scan the families table each time.
-type cachedCount struct {
-	ttl   time.Duration
-	count func(context.Context) (int64, error)
-
-	mu    sync.Mutex
-	at    time.Time
-	value float64
-}
-
-func (c *cachedCount) get() float64 {
+func (c *cached[T]) get() T {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.at) < c.ttl {
@@ -130,8 +97,31 @@ func (c *cachedCount) get() float64 {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if n, err := c.count(ctx); err == nil {
-		c.value, c.at = float64(n), time.Now()
+	if v, err := c.load(ctx); err == nil {
+		c.value, c.at = v, time.Now()
 	}
 	return c.value
+}
+
+// streamUsage is what the TOKENS stream holds and may hold: its own byte
+// limit, else the account's; 0 when neither is set.
+type streamUsage struct{ bytes, limit float64 }
+
+func loadStreamUsage(js jetstream.JetStream) func(context.Context) (streamUsage, error) {
+	return func(ctx context.Context) (streamUsage, error) {
+		stream, err := js.Stream(ctx, events.StreamName)
+		if err != nil {
+			return streamUsage{}, err
+		}
+		info := stream.CachedInfo()
+		u := streamUsage{bytes: float64(info.State.Bytes), limit: float64(max(info.Config.MaxBytes, 0))}
+		if info.Config.MaxBytes <= 0 {
+			acc, err := js.AccountInfo(ctx)
+			if err != nil {
+				return streamUsage{}, err
+			}
+			u.limit = float64(max(acc.Limits.MaxStore, 0))
+		}
+		return u, nil
+	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // natsServer is a standalone JetStream server that can be stopped and
@@ -167,7 +168,7 @@ func TestBrokerOutage(t *testing.T) {
 	}
 	runCommands("in flight at the stop", probes[0], commandBound)
 
-	checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
 		if code := status(t, app, "/readyz"); code != http.StatusServiceUnavailable {
 			return fmt.Errorf("/readyz %d while NATS is down", code)
 		}
@@ -200,14 +201,14 @@ func TestBrokerOutage(t *testing.T) {
 	t.Log("starting the NATS server again")
 	srv.start()
 	restarted := time.Now()
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if code := status(t, app, "/readyz"); code != http.StatusOK {
 			return fmt.Errorf("/readyz %d after NATS came back", code)
 		}
 		return nil
 	})
 	ready := time.Since(restarted)
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if n := l.acks.Load(); n < acksDown+50 {
 			return fmt.Errorf("%d rotations acknowledged since NATS came back", n-acksDown)
 		}
@@ -231,7 +232,7 @@ func TestBrokerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := lastEventSeq(t, js)
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if applied := app.projector.Applied(); applied < last {
 			return fmt.Errorf("the projector applied %d of %d", applied, last)
 		}
@@ -277,7 +278,7 @@ func TestBrokerOutageRefusedRefreshIsRetryable(t *testing.T) {
 	r := mustRefresh(t, nc, f.RefreshToken, "web-app") // the writer now has the family cached
 
 	srv.stop()
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if app.nc.IsConnected() {
 			return errors.New("tokend has not noticed that NATS is down")
 		}
@@ -296,7 +297,7 @@ func TestBrokerOutageRefusedRefreshIsRetryable(t *testing.T) {
 		t.Errorf("refresh while NATS is down answered after %v: a command must fail fast once the connection is known to be down", took)
 	}
 	srv.start()
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if code := status(t, app, "/readyz"); code != http.StatusOK || !nc.IsConnected() {
 			return fmt.Errorf("/readyz %d after NATS came back; client connected: %v", code, nc.IsConnected())
 		}

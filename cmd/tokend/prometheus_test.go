@@ -72,7 +72,7 @@ func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
 
 	promURL := startPrometheus(t, targets)
 	dashboard := dashboardExprs(t)
-	checkFor(t, 60*time.Second, 500*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 60*time.Second, 500*time.Millisecond, func() error {
 		for _, expr := range dashboard {
 			if err := hasNumbers(promURL, expr); err != nil {
 				return err
@@ -108,7 +108,7 @@ func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
 	if loaded < 7 {
 		t.Fatalf("Prometheus loaded %d rules from ops/prometheus/alerts.yml", loaded)
 	}
-	checkFor(t, 30*time.Second, 500*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 500*time.Millisecond, func() error {
 		var alerts struct {
 			Data struct {
 				Alerts []struct {
@@ -196,7 +196,7 @@ scrape_configs:
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	promURL := "http://" + addr
-	checkFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
 		resp, err := http.Get(promURL + "/-/ready")
 		if err != nil {
 			return err

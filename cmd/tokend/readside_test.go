@@ -546,7 +546,7 @@ func TestRevokeBySubjectIsLinearizable(t *testing.T) {
 				}
 			})
 		}
-		checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(families) < 50 {
@@ -692,7 +692,7 @@ func TestReadyz(t *testing.T) {
 	}
 	t.Run("embedded", func(t *testing.T) {
 		app := MustApp(t, testConfig(t), nil)
-		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if status, body := readyz(app); status != http.StatusOK {
 				return fmt.Errorf("/readyz %d %s", status, body)
 			}
@@ -703,7 +703,7 @@ func TestReadyz(t *testing.T) {
 	t.Run("projection lag", func(t *testing.T) {
 		_, apps := mustInstances(t, 2, func(cfg *Config) { cfg.ReadyMaxLag = 5 })
 		lagging, writer := apps[0], apps[1]
-		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if status, body := readyz(lagging); status != http.StatusOK {
 				return fmt.Errorf("/readyz %d %s", status, body)
 			}
@@ -722,7 +722,7 @@ func TestReadyz(t *testing.T) {
 			t.Fatalf("lag at the bound: /readyz %d %s", status, body)
 		}
 		issue(1)
-		checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
 			if status, body := readyz(lagging); status != http.StatusServiceUnavailable || !strings.Contains(body, "behind") {
 				return fmt.Errorf("projection %d events behind (bound %d): /readyz %d %s",
 					lagging.cfg.ReadyMaxLag+1, lagging.cfg.ReadyMaxLag, status, body)
@@ -732,7 +732,7 @@ func TestReadyz(t *testing.T) {
 		if lag := lagging.projector.Lag(); lag != lagging.cfg.ReadyMaxLag+1 {
 			t.Fatalf("Projector.Lag() = %d, want %d", lag, lagging.cfg.ReadyMaxLag+1)
 		}
-		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			// Its projector runs, but may not have applied the last events yet.
 			if status, body := readyz(writer); status != http.StatusOK {
 				return fmt.Errorf("the instance keeping up: /readyz %d %s", status, body)
@@ -740,14 +740,14 @@ func TestReadyz(t *testing.T) {
 			return nil
 		})
 		resumeProjector(lagging)
-		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if status, body := readyz(lagging); status != http.StatusOK {
 				return fmt.Errorf("caught up: /readyz %d %s", status, body)
 			}
 			return nil
 		})
 		// Ready again once within the bound; the rest follows.
-		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			if lag := lagging.projector.Lag(); lag != 0 {
 				return fmt.Errorf("caught up, Projector.Lag() = %d", lag)
 			}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // acked is an issue or a refresh that a client got a success reply for.
@@ -204,7 +205,7 @@ func (l *load) resolve(nc *nats.Conn) {
 	t.Helper()
 	for _, f := range l.fams {
 		var o outcome
-		checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		eventstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 			if o = tryRefresh(nc, f.current, 5*time.Second); o.ok() {
 				return nil
 			}
@@ -230,7 +231,7 @@ func (l *load) resolve(nc *nats.Conn) {
 // applied seq.
 func waitApplied(t *testing.T, nc *nats.Conn, seq uint64) {
 	t.Helper()
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		o := tryCall(nc, "tokens.query.audit", wire.AuditRequest{MinSeq: seq, Limit: intp(1)}, 5*time.Second)
 		if !o.ok() {
 			return fmt.Errorf("query.audit with min_seq %d: %v", seq, o)

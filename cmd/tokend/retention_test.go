@@ -26,7 +26,7 @@ func TestRetentionArchivesAndForgets(t *testing.T) {
 		t.Fatalf("archived %d families before their absolute expiry: %v", n, err)
 	}
 	expiry, _ := time.Parse(time.RFC3339, next.RefreshTokenExpiresAt)
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		if n, err := app.janitor.SweepAll(ctx); err != nil || n != 1 {
 			return fmt.Errorf("archived %d families %v after the absolute expiry %v: %v", n, time.Now(), expiry, err)
 		}
@@ -50,7 +50,7 @@ func TestRetentionArchivesAndForgets(t *testing.T) {
 
 	// The history leaves the stream a second after the absolute expiry;
 	// the read model follows at its next prune.
-	checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+	eventstest.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
 		if n := len(familyEvents(t, nc, f.FamilyID)); n != 1 {
 			return fmt.Errorf("%d events of the family in the stream", n)
 		}

@@ -61,10 +61,10 @@ func MustConnect(tb testing.TB, url string) *nats.Conn {
 	return nc
 }
 
-// CheckFor calls f every 50 ms until it returns nil, and fails the test
-// with f's last error if that takes longer than total. Tests wait for a
-// condition this way instead of sleeping for a guessed time.
-func CheckFor(tb testing.TB, total time.Duration, f func() error) {
+// CheckFor calls f every interval until it returns nil, and fails the
+// test with f's last error if that takes longer than total. Tests wait for
+// a condition this way instead of sleeping for a guessed time.
+func CheckFor(tb testing.TB, total, every time.Duration, f func() error) {
 	tb.Helper()
 	deadline := time.Now().Add(total)
 	for {
@@ -75,6 +75,6 @@ func CheckFor(tb testing.TB, total time.Duration, f func() error) {
 		if time.Now().After(deadline) {
 			tb.Fatalf("after %v: %v", total, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
