@@ -56,9 +56,14 @@ type Service struct {
 	queriesCtx  context.Context
 	stopQueries context.CancelFunc
 	handled     atomic.Uint64 // requests answered, NATS and HTTP
-	inFlight    sync.WaitGroup
-	workers     *workers
-	micro       micro.Service
+	// stopping refuses requests that arrive once Stop began (micro keeps
+	// delivering a subscription's pending messages while it drains); mu
+	// orders that check and inFlight.Add against Stop's Wait.
+	mu       sync.Mutex
+	stopping bool
+	inFlight sync.WaitGroup
+	workers  *workers
+	micro    micro.Service
 }
 
 // Start registers the micro service "tokens" with its endpoints under prefix.
@@ -114,6 +119,9 @@ func (s *Service) Handled() uint64 { return s.handled.Load() }
 
 // Stop stops taking requests and waits for those in flight.
 func (s *Service) Stop() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
 	if s.micro != nil {
 		s.micro.Stop()
 	}
@@ -133,8 +141,15 @@ func (s *Service) async(name string, base context.Context, timeout time.Duration
 		// Replies go straight to the reply subject: micro's request object
 		// is not safe to use once its handler has returned.
 		reply := req.Reply()
-		slots <- struct{}{}
+		s.mu.Lock()
+		if s.stopping {
+			s.mu.Unlock()
+			s.respondError(name, reply, &domain.Error{Code: domain.EUnavailable, Message: "this instance is stopping, retry", RetryAfterMs: 100})
+			return
+		}
 		s.inFlight.Add(1)
+		s.mu.Unlock()
+		slots <- struct{}{}
 		s.workers.run(func() {
 			defer func() { <-slots; s.inFlight.Done() }()
 			defer func() {
