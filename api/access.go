@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,7 @@ type signer struct {
 	key    ed25519.PrivateKey
 	header []byte // the JWS protected header, base64url-encoded: the same for every token
 	jwks   []byte
+	public jose.JSONWebKeySet // what jwks holds, for Verify
 }
 
 // NewAccessTokens signs with the keyset's current signing key; the JWKS
@@ -69,7 +71,7 @@ func (a *AccessTokens) Use(ks events.Keyset) error {
 	if err != nil {
 		return err
 	}
-	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks})
+	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks, public: set})
 	return nil
 }
 
@@ -81,24 +83,23 @@ func (a *AccessTokens) Follow(k *events.Keyring) error {
 // JWKS returns the public key set as JSON.
 func (a *AccessTokens) JWKS() []byte { return a.signer.Load().jwks }
 
-// TTL returns the lifetime of minted tokens.
-func (a *AccessTokens) TTL() time.Duration { return a.ttl }
-
-type accessClaims struct {
-	jwt.Claims
-	ClientID string `json:"client_id"`
-	Scope    string `json:"scope"`
-	SID      string `json:"sid"`
+// TTL returns the lifetime of a grant's access token: its client's, else
+// the deployment's.
+func (a *AccessTokens) TTL(g events.Grant) time.Duration {
+	if g.AccessTTL > 0 {
+		return g.AccessTTL
+	}
+	return a.ttl
 }
 
 // Mint returns a signed access token for a grant, issued at now.
 func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
-	c := accessClaims{
+	c := AccessClaims{
 		Claims: jwt.Claims{
 			Issuer:   a.issuer,
 			Subject:  g.Family.Subject,
 			Audience: jwt.Audience(g.Audience),
-			Expiry:   jwt.NewNumericDate(now.Add(a.ttl)),
+			Expiry:   jwt.NewNumericDate(now.Add(a.TTL(g))),
 			IssuedAt: jwt.NewNumericDate(now),
 			ID:       nuid.Next(),
 		},
@@ -125,4 +126,37 @@ func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, sig)
 	return string(tok), nil
+}
+
+// AccessClaims are the claims of a verified access token.
+type AccessClaims struct {
+	jwt.Claims
+	ClientID string `json:"client_id"`
+	Scope    string `json:"scope"`
+	SID      string `json:"sid"` // the family id
+}
+
+// errNotOurs is any token Verify refuses.
+var errNotOurs = errors.New("not a valid access token of this deployment")
+
+// Verify checks that token is an unexpired access token this deployment
+// signed (with any key of its JWKS, retired ones included) and returns its
+// claims.
+func (a *AccessTokens) Verify(token string, now time.Time) (AccessClaims, error) {
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil || len(tok.Headers) != 1 || tok.Headers[0].ExtraHeaders[jose.HeaderType] != "at+jwt" {
+		return AccessClaims{}, errNotOurs
+	}
+	keys := a.signer.Load().public.Key(tok.Headers[0].KeyID)
+	if len(keys) != 1 {
+		return AccessClaims{}, errNotOurs
+	}
+	var c AccessClaims
+	if err := tok.Claims(keys[0].Key, &c); err != nil {
+		return AccessClaims{}, errNotOurs
+	}
+	if c.Expiry == nil || c.SID == "" || c.ValidateWithLeeway(jwt.Expected{Issuer: a.issuer, Time: now}, 0) != nil {
+		return AccessClaims{}, errNotOurs
+	}
+	return c, nil
 }

@@ -99,3 +99,45 @@ func BenchmarkMintAccessToken(b *testing.B) {
 		}
 	}
 }
+
+// TestAccessTokenVerify: Verify accepts exactly the unexpired tokens this
+// deployment signed, with the client's lifetime when it has one.
+func TestAccessTokenVerify(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	a, err := NewAccessTokens(events.NewKeyset(now), "https://tokend.example", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := events.Grant{Family: domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}, Scope: []string{"api:read"}}
+	tok, _ := a.Mint(g, now)
+	c, err := a.Verify(tok, now.Add(time.Minute))
+	if err != nil || c.SID != "fam-1" || c.ClientID != "web-app" || c.Scope != "api:read" || c.Subject != "user-42" {
+		t.Fatalf("Verify = %+v, %v", c, err)
+	}
+	if _, err := a.Verify(tok, now.Add(5*time.Minute+time.Second)); err == nil {
+		t.Fatal("an expired token verified")
+	}
+	g.AccessTTL = time.Minute
+	short, _ := a.Mint(g, now)
+	if _, err := a.Verify(short, now.Add(2*time.Minute)); err == nil || a.TTL(g) != time.Minute {
+		t.Fatal("the client's access lifetime was not used")
+	}
+	other, _ := NewAccessTokens(events.NewKeyset(now), "https://tokend.example", 5*time.Minute)
+	foreign, _ := other.Mint(g, now)
+	ks := events.NewKeyset(now)
+	sameKeys, _ := NewAccessTokens(ks, "https://tokend.example", 5*time.Minute)
+	otherIssuer, _ := NewAccessTokens(ks, "https://evil.example", 5*time.Minute)
+	wrongIss, _ := otherIssuer.Mint(g, now)
+	if _, err := sameKeys.Verify(wrongIss, now); err == nil {
+		t.Error("a token of another issuer verified")
+	}
+	for name, bad := range map[string]string{
+		"another deployment's": foreign,
+		"tampered":             tok[:len(tok)-4] + "AAAA",
+		"not a JWT":            "rt1.fam.1.k.s.m",
+	} {
+		if _, err := a.Verify(bad, now); err == nil {
+			t.Errorf("%s token verified", name)
+		}
+	}
+}

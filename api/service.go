@@ -245,7 +245,7 @@ func (s *Service) tokenReply(g events.Grant) (wire.TokenReply, error) {
 	}
 	return wire.TokenReply{
 		RefreshToken: g.Token.Value(), FamilyID: g.Family.ID, TokenType: "Bearer",
-		AccessToken: at, ExpiresIn: int64(s.Access.TTL() / time.Second), Scope: domain.ScopeString(g.Scope),
+		AccessToken: at, ExpiresIn: int64(s.Access.TTL(g) / time.Second), Scope: domain.ScopeString(g.Scope),
 		RefreshTokenExpiresAt: rfc3339(g.Family.ExpiresAt()), Seq: g.Seq,
 	}, nil
 }

@@ -70,6 +70,9 @@ type Grant struct {
 	Scope    []string
 	Audience []string
 	Seq      uint64
+	// AccessTTL is the family's client's access-token lifetime; 0 for the
+	// deployment's.
+	AccessTTL time.Duration
 }
 
 // IssueRequest starts a family.
