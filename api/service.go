@@ -261,7 +261,7 @@ func (s *Service) revoke(ctx context.Context, data []byte) (any, error) {
 	)
 	switch {
 	case in.RefreshToken != nil:
-		n, seq, err = s.Tokens.RevokeToken(ctx, *in.RefreshToken, in.Reason, in.Context)
+		n, seq, err = s.Tokens.RevokeToken(ctx, *in.RefreshToken, "", in.Reason, in.Context)
 	case in.FamilyID != nil:
 		n, seq, err = s.Tokens.RevokeFamily(ctx, *in.FamilyID, in.Reason, in.Context)
 	case in.Subject != nil:

@@ -188,6 +188,9 @@ type Revoke struct {
 	// Token, when revoking by refresh token, must be one the family handed
 	// out (current, parent or an ancestor); any other revokes nothing.
 	Token *Token
+	// ClientID, when set, restricts the revocation to a family of this
+	// client: a client revokes only its own (RFC 7009 section 2.1).
+	ClientID string
 }
 
 // Archive summarizes a family whose absolute lifetime is over, so its
@@ -286,7 +289,8 @@ func (d Decider) revoke(f Family, c Revoke, now time.Time) ([]Event, error) {
 	if err := ValidateContext(c.Context); err != nil {
 		return nil, err
 	}
-	if !f.Exists() || f.Status == StatusRevoked || (c.Token != nil && !f.HandedOut(*c.Token)) {
+	if !f.Exists() || f.Status == StatusRevoked || (c.Token != nil && !f.HandedOut(*c.Token)) ||
+		(c.ClientID != "" && c.ClientID != f.ClientID) {
 		return nil, nil
 	}
 	e := d.event(f, FamilyRevoked, c.Context, now)

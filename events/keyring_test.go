@@ -280,6 +280,6 @@ func TestUnreadableKeysAreUnavailable(t *testing.T) {
 	s := NewService(NewWriter(nil, 1), stale.Codec(), domain.Policy{}, time.Now)
 	s.UseKeyring(stale)
 	// Within reloadEvery the failed read is reported again, not retried.
-	_, _, err = s.RevokeToken(ctx, token, "", domain.Context{})
+	_, _, err = s.RevokeToken(ctx, token, "", "", domain.Context{})
 	wantCode(t, err, domain.EUnavailable)
 }

@@ -182,9 +182,10 @@ func (s *Service) RevokeFamily(ctx context.Context, familyID, reason string, c d
 	return s.revoke(ctx, familyID, domain.Revoke{Reason: reason, Context: c})
 }
 
-// RevokeToken revokes the family of a refresh token it handed out. Anything
-// else, malformed or forged tokens included, revokes nothing.
-func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domain.Context) (int, uint64, error) {
+// RevokeToken revokes the family of a refresh token it handed out; with
+// clientID set, only if the family is that client's. Anything else,
+// malformed or forged tokens included, revokes nothing.
+func (s *Service) RevokeToken(ctx context.Context, token, clientID, reason string, c domain.Context) (int, uint64, error) {
 	if err := domain.ValidateName("reason", orDefault(reason)); err != nil {
 		return 0, 0, err
 	}
@@ -195,7 +196,7 @@ func (s *Service) RevokeToken(ctx context.Context, token, reason string, c domai
 	if err != nil {
 		return 0, 0, nil
 	}
-	return s.revoke(ctx, t.FamilyID, domain.Revoke{Reason: reason, Context: c, Token: &t})
+	return s.revoke(ctx, t.FamilyID, domain.Revoke{Reason: reason, Context: c, Token: &t, ClientID: clientID})
 }
 
 func (s *Service) revoke(ctx context.Context, familyID string, cmd domain.Revoke) (int, uint64, error) {

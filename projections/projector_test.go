@@ -100,7 +100,7 @@ func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
 		case r < 17: // up-scope
 			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur), Scope: []string{"admin"}}))
 		case r < 18:
-			_, seq, _ := h.svc.RevokeToken(ctx, cur, "user_disabled", nil)
+			_, seq, _ := h.svc.RevokeToken(ctx, cur, "", "user_disabled", nil)
 			last = max(last, seq)
 		default:
 			_ = client
