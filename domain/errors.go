@@ -23,6 +23,9 @@ type Error struct {
 	Message string
 	// RetryAfterMs, when set on EUnavailable, tells the caller when to retry.
 	RetryAfterMs int64
+	// RateLimited marks an EUnavailable that a rate limit decided, which
+	// HTTP answers 429 rather than 503.
+	RateLimited bool
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }

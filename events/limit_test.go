@@ -62,7 +62,7 @@ func limitedService(t *testing.T) (*Service, *fixture, *[]string) {
 func wantLimited(t *testing.T, err error) {
 	t.Helper()
 	var de *domain.Error
-	if !errors.As(err, &de) || de.Code != domain.EUnavailable || de.RetryAfterMs <= 0 {
+	if !errors.As(err, &de) || de.Code != domain.EUnavailable || de.RetryAfterMs <= 0 || !de.RateLimited {
 		t.Fatalf("want temporarily_unavailable with retry_after_ms, got %v", err)
 	}
 }

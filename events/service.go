@@ -59,7 +59,7 @@ func (s *Service) limited(limiter *KeyedLimiter, name, key string) error {
 		s.OnRateLimited(name)
 	}
 	return &domain.Error{Code: domain.EUnavailable, Message: "rate limited, retry later",
-		RetryAfterMs: max(1, wait.Milliseconds())}
+		RetryAfterMs: max(1, wait.Milliseconds()), RateLimited: true}
 }
 
 // Grant is the outcome of a successful issue or refresh.
