@@ -56,6 +56,10 @@ const (
 	// MaxClientTTL bounds every per-client lifetime, so adding it to a time
 	// cannot overflow.
 	MaxClientTTL = 10 * 365 * 24 * time.Hour
+	// DefaultSecretGrace is how long a client's previous secret keeps
+	// verifying after a rotation, unless the admin says otherwise: long
+	// enough to roll the new secret out to every copy of the client.
+	DefaultSecretGrace = 24 * time.Hour
 )
 
 // ClientSecret is one secret of a client, as its SHA-256: the secret itself
