@@ -49,6 +49,8 @@ type Service struct {
 	// CommandsInFlight and QueriesInFlight bound the requests of each kind
 	// handled at once; zero means the default.
 	CommandsInFlight, QueriesInFlight int
+	// Clients, if set, is served on the client administration subjects.
+	Clients *events.Registry
 
 	nc *nats.Conn
 	// stopQueries ends the waits of queries in flight at shutdown: a
@@ -108,6 +110,10 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 	if err := s.addKeysAdmin(svc, prefix); err != nil {
 		svc.Stop()
 		return fmt.Errorf("key administration: %w", err)
+	}
+	if err := s.addClientsAdmin(svc, prefix); err != nil {
+		svc.Stop()
+		return fmt.Errorf("client administration: %w", err)
 	}
 	// Subscriptions are sent asynchronously; flushing makes the endpoints
 	// reachable before Start reports the service up.

@@ -71,6 +71,7 @@ var commands = map[string]*command{
 	"refresh": refreshCommand,
 	"revoke":  revokeCommand,
 	"keys":    keysCommand,
+	"clients": clientsCommand,
 
 	"introspect": introspectCommand,
 	"family":     familyCommand,

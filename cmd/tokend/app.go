@@ -38,6 +38,7 @@ type App struct {
 	http     *http.Server
 	httpLn   net.Listener
 	revoking *events.Revoking
+	clients  *events.Registry
 	janitor  *events.Janitor
 	// audit and auditLn serve the audit API (--audit-http); nil when off.
 	audit   *http.Server
@@ -85,6 +86,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, err
 	}
+	// Opened whether or not --client-registry enforces it, so clients can
+	// be registered before enforcement is switched on.
+	if a.clients, err = events.OpenRegistry(setupCtx, a.js, cfg.StreamReplicas, log.With("component", "clients")); err != nil {
+		return nil, err
+	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
 	retention := a.retention()
 	stream, err := events.Setup(setupCtx, a.js, subjects, events.StreamLimits{Replicas: cfg.StreamReplicas,
@@ -120,6 +126,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Reader:    reader,
 		Projector: a.projector,
 		Metrics:   metrics,
+		Clients:   a.clients,
 		Log:       log,
 		Now:       time.Now,
 
@@ -279,6 +286,10 @@ func (a *App) ready(ctx context.Context) error {
 	return nil
 }
 
+// Clients returns the client registry; Config.ClientRegistry says whether
+// it is enforced.
+func (a *App) Clients() *events.Registry { return a.clients }
+
 // NATSURL is where clients reach this instance's NATS.
 func (a *App) NATSURL() string {
 	if a.ns != nil {
@@ -316,6 +327,9 @@ func (a *App) Stop() {
 	}
 	if a.revoking != nil {
 		a.revoking.Stop()
+	}
+	if a.clients != nil {
+		a.clients.Stop()
 	}
 	if a.stopProjector != nil {
 		a.stopProjector()

@@ -55,6 +55,9 @@ type Config struct {
 	MaxQueries      int // queries handled at once
 	LogLevel        string
 	Pprof           bool
+	// ClientRegistry enforces the client registry; it is opened and
+	// administered either way.
+	ClientRegistry bool
 }
 
 // AuditHTTPConfig is the audit API's own listener: TLS always, and callers
@@ -166,6 +169,7 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxCommands, "max-commands-in-flight", api.DefaultCommandsInFlight, "commands (issue, refresh, revoke) handled at once; more wait in NATS")
 	fs.IntVar(&c.MaxQueries, "max-queries-in-flight", api.DefaultQueriesInFlight, "queries handled at once, apart from the commands' budget so slow audits cannot stall refreshes; more wait in NATS")
 	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 10000, "/readyz fails while the projections are more than this many events behind the stream")
+	fs.BoolVar(&c.ClientRegistry, "client-registry", false, "enforce the client registry (TOKENS_CLIENTS, managed with tokenctl clients): only registered clients get tokens, within their scopes and audiences; when off the registry is still kept and administered, but not enforced")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the HTTP address (for benchmarks and incidents; keep the address private)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
