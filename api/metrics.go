@@ -31,6 +31,9 @@ type Metrics struct {
 	storeErrors     prometheus.Counter
 	rateLimited     *prometheus.CounterVec
 	replyErrors     *prometheus.CounterVec
+	oauthRequests   *prometheus.CounterVec
+	registryChanges *prometheus.CounterVec
+	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
 
 	projectionBatch   prometheus.Histogram
@@ -87,6 +90,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		replyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_reply_errors_total", Help: "Replies that could not be sent (too large, connection lost), by endpoint.",
 		}, []string{"endpoint"}),
+		oauthRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_oauth_requests_total", Help: "OAuth HTTP requests answered, by endpoint (token, revoke, introspect) and outcome (ok or the OAuth error code).",
+		}, []string{"endpoint", "outcome"}),
+		registryChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_client_registry_changes_total", Help: "Changes this instance made to the client registry, by action (create, update, remove, rotate_secret).",
+		}, []string{"action"}),
+		oauthDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokend_oauth_request_duration_seconds", Help: "Time to answer an OAuth HTTP request.", Buckets: latencyBuckets,
+		}, []string{"endpoint"}),
 		archived: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_families_archived_total", Help: "Families past their absolute expiry summarized by a family.archived event.",
 		}),
@@ -100,7 +112,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
-		m.replyErrors, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
+		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
 		m.commands.WithLabelValues(cmd, "ok")
@@ -176,6 +188,24 @@ func (m *Metrics) StoreError(error) { m.storeErrors.Inc() }
 
 // RateLimited counts a command a rate limit refused (events.Service.OnRateLimited).
 func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }
+
+func (m *Metrics) oauth(endpoint string, err error, took time.Duration) {
+	if m == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = oauthErrorOf(err).code
+	}
+	m.oauthRequests.WithLabelValues(endpoint, outcome).Inc()
+	m.oauthDuration.WithLabelValues(endpoint).Observe(took.Seconds())
+}
+
+// ClientRegistryChange counts a registry change this instance made
+// (events.Registry.OnChange).
+func (m *Metrics) ClientRegistryChange(action string) {
+	m.registryChanges.WithLabelValues(action).Inc()
+}
 
 // ReplyError counts a reply that could not be sent.
 func (m *Metrics) ReplyError(endpoint string) {

@@ -328,6 +328,20 @@ func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wi
 	}
 }
 
+// RevokeSubjectAfterReplay revokes, in the background, every family of a
+// subject whose client reacts to a replay that way (on_replay
+// revoke_subject): events.Service.OnSubjectReplay.
+func (s *Service) RevokeSubjectAfterReplay(subject string) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), revokeTimeout)
+		defer cancel()
+		n, _, err := s.revokeAll(ctx, subject, "", wire.RevokeRequest{Reason: domain.ReasonReplayDetected})
+		if err != nil {
+			s.Log.Error("revoking a subject's families after a replay", "err", err, "revoked", n)
+		}
+	}()
+}
+
 // revokeFamilies revokes families, revokeConcurrency at a time, and counts
 // those it moved to revoked.
 func (s *Service) revokeFamilies(ctx context.Context, ids []string, in wire.RevokeRequest) (int, error) {

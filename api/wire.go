@@ -64,6 +64,8 @@ func httpStatus(code string) int {
 	switch code {
 	case domain.EInvalidRequest, domain.EInvalidGrant, domain.EInvalidScope, domain.EInvalidTarget:
 		return 400
+	case domain.EInvalidClient:
+		return 401
 	case domain.ENotFound:
 		return 404
 	case domain.EUnavailable:

@@ -14,6 +14,9 @@ const (
 	ENotFound       = "not_found"
 	EUnavailable    = "temporarily_unavailable"
 	EServerError    = "server_error"
+	// EInvalidClient: the client is unknown to the client registry, or
+	// failed to authenticate (OAuth over HTTP).
+	EInvalidClient = "invalid_client"
 )
 
 // Error is a failure with a contract error code. Message is safe to show to

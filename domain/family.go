@@ -179,6 +179,10 @@ type Refresh struct {
 	// (TokenCodec.ChildOf) when that may be the just-rotated parent; zero
 	// otherwise.
 	Reusable Token
+	// OnReplay is what a detected replay does; empty means
+	// ReplayRevokeFamily. ReplayRevokeSubject revokes this family here and
+	// leaves the subject's other families to the caller.
+	OnReplay ReplayAction
 }
 
 // Revoke kills a family. Reason defaults to "revoked".
@@ -337,6 +341,10 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 	case isParent || isAncestor:
 		replay := d.event(f, ReplayDetected, c.Context, now)
 		replay.TokenHash = presented
+		if c.OnReplay == ReplayAuditOnly {
+			// A rollout: the replay is recorded and refused, the family lives.
+			return []Event{replay}, ErrInvalidGrant
+		}
 		revoked := d.event(f, FamilyRevoked, c.Context, now)
 		revoked.Reason = ReasonReplayDetected
 		return []Event{replay, revoked}, ErrInvalidGrant

@@ -419,6 +419,14 @@ func TestDecide(t *testing.T) {
 		{name: "revoke: reason not UTF-8", given: h3, at: revokedAt, when: Revoke{Reason: "\xc3"}, thenErr: EInvalidRequest},
 		{name: "revoke: invalid reason on an unknown family", at: t0, when: Revoke{Reason: "\x00"}, thenErr: EInvalidRequest},
 
+		// the client's response to a replay
+		{name: "replay with audit_only records it and refuses, the family lives", given: h3, at: r3.Add(time.Minute),
+			when: refresh(tok1, func(r *Refresh) { r.OnReplay = ReplayAuditOnly }),
+			then: replay(r3.Add(time.Minute), 3, tok1)[:1], thenErr: EInvalidGrant},
+		{name: "replay with revoke_subject revokes this family", given: h3, at: r3.Add(time.Minute),
+			when: refresh(tok1, func(r *Refresh) { r.OnReplay = ReplayRevokeSubject }),
+			then: replay(r3.Add(time.Minute), 3, tok1), thenErr: EInvalidGrant},
+
 		// archive: only past the absolute expiry, once
 		{name: "archive before the absolute expiry", given: h3, at: absolute.Add(-time.Second), when: Archive{}},
 		{name: "archive at the absolute expiry", given: h3, at: absolute, when: Archive{},

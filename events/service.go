@@ -31,6 +31,44 @@ type Service struct {
 	// Revoking, if set, holds back issues for subjects and clients being
 	// revoked (see RevokeAll).
 	Revoking *Revoking
+
+	// Clients, if set, is the client registry: a registered client's
+	// lifetimes, allowed scopes and audiences and reaction to replay apply
+	// to its families. With EnforceClients, commands for a client it does
+	// not know are refused (invalid_client).
+	Clients        ClientDirectory
+	EnforceClients bool
+	// OnSubjectReplay, if set, is told the subject of a replay detected for
+	// a client whose on_replay is revoke_subject, to revoke the subject's
+	// other families. It must not block.
+	OnSubjectReplay func(subject string)
+}
+
+// ClientDirectory finds registered clients (Registry).
+type ClientDirectory interface {
+	Lookup(clientID string) (domain.Client, bool)
+}
+
+// errUnknownClient answers a command for a client the registry does not
+// know when clients are enforced.
+var errUnknownClient = domain.Errorf(domain.EInvalidClient, "unknown client")
+
+// client returns the registered client clientID and the decider its
+// policy calls for; ok is false (with no error) for an unregistered client
+// while clients are not enforced.
+func (s *Service) client(clientID string) (c domain.Client, d domain.Decider, ok bool, err error) {
+	d = s.decider
+	if s.Clients == nil {
+		return c, d, false, nil
+	}
+	if c, ok = s.Clients.Lookup(clientID); !ok {
+		if s.EnforceClients {
+			return c, d, false, errUnknownClient
+		}
+		return c, d, false, nil
+	}
+	d.Policy = c.Policy(d.Policy)
+	return c, d, true, nil
 }
 
 // Names of the rate limits, as OnRateLimited reports them.
@@ -44,9 +82,6 @@ const (
 func NewService(writer *Writer, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
 	return &Service{writer: writer, codec: FixedKeys(codec), decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
 }
-
-// reusable reports whether rotations keep their child for a reuse interval.
-func (s *Service) reusable() bool { return s.decider.Policy.ReuseInterval > 0 }
 
 // limited returns the temporarily_unavailable answer of a refused command,
 // or nil when limiter lets key through.
@@ -91,16 +126,26 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 		return Grant{}, &domain.Error{Code: domain.EUnavailable, Message: "the families of this subject or client are being revoked, retry",
 			RetryAfterMs: 500}
 	}
+	client, decider, registered, err := s.client(req.ClientID)
+	if err != nil {
+		return Grant{}, err
+	}
+	if registered {
+		if err := client.CheckGrant(req.Scope, req.Audience); err != nil {
+			return Grant{}, err
+		}
+	}
 	familyID := domain.NewID(randomBytes(16))
 	token := s.codec.Codec().Mint(familyID, 1, newSecret())
 	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
-		return s.decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
+		return decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
 			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
 	})
 	if err != nil {
 		return Grant{}, err
 	}
-	return Grant{Token: token, Family: d.After, Scope: d.After.Scope, Audience: d.After.Audience[:min(1, len(d.After.Audience))], Seq: d.Seq}, nil
+	return Grant{Token: token, Family: d.After, Scope: d.After.Scope, Audience: d.After.Audience[:min(1, len(d.After.Audience))],
+		Seq: d.Seq, AccessTTL: client.AccessTTL}, nil
 }
 
 // RefreshRequest exchanges a refresh token.
@@ -116,6 +161,10 @@ type RefreshRequest struct {
 // the just-rotated parent inside the reuse interval. Refusals are recorded
 // before the error is returned.
 func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error) {
+	client, decider, _, err := s.client(req.ClientID)
+	if err != nil {
+		return Grant{}, err
+	}
 	presented, codec, err := s.codec.Parse(ctx, req.Token)
 	if err != nil {
 		return Grant{}, err
@@ -130,16 +179,16 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	charged := false // a decision re-run after a fence conflict is not charged twice
 	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
 		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
-			Audience: req.Audience, Context: req.Context}
+			Audience: req.Audience, Context: req.Context, OnReplay: client.OnReplay}
 		switch {
 		case presented.Generation == f.Generation:
 			cmd.Child = child
-		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && s.reusable() &&
+		case presented.Generation+1 == f.Generation && req.ClientID == f.ClientID && decider.Policy.ReuseInterval > 0 &&
 			domain.SameHash(presented.Hash(), f.ParentHash):
 			reusable = s.codec.ChildOf(ctx, codec, presented, f.CurrentHash)
 			cmd.Reusable = reusable
 		}
-		events, err := s.decider.Decide(f, cmd)
+		events, err := decider.Decide(f, cmd)
 		if len(events) > 0 && !charged {
 			if err := s.charge(events[0], req.ClientID); err != nil {
 				return nil, err
@@ -148,11 +197,15 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 		}
 		return events, err
 	})
+	if len(d.Events) > 0 && d.Events[0].Type == domain.ReplayDetected && client.OnReplay == domain.ReplayRevokeSubject &&
+		s.OnSubjectReplay != nil {
+		s.OnSubjectReplay(d.After.Subject)
+	}
 	if err != nil {
 		return Grant{}, err
 	}
 	last := d.Events[len(d.Events)-1]
-	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child}
+	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child, AccessTTL: client.AccessTTL}
 	if last.Type == domain.TokenReused {
 		g.Token = reusable
 	}

@@ -40,6 +40,9 @@ type App struct {
 	revoking *events.Revoking
 	clients  *events.Registry
 	janitor  *events.Janitor
+	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
+	oauth   *http.Server
+	oauthLn net.Listener
 	// audit and auditLn serve the audit API (--audit-http); nil when off.
 	audit   *http.Server
 	auditLn net.Listener
@@ -120,6 +123,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 	a.revoking = tokens.Revoking
+	tokens.Clients, tokens.EnforceClients = a.clients, cfg.ClientRegistry
+	a.clients.OnChange = metrics.ClientRegistryChange
 	a.api = &api.Service{
 		Tokens:    tokens,
 		Access:    access,
@@ -133,6 +138,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		CommandsInFlight: cfg.MaxCommands,
 		QueriesInFlight:  cfg.MaxQueries,
 	}
+	tokens.OnSubjectReplay = a.api.RevokeSubjectAfterReplay
 	if err := a.api.Start(a.nc, cfg.SubjectPrefix); err != nil {
 		return nil, err
 	}
@@ -206,6 +212,11 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 	a.http = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go a.serve(a.http, a.httpLn)
 
+	if a.cfg.OAuthHTTP.Addr != "" {
+		if err := a.serveOAuth(); err != nil {
+			return err
+		}
+	}
 	if a.cfg.AuditHTTP.Addr == "" {
 		return nil
 	}
@@ -219,6 +230,29 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 	a.audit = &http.Server{Handler: guard.Wrap(a.api.AuditHandler()), TLSConfig: tlsConfig,
 		ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
 	go a.serve(a.audit, tls.NewListener(a.auditLn, tlsConfig))
+	return nil
+}
+
+// serveOAuth starts the OAuth listener (--oauth-http): it faces clients,
+// so it gets TLS when configured (a TLS-terminating proxy in front of it
+// is the alternative).
+func (a *App) serveOAuth() error {
+	var err error
+	if a.oauthLn, err = net.Listen("tcp", a.cfg.OAuthHTTP.Addr); err != nil {
+		return fmt.Errorf("--oauth-http listen: %w", err)
+	}
+	oauth := api.NewOAuth(a.api, a.clients, a.cfg.Issuer, a.log.With("component", "oauth"))
+	a.oauth = &http.Server{Handler: oauth.Handler(), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+	ln := a.oauthLn
+	if a.cfg.OAuthHTTP.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(a.cfg.OAuthHTTP.TLSCert, a.cfg.OAuthHTTP.TLSKey)
+		if err != nil {
+			return fmt.Errorf("--oauth-tls-cert/--oauth-tls-key: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+	}
+	go a.serve(a.oauth, ln)
 	return nil
 }
 
@@ -301,6 +335,14 @@ func (a *App) NATSURL() string {
 // HTTPAddr is the bound HTTP address.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
 
+// OAuthAddr is the bound address of the OAuth listener, "" when it is off.
+func (a *App) OAuthAddr() string {
+	if a.oauthLn == nil {
+		return ""
+	}
+	return a.oauthLn.Addr().String()
+}
+
 // AuditAddr is the bound address of the audit listener, "" when it is off.
 func (a *App) AuditAddr() string {
 	if a.auditLn == nil {
@@ -318,7 +360,7 @@ func (a *App) Stop() {
 	if a.api != nil {
 		a.api.Stop()
 	}
-	for _, srv := range []*http.Server{a.http, a.audit} {
+	for _, srv := range []*http.Server{a.http, a.oauth, a.audit} {
 		if srv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			srv.Shutdown(ctx)

@@ -27,6 +27,7 @@ type Config struct {
 	NATSInboxPrefix string
 	HTTPAddr        string
 	AuditHTTP       AuditHTTPConfig
+	OAuthHTTP       OAuthHTTPConfig
 	V1OpenAudit     bool
 	SubjectPrefix   string
 	ReuseInterval   time.Duration
@@ -58,6 +59,12 @@ type Config struct {
 	// ClientRegistry enforces the client registry; it is opened and
 	// administered either way.
 	ClientRegistry bool
+}
+
+// OAuthHTTPConfig is the OAuth endpoints' listener, which faces clients.
+type OAuthHTTPConfig struct {
+	Addr            string // empty: no OAuth listener
+	TLSCert, TLSKey string // empty: plain HTTP (behind a TLS-terminating proxy)
 }
 
 // AuditHTTPConfig is the audit API's own listener: TLS always, and callers
@@ -137,6 +144,9 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "with --nats-url: private key (PEM) of --nats-tls-cert")
 	fs.StringVar(&c.NATSInboxPrefix, "nats-inbox-prefix", "", "prefix of tokend's reply subjects (default _INBOX); a private prefix lets permissions keep other users from reading its replies")
 	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:8080", "HTTP listen address of metrics, health, readiness and the JWKS")
+	fs.StringVar(&c.OAuthHTTP.Addr, "oauth-http", "", "listen address of the OAuth 2.0 endpoints (token, revocation, introspection, metadata); off when empty. --issuer must be its public URL")
+	fs.StringVar(&c.OAuthHTTP.TLSCert, "oauth-tls-cert", "", "certificate (PEM) of the OAuth listener; without it, it serves plain HTTP for a TLS-terminating proxy")
+	fs.StringVar(&c.OAuthHTTP.TLSKey, "oauth-tls-key", "", "private key (PEM) of --oauth-tls-cert")
 	fs.StringVar(&c.AuditHTTP.Addr, "audit-http", "", "HTTPS listen address of the audit API (/v1/audit, /v1/families); off when empty")
 	fs.StringVar(&c.AuditHTTP.TLSCert, "audit-tls-cert", "", "certificate (PEM) of the audit listener")
 	fs.StringVar(&c.AuditHTTP.TLSKey, "audit-tls-key", "", "private key (PEM) of --audit-tls-cert")
@@ -228,6 +238,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("--max-commands-in-flight and --max-queries-in-flight must be at least 1")
 	case c.ForeignRate < 0 || c.ForeignBurst < 1:
 		return fmt.Errorf("rate limits must not be negative and bursts must be at least 1")
+	case (c.OAuthHTTP.TLSCert == "") != (c.OAuthHTTP.TLSKey == ""):
+		return fmt.Errorf("--oauth-tls-cert and --oauth-tls-key go together")
+	case c.OAuthHTTP.TLSCert != "" && c.OAuthHTTP.Addr == "":
+		return fmt.Errorf("--oauth-tls-cert needs --oauth-http")
 	case (c.NATSTLSCert == "") != (c.NATSTLSKey == ""):
 		return fmt.Errorf("--nats-tls-cert and --nats-tls-key go together")
 	case c.NATSURL == "" && (c.NATSTLSCA != "" || c.NATSTLSCert != ""):
