@@ -4,9 +4,10 @@
 //
 //	c := client.New(nc, "") // default prefix "tokens"
 //	tok, err := c.Issue(ctx, wire.IssueRequest{Subject: "user-42", ClientID: "web-app"})
-//	var e *client.Error
-//	if errors.As(err, &e) && e.Code == "invalid_grant" { ... }
-//	if client.IsRetryable(err) { ... back off and retry ... }
+//	switch {
+//	case client.Terminal(err): // errors.Is(err, client.ErrInvalidGrant), …: sign in again
+//	case client.Transient(err): // back off (client.RetryAfter(err)) and retry
+//	}
 //
 // Connect with nats.ReconnectBufSize(-1): a request buffered while the
 // connection is down is sent after the reconnect, maybe after the caller
@@ -17,7 +18,6 @@ package client
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -266,22 +266,4 @@ func codeForStatus(status string) string {
 		return "invalid_request"
 	}
 	return CodeServerError
-}
-
-// IsRetryable reports whether err may succeed if the same request is sent
-// again later: the service said temporarily_unavailable or server_error, or
-// the request timed out or found no responder (tokend restarting or not yet
-// subscribed). Retrying a refresh is safe inside the reuse interval, which
-// returns the same child.
-func IsRetryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code == CodeTemporarilyUnavailable || e.Code == CodeServerError
-	}
-	return errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, context.DeadlineExceeded)
 }
