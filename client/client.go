@@ -9,6 +9,22 @@
 //	case client.Transient(err): // back off (client.RetryAfter(err)) and retry
 //	}
 //
+// A service that holds users' sessions gets its access tokens from a
+// Source, one per session, which caches them per audience and scope,
+// renews them ahead of expiry, refreshes once for all concurrent callers,
+// and keeps the refresh token in a Store shared by the service's replicas
+// (a KVStore in a JetStream bucket, or a MemoryStore):
+//
+//	store := client.NewKVStore(kv) // see KVStore for how to protect the bucket
+//	src := client.NewSource(c, store, sessionID, client.Options{
+//		OnTerminal: func(error) { signOut(sessionID) },
+//	})
+//	err := src.Begin(ctx, "web-app", issued) // after the login's Issue
+//	…
+//	at, err := src.Token(ctx, "https://api.example.com", "api:read")
+//	req.Header.Set("Authorization", "Bearer "+at.Token)
+//	// or: httpClient := oauth2.NewClient(ctx, src.OAuth2("https://api.example.com", "api:read"))
+//
 // Connect with nats.ReconnectBufSize(-1): a request buffered while the
 // connection is down is sent after the reconnect, maybe after the caller
 // retried and moved on, and a late copy of an old refresh is a replay that
