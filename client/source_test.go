@@ -118,6 +118,19 @@ func (s *session) observed(refresh bool, o client.Outcome) int {
 	return n
 }
 
+// refreshes returns the refresh events observed.
+func (s *session) refreshes() []client.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []client.Event
+	for _, e := range s.events {
+		if e.Refresh {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // count returns how many events of type typ the family has in the stream.
 func (s *session) count(t *testing.T, typ string) int {
 	t.Helper()
@@ -696,11 +709,15 @@ func TestProactiveRenewal(t *testing.T) {
 type proxy struct {
 	dropRequests, dropReplies atomic.Bool
 	introspections            atomic.Int32
+	// gate, if set, holds refresh requests until it is closed; arrived
+	// says when one is held.
+	gate    atomic.Pointer[chan struct{}]
+	arrived chan struct{}
 }
 
 func startProxy(t *testing.T, td *apitest.Tokend) *proxy {
 	t.Helper()
-	p := &proxy{}
+	p := &proxy{arrived: make(chan struct{}, 16)}
 	nc := td.Connect(t)
 	forward := func(drop func() (req, reply bool)) nats.MsgHandler {
 		return func(m *nats.Msg) {
@@ -716,7 +733,13 @@ func startProxy(t *testing.T, td *apitest.Tokend) *proxy {
 		}
 	}
 	subs := map[string]nats.MsgHandler{
-		"proxy.cmd.refresh":      forward(func() (bool, bool) { return p.dropRequests.Load(), p.dropReplies.Load() }),
+		"proxy.cmd.refresh": forward(func() (bool, bool) {
+			if gate := p.gate.Load(); gate != nil {
+				p.arrived <- struct{}{}
+				<-*gate
+			}
+			return p.dropRequests.Load(), p.dropReplies.Load()
+		}),
 		"proxy.query.introspect": forward(func() (bool, bool) { p.introspections.Add(1); return false, false }),
 	}
 	for subject, h := range subs {
@@ -803,6 +826,44 @@ func TestUnansweredRequestRetriedAfterIntrospection(t *testing.T) {
 	evs := s.td.Events(t, s.issued.FamilyID)
 	if apitest.Count(evs, "token.rotated") != 1 || apitest.Count(evs, "token.replay_detected") != 0 {
 		t.Fatalf("events = %+v", evs)
+	}
+}
+
+// TestCallerGivingUpDoesNotCancelRefresh: the caller that started a
+// refresh gives up while it is under way; the refresh goes on and serves
+// the next caller.
+func TestCallerGivingUpDoesNotCancelRefresh(t *testing.T) {
+	td := apitest.Start(t, apitest.Options{AccessTTL: time.Minute})
+	p := startProxy(t, td)
+	s := newSessionVia(t, td, "proxy", nil, client.Options{AttemptTimeout: time.Minute})
+	s.clock.Add(2 * time.Minute)
+	gate := make(chan struct{})
+	p.gate.Store(&gate)
+
+	first, cancel := context.WithCancel(ctx(t))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.src.Token(first, "")
+		errc <- err
+	}()
+	select {
+	case <-p.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the refresh did not reach tokend")
+	}
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that gave up: %v", err)
+	}
+	close(gate)
+	if tok := mustToken(t, s.src, ""); tok.Token == s.issued.AccessToken {
+		t.Fatal("the expired token was served")
+	}
+	if n := s.count(t, "token.rotated"); n != 1 {
+		t.Fatalf("%d rotations", n)
+	}
+	if ok, all := s.observed(true, client.OutcomeRefreshed), len(s.refreshes()); ok != 1 || all != 1 {
+		t.Fatalf("%d refreshes, %d of them successful: the first was cancelled", all, ok)
 	}
 }
 
