@@ -4,9 +4,26 @@
 //
 //	c := client.New(nc, "") // default prefix "tokens"
 //	tok, err := c.Issue(ctx, wire.IssueRequest{Subject: "user-42", ClientID: "web-app"})
-//	var e *client.Error
-//	if errors.As(err, &e) && e.Code == "invalid_grant" { ... }
-//	if client.IsRetryable(err) { ... back off and retry ... }
+//	switch {
+//	case client.Terminal(err): // errors.Is(err, client.ErrInvalidGrant), …: sign in again
+//	case client.Transient(err): // back off (client.RetryAfter(err)) and retry
+//	}
+//
+// A service that holds users' sessions gets its access tokens from a
+// Source, one per session, which caches them per audience and scope,
+// renews them ahead of expiry, refreshes once for all concurrent callers,
+// and keeps the refresh token in a Store shared by the service's replicas
+// (a KVStore in a JetStream bucket, or a MemoryStore):
+//
+//	store := client.NewKVStore(kv) // see KVStore for how to protect the bucket
+//	src := client.NewSource(c, store, sessionID, client.Options{
+//		OnTerminal: func(error) { signOut(sessionID) },
+//	})
+//	err := src.Begin(ctx, "web-app", issued) // after the login's Issue
+//	…
+//	at, err := src.Token(ctx, "https://api.example.com", "api:read")
+//	req.Header.Set("Authorization", "Bearer "+at.Token)
+//	// or: httpClient := oauth2.NewClient(ctx, src.OAuth2("https://api.example.com", "api:read"))
 //
 // Connect with nats.ReconnectBufSize(-1): a request buffered while the
 // connection is down is sent after the reconnect, maybe after the caller
@@ -17,7 +34,6 @@ package client
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -266,22 +282,4 @@ func codeForStatus(status string) string {
 		return "invalid_request"
 	}
 	return CodeServerError
-}
-
-// IsRetryable reports whether err may succeed if the same request is sent
-// again later: the service said temporarily_unavailable or server_error, or
-// the request timed out or found no responder (tokend restarting or not yet
-// subscribed). Retrying a refresh is safe inside the reuse interval, which
-// returns the same child.
-func IsRetryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code == CodeTemporarilyUnavailable || e.Code == CodeServerError
-	}
-	return errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, context.DeadlineExceeded)
 }

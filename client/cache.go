@@ -1,0 +1,155 @@
+package client
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/domain"
+)
+
+// entry is a cached access token.
+type entry struct {
+	tok     AccessToken
+	asked   string    // the audience asked for; "" is the family's first
+	full    bool      // minted for the whole grant (no scope asked)
+	renewAt time.Time // serving it from now on starts a background renewal
+	staleAt time.Time // no longer served from now on: Expiry minus the leeway
+}
+
+// serves reports whether e may answer r: the same audience, and a scope
+// that covers r's. Only a token for the whole grant answers a request for
+// the whole grant: any other may be down-scoped.
+func (e *entry) serves(r request) bool {
+	if r.audience != e.asked && (r.audience == "" || r.audience != e.tok.Audience) {
+		return false
+	}
+	if r.full() {
+		return e.full
+	}
+	return domain.Subset(r.scope, e.tok.Scope)
+}
+
+// request is what renewing e asks for.
+func (e *entry) request() request {
+	if e.full {
+		return request{audience: e.asked}
+	}
+	return request{audience: e.asked, scope: e.tok.Scope}
+}
+
+// key identifies e in the cache: its audience and granted scope.
+func (e *entry) key() string {
+	if e.full {
+		return e.asked + "\x00*"
+	}
+	return e.asked + "\x00" + scopeKey(e.tok.Scope)
+}
+
+func scopeKey(scope []string) string {
+	sorted := slices.Clone(scope)
+	slices.Sort(sorted)
+	return strings.Join(sorted, " ")
+}
+
+// lookup returns the cached token that answers r and stays fresh longest,
+// nil if none; s.mu is held.
+func (s *Source) lookup(r request, now time.Time) *entry {
+	var best *entry
+	for _, e := range s.cache {
+		if now.Before(e.staleAt) && e.serves(r) && (best == nil || e.staleAt.After(best.staleAt)) {
+			best = e
+		}
+	}
+	return best
+}
+
+// put caches e in place of the token with the same audience and scope,
+// dropping every token past its leeway and, beyond MaxTokens, those that
+// go stale first; s.mu is held.
+func (s *Source) put(e *entry) {
+	now := s.o.Now()
+	for k, old := range s.cache {
+		if !now.Before(old.staleAt) {
+			delete(s.cache, k)
+		}
+	}
+	s.cache[e.key()] = e
+	for len(s.cache) > s.o.MaxTokens {
+		var first string
+		for k, old := range s.cache {
+			if first == "" || old.staleAt.Before(s.cache[first].staleAt) {
+				first = k
+			}
+		}
+		delete(s.cache, first)
+	}
+}
+
+// newEntry checks reply, tokend's answer to r asked at the time asked, and
+// makes it a cache entry. A reply that grants less than r asked is
+// ErrBadReply.
+func (s *Source) newEntry(r request, reply wire.TokenReply, asked time.Time) (*entry, error) {
+	if reply.AccessToken == "" {
+		return nil, fmt.Errorf("%w: no access token in the reply", ErrBadReply)
+	}
+	scope, err := domain.ParseScope(reply.Scope)
+	if err != nil {
+		return nil, fmt.Errorf("%w: scope: %v", ErrBadReply, err)
+	}
+	life := time.Duration(reply.ExpiresIn) * time.Second
+	if life <= 0 {
+		return nil, fmt.Errorf("%w: expires_in %d", ErrBadReply, reply.ExpiresIn)
+	}
+	e := &entry{
+		tok:   AccessToken{Token: reply.AccessToken, Expiry: asked.Add(life), Scope: scope, Audience: jwtAudience(reply.AccessToken)},
+		asked: r.audience, full: r.full(),
+	}
+	if r.audience != "" && e.tok.Audience != r.audience {
+		return nil, fmt.Errorf("%w: the token is not for the audience asked for", ErrBadReply)
+	}
+	if !e.serves(r) {
+		return nil, fmt.Errorf("%w: the granted scope does not cover the scope asked for", ErrBadReply)
+	}
+	e.staleAt = e.tok.Expiry.Add(-min(s.o.Leeway, life/4))
+	frac := s.o.RenewAfter + renewJitter*(2*rand.Float64()-1)
+	e.renewAt = asked.Add(time.Duration(frac * float64(life)))
+	if e.renewAt.After(e.staleAt) {
+		e.renewAt = e.staleAt
+	}
+	return e, nil
+}
+
+// jwtAudience returns the aud claim of a JWT, read without verifying it
+// (the Source only needs to know which audience tokend minted it for), ""
+// if there is none or the token is not a JWT.
+func jwtAudience(jwt string) string {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var claims struct {
+		Aud json.RawMessage `json:"aud"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || claims.Aud == nil {
+		return ""
+	}
+	var one string
+	if json.Unmarshal(claims.Aud, &one) == nil {
+		return one
+	}
+	var many []string
+	if json.Unmarshal(claims.Aud, &many) == nil && len(many) == 1 {
+		return many[0]
+	}
+	return ""
+}
