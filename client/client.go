@@ -263,11 +263,8 @@ func responseError(msg *nats.Msg) *Error {
 }
 
 func contractCode(s string) bool {
-	switch s {
-	case "invalid_request", "invalid_grant", "invalid_scope", "invalid_target", CodeNotFound, CodeTemporarilyUnavailable, CodeServerError:
-		return true
-	}
-	return false
+	_, ok := sentinels[s]
+	return ok
 }
 
 // codeForStatus guesses the contract code of an error without a usable body.

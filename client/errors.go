@@ -18,6 +18,10 @@ var (
 	ErrNotFound               = errors.New(CodeNotFound)
 	ErrTemporarilyUnavailable = errors.New(CodeTemporarilyUnavailable)
 	ErrServerError            = errors.New(CodeServerError)
+	// ErrInvalidClient: the client id is not in tokend's client registry
+	// (with --client-registry on). Terminal: it will not become known by
+	// retrying.
+	ErrInvalidClient = errors.New("invalid_client")
 )
 
 var sentinels = map[string]error{
@@ -28,6 +32,7 @@ var sentinels = map[string]error{
 	ErrNotFound.Error():               ErrNotFound,
 	ErrTemporarilyUnavailable.Error(): ErrTemporarilyUnavailable,
 	ErrServerError.Error():            ErrServerError,
+	ErrInvalidClient.Error():          ErrInvalidClient,
 }
 
 // Is makes errors.Is(err, ErrInvalidGrant) and the other sentinels match an
@@ -78,10 +83,11 @@ func (*lostRotation) Is(target error) bool { return target == ErrInvalidGrant }
 // Terminal reports whether err means the session's token family is gone
 // for good, so the user must sign in again: invalid_grant (expired, revoked,
 // replayed, another client's), invalid_request (the stored token or client
-// id is malformed: it will never succeed), ErrNoSession, ErrLostRotation.
-// A terminal error is never transient.
+// id is malformed: it will never succeed), invalid_client, ErrNoSession,
+// ErrLostRotation. A terminal error is never transient.
 func Terminal(err error) bool {
-	return errors.Is(err, ErrInvalidGrant) || errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrNoSession)
+	return errors.Is(err, ErrInvalidGrant) || errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrInvalidClient) ||
+		errors.Is(err, ErrNoSession)
 }
 
 // Transient reports whether err may go away if the same request is made

@@ -17,7 +17,7 @@ func TestSentinelsMatchCodes(t *testing.T) {
 		"invalid_request": client.ErrInvalidRequest, "invalid_grant": client.ErrInvalidGrant,
 		"invalid_scope": client.ErrInvalidScope, "invalid_target": client.ErrInvalidTarget,
 		"not_found": client.ErrNotFound, "temporarily_unavailable": client.ErrTemporarilyUnavailable,
-		"server_error": client.ErrServerError,
+		"server_error": client.ErrServerError, "invalid_client": client.ErrInvalidClient,
 	} {
 		err := fmt.Errorf("wrapped: %w", &client.Error{Code: code})
 		if !errors.Is(err, sentinel) {
@@ -47,6 +47,7 @@ func TestTerminalAndTransient(t *testing.T) {
 		{context.Canceled, false, false},
 		{&client.Error{Code: "invalid_grant"}, true, false},
 		{&client.Error{Code: "invalid_request"}, true, false},
+		{&client.Error{Code: "invalid_client"}, true, false},
 		{&client.Error{Code: "invalid_scope"}, false, false},
 		{&client.Error{Code: "invalid_target"}, false, false},
 		{&client.Error{Code: "not_found"}, false, false},
