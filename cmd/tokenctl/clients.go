@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -29,7 +30,7 @@ var clientsCommand = &command{
 	args: 2,
 	help: `The client registry (KV bucket TOKENS_CLIENTS) is shared by every tokend
 instance; a change reaches all of them within moments. Every change is
-recorded with who made it (--by, default $USER) and when: clients history.
+recorded with who made it (--by, default your login name) and when: clients history.
 
   clients list                 every client, as a table
   clients show ID              one client
@@ -69,7 +70,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 		onReplay := fs.String("on-replay", "", "add, update: what a replayed token does, `R`: revoke_family (the default), revoke_subject or audit_only")
 		grace := fs.Duration("grace", domain.DefaultSecretGrace, "rotate-secret: the old secret keeps working for `D` (default 24h; 0: it stops at once)")
 		save := fs.String("save", "", "add, update, rotate-secret: write the new secret to `FILE` (mode 0600) instead of printing it")
-		by := fs.String("by", getenv("USER"), "add, update, rotate-secret, remove: who makes the change, `NAME` (recorded)")
+		by := fs.String("by", operator(), "add, update, rotate-secret, remove: who makes the change, `NAME` (recorded; default: your login name)")
 		settings := []string{"type", "auth-method", "scope", "audience", "jwks", "access-ttl", "refresh-idle-ttl",
 			"refresh-absolute-ttl", "reuse-interval", "on-replay"}
 		return func(ctx context.Context, e *env) error {
@@ -99,7 +100,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 			case isSet(fs, "by") && !slices.Contains(changes, sub):
 				return usagef("--by goes with add, update, rotate-secret or remove")
 			case slices.Contains(changes, sub) && *by == "":
-				return usagef("--by is required ($USER is not set): who makes this change")
+				return usagef("--by is required (no login name found): who makes this change")
 			case isSet(fs, "save") && *save == "":
 				return usagef("--save needs a file name")
 			case sub == "add" && isSet(fs, "save") && !effectiveMethod(api.ClientPutRequest{Type: *clientType, AuthMethod: *method}).UsesSecret():
@@ -448,4 +449,22 @@ func stageSecretFile(path, data string) (commit func() error, abort func(), err 
 		return nil, nil, err
 	}
 	return func() error { return os.Rename(f.Name(), path) }, abort, nil
+}
+
+// operator is the login name changes are recorded under by default: $USER,
+// else the account's name (containers often set no $USER).
+func operator() string {
+	if name := getenv("USER"); name != "" {
+		return name
+	}
+	return accountName()
+}
+
+// accountName is the current account's name, "" if unknown; replaceable in
+// tests.
+var accountName = func() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
 }

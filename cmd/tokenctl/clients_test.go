@@ -57,7 +57,8 @@ func shownSecret(t *testing.T, out string) string {
 	return m[1]
 }
 
-// asUser makes $USER name, the default of --by, for the rest of the test.
+// asUser makes $USER name, and the account nameless, so name is the
+// default of --by for the rest of the test.
 func asUser(t *testing.T, name string) {
 	getenv = func(k string) string {
 		if k == "USER" {
@@ -65,7 +66,19 @@ func asUser(t *testing.T, name string) {
 		}
 		return os.Getenv(k)
 	}
-	t.Cleanup(func() { getenv = os.Getenv })
+	old := accountName
+	accountName = func() string { return "" }
+	t.Cleanup(func() { getenv, accountName = os.Getenv, old })
+}
+
+// TestClientsByDefaultsToTheAccount: without $USER (a container, say) the
+// account's name is recorded.
+func TestClientsByDefaultsToTheAccount(t *testing.T) {
+	asUser(t, "")
+	accountName = func() string { return "root" }
+	if got := operator(); got != "root" {
+		t.Fatalf("operator() = %q", got)
+	}
 }
 
 func mustCtl(t *testing.T, args ...string) string {

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -472,5 +476,58 @@ func TestOAuthMetadata(t *testing.T) {
 			t.Fatalf("%s %s is not served: %v %v", method, u, r, err)
 		}
 		r.Body.Close()
+	}
+}
+
+// TestOAuthLeavesNoSecrets: after every kind of OAuth exchange, refused
+// ones included, no client secret, token, assertion or Authorization
+// header is in the debug-level logs or anywhere in the data directory.
+func TestOAuthLeavesNoSecrets(t *testing.T) {
+	e := mustOAuthEnv(t, nil)
+	needles := []string{e.secret, e.secret + "x"}
+	keep := func(body map[string]any) {
+		for _, k := range []string{"access_token", "refresh_token"} {
+			if v, ok := body[k].(string); ok {
+				needles = append(needles, v)
+			}
+		}
+	}
+	f := e.issue(t, "user-leak", "web")
+	needles = append(needles, f.RefreshToken, f.AccessToken)
+	_, _, body := e.post(t, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {f.RefreshToken}}, "web", e.secret)
+	keep(body)
+	e.post(t, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {body["refresh_token"].(string)}}, "web", e.secret+"x")
+	e.post(t, "/oauth2/introspect", url.Values{"token": {body["access_token"].(string)}}, "web", e.secret)
+	g := e.issue(t, "user-leak", "svc")
+	assertion := e.assertion(t, "svc")
+	needles = append(needles, g.RefreshToken, assertion)
+	_, _, body = e.post(t, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {g.RefreshToken},
+		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {assertion}}, "", "")
+	keep(body)
+	e.post(t, "/oauth2/revoke", url.Values{"token": {body["refresh_token"].(string)}}, "web", e.secret)
+	e.app.Stop()
+
+	logs := e.logs.String()
+	if !strings.Contains(logs, "oauth client authentication refused") {
+		t.Fatal("the refused attempt was not logged: the log scan below proves nothing")
+	}
+	for _, n := range append(needles, "Authorization", "Basic ") {
+		if strings.Contains(logs, n) {
+			t.Fatalf("the logs hold %.12s…", n)
+		}
+	}
+	if err := filepath.WalkDir(e.app.cfg.DataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		for _, n := range needles {
+			if bytes.Contains(data, []byte(n)) {
+				t.Errorf("%s holds a secret or a token", path)
+			}
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
