@@ -195,6 +195,12 @@ func (s *Service) putClient(ctx context.Context, data []byte, who events.Actor) 
 	if err != nil {
 		return nil, err
 	}
+	// The stream keeps events, and its MaxAge backstop is sized, for
+	// families living at most the deployment's absolute lifetime.
+	if limit := s.Tokens.Policy().AbsoluteTTL; c.RefreshAbsoluteTTL > limit {
+		return nil, domain.Errorf(domain.EInvalidRequest, "refresh_absolute_ttl %v is longer than this deployment's --refresh-absolute-ttl %v",
+			c.RefreshAbsoluteTTL, limit)
+	}
 	who.By = in.By
 	e, err := s.Clients.Put(ctx, c, in.SecretSHA256, in.Revision, who)
 	if err != nil {

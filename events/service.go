@@ -44,6 +44,10 @@ type Service struct {
 	OnSubjectReplay func(subject string)
 }
 
+// Policy returns the deployment's lifetimes, which registered clients may
+// shorten.
+func (s *Service) Policy() domain.Policy { return s.decider.Policy }
+
 // ClientDirectory finds registered clients (Registry).
 type ClientDirectory interface {
 	Lookup(clientID string) (domain.Client, bool)
@@ -67,7 +71,11 @@ func (s *Service) client(clientID string) (c domain.Client, d domain.Decider, ok
 		}
 		return c, d, false, nil
 	}
+	// A client's family never outlives the deployment's absolute lifetime:
+	// retention is sized for it (the stream's MaxAge). Registration refuses
+	// longer; this holds if the flag was lowered since.
 	d.Policy = c.Policy(d.Policy)
+	d.Policy.AbsoluteTTL = min(d.Policy.AbsoluteTTL, s.decider.Policy.AbsoluteTTL)
 	return c, d, true, nil
 }
 

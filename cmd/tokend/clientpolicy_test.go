@@ -42,6 +42,10 @@ func TestClientPolicyApplies(t *testing.T) {
 		if next.ExpiresIn != 60 {
 			t.Fatalf("a refresh for the client: expires_in %d", next.ExpiresIn)
 		}
+		if r := call(t, nc, "tokens.admin.clients.put", map[string]any{"client_id": "long", "type": "public", "scopes": []string{},
+			"audiences": []string{}, "refresh_absolute_ttl": (2 * cfg.AbsoluteTTL).String(), "by": "test"}); r.err.Error != "invalid_request" {
+			t.Fatalf("a client outliving the deployment's absolute lifetime: %s", r.raw)
+		}
 		unknown := issue("nobody", "openid")
 		if enforce {
 			wantError(t, unknown, "invalid_client")
