@@ -94,7 +94,8 @@ type Sessions struct {
 }
 
 // NewSessions returns Sessions keeping their refresh tokens in store and
-// refreshing through c. It fails if cfg lacks Key, ClientID or SignInURL.
+// refreshing through c. It fails if cfg lacks Key, ClientID or SignInURL,
+// or if its Audience or Scope is malformed.
 func NewSessions(c *Client, store Store, cfg SessionConfig) (*Sessions, error) {
 	switch {
 	case len(cfg.Key) < MinSessionKey:
@@ -103,6 +104,11 @@ func NewSessions(c *Client, store Store, cfg SessionConfig) (*Sessions, error) {
 		return nil, errors.New("client: sessions need a client id")
 	case cfg.SignInURL == "":
 		return nil, errors.New("client: sessions need a sign-in URL")
+	}
+	// Else every session would be refused and sent to sign in, again and
+	// again.
+	if _, err := newRequest(cfg.Audience, cfg.Scope); err != nil {
+		return nil, err
 	}
 	if cfg.CookieName == "" {
 		cfg.CookieName = "__Host-session"

@@ -576,3 +576,26 @@ func TestSessionSourcesBounded(t *testing.T) {
 		t.Fatalf("after Close: %s", resp.Status)
 	}
 }
+
+// TestNewSessionsChecksConfig: a configuration that could not work is
+// refused at start, not by sending every user to sign in.
+func TestNewSessionsChecksConfig(t *testing.T) {
+	key := bytes.Repeat([]byte("k"), client.MinSessionKey)
+	good := client.SessionConfig{Key: key, ClientID: "web", SignInURL: "/signin", Audience: audA, Scope: []string{"read"}}
+	if _, err := client.NewSessions(nil, client.NewMemoryStore(), good); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(*client.SessionConfig){
+		"short key":    func(c *client.SessionConfig) { c.Key = key[1:] },
+		"no client id": func(c *client.SessionConfig) { c.ClientID = "" },
+		"no sign-in":   func(c *client.SessionConfig) { c.SignInURL = "" },
+		"bad audience": func(c *client.SessionConfig) { c.Audience = "https://a.example/ x" },
+		"bad scope":    func(c *client.SessionConfig) { c.Scope = []string{`"read"`} },
+	} {
+		cfg := good
+		change(&cfg)
+		if _, err := client.NewSessions(nil, client.NewMemoryStore(), cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
