@@ -55,7 +55,9 @@ type SessionConfig struct {
 	// navigation if its Sec-Fetch-Mode is navigate or, without that
 	// header, if it accepts text/html.
 	IsAPI func(*http.Request) bool
-	// Options are every Source's.
+	// Options are every Source's. While tokend is unreachable, a request
+	// whose access token expired waits for the Source's retries (at most
+	// Options.RetryWindow) before its 503.
 	Options Options
 	// MaxSources bounds the Sources kept in memory, one per active
 	// session (DefaultMaxSources); the least recently used is closed. A
