@@ -1,5 +1,6 @@
-# The README's test command. Besides Go it needs promtool, prometheus and
-# systemd-analyze, which it installs from Debian's packages when missing.
+# The README's test command. Besides Go it needs promtool, prometheus,
+# systemd-analyze and chromium (the browser test of examples/bff), which it
+# installs from Debian's packages when missing.
 .PHONY: test deps fuzz bench conformance cluster-test reliability-test
 
 test: deps
@@ -11,10 +12,10 @@ test: deps
 	go test -race -count=1 ./...
 
 deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null || { \
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$sudo apt-get update -qq && \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd; }
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd chromium; }
 
 # Each fuzz target for a while (FUZZTIME=2m make fuzz for longer). The
 # corpora under */testdata/fuzz run as plain tests in make test.
