@@ -7,6 +7,7 @@ test: deps
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	go vet ./...
 	go vet -tags cluster ./cmd/tokend
+	go vet -tags reliability ./cmd/tokend
 	# The generated query code must match queries/*.sql: run 'go tool sqlc generate' after editing them.
 	go tool sqlc diff
 	go test -race -count=1 ./...

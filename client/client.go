@@ -25,6 +25,10 @@
 //	req.Header.Set("Authorization", "Bearer "+at.Token)
 //	// or: httpClient := oauth2.NewClient(ctx, src.OAuth2("https://api.example.com", "api:read"))
 //
+// A backend-for-frontend with cookie sessions uses Sessions, which keeps a
+// Source per browser session behind a signed cookie and hands handlers a
+// valid access token (AccessTokenFrom); examples/bff is a runnable one.
+//
 // Connect with nats.ReconnectBufSize(-1): a request buffered while the
 // connection is down is sent after the reconnect, maybe after the caller
 // retried and moved on, and a late copy of an old refresh is a replay that
