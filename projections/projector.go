@@ -425,22 +425,11 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 	if len(env.Context) > 0 {
 		ctxJSON, _ = json.Marshal(env.Context)
 	}
-	at := env.Time.UnixNano()
-	if err := q.InsertAuditEvent(ctx, queries.InsertAuditEventParams{
-		Seq: int64(e.seq), ID: env.ID, Type: env.Type, Time: at, FamilyID: env.FamilyID, Subject: env.Subject,
+	return q.InsertAuditEvent(ctx, queries.InsertAuditEventParams{
+		Seq: int64(e.seq), ID: env.ID, Type: env.Type, Time: env.Time.UnixNano(), FamilyID: env.FamilyID, Subject: env.Subject,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
 		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom, ExpiresAt: nullTime(e.expiresAt),
-	}); err != nil {
-		return err
-	}
-	switch domain.EventType(env.Type) {
-	case domain.TokenIssued, domain.TokenRotated:
-		return q.InsertToken(ctx, queries.InsertTokenParams{TokenHash: env.Data.TokenHash, FamilyID: env.FamilyID,
-			Generation: int64(env.Generation), IssuedAt: at})
-	case domain.FamilyArchived:
-		return q.DeleteFamilyTokens(ctx, env.FamilyID)
-	}
-	return nil
+	})
 }
 
 // nullTime is a unix-ns time column, NULL for 0.
@@ -496,9 +485,6 @@ func (p *Projector) Prune(ctx context.Context, now time.Time) (int64, error) {
 	deleted, err := q.DeleteExpiredEvents(ctx, queries.DeleteExpiredEventsParams{Now: nullTime(ns), Lim: pruneBatch})
 	if err != nil {
 		return 0, err
-	}
-	if err := q.DeletePurgedFamilyTokens(ctx, queries.DeletePurgedFamilyTokensParams{Now: nullTime(ns), Lim: pruneBatch}); err != nil {
-		return deleted, err
 	}
 	_, err = q.DeletePurgedFamilies(ctx, queries.DeletePurgedFamiliesParams{Now: nullTime(ns), Lim: pruneBatch})
 	return deleted, err

@@ -57,13 +57,15 @@ func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, e
 	if err != nil {
 		return Introspection{}, err
 	}
-	f := familyOf(row.Family)
+	f := familyOf(row)
 	if f.StatusAt(r.now()) != domain.StatusActive {
 		return inactive, nil
 	}
+	// The current token was issued at the family's last rotation, or with
+	// the family.
 	return Introspection{Active: true, FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID,
 		Scope: domain.ScopeString(f.Scope), Audience: f.Audience, ExpiresAt: f.ExpiresAt(),
-		IssuedAt: unixNano(row.TokenIssuedAt), AsOfSeq: asOf}, nil
+		IssuedAt: f.LastUsedAt, AsOfSeq: asOf}, nil
 }
 
 // FamilyView is a family as of the read model's position, with its chain

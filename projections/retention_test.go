@@ -60,10 +60,6 @@ func TestReadModelFollowsRetention(t *testing.T) {
 
 	db := h.openDB(t, "projections.db")
 	p := h.project(t, db, 100, last)
-	rows := dump(t, db)
-	if len(rows["tokens"]) != 0 {
-		t.Fatalf("tokens of archived families kept: %v", rows["tokens"])
-	}
 	archived, err := NewReader(db, p, time.Now).Family(ctx, a.Family.ID)
 	if err != nil || archived.ArchivedAt == nil {
 		t.Fatalf("family view of an archived family: %+v %v", archived, err)
@@ -84,7 +80,7 @@ func TestReadModelFollowsRetention(t *testing.T) {
 			h.project(t, fresh, 100, seq)
 		}
 		got, want := dump(t, db), dump(t, fresh)
-		for _, table := range []string{"families", "tokens"} {
+		for _, table := range []string{"families"} {
 			if !slices.Equal(got[table], want[table]) {
 				t.Fatalf("%s: %s differ from a rebuild:\n%v\nrebuilt:\n%v", step, table, got[table], want[table])
 			}
@@ -143,9 +139,8 @@ func TestPruneDatesRowsFromBeforeRetention(t *testing.T) {
 	if _, err := p.Prune(ctx, time.Unix(0, latest).Add(time.Hour+time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if rows := dump(t, db); len(rows["audit_events"])+len(rows["families"])+len(rows["tokens"]) != 0 {
-		t.Fatalf("rows left past MaxAge: %d events, %d families, %d tokens",
-			len(rows["audit_events"]), len(rows["families"]), len(rows["tokens"]))
+	if rows := dump(t, db); len(rows["audit_events"])+len(rows["families"]) != 0 {
+		t.Fatalf("rows left past MaxAge: %d events, %d families", len(rows["audit_events"]), len(rows["families"]))
 	}
 }
 

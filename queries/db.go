@@ -63,14 +63,8 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.deleteExpiredEventsStmt, err = db.PrepareContext(ctx, deleteExpiredEvents); err != nil {
 		return nil, fmt.Errorf("error preparing query DeleteExpiredEvents: %w", err)
 	}
-	if q.deleteFamilyTokensStmt, err = db.PrepareContext(ctx, deleteFamilyTokens); err != nil {
-		return nil, fmt.Errorf("error preparing query DeleteFamilyTokens: %w", err)
-	}
 	if q.deletePurgedFamiliesStmt, err = db.PrepareContext(ctx, deletePurgedFamilies); err != nil {
 		return nil, fmt.Errorf("error preparing query DeletePurgedFamilies: %w", err)
-	}
-	if q.deletePurgedFamilyTokensStmt, err = db.PrepareContext(ctx, deletePurgedFamilyTokens); err != nil {
-		return nil, fmt.Errorf("error preparing query DeletePurgedFamilyTokens: %w", err)
 	}
 	if q.familiesToArchiveStmt, err = db.PrepareContext(ctx, familiesToArchive); err != nil {
 		return nil, fmt.Errorf("error preparing query FamiliesToArchive: %w", err)
@@ -86,9 +80,6 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.insertAuditEventStmt, err = db.PrepareContext(ctx, insertAuditEvent); err != nil {
 		return nil, fmt.Errorf("error preparing query InsertAuditEvent: %w", err)
-	}
-	if q.insertTokenStmt, err = db.PrepareContext(ctx, insertToken); err != nil {
-		return nil, fmt.Errorf("error preparing query InsertToken: %w", err)
 	}
 	if q.lastSeqBeforeStmt, err = db.PrepareContext(ctx, lastSeqBefore); err != nil {
 		return nil, fmt.Errorf("error preparing query LastSeqBefore: %w", err)
@@ -181,19 +172,9 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing deleteExpiredEventsStmt: %w", cerr)
 		}
 	}
-	if q.deleteFamilyTokensStmt != nil {
-		if cerr := q.deleteFamilyTokensStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing deleteFamilyTokensStmt: %w", cerr)
-		}
-	}
 	if q.deletePurgedFamiliesStmt != nil {
 		if cerr := q.deletePurgedFamiliesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing deletePurgedFamiliesStmt: %w", cerr)
-		}
-	}
-	if q.deletePurgedFamilyTokensStmt != nil {
-		if cerr := q.deletePurgedFamilyTokensStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing deletePurgedFamilyTokensStmt: %w", cerr)
 		}
 	}
 	if q.familiesToArchiveStmt != nil {
@@ -219,11 +200,6 @@ func (q *Queries) Close() error {
 	if q.insertAuditEventStmt != nil {
 		if cerr := q.insertAuditEventStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing insertAuditEventStmt: %w", cerr)
-		}
-	}
-	if q.insertTokenStmt != nil {
-		if cerr := q.insertTokenStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing insertTokenStmt: %w", cerr)
 		}
 	}
 	if q.lastSeqBeforeStmt != nil {
@@ -313,15 +289,12 @@ type Queries struct {
 	dateUndatedEventsStmt          *sql.Stmt
 	dateUndatedFamiliesStmt        *sql.Stmt
 	deleteExpiredEventsStmt        *sql.Stmt
-	deleteFamilyTokensStmt         *sql.Stmt
 	deletePurgedFamiliesStmt       *sql.Stmt
-	deletePurgedFamilyTokensStmt   *sql.Stmt
 	familiesToArchiveStmt          *sql.Stmt
 	familyTokensStmt               *sql.Stmt
 	firstSeqSinceStmt              *sql.Stmt
 	getFamilyStmt                  *sql.Stmt
 	insertAuditEventStmt           *sql.Stmt
-	insertTokenStmt                *sql.Stmt
 	lastSeqBeforeStmt              *sql.Stmt
 	lowerMinTimeFromStmt           *sql.Stmt
 	maxTimeBeforeStmt              *sql.Stmt
@@ -348,15 +321,12 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		dateUndatedEventsStmt:          q.dateUndatedEventsStmt,
 		dateUndatedFamiliesStmt:        q.dateUndatedFamiliesStmt,
 		deleteExpiredEventsStmt:        q.deleteExpiredEventsStmt,
-		deleteFamilyTokensStmt:         q.deleteFamilyTokensStmt,
 		deletePurgedFamiliesStmt:       q.deletePurgedFamiliesStmt,
-		deletePurgedFamilyTokensStmt:   q.deletePurgedFamilyTokensStmt,
 		familiesToArchiveStmt:          q.familiesToArchiveStmt,
 		familyTokensStmt:               q.familyTokensStmt,
 		firstSeqSinceStmt:              q.firstSeqSinceStmt,
 		getFamilyStmt:                  q.getFamilyStmt,
 		insertAuditEventStmt:           q.insertAuditEventStmt,
-		insertTokenStmt:                q.insertTokenStmt,
 		lastSeqBeforeStmt:              q.lastSeqBeforeStmt,
 		lowerMinTimeFromStmt:           q.lowerMinTimeFromStmt,
 		maxTimeBeforeStmt:              q.maxTimeBeforeStmt,

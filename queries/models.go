@@ -48,10 +48,3 @@ type ProjectionPosition struct {
 	ID         int64
 	AppliedSeq int64
 }
-
-type Token struct {
-	TokenHash  string
-	FamilyID   string
-	Generation int64
-	IssuedAt   int64
-}

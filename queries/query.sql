@@ -20,24 +20,21 @@ ON CONFLICT (family_id) DO UPDATE SET
     archived_at = excluded.archived_at, purge_at = excluded.purge_at
 WHERE excluded.last_seq > families.last_seq;
 
--- name: InsertToken :exec
-INSERT INTO tokens (token_hash, family_id, generation, issued_at) VALUES (@token_hash, @family_id, @generation, @issued_at)
-ON CONFLICT (token_hash) DO NOTHING;
-
 -- name: GetFamily :one
 SELECT * FROM families WHERE family_id = @family_id;
 
 -- name: FamilyTokens :many
--- A generation was rotated when the next one was issued; rotated_at is 0
--- for the current one.
-SELECT generation, issued_at, CAST(COALESCE(LEAD(issued_at) OVER (ORDER BY generation), 0) AS INTEGER) AS rotated_at
-FROM tokens WHERE family_id = @family_id ORDER BY generation;
+-- A family's generations from its issued and rotated events, oldest first;
+-- a generation was rotated when the next one was issued (rotated_at 0 for
+-- the current one).
+SELECT generation, time AS issued_at, CAST(COALESCE(LEAD(time) OVER (ORDER BY seq), 0) AS INTEGER) AS rotated_at
+FROM audit_events INDEXED BY audit_by_family
+WHERE family_id = @family_id AND type IN ('token.issued', 'token.rotated')
+ORDER BY seq;
 
 -- name: CurrentToken :one
--- The family of a token that is its family's current one (introspection).
-SELECT sqlc.embed(f), t.issued_at AS token_issued_at
-FROM tokens t JOIN families f ON f.family_id = t.family_id
-WHERE t.token_hash = @token_hash AND f.current_hash = t.token_hash;
+-- The family whose current token has this hash (introspection).
+SELECT * FROM families INDEXED BY families_by_current_hash WHERE current_hash = @token_hash;
 
 -- name: RevocableFamiliesBySubject :many
 -- Families that can still be used: an expired one is dead already.
@@ -54,10 +51,6 @@ SELECT family_id FROM families INDEXED BY families_to_archive
 WHERE archived_at IS NULL AND absolute_expires_at <= @before
 ORDER BY absolute_expires_at LIMIT @lim;
 
--- name: DeleteFamilyTokens :exec
--- An archived family has no usable token; introspection needs none of its rows.
-DELETE FROM tokens WHERE family_id = @family_id;
-
 -- name: DateUndatedEvents :exec
 -- Rows from before retention: the stream drops them at its MaxAge.
 UPDATE audit_events SET expires_at = audit_events.time + @max_age
@@ -72,10 +65,6 @@ WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_un
 -- name: DeleteExpiredEvents :execrows
 DELETE FROM audit_events
 WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= @now LIMIT @lim);
-
--- name: DeletePurgedFamilyTokens :exec
-DELETE FROM tokens
-WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= @now LIMIT @lim);
 
 -- name: DeletePurgedFamilies :execrows
 DELETE FROM families

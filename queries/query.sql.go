@@ -434,39 +434,31 @@ func (q *Queries) CountAuditEvents(ctx context.Context) (int64, error) {
 }
 
 const currentToken = `-- name: CurrentToken :one
-SELECT f.family_id, f.subject, f.client_id, f.scope, f.audience, f.status, f.generation, f.current_hash, f.created_at, f.last_used_at, f.idle_expires_at, f.absolute_expires_at, f.revoked_at, f.revoked_reason, f.last_seq, f.archived_at, f.purge_at, t.issued_at AS token_issued_at
-FROM tokens t JOIN families f ON f.family_id = t.family_id
-WHERE t.token_hash = ?1 AND f.current_hash = t.token_hash
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, purge_at FROM families INDEXED BY families_by_current_hash WHERE current_hash = ?1
 `
 
-type CurrentTokenRow struct {
-	Family        Family
-	TokenIssuedAt int64
-}
-
-// The family of a token that is its family's current one (introspection).
-func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (CurrentTokenRow, error) {
+// The family whose current token has this hash (introspection).
+func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (Family, error) {
 	row := q.queryRow(ctx, q.currentTokenStmt, currentToken, tokenHash)
-	var i CurrentTokenRow
+	var i Family
 	err := row.Scan(
-		&i.Family.FamilyID,
-		&i.Family.Subject,
-		&i.Family.ClientID,
-		&i.Family.Scope,
-		&i.Family.Audience,
-		&i.Family.Status,
-		&i.Family.Generation,
-		&i.Family.CurrentHash,
-		&i.Family.CreatedAt,
-		&i.Family.LastUsedAt,
-		&i.Family.IdleExpiresAt,
-		&i.Family.AbsoluteExpiresAt,
-		&i.Family.RevokedAt,
-		&i.Family.RevokedReason,
-		&i.Family.LastSeq,
-		&i.Family.ArchivedAt,
-		&i.Family.PurgeAt,
-		&i.TokenIssuedAt,
+		&i.FamilyID,
+		&i.Subject,
+		&i.ClientID,
+		&i.Scope,
+		&i.Audience,
+		&i.Status,
+		&i.Generation,
+		&i.CurrentHash,
+		&i.CreatedAt,
+		&i.LastUsedAt,
+		&i.IdleExpiresAt,
+		&i.AbsoluteExpiresAt,
+		&i.RevokedAt,
+		&i.RevokedReason,
+		&i.LastSeq,
+		&i.ArchivedAt,
+		&i.PurgeAt,
 	)
 	return i, err
 }
@@ -522,16 +514,6 @@ func (q *Queries) DeleteExpiredEvents(ctx context.Context, arg DeleteExpiredEven
 	return result.RowsAffected()
 }
 
-const deleteFamilyTokens = `-- name: DeleteFamilyTokens :exec
-DELETE FROM tokens WHERE family_id = ?1
-`
-
-// An archived family has no usable token; introspection needs none of its rows.
-func (q *Queries) DeleteFamilyTokens(ctx context.Context, familyID string) error {
-	_, err := q.exec(ctx, q.deleteFamilyTokensStmt, deleteFamilyTokens, familyID)
-	return err
-}
-
 const deletePurgedFamilies = `-- name: DeletePurgedFamilies :execrows
 DELETE FROM families
 WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= ?1 LIMIT ?2)
@@ -548,21 +530,6 @@ func (q *Queries) DeletePurgedFamilies(ctx context.Context, arg DeletePurgedFami
 		return 0, err
 	}
 	return result.RowsAffected()
-}
-
-const deletePurgedFamilyTokens = `-- name: DeletePurgedFamilyTokens :exec
-DELETE FROM tokens
-WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= ?1 LIMIT ?2)
-`
-
-type DeletePurgedFamilyTokensParams struct {
-	Now sql.NullInt64
-	Lim int64
-}
-
-func (q *Queries) DeletePurgedFamilyTokens(ctx context.Context, arg DeletePurgedFamilyTokensParams) error {
-	_, err := q.exec(ctx, q.deletePurgedFamilyTokensStmt, deletePurgedFamilyTokens, arg.Now, arg.Lim)
-	return err
 }
 
 const familiesToArchive = `-- name: FamiliesToArchive :many
@@ -601,8 +568,10 @@ func (q *Queries) FamiliesToArchive(ctx context.Context, arg FamiliesToArchivePa
 }
 
 const familyTokens = `-- name: FamilyTokens :many
-SELECT generation, issued_at, CAST(COALESCE(LEAD(issued_at) OVER (ORDER BY generation), 0) AS INTEGER) AS rotated_at
-FROM tokens WHERE family_id = ?1 ORDER BY generation
+SELECT generation, time AS issued_at, CAST(COALESCE(LEAD(time) OVER (ORDER BY seq), 0) AS INTEGER) AS rotated_at
+FROM audit_events INDEXED BY audit_by_family
+WHERE family_id = ?1 AND type IN ('token.issued', 'token.rotated')
+ORDER BY seq
 `
 
 type FamilyTokensRow struct {
@@ -611,8 +580,9 @@ type FamilyTokensRow struct {
 	RotatedAt  int64
 }
 
-// A generation was rotated when the next one was issued; rotated_at is 0
-// for the current one.
+// A family's generations from its issued and rotated events, oldest first;
+// a generation was rotated when the next one was issued (rotated_at 0 for
+// the current one).
 func (q *Queries) FamilyTokens(ctx context.Context, familyID string) ([]FamilyTokensRow, error) {
 	rows, err := q.query(ctx, q.familyTokensStmt, familyTokens, familyID)
 	if err != nil {
@@ -717,28 +687,6 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 		arg.MaxTimeUpto,
 		arg.MinTimeFrom,
 		arg.ExpiresAt,
-	)
-	return err
-}
-
-const insertToken = `-- name: InsertToken :exec
-INSERT INTO tokens (token_hash, family_id, generation, issued_at) VALUES (?1, ?2, ?3, ?4)
-ON CONFLICT (token_hash) DO NOTHING
-`
-
-type InsertTokenParams struct {
-	TokenHash  string
-	FamilyID   string
-	Generation int64
-	IssuedAt   int64
-}
-
-func (q *Queries) InsertToken(ctx context.Context, arg InsertTokenParams) error {
-	_, err := q.exec(ctx, q.insertTokenStmt, insertToken,
-		arg.TokenHash,
-		arg.FamilyID,
-		arg.Generation,
-		arg.IssuedAt,
 	)
 	return err
 }
