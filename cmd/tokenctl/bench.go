@@ -54,8 +54,8 @@ CPU and RSS only with --tokend-pid.
 
 A progress line is drawn on stderr when it is a terminal. A failed refresh
 counts as an error of its kind (the contract code, "timeout" or
-"transport") and is retried at once with the same token; a refused family
-is replaced by a new one when its turn comes. --timeout bounds each
+"transport") and is retried after a pause with the same token; a refused
+family is replaced by a new one when its turn comes. --timeout bounds each
 request.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		var o benchOptions

@@ -159,19 +159,26 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 	}
 	l := &loadRun{t: t, cfg: cfg}
 	// Issued by the workers in parallel: thousands of families one after
-	// the other would take longer than the load.
+	// the other would take longer than the load. A tokend that limits
+	// issues per client (--target) answers temporarily_unavailable: wait as
+	// it says and go on.
 	families := make([][]benchFamily, cfg.k)
 	issueErrs := make([]error, cfg.k)
 	var issuing sync.WaitGroup
 	for w := range families {
 		issuing.Go(func() {
-			for range cfg.familiesPerWorker {
+			for len(families[w]) < cfg.familiesPerWorker {
 				f, err := l.issue(ctx, conns[w%len(conns)])
-				if err != nil {
+				var se *client.Error
+				switch {
+				case err == nil:
+					families[w] = append(families[w], f)
+				case errors.As(err, &se) && se.Code == client.CodeTemporarilyUnavailable && ctx.Err() == nil:
+					sleep(ctx, retryDelay(se))
+				default:
 					issueErrs[w] = fmt.Errorf("%s: worker %d: issue family %d of %d: %w", t.name, w+1, len(families[w])+1, cfg.familiesPerWorker, err)
 					return
 				}
-				families[w] = append(families[w], f)
 			}
 		})
 	}
@@ -252,10 +259,11 @@ func per1000(seconds *float64, rotations int) *float64 {
 // worker rotates its families round-robin until the window ends: each
 // success's token is its family's next request's. A retryable failure
 // (temporarily_unavailable, server_error, a timeout, a transport error) is
-// retried at once with the same token, which inside the reuse interval
-// returns the same child; any other means the family is dead, and the
-// worker issues a new one in its place, as a client would sign its user
-// in again.
+// retried after a pause with the same token, before the worker goes on to
+// the next family; inside the reuse interval that returns the same child.
+// Any other failure means the family is dead, and the worker issues a new
+// one in its place when its turn comes, as a client would sign its user in
+// again.
 func (l *loadRun) worker(ctx context.Context, c *client.Client, families []benchFamily) workerResult {
 	r := workerResult{errors: map[string]int64{}}
 	for i := 0; ; {

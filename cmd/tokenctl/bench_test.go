@@ -254,7 +254,7 @@ func TestBenchUsageErrors(t *testing.T) {
 }
 
 // TestBenchWorkerErrors runs the load against a fake tokend that fails some
-// refreshes: a retryable failure is retried at once with the same token, a
+// refreshes: a retryable failure is retried with the same token, a
 // refused family is replaced by a new one when its turn comes, and both
 // are counted by kind. A worker rotates its families round-robin.
 func TestBenchWorkerErrors(t *testing.T) {
@@ -320,11 +320,16 @@ func TestBenchWorkerErrors(t *testing.T) {
 }
 
 // TestBenchWorkersIssueTheirFamilies: each of K workers issues its own
-// families and rotates only those.
+// families, waiting when the issue rate limit says so, and rotates only
+// those.
 func TestBenchWorkersIssueTheirFamilies(t *testing.T) {
-	var issued atomic.Int64
+	var asked, issued atomic.Int64
 	f := serveFake(t, map[string]micro.HandlerFunc{
 		"tokens.cmd.issue": func(r micro.Request) {
+			if asked.Add(1)%5 == 0 {
+				respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"slow down","retry_after_ms":1}`)
+				return
+			}
 			n := issued.Add(1)
 			r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d","family_id":"fam%d","seq":1}`, n, n))
 		},
@@ -341,8 +346,8 @@ func TestBenchWorkersIssueTheirFamilies(t *testing.T) {
 		loadConfig{k: k, familiesPerWorker: perWorker, conns: 2, duration: 200 * time.Millisecond, timeout: 5 * time.Second, ticks: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if n := issued.Load(); n != k*perWorker {
-		t.Fatalf("%d families issued, want %d", n, k*perWorker)
+	if n, a := issued.Load(), asked.Load(); n != k*perWorker || a < n+2 {
+		t.Fatalf("%d families issued in %d requests, want %d and at least 2 refused", n, a, k*perWorker)
 	}
 	// Each family is rotated in turn with the others of its worker, so
 	// after the first round every family has been rotated.
