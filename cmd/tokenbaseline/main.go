@@ -1,15 +1,16 @@
 // Command tokenbaseline is the minimal pipeline that `tokenctl bench
 // --baseline` compares tokend with: the least any service answering
-// rotations over NATS with a durable, fenced event log has to do.
+// rotations over NATS with a durable, fenced event log has to do, done as
+// cheaply as NATS allows.
 //
 // One process runs an embedded NATS server with JetStream, configured as
 // tokend configures its own (file storage under --data-dir, explicit
 // JetStream limits, max_payload 1 MiB, --sync-always), a stream BASELINE on
-// baseline.evt.<family> configured like tokend's TOKENS stream, and a
-// responder on baseline.cmd.issue and baseline.cmd.refresh. For each request
-// it does exactly one fenced append (Nats-Expected-Last-Subject-Sequence
-// set to the family's last sequence, Nats-Msg-Id set) of an event the size
-// of a tokend rotation event, then replies
+// baseline.evt.<family>, and a responder on baseline.cmd.issue and
+// baseline.cmd.refresh. For each request it does exactly one append of an
+// event of --event-bytes to the family's subject, fenced with
+// Nats-Expected-Last-Subject-Sequence, and once JetStream acknowledges it
+// replies
 //
 //	{"refresh_token": "<family>.<seq>", "family_id": "<family>", "seq": N}
 //
@@ -17,6 +18,13 @@
 // projected: whatever tokend spends beyond this is the price of what it
 // does. Failures answer like tokend (the contract's JSON body plus the NATS
 // micro error headers) so a client classifies them the same way.
+//
+// Nothing blocks per request: the request's subscription publishes the
+// append with a reply subject of its own, and the acknowledgement's
+// subscription replies. That is what a synchronous JetStream publish does
+// underneath, without a goroutine, a context, a timer and a channel per
+// request. Appends to one family still go one at a time, since each
+// append's fence is the sequence its predecessor was stored at.
 package main
 
 import (
@@ -57,16 +65,21 @@ const (
 	maxInFlight    = 1024
 )
 
-// eventPadding fills the event to the size of a tokend token.rotated event
-// (about 840 bytes of JSON, most of it two SHA-256 hashes, timestamps and
-// the family snapshot): the bytes written and fsynced per append must be
-// the same for the comparison to hold.
-var eventPadding = strings.Repeat("0", 700)
+// Bounds of --event-bytes: the event's fields (a family id of at most
+// maxFamilyID bytes included) take under 200 bytes; the largest fits
+// max_payload.
+const (
+	minEventBytes = 256
+	maxEventBytes = 512 << 10
+	maxFamilyID   = 64
+)
 
 type config struct {
 	dataDir, natsListen, httpAddr string
 	syncAlways                    bool
 	jsMaxMemory, jsMaxStore       int64
+	eventBytes                    int
+	ackTimeout                    time.Duration // 0: requestTimeout; shorter in tests
 }
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -81,6 +94,7 @@ func run(args []string) int {
 	fs.BoolVar(&cfg.syncAlways, "sync-always", false, "fsync every write before acknowledging (as tokend --sync-always)")
 	fs.Int64Var(&cfg.jsMaxMemory, "js-max-memory", 256<<20, "JetStream memory limit in bytes")
 	fs.Int64Var(&cfg.jsMaxStore, "js-max-store", 10<<30, "JetStream disk limit in bytes")
+	fs.IntVar(&cfg.eventBytes, "event-bytes", 400, fmt.Sprintf("size of each stored event in bytes (%d to %d)", minEventBytes, maxEventBytes))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -89,6 +103,10 @@ func run(args []string) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "tokenbaseline: unexpected arguments: %v\n", fs.Args())
+		return 2
+	}
+	if cfg.eventBytes < minEventBytes || cfg.eventBytes > maxEventBytes {
+		fmt.Fprintf(os.Stderr, "tokenbaseline: --event-bytes %d: want %d to %d\n", cfg.eventBytes, minEventBytes, maxEventBytes)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -108,31 +126,54 @@ func run(args []string) int {
 
 // pipeline is one running baseline.
 type pipeline struct {
-	ns       *server.Server
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	stream   jetstream.Stream
-	subs     []*nats.Subscription
-	http     *http.Server
-	httpLn   net.Listener
-	slots    chan struct{}
-	inFlight sync.WaitGroup
+	ns         *server.Server
+	nc         *nats.Conn
+	stream     jetstream.Stream
+	eventBytes int
+	ackTimeout time.Duration
+	ackPrefix  string // an append's acknowledgement comes to ackPrefix + its id
+	subs       []*nats.Subscription
+	http       *http.Server
+	httpLn     net.Listener
+	slots      chan struct{}
+	inFlight   sync.WaitGroup
+	sweepStop  chan struct{}
+	sweepDone  chan struct{}
 
 	mu       sync.Mutex
+	closing  bool // no new requests once stop began
 	families map[string]*family
+	pending  map[uint64]*request // appends awaiting their acknowledgement, by id
+	lastID   uint64
 }
 
-// family is the per-family lock and last stream sequence, as tokend's
-// writer keeps a keyed lock and a cache of family states. The bench uses a
-// handful of families, so entries are never evicted.
+// family is what the fence needs of a family: its last stream sequence,
+// and whether an append or a load is under way, which the next request of
+// the family waits for. tokend's writer keeps the same per family (a keyed
+// lock and a cache of states). Entries are never evicted: the bench issues
+// a few thousand families.
 type family struct {
-	sync.Mutex
-	seq    uint64
-	loaded bool
+	id      string
+	seq     uint64
+	loaded  bool
+	busy    bool
+	waiting []*request
+}
+
+// request is one issue or refresh between its arrival and its reply.
+type request struct {
+	reply string
+	fam   *family
+	typ   string    // the event's type
+	sent  time.Time // when its append went out
 }
 
 func start(ctx context.Context, cfg config, log *slog.Logger) (_ *pipeline, err error) {
-	p := &pipeline{slots: make(chan struct{}, maxInFlight), families: map[string]*family{}}
+	p := &pipeline{eventBytes: cfg.eventBytes, ackTimeout: cfg.ackTimeout, slots: make(chan struct{}, maxInFlight),
+		families: map[string]*family{}, pending: map[uint64]*request{}}
+	if p.ackTimeout == 0 {
+		p.ackTimeout = requestTimeout
+	}
 	defer func() {
 		if err != nil {
 			p.stop()
@@ -145,19 +186,23 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *pipeline, err 
 	if p.nc, err = nats.Connect(p.ns.ClientURL(), nats.InProcessServer(p.ns), nats.Name("tokenbaseline")); err != nil {
 		return nil, err
 	}
-	if p.js, err = jetstream.New(p.nc); err != nil {
+	js, err := jetstream.New(p.nc)
+	if err != nil {
 		return nil, err
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if p.stream, err = p.js.CreateOrUpdateStream(setupCtx, streamConfig()); err != nil {
+	if p.stream, err = js.CreateOrUpdateStream(setupCtx, streamConfig()); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", streamName, err)
 	}
-	for subject, handle := range map[string]func([]byte) ([]byte, error){
-		prefix + ".cmd.issue":   p.issue,
-		prefix + ".cmd.refresh": p.refresh,
-	} {
-		sub, err := p.nc.QueueSubscribe(subject, queueGroup, p.async(handle))
+	p.sweepStop, p.sweepDone = make(chan struct{}), make(chan struct{})
+	go p.sweep()
+	p.ackPrefix = nats.NewInbox() + "."
+	if _, err := p.nc.Subscribe(p.ackPrefix+"*", p.acknowledged); err != nil {
+		return nil, err
+	}
+	for subject, typ := range map[string]string{prefix + ".cmd.issue": "token.issued", prefix + ".cmd.refresh": "token.rotated"} {
+		sub, err := p.nc.QueueSubscribe(subject, queueGroup, func(m *nats.Msg) { p.received(m, typ) })
 		if err != nil {
 			return nil, err
 		}
@@ -179,26 +224,26 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *pipeline, err 
 	})
 	p.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go p.http.Serve(p.httpLn)
-	log.Info("tokenbaseline ready", "nats", p.ns.ClientURL(), "http", p.httpLn.Addr().String(), "sync_always", cfg.syncAlways)
+	log.Info("tokenbaseline ready", "nats", p.ns.ClientURL(), "http", p.httpLn.Addr().String(),
+		"sync_always", cfg.syncAlways, "event_bytes", cfg.eventBytes)
 	return p, nil
 }
 
-// streamConfig is tokend's TOKENS configuration (events.StreamConfig with
-// one replica and no size bound) under another name and subjects.
+// streamConfig is a plain file stream limited like tokend's TOKENS. It
+// leaves out what only tokend's features need (per-message TTLs, atomic
+// batches, deduplication by Nats-Msg-Id): their costs are tokend's.
 func streamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:               streamName,
-		Subjects:           []string{prefix + ".evt.*"},
-		Storage:            jetstream.FileStorage,
-		Replicas:           1,
-		Retention:          jetstream.LimitsPolicy,
-		Discard:            jetstream.DiscardNew,
-		MaxBytes:           -1,
-		Duplicates:         2 * time.Minute,
-		AllowDirect:        true,
-		AllowAtomicPublish: true,
-		DenyDelete:         true,
-		DenyPurge:          true,
+		Name:        streamName,
+		Subjects:    []string{prefix + ".evt.*"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    1,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    -1,
+		AllowDirect: true,
+		DenyDelete:  true,
+		DenyPurge:   true,
 	}
 }
 
@@ -238,24 +283,6 @@ func embeddedServer(cfg config) (*server.Server, error) {
 	return ns, nil
 }
 
-// async runs each request on its own goroutine with tokend's bound on
-// requests in flight: a subscription delivers one message at a time.
-func (p *pipeline) async(handle func([]byte) ([]byte, error)) nats.MsgHandler {
-	return func(m *nats.Msg) {
-		p.slots <- struct{}{}
-		p.inFlight.Add(1)
-		go func() {
-			defer func() { <-p.slots; p.inFlight.Done() }()
-			out, err := handle(m.Data)
-			if err != nil {
-				p.respondError(m.Reply, err)
-				return
-			}
-			p.nc.Publish(m.Reply, out)
-		}()
-	}
-}
-
 // replyError is a failure with its contract code.
 type replyError struct {
 	code, status, msg string
@@ -278,99 +305,266 @@ func (p *pipeline) respondError(reply string, err error) {
 	p.nc.PublishMsg(msg)
 }
 
-// issue starts a family: its first append expects the subject to be empty.
-func (p *pipeline) issue([]byte) ([]byte, error) {
-	return p.appendTo(nuid.Next(), "token.issued")
-}
-
-// refresh appends the family's next event; the presented token is not
-// looked at, only family_id.
-func (p *pipeline) refresh(data []byte) ([]byte, error) {
+// familyID returns the family a request is for: a new one for an issue,
+// the body's family_id for a refresh (the presented token is not looked
+// at). The id goes into subjects and JSON unescaped, so it is held to
+// what nuid makes.
+func familyID(typ string, body []byte) (string, error) {
+	if typ == "token.issued" {
+		return nuid.Next(), nil
+	}
 	var req struct {
 		FamilyID string `json:"family_id"`
 	}
-	if err := json.Unmarshal(data, &req); err != nil {
-		return nil, invalidRequest("malformed JSON")
+	if err := json.Unmarshal(body, &req); err != nil {
+		return "", invalidRequest("malformed JSON")
 	}
-	if req.FamilyID == "" || strings.ContainsAny(req.FamilyID, ".*> \t\r\n") {
-		return nil, invalidRequest("family_id is not a subject token")
+	if req.FamilyID == "" || len(req.FamilyID) > maxFamilyID || strings.ContainsFunc(req.FamilyID, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '_' || r == '-')
+	}) {
+		return "", invalidRequest(fmt.Sprintf("family_id: 1 to %d letters, digits, _ or -", maxFamilyID))
 	}
-	return p.appendTo(req.FamilyID, "token.rotated")
+	return req.FamilyID, nil
 }
 
-// event is the stored event: tokend's envelope fields, padded to its size.
-type event struct {
-	ID       string    `json:"id"`
-	Type     string    `json:"type"`
-	Time     time.Time `json:"time"`
-	FamilyID string    `json:"family_id"`
-	Data     string    `json:"data"`
+// received takes a request: its append goes out at once, or after the one
+// in flight for its family.
+func (p *pipeline) received(m *nats.Msg, typ string) {
+	id, err := familyID(typ, m.Data)
+	if err != nil {
+		p.respondError(m.Reply, err)
+		return
+	}
+	// Beyond maxInFlight the subscription stops reading: requests wait in
+	// NATS, as they do for tokend.
+	p.slots <- struct{}{}
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		<-p.slots
+		return
+	}
+	p.inFlight.Add(1)
+	f := p.families[id]
+	if f == nil {
+		// A new family starts empty; one this process has not seen (after
+		// a restart) is loaded first.
+		f = &family{id: id, loaded: typ == "token.issued"}
+		p.families[id] = f
+	}
+	r := &request{reply: m.Reply, fam: f, typ: typ}
+	if f.busy {
+		f.waiting = append(f.waiting, r)
+		p.mu.Unlock()
+		return
+	}
+	f.busy = true
+	loaded := f.loaded
+	p.mu.Unlock()
+	p.begin(r, loaded)
 }
 
-// appendTo does the one fenced append under the family's lock and returns
-// the reply.
-func (p *pipeline) appendTo(familyID, typ string) ([]byte, error) {
-	f := p.family(familyID)
-	f.Lock()
-	defer f.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	subject := prefix + ".evt." + familyID
-	if !f.loaded {
-		// A family this process has not seen (a restart): one direct get,
-		// as tokend's writer does on a cache miss.
-		msg, err := p.stream.GetLastMsgForSubject(ctx, subject)
+// begin appends r's event; its family is busy with r.
+func (p *pipeline) begin(r *request, loaded bool) {
+	if loaded {
+		p.send(r)
+		return
+	}
+	// One direct get, as tokend's writer does on a cache miss; rare enough
+	// for a goroutine of its own.
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		defer cancel()
+		msg, err := p.stream.GetLastMsgForSubject(ctx, prefix+".evt."+r.fam.id)
+		var seq uint64
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 		case err != nil:
-			return nil, err
+			p.finish(r, 0, err)
+			return
 		default:
-			f.seq = msg.Sequence
+			seq = msg.Sequence
 		}
-		f.loaded = true
-	}
-	id := nuid.Next()
-	data, err := json.Marshal(event{ID: id, Type: typ, Time: time.Now().UTC(), FamilyID: familyID, Data: eventPadding})
-	if err != nil {
-		return nil, err
-	}
-	msg := nats.NewMsg(subject)
-	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, id)
-	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(f.seq, 10))
-	ack, err := p.js.PublishMsg(ctx, msg)
-	if err != nil {
-		// Whatever happened (a fence conflict, a lost ack), the next
-		// request reloads the family's position.
-		f.loaded = false
-		return nil, err
-	}
-	f.seq = ack.Sequence
-	return json.Marshal(struct {
-		RefreshToken string `json:"refresh_token"`
-		FamilyID     string `json:"family_id"`
-		Seq          uint64 `json:"seq"`
-	}{familyID + "." + strconv.FormatUint(ack.Sequence, 10), familyID, ack.Sequence})
+		p.mu.Lock()
+		r.fam.seq, r.fam.loaded = seq, true
+		p.mu.Unlock()
+		p.send(r)
+	}()
 }
 
-func (p *pipeline) family(id string) *family {
+// send publishes r's event, fenced on its family's last sequence, with a
+// reply subject that brings the acknowledgement to acknowledged.
+func (p *pipeline) send(r *request) {
+	p.mu.Lock()
+	p.lastID++
+	id := p.lastID
+	r.sent = time.Now()
+	p.pending[id] = r
+	fence := r.fam.seq
+	p.mu.Unlock()
+	msg := &nats.Msg{
+		Subject: prefix + ".evt." + r.fam.id,
+		Reply:   p.ackPrefix + strconv.FormatUint(id, 10),
+		Header:  nats.Header{jetstream.ExpectedLastSubjSeqHeader: []string{strconv.FormatUint(fence, 10)}},
+		Data:    p.event(r, r.sent),
+	}
+	if err := p.nc.PublishMsg(msg); err != nil {
+		if p.take(id) == r {
+			p.finish(r, 0, err)
+		}
+	}
+}
+
+// event is r's stored event, exactly p.eventBytes long: the fields of
+// tokend's envelope, padded.
+func (p *pipeline) event(r *request, now time.Time) []byte {
+	b := make([]byte, 0, p.eventBytes)
+	b = append(b, `{"id":"`...)
+	b = append(b, nuid.Next()...)
+	b = append(b, `","type":"`...)
+	b = append(b, r.typ...)
+	b = append(b, `","time":"`...)
+	b = now.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","family_id":"`...)
+	b = append(b, r.fam.id...)
+	b = append(b, `","data":"`...)
+	for len(b) < p.eventBytes-2 {
+		b = append(b, '0')
+	}
+	return append(b, `"}`...)
+}
+
+// take removes the pending append id and returns its request, nil if it
+// was already answered (a late acknowledgement after the sweep).
+func (p *pipeline) take(id uint64) *request {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	f := p.families[id]
-	if f == nil {
-		f = &family{}
-		p.families[id] = f
+	r := p.pending[id]
+	delete(p.pending, id)
+	return r
+}
+
+// pubAck is JetStream's answer to a publish.
+type pubAck struct {
+	Seq   uint64 `json:"seq"`
+	Error *struct {
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// acknowledged answers the request whose append JetStream acknowledged or
+// refused.
+func (p *pipeline) acknowledged(m *nats.Msg) {
+	id, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, p.ackPrefix), 10, 64)
+	if err != nil {
+		return
 	}
-	return f
+	r := p.take(id)
+	if r == nil {
+		return
+	}
+	var ack pubAck
+	switch {
+	case len(m.Data) == 0: // a status message: no stream answered
+		err = fmt.Errorf("append: status %s", m.Header.Get("Status"))
+	case json.Unmarshal(m.Data, &ack) != nil:
+		err = fmt.Errorf("append: malformed acknowledgement %q", m.Data)
+	case ack.Error != nil:
+		err = fmt.Errorf("append: %s (%d)", ack.Error.Description, ack.Error.ErrCode)
+	case ack.Seq == 0:
+		err = errors.New("append: acknowledgement without seq")
+	}
+	p.finish(r, ack.Seq, err)
+}
+
+// finish replies to r with its stored sequence or err, and starts the
+// next request waiting for the family.
+func (p *pipeline) finish(r *request, seq uint64, err error) {
+	f := r.fam
+	p.mu.Lock()
+	if err != nil {
+		// Whatever happened (a fence conflict, a lost acknowledgement), the
+		// next request reloads the family's position.
+		f.loaded = false
+	} else {
+		f.seq = seq
+	}
+	var next *request
+	if len(f.waiting) > 0 {
+		next, f.waiting = f.waiting[0], f.waiting[1:]
+	} else {
+		f.busy = false
+	}
+	loaded := f.loaded
+	p.mu.Unlock()
+
+	if err != nil {
+		p.respondError(r.reply, err)
+	} else {
+		s := strconv.FormatUint(seq, 10)
+		b := make([]byte, 0, 64+2*len(f.id))
+		b = append(b, `{"refresh_token":"`...)
+		b = append(b, f.id...)
+		b = append(b, '.')
+		b = append(b, s...)
+		b = append(b, `","family_id":"`...)
+		b = append(b, f.id...)
+		b = append(b, `","seq":`...)
+		b = append(b, s...)
+		b = append(b, '}')
+		p.nc.Publish(r.reply, b)
+	}
+	<-p.slots
+	p.inFlight.Done()
+	if next != nil {
+		p.begin(next, loaded)
+	}
+}
+
+// sweep fails the appends whose acknowledgement is overdue, so a lost one
+// cannot hold its family for ever.
+func (p *pipeline) sweep() {
+	defer close(p.sweepDone)
+	errNoAck := fmt.Errorf("append: no acknowledgement within %v", p.ackTimeout)
+	tick := time.NewTicker(p.ackTimeout / 5)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.sweepStop:
+			return
+		case now := <-tick.C:
+			var overdue []*request
+			p.mu.Lock()
+			for id, r := range p.pending {
+				if now.Sub(r.sent) > p.ackTimeout {
+					delete(p.pending, id)
+					overdue = append(overdue, r)
+				}
+			}
+			p.mu.Unlock()
+			for _, r := range overdue {
+				p.finish(r, 0, errNoAck)
+			}
+		}
+	}
 }
 
 // stop stops taking requests, waits for those in flight, then closes HTTP,
 // NATS and the embedded server.
 func (p *pipeline) stop() {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
 	for _, sub := range p.subs {
 		sub.Unsubscribe()
 	}
+	// The sweep still runs: it ends every wait within ackTimeout.
 	p.inFlight.Wait()
+	if p.sweepStop != nil {
+		close(p.sweepStop)
+		<-p.sweepDone
+	}
 	if p.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		p.http.Shutdown(ctx)

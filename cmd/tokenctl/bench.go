@@ -19,37 +19,48 @@ import (
 
 var benchCommand = &command{
 	summary:  "measure rotations per second, latency and cost of tokend, optionally against a minimal baseline",
-	synopsis: "[-k N] [--duration D] [--warmup D] [--baseline [--rounds N]] [--target [--tokend-pid PID]] [--tokend-flag FLAG]...",
+	synopsis: "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--tokend-flag FLAG]...",
 	jsonHelp: "print the report as one JSON object",
 	long:     true,
 	help: `Starts a tokend (built from the source tree around the working directory
 unless --tokend is given) with its own temporary data directory and free
-loopback ports, issues K token families and rotates each in its own worker
-as fast as tokend answers: after --warmup, for --duration. Then it reports
-rotations per second, latency percentiles, errors by kind, tokend's CPU time
-per 1,000 rotations and peak RSS (from /proc, Linux only), this process's
-own CPU, and how long tokend's read model took to apply the last rotation
-after the load stopped. tokend is stopped with SIGTERM (exit status 0
-expected) and its directory removed unless --keep. Its per-family refresh
-rate limit is off (TOKEND_RATE_REFRESH_PER_FAMILY=0): the load rotates each
-family far faster than any client would.
+loopback ports and loads it with K workers, each sending one request at a
+time as fast as tokend answers: after --warmup, for --duration. Then it
+reports rotations per second, latency percentiles, errors by kind, tokend's
+CPU time per 1,000 rotations and peak RSS (from /proc, Linux only), this
+process's own CPU, and how long tokend's read model took to apply the last
+rotation after the load stopped. tokend is stopped with SIGTERM (exit status
+0 expected) and its directory removed unless --keep.
+
+Each worker first issues --families-per-worker families (default 32) and
+then rotates them round-robin, so a family is rotated every Nth request of
+its worker: many families, each rotated now and then, as in production.
+--families-per-worker 1 gives each worker one family, rotated back to back
+(the shape of the measurements before issue 13).
+The started tokend's refresh and issue rate limits are off
+(TOKEND_RATE_REFRESH_PER_FAMILY=0, TOKEND_RATE_ISSUE_PER_CLIENT=0): with
+few families per worker the load rotates each far faster than any client
+may.
 
 --baseline first runs the same load against tokenbaseline, the minimal
-pipeline (one fenced JetStream append and a reply per request, same
-storage, fsync and subject layout), and prints both with tokend/baseline
-ratios. The machine's speed drifts while it is shared, so --rounds N
-repeats the pair N times, alternating which goes first (ABBA), and reports
-each round's ratios and their medians. --target measures the tokend already running at --nats-url instead
-of starting one (with whatever rate limits it has); its CPU and RSS only
-with --tokend-pid.
+pipeline (per request one append of a --baseline-event-bytes event to the
+family's subject, fenced on its last sequence, and a reply; the same
+storage and fsync), and prints both with tokend/baseline ratios. The
+machine's speed drifts while it is shared, so --rounds N repeats the pair N
+times, alternating which goes first (ABBA), and reports each round's ratios
+and their medians. --target measures the tokend already running at
+--nats-url instead of starting one (with whatever rate limits it has); its
+CPU and RSS only with --tokend-pid.
 
 A progress line is drawn on stderr when it is a terminal. A failed refresh
 counts as an error of its kind (the contract code, "timeout" or
-"transport") and is retried with the same token; a refused one starts a new
-family. --timeout bounds each request.`,
+"transport") and is retried after a pause with the same token; a refused
+family is replaced by a new one when its turn comes. --timeout bounds each
+request.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		var o benchOptions
-		fs.IntVar(&o.k, "k", 16, "`N` token families, each rotated by its own worker")
+		fs.IntVar(&o.k, "k", 16, "`N` workers, each sending one request at a time")
+		fs.IntVar(&o.familiesPerWorker, "families-per-worker", 32, "each worker rotates `N` families of its own round-robin")
 		fs.DurationVar(&o.duration, "duration", 10*time.Second, "measure for `D`")
 		fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "load for `D` before measuring, not counted")
 		fs.IntVar(&o.conns, "conns", 0, "`N` NATS connections the workers share (default 8, at most K)")
@@ -60,10 +71,12 @@ family. --timeout bounds each request.`,
 		fs.IntVar(&o.tokendPID, "tokend-pid", 0, "with --target: the `PID` of that tokend, for its CPU and RSS")
 		fs.StringVar(&o.tokendBin, "tokend", "", "the tokend binary to start (`PATH`; default: go build ./cmd/tokend)")
 		fs.StringVar(&o.baselineBin, "tokenbaseline", "", "the tokenbaseline binary (`PATH`; default: go build ./cmd/tokenbaseline)")
+		fs.IntVar(&o.baselineEventBytes, "baseline-event-bytes", 400, "with --baseline: tokenbaseline's events are `N` bytes (its --event-bytes)")
 		fs.Var(&o.tokendFlags, "tokend-flag", "pass `FLAG` to the started tokend, e.g. --tokend-flag=--sync-always (repeatable);\n"+
 			"--sync-always goes to tokenbaseline too")
 		fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
-		fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers, stay idle for --duration, and report tokend's memory")
+		fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers (--families-per-worker does not apply),\n"+
+			"stay idle for --duration, and report tokend's memory")
 		return func(ctx context.Context, e *env) error {
 			if err := o.check(); err != nil {
 				return err
@@ -75,6 +88,8 @@ family. --timeout bounds each request.`,
 
 type benchOptions struct {
 	k, conns, tokendPID    int
+	familiesPerWorker      int
+	baselineEventBytes     int
 	idle, rounds           int
 	duration, warmup       time.Duration
 	baseline, target, keep bool
@@ -87,6 +102,10 @@ func (o *benchOptions) check() error {
 	switch {
 	case o.k < 1:
 		return usagef("-k must be at least 1")
+	case o.familiesPerWorker < 1:
+		return usagef("--families-per-worker must be at least 1")
+	case o.baselineEventBytes < 1:
+		return usagef("--baseline-event-bytes must be positive")
 	case o.duration <= 0 || o.warmup < 0:
 		return usagef("--duration must be positive and --warmup not negative")
 	case o.conns < 0:
@@ -151,14 +170,27 @@ func syncAlwaysIn(flags []string) bool {
 	return on
 }
 
+// baselineFlags are tokenbaseline's flags beyond its directory and
+// addresses.
+func (o *benchOptions) baselineFlags() []string {
+	flags := []string{"--event-bytes", strconv.Itoa(o.baselineEventBytes)}
+	if syncAlwaysIn(o.tokendFlags) {
+		flags = append(flags, "--sync-always")
+	}
+	return flags
+}
+
 // benchReport is what bench prints.
 type benchReport struct {
-	K               int         `json:"k"`
-	Connections     int         `json:"connections"`
-	WarmupSeconds   float64     `json:"warmup_s"`
-	DurationSeconds float64     `json:"duration_s"`
-	TokendFlags     []string    `json:"tokend_flags"`
-	Runs            []runReport `json:"runs"` // in the order they ran
+	K                 int `json:"k"` // workers
+	FamiliesPerWorker int `json:"families_per_worker"`
+	Connections       int `json:"connections"`
+	// BaselineEventBytes is the size of tokenbaseline's events, when it ran.
+	BaselineEventBytes int         `json:"baseline_event_bytes,omitempty"`
+	WarmupSeconds      float64     `json:"warmup_s"`
+	DurationSeconds    float64     `json:"duration_s"`
+	TokendFlags        []string    `json:"tokend_flags"`
+	Runs               []runReport `json:"runs"` // in the order they ran
 	// Rounds holds each round's ratios with --baseline; Ratios is their
 	// median, figure by figure.
 	Rounds []ratioReport `json:"rounds,omitempty"`
@@ -266,12 +298,15 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 		status("issuing " + strconv.Itoa(o.idle) + " families…")
 		return benchIdle(ctx, e, o, bins["tokend"])
 	}
-	cfg := loadConfig{k: o.k, conns: o.conns, warmup: o.warmup, duration: o.duration, timeout: e.timeout, ticks: clockTicks()}
+	cfg := loadConfig{k: o.k, familiesPerWorker: o.familiesPerWorker, conns: o.conns, warmup: o.warmup, duration: o.duration, timeout: e.timeout, ticks: clockTicks()}
 	if tty {
 		cfg.progress = e.stderr
 	}
-	rep := benchReport{K: o.k, Connections: o.conns, WarmupSeconds: o.warmup.Seconds(),
+	rep := benchReport{K: o.k, FamiliesPerWorker: o.familiesPerWorker, Connections: o.conns, WarmupSeconds: o.warmup.Seconds(),
 		DurationSeconds: o.duration.Seconds(), TokendFlags: append([]string{}, o.tokendFlags...)}
+	if o.baseline {
+		rep.BaselineEventBytes = o.baselineEventBytes
+	}
 	var problems []error
 	rounds := o.roundRuns()
 	for i, round := range rounds {
@@ -323,11 +358,7 @@ func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins ma
 	var proc *serverProc
 	switch {
 	case name == "baseline":
-		var extra []string
-		if syncAlwaysIn(o.tokendFlags) {
-			extra = []string{"--sync-always"}
-		}
-		proc, err = startServer(ctx, "tokenbaseline", bins["tokenbaseline"], extra, nil)
+		proc, err = startServer(ctx, "tokenbaseline", bins["tokenbaseline"], o.baselineFlags(), nil)
 		t.prefix, t.familyInBody = "baseline", true
 	case o.target:
 		if t.opts, err = e.auth.options(); err != nil {
@@ -373,8 +404,13 @@ func (r benchReport) writeTable(w io.Writer) {
 	if len(r.TokendFlags) > 0 {
 		flags = strings.Join(r.TokendFlags, " ")
 	}
-	fmt.Fprintf(w, "K=%d families, %d NATS connections, warmup %v, measured %v, tokend flags: %s\n\n",
-		r.K, r.Connections, seconds(r.WarmupSeconds), seconds(r.DurationSeconds), flags)
+	fmt.Fprintf(w, "load: %s, %d NATS connections, warmup %v, measured %v\n",
+		r.shape(), r.Connections, seconds(r.WarmupSeconds), seconds(r.DurationSeconds))
+	fmt.Fprintf(w, "tokend flags: %s", flags)
+	if r.BaselineEventBytes > 0 {
+		fmt.Fprintf(w, "; baseline events: %d bytes", r.BaselineEventBytes)
+	}
+	fmt.Fprint(w, "\n\n")
 
 	header := []string{""}
 	for _, run := range r.Runs {
@@ -448,6 +484,19 @@ func (r benchReport) writeTable(w io.Writer) {
 		rows = append(rows, ratioRow("median", *r.Ratios))
 		writeColumns(w, rows)
 	}
+}
+
+// shape says how the load was made: how many workers rotate how many
+// families each.
+func (r benchReport) shape() string {
+	workers := fmt.Sprintf("K=%d workers", r.K)
+	if r.K == 1 {
+		workers = "K=1 worker"
+	}
+	if r.FamiliesPerWorker == 1 {
+		return workers + ", one family each, rotated back to back"
+	}
+	return fmt.Sprintf("%s, %d families each, rotated round-robin (%d families)", workers, r.FamiliesPerWorker, r.K*r.FamiliesPerWorker)
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -42,11 +42,12 @@ type loadTarget struct {
 
 // loadConfig is the shape of the load, the same for every target.
 type loadConfig struct {
-	k, conns         int
-	warmup, duration time.Duration
-	timeout          time.Duration // per request
-	ticks            float64       // clock ticks per second of /proc/<pid>/stat
-	progress         io.Writer     // where the progress line goes; nil for none
+	k, conns          int // workers, NATS connections
+	familiesPerWorker int
+	warmup, duration  time.Duration
+	timeout           time.Duration // per request
+	ticks             float64       // clock ticks per second of /proc/<pid>/stat
+	progress          io.Writer     // where the progress line goes; nil for none
 }
 
 // runReport is one target's result; CPU and RSS are absent where /proc
@@ -107,7 +108,8 @@ func errorKind(err error) string {
 	return "transport"
 }
 
-// benchFamily is a worker's family and its current token.
+// benchFamily is a worker's family and its current token; no token means
+// the family died and the worker issues a new one in its place.
 type benchFamily struct {
 	id, token string
 }
@@ -136,9 +138,9 @@ type workerResult struct {
 	lastSeq uint64
 }
 
-// runLoad issues cfg.k families, rotates each in its own worker as fast as
-// the target answers for the warmup and then the measured window, and
-// reports the window.
+// runLoad has each of cfg.k workers issue cfg.familiesPerWorker families
+// and rotate them round-robin as fast as the target answers, for the
+// warmup and then the measured window, and reports the window.
 func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, error) {
 	// A small pool rather than a connection per worker: a service shares
 	// one connection among its goroutines, so a pool stands for a few client
@@ -156,13 +158,33 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 		conns[i] = client.New(nc, t.prefix)
 	}
 	l := &loadRun{t: t, cfg: cfg}
-	families := make([]benchFamily, cfg.k)
-	for i := range families {
-		f, err := l.issue(ctx, conns[i%len(conns)])
-		if err != nil {
-			return runReport{}, fmt.Errorf("%s: issue family %d of %d: %w", t.name, i+1, cfg.k, err)
-		}
-		families[i] = f
+	// Issued by the workers in parallel: thousands of families one after
+	// the other would take longer than the load. A tokend that limits
+	// issues per client (--target) answers temporarily_unavailable: wait as
+	// it says and go on.
+	families := make([][]benchFamily, cfg.k)
+	issueErrs := make([]error, cfg.k)
+	var issuing sync.WaitGroup
+	for w := range families {
+		issuing.Go(func() {
+			for len(families[w]) < cfg.familiesPerWorker {
+				f, err := l.issue(ctx, conns[w%len(conns)])
+				var se *client.Error
+				switch {
+				case err == nil:
+					families[w] = append(families[w], f)
+				case errors.As(err, &se) && se.Code == client.CodeTemporarilyUnavailable && ctx.Err() == nil:
+					sleep(ctx, retryDelay(se))
+				default:
+					issueErrs[w] = fmt.Errorf("%s: worker %d: issue family %d of %d: %w", t.name, w+1, len(families[w])+1, cfg.familiesPerWorker, err)
+					return
+				}
+			}
+		})
+	}
+	issuing.Wait()
+	if err := errors.Join(issueErrs...); err != nil {
+		return runReport{}, err
 	}
 
 	began := time.Now()
@@ -234,19 +256,22 @@ func per1000(seconds *float64, rotations int) *float64 {
 	return &v
 }
 
-// worker rotates f until the window ends: each success's token is the next
-// request's. A retryable failure (temporarily_unavailable, server_error, a
-// timeout, a transport error) is retried with the same token, which inside
-// the reuse interval returns the same child; any other means the family is
-// dead, and the worker starts a new one, as a client would sign its user in
+// worker rotates its families round-robin until the window ends: each
+// success's token is its family's next request's. A retryable failure
+// (temporarily_unavailable, server_error, a timeout, a transport error) is
+// retried after a pause with the same token, before the worker goes on to
+// the next family; inside the reuse interval that returns the same child.
+// Any other failure means the family is dead, and the worker issues a new
+// one in its place when its turn comes, as a client would sign its user in
 // again.
-func (l *loadRun) worker(ctx context.Context, c *client.Client, f benchFamily) workerResult {
+func (l *loadRun) worker(ctx context.Context, c *client.Client, families []benchFamily) workerResult {
 	r := workerResult{errors: map[string]int64{}}
-	for {
+	for i := 0; ; {
 		begin := time.Now()
 		if !begin.Before(l.end) || ctx.Err() != nil {
 			return r
 		}
+		f := &families[i]
 		issuing := f.token == ""
 		var (
 			next benchFamily
@@ -256,7 +281,7 @@ func (l *loadRun) worker(ctx context.Context, c *client.Client, f benchFamily) w
 		if issuing {
 			next, err = l.issue(ctx, c)
 		} else {
-			next, seq, err = l.refresh(ctx, c, f)
+			next, seq, err = l.refresh(ctx, c, *f)
 		}
 		done := time.Now()
 		switch {
@@ -265,20 +290,22 @@ func (l *loadRun) worker(ctx context.Context, c *client.Client, f benchFamily) w
 		case err != nil:
 			r.errors[errorKind(err)]++
 			l.errs.Add(1)
-			if !client.IsRetryable(err) {
-				f.token = ""
-			}
 			sleep(ctx, backoff(err))
+			if client.IsRetryable(err) {
+				continue
+			}
+			f.token = ""
 		case issuing:
-			f = next
+			*f = next
 		default:
-			f = next
+			*f = next
 			r.lastSeq = max(r.lastSeq, seq)
 			l.rotations.Add(1)
 			if !done.Before(l.start) && done.Before(l.end) {
 				r.samples = append(r.samples, done.Sub(begin))
 			}
 		}
+		i = (i + 1) % len(families)
 	}
 }
 

@@ -121,6 +121,19 @@ func TestSyncAlwaysIn(t *testing.T) {
 	}
 }
 
+// TestBaselineFlags: tokenbaseline gets --baseline-event-bytes, and
+// --sync-always when tokend does.
+func TestBaselineFlags(t *testing.T) {
+	o := benchOptions{baselineEventBytes: 300}
+	if got := o.baselineFlags(); !reflect.DeepEqual(got, []string{"--event-bytes", "300"}) {
+		t.Errorf("baseline flags %q", got)
+	}
+	o.tokendFlags = stringList{"--log-level=debug", "--sync-always"}
+	if got := o.baselineFlags(); !reflect.DeepEqual(got, []string{"--event-bytes", "300", "--sync-always"}) {
+		t.Errorf("baseline flags with --sync-always %q", got)
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 func TestBenchTable(t *testing.T) {
@@ -133,11 +146,12 @@ func TestBenchTable(t *testing.T) {
 		Errors:           map[string]int64{"timeout": 2, "temporarily_unavailable": 1},
 		ServerCPUSeconds: ptr(6.0), ServerCPUPer1000: ptr(0.6), ServerPeakRSSBytes: ptr(int64(100 << 20)),
 		BenchCPUSeconds: ptr(1.0), BenchCPUPer1000: ptr(0.1), CatchUpSeconds: ptr(0.25)}
-	rep := benchReport{K: 16, Connections: 8, WarmupSeconds: 2, DurationSeconds: 10, TokendFlags: []string{"--sync-always"},
-		Runs: []runReport{baseline, tokend}, Ratios: ratios(tokend, baseline)}
+	rep := benchReport{K: 16, FamiliesPerWorker: 32, Connections: 8, BaselineEventBytes: 400, WarmupSeconds: 2, DurationSeconds: 10,
+		TokendFlags: []string{"--sync-always"}, Runs: []runReport{baseline, tokend}, Ratios: ratios(tokend, baseline)}
 	var out bytes.Buffer
 	rep.writeTable(&out)
-	want := `K=16 families, 8 NATS connections, warmup 2s, measured 10s, tokend flags: --sync-always
+	want := `load: K=16 workers, 32 families each, rotated round-robin (512 families), 8 NATS connections, warmup 2s, measured 10s
+tokend flags: --sync-always; baseline events: 400 bytes
 
                                baseline   tokend  tokend/baseline
 rotations/s                        4000     1000             0.25
@@ -164,8 +178,9 @@ read model catch-up (s)               -    0.250
 	tokend.ServerCPUSeconds, tokend.ServerCPUPer1000, tokend.ServerPeakRSSBytes = nil, nil, nil
 	tokend.CatchUpSeconds, tokend.CatchUpError = nil, "still behind"
 	out.Reset()
-	benchReport{K: 1, Connections: 1, WarmupSeconds: 0.5, DurationSeconds: 1, Runs: []runReport{tokend}}.writeTable(&out)
-	for _, want := range []string{"tokend flags: none", "warmup 500ms, measured 1s",
+	benchReport{K: 1, FamiliesPerWorker: 1, Connections: 1, WarmupSeconds: 0.5, DurationSeconds: 1, Runs: []runReport{tokend}}.writeTable(&out)
+	for _, want := range []string{"load: K=1 worker, one family each, rotated back to back, 1 NATS connections, warmup 500ms, measured 1s\n",
+		"tokend flags: none\n\n",
 		"server CPU s / 1000 rotations        -\n", "server peak RSS (MiB)                -\n", "read model catch-up (s)         failed\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("single-run table lacks %q:\n%s", want, out.String())
@@ -215,6 +230,8 @@ func TestBenchRoundsAlternateAndTakeMedians(t *testing.T) {
 func TestBenchUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"-k", "0"},
+		{"--families-per-worker", "0"},
+		{"--baseline", "--baseline-event-bytes", "0"},
 		{"--duration", "0s"},
 		{"--warmup", "-1s"},
 		{"--conns", "-1"},
@@ -237,52 +254,109 @@ func TestBenchUsageErrors(t *testing.T) {
 }
 
 // TestBenchWorkerErrors runs the load against a fake tokend that fails some
-// refreshes: a retryable failure is retried with the same token, a refused
-// one starts a new family, and both are counted by kind.
+// refreshes: a retryable failure is retried with the same token, a
+// refused family is replaced by a new one when its turn comes, and both
+// are counted by kind. A worker rotates its families round-robin.
 func TestBenchWorkerErrors(t *testing.T) {
-	var issued, refreshes atomic.Int64
+	for _, c := range []struct {
+		name              string
+		familiesPerWorker int
+		// the first refreshes' tokens: the 2nd refresh answers
+		// temporarily_unavailable, the 4th invalid_grant
+		want []string
+	}{
+		{"one family", 1, []string{"fam1.1", "fam1.1+", "fam1.1+", "fam1.1++", "fam2.1", "fam2.1+"}},
+		{"three families", 3, []string{"fam1.1", "fam2.1", "fam2.1", "fam3.1", "fam1.1+", "fam2.1+", "fam1.1++", "fam2.1++", "fam4.1", "fam1.1+++"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var issued, refreshes atomic.Int64
+			f := serveFake(t, map[string]micro.HandlerFunc{
+				"tokens.cmd.issue": func(r micro.Request) {
+					n := issued.Add(1)
+					r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d.1","family_id":"fam%d","seq":1}`, n, n))
+				},
+				"tokens.cmd.refresh": func(r micro.Request) {
+					var req struct {
+						RefreshToken string `json:"refresh_token"`
+					}
+					json.Unmarshal(r.Data(), &req)
+					switch n := refreshes.Add(1); n {
+					case 2:
+						respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"retry","retry_after_ms":1}`)
+					case 4:
+						respondError(r, "400", `{"error":"invalid_grant","error_description":"refresh token is not valid"}`)
+					default:
+						r.Respond(fmt.Appendf(nil, `{"refresh_token":"%s+","seq":%d}`, req.RefreshToken, n+100))
+					}
+				},
+			})
+			rep, err := runLoad(t.Context(), loadTarget{name: "tokend", url: f.url, prefix: "tokens"},
+				loadConfig{k: 1, familiesPerWorker: c.familiesPerWorker, conns: 1, duration: time.Second, timeout: 5 * time.Second, ticks: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Errors["temporarily_unavailable"] != 1 || rep.Errors["invalid_grant"] != 1 || len(rep.Errors) != 2 {
+				t.Errorf("errors %v; want one temporarily_unavailable and one invalid_grant", rep.Errors)
+			}
+			got := f.requests("tokens.cmd.refresh")
+			if len(got) < len(c.want) {
+				t.Fatalf("only %d refreshes in 1 s", len(got))
+			}
+			for i, w := range c.want {
+				if got[i]["refresh_token"] != w || got[i]["client_id"] != benchClientID || got[i]["family_id"] != nil {
+					t.Errorf("refresh %d: %v, want token %s from %s without family_id", i+1, got[i], w, benchClientID)
+				}
+			}
+			if n := issued.Load(); n != int64(c.familiesPerWorker)+1 {
+				t.Errorf("%d families issued, want %d and one in place of the refused", n, c.familiesPerWorker)
+			}
+			// The last success may come after the window: not counted, but
+			// its seq is the one the read model must reach.
+			if ok := refreshes.Load() - 2; int64(rep.Rotations) < ok-1 || int64(rep.Rotations) > ok || rep.LastSeq != uint64(refreshes.Load())+100 {
+				t.Errorf("rotations %d, last seq %d after %d refreshes, 2 failed", rep.Rotations, rep.LastSeq, refreshes.Load())
+			}
+		})
+	}
+}
+
+// TestBenchWorkersIssueTheirFamilies: each of K workers issues its own
+// families, waiting when the issue rate limit says so, and rotates only
+// those.
+func TestBenchWorkersIssueTheirFamilies(t *testing.T) {
+	var asked, issued atomic.Int64
 	f := serveFake(t, map[string]micro.HandlerFunc{
 		"tokens.cmd.issue": func(r micro.Request) {
+			if asked.Add(1)%5 == 0 {
+				respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"slow down","retry_after_ms":1}`)
+				return
+			}
 			n := issued.Add(1)
-			r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d.1","family_id":"fam%d","seq":1}`, n, n))
+			r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d","family_id":"fam%d","seq":1}`, n, n))
 		},
 		"tokens.cmd.refresh": func(r micro.Request) {
 			var req struct {
 				RefreshToken string `json:"refresh_token"`
 			}
 			json.Unmarshal(r.Data(), &req)
-			switch n := refreshes.Add(1); n {
-			case 2:
-				respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"retry","retry_after_ms":1}`)
-			case 4:
-				respondError(r, "400", `{"error":"invalid_grant","error_description":"refresh token is not valid"}`)
-			default:
-				r.Respond(fmt.Appendf(nil, `{"refresh_token":"%s+","seq":%d}`, req.RefreshToken, n+100))
-			}
+			r.Respond(fmt.Appendf(nil, `{"refresh_token":"%s","seq":2}`, req.RefreshToken))
 		},
 	})
-	rep, err := runLoad(t.Context(), loadTarget{name: "tokend", url: f.url, prefix: "tokens"},
-		loadConfig{k: 1, conns: 1, duration: time.Second, timeout: 5 * time.Second, ticks: 100})
-	if err != nil {
+	const k, perWorker = 3, 4
+	if _, err := runLoad(t.Context(), loadTarget{name: "tokend", url: f.url, prefix: "tokens"},
+		loadConfig{k: k, familiesPerWorker: perWorker, conns: 2, duration: 200 * time.Millisecond, timeout: 5 * time.Second, ticks: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Errors["temporarily_unavailable"] != 1 || rep.Errors["invalid_grant"] != 1 || len(rep.Errors) != 2 {
-		t.Errorf("errors %v; want one temporarily_unavailable and one invalid_grant", rep.Errors)
+	if n, a := issued.Load(), asked.Load(); n != k*perWorker || a < n+2 {
+		t.Fatalf("%d families issued in %d requests, want %d and at least 2 refused", n, a, k*perWorker)
 	}
-	got := f.requests("tokens.cmd.refresh")
-	if len(got) < 6 {
-		t.Fatalf("only %d refreshes in 1 s", len(got))
+	// Each family is rotated in turn with the others of its worker, so
+	// after the first round every family has been rotated.
+	rotated := map[any]int{}
+	for _, req := range f.requests("tokens.cmd.refresh") {
+		rotated[req["refresh_token"]]++
 	}
-	want := []string{"fam1.1", "fam1.1+", "fam1.1+", "fam1.1++", "fam2.1", "fam2.1+"}
-	for i, w := range want {
-		if got[i]["refresh_token"] != w || got[i]["client_id"] != benchClientID || got[i]["family_id"] != nil {
-			t.Errorf("refresh %d: %v, want token %s from %s without family_id", i+1, got[i], w, benchClientID)
-		}
-	}
-	// The last success may come after the window: not counted, but its
-	// seq is the one the read model must reach.
-	if ok := refreshes.Load() - 2; int64(rep.Rotations) < ok-1 || int64(rep.Rotations) > ok || rep.LastSeq != uint64(refreshes.Load())+100 {
-		t.Errorf("rotations %d, last seq %d after %d refreshes, 2 failed", rep.Rotations, rep.LastSeq, refreshes.Load())
+	if len(rotated) != k*perWorker {
+		t.Errorf("rotated %d families, want all %d: %v", len(rotated), k*perWorker, rotated)
 	}
 }
 
@@ -294,7 +368,8 @@ func TestBenchEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := run(ctx, []string{"bench", "--baseline", "-k", "2", "--duration", "1s", "--warmup", "200ms", "--json"},
+	code := run(ctx, []string{"bench", "--baseline", "-k", "2", "--families-per-worker", "3", "--baseline-event-bytes", "300",
+		"--duration", "1s", "--warmup", "200ms", "--json"},
 		strings.NewReader(""), &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
@@ -306,12 +381,15 @@ func TestBenchEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
-	if len(rep.Runs) != 2 || rep.Runs[0].Name != "baseline" || rep.Runs[1].Name != "tokend" {
+	if len(rep.Runs) != 2 || rep.Runs[0].Name != "baseline" || rep.Runs[1].Name != "tokend" ||
+		rep.K != 2 || rep.FamiliesPerWorker != 3 || rep.BaselineEventBytes != 300 {
 		t.Fatalf("runs: %s", out.String())
 	}
+	// No errors: tokend's refresh rate limit is off, though its families
+	// are rotated far more often than it allows.
 	for _, r := range rep.Runs {
 		if r.Rotations == 0 || len(r.Errors) != 0 || r.LatencyMs.P50 <= 0 || r.LatencyMs.Max < r.LatencyMs.P99 ||
-			r.ServerCPUPer1000 == nil || r.ServerPeakRSSBytes == nil || r.LastSeq == 0 {
+			r.ServerCPUPer1000 == nil || r.ServerPeakRSSBytes == nil || r.LastSeq <= 6 {
 			t.Errorf("%s run: %+v", r.Name, r)
 		}
 	}
