@@ -106,19 +106,41 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int, log
 	}
 	r := &Registry{kv: kv, log: log, now: time.Now}
 	r.clients.Store(&map[string]clientState{})
-	// The watch's own context outlives ctx, which only bounds setting up.
-	if r.watcher, err = kv.WatchAll(context.WithoutCancel(ctx)); err != nil {
+	// The clients present at the start are loaded in one map, swapped in
+	// once; each later change swaps in a copy (adopt).
+	initial := map[string]clientState{}
+	loading := true
+	apply := func(e jetstream.KeyValueEntry) {
+		id, entry, err := decodeClientEntry(e)
+		if err != nil {
+			// Refuse the client rather than keep a revision its admin
+			// replaced, e.g. to drop a leaked secret.
+			r.log.Error("client registry entry unusable, the client is refused", "key", e.Key(), "revision", e.Revision(), "err", err)
+			entry = ClientEntry{Revision: e.Revision(), Removed: true}
+		}
+		switch {
+		case id == "":
+		case loading:
+			initial[id] = stateOf(entry)
+		default:
+			r.adopt(id, entry)
+		}
+	}
+	loaded := func() {
+		r.clients.Store(&initial)
+		registered := 0
+		for _, s := range initial {
+			if !s.removed {
+				registered++
+			}
+		}
+		r.log.Info("client registry loaded", "clients", registered)
+		loading = false
+	}
+	if r.watcher, err = followBucket(ctx, kv, apply, loaded); err != nil {
 		return nil, fmt.Errorf("kv %s: watch: %w", ClientsBucket, err)
 	}
-	ready := make(chan struct{})
-	go r.follow(ready)
-	select {
-	case <-ready:
-		return r, nil
-	case <-ctx.Done():
-		r.Stop()
-		return nil, ctx.Err()
-	}
+	return r, nil
 }
 
 // Stop stops following the bucket.
@@ -132,46 +154,6 @@ func (r *Registry) Lookup(clientID string) (domain.Client, bool) {
 		return domain.Client{}, false
 	}
 	return s.client, true
-}
-
-// follow applies the bucket's changes; ready is closed once the clients
-// present at the start are loaded.
-func (r *Registry) follow(ready chan struct{}) {
-	initial := map[string]clientState{}
-	for e := range r.watcher.Updates() {
-		if e == nil {
-			if initial != nil {
-				loaded := initial
-				r.clients.Store(&loaded)
-				registered := 0
-				for _, s := range loaded {
-					if !s.removed {
-						registered++
-					}
-				}
-				r.log.Info("client registry loaded", "clients", registered)
-				close(ready)
-				initial = nil
-			}
-			continue
-		}
-		id, entry, err := decodeClientEntry(e)
-		if err != nil {
-			// Refuse the client rather than keep a revision its admin
-			// replaced, e.g. to drop a leaked secret.
-			r.log.Error("client registry entry unusable, the client is refused", "key", e.Key(), "revision", e.Revision(), "err", err)
-			entry = ClientEntry{Revision: e.Revision(), Removed: true}
-		}
-		if initial != nil {
-			if id != "" {
-				initial[id] = stateOf(entry)
-			}
-			continue
-		}
-		if id != "" {
-			r.adopt(id, entry)
-		}
-	}
 }
 
 func stateOf(e ClientEntry) clientState {

@@ -46,40 +46,20 @@ func OpenRevoking(ctx context.Context, js jetstream.JetStream, replicas int) (*R
 		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
 	}
 	r := &Revoking{kv: kv, active: map[string]bool{}}
-	// The watch's own context outlives ctx, which only bounds setting up.
-	if r.watcher, err = kv.WatchAll(context.WithoutCancel(ctx)); err != nil {
+	if r.watcher, err = followBucket(ctx, kv, r.apply, func() {}); err != nil {
 		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
 	}
-	ready := make(chan struct{})
-	go r.follow(ready)
-	select {
-	case <-ready:
-		return r, nil
-	case <-ctx.Done():
-		r.Stop()
-		return nil, ctx.Err()
-	}
+	return r, nil
 }
 
-// follow applies the bucket's changes; ready is closed once the markers
-// present at the start are known.
-func (r *Revoking) follow(ready chan struct{}) {
-	initial := true
-	for e := range r.watcher.Updates() {
-		if e == nil { // end of the initial values
-			if initial {
-				close(ready)
-				initial = false
-			}
-			continue
-		}
-		r.mu.Lock()
-		if e.Operation() == jetstream.KeyValuePut {
-			r.active[e.Key()] = true
-		} else {
-			delete(r.active, e.Key())
-		}
-		r.mu.Unlock()
+// apply follows one change of the bucket.
+func (r *Revoking) apply(e jetstream.KeyValueEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e.Operation() == jetstream.KeyValuePut {
+		r.active[e.Key()] = true
+	} else {
+		delete(r.active, e.Key())
 	}
 }
 
