@@ -61,7 +61,7 @@ type Service struct {
 	// stopping refuses requests that arrive once Stop began (micro keeps
 	// delivering a subscription's pending messages while it drains); mu
 	// orders that check and inFlight.Add against Stop's Wait.
-	mu       sync.Mutex
+	mu       sync.RWMutex
 	stopping bool
 	inFlight sync.WaitGroup
 	workers  *workers
@@ -147,14 +147,14 @@ func (s *Service) async(name string, base context.Context, timeout time.Duration
 		// Replies go straight to the reply subject: micro's request object
 		// is not safe to use once its handler has returned.
 		reply := req.Reply()
-		s.mu.Lock()
+		s.mu.RLock()
 		if s.stopping {
-			s.mu.Unlock()
+			s.mu.RUnlock()
 			s.respondError(name, reply, &domain.Error{Code: domain.EUnavailable, Message: "this instance is stopping, retry", RetryAfterMs: 100})
 			return
 		}
 		s.inFlight.Add(1)
-		s.mu.Unlock()
+		s.mu.RUnlock()
 		slots <- struct{}{}
 		s.workers.run(func() {
 			defer func() { <-slots; s.inFlight.Done() }()
