@@ -130,4 +130,6 @@ func RetryAfter(err error) time.Duration {
 }
 
 // IsRetryable is Transient, under its earlier name.
+//
+// Deprecated: use Transient.
 func IsRetryable(err error) bool { return Transient(err) }

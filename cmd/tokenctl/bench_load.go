@@ -291,7 +291,7 @@ func (l *loadRun) worker(ctx context.Context, c *client.Client, families []bench
 			r.errors[errorKind(err)]++
 			l.errs.Add(1)
 			sleep(ctx, backoff(err))
-			if client.IsRetryable(err) {
+			if client.Transient(err) {
 				continue
 			}
 			f.token = ""
