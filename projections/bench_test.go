@@ -49,21 +49,27 @@ func (h *harness) rotationLoad(tb testing.TB, families, rotations int) (uint64, 
 func (h *harness) clock() time.Time { return h.now }
 
 // BenchmarkProjectionRebuild measures how fast a read model is built from
-// the stream: each iteration projects 20,000 events into a new database.
+// the stream: each iteration projects 20,000 events into a new database,
+// from few long families (a family row written once per batch for many
+// events) and from many short ones (nearly a family row per event, the
+// shape of live load with thousands of families rotating).
 //
 //	go test -run '^$' -bench ProjectionRebuild -benchtime 5x ./projections
 func BenchmarkProjectionRebuild(b *testing.B) {
-	h := MustHarness(b)
-	const families, rotations = 200, 99
-	last, _ := h.rotationLoad(b, families, rotations)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		db := h.openDB(b, fmt.Sprintf("rebuild-%d.db", i))
-		b.StartTimer()
-		h.project(b, db, DefaultBatchSize, last)
+	for _, shape := range []struct{ families, rotations int }{{200, 99}, {2000, 9}} {
+		b.Run(fmt.Sprintf("families=%d", shape.families), func(b *testing.B) {
+			h := MustHarness(b)
+			last, _ := h.rotationLoad(b, shape.families, shape.rotations)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				db := h.openDB(b, fmt.Sprintf("rebuild-%d.db", i))
+				b.StartTimer()
+				h.project(b, db, DefaultBatchSize, last)
+			}
+			b.ReportMetric(float64(shape.families*(shape.rotations+1)*b.N)/b.Elapsed().Seconds(), "events/s")
+		})
 	}
-	b.ReportMetric(float64(families*(rotations+1)*b.N)/b.Elapsed().Seconds(), "events/s")
 }
 
 // BenchmarkIntrospect measures a refresh-token look-up in the read model
