@@ -46,7 +46,17 @@ func goModPath(gomod []byte) string {
 	return ""
 }
 
-// buildServers compiles the given commands (e.g. "tokend") of the module
+// serverPackages are the packages of the servers bench can build: tokend
+// and tokenbaseline from this tree, and with --instances the standalone
+// nats-server from the version in go.mod (so it runs offline, from the
+// module cache, and matches the server tokend embeds).
+var serverPackages = map[string]string{
+	"tokend":        "./cmd/tokend",
+	"tokenbaseline": "./cmd/tokenbaseline",
+	"nats-server":   "github.com/nats-io/nats-server/v2",
+}
+
+// buildServers compiles the given servers (e.g. "tokend") of the module
 // containing the working directory into dir, in one go build, and returns
 // their paths by name.
 func buildServers(ctx context.Context, dir string, names []string) (map[string]string, error) {
@@ -57,7 +67,7 @@ func buildServers(ctx context.Context, dir string, names []string) (map[string]s
 	args := []string{"build", "-o", dir + string(filepath.Separator)}
 	bins := map[string]string{}
 	for _, name := range names {
-		args = append(args, "./cmd/"+name)
+		args = append(args, serverPackages[name])
 		bins[name] = filepath.Join(dir, name)
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
@@ -68,44 +78,67 @@ func buildServers(ctx context.Context, dir string, names []string) (map[string]s
 	return bins, nil
 }
 
-// serverProc is a tokend or tokenbaseline started by bench, with its own
-// temporary data directory and free loopback ports.
+// serverProc is a server process started by bench (tokend, tokenbaseline
+// or nats-server), with its own temporary directory and free loopback
+// ports.
 type serverProc struct {
 	name     string
 	dir      string // data and log, removed by stop unless kept
-	natsURL  string
-	httpAddr string
+	natsURL  string // where its clients connect
+	httpAddr string // its /readyz and /metrics; nats-server's monitoring
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed once cmd.Wait returned, with waitErr set
 	waitErr  error
 }
 
-// startServer runs bin with --data-dir, --nats-listen and --http of its own
-// plus extra, and env added to the environment, and waits until /readyz
-// answers 200. The child's output goes to a log file in its directory,
-// quoted in errors.
-func startServer(ctx context.Context, name, bin string, extra, env []string) (*serverProc, error) {
+// newServerProc makes the directory and picks the HTTP address of a server
+// about to start.
+func newServerProc(name string) (*serverProc, error) {
 	dir, err := os.MkdirTemp("", "tokenctl-bench-"+name+"-")
 	if err != nil {
 		return nil, err
 	}
 	s := &serverProc{name: name, dir: dir, exited: make(chan struct{})}
-	natsAddr, err := freeLoopbackAddr()
-	if err == nil {
-		s.httpAddr, err = freeLoopbackAddr()
-	}
-	if err != nil {
+	if s.httpAddr, err = freeLoopbackAddr(); err != nil {
 		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// startServer runs bin (tokend or tokenbaseline, with its NATS server
+// embedded) with --data-dir, --nats-listen and --http of its own plus
+// extra, and env added to the environment, and waits until /readyz answers
+// 200.
+func startServer(ctx context.Context, name, bin string, extra, env []string) (*serverProc, error) {
+	s, err := newServerProc(name)
+	if err != nil {
+		return nil, err
+	}
+	natsAddr, err := freeLoopbackAddr()
+	if err != nil {
+		os.RemoveAll(s.dir)
 		return nil, err
 	}
 	s.natsURL = "nats://" + natsAddr
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
-	if err != nil {
-		os.RemoveAll(dir)
+	args := append([]string{"--data-dir", filepath.Join(s.dir, "data"), "--nats-listen", natsAddr, "--http", s.httpAddr}, extra...)
+	if err := s.start(ctx, bin, args, env, "/readyz"); err != nil {
 		return nil, err
 	}
+	return s, nil
+}
+
+// start runs bin with args, and env added to the environment, and waits
+// until readyPath on its HTTP address answers 200. The child's output goes
+// to a log file in its directory, quoted in errors. On failure the
+// directory is removed.
+func (s *serverProc) start(ctx context.Context, bin string, args, env []string, readyPath string) error {
+	logf, err := os.Create(filepath.Join(s.dir, s.name+".log"))
+	if err != nil {
+		os.RemoveAll(s.dir)
+		return err
+	}
 	defer logf.Close() // the child holds its own descriptor
-	args := append([]string{"--data-dir", filepath.Join(dir, "data"), "--nats-listen", natsAddr, "--http", s.httpAddr}, extra...)
 	s.cmd = exec.Command(bin, args...)
 	// A TOKEND_* variable in bench's environment would configure tokend
 	// behind the command line's back: the run is defined by its flags and
@@ -118,18 +151,18 @@ func startServer(ctx context.Context, name, bin string, extra, env []string) (*s
 	s.cmd.Env = append(s.cmd.Env, env...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+		os.RemoveAll(s.dir)
+		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	go func() { s.waitErr = s.cmd.Wait(); close(s.exited) }()
-	if err := s.waitReady(ctx, 60*time.Second); err != nil {
+	if err := s.waitReady(ctx, readyPath, 60*time.Second); err != nil {
 		s.cmd.Process.Kill()
 		<-s.exited
-		err = fmt.Errorf("%s %s: %w%s", name, strings.Join(args, " "), err, s.logTail())
-		os.RemoveAll(dir)
-		return nil, err
+		err = fmt.Errorf("%s %s: %w%s", s.name, strings.Join(args, " "), err, s.logTail())
+		os.RemoveAll(s.dir)
+		return err
 	}
-	return s, nil
+	return nil
 }
 
 // freeLoopbackAddr returns a loopback address with a port free right now.
@@ -144,10 +177,10 @@ func freeLoopbackAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func (s *serverProc) waitReady(ctx context.Context, within time.Duration) error {
+func (s *serverProc) waitReady(ctx context.Context, path string, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	url := "http://" + s.httpAddr + "/readyz"
+	url := "http://" + s.httpAddr + path
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if resp, err := http.DefaultClient.Do(req); err == nil {
@@ -169,7 +202,8 @@ func (s *serverProc) waitReady(ctx context.Context, within time.Duration) error 
 func (s *serverProc) pid() int { return s.cmd.Process.Pid }
 
 // stop sends SIGTERM and expects exit status 0 within 30 s (tokend drains
-// in-flight requests and flushes its projections first). The directory is
+// in-flight requests and flushes its projections first; nats-server shuts
+// down and exits 0). The directory is
 // removed unless keep, or unless the stop failed: its log says why.
 func (s *serverProc) stop(keep bool) error {
 	var err error
