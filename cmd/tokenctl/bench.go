@@ -19,7 +19,7 @@ import (
 
 var benchCommand = &command{
 	summary:  "measure rotations per second, latency and cost of tokend, optionally against a minimal baseline",
-	synopsis: "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--tokend-flag FLAG]...",
+	synopsis: "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--instances N [--nats-server PATH]] [--tokend-flag FLAG]...",
 	jsonHelp: "print the report as one JSON object",
 	long:     true,
 	help: `Starts a tokend (built from the source tree around the working directory
@@ -52,6 +52,21 @@ and their medians. --target measures the tokend already running at
 --nats-url instead of starting one (with whatever rate limits it has); its
 CPU and RSS only with --tokend-pid.
 
+--instances N starts a standalone nats-server (built from the version in
+go.mod unless --nats-server is given; JetStream with file storage and
+tokend's default limits, 256 MiB of memory and 10 GiB of disk) and N
+tokend connected to it with --nats-url, each with its own data directory,
+read model and HTTP address. The load's requests reach them through the
+queue group. The server figures are then those of all the processes
+together, and a second table breaks them down by process: the rotations
+each tokend appended (its /metrics) and its share, CPU and peak RSS, and
+how long each instance's read model took to apply the last rotation. An
+instance that rotated nothing makes bench fail. --instances 1 measures one
+tokend this way, comparable with N; without --instances tokend embeds its
+server (the default, and the only shape --baseline compares). With
+--instances, --tokend-flag=--sync-always sets the server's sync_interval to
+always.
+
 A progress line is drawn on stderr when it is a terminal. A failed refresh
 counts as an error of its kind (the contract code, "timeout" or
 "transport") and is retried after a pause with the same token; a refused
@@ -75,6 +90,8 @@ request.`,
 		fs.Var(&o.tokendFlags, "tokend-flag", "pass `FLAG` to the started tokend, e.g. --tokend-flag=--sync-always (repeatable);\n"+
 			"--sync-always goes to tokenbaseline too")
 		fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
+		fs.IntVar(&o.instances, "instances", 0, "start `N` tokend on one standalone nats-server instead of one tokend embedding it")
+		fs.StringVar(&o.natsServerBin, "nats-server", "", "with --instances: the nats-server binary (`PATH`; default: go build github.com/nats-io/nats-server/v2)")
 		fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers (--families-per-worker does not apply),\n"+
 			"stay idle for --duration, and report tokend's memory")
 		return func(ctx context.Context, e *env) error {
@@ -91,10 +108,12 @@ type benchOptions struct {
 	familiesPerWorker      int
 	baselineEventBytes     int
 	idle, rounds           int
+	instances              int // 0: one tokend with its NATS server embedded
 	duration, warmup       time.Duration
 	baseline, target, keep bool
 	order                  string
 	tokendBin, baselineBin string
+	natsServerBin          string
 	tokendFlags            stringList
 }
 
@@ -120,6 +139,12 @@ func (o *benchOptions) check() error {
 		return usagef("--tokend-pid goes with --target; a started tokend's pid is known")
 	case o.idle < 0 || o.idle > 0 && (o.baseline || o.target):
 		return usagef("--idle N measures a started tokend's memory: not negative, and not with --baseline or --target")
+	case o.instances < 0:
+		return usagef("--instances must not be negative")
+	case o.instances > 0 && (o.baseline || o.target || o.idle > 0):
+		return usagef("--instances starts tokend instances on a nats-server of their own: not with --baseline (a single process embedding its server), --target or --idle")
+	case o.natsServerBin != "" && o.instances == 0:
+		return usagef("--nats-server goes with --instances")
 	}
 	if o.conns == 0 {
 		o.conns = 8
@@ -191,6 +216,9 @@ type benchReport struct {
 	DurationSeconds    float64     `json:"duration_s"`
 	TokendFlags        []string    `json:"tokend_flags"`
 	Runs               []runReport `json:"runs"` // in the order they ran
+	// Instances is --instances: how many tokend shared a standalone
+	// nats-server; absent when one tokend embedded it.
+	Instances int `json:"instances,omitempty"`
 	// Rounds holds each round's ratios with --baseline; Ratios is their
 	// median, figure by figure.
 	Rounds []ratioReport `json:"rounds,omitempty"`
@@ -272,13 +300,16 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 	}
 	defer status("")
 
-	bins := map[string]string{"tokend": o.tokendBin, "tokenbaseline": o.baselineBin}
+	bins := map[string]string{"tokend": o.tokendBin, "tokenbaseline": o.baselineBin, "nats-server": o.natsServerBin}
 	var build []string
 	if !o.target && o.tokendBin == "" {
 		build = append(build, "tokend")
 	}
 	if o.baseline && o.baselineBin == "" {
 		build = append(build, "tokenbaseline")
+	}
+	if o.instances > 0 && o.natsServerBin == "" {
+		build = append(build, "nats-server")
 	}
 	if len(build) > 0 {
 		dir, err := os.MkdirTemp("", "tokenctl-bench-bin-")
@@ -303,7 +334,7 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 		cfg.progress = e.stderr
 	}
 	rep := benchReport{K: o.k, FamiliesPerWorker: o.familiesPerWorker, Connections: o.conns, WarmupSeconds: o.warmup.Seconds(),
-		DurationSeconds: o.duration.Seconds(), TokendFlags: append([]string{}, o.tokendFlags...)}
+		DurationSeconds: o.duration.Seconds(), TokendFlags: append([]string{}, o.tokendFlags...), Instances: o.instances}
 	if o.baseline {
 		rep.BaselineEventBytes = o.baselineEventBytes
 	}
@@ -325,6 +356,11 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 			byName[name] = run
 			if run.CatchUpError != "" {
 				problems = append(problems, fmt.Errorf("%s: %s", name, run.CatchUpError))
+			}
+			for _, p := range run.Processes {
+				if p.Error != "" {
+					problems = append(problems, fmt.Errorf("%s: %s", p.Name, p.Error))
+				}
 			}
 			if stopErr != nil {
 				problems = append(problems, stopErr)
@@ -354,33 +390,48 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 // stops it. stopErr is a server that did not stop cleanly: the measurement
 // still stands.
 func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins map[string]string, cfg loadConfig) (_ runReport, stopErr, err error) {
-	t := loadTarget{name: name}
-	var proc *serverProc
+	var (
+		t     loadTarget
+		procs []*serverProc // started for this run, stopped in this order
+	)
 	switch {
 	case name == "baseline":
-		proc, err = startServer(ctx, "tokenbaseline", bins["tokenbaseline"], o.baselineFlags(), nil)
-		t.prefix, t.familyInBody = "baseline", true
+		var p *serverProc
+		if p, err = startServer(ctx, "tokenbaseline", bins["tokenbaseline"], o.baselineFlags(), nil); err == nil {
+			procs = []*serverProc{p}
+			t = loadTarget{name: name, url: p.natsURL, prefix: "baseline", familyInBody: true, procs: []targetProc{{name: p.name, pid: p.pid()}}}
+		}
 	case o.target:
+		t = loadTarget{name: name, url: e.natsURL, prefix: e.prefix, readModel: true}
 		if t.opts, err = e.auth.options(); err != nil {
 			return runReport{}, nil, usagef("%v", err)
 		}
-		t.url, t.prefix, t.pid, t.readModel = e.natsURL, e.prefix, o.tokendPID, true
+		if o.tokendPID != 0 {
+			t.procs = []targetProc{{name: "tokend", pid: o.tokendPID}}
+		}
+	case o.instances > 0:
+		if procs, err = startInstances(ctx, o, bins, e.prefix); err == nil {
+			t = instancesTarget(procs, e.prefix)
+		}
 	default:
-		proc, err = startServer(ctx, "tokend", bins["tokend"], append([]string{"--subject-prefix", e.prefix}, o.tokendFlags...), tokendBenchEnv)
-		t.prefix, t.readModel = e.prefix, true
+		var p *serverProc
+		if p, err = startServer(ctx, "tokend", bins["tokend"], append([]string{"--subject-prefix", e.prefix}, o.tokendFlags...), tokendBenchEnv); err == nil {
+			procs = []*serverProc{p}
+			t = loadTarget{name: name, url: p.natsURL, prefix: e.prefix, readModel: true, procs: []targetProc{{name: p.name, pid: p.pid()}}}
+		}
 	}
 	if err != nil {
 		return runReport{}, nil, err
 	}
-	if proc != nil {
-		t.url, t.pid = proc.natsURL, proc.pid()
-		defer func() {
-			stopErr = proc.stop(o.keep)
-			if stopErr == nil && o.keep {
-				fmt.Fprintf(e.stderr, "tokenctl bench: kept the %s data and log in %s\n", proc.name, proc.dir)
+	defer func() {
+		for _, p := range procs {
+			err := p.stop(o.keep)
+			if err == nil && o.keep {
+				fmt.Fprintf(e.stderr, "tokenctl bench: kept the %s data and log in %s\n", p.name, p.dir)
 			}
-		}()
-	}
+			stopErr = errors.Join(stopErr, err)
+		}
+	}()
 	run, err := runLoad(ctx, t, cfg)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("bench interrupted: %w", err)
@@ -409,6 +460,9 @@ func (r benchReport) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "tokend flags: %s", flags)
 	if r.BaselineEventBytes > 0 {
 		fmt.Fprintf(w, "; baseline events: %d bytes", r.BaselineEventBytes)
+	}
+	if r.Instances > 0 {
+		fmt.Fprintf(w, "\nservers: %s on one standalone nats-server; server figures are all processes together", plural(r.Instances, "tokend instance"))
 	}
 	fmt.Fprint(w, "\n\n")
 
@@ -471,6 +525,12 @@ func (r benchReport) writeTable(w io.Writer) {
 		return optional(x.CatchUpSeconds, "%.3f")
 	}, nil)
 	writeColumns(w, rows)
+	for _, run := range r.Runs {
+		if len(run.Processes) > 0 {
+			fmt.Fprintln(w)
+			run.writeProcesses(w)
+		}
+	}
 	if len(r.Rounds) > 1 {
 		fmt.Fprintln(w)
 		ratioRow := func(label string, rt ratioReport) []string {
@@ -484,6 +544,65 @@ func (r benchReport) writeTable(w io.Writer) {
 		rows = append(rows, ratioRow("median", *r.Ratios))
 		writeColumns(w, rows)
 	}
+}
+
+// writeProcesses prints the breakdown of a run by process: each tokend,
+// all of them together, and the nats-server.
+func (run runReport) writeProcesses(w io.Writer) {
+	rows := [][]string{{"by process", "rotations", "share", "CPU s / 1000 rotations", "CPU s", "peak RSS (MiB)", "read model catch-up (s)"}}
+	mib := func(v *int64) string {
+		if v == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", float64(*v)/(1<<20))
+	}
+	var tokendRotations []*int64
+	add := func(p processReport) {
+		rotations, share, catchUp := "-", "-", optional(p.CatchUpSeconds, "%.3f")
+		if p.Rotations != nil {
+			rotations = strconv.FormatInt(*p.Rotations, 10)
+		}
+		if p.Share != nil {
+			share = fmt.Sprintf("%.0f%%", *p.Share*100)
+		}
+		if p.CatchUpError != "" {
+			catchUp = "failed"
+		}
+		rows = append(rows, []string{p.Name, rotations, share, optional(p.CPUPer1000, "%.3f"), optional(p.CPUSeconds, "%.2f"), mib(p.PeakRSSBytes), catchUp})
+	}
+	var tokends []processReport
+	for _, p := range run.Processes {
+		if p.Name != "nats-server" {
+			tokends = append(tokends, p)
+			tokendRotations = append(tokendRotations, p.Rotations)
+			add(p)
+		}
+	}
+	all := processReport{Name: "tokend, all", CPUSeconds: run.TokendCPUSeconds, CPUPer1000: run.TokendCPUPer1000,
+		PeakRSSBytes: sumOf(tokends, func(p processReport) *int64 { return p.PeakRSSBytes }),
+		Rotations:    sumOf(tokendRotations, func(v *int64) *int64 { return v }), CatchUpSeconds: run.CatchUpSeconds}
+	if all.Rotations != nil && *all.Rotations > 0 {
+		whole := 1.0
+		all.Share = &whole
+	}
+	if run.CatchUpError != "" {
+		all.CatchUpError = run.CatchUpError
+	}
+	add(all)
+	for _, p := range run.Processes {
+		if p.Name == "nats-server" {
+			add(p)
+		}
+	}
+	writeColumns(w, rows)
+}
+
+// plural is n thing, or n things.
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // shape says how the load was made: how many workers rotate how many

@@ -32,12 +32,25 @@ type loadTarget struct {
 	url    string
 	prefix string
 	opts   []nats.Option // how to log in
-	pid    int           // the server process; 0 if unknown: no CPU or RSS then
+	// procs are the server's processes, whose CPU and RSS are the server's
+	// figures; none when unknown (--target without --tokend-pid).
+	procs []targetProc
 	// familyInBody: the baseline reads the family from family_id; tokend
 	// reads it from the token and refuses unknown fields.
 	familyInBody bool
-	// readModel: measure how long the read model takes to catch up.
+	// readModel: measure how long the read model takes to catch up, with
+	// the audit query (a process with metrics is measured there instead).
 	readModel bool
+}
+
+// targetProc is one process of the server under load.
+type targetProc struct {
+	name string
+	pid  int
+	// metrics is the /metrics URL of a tokend started with --instances:
+	// the rotations it appended and its read model's position are read
+	// there, since the load cannot choose which instance answers.
+	metrics string
 }
 
 // loadConfig is the shape of the load, the same for every target.
@@ -67,6 +80,12 @@ type runReport struct {
 	BenchCPUPer1000    *float64         `json:"bench_cpu_s_per_1000,omitempty"`
 	CatchUpSeconds     *float64         `json:"catch_up_s,omitempty"`
 	CatchUpError       string           `json:"catch_up_error,omitempty"`
+	// With --instances the server is several processes: the server figures
+	// above are their sums (catch-up: the slowest instance's), and these
+	// break them down.
+	TokendCPUSeconds *float64        `json:"tokend_cpu_s,omitempty"` // all instances together
+	TokendCPUPer1000 *float64        `json:"tokend_cpu_s_per_1000,omitempty"`
+	Processes        []processReport `json:"processes,omitempty"`
 }
 
 type latencyReport struct {
@@ -206,7 +225,7 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 			l.showProgress(began, stopped)
 		}
 	}()
-	cpu, cpuErr := l.measureCPU(ctx)
+	use, cpuErr := l.measureWindow(ctx)
 	<-stopped
 	loadStopped := time.Now()
 	<-progressDone
@@ -226,15 +245,27 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 	rep.Rotations = len(samples)
 	rep.RotationsPerSecond = float64(len(samples)) / cfg.duration.Seconds()
 	rep.LatencyMs = latencies(samples)
-	if cpuErr == nil {
-		rep.ServerCPUSeconds, rep.BenchCPUSeconds = cpu.server, cpu.bench
-		rep.ServerCPUPer1000 = per1000(cpu.server, rep.Rotations)
-		rep.BenchCPUPer1000 = per1000(cpu.bench, rep.Rotations)
-	}
-	if t.pid != 0 {
-		if rss, err := procPeakRSS(t.pid); err == nil {
-			rep.ServerPeakRSSBytes = &rss
+	procs := make([]processReport, len(t.procs))
+	for i, p := range t.procs {
+		procs[i].Name = p.name
+		if cpuErr == nil {
+			procs[i].CPUSeconds = &use.procs[i]
 		}
+		if rss, err := procPeakRSS(p.pid); err == nil {
+			procs[i].PeakRSSBytes = &rss
+		}
+	}
+	if cpuErr == nil {
+		rep.BenchCPUSeconds = use.bench
+		rep.BenchCPUPer1000 = per1000(use.bench, rep.Rotations)
+	}
+	if len(t.procs) > 0 {
+		rep.ServerCPUSeconds = sumOf(procs, func(p processReport) *float64 { return p.CPUSeconds })
+		rep.ServerCPUPer1000 = per1000(rep.ServerCPUSeconds, rep.Rotations)
+		rep.ServerPeakRSSBytes = sumOf(procs, func(p processReport) *int64 { return p.PeakRSSBytes })
+	}
+	if len(t.procs) > 1 {
+		rep.addInstances(ctx, t.procs, procs, use.rotated, loadStopped, cfg.timeout)
 	}
 	if t.readModel && rep.LastSeq > 0 {
 		took, err := catchUp(ctx, conns[0], rep.LastSeq, cfg.timeout, loadStopped)
@@ -358,21 +389,31 @@ func (l *loadRun) request(ctx context.Context, c *client.Client, subject string,
 	return nil
 }
 
-// cpuUse is the CPU time used during the measured window, in seconds; a
-// nil field could not be read.
-type cpuUse struct {
-	server, bench *float64
+// windowUse is what the server's processes and this one did in the
+// measured window.
+type windowUse struct {
+	bench *float64  // this process's CPU seconds
+	procs []float64 // the CPU seconds of each of the target's processes
+	// rotated holds, for each process with metrics, the rotations it
+	// appended (by its counters at both ends of the window).
+	rotated []rotatedCount
 }
 
-// measureCPU reads the CPU times of the server and of this process at the
-// start and at the end of the window.
-func (l *loadRun) measureCPU(ctx context.Context) (cpuUse, error) {
-	read := func() (server, bench uint64, err error) {
-		if bench, err = procCPU(os.Getpid()); err != nil || l.t.pid == 0 {
-			return 0, bench, err
+// measureWindow reads the CPU times of the server's processes and of this
+// one at the start and at the end of the window, as without metrics, and
+// then each time the rotation counters of the processes with metrics.
+func (l *loadRun) measureWindow(ctx context.Context) (windowUse, error) {
+	read := func() (procs []uint64, bench uint64, err error) {
+		if bench, err = procCPU(os.Getpid()); err != nil {
+			return nil, 0, err
 		}
-		server, err = procCPU(l.t.pid)
-		return server, bench, err
+		procs = make([]uint64, len(l.t.procs))
+		for i, p := range l.t.procs {
+			if procs[i], err = procCPU(p.pid); err != nil {
+				return nil, 0, err
+			}
+		}
+		return procs, bench, nil
 	}
 	// Workers stop before the window ends only when ctx is done.
 	waitUntil := func(t time.Time) error {
@@ -383,23 +424,23 @@ func (l *loadRun) measureCPU(ctx context.Context) (cpuUse, error) {
 		return ctx.Err()
 	}
 	if err := waitUntil(l.start); err != nil {
-		return cpuUse{}, err
+		return windowUse{}, err
 	}
-	s0, b0, err := read()
-	if err != nil {
-		return cpuUse{}, err
-	}
+	p0, b0, cpuErr := read()
+	before := l.scrapeRotated(ctx)
 	if err := waitUntil(l.end); err != nil {
-		return cpuUse{}, err
+		return windowUse{}, err
 	}
-	s1, b1, err := read()
-	if err != nil {
-		return cpuUse{}, err
+	p1, b1, err := read()
+	use := windowUse{rotated: rotatedIn(before, l.scrapeRotated(ctx))}
+	if cpuErr = errors.Join(cpuErr, err); cpuErr != nil {
+		return use, cpuErr
 	}
-	seconds := func(ticks uint64) *float64 { v := float64(ticks) / l.cfg.ticks; return &v }
-	use := cpuUse{bench: seconds(b1 - b0)}
-	if l.t.pid != 0 {
-		use.server = seconds(s1 - s0)
+	seconds := func(ticks uint64) float64 { return float64(ticks) / l.cfg.ticks }
+	bench := seconds(b1 - b0)
+	use.bench = &bench
+	for i := range p0 {
+		use.procs = append(use.procs, seconds(p1[i]-p0[i]))
 	}
 	return use, nil
 }

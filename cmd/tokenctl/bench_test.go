@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -244,6 +250,11 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--idle", "-1"},
 		{"--idle", "10", "--baseline"},
 		{"--idle", "10", "--target"},
+		{"--instances", "-1"},
+		{"--instances", "2", "--baseline"},
+		{"--instances", "1", "--target"},
+		{"--instances", "2", "--idle", "10"},
+		{"--nats-server", "/bin/true"},
 		{"extra"},
 	} {
 		r := runCtl(t, "", append([]string{"--nats-url", deadURL, "bench"}, args...)...)
@@ -420,5 +431,300 @@ func TestBenchIdle(t *testing.T) {
 	}
 	if rep.Families != 300 || rep.Errors != 0 || rep.RSSBytes <= 0 || rep.PeakRSSBytes < rep.RSSBytes || rep.IssuesPerSecond <= 0 {
 		t.Fatalf("report %+v", rep)
+	}
+}
+
+// TestNATSServerConfig: the standalone server's configuration is one
+// nats-server accepts, with JetStream on file storage under explicit
+// limits, and fsyncs every write only with tokend's --sync-always.
+func TestNATSServerConfig(t *testing.T) {
+	for _, syncAlways := range []bool{false, true} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "nats-server.conf")
+		store := filepath.Join(dir, "js store")
+		if err := os.WriteFile(path, []byte(natsServerConfig("127.0.0.1:14222", "127.0.0.1:18222", store, syncAlways)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		opts, err := server.ProcessConfigFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opts.Host != "127.0.0.1" || opts.Port != 14222 || opts.HTTPHost != "127.0.0.1" || opts.HTTPPort != 18222 ||
+			!opts.JetStream || opts.StoreDir != store || opts.JetStreamMaxMemory != 256<<20 || opts.JetStreamMaxStore != 10<<30 ||
+			opts.SyncAlways != syncAlways {
+			t.Errorf("sync always %v: host %s port %d, monitor %s:%d, jetstream %v in %q, limits %d/%d, sync always %v", syncAlways,
+				opts.Host, opts.Port, opts.HTTPHost, opts.HTTPPort, opts.JetStream, opts.StoreDir, opts.JetStreamMaxMemory, opts.JetStreamMaxStore, opts.SyncAlways)
+		}
+	}
+}
+
+const testMetrics = `# HELP tokend_events_appended_total Events this instance stored in the stream, by type.
+# TYPE tokend_events_appended_total counter
+tokend_events_appended_total{type="token.issued"} 12
+tokend_events_appended_total{type="token.rotated"} 1.234567e+06
+# HELP tokend_projection_applied_sequence Last stream sequence applied to the read model.
+# TYPE tokend_projection_applied_sequence gauge
+tokend_projection_applied_sequence 4711
+# TYPE tokend_command_duration_seconds histogram
+tokend_command_duration_seconds_bucket{command="refresh",le="+Inf"} 3
+tokend_command_duration_seconds_sum{command="refresh"} 0.5
+tokend_command_duration_seconds_count{command="refresh"} 3
+`
+
+func TestMetricValue(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		labels  map[string]string
+		want    float64
+		wantErr string
+	}{
+		{"tokend_events_appended_total", map[string]string{"type": "token.rotated"}, 1234567, ""},
+		{"tokend_events_appended_total", map[string]string{"type": "token.issued"}, 12, ""},
+		{"tokend_projection_applied_sequence", nil, 4711, ""},
+		{"tokend_events_appended_total", map[string]string{"type": "family.revoked"}, 0, "no sample"},
+		{"tokend_events_appended_total", map[string]string{"kind": "token.rotated"}, 0, "no sample"},
+		{"tokend_stream_bytes", nil, 0, "no metric"},
+		{"tokend_command_duration_seconds", nil, 0, "not a number"},
+	} {
+		got, err := metricValue(strings.NewReader(testMetrics), c.name, c.labels)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%s %v: %v, %v; want an error with %q", c.name, c.labels, got, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%s %v = %v, %v; want %v", c.name, c.labels, got, err, c.want)
+		}
+	}
+	if _, err := metricValue(strings.NewReader("not { a metrics page\n"), "x", nil); err == nil {
+		t.Error("garbage page: no error")
+	}
+}
+
+// metricsServer serves a tokend's /metrics whose read model has applied
+// the sequence applied returns, asked anew on every scrape.
+func metricsServer(t *testing.T, applied func() int) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "# TYPE tokend_projection_applied_sequence gauge\ntokend_projection_applied_sequence %d\n", applied())
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/metrics"
+}
+
+// TestAddInstances: with --instances the server figures break down by
+// process; each instance's share of the rotations, the tokend's CPU
+// together, and each instance's catch-up, read from its own /metrics.
+func TestAddInstances(t *testing.T) {
+	var scrapes atomic.Int64
+	// The second instance's read model reaches the last seq only on its
+	// fourth scrape: catch-up waits for each instance.
+	lagging := metricsServer(t, func() int {
+		if scrapes.Add(1) < 4 {
+			return 90
+		}
+		return 100
+	})
+	current := metricsServer(t, func() int { return 120 })
+	targets := []targetProc{{name: "tokend-1", metrics: current}, {name: "tokend-2", metrics: lagging}, {name: "nats-server"}}
+	procs := []processReport{{Name: "tokend-1", CPUSeconds: ptr(1.0)}, {Name: "tokend-2", CPUSeconds: ptr(3.0)}, {Name: "nats-server", CPUSeconds: ptr(2.0)}}
+	rotated := []rotatedCount{{n: 300}, {n: 100}, {}}
+	r := runReport{Rotations: 400, LastSeq: 100}
+	r.addInstances(t.Context(), targets, procs, rotated, time.Now(), 5*time.Second)
+	if r.TokendCPUSeconds == nil || *r.TokendCPUSeconds != 4 || r.TokendCPUPer1000 == nil || *r.TokendCPUPer1000 != 10 {
+		t.Errorf("tokend CPU %v, per 1000 %v; want 4 and 10", r.TokendCPUSeconds, r.TokendCPUPer1000)
+	}
+	for i, want := range []struct {
+		rotations int64
+		share     float64
+		per1000   float64
+	}{{300, 0.75, 2.5}, {100, 0.25, 7.5}, {0, 0, 5}} {
+		p := r.Processes[i]
+		if p.CPUPer1000 == nil || *p.CPUPer1000 != want.per1000 || p.Error != "" || p.CatchUpError != "" {
+			t.Errorf("%s: %+v; want CPU per 1000 %v and no error", p.Name, p, want.per1000)
+		}
+		if p.Name == "nats-server" {
+			if p.Rotations != nil || p.Share != nil || p.CatchUpSeconds != nil {
+				t.Errorf("nats-server has tokend figures: %+v", p)
+			}
+			continue
+		}
+		if p.Rotations == nil || *p.Rotations != want.rotations || p.Share == nil || *p.Share != want.share || p.CatchUpSeconds == nil {
+			t.Errorf("%s: %+v; want %d rotations, share %v and a catch-up", p.Name, p, want.rotations, want.share)
+		}
+	}
+	if n := scrapes.Load(); n < 4 {
+		t.Errorf("catch-up stopped after %d scrapes of the lagging instance", n)
+	}
+	if c0, c1 := r.Processes[0].CatchUpSeconds, r.Processes[1].CatchUpSeconds; c0 != nil && c1 != nil &&
+		(r.CatchUpSeconds == nil || *r.CatchUpSeconds != max(*c0, *c1)) {
+		t.Errorf("catch-up %v: want the slowest instance's of %v and %v", r.CatchUpSeconds, *c0, *c1)
+	}
+
+	// An instance that rotated nothing, one whose counters could not be
+	// read, and one whose /metrics fails during catch-up are each reported;
+	// unknown CPU makes the sums unknown.
+	broken := httptest.NewServer(http.NotFoundHandler())
+	defer broken.Close()
+	targets = []targetProc{{name: "tokend-1", metrics: current}, {name: "tokend-2", metrics: current}, {name: "tokend-3", metrics: broken.URL}}
+	procs = []processReport{{Name: "tokend-1", CPUSeconds: ptr(1.0)}, {Name: "tokend-2"}, {Name: "tokend-3", CPUSeconds: ptr(1.0)}}
+	rotated = []rotatedCount{{n: 0}, {err: errors.New("connection refused")}, {n: 50}}
+	r = runReport{Rotations: 50, LastSeq: 100}
+	r.addInstances(t.Context(), targets, procs, rotated, time.Now(), 5*time.Second)
+	p := r.Processes
+	if !strings.Contains(p[0].Error, "no rotation") || !strings.Contains(p[1].Error, "connection refused") || p[2].Error != "" {
+		t.Errorf("errors %q, %q, %q", p[0].Error, p[1].Error, p[2].Error)
+	}
+	if p[0].Share == nil || *p[0].Share != 0 || p[1].Share != nil || p[2].Share == nil || *p[2].Share != 1 {
+		t.Errorf("shares %v %v %v; want 0, unknown, 1", p[0].Share, p[1].Share, p[2].Share)
+	}
+	if r.TokendCPUSeconds != nil || p[1].CPUPer1000 != nil {
+		t.Errorf("unknown CPU added up: %v, %v", r.TokendCPUSeconds, p[1].CPUPer1000)
+	}
+	if p[0].CatchUpSeconds == nil || p[2].CatchUpError == "" || r.CatchUpSeconds != nil || !strings.Contains(r.CatchUpError, "tokend-3: read model did not catch up") {
+		t.Errorf("catch-up: %v %q; report %v %q", p[0].CatchUpSeconds, p[2].CatchUpError, r.CatchUpSeconds, r.CatchUpError)
+	}
+}
+
+func TestSumOf(t *testing.T) {
+	figure := func(v *float64) *float64 { return v }
+	if s := sumOf([]*float64{ptr(1.5), ptr(2.0)}, figure); s == nil || *s != 3.5 {
+		t.Errorf("sum %v", s)
+	}
+	if s := sumOf([]*float64{ptr(1.5), nil}, figure); s != nil {
+		t.Errorf("sum with an unknown: %v", *s)
+	}
+	if s := sumOf([]*float64{}, figure); s != nil {
+		t.Errorf("sum of nothing: %v", *s)
+	}
+	if m := ptrMax(ptr(1.0), ptr(2.0)); *m != 2 {
+		t.Errorf("max %v", *m)
+	}
+	if m := ptrMax(ptr(3.0), nil); *m != 3 {
+		t.Errorf("max with nil %v", *m)
+	}
+	if m := ptrMax(nil, ptr(3.0)); *m != 3 {
+		t.Errorf("max with nil %v", *m)
+	}
+}
+
+// TestBenchInstancesTable: with --instances the report says so, its
+// server figures are the processes' sums, and a second table breaks them
+// down.
+func TestBenchInstancesTable(t *testing.T) {
+	run := runReport{Name: "tokend", Rotations: 20000, Seconds: 10, RotationsPerSecond: 2000,
+		LatencyMs: latencyReport{P50: 2, P95: 4, P99: 8, Max: 20}, Errors: map[string]int64{},
+		ServerCPUSeconds: ptr(8.0), ServerCPUPer1000: ptr(0.4), ServerPeakRSSBytes: ptr(int64(300 << 20)),
+		BenchCPUSeconds: ptr(2.0), BenchCPUPer1000: ptr(0.1), CatchUpSeconds: ptr(0.3),
+		TokendCPUSeconds: ptr(6.0), TokendCPUPer1000: ptr(0.3),
+		Processes: []processReport{
+			{Name: "tokend-1", CPUSeconds: ptr(3.5), CPUPer1000: ptr(0.175), PeakRSSBytes: ptr(int64(100 << 20)), Rotations: ptr(int64(11000)), Share: ptr(0.55), CatchUpSeconds: ptr(0.3)},
+			{Name: "tokend-2", CPUSeconds: ptr(2.5), CPUPer1000: ptr(0.125), PeakRSSBytes: ptr(int64(120 << 20)), Rotations: ptr(int64(9000)), Share: ptr(0.45), CatchUpSeconds: ptr(0.2)},
+			{Name: "nats-server", CPUSeconds: ptr(2.0), CPUPer1000: ptr(0.1), PeakRSSBytes: ptr(int64(80 << 20))},
+		}}
+	var out bytes.Buffer
+	benchReport{K: 16, FamiliesPerWorker: 32, Connections: 8, WarmupSeconds: 2, DurationSeconds: 10, Instances: 2, Runs: []runReport{run}}.writeTable(&out)
+	want := `load: K=16 workers, 32 families each, rotated round-robin (512 families), 8 NATS connections, warmup 2s, measured 10s
+tokend flags: none
+servers: 2 tokend instances on one standalone nats-server; server figures are all processes together
+
+                               tokend
+rotations/s                      2000
+rotations                       20000
+latency p50 (ms)                2.000
+latency p95 (ms)                4.000
+latency p99 (ms)                8.000
+latency max (ms)               20.000
+errors                              0
+server CPU s / 1000 rotations   0.400
+server CPU s                     8.00
+server peak RSS (MiB)           300.0
+bench CPU s / 1000 rotations    0.100
+read model catch-up (s)         0.300
+
+by process   rotations  share  CPU s / 1000 rotations  CPU s  peak RSS (MiB)  read model catch-up (s)
+tokend-1         11000    55%                   0.175   3.50           100.0                    0.300
+tokend-2          9000    45%                   0.125   2.50           120.0                    0.200
+tokend, all      20000   100%                   0.300   6.00           220.0                    0.300
+nats-server          -      -                   0.100   2.00            80.0                        -
+`
+	if out.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", out.String(), want)
+	}
+
+	// One instance; an instance's catch-up failed.
+	run.Processes = []processReport{
+		{Name: "tokend-1", CPUSeconds: ptr(6.0), CPUPer1000: ptr(0.3), PeakRSSBytes: ptr(int64(100 << 20)), Rotations: ptr(int64(20000)), Share: ptr(1.0), CatchUpError: "still behind"},
+		run.Processes[2],
+	}
+	run.CatchUpSeconds, run.CatchUpError = nil, "tokend-1: still behind"
+	out.Reset()
+	benchReport{K: 16, FamiliesPerWorker: 32, Connections: 8, WarmupSeconds: 2, DurationSeconds: 10, Instances: 1, Runs: []runReport{run}}.writeTable(&out)
+	for _, want := range []string{"servers: 1 tokend instance on one standalone nats-server;",
+		"tokend-1         20000   100%                   0.300   6.00           100.0                   failed\n",
+		"tokend, all      20000   100%                   0.300   6.00           100.0                   failed\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("one-instance table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestBenchInstances builds tokend and nats-server, runs a short load on
+// two instances and checks that both served it, that every figure is
+// there and adds up, and that both read models caught up; it asserts no
+// timing.
+func TestBenchInstances(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where bench makes and must remove its directories
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := run(ctx, []string{"bench", "--instances", "2", "-k", "2", "--families-per-worker", "4", "--duration", "1s", "--warmup", "0", "--json"},
+		strings.NewReader(""), &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	var rep benchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if rep.Instances != 2 || len(rep.Runs) != 1 {
+		t.Fatalf("report: %s", out.String())
+	}
+	r := rep.Runs[0]
+	if r.Rotations == 0 || len(r.Errors) != 0 || r.CatchUpSeconds == nil || r.ServerCPUSeconds == nil || r.TokendCPUSeconds == nil ||
+		r.ServerPeakRSSBytes == nil || len(r.Processes) != 3 {
+		t.Fatalf("run: %s", out.String())
+	}
+	var cpu float64
+	var rss, rotations int64
+	for i, name := range []string{"tokend-1", "tokend-2", "nats-server"} {
+		p := r.Processes[i]
+		if p.Name != name || p.CPUSeconds == nil || p.PeakRSSBytes == nil || p.Error != "" || p.CatchUpError != "" {
+			t.Errorf("process %d: %+v, want %s with CPU and RSS", i, p, name)
+			continue
+		}
+		cpu += *p.CPUSeconds
+		rss += *p.PeakRSSBytes
+		if name != "nats-server" {
+			if p.Rotations == nil || *p.Rotations == 0 || p.CatchUpSeconds == nil {
+				t.Errorf("%s served no rotation or has no catch-up: %+v", name, p)
+				continue
+			}
+			rotations += *p.Rotations
+		}
+	}
+	if math.Abs(cpu-*r.ServerCPUSeconds) > 1e-9 || rss != *r.ServerPeakRSSBytes {
+		t.Errorf("server CPU %v and RSS %d are not the processes' sums %v and %d", *r.ServerCPUSeconds, *r.ServerPeakRSSBytes, cpu, rss)
+	}
+	// The instances' counters are read just after the window starts and
+	// just after it ends, so they miss its first moments and may count the
+	// K requests in flight at its end, which the load does not.
+	if rotations > int64(r.Rotations)+2 {
+		t.Errorf("instances appended %d rotations in the window, the load counted only %d", rotations, r.Rotations)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("bench left %v in its temporary directory", left)
 	}
 }
