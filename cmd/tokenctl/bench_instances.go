@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/tokend/tokend/client"
 )
 
 // The standalone nats-server's JetStream limits are those tokend gives its
@@ -77,8 +80,10 @@ func startInstances(ctx context.Context, o *benchOptions, bins map[string]string
 		s, err := newServerProc(fmt.Sprintf("tokend-%d", i+1))
 		if err == nil {
 			s.natsURL = ns.natsURL
+			// --v1-open-audit: the audit API on the loopback --http too, to
+			// ask each instance's read model for the last rotation.
 			args := append([]string{"--data-dir", filepath.Join(s.dir, "data"), "--nats-url", ns.natsURL, "--http", s.httpAddr,
-				"--subject-prefix", prefix}, o.tokendFlags...)
+				"--v1-open-audit", "--subject-prefix", prefix}, o.tokendFlags...)
 			err = s.start(ctx, bins["tokend"], args, tokendBenchEnv, "/readyz")
 		}
 		if err != nil {
@@ -100,7 +105,7 @@ func instancesTarget(procs []*serverProc, prefix string) loadTarget {
 	for _, p := range procs {
 		tp := targetProc{name: p.name, pid: p.pid()}
 		if p.name != "nats-server" {
-			tp.metrics = "http://" + p.httpAddr + "/metrics"
+			tp.ops = "http://" + p.httpAddr
 		}
 		t.procs = append(t.procs, tp)
 	}
@@ -135,17 +140,17 @@ type rotatedCount struct {
 	err error
 }
 
-// scrapeRotated reads the rotation counter of each target process with
-// metrics, all at once; the others' entries stay zero.
+// scrapeRotated reads the rotation counter of each tokend instance, all at
+// once; the other processes' entries stay zero.
 func (l *loadRun) scrapeRotated(ctx context.Context) []rotatedCount {
 	counts := make([]rotatedCount, len(l.t.procs))
 	var wg sync.WaitGroup
 	for i, p := range l.t.procs {
-		if p.metrics == "" {
+		if p.ops == "" {
 			continue
 		}
 		wg.Go(func() {
-			counts[i].n, counts[i].err = scrapeMetric(ctx, p.metrics, l.cfg.timeout,
+			counts[i].n, counts[i].err = scrapeMetric(ctx, p.ops+"/metrics", l.cfg.timeout,
 				"tokend_events_appended_total", map[string]string{"type": "token.rotated"})
 		})
 	}
@@ -165,15 +170,15 @@ func rotatedIn(before, after []rotatedCount) []rotatedCount {
 // addInstances fills in the report's breakdown by process: procs holds
 // each target process's CPU and RSS, rotated what the tokend among them
 // appended in the window. The tokend's CPU is added up, each instance's
-// share of the rotations computed, and each instance's read model waited
-// for until it has applied the last rotation (every instance keeps its
-// own): the report's catch-up is the slowest instance's.
+// share of the rotations computed, and each instance's read model asked
+// until it has applied the last rotation (every instance keeps its own):
+// the report's catch-up is the slowest instance's.
 func (r *runReport) addInstances(ctx context.Context, targets []targetProc, procs []processReport, rotated []rotatedCount, since time.Time, timeout time.Duration) {
 	var tokendCPU []*float64
 	var all int64
 	for i, t := range targets {
 		procs[i].CPUPer1000 = per1000(procs[i].CPUSeconds, r.Rotations)
-		if t.metrics == "" {
+		if t.ops == "" {
 			continue
 		}
 		tokendCPU = append(tokendCPU, procs[i].CPUSeconds)
@@ -202,11 +207,11 @@ func (r *runReport) addInstances(ctx context.Context, targets []targetProc, proc
 	}
 	var wg sync.WaitGroup
 	for i, t := range targets {
-		if t.metrics == "" {
+		if t.ops == "" {
 			continue
 		}
 		wg.Go(func() {
-			took, err := instanceCatchUp(ctx, t.metrics, r.LastSeq, timeout, since)
+			took, err := catchUp(ctx, auditOverHTTP(t.ops, r.LastSeq), timeout, since)
 			if err != nil {
 				procs[i].CatchUpError = fmt.Sprintf("read model did not catch up with seq %d: %v", r.LastSeq, err)
 				return
@@ -230,28 +235,33 @@ func (r *runReport) addInstances(ctx context.Context, targets []targetProc, proc
 	}
 }
 
-// catchUpPoll is how often an instance's read model position is read
-// after the load: the resolution of its catch-up time.
-const catchUpPoll = 10 * time.Millisecond
-
-// instanceCatchUp reads a tokend's /metrics until its read model has
-// applied seq, and returns the time from since until then. Its NATS
-// queries cannot be used: any instance may answer them.
-func instanceCatchUp(ctx context.Context, metricsURL string, seq uint64, timeout time.Duration, since time.Time) (time.Duration, error) {
-	for {
-		applied, err := scrapeMetric(ctx, metricsURL, timeout, "tokend_projection_applied_sequence", nil)
-		now := time.Now()
-		switch {
-		case err != nil:
-			return 0, err
-		case applied >= float64(seq):
-			return now.Sub(since), nil
-		case now.Sub(since) > catchUpLimit:
-			return 0, fmt.Errorf("still at seq %.0f after %v", applied, catchUpLimit)
+// auditOverHTTP asks one tokend's read model, on its /v1/audit, for the
+// event at min_seq seq: for catchUp, which reads a refusal as
+// client.Error like one over NATS.
+func auditOverHTTP(ops string, seq uint64) func(context.Context) error {
+	url := ops + "/v1/audit?limit=1&min_seq=" + strconv.FormatUint(seq, 10)
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
 		}
-		if !sleep(ctx, catchUpPoll) {
-			return 0, ctx.Err()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
 		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return nil
+		}
+		var body struct {
+			Error        string `json:"error"`
+			Description  string `json:"error_description"`
+			RetryAfterMs int64  `json:"retry_after_ms"`
+		}
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body); err != nil || body.Error == "" {
+			return fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return &client.Error{Code: body.Error, Description: body.Description, RetryAfterMs: body.RetryAfterMs, Status: strconv.Itoa(resp.StatusCode)}
 	}
 }
 

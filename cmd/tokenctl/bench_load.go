@@ -39,7 +39,7 @@ type loadTarget struct {
 	// reads it from the token and refuses unknown fields.
 	familyInBody bool
 	// readModel: measure how long the read model takes to catch up, with
-	// the audit query (a process with metrics is measured there instead).
+	// the audit query (each process with ops is measured there instead).
 	readModel bool
 }
 
@@ -47,10 +47,11 @@ type loadTarget struct {
 type targetProc struct {
 	name string
 	pid  int
-	// metrics is the /metrics URL of a tokend started with --instances:
-	// the rotations it appended and its read model's position are read
-	// there, since the load cannot choose which instance answers.
-	metrics string
+	// ops is the HTTP address (http://host:port) of a tokend started with
+	// --instances: the rotations it appended are read on its /metrics, and
+	// its read model is asked on its /v1/audit, since the load cannot
+	// choose which instance answers a NATS request.
+	ops string
 }
 
 // loadConfig is the shape of the load, the same for every target.
@@ -268,7 +269,9 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 		rep.addInstances(ctx, t.procs, procs, use.rotated, loadStopped, cfg.timeout)
 	}
 	if t.readModel && rep.LastSeq > 0 {
-		took, err := catchUp(ctx, conns[0], rep.LastSeq, cfg.timeout, loadStopped)
+		body := []byte(`{"limit":1,"min_seq":` + strconv.FormatUint(rep.LastSeq, 10) + `}`)
+		ask := func(ctx context.Context) error { return conns[0].Request(ctx, client.SubjectAudit, body, nil) }
+		took, err := catchUp(ctx, ask, cfg.timeout, loadStopped)
 		if err != nil {
 			rep.CatchUpError = fmt.Sprintf("read model did not catch up with seq %d: %v", rep.LastSeq, err)
 		} else {
@@ -394,14 +397,14 @@ func (l *loadRun) request(ctx context.Context, c *client.Client, subject string,
 type windowUse struct {
 	bench *float64  // this process's CPU seconds
 	procs []float64 // the CPU seconds of each of the target's processes
-	// rotated holds, for each process with metrics, the rotations it
-	// appended (by its counters at both ends of the window).
+	// rotated holds, for each tokend instance, the rotations it appended
+	// (by its counters at both ends of the window).
 	rotated []rotatedCount
 }
 
 // measureWindow reads the CPU times of the server's processes and of this
-// one at the start and at the end of the window, as without metrics, and
-// then each time the rotation counters of the processes with metrics.
+// one at the start and at the end of the window, as without instances,
+// and then each time the rotation counters of the tokend instances.
 func (l *loadRun) measureWindow(ctx context.Context) (windowUse, error) {
 	read := func() (procs []uint64, bench uint64, err error) {
 		if bench, err = procCPU(os.Getpid()); err != nil {
@@ -445,15 +448,16 @@ func (l *loadRun) measureWindow(ctx context.Context) (windowUse, error) {
 	return use, nil
 }
 
-// catchUp asks tokend's audit query for min_seq seq until it answers: each
-// request waits up to 2 s for the read model, then answers
-// temporarily_unavailable. It returns the time from since to the answer.
-func catchUp(ctx context.Context, c *client.Client, seq uint64, timeout time.Duration, since time.Time) (time.Duration, error) {
-	body := []byte(`{"limit":1,"min_seq":` + strconv.FormatUint(seq, 10) + `}`)
+// catchUp asks tokend's audit query for a min_seq until it answers: each
+// request waits up to 2 s for the read model (and makes the projector
+// apply what it has at once, as any read-your-writes query does), then
+// answers temporarily_unavailable. It returns the time from since to the
+// answer.
+func catchUp(ctx context.Context, ask func(context.Context) error, timeout time.Duration, since time.Time) (time.Duration, error) {
 	for {
 		asked := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, timeout+longPoll)
-		err := c.Request(rctx, client.SubjectAudit, body, nil)
+		err := ask(rctx)
 		cancel()
 		answered := time.Now()
 		var se *client.Error

@@ -502,32 +502,38 @@ func TestMetricValue(t *testing.T) {
 	}
 }
 
-// metricsServer serves a tokend's /metrics whose read model has applied
-// the sequence applied returns, asked anew on every scrape.
-func metricsServer(t *testing.T, applied func() int) string {
+// auditServer serves a tokend's /v1/audit that answers a query for
+// min_seq 100 once caughtUp says so, and temporarily_unavailable before,
+// as tokend does after holding the query.
+func auditServer(t *testing.T, caughtUp func() bool) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "# TYPE tokend_projection_applied_sequence gauge\ntokend_projection_applied_sequence %d\n", applied())
+		q := r.URL.Query()
+		switch {
+		case r.URL.Path != "/v1/audit" || q.Get("min_seq") != "100" || q.Get("limit") != "1":
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"invalid_request","error_description":"%s"}`, r.URL)
+		case !caughtUp():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"error":"temporarily_unavailable","error_description":"read model has not reached min_seq yet, retry","retry_after_ms":200}`)
+		default:
+			fmt.Fprint(w, `{"events":[]}`)
+		}
 	}))
 	t.Cleanup(srv.Close)
-	return srv.URL + "/metrics"
+	return srv.URL
 }
 
 // TestAddInstances: with --instances the server figures break down by
 // process; each instance's share of the rotations, the tokend's CPU
 // together, and each instance's catch-up, read from its own /metrics.
 func TestAddInstances(t *testing.T) {
-	var scrapes atomic.Int64
-	// The second instance's read model reaches the last seq only on its
-	// fourth scrape: catch-up waits for each instance.
-	lagging := metricsServer(t, func() int {
-		if scrapes.Add(1) < 4 {
-			return 90
-		}
-		return 100
-	})
-	current := metricsServer(t, func() int { return 120 })
-	targets := []targetProc{{name: "tokend-1", metrics: current}, {name: "tokend-2", metrics: lagging}, {name: "nats-server"}}
+	var asked atomic.Int64
+	// The second instance's read model reaches the last seq only when it
+	// is asked the fourth time: catch-up waits for each instance.
+	lagging := auditServer(t, func() bool { return asked.Add(1) >= 4 })
+	current := auditServer(t, func() bool { return true })
+	targets := []targetProc{{name: "tokend-1", ops: current}, {name: "tokend-2", ops: lagging}, {name: "nats-server"}}
 	procs := []processReport{{Name: "tokend-1", CPUSeconds: ptr(1.0)}, {Name: "tokend-2", CPUSeconds: ptr(3.0)}, {Name: "nats-server", CPUSeconds: ptr(2.0)}}
 	rotated := []rotatedCount{{n: 300}, {n: 100}, {}}
 	r := runReport{Rotations: 400, LastSeq: 100}
@@ -554,8 +560,8 @@ func TestAddInstances(t *testing.T) {
 			t.Errorf("%s: %+v; want %d rotations, share %v and a catch-up", p.Name, p, want.rotations, want.share)
 		}
 	}
-	if n := scrapes.Load(); n < 4 {
-		t.Errorf("catch-up stopped after %d scrapes of the lagging instance", n)
+	if n := asked.Load(); n != 4 {
+		t.Errorf("the lagging instance was asked %d times, want 4: until it answered", n)
 	}
 	if c0, c1 := r.Processes[0].CatchUpSeconds, r.Processes[1].CatchUpSeconds; c0 != nil && c1 != nil &&
 		(r.CatchUpSeconds == nil || *r.CatchUpSeconds != max(*c0, *c1)) {
@@ -563,11 +569,11 @@ func TestAddInstances(t *testing.T) {
 	}
 
 	// An instance that rotated nothing, one whose counters could not be
-	// read, and one whose /metrics fails during catch-up are each reported;
-	// unknown CPU makes the sums unknown.
+	// read, and one without an audit API are each reported; unknown CPU
+	// makes the sums unknown.
 	broken := httptest.NewServer(http.NotFoundHandler())
 	defer broken.Close()
-	targets = []targetProc{{name: "tokend-1", metrics: current}, {name: "tokend-2", metrics: current}, {name: "tokend-3", metrics: broken.URL}}
+	targets = []targetProc{{name: "tokend-1", ops: current}, {name: "tokend-2", ops: current}, {name: "tokend-3", ops: broken.URL}}
 	procs = []processReport{{Name: "tokend-1", CPUSeconds: ptr(1.0)}, {Name: "tokend-2"}, {Name: "tokend-3", CPUSeconds: ptr(1.0)}}
 	rotated = []rotatedCount{{n: 0}, {err: errors.New("connection refused")}, {n: 50}}
 	r = runReport{Rotations: 50, LastSeq: 100}
@@ -582,7 +588,8 @@ func TestAddInstances(t *testing.T) {
 	if r.TokendCPUSeconds != nil || p[1].CPUPer1000 != nil {
 		t.Errorf("unknown CPU added up: %v, %v", r.TokendCPUSeconds, p[1].CPUPer1000)
 	}
-	if p[0].CatchUpSeconds == nil || p[2].CatchUpError == "" || r.CatchUpSeconds != nil || !strings.Contains(r.CatchUpError, "tokend-3: read model did not catch up") {
+	if p[0].CatchUpSeconds == nil || !strings.Contains(p[2].CatchUpError, "404") || r.CatchUpSeconds != nil ||
+		!strings.Contains(r.CatchUpError, "tokend-3: read model did not catch up") {
 		t.Errorf("catch-up: %v %q; report %v %q", p[0].CatchUpSeconds, p[2].CatchUpError, r.CatchUpSeconds, r.CatchUpError)
 	}
 }
