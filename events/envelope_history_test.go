@@ -174,6 +174,8 @@ func diffs(want, got any, byInstant bool) []string {
 			for i := range w.NumField() {
 				walk(path+"."+w.Type().Field(i).Name, w.Field(i), g.Field(i))
 			}
+		case w.Kind() == reflect.Pointer && !w.IsNil() && !g.IsNil():
+			walk(path, w.Elem(), g.Elem())
 		case (w.Kind() == reflect.Slice || w.Kind() == reflect.Map) && w.Len() == 0 && g.Len() == 0:
 		case w.Type() == timeType && byInstant:
 			if !w.Interface().(time.Time).Equal(g.Interface().(time.Time)) {
