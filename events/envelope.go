@@ -143,14 +143,19 @@ var Types = []string{
 // KnownType reports whether t is an event type tokend writes.
 func KnownType(t string) bool { return slices.Contains(Types, t) }
 
-// Encode returns the stored form of env. HTML escaping is off: events are
-// never embedded in HTML, and escaping turned every < > & of a user agent
-// into six bytes.
+// Encode returns the stored form of env. Its data.state holds only what of
+// the family after the event the rest of the message does not already say
+// (envelope_state.go): the snapshot repeated the event's hash, times,
+// expiries and generation. HTML escaping is off: events are never embedded
+// in HTML, and escaping turned every < > & of a user agent into six bytes.
 func Encode(env Envelope) ([]byte, error) {
+	m := &encodingEnvelope{storedEnvelope: storedEnvelope{Envelope: env}}
+	m.Data = storedData{Data: &m.Envelope.Data, State: &m.state}
+	compact(&m.state, &m.Envelope.Data.Family, &m.Envelope)
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(env); err != nil {
+	if err := enc.Encode(&m.storedEnvelope); err != nil {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
@@ -161,10 +166,17 @@ func Encode(env Envelope) ([]byte, error) {
 var ErrMalformedEvent = errors.New("malformed event")
 
 // Decode parses a stored event and checks it belongs on subject family.
+// The family after the event is data.state if present, else (as stored
+// before data.state) data.family.
 func Decode(data []byte, familyID string) (Envelope, error) {
-	var env Envelope
-	if err := json.Unmarshal(data, &env); err != nil {
+	var stored storedEnvelope
+	stored.Data = storedData{Data: &stored.Envelope.Data, Family: &stored.Envelope.Data.Family}
+	if err := json.Unmarshal(data, &stored); err != nil {
 		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformedEvent, err)
+	}
+	env := stored.Envelope
+	if stored.Data.State != nil {
+		env.Data.Family = expand(env, stored.Data.State)
 	}
 	if !KnownType(env.Type) || env.ID == "" || env.FamilyID != familyID || env.Generation == 0 || env.Data.Family.Status == "" {
 		return Envelope{}, fmt.Errorf("%w: type %q, family %q", ErrMalformedEvent, env.Type, env.FamilyID)

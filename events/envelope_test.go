@@ -12,8 +12,8 @@ import (
 
 // FuzzDecodeEvent: a message on an event subject, whatever a misconfigured
 // or hostile publisher put there, decodes into an event of that family or
-// fails with ErrMalformedEvent; nothing panics, and what decodes survives
-// a round trip.
+// fails with ErrMalformedEvent; nothing panics, and what decodes is stored
+// again (in the compact form) and read back as the same envelope.
 func FuzzDecodeEvent(f *testing.F) {
 	at := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	fam := domain.Family{ID: "fam", Subject: "u", ClientID: "c", Scope: []string{"openid"}, Status: domain.StatusActive,
@@ -22,12 +22,24 @@ func FuzzDecodeEvent(f *testing.F) {
 	issued := domain.Event{ID: "e1", Type: domain.TokenIssued, Time: at, FamilyID: "fam", Subject: "u", ClientID: "c",
 		Generation: 1, TokenHash: fam.CurrentHash, Scope: fam.Scope, IdleExpiresAt: fam.IdleExpiresAt,
 		AbsoluteExpiresAt: fam.AbsoluteExpiresAt, Context: domain.Context{"ip": "203.0.113.7"}}
-	good, _ := json.Marshal(Wrap(issued, fam))
-	f.Add(good, "fam")
-	f.Add(good, "other")
+	old, _ := json.Marshal(Wrap(issued, fam)) // the full snapshot, as stored before the compact form
+	compact, _ := Encode(Wrap(issued, fam))
+	for _, good := range [][]byte{old, compact} {
+		f.Add(good, "fam")
+		f.Add(good, "other")
+	}
+	for _, h := range histories(f) {
+		for _, form := range []string{"stored-v1", "stored-v2"} {
+			for _, line := range goldenLines(f, form, h.name) {
+				f.Add(line, h.familyID)
+			}
+		}
+	}
 	for _, seed := range []string{`{}`, `null`, `[]`, `{"type":"token.issued","refresh_token":"secret"}`,
 		`{"id":"x","type":"token.issued","family_id":"fam","generation":1,"data":{"family":{"status":"active"}}}`,
 		`{"id":"x","type":"token.bogus","family_id":"fam","generation":1,"data":{"family":{"status":"active"}}}`,
+		`{"id":"x","type":"token.rotated","time":"2026-01-01T10:00:00+01:00","family_id":"fam","generation":2,"data":{"state":{"rotated_at":"2026-01-01T09:00:00Z"}}}`,
+		`{"id":"x","type":"family.revoked","family_id":"fam","generation":1,"data":{"state":{"status":"active","audience":[]}}}`,
 		`{"time":"not a time"}`, "\xff\xfe"} {
 		f.Add([]byte(seed), "fam")
 	}
@@ -42,22 +54,24 @@ func FuzzDecodeEvent(f *testing.F) {
 		if env.FamilyID != familyID || env.ID == "" || env.Generation == 0 {
 			t.Fatalf("accepted an event of another family or without id: %+v", env)
 		}
-		again, err := json.Marshal(env)
+		again, err := Encode(env)
 		if err != nil {
 			t.Fatal(err)
 		}
 		back, err := Decode(again, familyID)
 		if err != nil {
-			t.Fatalf("re-encoded event refused: %v", err)
+			t.Fatalf("re-encoded event refused: %v\n%s", err, again)
 		}
-		if twice, _ := json.Marshal(back); string(twice) != string(again) {
-			t.Fatalf("round trip changed the event:\n%s\n%s", again, twice)
+		// Times compare as instants: JSON keeps a time's offset, not its
+		// *time.Location (a +00:00 read in a UTC zone comes back as Z).
+		for _, d := range diffs(env, back, true) {
+			t.Errorf("round trip changed %s\n%s", d, again)
 		}
 	})
 }
 
-// rotatedEnvelope is a typical stored rotation: two audiences, a context,
-// and the family snapshot every event carries.
+// rotatedEnvelope is a typical stored rotation: two audiences, a context
+// with a browser's user agent, and the family snapshot every event carries.
 func rotatedEnvelope() Envelope {
 	at := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	auds := []string{"https://api.example.com", "https://billing.example.com"}
@@ -69,37 +83,40 @@ func rotatedEnvelope() Envelope {
 	rotated := domain.Event{ID: "b3kq0vVdM1oI7qf2nE8TwA", Type: domain.TokenRotated, Time: at, FamilyID: fam.ID,
 		Subject: fam.Subject, ClientID: fam.ClientID, Generation: 7, TokenHash: fam.CurrentHash,
 		Scope: []string{"api:read"}, Audience: auds[:1], IdleExpiresAt: fam.IdleExpiresAt,
-		Context: domain.Context{"ip": "203.0.113.7", "user_agent": "Mozilla/5.0"}}
+		Context: domain.Context{"ip": "203.0.113.7", "user_agent": histUA}}
 	return Wrap(rotated, fam)
 }
 
-// BenchmarkEncodeEvent and BenchmarkDecodeEvent measure the JSON of one
-// rotation: the writer encodes it, the projector decodes it.
+// BenchmarkEncode and BenchmarkDecode measure the stored form of one
+// rotation: the writer encodes it, the projector and the writer's loads
+// decode it. B/event is its size in the stream.
 //
-//	go test -run '^$' -bench 'codeEvent' ./events
-func BenchmarkEncodeEvent(b *testing.B) {
+//	go test -run '^$' -bench 'Encode|Decode' -benchmem ./events
+func BenchmarkEncode(b *testing.B) {
 	env := rotatedEnvelope()
-	b.ReportAllocs()
+	var data []byte
 	for b.Loop() {
-		if _, err := json.Marshal(env); err != nil {
+		var err error
+		if data, err = Encode(env); err != nil {
 			b.Fatal(err)
 		}
 	}
+	b.ReportMetric(float64(len(data)), "B/event")
 }
 
-func BenchmarkDecodeEvent(b *testing.B) {
+func BenchmarkDecode(b *testing.B) {
 	env := rotatedEnvelope()
-	data, err := json.Marshal(env)
+	data, err := Encode(env)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := Decode(data, env.FamilyID); err != nil {
 			b.Fatal(err)
 		}
 	}
+	b.ReportMetric(float64(len(data)), "B/event")
 }
 
 // TestEncodeKeepsMarkupAsIs: a user agent full of < > & is stored as sent,
