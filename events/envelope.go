@@ -161,6 +161,22 @@ func Encode(env Envelope) ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
+// EncodeFull returns env in the stored form of versions before data.state:
+// the whole family after the event as data.family. Those versions read
+// nothing else, so a deployment upgrading one instance at a time writes
+// this form until every instance reads data.state (--event-state full).
+func EncodeFull(env Envelope) ([]byte, error) {
+	m := storedEnvelope{Envelope: env}
+	m.Data = storedData{Data: &m.Envelope.Data, Family: &m.Envelope.Data.Family}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(&m); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
 // ErrMalformedEvent marks a message on an event subject that is not a
 // tokend event (a misconfigured publisher, say).
 var ErrMalformedEvent = errors.New("malformed event")

@@ -38,6 +38,23 @@ func TestDecodeStoredV1(t *testing.T) {
 	}
 }
 
+// TestEncodeFullIsStoredV1: the form for rolling upgrades is byte for byte
+// what versions before data.state wrote, so they read it.
+func TestEncodeFullIsStoredV1(t *testing.T) {
+	for _, h := range histories(t) {
+		lines := goldenLines(t, "stored-v1", h.name)
+		for i, s := range h.steps {
+			data, err := EncodeFull(Wrap(s.e, s.after))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(data, lines[i]) {
+				t.Errorf("%s #%d %s: stored as\n%s\nwant\n%s", h.name, i, s.e.Type, data, lines[i])
+			}
+		}
+	}
+}
+
 // TestEncodeStoredV2: the stored form is the compact one kept in
 // testdata/stored-v2, and events stored in it decode to the envelope Wrap
 // built. A change to Encode that fails this must still read what stored-v2

@@ -39,6 +39,9 @@ type Store struct {
 
 	// Retention sets each appended event's TTL; set before the store is used.
 	Retention Retention
+	// FullState stores events in the form of versions before data.state
+	// (EncodeFull), for a rolling upgrade from one of them.
+	FullState bool
 }
 
 // NewStore returns a store over an existing TOKENS stream.
@@ -84,7 +87,11 @@ func (s *Store) lastEventID(ctx context.Context, familyID string) (string, uint6
 func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs []Envelope) (uint64, error) {
 	msgs := make([]*nats.Msg, len(envs))
 	for i, env := range envs {
-		data, err := Encode(env)
+		encode := Encode
+		if s.FullState {
+			encode = EncodeFull
+		}
+		data, err := encode(env)
 		if err != nil {
 			return 0, err
 		}

@@ -105,6 +105,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	metrics := api.NewMetrics(reg)
 	store := events.NewStore(a.nc, a.js, stream, subjects)
 	store.Retention = retention
+	store.FullState = cfg.EventState == "full"
 	writer := events.NewWriter(store, cfg.FamilyCache)
 	writer.OnAppend, writer.OnConflict, writer.OnStoreError = metrics.Appended, metrics.FenceConflict, metrics.StoreError
 	policy := domain.Policy{ReuseInterval: cfg.ReuseInterval, IdleTTL: cfg.IdleTTL, AbsoluteTTL: cfg.AbsoluteTTL}

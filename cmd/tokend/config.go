@@ -41,6 +41,7 @@ type Config struct {
 	JSMaxStore      int64
 	JSKeyFile       string
 	JSCipher        string
+	EventState      string
 	StreamMaxBytes  int64
 	Retention       time.Duration
 	ArchiveAfter    time.Duration // how long family.archived summaries are kept
@@ -165,6 +166,7 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
 	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
 	fs.StringVar(&c.JSKeyFile, "js-key-file", "", "embedded server: encrypt the JetStream store with the key in this file (at least 32 bytes; keep a copy: without it the data is lost)")
+	fs.StringVar(&c.EventState, "event-state", "compact", "how events store the family's state: compact (data.state) or full (data.family, readable by versions before 0.2's data.state; for a rolling upgrade from them)")
 	fs.StringVar(&c.JSCipher, "js-cipher", "chacha", "embedded server: cipher of --js-key-file, chacha (ChaCha20-Poly1305) or aes (AES-GCM)")
 	fs.Int64Var(&c.StreamMaxBytes, "stream-max-bytes", 0, "size limit of the TOKENS stream in bytes; when full, writes are refused (default: 90% of --js-max-store when embedded, else the account's limit)")
 	fs.DurationVar(&c.Retention, "retention", 2160*time.Hour, "keep a family's events this long after its absolute expiry (0: for ever)")
@@ -224,6 +226,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("--nats-config configures the embedded server; it cannot go with --nats-url")
 	case c.JSKeyFile != "" && c.NATSURL != "":
 		return fmt.Errorf("--js-key-file encrypts the embedded server's store; with --nats-url configure encryption on that server")
+	case c.EventState != "compact" && c.EventState != "full":
+		return fmt.Errorf("--event-state must be compact or full")
 	case c.JSCipher != "chacha" && c.JSCipher != "aes":
 		return fmt.Errorf("--js-cipher must be chacha or aes")
 	case c.StreamMaxBytes < 0:

@@ -29,7 +29,7 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 		ReuseInterval: 10 * time.Second, IdleTTL: 336 * time.Hour, AbsoluteTTL: 720 * time.Hour, AccessTTL: 5 * time.Minute,
 		Issuer: "http://127.0.0.1:8080", StreamReplicas: 1, JSMaxMemory: 256 << 20, JSMaxStore: 10 << 30,
 		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ForeignRate: 5, ForeignBurst: 20,
-		ReadyMaxLag: 10000, MaxCommands: 1024, MaxQueries: 64, LogLevel: "info", AuditHTTP: AuditHTTPConfig{MaxConcurrent: 4}, JSCipher: "chacha",
+		ReadyMaxLag: 10000, MaxCommands: 1024, MaxQueries: 64, LogLevel: "info", AuditHTTP: AuditHTTPConfig{MaxConcurrent: 4}, JSCipher: "chacha", EventState: "compact",
 		Retention: 2160 * time.Hour, ArchiveAfter: 8760 * time.Hour}
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
@@ -59,6 +59,7 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--v1-open-audit", "--http", "[::]:8080"},
 		{"--js-key-file", "k", "--nats-url", "nats://x"},
 		{"--js-cipher", "rot13"},
+		{"--event-state", "v1"},
 		{"--retention", "-1h"},
 		{"--rate-foreign-burst", "0"},
 		{"stray"},
