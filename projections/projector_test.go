@@ -31,6 +31,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type harness struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	stream  jetstream.Stream
+	codec   *domain.TokenCodec
+	policy  domain.Policy
 	svc     *events.Service
 	now     time.Time
 	dataDir string
@@ -51,11 +54,18 @@ func MustHarness(tb testing.TB) *harness {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	h := &harness{nc: nc, js: js, now: time.Now().UTC(), dataDir: tb.TempDir()}
-	policy := domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}
-	h.svc = events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), codec, policy,
-		func() time.Time { return h.now })
+	h := &harness{nc: nc, js: js, stream: stream, codec: codec, now: time.Now().UTC(), dataDir: tb.TempDir(),
+		policy: domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}}
+	h.withRetention(events.Retention{})
 	return h
+}
+
+// withRetention makes h.svc store events with the TTLs r gives them (none
+// for the zero Retention).
+func (h *harness) withRetention(r events.Retention) {
+	store := events.NewStore(h.nc, h.js, h.stream, subjects)
+	store.Retention = r
+	h.svc = events.NewService(events.NewWriter(store, 1024), h.codec, h.policy, h.clock)
 }
 
 // workload runs a seeded mix of every command outcome over several families
