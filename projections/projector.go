@@ -399,14 +399,19 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 		}
 	}
 	first := int64(evs[0].seq)
-	if err := q.LowerMinTimeFrom(ctx, queries.LowerMinTimeFromParams{Time: minFrom[0], Seq: first}); err != nil {
+	maxUpto := int64(math.MinInt64)
+	before, err := q.BoundsBefore(ctx, first)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
 		return err
-	}
-	maxUpto, err := q.MaxTimeBefore(ctx, first)
-	if errors.Is(err, sql.ErrNoRows) {
-		maxUpto = math.MinInt64
-	} else if err != nil {
-		return err
+	default:
+		maxUpto = before.MaxTimeUpto
+		if before.MinTimeFrom > minFrom[0] {
+			if err := lowerMinTimeFrom(ctx, q, minFrom[0], first); err != nil {
+				return err
+			}
+		}
 	}
 	for i, e := range evs {
 		maxUpto = max(maxUpto, e.env.Time.UnixNano())
@@ -415,6 +420,19 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 		}
 	}
 	return nil
+}
+
+// lowerMinTimeFrom gives the rows before seq whose min_time_from is after
+// at, the time of an event at or after seq, that time instead.
+func lowerMinTimeFrom(ctx context.Context, q *queries.Queries, at, seq int64) error {
+	from, err := q.FirstMinTimeFromAfter(ctx, queries.FirstMinTimeFromAfterParams{Time: at, Seq: seq})
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return q.LowerMinTimeFrom(ctx, queries.LowerMinTimeFromParams{Time: at, FromSeq: from, Seq: seq})
 }
 
 // applyEvent writes one event's audit row and, for a new token, its token

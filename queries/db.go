@@ -45,6 +45,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.auditByTypeStmt, err = db.PrepareContext(ctx, auditByType); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByType: %w", err)
 	}
+	if q.boundsBeforeStmt, err = db.PrepareContext(ctx, boundsBefore); err != nil {
+		return nil, fmt.Errorf("error preparing query BoundsBefore: %w", err)
+	}
 	if q.countActiveFamiliesStmt, err = db.PrepareContext(ctx, countActiveFamilies); err != nil {
 		return nil, fmt.Errorf("error preparing query CountActiveFamilies: %w", err)
 	}
@@ -72,6 +75,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.familyTokensStmt, err = db.PrepareContext(ctx, familyTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query FamilyTokens: %w", err)
 	}
+	if q.firstMinTimeFromAfterStmt, err = db.PrepareContext(ctx, firstMinTimeFromAfter); err != nil {
+		return nil, fmt.Errorf("error preparing query FirstMinTimeFromAfter: %w", err)
+	}
 	if q.firstSeqSinceStmt, err = db.PrepareContext(ctx, firstSeqSince); err != nil {
 		return nil, fmt.Errorf("error preparing query FirstSeqSince: %w", err)
 	}
@@ -86,9 +92,6 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.lowerMinTimeFromStmt, err = db.PrepareContext(ctx, lowerMinTimeFrom); err != nil {
 		return nil, fmt.Errorf("error preparing query LowerMinTimeFrom: %w", err)
-	}
-	if q.maxTimeBeforeStmt, err = db.PrepareContext(ctx, maxTimeBefore); err != nil {
-		return nil, fmt.Errorf("error preparing query MaxTimeBefore: %w", err)
 	}
 	if q.revocableFamiliesByClientStmt, err = db.PrepareContext(ctx, revocableFamiliesByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query RevocableFamiliesByClient: %w", err)
@@ -142,6 +145,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing auditByTypeStmt: %w", cerr)
 		}
 	}
+	if q.boundsBeforeStmt != nil {
+		if cerr := q.boundsBeforeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing boundsBeforeStmt: %w", cerr)
+		}
+	}
 	if q.countActiveFamiliesStmt != nil {
 		if cerr := q.countActiveFamiliesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing countActiveFamiliesStmt: %w", cerr)
@@ -187,6 +195,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing familyTokensStmt: %w", cerr)
 		}
 	}
+	if q.firstMinTimeFromAfterStmt != nil {
+		if cerr := q.firstMinTimeFromAfterStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing firstMinTimeFromAfterStmt: %w", cerr)
+		}
+	}
 	if q.firstSeqSinceStmt != nil {
 		if cerr := q.firstSeqSinceStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing firstSeqSinceStmt: %w", cerr)
@@ -210,11 +223,6 @@ func (q *Queries) Close() error {
 	if q.lowerMinTimeFromStmt != nil {
 		if cerr := q.lowerMinTimeFromStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing lowerMinTimeFromStmt: %w", cerr)
-		}
-	}
-	if q.maxTimeBeforeStmt != nil {
-		if cerr := q.maxTimeBeforeStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing maxTimeBeforeStmt: %w", cerr)
 		}
 	}
 	if q.revocableFamiliesByClientStmt != nil {
@@ -283,6 +291,7 @@ type Queries struct {
 	auditBySeqStmt                 *sql.Stmt
 	auditBySubjectStmt             *sql.Stmt
 	auditByTypeStmt                *sql.Stmt
+	boundsBeforeStmt               *sql.Stmt
 	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
@@ -292,12 +301,12 @@ type Queries struct {
 	deletePurgedFamiliesStmt       *sql.Stmt
 	familiesToArchiveStmt          *sql.Stmt
 	familyTokensStmt               *sql.Stmt
+	firstMinTimeFromAfterStmt      *sql.Stmt
 	firstSeqSinceStmt              *sql.Stmt
 	getFamilyStmt                  *sql.Stmt
 	insertAuditEventStmt           *sql.Stmt
 	lastSeqBeforeStmt              *sql.Stmt
 	lowerMinTimeFromStmt           *sql.Stmt
-	maxTimeBeforeStmt              *sql.Stmt
 	revocableFamiliesByClientStmt  *sql.Stmt
 	revocableFamiliesBySubjectStmt *sql.Stmt
 	setAppliedSeqStmt              *sql.Stmt
@@ -315,6 +324,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		auditBySeqStmt:                 q.auditBySeqStmt,
 		auditBySubjectStmt:             q.auditBySubjectStmt,
 		auditByTypeStmt:                q.auditByTypeStmt,
+		boundsBeforeStmt:               q.boundsBeforeStmt,
 		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,
@@ -324,12 +334,12 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		deletePurgedFamiliesStmt:       q.deletePurgedFamiliesStmt,
 		familiesToArchiveStmt:          q.familiesToArchiveStmt,
 		familyTokensStmt:               q.familyTokensStmt,
+		firstMinTimeFromAfterStmt:      q.firstMinTimeFromAfterStmt,
 		firstSeqSinceStmt:              q.firstSeqSinceStmt,
 		getFamilyStmt:                  q.getFamilyStmt,
 		insertAuditEventStmt:           q.insertAuditEventStmt,
 		lastSeqBeforeStmt:              q.lastSeqBeforeStmt,
 		lowerMinTimeFromStmt:           q.lowerMinTimeFromStmt,
-		maxTimeBeforeStmt:              q.maxTimeBeforeStmt,
 		revocableFamiliesByClientStmt:  q.revocableFamiliesByClientStmt,
 		revocableFamiliesBySubjectStmt: q.revocableFamiliesBySubjectStmt,
 		setAppliedSeqStmt:              q.setAppliedSeqStmt,

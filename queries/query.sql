@@ -77,27 +77,68 @@ VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, 
     @max_time_upto, @min_time_from, @expires_at)
 ON CONFLICT (seq) DO NOTHING;
 
--- name: MaxTimeBefore :one
--- The latest event time before seq, which the next rows' max_time_upto
--- continues from.
-SELECT max_time_upto FROM audit_events WHERE seq < @seq ORDER BY seq DESC LIMIT 1;
+-- name: BoundsBefore :one
+-- The time bounds of the last row before seq: the next rows' max_time_upto
+-- continues from the first, and the second tells whether an event at seq
+-- lowers any min_time_from.
+SELECT max_time_upto, min_time_from FROM audit_events WHERE seq < @seq ORDER BY seq DESC LIMIT 1;
+
+-- name: FirstMinTimeFromAfter :one
+-- The first row before seq whose min_time_from > time: from there on, the
+-- rows before seq have an event at time after them (LowerMinTimeFrom).
+-- Both time bounds never decrease in seq, so the rows on either side of a
+-- time are a seq range, found here and below by binary search without an
+-- index on the bounds: search halves [lo, hi] by the row at (or next to)
+-- its middle, a look-up by rowid, until lo = hi: about log2(rows) steps.
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b WHERE b.seq < @seq) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from > @time THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.min_time_from > @time THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from > @time;
 
 -- name: LowerMinTimeFrom :exec
--- Events before seq have one at time after them now. Runs before that
--- event's batch is inserted, so audit_by_min_time's range holds only the
--- rows to change (none while times rise); the + keeps SQLite from reading
--- every earlier row by seq instead.
-UPDATE audit_events SET min_time_from = @time WHERE min_time_from > @time AND +seq < @seq;
+-- Runs before the batch holding an event at time is inserted, on the rows
+-- from FirstMinTimeFromAfter to it.
+UPDATE audit_events SET min_time_from = @time WHERE seq >= @from_seq AND seq < @seq AND min_time_from > @time;
 
 -- name: FirstSeqSince :one
--- Every event at or after since is at or after this seq.
-SELECT seq FROM audit_events INDEXED BY audit_by_max_time
-WHERE max_time_upto >= @since ORDER BY max_time_upto, seq LIMIT 1;
+-- Every event at or after since is at or after this seq: the first row
+-- whose max_time_upto >= since.
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.max_time_upto >= @since THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.max_time_upto >= @since THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.max_time_upto >= @since;
 
 -- name: LastSeqBefore :one
--- Every event before until is at or before this seq.
-SELECT seq FROM audit_events INDEXED BY audit_by_min_time
-WHERE min_time_from < @until ORDER BY min_time_from DESC, seq DESC LIMIT 1;
+-- Every event before until is at or before this seq: the last row whose
+-- min_time_from < until.
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from < @until THEN (search.lo + search.hi + 1) / 2 ELSE search.lo END,
+        CASE WHEN a.min_time_from < @until THEN search.hi ELSE (search.lo + search.hi + 1) / 2 - 1 END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= (search.lo + search.hi + 1) / 2 ORDER BY n.seq DESC LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= search.lo ORDER BY n.seq DESC LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from < @until;
 
 -- The audit pages: each reads seq order from the index it names (INDEXED
 -- BY: a plan that would sort fails to prepare instead), within the seq

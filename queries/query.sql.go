@@ -410,6 +410,25 @@ func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]Aud
 	return items, nil
 }
 
+const boundsBefore = `-- name: BoundsBefore :one
+SELECT max_time_upto, min_time_from FROM audit_events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1
+`
+
+type BoundsBeforeRow struct {
+	MaxTimeUpto int64
+	MinTimeFrom int64
+}
+
+// The time bounds of the last row before seq: the next rows' max_time_upto
+// continues from the first, and the second tells whether an event at seq
+// lowers any min_time_from.
+func (q *Queries) BoundsBefore(ctx context.Context, seq int64) (BoundsBeforeRow, error) {
+	row := q.queryRow(ctx, q.boundsBeforeStmt, boundsBefore, seq)
+	var i BoundsBeforeRow
+	err := row.Scan(&i.MaxTimeUpto, &i.MinTimeFrom)
+	return i, err
+}
+
 const countActiveFamilies = `-- name: CountActiveFamilies :one
 SELECT count(*) FROM families
 WHERE status = 'active' AND idle_expires_at > ?1 AND absolute_expires_at > ?1
@@ -606,12 +625,56 @@ func (q *Queries) FamilyTokens(ctx context.Context, familyID string) ([]FamilyTo
 	return items, nil
 }
 
-const firstSeqSince = `-- name: FirstSeqSince :one
-SELECT seq FROM audit_events INDEXED BY audit_by_max_time
-WHERE max_time_upto >= ?1 ORDER BY max_time_upto, seq LIMIT 1
+const firstMinTimeFromAfter = `-- name: FirstMinTimeFromAfter :one
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b WHERE b.seq < ?2) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from > ?1 THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.min_time_from > ?1 THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from > ?1
 `
 
-// Every event at or after since is at or after this seq.
+type FirstMinTimeFromAfterParams struct {
+	Time int64
+	Seq  int64
+}
+
+// The first row before seq whose min_time_from > time: from there on, the
+// rows before seq have an event at time after them (LowerMinTimeFrom).
+// Both time bounds never decrease in seq, so the rows on either side of a
+// time are a seq range, found here and below by binary search without an
+// index on the bounds: search halves [lo, hi] by the row at (or next to)
+// its middle, a look-up by rowid, until lo = hi: about log2(rows) steps.
+func (q *Queries) FirstMinTimeFromAfter(ctx context.Context, arg FirstMinTimeFromAfterParams) (int64, error) {
+	row := q.queryRow(ctx, q.firstMinTimeFromAfterStmt, firstMinTimeFromAfter, arg.Time, arg.Seq)
+	var seq int64
+	err := row.Scan(&seq)
+	return seq, err
+}
+
+const firstSeqSince = `-- name: FirstSeqSince :one
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.max_time_upto >= ?1 THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.max_time_upto >= ?1 THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.max_time_upto >= ?1
+`
+
+// Every event at or after since is at or after this seq: the first row
+// whose max_time_upto >= since.
 func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error) {
 	row := q.queryRow(ctx, q.firstSeqSinceStmt, firstSeqSince, since)
 	var seq int64
@@ -692,11 +755,22 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 }
 
 const lastSeqBefore = `-- name: LastSeqBefore :one
-SELECT seq FROM audit_events INDEXED BY audit_by_min_time
-WHERE min_time_from < ?1 ORDER BY min_time_from DESC, seq DESC LIMIT 1
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from < ?1 THEN (search.lo + search.hi + 1) / 2 ELSE search.lo END,
+        CASE WHEN a.min_time_from < ?1 THEN search.hi ELSE (search.lo + search.hi + 1) / 2 - 1 END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= (search.lo + search.hi + 1) / 2 ORDER BY n.seq DESC LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= search.lo ORDER BY n.seq DESC LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from < ?1
 `
 
-// Every event before until is at or before this seq.
+// Every event before until is at or before this seq: the last row whose
+// min_time_from < until.
 func (q *Queries) LastSeqBefore(ctx context.Context, until int64) (int64, error) {
 	row := q.queryRow(ctx, q.lastSeqBeforeStmt, lastSeqBefore, until)
 	var seq int64
@@ -705,34 +779,20 @@ func (q *Queries) LastSeqBefore(ctx context.Context, until int64) (int64, error)
 }
 
 const lowerMinTimeFrom = `-- name: LowerMinTimeFrom :exec
-UPDATE audit_events SET min_time_from = ?1 WHERE min_time_from > ?1 AND +seq < ?2
+UPDATE audit_events SET min_time_from = ?1 WHERE seq >= ?2 AND seq < ?3 AND min_time_from > ?1
 `
 
 type LowerMinTimeFromParams struct {
-	Time int64
-	Seq  int64
+	Time    int64
+	FromSeq int64
+	Seq     int64
 }
 
-// Events before seq have one at time after them now. Runs before that
-// event's batch is inserted, so audit_by_min_time's range holds only the
-// rows to change (none while times rise); the + keeps SQLite from reading
-// every earlier row by seq instead.
+// Runs before the batch holding an event at time is inserted, on the rows
+// from FirstMinTimeFromAfter to it.
 func (q *Queries) LowerMinTimeFrom(ctx context.Context, arg LowerMinTimeFromParams) error {
-	_, err := q.exec(ctx, q.lowerMinTimeFromStmt, lowerMinTimeFrom, arg.Time, arg.Seq)
+	_, err := q.exec(ctx, q.lowerMinTimeFromStmt, lowerMinTimeFrom, arg.Time, arg.FromSeq, arg.Seq)
 	return err
-}
-
-const maxTimeBefore = `-- name: MaxTimeBefore :one
-SELECT max_time_upto FROM audit_events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1
-`
-
-// The latest event time before seq, which the next rows' max_time_upto
-// continues from.
-func (q *Queries) MaxTimeBefore(ctx context.Context, seq int64) (int64, error) {
-	row := q.queryRow(ctx, q.maxTimeBeforeStmt, maxTimeBefore, seq)
-	var max_time_upto int64
-	err := row.Scan(&max_time_upto)
-	return max_time_upto, err
 }
 
 const revocableFamiliesByClient = `-- name: RevocableFamiliesByClient :many
