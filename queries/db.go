@@ -60,17 +60,17 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.dateUndatedEventsStmt, err = db.PrepareContext(ctx, dateUndatedEvents); err != nil {
 		return nil, fmt.Errorf("error preparing query DateUndatedEvents: %w", err)
 	}
-	if q.dateUndatedFamiliesStmt, err = db.PrepareContext(ctx, dateUndatedFamilies); err != nil {
-		return nil, fmt.Errorf("error preparing query DateUndatedFamilies: %w", err)
+	if q.deleteEmptyFamilyStmt, err = db.PrepareContext(ctx, deleteEmptyFamily); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteEmptyFamily: %w", err)
 	}
-	if q.deleteExpiredEventsStmt, err = db.PrepareContext(ctx, deleteExpiredEvents); err != nil {
-		return nil, fmt.Errorf("error preparing query DeleteExpiredEvents: %w", err)
-	}
-	if q.deletePurgedFamiliesStmt, err = db.PrepareContext(ctx, deletePurgedFamilies); err != nil {
-		return nil, fmt.Errorf("error preparing query DeletePurgedFamilies: %w", err)
+	if q.deleteExpiredFamilyEventsStmt, err = db.PrepareContext(ctx, deleteExpiredFamilyEvents); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteExpiredFamilyEvents: %w", err)
 	}
 	if q.familiesToArchiveStmt, err = db.PrepareContext(ctx, familiesToArchive); err != nil {
 		return nil, fmt.Errorf("error preparing query FamiliesToArchive: %w", err)
+	}
+	if q.familiesToPruneStmt, err = db.PrepareContext(ctx, familiesToPrune); err != nil {
+		return nil, fmt.Errorf("error preparing query FamiliesToPrune: %w", err)
 	}
 	if q.familyTokensStmt, err = db.PrepareContext(ctx, familyTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query FamilyTokens: %w", err)
@@ -92,6 +92,12 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.lowerMinTimeFromStmt, err = db.PrepareContext(ctx, lowerMinTimeFrom); err != nil {
 		return nil, fmt.Errorf("error preparing query LowerMinTimeFrom: %w", err)
+	}
+	if q.pruneFamilyAtStmt, err = db.PrepareContext(ctx, pruneFamilyAt); err != nil {
+		return nil, fmt.Errorf("error preparing query PruneFamilyAt: %w", err)
+	}
+	if q.reschedulePruneStmt, err = db.PrepareContext(ctx, reschedulePrune); err != nil {
+		return nil, fmt.Errorf("error preparing query ReschedulePrune: %w", err)
 	}
 	if q.revocableFamiliesByClientStmt, err = db.PrepareContext(ctx, revocableFamiliesByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query RevocableFamiliesByClient: %w", err)
@@ -170,24 +176,24 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing dateUndatedEventsStmt: %w", cerr)
 		}
 	}
-	if q.dateUndatedFamiliesStmt != nil {
-		if cerr := q.dateUndatedFamiliesStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing dateUndatedFamiliesStmt: %w", cerr)
+	if q.deleteEmptyFamilyStmt != nil {
+		if cerr := q.deleteEmptyFamilyStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteEmptyFamilyStmt: %w", cerr)
 		}
 	}
-	if q.deleteExpiredEventsStmt != nil {
-		if cerr := q.deleteExpiredEventsStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing deleteExpiredEventsStmt: %w", cerr)
-		}
-	}
-	if q.deletePurgedFamiliesStmt != nil {
-		if cerr := q.deletePurgedFamiliesStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing deletePurgedFamiliesStmt: %w", cerr)
+	if q.deleteExpiredFamilyEventsStmt != nil {
+		if cerr := q.deleteExpiredFamilyEventsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteExpiredFamilyEventsStmt: %w", cerr)
 		}
 	}
 	if q.familiesToArchiveStmt != nil {
 		if cerr := q.familiesToArchiveStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing familiesToArchiveStmt: %w", cerr)
+		}
+	}
+	if q.familiesToPruneStmt != nil {
+		if cerr := q.familiesToPruneStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing familiesToPruneStmt: %w", cerr)
 		}
 	}
 	if q.familyTokensStmt != nil {
@@ -223,6 +229,16 @@ func (q *Queries) Close() error {
 	if q.lowerMinTimeFromStmt != nil {
 		if cerr := q.lowerMinTimeFromStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing lowerMinTimeFromStmt: %w", cerr)
+		}
+	}
+	if q.pruneFamilyAtStmt != nil {
+		if cerr := q.pruneFamilyAtStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing pruneFamilyAtStmt: %w", cerr)
+		}
+	}
+	if q.reschedulePruneStmt != nil {
+		if cerr := q.reschedulePruneStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing reschedulePruneStmt: %w", cerr)
 		}
 	}
 	if q.revocableFamiliesByClientStmt != nil {
@@ -296,10 +312,10 @@ type Queries struct {
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
 	dateUndatedEventsStmt          *sql.Stmt
-	dateUndatedFamiliesStmt        *sql.Stmt
-	deleteExpiredEventsStmt        *sql.Stmt
-	deletePurgedFamiliesStmt       *sql.Stmt
+	deleteEmptyFamilyStmt          *sql.Stmt
+	deleteExpiredFamilyEventsStmt  *sql.Stmt
 	familiesToArchiveStmt          *sql.Stmt
+	familiesToPruneStmt            *sql.Stmt
 	familyTokensStmt               *sql.Stmt
 	firstMinTimeFromAfterStmt      *sql.Stmt
 	firstSeqSinceStmt              *sql.Stmt
@@ -307,6 +323,8 @@ type Queries struct {
 	insertAuditEventStmt           *sql.Stmt
 	lastSeqBeforeStmt              *sql.Stmt
 	lowerMinTimeFromStmt           *sql.Stmt
+	pruneFamilyAtStmt              *sql.Stmt
+	reschedulePruneStmt            *sql.Stmt
 	revocableFamiliesByClientStmt  *sql.Stmt
 	revocableFamiliesBySubjectStmt *sql.Stmt
 	setAppliedSeqStmt              *sql.Stmt
@@ -329,10 +347,10 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,
 		dateUndatedEventsStmt:          q.dateUndatedEventsStmt,
-		dateUndatedFamiliesStmt:        q.dateUndatedFamiliesStmt,
-		deleteExpiredEventsStmt:        q.deleteExpiredEventsStmt,
-		deletePurgedFamiliesStmt:       q.deletePurgedFamiliesStmt,
+		deleteEmptyFamilyStmt:          q.deleteEmptyFamilyStmt,
+		deleteExpiredFamilyEventsStmt:  q.deleteExpiredFamilyEventsStmt,
 		familiesToArchiveStmt:          q.familiesToArchiveStmt,
+		familiesToPruneStmt:            q.familiesToPruneStmt,
 		familyTokensStmt:               q.familyTokensStmt,
 		firstMinTimeFromAfterStmt:      q.firstMinTimeFromAfterStmt,
 		firstSeqSinceStmt:              q.firstSeqSinceStmt,
@@ -340,6 +358,8 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		insertAuditEventStmt:           q.insertAuditEventStmt,
 		lastSeqBeforeStmt:              q.lastSeqBeforeStmt,
 		lowerMinTimeFromStmt:           q.lowerMinTimeFromStmt,
+		pruneFamilyAtStmt:              q.pruneFamilyAtStmt,
+		reschedulePruneStmt:            q.reschedulePruneStmt,
 		revocableFamiliesByClientStmt:  q.revocableFamiliesByClientStmt,
 		revocableFamiliesBySubjectStmt: q.revocableFamiliesBySubjectStmt,
 		setAppliedSeqStmt:              q.setAppliedSeqStmt,

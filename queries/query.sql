@@ -6,18 +6,21 @@ INSERT INTO projection_position (id, applied_seq) VALUES (1, @applied_seq)
 ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq;
 
 -- name: UpsertFamily :exec
--- Every event carries the family's whole state, so the newest one wins.
+-- Every event carries the family's whole state, so the newest one wins;
+-- prune_at is the earliest expiry of the family's audit rows (@prune_at:
+-- of the rows this batch adds; NULL for none).
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, purge_at)
+    archived_at, prune_at)
 VALUES (@family_id, @subject, @client_id, @scope, @audience, @status, @generation, @current_hash,
     @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq,
-    @archived_at, @purge_at)
+    @archived_at, @prune_at)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
     revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq,
-    archived_at = excluded.archived_at, purge_at = excluded.purge_at
+    archived_at = excluded.archived_at,
+    prune_at = coalesce(min(families.prune_at, excluded.prune_at), families.prune_at, excluded.prune_at)
 WHERE excluded.last_seq > families.last_seq;
 
 -- name: GetFamily :one
@@ -51,24 +54,33 @@ SELECT family_id FROM families INDEXED BY families_to_archive
 WHERE archived_at IS NULL AND absolute_expires_at <= @before
 ORDER BY absolute_expires_at LIMIT @lim;
 
--- name: DateUndatedEvents :exec
--- Rows from before retention: the stream drops them at its MaxAge.
+-- name: DateUndatedEvents :many
+-- Rows from before retention: the stream drops them at its MaxAge. Their
+-- families are due then (PruneFamilyAt).
 UPDATE audit_events SET expires_at = audit_events.time + @max_age
-WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT @lim);
+WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT @lim)
+RETURNING family_id, expires_at;
 
--- name: DateUndatedFamilies :exec
--- A family goes with its newest event; before retention its rows did not
--- record that event's time, and the latest one they hold stands in.
-UPDATE families SET purge_at = max(families.last_used_at, coalesce(families.revoked_at, 0)) + @max_age
-WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_undated WHERE u.purge_at IS NULL LIMIT @lim);
+-- name: PruneFamilyAt :exec
+-- The family has an audit row that expires at @at.
+UPDATE families SET prune_at = CASE WHEN prune_at <= @at THEN prune_at ELSE @at END WHERE family_id = @family_id;
 
--- name: DeleteExpiredEvents :execrows
-DELETE FROM audit_events
-WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= @now LIMIT @lim);
+-- name: FamiliesToPrune :many
+-- Families with audit rows expired by now.
+SELECT family_id FROM families INDEXED BY families_to_prune WHERE prune_at <= @now ORDER BY prune_at LIMIT @lim;
 
--- name: DeletePurgedFamilies :execrows
+-- name: DeleteExpiredFamilyEvents :execrows
+DELETE FROM audit_events INDEXED BY audit_by_family WHERE family_id = @family_id AND expires_at <= @now;
+
+-- name: DeleteEmptyFamily :execrows
+-- A family goes with its last audit row.
 DELETE FROM families
-WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= @now LIMIT @lim);
+WHERE families.family_id = @family_id AND NOT EXISTS (SELECT 1 FROM audit_events AS a WHERE a.family_id = @family_id);
+
+-- name: ReschedulePrune :exec
+-- When the family's remaining audit rows start to expire.
+UPDATE families SET prune_at = (SELECT min(a.expires_at) FROM audit_events AS a WHERE a.family_id = @family_id)
+WHERE families.family_id = @family_id;
 
 -- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,

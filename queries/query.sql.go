@@ -453,7 +453,7 @@ func (q *Queries) CountAuditEvents(ctx context.Context) (int64, error) {
 }
 
 const currentToken = `-- name: CurrentToken :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, purge_at FROM families INDEXED BY families_by_current_hash WHERE current_hash = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families INDEXED BY families_by_current_hash WHERE current_hash = ?1
 `
 
 // The family whose current token has this hash (introspection).
@@ -477,14 +477,15 @@ func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (Family, e
 		&i.RevokedReason,
 		&i.LastSeq,
 		&i.ArchivedAt,
-		&i.PurgeAt,
+		&i.PruneAt,
 	)
 	return i, err
 }
 
-const dateUndatedEvents = `-- name: DateUndatedEvents :exec
+const dateUndatedEvents = `-- name: DateUndatedEvents :many
 UPDATE audit_events SET expires_at = audit_events.time + ?1
 WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT ?2)
+RETURNING family_id, expires_at
 `
 
 type DateUndatedEventsParams struct {
@@ -492,59 +493,61 @@ type DateUndatedEventsParams struct {
 	Lim    int64
 }
 
-// Rows from before retention: the stream drops them at its MaxAge.
-func (q *Queries) DateUndatedEvents(ctx context.Context, arg DateUndatedEventsParams) error {
-	_, err := q.exec(ctx, q.dateUndatedEventsStmt, dateUndatedEvents, arg.MaxAge, arg.Lim)
-	return err
+type DateUndatedEventsRow struct {
+	FamilyID  string
+	ExpiresAt sql.NullInt64
 }
 
-const dateUndatedFamilies = `-- name: DateUndatedFamilies :exec
-UPDATE families SET purge_at = max(families.last_used_at, coalesce(families.revoked_at, 0)) + ?1
-WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_undated WHERE u.purge_at IS NULL LIMIT ?2)
+// Rows from before retention: the stream drops them at its MaxAge. Their
+// families are due then (PruneFamilyAt).
+func (q *Queries) DateUndatedEvents(ctx context.Context, arg DateUndatedEventsParams) ([]DateUndatedEventsRow, error) {
+	rows, err := q.query(ctx, q.dateUndatedEventsStmt, dateUndatedEvents, arg.MaxAge, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []DateUndatedEventsRow
+	for rows.Next() {
+		var i DateUndatedEventsRow
+		if err := rows.Scan(&i.FamilyID, &i.ExpiresAt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const deleteEmptyFamily = `-- name: DeleteEmptyFamily :execrows
+DELETE FROM families
+WHERE families.family_id = ?1 AND NOT EXISTS (SELECT 1 FROM audit_events AS a WHERE a.family_id = ?1)
 `
 
-type DateUndatedFamiliesParams struct {
-	MaxAge int64
-	Lim    int64
-}
-
-// A family goes with its newest event; before retention its rows did not
-// record that event's time, and the latest one they hold stands in.
-func (q *Queries) DateUndatedFamilies(ctx context.Context, arg DateUndatedFamiliesParams) error {
-	_, err := q.exec(ctx, q.dateUndatedFamiliesStmt, dateUndatedFamilies, arg.MaxAge, arg.Lim)
-	return err
-}
-
-const deleteExpiredEvents = `-- name: DeleteExpiredEvents :execrows
-DELETE FROM audit_events
-WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= ?1 LIMIT ?2)
-`
-
-type DeleteExpiredEventsParams struct {
-	Now sql.NullInt64
-	Lim int64
-}
-
-func (q *Queries) DeleteExpiredEvents(ctx context.Context, arg DeleteExpiredEventsParams) (int64, error) {
-	result, err := q.exec(ctx, q.deleteExpiredEventsStmt, deleteExpiredEvents, arg.Now, arg.Lim)
+// A family goes with its last audit row.
+func (q *Queries) DeleteEmptyFamily(ctx context.Context, familyID string) (int64, error) {
+	result, err := q.exec(ctx, q.deleteEmptyFamilyStmt, deleteEmptyFamily, familyID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected()
 }
 
-const deletePurgedFamilies = `-- name: DeletePurgedFamilies :execrows
-DELETE FROM families
-WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= ?1 LIMIT ?2)
+const deleteExpiredFamilyEvents = `-- name: DeleteExpiredFamilyEvents :execrows
+DELETE FROM audit_events INDEXED BY audit_by_family WHERE family_id = ?1 AND expires_at <= ?2
 `
 
-type DeletePurgedFamiliesParams struct {
-	Now sql.NullInt64
-	Lim int64
+type DeleteExpiredFamilyEventsParams struct {
+	FamilyID string
+	Now      sql.NullInt64
 }
 
-func (q *Queries) DeletePurgedFamilies(ctx context.Context, arg DeletePurgedFamiliesParams) (int64, error) {
-	result, err := q.exec(ctx, q.deletePurgedFamiliesStmt, deletePurgedFamilies, arg.Now, arg.Lim)
+func (q *Queries) DeleteExpiredFamilyEvents(ctx context.Context, arg DeleteExpiredFamilyEventsParams) (int64, error) {
+	result, err := q.exec(ctx, q.deleteExpiredFamilyEventsStmt, deleteExpiredFamilyEvents, arg.FamilyID, arg.Now)
 	if err != nil {
 		return 0, err
 	}
@@ -565,6 +568,39 @@ type FamiliesToArchiveParams struct {
 // Families past their absolute expiry without a family.archived yet.
 func (q *Queries) FamiliesToArchive(ctx context.Context, arg FamiliesToArchiveParams) ([]string, error) {
 	rows, err := q.query(ctx, q.familiesToArchiveStmt, familiesToArchive, arg.Before, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []string
+	for rows.Next() {
+		var family_id string
+		if err := rows.Scan(&family_id); err != nil {
+			return nil, err
+		}
+		items = append(items, family_id)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const familiesToPrune = `-- name: FamiliesToPrune :many
+SELECT family_id FROM families INDEXED BY families_to_prune WHERE prune_at <= ?1 ORDER BY prune_at LIMIT ?2
+`
+
+type FamiliesToPruneParams struct {
+	Now sql.NullInt64
+	Lim int64
+}
+
+// Families with audit rows expired by now.
+func (q *Queries) FamiliesToPrune(ctx context.Context, arg FamiliesToPruneParams) ([]string, error) {
+	rows, err := q.query(ctx, q.familiesToPruneStmt, familiesToPrune, arg.Now, arg.Lim)
 	if err != nil {
 		return nil, err
 	}
@@ -683,7 +719,7 @@ func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error)
 }
 
 const getFamily = `-- name: GetFamily :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, purge_at FROM families WHERE family_id = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families WHERE family_id = ?1
 `
 
 func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error) {
@@ -706,7 +742,7 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 		&i.RevokedReason,
 		&i.LastSeq,
 		&i.ArchivedAt,
-		&i.PurgeAt,
+		&i.PruneAt,
 	)
 	return i, err
 }
@@ -795,6 +831,32 @@ func (q *Queries) LowerMinTimeFrom(ctx context.Context, arg LowerMinTimeFromPara
 	return err
 }
 
+const pruneFamilyAt = `-- name: PruneFamilyAt :exec
+UPDATE families SET prune_at = CASE WHEN prune_at <= ?1 THEN prune_at ELSE ?1 END WHERE family_id = ?2
+`
+
+type PruneFamilyAtParams struct {
+	At       sql.NullInt64
+	FamilyID string
+}
+
+// The family has an audit row that expires at @at.
+func (q *Queries) PruneFamilyAt(ctx context.Context, arg PruneFamilyAtParams) error {
+	_, err := q.exec(ctx, q.pruneFamilyAtStmt, pruneFamilyAt, arg.At, arg.FamilyID)
+	return err
+}
+
+const reschedulePrune = `-- name: ReschedulePrune :exec
+UPDATE families SET prune_at = (SELECT min(a.expires_at) FROM audit_events AS a WHERE a.family_id = ?1)
+WHERE families.family_id = ?1
+`
+
+// When the family's remaining audit rows start to expire.
+func (q *Queries) ReschedulePrune(ctx context.Context, familyID string) error {
+	_, err := q.exec(ctx, q.reschedulePruneStmt, reschedulePrune, familyID)
+	return err
+}
+
 const revocableFamiliesByClient = `-- name: RevocableFamiliesByClient :many
 SELECT family_id FROM families WHERE client_id = ?1 AND status = 'active'
   AND idle_expires_at > ?2 AND absolute_expires_at > ?2 ORDER BY family_id
@@ -875,7 +937,7 @@ func (q *Queries) SetAppliedSeq(ctx context.Context, appliedSeq int64) error {
 const upsertFamily = `-- name: UpsertFamily :exec
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, purge_at)
+    archived_at, prune_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
     ?9, ?10, ?11, ?12, ?13, ?14, ?15,
     ?16, ?17)
@@ -883,7 +945,8 @@ ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
     revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq,
-    archived_at = excluded.archived_at, purge_at = excluded.purge_at
+    archived_at = excluded.archived_at,
+    prune_at = coalesce(min(families.prune_at, excluded.prune_at), families.prune_at, excluded.prune_at)
 WHERE excluded.last_seq > families.last_seq
 `
 
@@ -904,10 +967,12 @@ type UpsertFamilyParams struct {
 	RevokedReason     string
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
-	PurgeAt           sql.NullInt64
+	PruneAt           sql.NullInt64
 }
 
-// Every event carries the family's whole state, so the newest one wins.
+// Every event carries the family's whole state, so the newest one wins;
+// prune_at is the earliest expiry of the family's audit rows (@prune_at:
+// of the rows this batch adds; NULL for none).
 func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) error {
 	_, err := q.exec(ctx, q.upsertFamilyStmt, upsertFamily,
 		arg.FamilyID,
@@ -926,7 +991,7 @@ func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) erro
 		arg.RevokedReason,
 		arg.LastSeq,
 		arg.ArchivedAt,
-		arg.PurgeAt,
+		arg.PruneAt,
 	)
 	return err
 }
