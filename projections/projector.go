@@ -335,15 +335,16 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	// row written once per batch, from its newest event.
 	families := make(map[string]familyBatch, len(evs))
 	for _, e := range evs {
-		f := families[e.env.FamilyID]
+		f, seen := families[e.env.FamilyID]
 		f.newest = e
 		if e.expiresAt != 0 && (f.pruneAt == 0 || e.expiresAt < f.pruneAt) {
 			f.pruneAt = e.expiresAt
 		}
+		f.advances = (f.advances || !seen) && advances(e.env.Type)
 		families[e.env.FamilyID] = f
 	}
 	for _, f := range families {
-		if err := upsertFamily(ctx, q, f); err != nil {
+		if err := writeFamily(ctx, q, f); err != nil {
 			return err
 		}
 	}
@@ -372,11 +373,19 @@ type stateAt struct {
 	expiresAt int64
 }
 
-// familyBatch is what a batch holds of one family: its newest state, and
-// when the first of the batch's events of it expires (0: none does).
+// familyBatch is what a batch holds of one family: its newest state, when
+// the first of the batch's events of it expires (0: none does), and
+// whether they are all rotations and reuses.
 type familyBatch struct {
-	newest  stateAt
-	pruneAt int64
+	newest   stateAt
+	pruneAt  int64
+	advances bool
+}
+
+// advances reports whether an event of type t changes no more of its
+// family than AdvanceFamily writes.
+func advances(t string) bool {
+	return t == string(domain.TokenRotated) || t == string(domain.TokenReused)
 }
 
 // expiry returns when the stream drops m, stored at stored: after its TTL,
@@ -465,8 +474,25 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 // nullTime is a unix-ns time column, NULL for 0.
 func nullTime(ns int64) sql.NullInt64 { return sql.NullInt64{Int64: ns, Valid: ns != 0} }
 
-// upsertFamily writes a family's row as of its newest event in a batch;
-// an older state than the row holds changes nothing.
+// writeFamily writes a family's row as of its newest event in a batch;
+// an older state than the row holds changes nothing. Most batches only
+// rotate a family, and then only the columns a rotation changes are
+// written (AdvanceFamily), which leaves most of the family's index entries
+// alone.
+func writeFamily(ctx context.Context, q *queries.Queries, b familyBatch) error {
+	if b.advances {
+		f := b.newest.env.Data.Family
+		n, err := q.AdvanceFamily(ctx, queries.AdvanceFamilyParams{FamilyID: b.newest.env.FamilyID,
+			Generation: int64(f.Generation), CurrentHash: f.CurrentHash, LastUsedAt: f.LastUsedAt.UnixNano(),
+			IdleExpiresAt: f.IdleExpiresAt.UnixNano(), LastSeq: int64(b.newest.seq), Dated: b.pruneAt != 0})
+		if err != nil || n == 1 {
+			return err
+		}
+	}
+	return upsertFamily(ctx, q, b)
+}
+
+// upsertFamily writes a family's whole row.
 func upsertFamily(ctx context.Context, q *queries.Queries, b familyBatch) error {
 	s := b.newest
 	f := s.env.Family()

@@ -354,6 +354,72 @@ func TestRebuildFromScratchIsIdentical(t *testing.T) {
 	}
 }
 
+// TestRotationsWriteTheirFamily: a batch holding only rotations of a family
+// writes just the columns they change, yet still creates the family's row
+// if it is missing, and gives a row from before retention its prune_at.
+func TestRotationsWriteTheirFamily(t *testing.T) {
+	h := MustHarness(t)
+	h.withRetention(events.Retention{AfterExpiry: time.Hour, Archive: 2 * time.Hour})
+	ctx := context.Background()
+	var ids []string
+	var issued []int64 // each family's first seq
+	var last uint64
+	for i := range 2 {
+		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, issued = append(ids, g.Family.ID), append(issued, int64(g.Seq))
+		for range 3 {
+			if g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		last = g.Seq
+	}
+	db := h.openDB(t, "projections.db")
+	h.project(t, db, 1000, last)
+	want, err := db.R.GetFamily(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Applied again from the family's rotations on, its row is as before,
+	// but for the earliest expiry, now of the rotations' rows.
+	reapply := func(step string) {
+		t.Helper()
+		if err := db.W.SetAppliedSeq(ctx, issued[0]); err != nil {
+			t.Fatal(err)
+		}
+		h.project(t, db, 1000, last)
+		got, err := db.R.GetFamily(ctx, ids[0])
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		var firstExpiry sql.NullInt64
+		if err := db.reader.QueryRow("SELECT min(expires_at) FROM audit_events WHERE family_id = ? AND seq > ?",
+			ids[0], issued[0]).Scan(&firstExpiry); err != nil {
+			t.Fatal(err)
+		}
+		if !firstExpiry.Valid || got.PruneAt != firstExpiry {
+			t.Fatalf("%s: prune_at %v after rotations expiring from %v", step, got.PruneAt, firstExpiry)
+		}
+		got.PruneAt = want.PruneAt
+		if got != want {
+			t.Fatalf("%s: family row\n%+v\nwant\n%+v", step, got, want)
+		}
+	}
+	if _, err := db.writer.Exec("DELETE FROM families WHERE family_id = ?", ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	reapply("without a row")
+	// A row as it stood after the family's first event, without prune_at
+	// (from before retention).
+	if _, err := db.writer.Exec("UPDATE families SET prune_at = NULL, last_seq = ? WHERE family_id = ?", issued[0], ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	reapply("without prune_at")
+}
+
 func TestMalformedMessageIsSkipped(t *testing.T) {
 	h := MustHarness(t)
 	h.workload(t, 4, 2)

@@ -24,6 +24,9 @@ func New(db DBTX) *Queries {
 func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	q := Queries{db: db}
 	var err error
+	if q.advanceFamilyStmt, err = db.PrepareContext(ctx, advanceFamily); err != nil {
+		return nil, fmt.Errorf("error preparing query AdvanceFamily: %w", err)
+	}
 	if q.appliedSeqStmt, err = db.PrepareContext(ctx, appliedSeq); err != nil {
 		return nil, fmt.Errorf("error preparing query AppliedSeq: %w", err)
 	}
@@ -116,6 +119,11 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 
 func (q *Queries) Close() error {
 	var err error
+	if q.advanceFamilyStmt != nil {
+		if cerr := q.advanceFamilyStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing advanceFamilyStmt: %w", cerr)
+		}
+	}
 	if q.appliedSeqStmt != nil {
 		if cerr := q.appliedSeqStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing appliedSeqStmt: %w", cerr)
@@ -300,6 +308,7 @@ func (q *Queries) queryRow(ctx context.Context, stmt *sql.Stmt, query string, ar
 type Queries struct {
 	db                             DBTX
 	tx                             *sql.Tx
+	advanceFamilyStmt              *sql.Stmt
 	appliedSeqStmt                 *sql.Stmt
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
@@ -335,6 +344,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 	return &Queries{
 		db:                             tx,
 		tx:                             tx,
+		advanceFamilyStmt:              q.advanceFamilyStmt,
 		appliedSeqStmt:                 q.appliedSeqStmt,
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,

@@ -10,6 +10,45 @@ import (
 	"database/sql"
 )
 
+const advanceFamily = `-- name: AdvanceFamily :execrows
+UPDATE families SET generation = ?1, current_hash = ?2, last_used_at = ?3,
+    idle_expires_at = ?4, last_seq = ?5
+WHERE family_id = ?6 AND last_seq < ?5 AND (prune_at IS NOT NULL OR CAST(?7 AS BOOLEAN) = FALSE)
+`
+
+type AdvanceFamilyParams struct {
+	Generation    int64
+	CurrentHash   string
+	LastUsedAt    int64
+	IdleExpiresAt int64
+	LastSeq       int64
+	FamilyID      string
+	Dated         bool
+}
+
+// A rotation or reuse changes only these columns of its family; assigning
+// no other keeps SQLite from rewriting the family's entries in the indexes
+// on the rest. prune_at stays: a family's events expire within about a
+// second of each other (its absolute expiry plus the retention, in whole
+// seconds, give or take the clock skew of the instances), and pruning
+// runs every minute. No row changes if the row is missing or newer, or has
+// no prune_at while the events expire (@dated); then UpsertFamily decides.
+func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (int64, error) {
+	result, err := q.exec(ctx, q.advanceFamilyStmt, advanceFamily,
+		arg.Generation,
+		arg.CurrentHash,
+		arg.LastUsedAt,
+		arg.IdleExpiresAt,
+		arg.LastSeq,
+		arg.FamilyID,
+		arg.Dated,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const appliedSeq = `-- name: AppliedSeq :one
 SELECT applied_seq FROM projection_position WHERE id = 1
 `
