@@ -333,12 +333,18 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 	}
 	// Every event carries its family's whole state, so a family needs its
 	// row written once per batch, from its newest event.
-	newest := make(map[string]stateAt, len(evs))
+	families := make(map[string]familyBatch, len(evs))
 	for _, e := range evs {
-		newest[e.env.FamilyID] = e
+		f, seen := families[e.env.FamilyID]
+		f.newest = e
+		if e.expiresAt != 0 && (f.pruneAt == 0 || e.expiresAt < f.pruneAt) {
+			f.pruneAt = e.expiresAt
+		}
+		f.advances = (f.advances || !seen) && advances(e.env.Type)
+		families[e.env.FamilyID] = f
 	}
-	for _, s := range newest {
-		if err := upsertFamily(ctx, q, s); err != nil {
+	for _, f := range families {
+		if err := writeFamily(ctx, q, f); err != nil {
 			return err
 		}
 	}
@@ -365,6 +371,21 @@ type stateAt struct {
 	env       events.Envelope
 	seq       uint64
 	expiresAt int64
+}
+
+// familyBatch is what a batch holds of one family: its newest state, when
+// the first of the batch's events of it expires (0: none does), and
+// whether they are all rotations and reuses.
+type familyBatch struct {
+	newest   stateAt
+	pruneAt  int64
+	advances bool
+}
+
+// advances reports whether an event of type t changes no more of its
+// family than AdvanceFamily writes.
+func advances(t string) bool {
+	return t == string(domain.TokenRotated) || t == string(domain.TokenReused)
 }
 
 // expiry returns when the stream drops m, stored at stored: after its TTL,
@@ -399,14 +420,19 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 		}
 	}
 	first := int64(evs[0].seq)
-	if err := q.LowerMinTimeFrom(ctx, queries.LowerMinTimeFromParams{Time: minFrom[0], Seq: first}); err != nil {
+	maxUpto := int64(math.MinInt64)
+	before, err := q.BoundsBefore(ctx, first)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
 		return err
-	}
-	maxUpto, err := q.MaxTimeBefore(ctx, first)
-	if errors.Is(err, sql.ErrNoRows) {
-		maxUpto = math.MinInt64
-	} else if err != nil {
-		return err
+	default:
+		maxUpto = before.MaxTimeUpto
+		if before.MinTimeFrom > minFrom[0] {
+			if err := lowerMinTimeFrom(ctx, q, minFrom[0], first); err != nil {
+				return err
+			}
+		}
 	}
 	for i, e := range evs {
 		maxUpto = max(maxUpto, e.env.Time.UnixNano())
@@ -415,6 +441,19 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 		}
 	}
 	return nil
+}
+
+// lowerMinTimeFrom gives the rows before seq whose min_time_from is after
+// at, the time of an event at or after seq, that time instead.
+func lowerMinTimeFrom(ctx context.Context, q *queries.Queries, at, seq int64) error {
+	from, err := q.FirstMinTimeFromAfter(ctx, queries.FirstMinTimeFromAfterParams{Time: at, Seq: seq})
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return q.LowerMinTimeFrom(ctx, queries.LowerMinTimeFromParams{Time: at, FromSeq: from, Seq: seq})
 }
 
 // applyEvent writes one event's audit row and, for a new token, its token
@@ -435,9 +474,27 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 // nullTime is a unix-ns time column, NULL for 0.
 func nullTime(ns int64) sql.NullInt64 { return sql.NullInt64{Int64: ns, Valid: ns != 0} }
 
-// upsertFamily writes a family's row as of the event at seq; an older
-// state than the row holds changes nothing.
-func upsertFamily(ctx context.Context, q *queries.Queries, s stateAt) error {
+// writeFamily writes a family's row as of its newest event in a batch;
+// an older state than the row holds changes nothing. Most batches only
+// rotate a family, and then only the columns a rotation changes are
+// written (AdvanceFamily), which leaves most of the family's index entries
+// alone.
+func writeFamily(ctx context.Context, q *queries.Queries, b familyBatch) error {
+	if b.advances {
+		f := b.newest.env.Data.Family
+		n, err := q.AdvanceFamily(ctx, queries.AdvanceFamilyParams{FamilyID: b.newest.env.FamilyID,
+			Generation: int64(f.Generation), CurrentHash: f.CurrentHash, LastUsedAt: f.LastUsedAt.UnixNano(),
+			IdleExpiresAt: f.IdleExpiresAt.UnixNano(), LastSeq: int64(b.newest.seq), Dated: b.pruneAt != 0})
+		if err != nil || n == 1 {
+			return err
+		}
+	}
+	return upsertFamily(ctx, q, b)
+}
+
+// upsertFamily writes a family's whole row.
+func upsertFamily(ctx context.Context, q *queries.Queries, b familyBatch) error {
+	s := b.newest
 	f := s.env.Family()
 	aud, _ := json.Marshal(nonNil(f.Audience))
 	revokedAt := sql.NullInt64{}
@@ -449,7 +506,7 @@ func upsertFamily(ctx context.Context, q *queries.Queries, s stateAt) error {
 		Audience: string(aud), Status: string(f.Status), Generation: int64(f.Generation), CurrentHash: f.CurrentHash,
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
-		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PurgeAt: nullTime(s.expiresAt),
+		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PruneAt: nullTime(b.pruneAt),
 	})
 }
 
@@ -460,34 +517,99 @@ func unixNanoOrZero(t time.Time) int64 {
 	return t.UnixNano()
 }
 
-// pruneBatch bounds the rows one prune statement deletes, so the writer
-// connection is never held long by a backlog (the first prune after an
-// upgrade, say).
-const pruneBatch = 5000
+// pruneBatch bounds the rows one prune transaction dates or deletes (give
+// or take a family), so the writer connection is never held long by a
+// backlog (the first prune after an upgrade, say); pruneFamilies bounds
+// the families it looks at.
+const (
+	pruneBatch    = 5000
+	pruneFamilies = 200
+)
 
 // Prune drops the rows of events the stream has dropped by now (their TTL
-// or the stream's MaxAge ran out), and the families whose newest event is
-// gone. The stream drops them on its own clock, the read model on this
-// one, at the same moments, so a rebuild from the stream yields the same
-// rows. It returns how many audit rows it deleted.
+// or the stream's MaxAge ran out), and each family with its last event.
+// The stream drops them on its own clock, the read model on this one, at
+// the same moments, so a rebuild from the stream yields the same rows. It
+// returns how many audit rows it deleted.
 func (p *Projector) Prune(ctx context.Context, now time.Time) (int64, error) {
-	q := p.db.W
 	if p.MaxAge > 0 {
-		args := queries.DateUndatedEventsParams{MaxAge: p.MaxAge.Nanoseconds(), Lim: pruneBatch}
-		if err := q.DateUndatedEvents(ctx, args); err != nil {
-			return 0, err
-		}
-		if err := q.DateUndatedFamilies(ctx, queries.DateUndatedFamiliesParams{MaxAge: args.MaxAge, Lim: pruneBatch}); err != nil {
+		if err := p.dateUndated(ctx); err != nil {
 			return 0, err
 		}
 	}
-	ns := now.UnixNano()
-	deleted, err := q.DeleteExpiredEvents(ctx, queries.DeleteExpiredEventsParams{Now: nullTime(ns), Lim: pruneBatch})
+	var deleted int64
+	for {
+		n, more, err := p.pruneSome(ctx, now.UnixNano())
+		deleted += n
+		if err != nil || !more {
+			return deleted, err
+		}
+	}
+}
+
+// dateUndated gives rows from before retention the time the stream's
+// MaxAge drops their events, and makes their families due then.
+func (p *Projector) dateUndated(ctx context.Context) error {
+	tx, err := p.db.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	_, err = q.DeletePurgedFamilies(ctx, queries.DeletePurgedFamiliesParams{Now: nullTime(ns), Lim: pruneBatch})
-	return deleted, err
+	defer tx.Rollback()
+	q := p.db.W.WithTx(tx)
+	dated, err := q.DateUndatedEvents(ctx, queries.DateUndatedEventsParams{MaxAge: p.MaxAge.Nanoseconds(), Lim: pruneBatch})
+	if err != nil {
+		return err
+	}
+	first := map[string]int64{}
+	for _, d := range dated {
+		if at, ok := first[d.FamilyID]; !ok || d.ExpiresAt.Int64 < at {
+			first[d.FamilyID] = d.ExpiresAt.Int64
+		}
+	}
+	for id, at := range first {
+		if err := q.PruneFamilyAt(ctx, queries.PruneFamilyAtParams{FamilyID: id, At: nullTime(at)}); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// pruneSome deletes the expired audit rows of some families due by now, in
+// one transaction, and each family with its last row; more reports that
+// families may be left.
+func (p *Projector) pruneSome(ctx context.Context, now int64) (deleted int64, more bool, err error) {
+	tx, err := p.db.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, false, err
+	}
+	defer tx.Rollback()
+	q := p.db.W.WithTx(tx)
+	due, err := q.FamiliesToPrune(ctx, queries.FamiliesToPruneParams{Now: nullTime(now), Lim: pruneFamilies})
+	if err != nil {
+		return 0, false, err
+	}
+	more = len(due) == pruneFamilies
+	for _, id := range due {
+		if deleted >= pruneBatch {
+			more = true
+			break
+		}
+		n, err := q.DeleteExpiredFamilyEvents(ctx, queries.DeleteExpiredFamilyEventsParams{FamilyID: id, Now: nullTime(now)})
+		if err != nil {
+			return 0, false, err
+		}
+		deleted += n
+		gone, err := q.DeleteEmptyFamily(ctx, id)
+		if err != nil {
+			return 0, false, err
+		}
+		if gone == 0 {
+			if err := q.ReschedulePrune(ctx, id); err != nil {
+				return 0, false, err
+			}
+		}
+	}
+	return deleted, more, tx.Commit()
 }
 
 func nonNil(s []string) []string {

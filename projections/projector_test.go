@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type harness struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	stream  jetstream.Stream
+	codec   *domain.TokenCodec
+	policy  domain.Policy
 	svc     *events.Service
 	now     time.Time
 	dataDir string
@@ -51,11 +55,18 @@ func MustHarness(tb testing.TB) *harness {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	h := &harness{nc: nc, js: js, now: time.Now().UTC(), dataDir: tb.TempDir()}
-	policy := domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}
-	h.svc = events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), codec, policy,
-		func() time.Time { return h.now })
+	h := &harness{nc: nc, js: js, stream: stream, codec: codec, now: time.Now().UTC(), dataDir: tb.TempDir(),
+		policy: domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}}
+	h.withRetention(events.Retention{})
 	return h
+}
+
+// withRetention makes h.svc store events with the TTLs r gives them (none
+// for the zero Retention).
+func (h *harness) withRetention(r events.Retention) {
+	store := events.NewStore(h.nc, h.js, h.stream, subjects)
+	store.Retention = r
+	h.svc = events.NewService(events.NewWriter(store, 1024), h.codec, h.policy, h.clock)
 }
 
 // workload runs a seeded mix of every command outcome over several families
@@ -343,6 +354,72 @@ func TestRebuildFromScratchIsIdentical(t *testing.T) {
 	}
 }
 
+// TestRotationsWriteTheirFamily: a batch holding only rotations of a family
+// writes just the columns they change, yet still creates the family's row
+// if it is missing, and gives a row from before retention its prune_at.
+func TestRotationsWriteTheirFamily(t *testing.T) {
+	h := MustHarness(t)
+	h.withRetention(events.Retention{AfterExpiry: time.Hour, Archive: 2 * time.Hour})
+	ctx := context.Background()
+	var ids []string
+	var issued []int64 // each family's first seq
+	var last uint64
+	for i := range 2 {
+		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, issued = append(ids, g.Family.ID), append(issued, int64(g.Seq))
+		for range 3 {
+			if g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		last = g.Seq
+	}
+	db := h.openDB(t, "projections.db")
+	h.project(t, db, 1000, last)
+	want, err := db.R.GetFamily(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Applied again from the family's rotations on, its row is as before,
+	// but for the earliest expiry, now of the rotations' rows.
+	reapply := func(step string) {
+		t.Helper()
+		if err := db.W.SetAppliedSeq(ctx, issued[0]); err != nil {
+			t.Fatal(err)
+		}
+		h.project(t, db, 1000, last)
+		got, err := db.R.GetFamily(ctx, ids[0])
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		var firstExpiry sql.NullInt64
+		if err := db.reader.QueryRow("SELECT min(expires_at) FROM audit_events WHERE family_id = ? AND seq > ?",
+			ids[0], issued[0]).Scan(&firstExpiry); err != nil {
+			t.Fatal(err)
+		}
+		if !firstExpiry.Valid || got.PruneAt != firstExpiry {
+			t.Fatalf("%s: prune_at %v after rotations expiring from %v", step, got.PruneAt, firstExpiry)
+		}
+		got.PruneAt = want.PruneAt
+		if got != want {
+			t.Fatalf("%s: family row\n%+v\nwant\n%+v", step, got, want)
+		}
+	}
+	if _, err := db.writer.Exec("DELETE FROM families WHERE family_id = ?", ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	reapply("without a row")
+	// A row as it stood after the family's first event, without prune_at
+	// (from before retention).
+	if _, err := db.writer.Exec("UPDATE families SET prune_at = NULL, last_seq = ? WHERE family_id = ?", issued[0], ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	reapply("without prune_at")
+}
+
 func TestMalformedMessageIsSkipped(t *testing.T) {
 	h := MustHarness(t)
 	h.workload(t, 4, 2)
@@ -374,29 +451,14 @@ func TestMigrationsAreIdempotent(t *testing.T) {
 // bounds of the audit rows a read model already holds.
 func TestMigrationBoundsExistingEvents(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "projections.db")
-	old, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := migratedTo(t, path, 2)
 	defer old.Close()
-	for _, name := range []string{"migrations/0001_init.sql", "migrations/0002_derive_rotated_at.sql"} {
-		body, err := fs.ReadFile(queries.Migrations, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := old.Exec(string(body)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	times := []int64{10, 30, 20, 40, 15, 50}
 	for i, at := range times {
 		if _, err := old.Exec(`INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context)
 			VALUES (?, ?, 'token.issued', ?, 'f', 's', 'c', 1, '', '{}')`, i+1, fmt.Sprint(i), at); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if _, err := old.Exec("PRAGMA user_version = 2"); err != nil {
-		t.Fatal(err)
 	}
 	old.Close()
 
@@ -421,6 +483,112 @@ func TestMigrationBoundsExistingEvents(t *testing.T) {
 	want := [][2]int64{{10, 10}, {30, 15}, {30, 15}, {40, 15}, {40, 15}, {50, 50}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("bounds (latest up to, earliest from) %v, want %v", got, want)
+	}
+}
+
+// migratedTo returns the database at path with the first n migrations
+// applied, as a version of tokend that had only those left it.
+func migratedTo(tb testing.TB, path string, n int) *sql.DB {
+	tb.Helper()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	names, err := fs.Glob(queries.Migrations, "migrations/*.sql")
+	if err != nil || len(names) < n {
+		tb.Fatalf("%d migrations: %v", len(names), err)
+	}
+	slices.Sort(names)
+	for _, name := range names[:n] {
+		body, err := fs.ReadFile(queries.Migrations, name)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := db.Exec(string(body)); err != nil {
+			tb.Fatalf("%s: %v", name, err)
+		}
+	}
+	if _, err := db.Exec(fmt.Sprintf("PRAGMA user_version = %d", n)); err != nil {
+		tb.Fatal(err)
+	}
+	return db
+}
+
+// TestMigrationPrunesByFamily: migration 0006 keeps a read model's rows,
+// gives each family the earliest expiry of its audit rows (or, with none,
+// the time its old row was to go), and pruning goes on from there,
+// including the rows from before retention.
+func TestMigrationPrunesByFamily(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "projections.db")
+	old := migratedTo(t, path, 5)
+	defer old.Close()
+	for _, f := range []struct {
+		id      string
+		purgeAt any
+	}{{"dated", 300}, {"undated", nil}, {"emptied", 150}} {
+		if _, err := old.Exec(`INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation,
+			current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason,
+			last_seq, archived_at, purge_at) VALUES (?, 's', 'c', 'openid', '[]', 'active', 2, 'h-'||?, 10, 20, 5000, 9000,
+			NULL, '', 9, NULL, ?)`, f.id, f.id, f.purgeAt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, e := range []struct {
+		seq       int
+		family    string
+		time      int64
+		expiresAt any
+	}{{1, "dated", 10, 100}, {2, "dated", 20, 200}, {3, "undated", 50, nil}, {4, "dated", 30, 300}, {5, "undated", 60, nil}} {
+		if _, err := old.Exec(`INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason,
+			context, max_time_upto, min_time_from, expires_at) VALUES (?, ?, 'token.rotated', ?, ?, 's', 'c', 1, '', '{}', ?, ?, ?)`,
+			e.seq, fmt.Sprint(e.seq), e.time, e.family, e.time, e.time, e.expiresAt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if got := dump(t, db); len(got["audit_events"]) != 5 || len(got["families"]) != 3 {
+		t.Fatalf("after the migration: %v", got)
+	}
+	f, err := db.R.GetFamily(ctx, "dated")
+	if err != nil || f.Generation != 2 || f.CurrentHash != "h-dated" || f.PruneAt != nullTime(100) {
+		t.Fatalf("family after the migration: %+v %v", f, err)
+	}
+	var dropped int
+	if err := db.reader.QueryRow(`SELECT count(*) FROM sqlite_master WHERE name IN ('audit_by_max_time', 'audit_by_min_time',
+		'audit_by_expiry', 'families_by_purge', 'families_undated')`).Scan(&dropped); err != nil || dropped != 0 {
+		t.Fatalf("%d dropped indexes left: %v", dropped, err)
+	}
+
+	p, err := NewProjector(ctx, db, nil, subjects, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.MaxAge = 1000 // the undated rows' events go 1000 ns after their time
+	for _, step := range []struct {
+		now      int64
+		seqs     []int64
+		families []string
+	}{
+		{99, []int64{1, 2, 3, 4, 5}, []string{"dated", "emptied", "undated"}},
+		{150, []int64{2, 3, 4, 5}, []string{"dated", "undated"}},
+		{300, []int64{3, 5}, []string{"undated"}},
+		{1050, []int64{5}, []string{"undated"}},
+		{1060, nil, nil},
+	} {
+		if _, err := p.Prune(ctx, time.Unix(0, step.now)); err != nil {
+			t.Fatal(err)
+		}
+		families := familyIDs(t, db)
+		if got := auditSeqs(t, db); !slices.Equal(got, step.seqs) || !slices.Equal(families, step.families) {
+			t.Fatalf("pruned at %d: audit rows %v, families %v; want %v, %v", step.now, got, families, step.seqs, step.families)
+		}
 	}
 }
 

@@ -159,3 +159,125 @@ func auditSeqs(tb testing.TB, db *DB) []int64 {
 	}
 	return out
 }
+
+// TestPruneKeepsFamiliesWithTheirEvents prunes at every expiry the read
+// model holds (and just before it): each prune drops exactly the audit
+// rows expired by then, and a family row stays while any audit row of it
+// does. A refusal recorded after a family's summary expires first; the
+// summary next; the history last.
+func TestPruneKeepsFamiliesWithTheirEvents(t *testing.T) {
+	h := MustHarness(t)
+	ctx := context.Background()
+	h.withRetention(events.Retention{AfterExpiry: time.Hour, Archive: 2 * time.Hour})
+	svc := h.svc
+
+	var tokens []string
+	var ids []string
+	for i := range 3 {
+		g, err := svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, tokens = append(ids, g.Family.ID), append(tokens, g.Token.Value())
+		for range 3 * i {
+			if g, err = svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 1 {
+			if _, _, err := svc.RevokeFamily(ctx, g.Family.ID, "user_disabled", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	h.now = h.now.Add(25 * time.Hour)
+	for _, id := range ids[:2] {
+		if ok, err := svc.Archive(ctx, id); !ok || err != nil {
+			t.Fatalf("archive %s: %v %v", id, ok, err)
+		}
+	}
+	if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: tokens[0], ClientID: "c"}); err == nil {
+		t.Fatal("a token of an archived family was refreshed")
+	}
+	last, err := events.LastEventSeq(ctx, h.stream, subjects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := h.openDB(t, "projections.db")
+	p := h.project(t, db, 4, last)
+
+	type row struct {
+		family    string
+		expiresAt int64
+	}
+	rows := func() map[int64]row {
+		out := map[int64]row{}
+		r, err := db.reader.Query("SELECT seq, family_id, expires_at FROM audit_events")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		for r.Next() {
+			var seq int64
+			var x row
+			if err := r.Scan(&seq, &x.family, &x.expiresAt); err != nil {
+				t.Fatal(err)
+			}
+			out[seq] = x
+		}
+		return out
+	}
+	before := rows()
+	var expiries []int64
+	for _, r := range before {
+		expiries = append(expiries, r.expiresAt)
+	}
+	slices.Sort(expiries)
+	expiries = slices.Compact(expiries)
+	if len(expiries) < 3 {
+		t.Fatalf("audit rows expire at %v: the refusal, summaries and history should differ", expiries)
+	}
+	for _, at := range expiries {
+		for _, now := range []int64{at - 1, at} {
+			if _, err := p.Prune(ctx, time.Unix(0, now)); err != nil {
+				t.Fatal(err)
+			}
+			after := rows()
+			var withRows []string
+			for seq, r := range before {
+				_, kept := after[seq]
+				if kept != (r.expiresAt > now) {
+					t.Fatalf("prune at %d: row %d expiring at %d kept: %v", now, seq, r.expiresAt, kept)
+				}
+				if kept {
+					withRows = append(withRows, r.family)
+				}
+			}
+			slices.Sort(withRows)
+			if got, want := familyIDs(t, db), slices.Compact(withRows); !slices.Equal(got, want) {
+				t.Fatalf("prune at %d: family rows %v, families with audit rows %v", now, got, want)
+			}
+		}
+	}
+	if rows := dump(t, db); len(rows["families"])+len(rows["audit_events"]) != 0 {
+		t.Fatalf("rows left after every expiry: %v", rows)
+	}
+}
+
+func familyIDs(tb testing.TB, db *DB) []string {
+	tb.Helper()
+	rows, err := db.reader.Query("SELECT family_id FROM families ORDER BY family_id")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, id)
+	}
+	return out
+}

@@ -24,6 +24,9 @@ func New(db DBTX) *Queries {
 func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	q := Queries{db: db}
 	var err error
+	if q.advanceFamilyStmt, err = db.PrepareContext(ctx, advanceFamily); err != nil {
+		return nil, fmt.Errorf("error preparing query AdvanceFamily: %w", err)
+	}
 	if q.appliedSeqStmt, err = db.PrepareContext(ctx, appliedSeq); err != nil {
 		return nil, fmt.Errorf("error preparing query AppliedSeq: %w", err)
 	}
@@ -45,6 +48,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.auditByTypeStmt, err = db.PrepareContext(ctx, auditByType); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByType: %w", err)
 	}
+	if q.boundsBeforeStmt, err = db.PrepareContext(ctx, boundsBefore); err != nil {
+		return nil, fmt.Errorf("error preparing query BoundsBefore: %w", err)
+	}
 	if q.countActiveFamiliesStmt, err = db.PrepareContext(ctx, countActiveFamilies); err != nil {
 		return nil, fmt.Errorf("error preparing query CountActiveFamilies: %w", err)
 	}
@@ -57,20 +63,23 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.dateUndatedEventsStmt, err = db.PrepareContext(ctx, dateUndatedEvents); err != nil {
 		return nil, fmt.Errorf("error preparing query DateUndatedEvents: %w", err)
 	}
-	if q.dateUndatedFamiliesStmt, err = db.PrepareContext(ctx, dateUndatedFamilies); err != nil {
-		return nil, fmt.Errorf("error preparing query DateUndatedFamilies: %w", err)
+	if q.deleteEmptyFamilyStmt, err = db.PrepareContext(ctx, deleteEmptyFamily); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteEmptyFamily: %w", err)
 	}
-	if q.deleteExpiredEventsStmt, err = db.PrepareContext(ctx, deleteExpiredEvents); err != nil {
-		return nil, fmt.Errorf("error preparing query DeleteExpiredEvents: %w", err)
-	}
-	if q.deletePurgedFamiliesStmt, err = db.PrepareContext(ctx, deletePurgedFamilies); err != nil {
-		return nil, fmt.Errorf("error preparing query DeletePurgedFamilies: %w", err)
+	if q.deleteExpiredFamilyEventsStmt, err = db.PrepareContext(ctx, deleteExpiredFamilyEvents); err != nil {
+		return nil, fmt.Errorf("error preparing query DeleteExpiredFamilyEvents: %w", err)
 	}
 	if q.familiesToArchiveStmt, err = db.PrepareContext(ctx, familiesToArchive); err != nil {
 		return nil, fmt.Errorf("error preparing query FamiliesToArchive: %w", err)
 	}
+	if q.familiesToPruneStmt, err = db.PrepareContext(ctx, familiesToPrune); err != nil {
+		return nil, fmt.Errorf("error preparing query FamiliesToPrune: %w", err)
+	}
 	if q.familyTokensStmt, err = db.PrepareContext(ctx, familyTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query FamilyTokens: %w", err)
+	}
+	if q.firstMinTimeFromAfterStmt, err = db.PrepareContext(ctx, firstMinTimeFromAfter); err != nil {
+		return nil, fmt.Errorf("error preparing query FirstMinTimeFromAfter: %w", err)
 	}
 	if q.firstSeqSinceStmt, err = db.PrepareContext(ctx, firstSeqSince); err != nil {
 		return nil, fmt.Errorf("error preparing query FirstSeqSince: %w", err)
@@ -87,8 +96,11 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.lowerMinTimeFromStmt, err = db.PrepareContext(ctx, lowerMinTimeFrom); err != nil {
 		return nil, fmt.Errorf("error preparing query LowerMinTimeFrom: %w", err)
 	}
-	if q.maxTimeBeforeStmt, err = db.PrepareContext(ctx, maxTimeBefore); err != nil {
-		return nil, fmt.Errorf("error preparing query MaxTimeBefore: %w", err)
+	if q.pruneFamilyAtStmt, err = db.PrepareContext(ctx, pruneFamilyAt); err != nil {
+		return nil, fmt.Errorf("error preparing query PruneFamilyAt: %w", err)
+	}
+	if q.reschedulePruneStmt, err = db.PrepareContext(ctx, reschedulePrune); err != nil {
+		return nil, fmt.Errorf("error preparing query ReschedulePrune: %w", err)
 	}
 	if q.revocableFamiliesByClientStmt, err = db.PrepareContext(ctx, revocableFamiliesByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query RevocableFamiliesByClient: %w", err)
@@ -107,6 +119,11 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 
 func (q *Queries) Close() error {
 	var err error
+	if q.advanceFamilyStmt != nil {
+		if cerr := q.advanceFamilyStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing advanceFamilyStmt: %w", cerr)
+		}
+	}
 	if q.appliedSeqStmt != nil {
 		if cerr := q.appliedSeqStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing appliedSeqStmt: %w", cerr)
@@ -142,6 +159,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing auditByTypeStmt: %w", cerr)
 		}
 	}
+	if q.boundsBeforeStmt != nil {
+		if cerr := q.boundsBeforeStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing boundsBeforeStmt: %w", cerr)
+		}
+	}
 	if q.countActiveFamiliesStmt != nil {
 		if cerr := q.countActiveFamiliesStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing countActiveFamiliesStmt: %w", cerr)
@@ -162,19 +184,14 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing dateUndatedEventsStmt: %w", cerr)
 		}
 	}
-	if q.dateUndatedFamiliesStmt != nil {
-		if cerr := q.dateUndatedFamiliesStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing dateUndatedFamiliesStmt: %w", cerr)
+	if q.deleteEmptyFamilyStmt != nil {
+		if cerr := q.deleteEmptyFamilyStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteEmptyFamilyStmt: %w", cerr)
 		}
 	}
-	if q.deleteExpiredEventsStmt != nil {
-		if cerr := q.deleteExpiredEventsStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing deleteExpiredEventsStmt: %w", cerr)
-		}
-	}
-	if q.deletePurgedFamiliesStmt != nil {
-		if cerr := q.deletePurgedFamiliesStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing deletePurgedFamiliesStmt: %w", cerr)
+	if q.deleteExpiredFamilyEventsStmt != nil {
+		if cerr := q.deleteExpiredFamilyEventsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deleteExpiredFamilyEventsStmt: %w", cerr)
 		}
 	}
 	if q.familiesToArchiveStmt != nil {
@@ -182,9 +199,19 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing familiesToArchiveStmt: %w", cerr)
 		}
 	}
+	if q.familiesToPruneStmt != nil {
+		if cerr := q.familiesToPruneStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing familiesToPruneStmt: %w", cerr)
+		}
+	}
 	if q.familyTokensStmt != nil {
 		if cerr := q.familyTokensStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing familyTokensStmt: %w", cerr)
+		}
+	}
+	if q.firstMinTimeFromAfterStmt != nil {
+		if cerr := q.firstMinTimeFromAfterStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing firstMinTimeFromAfterStmt: %w", cerr)
 		}
 	}
 	if q.firstSeqSinceStmt != nil {
@@ -212,9 +239,14 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing lowerMinTimeFromStmt: %w", cerr)
 		}
 	}
-	if q.maxTimeBeforeStmt != nil {
-		if cerr := q.maxTimeBeforeStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing maxTimeBeforeStmt: %w", cerr)
+	if q.pruneFamilyAtStmt != nil {
+		if cerr := q.pruneFamilyAtStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing pruneFamilyAtStmt: %w", cerr)
+		}
+	}
+	if q.reschedulePruneStmt != nil {
+		if cerr := q.reschedulePruneStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing reschedulePruneStmt: %w", cerr)
 		}
 	}
 	if q.revocableFamiliesByClientStmt != nil {
@@ -276,6 +308,7 @@ func (q *Queries) queryRow(ctx context.Context, stmt *sql.Stmt, query string, ar
 type Queries struct {
 	db                             DBTX
 	tx                             *sql.Tx
+	advanceFamilyStmt              *sql.Stmt
 	appliedSeqStmt                 *sql.Stmt
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
@@ -283,21 +316,24 @@ type Queries struct {
 	auditBySeqStmt                 *sql.Stmt
 	auditBySubjectStmt             *sql.Stmt
 	auditByTypeStmt                *sql.Stmt
+	boundsBeforeStmt               *sql.Stmt
 	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
 	currentTokenStmt               *sql.Stmt
 	dateUndatedEventsStmt          *sql.Stmt
-	dateUndatedFamiliesStmt        *sql.Stmt
-	deleteExpiredEventsStmt        *sql.Stmt
-	deletePurgedFamiliesStmt       *sql.Stmt
+	deleteEmptyFamilyStmt          *sql.Stmt
+	deleteExpiredFamilyEventsStmt  *sql.Stmt
 	familiesToArchiveStmt          *sql.Stmt
+	familiesToPruneStmt            *sql.Stmt
 	familyTokensStmt               *sql.Stmt
+	firstMinTimeFromAfterStmt      *sql.Stmt
 	firstSeqSinceStmt              *sql.Stmt
 	getFamilyStmt                  *sql.Stmt
 	insertAuditEventStmt           *sql.Stmt
 	lastSeqBeforeStmt              *sql.Stmt
 	lowerMinTimeFromStmt           *sql.Stmt
-	maxTimeBeforeStmt              *sql.Stmt
+	pruneFamilyAtStmt              *sql.Stmt
+	reschedulePruneStmt            *sql.Stmt
 	revocableFamiliesByClientStmt  *sql.Stmt
 	revocableFamiliesBySubjectStmt *sql.Stmt
 	setAppliedSeqStmt              *sql.Stmt
@@ -308,6 +344,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 	return &Queries{
 		db:                             tx,
 		tx:                             tx,
+		advanceFamilyStmt:              q.advanceFamilyStmt,
 		appliedSeqStmt:                 q.appliedSeqStmt,
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,
@@ -315,21 +352,24 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		auditBySeqStmt:                 q.auditBySeqStmt,
 		auditBySubjectStmt:             q.auditBySubjectStmt,
 		auditByTypeStmt:                q.auditByTypeStmt,
+		boundsBeforeStmt:               q.boundsBeforeStmt,
 		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
 		currentTokenStmt:               q.currentTokenStmt,
 		dateUndatedEventsStmt:          q.dateUndatedEventsStmt,
-		dateUndatedFamiliesStmt:        q.dateUndatedFamiliesStmt,
-		deleteExpiredEventsStmt:        q.deleteExpiredEventsStmt,
-		deletePurgedFamiliesStmt:       q.deletePurgedFamiliesStmt,
+		deleteEmptyFamilyStmt:          q.deleteEmptyFamilyStmt,
+		deleteExpiredFamilyEventsStmt:  q.deleteExpiredFamilyEventsStmt,
 		familiesToArchiveStmt:          q.familiesToArchiveStmt,
+		familiesToPruneStmt:            q.familiesToPruneStmt,
 		familyTokensStmt:               q.familyTokensStmt,
+		firstMinTimeFromAfterStmt:      q.firstMinTimeFromAfterStmt,
 		firstSeqSinceStmt:              q.firstSeqSinceStmt,
 		getFamilyStmt:                  q.getFamilyStmt,
 		insertAuditEventStmt:           q.insertAuditEventStmt,
 		lastSeqBeforeStmt:              q.lastSeqBeforeStmt,
 		lowerMinTimeFromStmt:           q.lowerMinTimeFromStmt,
-		maxTimeBeforeStmt:              q.maxTimeBeforeStmt,
+		pruneFamilyAtStmt:              q.pruneFamilyAtStmt,
+		reschedulePruneStmt:            q.reschedulePruneStmt,
 		revocableFamiliesByClientStmt:  q.revocableFamiliesByClientStmt,
 		revocableFamiliesBySubjectStmt: q.revocableFamiliesBySubjectStmt,
 		setAppliedSeqStmt:              q.setAppliedSeqStmt,

@@ -41,7 +41,7 @@ type Family struct {
 	RevokedReason     string
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
-	PurgeAt           sql.NullInt64
+	PruneAt           sql.NullInt64
 }
 
 type ProjectionPosition struct {

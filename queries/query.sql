@@ -6,19 +6,34 @@ INSERT INTO projection_position (id, applied_seq) VALUES (1, @applied_seq)
 ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq;
 
 -- name: UpsertFamily :exec
--- Every event carries the family's whole state, so the newest one wins.
+-- Every event carries the family's whole state, so the newest one wins;
+-- prune_at is the earliest expiry of the family's audit rows (@prune_at:
+-- of the rows this batch adds; NULL for none).
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, purge_at)
+    archived_at, prune_at)
 VALUES (@family_id, @subject, @client_id, @scope, @audience, @status, @generation, @current_hash,
     @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq,
-    @archived_at, @purge_at)
+    @archived_at, @prune_at)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
     revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq,
-    archived_at = excluded.archived_at, purge_at = excluded.purge_at
+    archived_at = excluded.archived_at,
+    prune_at = coalesce(min(families.prune_at, excluded.prune_at), families.prune_at, excluded.prune_at)
 WHERE excluded.last_seq > families.last_seq;
+
+-- name: AdvanceFamily :execrows
+-- A rotation or reuse changes only these columns of its family; assigning
+-- no other keeps SQLite from rewriting the family's entries in the indexes
+-- on the rest. prune_at stays: a family's events expire within about a
+-- second of each other (its absolute expiry plus the retention, in whole
+-- seconds, give or take the clock skew of the instances), and pruning
+-- runs every minute. No row changes if the row is missing or newer, or has
+-- no prune_at while the events expire (@dated); then UpsertFamily decides.
+UPDATE families SET generation = @generation, current_hash = @current_hash, last_used_at = @last_used_at,
+    idle_expires_at = @idle_expires_at, last_seq = @last_seq
+WHERE family_id = @family_id AND last_seq < @last_seq AND (prune_at IS NOT NULL OR CAST(@dated AS BOOLEAN) = FALSE);
 
 -- name: GetFamily :one
 SELECT * FROM families WHERE family_id = @family_id;
@@ -51,24 +66,33 @@ SELECT family_id FROM families INDEXED BY families_to_archive
 WHERE archived_at IS NULL AND absolute_expires_at <= @before
 ORDER BY absolute_expires_at LIMIT @lim;
 
--- name: DateUndatedEvents :exec
--- Rows from before retention: the stream drops them at its MaxAge.
+-- name: DateUndatedEvents :many
+-- Rows from before retention: the stream drops them at its MaxAge. Their
+-- families are due then (PruneFamilyAt).
 UPDATE audit_events SET expires_at = audit_events.time + @max_age
-WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT @lim);
+WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT @lim)
+RETURNING family_id, expires_at;
 
--- name: DateUndatedFamilies :exec
--- A family goes with its newest event; before retention its rows did not
--- record that event's time, and the latest one they hold stands in.
-UPDATE families SET purge_at = max(families.last_used_at, coalesce(families.revoked_at, 0)) + @max_age
-WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_undated WHERE u.purge_at IS NULL LIMIT @lim);
+-- name: PruneFamilyAt :exec
+-- The family has an audit row that expires at @at.
+UPDATE families SET prune_at = CASE WHEN prune_at <= @at THEN prune_at ELSE @at END WHERE family_id = @family_id;
 
--- name: DeleteExpiredEvents :execrows
-DELETE FROM audit_events
-WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= @now LIMIT @lim);
+-- name: FamiliesToPrune :many
+-- Families with audit rows expired by now.
+SELECT family_id FROM families INDEXED BY families_to_prune WHERE prune_at <= @now ORDER BY prune_at LIMIT @lim;
 
--- name: DeletePurgedFamilies :execrows
+-- name: DeleteExpiredFamilyEvents :execrows
+DELETE FROM audit_events INDEXED BY audit_by_family WHERE family_id = @family_id AND expires_at <= @now;
+
+-- name: DeleteEmptyFamily :execrows
+-- A family goes with its last audit row.
 DELETE FROM families
-WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= @now LIMIT @lim);
+WHERE families.family_id = @family_id AND NOT EXISTS (SELECT 1 FROM audit_events AS a WHERE a.family_id = @family_id);
+
+-- name: ReschedulePrune :exec
+-- When the family's remaining audit rows start to expire.
+UPDATE families SET prune_at = (SELECT min(a.expires_at) FROM audit_events AS a WHERE a.family_id = @family_id)
+WHERE families.family_id = @family_id;
 
 -- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
@@ -77,27 +101,68 @@ VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, 
     @max_time_upto, @min_time_from, @expires_at)
 ON CONFLICT (seq) DO NOTHING;
 
--- name: MaxTimeBefore :one
--- The latest event time before seq, which the next rows' max_time_upto
--- continues from.
-SELECT max_time_upto FROM audit_events WHERE seq < @seq ORDER BY seq DESC LIMIT 1;
+-- name: BoundsBefore :one
+-- The time bounds of the last row before seq: the next rows' max_time_upto
+-- continues from the first, and the second tells whether an event at seq
+-- lowers any min_time_from.
+SELECT max_time_upto, min_time_from FROM audit_events WHERE seq < @seq ORDER BY seq DESC LIMIT 1;
+
+-- name: FirstMinTimeFromAfter :one
+-- The first row before seq whose min_time_from > time: from there on, the
+-- rows before seq have an event at time after them (LowerMinTimeFrom).
+-- Both time bounds never decrease in seq, so the rows on either side of a
+-- time are a seq range, found here and below by binary search without an
+-- index on the bounds: search halves [lo, hi] by the row at (or next to)
+-- its middle, a look-up by rowid, until lo = hi: about log2(rows) steps.
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b WHERE b.seq < @seq) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from > @time THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.min_time_from > @time THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from > @time;
 
 -- name: LowerMinTimeFrom :exec
--- Events before seq have one at time after them now. Runs before that
--- event's batch is inserted, so audit_by_min_time's range holds only the
--- rows to change (none while times rise); the + keeps SQLite from reading
--- every earlier row by seq instead.
-UPDATE audit_events SET min_time_from = @time WHERE min_time_from > @time AND +seq < @seq;
+-- Runs before the batch holding an event at time is inserted, on the rows
+-- from FirstMinTimeFromAfter to it.
+UPDATE audit_events SET min_time_from = @time WHERE seq >= @from_seq AND seq < @seq AND min_time_from > @time;
 
 -- name: FirstSeqSince :one
--- Every event at or after since is at or after this seq.
-SELECT seq FROM audit_events INDEXED BY audit_by_max_time
-WHERE max_time_upto >= @since ORDER BY max_time_upto, seq LIMIT 1;
+-- Every event at or after since is at or after this seq: the first row
+-- whose max_time_upto >= since.
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.max_time_upto >= @since THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.max_time_upto >= @since THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.max_time_upto >= @since;
 
 -- name: LastSeqBefore :one
--- Every event before until is at or before this seq.
-SELECT seq FROM audit_events INDEXED BY audit_by_min_time
-WHERE min_time_from < @until ORDER BY min_time_from DESC, seq DESC LIMIT 1;
+-- Every event before until is at or before this seq: the last row whose
+-- min_time_from < until.
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from < @until THEN (search.lo + search.hi + 1) / 2 ELSE search.lo END,
+        CASE WHEN a.min_time_from < @until THEN search.hi ELSE (search.lo + search.hi + 1) / 2 - 1 END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= (search.lo + search.hi + 1) / 2 ORDER BY n.seq DESC LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= search.lo ORDER BY n.seq DESC LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from < @until;
 
 -- The audit pages: each reads seq order from the index it names (INDEXED
 -- BY: a plan that would sort fails to prepare instead), within the seq
@@ -128,9 +193,10 @@ WHERE client_id = @client_id AND seq > @after_seq AND seq <= @upto_seq
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditByType :many
--- One type, whatever its share of the stream.
+-- One type other than token.rotated (which audit_by_type leaves out, and
+-- AuditBySeq finds as fast), whatever its share of the stream.
 SELECT * FROM audit_events INDEXED BY audit_by_type
-WHERE type = @type AND seq > @after_seq AND seq <= @upto_seq
+WHERE type = @type AND type <> 'token.rotated' AND seq > @after_seq AND seq <= @upto_seq
   AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;
 
@@ -144,8 +210,8 @@ WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditBySeq :many
--- No filter, a time window, or types that make up much of the stream: the
--- table itself in seq order.
+-- No filter, a time window, or types that make up much of the stream
+-- (token.rotated among them): the table itself in seq order.
 SELECT * FROM audit_events NOT INDEXED
 WHERE seq > @after_seq AND seq <= @upto_seq
   AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))

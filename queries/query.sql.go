@@ -10,6 +10,45 @@ import (
 	"database/sql"
 )
 
+const advanceFamily = `-- name: AdvanceFamily :execrows
+UPDATE families SET generation = ?1, current_hash = ?2, last_used_at = ?3,
+    idle_expires_at = ?4, last_seq = ?5
+WHERE family_id = ?6 AND last_seq < ?5 AND (prune_at IS NOT NULL OR CAST(?7 AS BOOLEAN) = FALSE)
+`
+
+type AdvanceFamilyParams struct {
+	Generation    int64
+	CurrentHash   string
+	LastUsedAt    int64
+	IdleExpiresAt int64
+	LastSeq       int64
+	FamilyID      string
+	Dated         bool
+}
+
+// A rotation or reuse changes only these columns of its family; assigning
+// no other keeps SQLite from rewriting the family's entries in the indexes
+// on the rest. prune_at stays: a family's events expire within about a
+// second of each other (its absolute expiry plus the retention, in whole
+// seconds, give or take the clock skew of the instances), and pruning
+// runs every minute. No row changes if the row is missing or newer, or has
+// no prune_at while the events expire (@dated); then UpsertFamily decides.
+func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (int64, error) {
+	result, err := q.exec(ctx, q.advanceFamilyStmt, advanceFamily,
+		arg.Generation,
+		arg.CurrentHash,
+		arg.LastUsedAt,
+		arg.IdleExpiresAt,
+		arg.LastSeq,
+		arg.FamilyID,
+		arg.Dated,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const appliedSeq = `-- name: AppliedSeq :one
 SELECT applied_seq FROM projection_position WHERE id = 1
 `
@@ -237,8 +276,8 @@ type AuditBySeqParams struct {
 	Lim      int64
 }
 
-// No filter, a time window, or types that make up much of the stream: the
-// table itself in seq order.
+// No filter, a time window, or types that make up much of the stream
+// (token.rotated among them): the table itself in seq order.
 func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]AuditEvent, error) {
 	rows, err := q.query(ctx, q.auditBySeqStmt, auditBySeq,
 		arg.AfterSeq,
@@ -351,7 +390,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 
 const auditByType = `-- name: AuditByType :many
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_type
-WHERE type = ?1 AND seq > ?2 AND seq <= ?3
+WHERE type = ?1 AND type <> 'token.rotated' AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
 ORDER BY seq LIMIT ?6
 `
@@ -365,7 +404,8 @@ type AuditByTypeParams struct {
 	Lim      int64
 }
 
-// One type, whatever its share of the stream.
+// One type other than token.rotated (which audit_by_type leaves out, and
+// AuditBySeq finds as fast), whatever its share of the stream.
 func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]AuditEvent, error) {
 	rows, err := q.query(ctx, q.auditByTypeStmt, auditByType,
 		arg.Type,
@@ -410,6 +450,25 @@ func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]Aud
 	return items, nil
 }
 
+const boundsBefore = `-- name: BoundsBefore :one
+SELECT max_time_upto, min_time_from FROM audit_events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1
+`
+
+type BoundsBeforeRow struct {
+	MaxTimeUpto int64
+	MinTimeFrom int64
+}
+
+// The time bounds of the last row before seq: the next rows' max_time_upto
+// continues from the first, and the second tells whether an event at seq
+// lowers any min_time_from.
+func (q *Queries) BoundsBefore(ctx context.Context, seq int64) (BoundsBeforeRow, error) {
+	row := q.queryRow(ctx, q.boundsBeforeStmt, boundsBefore, seq)
+	var i BoundsBeforeRow
+	err := row.Scan(&i.MaxTimeUpto, &i.MinTimeFrom)
+	return i, err
+}
+
 const countActiveFamilies = `-- name: CountActiveFamilies :one
 SELECT count(*) FROM families
 WHERE status = 'active' AND idle_expires_at > ?1 AND absolute_expires_at > ?1
@@ -434,7 +493,7 @@ func (q *Queries) CountAuditEvents(ctx context.Context) (int64, error) {
 }
 
 const currentToken = `-- name: CurrentToken :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, purge_at FROM families INDEXED BY families_by_current_hash WHERE current_hash = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families INDEXED BY families_by_current_hash WHERE current_hash = ?1
 `
 
 // The family whose current token has this hash (introspection).
@@ -458,14 +517,15 @@ func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (Family, e
 		&i.RevokedReason,
 		&i.LastSeq,
 		&i.ArchivedAt,
-		&i.PurgeAt,
+		&i.PruneAt,
 	)
 	return i, err
 }
 
-const dateUndatedEvents = `-- name: DateUndatedEvents :exec
+const dateUndatedEvents = `-- name: DateUndatedEvents :many
 UPDATE audit_events SET expires_at = audit_events.time + ?1
 WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT ?2)
+RETURNING family_id, expires_at
 `
 
 type DateUndatedEventsParams struct {
@@ -473,59 +533,61 @@ type DateUndatedEventsParams struct {
 	Lim    int64
 }
 
-// Rows from before retention: the stream drops them at its MaxAge.
-func (q *Queries) DateUndatedEvents(ctx context.Context, arg DateUndatedEventsParams) error {
-	_, err := q.exec(ctx, q.dateUndatedEventsStmt, dateUndatedEvents, arg.MaxAge, arg.Lim)
-	return err
+type DateUndatedEventsRow struct {
+	FamilyID  string
+	ExpiresAt sql.NullInt64
 }
 
-const dateUndatedFamilies = `-- name: DateUndatedFamilies :exec
-UPDATE families SET purge_at = max(families.last_used_at, coalesce(families.revoked_at, 0)) + ?1
-WHERE family_id IN (SELECT u.family_id FROM families AS u INDEXED BY families_undated WHERE u.purge_at IS NULL LIMIT ?2)
+// Rows from before retention: the stream drops them at its MaxAge. Their
+// families are due then (PruneFamilyAt).
+func (q *Queries) DateUndatedEvents(ctx context.Context, arg DateUndatedEventsParams) ([]DateUndatedEventsRow, error) {
+	rows, err := q.query(ctx, q.dateUndatedEventsStmt, dateUndatedEvents, arg.MaxAge, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []DateUndatedEventsRow
+	for rows.Next() {
+		var i DateUndatedEventsRow
+		if err := rows.Scan(&i.FamilyID, &i.ExpiresAt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const deleteEmptyFamily = `-- name: DeleteEmptyFamily :execrows
+DELETE FROM families
+WHERE families.family_id = ?1 AND NOT EXISTS (SELECT 1 FROM audit_events AS a WHERE a.family_id = ?1)
 `
 
-type DateUndatedFamiliesParams struct {
-	MaxAge int64
-	Lim    int64
-}
-
-// A family goes with its newest event; before retention its rows did not
-// record that event's time, and the latest one they hold stands in.
-func (q *Queries) DateUndatedFamilies(ctx context.Context, arg DateUndatedFamiliesParams) error {
-	_, err := q.exec(ctx, q.dateUndatedFamiliesStmt, dateUndatedFamilies, arg.MaxAge, arg.Lim)
-	return err
-}
-
-const deleteExpiredEvents = `-- name: DeleteExpiredEvents :execrows
-DELETE FROM audit_events
-WHERE seq IN (SELECT x.seq FROM audit_events AS x INDEXED BY audit_by_expiry WHERE x.expires_at <= ?1 LIMIT ?2)
-`
-
-type DeleteExpiredEventsParams struct {
-	Now sql.NullInt64
-	Lim int64
-}
-
-func (q *Queries) DeleteExpiredEvents(ctx context.Context, arg DeleteExpiredEventsParams) (int64, error) {
-	result, err := q.exec(ctx, q.deleteExpiredEventsStmt, deleteExpiredEvents, arg.Now, arg.Lim)
+// A family goes with its last audit row.
+func (q *Queries) DeleteEmptyFamily(ctx context.Context, familyID string) (int64, error) {
+	result, err := q.exec(ctx, q.deleteEmptyFamilyStmt, deleteEmptyFamily, familyID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected()
 }
 
-const deletePurgedFamilies = `-- name: DeletePurgedFamilies :execrows
-DELETE FROM families
-WHERE family_id IN (SELECT p.family_id FROM families AS p INDEXED BY families_by_purge WHERE p.purge_at <= ?1 LIMIT ?2)
+const deleteExpiredFamilyEvents = `-- name: DeleteExpiredFamilyEvents :execrows
+DELETE FROM audit_events INDEXED BY audit_by_family WHERE family_id = ?1 AND expires_at <= ?2
 `
 
-type DeletePurgedFamiliesParams struct {
-	Now sql.NullInt64
-	Lim int64
+type DeleteExpiredFamilyEventsParams struct {
+	FamilyID string
+	Now      sql.NullInt64
 }
 
-func (q *Queries) DeletePurgedFamilies(ctx context.Context, arg DeletePurgedFamiliesParams) (int64, error) {
-	result, err := q.exec(ctx, q.deletePurgedFamiliesStmt, deletePurgedFamilies, arg.Now, arg.Lim)
+func (q *Queries) DeleteExpiredFamilyEvents(ctx context.Context, arg DeleteExpiredFamilyEventsParams) (int64, error) {
+	result, err := q.exec(ctx, q.deleteExpiredFamilyEventsStmt, deleteExpiredFamilyEvents, arg.FamilyID, arg.Now)
 	if err != nil {
 		return 0, err
 	}
@@ -546,6 +608,39 @@ type FamiliesToArchiveParams struct {
 // Families past their absolute expiry without a family.archived yet.
 func (q *Queries) FamiliesToArchive(ctx context.Context, arg FamiliesToArchiveParams) ([]string, error) {
 	rows, err := q.query(ctx, q.familiesToArchiveStmt, familiesToArchive, arg.Before, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []string
+	for rows.Next() {
+		var family_id string
+		if err := rows.Scan(&family_id); err != nil {
+			return nil, err
+		}
+		items = append(items, family_id)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const familiesToPrune = `-- name: FamiliesToPrune :many
+SELECT family_id FROM families INDEXED BY families_to_prune WHERE prune_at <= ?1 ORDER BY prune_at LIMIT ?2
+`
+
+type FamiliesToPruneParams struct {
+	Now sql.NullInt64
+	Lim int64
+}
+
+// Families with audit rows expired by now.
+func (q *Queries) FamiliesToPrune(ctx context.Context, arg FamiliesToPruneParams) ([]string, error) {
+	rows, err := q.query(ctx, q.familiesToPruneStmt, familiesToPrune, arg.Now, arg.Lim)
 	if err != nil {
 		return nil, err
 	}
@@ -606,12 +701,56 @@ func (q *Queries) FamilyTokens(ctx context.Context, familyID string) ([]FamilyTo
 	return items, nil
 }
 
-const firstSeqSince = `-- name: FirstSeqSince :one
-SELECT seq FROM audit_events INDEXED BY audit_by_max_time
-WHERE max_time_upto >= ?1 ORDER BY max_time_upto, seq LIMIT 1
+const firstMinTimeFromAfter = `-- name: FirstMinTimeFromAfter :one
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b WHERE b.seq < ?2) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from > ?1 THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.min_time_from > ?1 THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from > ?1
 `
 
-// Every event at or after since is at or after this seq.
+type FirstMinTimeFromAfterParams struct {
+	Time int64
+	Seq  int64
+}
+
+// The first row before seq whose min_time_from > time: from there on, the
+// rows before seq have an event at time after them (LowerMinTimeFrom).
+// Both time bounds never decrease in seq, so the rows on either side of a
+// time are a seq range, found here and below by binary search without an
+// index on the bounds: search halves [lo, hi] by the row at (or next to)
+// its middle, a look-up by rowid, until lo = hi: about log2(rows) steps.
+func (q *Queries) FirstMinTimeFromAfter(ctx context.Context, arg FirstMinTimeFromAfterParams) (int64, error) {
+	row := q.queryRow(ctx, q.firstMinTimeFromAfterStmt, firstMinTimeFromAfter, arg.Time, arg.Seq)
+	var seq int64
+	err := row.Scan(&seq)
+	return seq, err
+}
+
+const firstSeqSince = `-- name: FirstSeqSince :one
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.max_time_upto >= ?1 THEN search.lo ELSE (search.lo + search.hi) / 2 + 1 END,
+        CASE WHEN a.max_time_upto >= ?1 THEN (search.lo + search.hi) / 2 ELSE search.hi END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= (search.lo + search.hi) / 2 ORDER BY n.seq LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq >= search.lo ORDER BY n.seq LIMIT 1)
+WHERE search.lo = search.hi AND a.max_time_upto >= ?1
+`
+
+// Every event at or after since is at or after this seq: the first row
+// whose max_time_upto >= since.
 func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error) {
 	row := q.queryRow(ctx, q.firstSeqSinceStmt, firstSeqSince, since)
 	var seq int64
@@ -620,7 +759,7 @@ func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error)
 }
 
 const getFamily = `-- name: GetFamily :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, purge_at FROM families WHERE family_id = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families WHERE family_id = ?1
 `
 
 func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error) {
@@ -643,7 +782,7 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 		&i.RevokedReason,
 		&i.LastSeq,
 		&i.ArchivedAt,
-		&i.PurgeAt,
+		&i.PruneAt,
 	)
 	return i, err
 }
@@ -692,11 +831,22 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 }
 
 const lastSeqBefore = `-- name: LastSeqBefore :one
-SELECT seq FROM audit_events INDEXED BY audit_by_min_time
-WHERE min_time_from < ?1 ORDER BY min_time_from DESC, seq DESC LIMIT 1
+WITH RECURSIVE search AS (
+    SELECT (SELECT min(b.seq) FROM audit_events AS b) AS lo, (SELECT max(b.seq) FROM audit_events AS b) AS hi
+    UNION ALL
+    SELECT CASE WHEN a.min_time_from < ?1 THEN (search.lo + search.hi + 1) / 2 ELSE search.lo END,
+        CASE WHEN a.min_time_from < ?1 THEN search.hi ELSE (search.lo + search.hi + 1) / 2 - 1 END
+    FROM search JOIN audit_events AS a
+        ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= (search.lo + search.hi + 1) / 2 ORDER BY n.seq DESC LIMIT 1)
+    WHERE search.lo < search.hi
+)
+SELECT a.seq FROM search JOIN audit_events AS a
+    ON a.seq = (SELECT n.seq FROM audit_events AS n WHERE n.seq <= search.lo ORDER BY n.seq DESC LIMIT 1)
+WHERE search.lo = search.hi AND a.min_time_from < ?1
 `
 
-// Every event before until is at or before this seq.
+// Every event before until is at or before this seq: the last row whose
+// min_time_from < until.
 func (q *Queries) LastSeqBefore(ctx context.Context, until int64) (int64, error) {
 	row := q.queryRow(ctx, q.lastSeqBeforeStmt, lastSeqBefore, until)
 	var seq int64
@@ -705,34 +855,46 @@ func (q *Queries) LastSeqBefore(ctx context.Context, until int64) (int64, error)
 }
 
 const lowerMinTimeFrom = `-- name: LowerMinTimeFrom :exec
-UPDATE audit_events SET min_time_from = ?1 WHERE min_time_from > ?1 AND +seq < ?2
+UPDATE audit_events SET min_time_from = ?1 WHERE seq >= ?2 AND seq < ?3 AND min_time_from > ?1
 `
 
 type LowerMinTimeFromParams struct {
-	Time int64
-	Seq  int64
+	Time    int64
+	FromSeq int64
+	Seq     int64
 }
 
-// Events before seq have one at time after them now. Runs before that
-// event's batch is inserted, so audit_by_min_time's range holds only the
-// rows to change (none while times rise); the + keeps SQLite from reading
-// every earlier row by seq instead.
+// Runs before the batch holding an event at time is inserted, on the rows
+// from FirstMinTimeFromAfter to it.
 func (q *Queries) LowerMinTimeFrom(ctx context.Context, arg LowerMinTimeFromParams) error {
-	_, err := q.exec(ctx, q.lowerMinTimeFromStmt, lowerMinTimeFrom, arg.Time, arg.Seq)
+	_, err := q.exec(ctx, q.lowerMinTimeFromStmt, lowerMinTimeFrom, arg.Time, arg.FromSeq, arg.Seq)
 	return err
 }
 
-const maxTimeBefore = `-- name: MaxTimeBefore :one
-SELECT max_time_upto FROM audit_events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1
+const pruneFamilyAt = `-- name: PruneFamilyAt :exec
+UPDATE families SET prune_at = CASE WHEN prune_at <= ?1 THEN prune_at ELSE ?1 END WHERE family_id = ?2
 `
 
-// The latest event time before seq, which the next rows' max_time_upto
-// continues from.
-func (q *Queries) MaxTimeBefore(ctx context.Context, seq int64) (int64, error) {
-	row := q.queryRow(ctx, q.maxTimeBeforeStmt, maxTimeBefore, seq)
-	var max_time_upto int64
-	err := row.Scan(&max_time_upto)
-	return max_time_upto, err
+type PruneFamilyAtParams struct {
+	At       sql.NullInt64
+	FamilyID string
+}
+
+// The family has an audit row that expires at @at.
+func (q *Queries) PruneFamilyAt(ctx context.Context, arg PruneFamilyAtParams) error {
+	_, err := q.exec(ctx, q.pruneFamilyAtStmt, pruneFamilyAt, arg.At, arg.FamilyID)
+	return err
+}
+
+const reschedulePrune = `-- name: ReschedulePrune :exec
+UPDATE families SET prune_at = (SELECT min(a.expires_at) FROM audit_events AS a WHERE a.family_id = ?1)
+WHERE families.family_id = ?1
+`
+
+// When the family's remaining audit rows start to expire.
+func (q *Queries) ReschedulePrune(ctx context.Context, familyID string) error {
+	_, err := q.exec(ctx, q.reschedulePruneStmt, reschedulePrune, familyID)
+	return err
 }
 
 const revocableFamiliesByClient = `-- name: RevocableFamiliesByClient :many
@@ -815,7 +977,7 @@ func (q *Queries) SetAppliedSeq(ctx context.Context, appliedSeq int64) error {
 const upsertFamily = `-- name: UpsertFamily :exec
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, purge_at)
+    archived_at, prune_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
     ?9, ?10, ?11, ?12, ?13, ?14, ?15,
     ?16, ?17)
@@ -823,7 +985,8 @@ ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
     revoked_at = excluded.revoked_at, revoked_reason = excluded.revoked_reason, last_seq = excluded.last_seq,
-    archived_at = excluded.archived_at, purge_at = excluded.purge_at
+    archived_at = excluded.archived_at,
+    prune_at = coalesce(min(families.prune_at, excluded.prune_at), families.prune_at, excluded.prune_at)
 WHERE excluded.last_seq > families.last_seq
 `
 
@@ -844,10 +1007,12 @@ type UpsertFamilyParams struct {
 	RevokedReason     string
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
-	PurgeAt           sql.NullInt64
+	PruneAt           sql.NullInt64
 }
 
-// Every event carries the family's whole state, so the newest one wins.
+// Every event carries the family's whole state, so the newest one wins;
+// prune_at is the earliest expiry of the family's audit rows (@prune_at:
+// of the rows this batch adds; NULL for none).
 func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) error {
 	_, err := q.exec(ctx, q.upsertFamilyStmt, upsertFamily,
 		arg.FamilyID,
@@ -866,7 +1031,7 @@ func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) erro
 		arg.RevokedReason,
 		arg.LastSeq,
 		arg.ArchivedAt,
-		arg.PurgeAt,
+		arg.PruneAt,
 	)
 	return err
 }
