@@ -40,10 +40,15 @@ func (a *App) connect() error {
 		return err
 	}
 	a.ns = ns
-	// In-process: no socket, so no TLS (ClientURL says tls:// when the
-	// server has TLS, which would make the client insist on it); the
+	// Over loopback TCP: nats.go's in-process connection is a net.Pipe,
+	// whose every write waits for the reader, and it cost more CPU per
+	// rotation (docs/benchmarks.md). With TLS on the listener the client
+	// would have to speak TLS to itself, so then in-process, where the
 	// credentials still apply.
-	nc, err := nats.Connect("nats://"+ns.Addr().String(), append(opts, nats.InProcessServer(ns))...)
+	if strings.HasPrefix(ns.ClientURL(), "tls://") {
+		opts = append(opts, nats.InProcessServer(ns))
+	}
+	nc, err := nats.Connect("nats://"+ns.Addr().String(), opts...)
 	if err != nil {
 		return fmt.Errorf("connect embedded server: %w", err)
 	}
