@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -439,6 +440,11 @@ func applyEvents(ctx context.Context, q *queries.Queries, evs []stateAt) error {
 		if err := applyEvent(ctx, q, e, maxUpto, minFrom[i]); err != nil {
 			return err
 		}
+		// A batch is tens of milliseconds of CPU: commands waiting for a
+		// core run between its rows instead of after a slice of it (the
+		// scheduler preempts only every 10 ms). p99 was 1 ms lower in 4
+		// of 4 A/B pairs.
+		runtime.Gosched()
 	}
 	return nil
 }
