@@ -490,7 +490,7 @@ func writeFamily(ctx context.Context, q *queries.Queries, b familyBatch) error {
 		f := b.newest.env.Data.Family
 		n, err := q.AdvanceFamily(ctx, queries.AdvanceFamilyParams{FamilyID: b.newest.env.FamilyID,
 			Generation: int64(f.Generation), CurrentHash: f.CurrentHash, LastUsedAt: f.LastUsedAt.UnixNano(),
-			IdleExpiresAt: f.IdleExpiresAt.UnixNano(), LastSeq: int64(b.newest.seq), Dated: b.pruneAt != 0})
+			IdleExpiresAt: f.IdleExpiresAt.UnixNano(), LastSeq: int64(b.newest.seq), PruneAt: b.pruneAt})
 		if err != nil || n == 1 {
 			return err
 		}

@@ -26,14 +26,16 @@ WHERE excluded.last_seq > families.last_seq;
 -- name: AdvanceFamily :execrows
 -- A rotation or reuse changes only these columns of its family; assigning
 -- no other keeps SQLite from rewriting the family's entries in the indexes
--- on the rest. prune_at stays: a family's events expire within about a
--- second of each other (its absolute expiry plus the retention, in whole
--- seconds, give or take the clock skew of the instances), and pruning
--- runs every minute. No row changes if the row is missing or newer, or has
--- no prune_at while the events expire (@dated); then UpsertFamily decides.
+-- on the rest. prune_at stays when it is already at or before the earliest
+-- expiry of these events (@prune_at, 0 when they have none), which is
+-- nearly always: a family's events expire within about a second of each
+-- other. No row changes if the row is missing or newer, or would need an
+-- earlier prune_at; then UpsertFamily decides, so prune_at is the same
+-- however the events were batched (a rebuild gives the same rows).
 UPDATE families SET generation = @generation, current_hash = @current_hash, last_used_at = @last_used_at,
     idle_expires_at = @idle_expires_at, last_seq = @last_seq
-WHERE family_id = @family_id AND last_seq < @last_seq AND (prune_at IS NOT NULL OR CAST(@dated AS BOOLEAN) = FALSE);
+WHERE family_id = @family_id AND last_seq < @last_seq
+  AND (CAST(@prune_at AS INTEGER) = 0 OR prune_at <= CAST(@prune_at AS INTEGER));
 
 -- name: GetFamily :one
 SELECT * FROM families WHERE family_id = @family_id;

@@ -13,7 +13,8 @@ import (
 const advanceFamily = `-- name: AdvanceFamily :execrows
 UPDATE families SET generation = ?1, current_hash = ?2, last_used_at = ?3,
     idle_expires_at = ?4, last_seq = ?5
-WHERE family_id = ?6 AND last_seq < ?5 AND (prune_at IS NOT NULL OR CAST(?7 AS BOOLEAN) = FALSE)
+WHERE family_id = ?6 AND last_seq < ?5
+  AND (CAST(?7 AS INTEGER) = 0 OR prune_at <= CAST(?7 AS INTEGER))
 `
 
 type AdvanceFamilyParams struct {
@@ -23,16 +24,17 @@ type AdvanceFamilyParams struct {
 	IdleExpiresAt int64
 	LastSeq       int64
 	FamilyID      string
-	Dated         bool
+	PruneAt       int64
 }
 
 // A rotation or reuse changes only these columns of its family; assigning
 // no other keeps SQLite from rewriting the family's entries in the indexes
-// on the rest. prune_at stays: a family's events expire within about a
-// second of each other (its absolute expiry plus the retention, in whole
-// seconds, give or take the clock skew of the instances), and pruning
-// runs every minute. No row changes if the row is missing or newer, or has
-// no prune_at while the events expire (@dated); then UpsertFamily decides.
+// on the rest. prune_at stays when it is already at or before the earliest
+// expiry of these events (@prune_at, 0 when they have none), which is
+// nearly always: a family's events expire within about a second of each
+// other. No row changes if the row is missing or newer, or would need an
+// earlier prune_at; then UpsertFamily decides, so prune_at is the same
+// however the events were batched (a rebuild gives the same rows).
 func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (int64, error) {
 	result, err := q.exec(ctx, q.advanceFamilyStmt, advanceFamily,
 		arg.Generation,
@@ -41,7 +43,7 @@ func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (i
 		arg.IdleExpiresAt,
 		arg.LastSeq,
 		arg.FamilyID,
-		arg.Dated,
+		arg.PruneAt,
 	)
 	if err != nil {
 		return 0, err
