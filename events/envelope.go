@@ -152,13 +152,7 @@ func Encode(env Envelope) ([]byte, error) {
 	m := &encodingEnvelope{storedEnvelope: storedEnvelope{Envelope: env}}
 	m.Data = storedData{Data: &m.Envelope.Data, State: &m.state}
 	compact(&m.state, &m.Envelope.Data.Family, &m.Envelope)
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(&m.storedEnvelope); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+	return marshalStored(&m.storedEnvelope)
 }
 
 // EncodeFull returns env in the stored form of versions before data.state:
@@ -168,10 +162,15 @@ func Encode(env Envelope) ([]byte, error) {
 func EncodeFull(env Envelope) ([]byte, error) {
 	m := storedEnvelope{Envelope: env}
 	m.Data = storedData{Data: &m.Envelope.Data, Family: &m.Envelope.Data.Family}
+	return marshalStored(&m)
+}
+
+// marshalStored is JSON without HTML escaping (see Encode).
+func marshalStored(m *storedEnvelope) ([]byte, error) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(&m); err != nil {
+	if err := enc.Encode(m); err != nil {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
