@@ -124,6 +124,28 @@ type storageFamily struct {
 	seq     uint64 // of the last acknowledged reply
 }
 
+// lateSubject is the subject of the issue that must be refused on a full
+// store: fillWithIssues issues for a subject 34 bytes shorter, more than
+// the up to 30 bytes the event's three timestamps vary by (a timestamp's
+// fraction is written without trailing zeros, or not at all), so the late
+// issue's event is always larger than the one the store refused.
+const lateSubject = "user-late-after-the-store-filled-up"
+
+// fillWithIssues issues families until the store refuses one: a
+// token.issued event is smaller than a token.rotated one, so a store too
+// full for a rotation may still take an issue.
+func fillWithIssues(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	for range 100 {
+		o := tryCall(nc, "tokens.cmd.issue", wire.IssueRequest{Subject: "u", ClientID: "web-app"}, 10*time.Second)
+		if !o.ok() {
+			wantUnavailable(t, "issue while filling", o)
+			return
+		}
+	}
+	t.Fatal("100 issues stored after the store refused rotations")
+}
+
 // fillStore rotates every family from its own goroutine until each has had
 // refusals answered in a row: the store is full.
 func fillStore(t *testing.T, nc *nats.Conn, fams []*storageFamily) (rotations int) {
@@ -221,6 +243,7 @@ func TestStorageExhaustion(t *testing.T) {
 	}
 	start := time.Now()
 	rotations := fillStore(t, nc, fams)
+	fillWithIssues(t, nc)
 	before := streamState(t, js)
 	t.Logf("store full after %d rotations in %v: %d events, %d bytes in the stream", rotations, time.Since(start).Round(time.Millisecond), before.Msgs, before.Bytes)
 	errorsBefore := parseMetrics(t, scrape(t, app)).value("tokend_store_errors_total")
@@ -230,7 +253,7 @@ func TestStorageExhaustion(t *testing.T) {
 	}
 
 	// Every kind of write is refused the same way, and changes nothing.
-	wantUnavailable(t, "issue", tryCall(nc, "tokens.cmd.issue", wire.IssueRequest{Subject: "user-late", ClientID: "web-app"}, 10*time.Second))
+	wantUnavailable(t, "issue", tryCall(nc, "tokens.cmd.issue", wire.IssueRequest{Subject: lateSubject, ClientID: "web-app"}, 10*time.Second))
 	for _, f := range fams {
 		wantUnavailable(t, "refresh", tryRefresh(nc, f.current, 10*time.Second))
 		wantUnavailable(t, "refresh retried", tryRefresh(nc, f.current, 10*time.Second))
