@@ -227,7 +227,8 @@ func checkUnchanged(t *testing.T, nc *nats.Conn, f *storageFamily) {
 func TestStorageExhaustion(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.JSMaxStore = 256 << 10
-	cfg.RefreshRate = 0 // the store, not the rate limit, is to refuse the rotations
+	// The store, not a rate limit, is to refuse the rotations and issues.
+	cfg.RefreshRate, cfg.IssueRate = 0, 0
 	logs := &syncBuffer{}
 	app := MustApp(t, cfg, logs)
 	nc := eventstest.MustConnect(t, app.NATSURL())
