@@ -145,19 +145,7 @@ func TestPruneDatesRowsFromBeforeRetention(t *testing.T) {
 }
 
 func auditSeqs(tb testing.TB, db *DB) []int64 {
-	tb.Helper()
-	rows, err := db.reader.Query("SELECT seq FROM audit_events ORDER BY seq")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer rows.Close()
-	var out []int64
-	for rows.Next() {
-		var s int64
-		rows.Scan(&s)
-		out = append(out, s)
-	}
-	return out
+	return column[int64](tb, db, "SELECT seq FROM audit_events ORDER BY seq")
 }
 
 // TestPruneKeepsFamiliesWithTheirEvents prunes at every expiry the read
@@ -265,19 +253,27 @@ func TestPruneKeepsFamiliesWithTheirEvents(t *testing.T) {
 }
 
 func familyIDs(tb testing.TB, db *DB) []string {
+	return column[string](tb, db, "SELECT family_id FROM families ORDER BY family_id")
+}
+
+// column returns the one column query selects, row by row.
+func column[T any](tb testing.TB, db *DB, query string) []T {
 	tb.Helper()
-	rows, err := db.reader.Query("SELECT family_id FROM families ORDER BY family_id")
+	rows, err := db.reader.Query(query)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer rows.Close()
-	var out []string
+	var out []T
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var v T
+		if err := rows.Scan(&v); err != nil {
 			tb.Fatal(err)
 		}
-		out = append(out, id)
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
 	}
 	return out
 }
