@@ -15,7 +15,8 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/tokens"
 )
 
 // AccessTokens mints RFC 9068 access tokens (JWT, typ at+jwt) signed with
@@ -40,7 +41,7 @@ type signer struct {
 // holds every signing key (next, current and retired) so tokens signed
 // before a rotation still verify and resource servers learn a staged key
 // before anything is signed with it.
-func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*AccessTokens, error) {
+func NewAccessTokens(ks keys.Keyset, issuer string, ttl time.Duration) (*AccessTokens, error) {
 	a := &AccessTokens{issuer: issuer, ttl: ttl}
 	if err := a.Use(ks); err != nil {
 		return nil, err
@@ -49,7 +50,7 @@ func NewAccessTokens(ks events.Keyset, issuer string, ttl time.Duration) (*Acces
 }
 
 // Use switches to the keyset ks.
-func (a *AccessTokens) Use(ks events.Keyset) error {
+func (a *AccessTokens) Use(ks keys.Keyset) error {
 	cur, err := ks.CurrentSigning()
 	if err != nil {
 		return err
@@ -76,8 +77,8 @@ func (a *AccessTokens) Use(ks events.Keyset) error {
 }
 
 // Follow keeps a on the keyring's keys as they rotate.
-func (a *AccessTokens) Follow(k *events.Keyring) error {
-	return k.OnChange(func(l *events.LoadedKeys) error { return a.Use(l.Keys) })
+func (a *AccessTokens) Follow(k *keys.Keyring) error {
+	return k.OnChange(func(l *keys.LoadedKeys) error { return a.Use(l.Keys) })
 }
 
 // JWKS returns the public key set as JSON.
@@ -85,7 +86,7 @@ func (a *AccessTokens) JWKS() []byte { return a.signer.Load().jwks }
 
 // TTL returns the lifetime of a grant's access token: its client's, else
 // the deployment's.
-func (a *AccessTokens) TTL(g events.Grant) time.Duration {
+func (a *AccessTokens) TTL(g tokens.Grant) time.Duration {
 	if g.AccessTTL > 0 {
 		return g.AccessTTL
 	}
@@ -93,7 +94,7 @@ func (a *AccessTokens) TTL(g events.Grant) time.Duration {
 }
 
 // Mint returns a signed access token for a grant, issued at now.
-func (a *AccessTokens) Mint(g events.Grant, now time.Time) (string, error) {
+func (a *AccessTokens) Mint(g tokens.Grant, now time.Time) (string, error) {
 	c := AccessClaims{
 		Claims: jwt.Claims{
 			Issuer:   a.issuer,

@@ -9,7 +9,8 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/tokens"
 )
 
 // TestAccessTokenIsRFC9068 mints an access token and checks it the way a
@@ -17,7 +18,7 @@ import (
 // EdDSA signature, and the profile's claims.
 func TestAccessTokenIsRFC9068(t *testing.T) {
 	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
-	ks := events.NewKeyset(now)
+	ks := keys.NewKeyset(now)
 	a, err := NewAccessTokens(ks, "https://tokend.example", 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +35,7 @@ func TestAccessTokenIsRFC9068(t *testing.T) {
 		{[]string{"https://api.example.com"}, jwt.Audience{"https://api.example.com"}},
 		{nil, nil},
 	} {
-		raw, err := a.Mint(events.Grant{Family: fam, Scope: []string{"openid", "api:read"}, Audience: c.audience}, now)
+		raw, err := a.Mint(tokens.Grant{Family: fam, Scope: []string{"openid", "api:read"}, Audience: c.audience}, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +70,7 @@ func TestAccessTokenIsRFC9068(t *testing.T) {
 		}
 	}
 	// A token altered after signing fails verification.
-	raw, _ := a.Mint(events.Grant{Family: fam}, now)
+	raw, _ := a.Mint(tokens.Grant{Family: fam}, now)
 	tampered := []byte(raw)
 	tampered[len(tampered)-3] ^= 1
 	if tok, err := jwt.ParseSigned(string(tampered), []jose.SignatureAlgorithm{jose.EdDSA}); err == nil {
@@ -86,11 +87,11 @@ func TestAccessTokenIsRFC9068(t *testing.T) {
 //	go test -run '^$' -bench MintAccessToken ./api
 func BenchmarkMintAccessToken(b *testing.B) {
 	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
-	a, err := NewAccessTokens(events.NewKeyset(now), "https://tokend.example", 5*time.Minute)
+	a, err := NewAccessTokens(keys.NewKeyset(now), "https://tokend.example", 5*time.Minute)
 	if err != nil {
 		b.Fatal(err)
 	}
-	g := events.Grant{Family: domain.Family{ID: "Yx3kq0vVdM1oI7qf2nE8Tw", Subject: "user-42", ClientID: "web-app"},
+	g := tokens.Grant{Family: domain.Family{ID: "Yx3kq0vVdM1oI7qf2nE8Tw", Subject: "user-42", ClientID: "web-app"},
 		Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -104,11 +105,11 @@ func BenchmarkMintAccessToken(b *testing.B) {
 // deployment signed, with the client's lifetime when it has one.
 func TestAccessTokenVerify(t *testing.T) {
 	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
-	a, err := NewAccessTokens(events.NewKeyset(now), "https://tokend.example", 5*time.Minute)
+	a, err := NewAccessTokens(keys.NewKeyset(now), "https://tokend.example", 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := events.Grant{Family: domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}, Scope: []string{"api:read"}}
+	g := tokens.Grant{Family: domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}, Scope: []string{"api:read"}}
 	tok, _ := a.Mint(g, now)
 	c, err := a.Verify(tok, now.Add(time.Minute))
 	if err != nil || c.SID != "fam-1" || c.ClientID != "web-app" || c.Scope != "api:read" || c.Subject != "user-42" {
@@ -122,9 +123,9 @@ func TestAccessTokenVerify(t *testing.T) {
 	if _, err := a.Verify(short, now.Add(2*time.Minute)); err == nil || a.TTL(g) != time.Minute {
 		t.Fatal("the client's access lifetime was not used")
 	}
-	other, _ := NewAccessTokens(events.NewKeyset(now), "https://tokend.example", 5*time.Minute)
+	other, _ := NewAccessTokens(keys.NewKeyset(now), "https://tokend.example", 5*time.Minute)
 	foreign, _ := other.Mint(g, now)
-	ks := events.NewKeyset(now)
+	ks := keys.NewKeyset(now)
 	sameKeys, _ := NewAccessTokens(ks, "https://tokend.example", 5*time.Minute)
 	otherIssuer, _ := NewAccessTokens(ks, "https://evil.example", 5*time.Minute)
 	wrongIss, _ := otherIssuer.Mint(g, now)

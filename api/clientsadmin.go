@@ -8,7 +8,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/registry"
 )
 
 // Subjects of client administration, relative to the prefix; one instance
@@ -149,7 +149,7 @@ func (s *Service) addClientsAdmin(svc micro.Service, prefix string) error {
 	}
 	endpoints := []struct {
 		name, subject string
-		handle        func(context.Context, []byte, events.Actor) (any, error)
+		handle        func(context.Context, []byte, registry.Actor) (any, error)
 	}{
 		{"clients_put", SubjectClientsPut, s.putClient},
 		{"clients_get", SubjectClientsGet, s.getClient},
@@ -162,7 +162,7 @@ func (s *Service) addClientsAdmin(svc micro.Service, prefix string) error {
 	slots := make(chan struct{}, 4)
 	for _, ep := range endpoints {
 		handler := func(req micro.Request) {
-			who := events.Actor{NATSUser: requestUser(req.Headers())}
+			who := registry.Actor{NATSUser: requestUser(req.Headers())}
 			s.async(ep.name, context.Background(), requestTimeout, slots, func(ctx context.Context, data []byte) (any, error) {
 				return ep.handle(ctx, data, who)
 			}, func(string, error, time.Duration) {})(req)
@@ -186,7 +186,7 @@ func requestUser(h micro.Headers) string {
 	return info.User
 }
 
-func (s *Service) putClient(ctx context.Context, data []byte, who events.Actor) (any, error) {
+func (s *Service) putClient(ctx context.Context, data []byte, who registry.Actor) (any, error) {
 	var in ClientPutRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
@@ -249,7 +249,7 @@ func parseDuration(field, s string) (time.Duration, error) {
 	return d, nil
 }
 
-func (s *Service) getClient(ctx context.Context, data []byte, _ events.Actor) (any, error) {
+func (s *Service) getClient(ctx context.Context, data []byte, _ registry.Actor) (any, error) {
 	var in ClientRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
@@ -261,7 +261,7 @@ func (s *Service) getClient(ctx context.Context, data []byte, _ events.Actor) (a
 	return clientView(e, true), nil
 }
 
-func (s *Service) listClients(ctx context.Context, data []byte, _ events.Actor) (any, error) {
+func (s *Service) listClients(ctx context.Context, data []byte, _ registry.Actor) (any, error) {
 	var in struct{}
 	if err := Decode(data, &in); err != nil {
 		return nil, err
@@ -277,7 +277,7 @@ func (s *Service) listClients(ctx context.Context, data []byte, _ events.Actor) 
 	return out, nil
 }
 
-func (s *Service) removeClient(ctx context.Context, data []byte, who events.Actor) (any, error) {
+func (s *Service) removeClient(ctx context.Context, data []byte, who registry.Actor) (any, error) {
 	var in ClientRemoveRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
@@ -290,7 +290,7 @@ func (s *Service) removeClient(ctx context.Context, data []byte, who events.Acto
 	return clientChange(e, false), nil
 }
 
-func (s *Service) rotateClientSecret(ctx context.Context, data []byte, who events.Actor) (any, error) {
+func (s *Service) rotateClientSecret(ctx context.Context, data []byte, who registry.Actor) (any, error) {
 	var in ClientRotateSecretRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
@@ -310,7 +310,7 @@ func (s *Service) rotateClientSecret(ctx context.Context, data []byte, who event
 	return clientChange(e, true), nil
 }
 
-func (s *Service) clientHistory(ctx context.Context, data []byte, _ events.Actor) (any, error) {
+func (s *Service) clientHistory(ctx context.Context, data []byte, _ registry.Actor) (any, error) {
 	var in ClientRequest
 	if err := Decode(data, &in); err != nil {
 		return nil, err
@@ -327,7 +327,7 @@ func (s *Service) clientHistory(ctx context.Context, data []byte, _ events.Actor
 	return out, nil
 }
 
-func clientChange(e events.ClientEntry, withJWKS bool) ClientChangeView {
+func clientChange(e registry.ClientEntry, withJWKS bool) ClientChangeView {
 	v := ClientChangeView{Revision: e.Revision, Action: e.Change.Action, By: e.Change.By, NATSUser: e.Change.NATSUser}
 	if !e.Change.At.IsZero() {
 		v.At = rfc3339(e.Change.At)
@@ -339,7 +339,7 @@ func clientChange(e events.ClientEntry, withJWKS bool) ClientChangeView {
 	return v
 }
 
-func clientView(e events.ClientEntry, withJWKS bool) ClientView {
+func clientView(e registry.ClientEntry, withJWKS bool) ClientView {
 	c := e.Client
 	v := ClientView{ClientID: c.ID, Revision: e.Revision, Type: string(c.Type), AuthMethod: string(c.AuthMethod),
 		Scopes: nonNil(c.Scopes), Audiences: nonNil(c.Audiences), Secrets: make([]SecretView, 0, len(c.Secrets)),

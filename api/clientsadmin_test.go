@@ -15,28 +15,30 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/tokens"
 )
 
 // startClientsAdmin runs the NATS face of one instance with a client
 // registry on the JetStream server at url; it serves nothing that would
 // need the event stream.
-func startClientsAdmin(t *testing.T, url string) *events.Registry {
+func startClientsAdmin(t *testing.T, url string) *registry.Registry {
 	t.Helper()
 	ctx := context.Background()
 	nc := eventstest.MustConnect(t, url)
 	js, _ := jetstream.New(nc)
-	reg, err := events.OpenRegistry(ctx, js, 1, slog.New(slog.DiscardHandler))
+	reg, err := registry.Open(ctx, js, 1, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(reg.Stop)
-	codec, err := events.NewKeyset(time.Now()).Codec()
+	codec, err := keys.NewKeyset(time.Now()).Codec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Service{Tokens: events.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg,
+	s := &Service{Tokens: tokens.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg,
 		Log: slog.New(slog.DiscardHandler), Now: time.Now}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)

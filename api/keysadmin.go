@@ -5,8 +5,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
-
-	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
 )
 
 // Subjects of key administration, relative to the prefix. Key material never
@@ -51,9 +50,9 @@ type KeyView struct {
 
 // addKeysAdmin registers the key administration endpoints on svc.
 func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
-	keys := s.Tokens.Keyring()
+	ring := s.Tokens.Keyring()
 	id := svc.Info().ID
-	change := func(what string, apply func(context.Context, uint64) (*events.LoadedKeys, error)) func(context.Context, []byte) (any, error) {
+	change := func(what string, apply func(context.Context, uint64) (*keys.LoadedKeys, error)) func(context.Context, []byte) (any, error) {
 		return func(ctx context.Context, data []byte) (any, error) {
 			var in KeysRequest
 			if err := Decode(data, &in); err != nil {
@@ -72,10 +71,10 @@ func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
 		handle        func(context.Context, []byte) (any, error)
 		opts          []micro.EndpointOpt
 	}{
-		{"keys_stage", SubjectKeysStage, change("staged", keys.Stage), nil},
-		{"keys_promote", SubjectKeysPromote, change("promoted", keys.Promote), nil},
+		{"keys_stage", SubjectKeysStage, change("staged", ring.Stage), nil},
+		{"keys_promote", SubjectKeysPromote, change("promoted", ring.Promote), nil},
 		{"keys_status", SubjectKeysStatus, func(context.Context, []byte) (any, error) {
-			return keysStatus(id, keys.Loaded()), nil
+			return keysStatus(id, ring.Loaded()), nil
 		}, []micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}},
 	}
 	// Key administration is rare and quick: a few slots of its own keep it
@@ -90,7 +89,7 @@ func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
 	return nil
 }
 
-func keysStatus(instanceID string, l *events.LoadedKeys) KeysStatus {
+func keysStatus(instanceID string, l *keys.LoadedKeys) KeysStatus {
 	out := KeysStatus{InstanceID: instanceID, Revision: l.Revision, Keys: []KeyView{}}
 	infos := l.Keys.Infos()
 	for _, kind := range []string{"mac", "signing"} {

@@ -19,6 +19,8 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/tokens"
 )
 
 // startInstance runs the NATS face of one tokend instance with its own
@@ -33,22 +35,22 @@ func startInstance(t *testing.T, url string) *Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	life := events.Lifetimes{Refresh: time.Hour, Access: 5 * time.Minute}
-	keys, err := events.OpenKeyring(ctx, js, 1, life, slog.New(slog.DiscardHandler))
+	life := keys.Lifetimes{Refresh: time.Hour, Access: 5 * time.Minute}
+	ring, err := keys.OpenKeyring(ctx, js, 1, life, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	access, err := NewAccessTokens(keys.Loaded().Keys, "https://tokend.example", 5*time.Minute)
+	access, err := NewAccessTokens(ring.Loaded().Keys, "https://tokend.example", 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := access.Follow(keys); err != nil {
+	if err := access.Follow(ring); err != nil {
 		t.Fatal(err)
 	}
-	tokens := events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 64), keys.Codec(),
+	cmds := tokens.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 64), ring.Codec(),
 		domain.Policy{ReuseInterval: time.Minute, IdleTTL: time.Hour, AbsoluteTTL: time.Hour}, time.Now)
-	tokens.UseKeyring(keys)
-	s := &Service{Tokens: tokens, Access: access, Log: slog.New(slog.DiscardHandler), Now: time.Now}
+	cmds.UseKeyring(ring)
+	s := &Service{Tokens: cmds, Access: access, Log: slog.New(slog.DiscardHandler), Now: time.Now}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +180,7 @@ func TestKeysAdminStageAndPromote(t *testing.T) {
 	}
 	initial := before[pinged[0]]
 	oldMAC, oldSigning := stateOf(initial, "mac", "current"), stateOf(initial, "signing", "current")
-	grant := events.Grant{Family: domain.Family{ID: "fam", Subject: "u", ClientID: "c"}}
+	grant := tokens.Grant{Family: domain.Family{ID: "fam", Subject: "u", ClientID: "c"}}
 	signedBefore, _ := a.Access.Mint(grant, time.Now())
 
 	_, m := adminRequest(t, nc, SubjectKeysStage, `{"bogus":1}`)

@@ -186,7 +186,7 @@ func (m *Metrics) FenceConflict() { m.fenceConflicts.Inc() }
 // StoreError counts a failed store operation (events.Writer.OnStoreError).
 func (m *Metrics) StoreError(error) { m.storeErrors.Inc() }
 
-// RateLimited counts a command a rate limit refused (events.Service.OnRateLimited).
+// RateLimited counts a command a rate limit refused (tokens.Service.OnRateLimited).
 func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }
 
 func (m *Metrics) oauth(endpoint string, err error, took time.Duration) {
@@ -202,7 +202,7 @@ func (m *Metrics) oauth(endpoint string, err error, took time.Duration) {
 }
 
 // ClientRegistryChange counts a registry change this instance made
-// (events.Registry.OnChange).
+// (registry.Registry.OnChange).
 func (m *Metrics) ClientRegistryChange(action string) {
 	m.registryChanges.WithLabelValues(action).Inc()
 }
@@ -214,7 +214,7 @@ func (m *Metrics) ReplyError(endpoint string) {
 	}
 }
 
-// Archived counts families a janitor sweep archived (events.Janitor.OnArchived).
+// Archived counts families a janitor sweep archived (tokens.Janitor.OnArchived).
 func (m *Metrics) Archived(n int) { m.archived.Add(float64(n)) }
 
 // ProjectionBatch records one applied batch (projections.Projector.OnBatch).

@@ -15,10 +15,10 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/tokens"
 )
 
-// ClientDirectory finds registered OAuth clients (events.Registry).
+// ClientDirectory finds registered OAuth clients (registry.Registry).
 type ClientDirectory interface {
 	Lookup(clientID string) (domain.Client, bool)
 }
@@ -305,7 +305,7 @@ func (o *OAuth) refresh(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	if token == "" {
 		return tokenResponse{}, badRequest("refresh_token is required")
 	}
-	req := events.RefreshRequest{Token: token, ClientID: client.ID, Context: requestContext(r)}
+	req := tokens.RefreshRequest{Token: token, ClientID: client.ID, Context: requestContext(r)}
 	if s, ok := f["scope"]; ok && first(s) != "" {
 		scope, err := domain.ParseScope(first(s))
 		if err != nil {

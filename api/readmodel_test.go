@@ -15,7 +15,9 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/tokens"
 )
 
 // TestAuditReplyFitsMessage: events with the largest context the contract
@@ -34,18 +36,18 @@ func TestAuditReplyFitsMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	codec, err := events.NewKeyset(time.Now()).Codec()
+	codec, err := keys.NewKeyset(time.Now()).Codec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmds := events.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), codec,
+	cmds := tokens.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 1024), codec,
 		domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}, time.Now)
 	// The largest context allowed, as two values of '<' (\u003c in JSON).
 	big := domain.Context{"a": strings.Repeat("<", domain.MaxContextValue), "b": strings.Repeat("<", domain.MaxContextBytes-domain.MaxContextValue-2)}
 	const n = 400
 	var last uint64
 	for range n {
-		g, err := cmds.Issue(ctx, events.IssueRequest{Subject: "user-42", ClientID: "web-app", Context: big})
+		g, err := cmds.Issue(ctx, tokens.IssueRequest{Subject: "user-42", ClientID: "web-app", Context: big})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,8 +17,9 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/tokens"
 )
 
 // Version is reported in service discovery.
@@ -39,7 +40,7 @@ const (
 
 // Service is the NATS face of tokend.
 type Service struct {
-	Tokens    *events.Service
+	Tokens    *tokens.Service
 	Access    *AccessTokens
 	Reader    *projections.Reader
 	Projector *projections.Projector
@@ -50,7 +51,7 @@ type Service struct {
 	// handled at once; zero means the default.
 	CommandsInFlight, QueriesInFlight int
 	// Clients, if set, is served on the client administration subjects.
-	Clients *events.Registry
+	Clients *registry.Registry
 
 	nc *nats.Conn
 	// stopQueries ends the waits of queries in flight at shutdown: a
@@ -244,7 +245,7 @@ func (s *Service) refresh(ctx context.Context, data []byte) (any, error) {
 	return s.tokenReply(g)
 }
 
-func (s *Service) tokenReply(g events.Grant) (wire.TokenReply, error) {
+func (s *Service) tokenReply(g tokens.Grant) (wire.TokenReply, error) {
 	at, err := s.Access.Mint(g, s.Now())
 	if err != nil {
 		return wire.TokenReply{}, fmt.Errorf("sign access token: %w", err)
@@ -296,7 +297,7 @@ const revokeTimeout = 30 * time.Second
 // lists as active, until a caught-up read model lists nothing.
 //
 // Issuing for the subject or client is refused on every instance while
-// this runs (events.Revoking), so the chase ends.
+// this runs (revoking.Revoking), so the chase ends.
 func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wire.RevokeRequest) (int, uint64, error) {
 	if r := s.Tokens.Revoking; r != nil {
 		end, err := r.Begin(ctx, subject, clientID)
@@ -330,7 +331,7 @@ func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wi
 
 // RevokeSubjectAfterReplay revokes, in the background, every family of a
 // subject whose client reacts to a replay that way (on_replay
-// revoke_subject): events.Service.OnSubjectReplay.
+// revoke_subject): tokens.Service.OnSubjectReplay.
 func (s *Service) RevokeSubjectAfterReplay(subject string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), revokeTimeout)

@@ -12,6 +12,7 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/tokens"
 )
 
 // Decode parses a request strictly: one JSON object of known fields, valid
@@ -77,60 +78,60 @@ func httpStatus(code string) int {
 func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // ParseIssue decodes and validates tokens.cmd.issue.
-func ParseIssue(data []byte) (events.IssueRequest, error) {
+func ParseIssue(data []byte) (tokens.IssueRequest, error) {
 	var in wire.IssueRequest
 	if err := Decode(data, &in); err != nil {
-		return events.IssueRequest{}, err
+		return tokens.IssueRequest{}, err
 	}
 	if err := domain.ValidateName("subject", in.Subject); err != nil {
-		return events.IssueRequest{}, err
+		return tokens.IssueRequest{}, err
 	}
 	if err := domain.ValidateName("client_id", in.ClientID); err != nil {
-		return events.IssueRequest{}, err
+		return tokens.IssueRequest{}, err
 	}
 	scope, err := domain.ParseScope(in.Scope)
 	if err != nil {
-		return events.IssueRequest{}, err
+		return tokens.IssueRequest{}, err
 	}
 	aud, err := domain.ValidateAudiences(in.Audience)
 	if err != nil {
-		return events.IssueRequest{}, err
+		return tokens.IssueRequest{}, err
 	}
 	if err := domain.ValidateContext(in.Context); err != nil {
-		return events.IssueRequest{}, err
+		return tokens.IssueRequest{}, err
 	}
-	return events.IssueRequest{Subject: in.Subject, ClientID: in.ClientID, Scope: scope, Audience: aud, Context: in.Context}, nil
+	return tokens.IssueRequest{Subject: in.Subject, ClientID: in.ClientID, Scope: scope, Audience: aud, Context: in.Context}, nil
 }
 
 // ParseRefresh decodes and validates tokens.cmd.refresh. The token itself is
 // verified later, by the service, so every bad token gets the same answer.
-func ParseRefresh(data []byte) (events.RefreshRequest, error) {
+func ParseRefresh(data []byte) (tokens.RefreshRequest, error) {
 	var in wire.RefreshRequest
 	if err := Decode(data, &in); err != nil {
-		return events.RefreshRequest{}, err
+		return tokens.RefreshRequest{}, err
 	}
 	if in.RefreshToken == "" {
-		return events.RefreshRequest{}, domain.Errorf(domain.EInvalidRequest, "refresh_token is required")
+		return tokens.RefreshRequest{}, domain.Errorf(domain.EInvalidRequest, "refresh_token is required")
 	}
 	if err := domain.ValidateName("client_id", in.ClientID); err != nil {
-		return events.RefreshRequest{}, err
+		return tokens.RefreshRequest{}, err
 	}
 	var scope []string
 	if in.Scope != nil && *in.Scope != "" {
 		var err error
 		if scope, err = domain.ParseScope(*in.Scope); err != nil {
-			return events.RefreshRequest{}, err
+			return tokens.RefreshRequest{}, err
 		}
 	}
 	if in.Audience != "" {
 		if _, err := domain.ValidateAudiences([]string{in.Audience}); err != nil {
-			return events.RefreshRequest{}, err
+			return tokens.RefreshRequest{}, err
 		}
 	}
 	if err := domain.ValidateContext(in.Context); err != nil {
-		return events.RefreshRequest{}, err
+		return tokens.RefreshRequest{}, err
 	}
-	return events.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID, Scope: scope,
+	return tokens.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID, Scope: scope,
 		Audience: in.Audience, Context: in.Context}, nil
 }
 

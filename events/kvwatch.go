@@ -6,11 +6,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// followBucket keeps apply told of every entry of kv, the entries present
+// FollowBucket keeps apply told of every entry of kv, the entries present
 // now first, then every change, until the returned watcher is stopped.
-// loaded runs once the present entries were applied, and followBucket
+// loaded runs once the present entries were applied, and FollowBucket
 // returns after that, or when ctx (which bounds only the setting up) ends.
-func followBucket(ctx context.Context, kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry), loaded func()) (jetstream.KeyWatcher, error) {
+func FollowBucket(ctx context.Context, kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry), loaded func()) (jetstream.KeyWatcher, error) {
 	w, err := kv.WatchAll(context.WithoutCancel(ctx))
 	if err != nil {
 		return nil, err

@@ -9,11 +9,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Names fixed by the contract.
-const (
-	StreamName = "TOKENS"
-	KeysBucket = "TOKENS_KEYS"
-)
+// StreamName is the event stream's name, fixed by the contract.
+const StreamName = "TOKENS"
 
 // Subjects derives every subject from the configured prefix.
 type Subjects struct{ Prefix string }

@@ -38,7 +38,7 @@ type fixture struct {
 
 func newFixture(tb testing.TB) *fixture {
 	tb.Helper()
-	codec, err := NewKeyset(time.Now()).Codec()
+	codec, err := domain.NewTokenCodec(domain.MACKey{ID: "k1", Secret: []byte("a MAC key for tests, 32 bytes ok")})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -198,27 +198,6 @@ func TestDecodeRefusesForeignMessages(t *testing.T) {
 		`{"id":"x","type":"token.issued","family_id":"other","generation":1,"data":{"family":{"status":"active"}}}`} {
 		if _, err := Decode([]byte(data), "f"); !errors.Is(err, ErrMalformedEvent) {
 			t.Errorf("%q: %v", data, err)
-		}
-	}
-}
-
-func TestKeysCreatedOnceAndShared(t *testing.T) {
-	_, js, _ := MustJetStream(t)
-	ctx := context.Background()
-	results := make(chan Keyset, 4)
-	for range 4 {
-		go func() {
-			ks, err := LoadOrCreateKeys(ctx, js, 1)
-			if err != nil {
-				t.Error(err)
-			}
-			results <- ks
-		}()
-	}
-	first := <-results
-	for range 3 {
-		if ks := <-results; !reflect.DeepEqual(ks, first) {
-			t.Fatal("instances starting together ended up with different keys")
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/tokens"
 )
 
 // rotationLoad issues families and rotates each rotations times, one worker
@@ -26,10 +27,10 @@ func (h *harness) rotationLoad(tb testing.TB, families, rotations int) (uint64, 
 		go func() {
 			defer wg.Done()
 			client := fmt.Sprintf("client-%d", i%4)
-			g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: client,
+			g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: client,
 				Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}})
 			for r := 0; err == nil && r < rotations; r++ {
-				g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: client})
+				g, err = h.svc.Refresh(ctx, tokens.RefreshRequest{Token: g.Token.Value(), ClientID: client})
 			}
 			if err != nil {
 				errs <- err

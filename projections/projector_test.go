@@ -22,7 +22,9 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/queries"
+	"github.com/tokend/tokend/tokens"
 )
 
 var subjects = events.Subjects{Prefix: "tokens"}
@@ -35,7 +37,7 @@ type harness struct {
 	stream  jetstream.Stream
 	codec   *domain.TokenCodec
 	policy  domain.Policy
-	svc     *events.Service
+	svc     *tokens.Service
 	now     time.Time
 	dataDir string
 }
@@ -51,7 +53,7 @@ func MustHarness(tb testing.TB) *harness {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	codec, err := events.NewKeyset(time.Now()).Codec()
+	codec, err := keys.NewKeyset(time.Now()).Codec()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -66,7 +68,7 @@ func MustHarness(tb testing.TB) *harness {
 func (h *harness) withRetention(r events.Retention) {
 	store := events.NewStore(h.nc, h.js, h.stream, subjects)
 	store.Retention = r
-	h.svc = events.NewService(events.NewWriter(store, 1024), h.codec, h.policy, h.clock)
+	h.svc = tokens.NewService(events.NewWriter(store, 1024), h.codec, h.policy, h.clock)
 }
 
 // workload runs a seeded mix of every command outcome over several families
@@ -78,13 +80,13 @@ func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
 	type fam struct{ tokens []string }
 	fams := make([]*fam, families)
 	var last uint64
-	track := func(g events.Grant, err error) {
+	track := func(g tokens.Grant, err error) {
 		if err == nil && g.Seq > last {
 			last = g.Seq
 		}
 	}
 	for i := range fams {
-		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i%5), ClientID: fmt.Sprintf("client-%d", i%3),
+		g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i%5), ClientID: fmt.Sprintf("client-%d", i%3),
 			Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}, Context: domain.Context{"ip": "203.0.113.7"}})
 		if err != nil {
 			tb.Fatal(err)
@@ -99,23 +101,23 @@ func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
 		client := "client-0"
 		switch r := rng.IntN(20); {
 		case r < 12: // rotate (or a refusal, if revoked)
-			g, err := h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur)})
+			g, err := h.svc.Refresh(ctx, tokens.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur)})
 			track(g, err)
 			if err == nil {
 				f.tokens = append(f.tokens, g.Token.Value())
 			}
 		case r < 14 && len(f.tokens) > 1: // retry with the parent: reuse or replay
-			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: f.tokens[len(f.tokens)-2], ClientID: h.clientOf(tb, cur)}))
+			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: f.tokens[len(f.tokens)-2], ClientID: h.clientOf(tb, cur)}))
 		case r < 16: // foreign client
-			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: "intruder"}))
+			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: cur, ClientID: "intruder"}))
 		case r < 17: // up-scope
-			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur), Scope: []string{"admin"}}))
+			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur), Scope: []string{"admin"}}))
 		case r < 18:
 			_, seq, _ := h.svc.RevokeToken(ctx, cur, "", "user_disabled", nil)
 			last = max(last, seq)
 		default:
 			_ = client
-			track(h.svc.Refresh(ctx, events.RefreshRequest{Token: f.tokens[0], ClientID: h.clientOf(tb, cur)}))
+			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: f.tokens[0], ClientID: h.clientOf(tb, cur)}))
 		}
 	}
 	return last
@@ -365,13 +367,13 @@ func TestRotationsWriteTheirFamily(t *testing.T) {
 	var issued []int64 // each family's first seq
 	var last uint64
 	for i := range 2 {
-		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
+		g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids, issued = append(ids, g.Family.ID), append(issued, int64(g.Seq))
 		for range 3 {
-			if g, err = h.svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
+			if g, err = h.svc.Refresh(ctx, tokens.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -635,7 +637,7 @@ func TestWaiterCutsLingerShort(t *testing.T) {
 		}
 		var last uint64
 		for i := range 20 {
-			g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("burst-%d-%d", round, i), ClientID: "c"})
+			g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("burst-%d-%d", round, i), ClientID: "c"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -655,7 +657,7 @@ func TestWaiterCutsLingerShort(t *testing.T) {
 	// Busy, the projector lingers an hour over its next batch: the rest of
 	// the burst and this event. A minute is ample to apply them once the
 	// waiter cuts the linger short.
-	g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: "reader", ClientID: "c"})
+	g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: "reader", ClientID: "c"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/queries"
+	"github.com/tokend/tokend/tokens"
 )
 
 // auditRow is an audit row as the brute-force filters below see it.
@@ -66,7 +66,7 @@ func (h *harness) skew(tb testing.TB, n int) uint64 {
 	for i := range n {
 		base = base.Add(500 * time.Millisecond)
 		h.now = base.Add(time.Duration(1-2*(i%2)) * 3 * time.Second)
-		g, err := h.svc.Issue(context.Background(), events.IssueRequest{Subject: fmt.Sprintf("user-%d", i%5),
+		g, err := h.svc.Issue(context.Background(), tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i%5),
 			ClientID: fmt.Sprintf("client-%d", i%3)})
 		if err != nil {
 			tb.Fatal(err)
@@ -349,7 +349,7 @@ func TestAuditPagesBoundedByBytes(t *testing.T) {
 	big := domain.Context{"a": strings.Repeat("x", domain.MaxContextValue), "b": strings.Repeat("x", domain.MaxContextBytes-domain.MaxContextValue-2)}
 	var want []uint64
 	for i := range 30 {
-		g, err := h.svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i%2), ClientID: "c", Context: big})
+		g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i%2), ClientID: "c", Context: big})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,8 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/tokens"
 )
 
 // TestReadModelFollowsRetention: the read model drops the rows of events
@@ -27,20 +29,20 @@ func TestReadModelFollowsRetention(t *testing.T) {
 	// The history goes 3 s after it was stored (1 s past a 2 s absolute
 	// expiry), the summaries an hour after.
 	store.Retention = events.Retention{AfterExpiry: time.Second, Archive: time.Hour}
-	codec, _ := events.NewKeyset(time.Now()).Codec()
+	codec, _ := keys.NewKeyset(time.Now()).Codec()
 	// Real time: the server drops messages by its own clock.
 	h.now = time.Now()
-	svc := events.NewService(events.NewWriter(store, 64), codec,
+	svc := tokens.NewService(events.NewWriter(store, 64), codec,
 		domain.Policy{ReuseInterval: time.Second, IdleTTL: 2 * time.Second, AbsoluteTTL: 2 * time.Second}, h.clock)
 
-	a, err := svc.Issue(ctx, events.IssueRequest{Subject: "kept", ClientID: "c"})
+	a, err := svc.Issue(ctx, tokens.IssueRequest{Subject: "kept", ClientID: "c"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: a.Token.Value(), ClientID: "c"}); err != nil {
+	if _, err := svc.Refresh(ctx, tokens.RefreshRequest{Token: a.Token.Value(), ClientID: "c"}); err != nil {
 		t.Fatal(err)
 	}
-	b, err := svc.Issue(ctx, events.IssueRequest{Subject: "revoked", ClientID: "c"})
+	b, err := svc.Issue(ctx, tokens.IssueRequest{Subject: "revoked", ClientID: "c"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,16 +161,16 @@ func TestPruneKeepsFamiliesWithTheirEvents(t *testing.T) {
 	h.withRetention(events.Retention{AfterExpiry: time.Hour, Archive: 2 * time.Hour})
 	svc := h.svc
 
-	var tokens []string
+	var presented []string
 	var ids []string
 	for i := range 3 {
-		g, err := svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
+		g, err := svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "c"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids, tokens = append(ids, g.Family.ID), append(tokens, g.Token.Value())
+		ids, presented = append(ids, g.Family.ID), append(presented, g.Token.Value())
 		for range 3 * i {
-			if g, err = svc.Refresh(ctx, events.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
+			if g, err = svc.Refresh(ctx, tokens.RefreshRequest{Token: g.Token.Value(), ClientID: "c"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -184,7 +186,7 @@ func TestPruneKeepsFamiliesWithTheirEvents(t *testing.T) {
 			t.Fatalf("archive %s: %v %v", id, ok, err)
 		}
 	}
-	if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: tokens[0], ClientID: "c"}); err == nil {
+	if _, err := svc.Refresh(ctx, tokens.RefreshRequest{Token: presented[0], ClientID: "c"}); err == nil {
 		t.Fatal("a token of an archived family was refreshed")
 	}
 	last, err := events.LastEventSeq(ctx, h.stream, subjects)

@@ -34,7 +34,10 @@ import (
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/revoking"
+	"github.com/tokend/tokend/tokens"
 )
 
 // Options are the policy knobs of the test tokend; zero values mean the
@@ -76,7 +79,7 @@ type Tokend struct {
 	nc            *nats.Conn // tokend's own
 	js            jetstream.JetStream
 	svc           *api.Service
-	revoking      *events.Revoking
+	revoking      *revoking.Revoking
 	db            *projections.DB
 	stopProjector context.CancelFunc
 	projectorDone chan struct{}
@@ -111,13 +114,13 @@ func (td *Tokend) start() error {
 	if td.js, err = jetstream.New(nc); err != nil {
 		return err
 	}
-	keys, err := events.OpenKeyring(ctx, td.js, 1, events.Lifetimes{Refresh: o.AbsoluteTTL, Access: o.AccessTTL}, o.Log)
+	ring, err := keys.OpenKeyring(ctx, td.js, 1, keys.Lifetimes{Refresh: o.AbsoluteTTL, Access: o.AccessTTL}, o.Log)
 	if err != nil {
 		return err
 	}
-	access, err := api.NewAccessTokens(keys.Loaded().Keys, o.Issuer, o.AccessTTL)
+	access, err := api.NewAccessTokens(ring.Loaded().Keys, o.Issuer, o.AccessTTL)
 	if err == nil {
-		err = access.Follow(keys)
+		err = access.Follow(ring)
 	}
 	if err != nil {
 		return err
@@ -128,13 +131,13 @@ func (td *Tokend) start() error {
 		return err
 	}
 	writer := events.NewWriter(events.NewStore(nc, td.js, stream, subjects), 1024)
-	tokens := events.NewService(writer, keys.Codec(),
+	cmds := tokens.NewService(writer, ring.Codec(),
 		domain.Policy{ReuseInterval: o.ReuseInterval, IdleTTL: o.IdleTTL, AbsoluteTTL: o.AbsoluteTTL}, time.Now)
-	tokens.UseKeyring(keys)
-	if tokens.Revoking, err = events.OpenRevoking(ctx, td.js, 1); err != nil {
+	cmds.UseKeyring(ring)
+	if cmds.Revoking, err = revoking.Open(ctx, td.js, 1); err != nil {
 		return err
 	}
-	td.revoking = tokens.Revoking
+	td.revoking = cmds.Revoking
 	if td.db, err = projections.Open(ctx, filepath.Join(td.tb.TempDir(), "projections.db")); err != nil {
 		return err
 	}
@@ -143,7 +146,7 @@ func (td *Tokend) start() error {
 		return err
 	}
 	td.runProjector(projector)
-	td.svc = &api.Service{Tokens: tokens, Access: access, Reader: projections.NewReader(td.db, projector, time.Now),
+	td.svc = &api.Service{Tokens: cmds, Access: access, Reader: projections.NewReader(td.db, projector, time.Now),
 		Projector: projector, Log: o.Log, Now: time.Now}
 	return td.svc.Start(nc, o.Prefix)
 }

@@ -15,28 +15,30 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/tokens"
 )
 
 // startRegistry runs tokend's client administration (the real endpoints
 // and registry) on an in-process JetStream server and returns its URL and
 // the registry.
-func startRegistry(t *testing.T) (string, *events.Registry) {
+func startRegistry(t *testing.T) (string, *registry.Registry) {
 	t.Helper()
 	url := eventstest.MustJetStream(t).ClientURL()
 	nc := eventstest.MustConnect(t, url)
 	js, _ := jetstream.New(nc)
-	reg, err := events.OpenRegistry(context.Background(), js, 1, slog.New(slog.DiscardHandler))
+	reg, err := registry.Open(context.Background(), js, 1, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(reg.Stop)
-	codec, err := events.NewKeyset(time.Now()).Codec()
+	codec, err := keys.NewKeyset(time.Now()).Codec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &api.Service{Tokens: events.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg,
+	s := &api.Service{Tokens: tokens.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg,
 		Log: slog.New(slog.DiscardHandler), Now: time.Now}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)

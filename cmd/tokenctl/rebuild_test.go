@@ -18,7 +18,9 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/tokens"
 )
 
 // MustJetStream starts an in-process NATS server with JetStream and returns
@@ -53,36 +55,36 @@ func produceEvents(t *testing.T, js jetstream.JetStream) jetstream.Stream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	codec, err := events.NewKeyset(time.Now()).Codec()
+	codec, err := keys.NewKeyset(time.Now()).Codec()
 	if err != nil {
 		t.Fatal(err)
 	}
 	clk := &clock{t: time.Now().UTC()}
 	policy := domain.Policy{ReuseInterval: 10 * time.Second, IdleTTL: time.Hour, AbsoluteTTL: 24 * time.Hour}
-	svc := events.NewService(events.NewWriter(events.NewStore(js.Conn(), js, stream, subjects), 1024), codec, policy, clk.now)
+	svc := tokens.NewService(events.NewWriter(events.NewStore(js.Conn(), js, stream, subjects), 1024), codec, policy, clk.now)
 	web := domain.Context{"ip": "203.0.113.7"}
 	for i := range 6 {
-		g, err := svc.Issue(ctx, events.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "web-app",
+		g, err := svc.Issue(ctx, tokens.IssueRequest{Subject: fmt.Sprintf("user-%d", i), ClientID: "web-app",
 			Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}, Context: web})
 		if err != nil {
 			t.Fatal(err)
 		}
 		parent := g.Token.Value()
-		child, err := svc.Refresh(ctx, events.RefreshRequest{Token: parent, ClientID: "web-app", Context: web})
+		child, err := svc.Refresh(ctx, tokens.RefreshRequest{Token: parent, ClientID: "web-app", Context: web})
 		if err != nil {
 			t.Fatal(err)
 		}
 		// A retry inside the reuse interval, a foreign client, and (for half
 		// the families) a replay after it: reused, rejected, replay + revoked.
-		if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: parent, ClientID: "web-app"}); err != nil {
+		if _, err := svc.Refresh(ctx, tokens.RefreshRequest{Token: parent, ClientID: "web-app"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: child.Token.Value(), ClientID: "intruder"}); err == nil {
+		if _, err := svc.Refresh(ctx, tokens.RefreshRequest{Token: child.Token.Value(), ClientID: "intruder"}); err == nil {
 			t.Fatal("a foreign client's refresh succeeded")
 		}
 		if i%2 == 0 {
 			clk.add(time.Minute)
-			if _, err := svc.Refresh(ctx, events.RefreshRequest{Token: parent, ClientID: "web-app"}); err == nil {
+			if _, err := svc.Refresh(ctx, tokens.RefreshRequest{Token: parent, ClientID: "web-app"}); err == nil {
 				t.Fatal("a replay succeeded")
 			}
 		}

@@ -22,7 +22,12 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
+	"github.com/tokend/tokend/ratelimit"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/revoking"
+	"github.com/tokend/tokend/tokens"
 )
 
 // App is one running tokend: optionally an embedded NATS server, the
@@ -37,9 +42,9 @@ type App struct {
 	api      *api.Service
 	http     *http.Server
 	httpLn   net.Listener
-	revoking *events.Revoking
-	clients  *events.Registry
-	janitor  *events.Janitor
+	revoking *revoking.Revoking
+	clients  *registry.Registry
+	janitor  *tokens.Janitor
 	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
 	oauth   *http.Server
 	oauthLn net.Listener
@@ -77,21 +82,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	keys, err := events.OpenKeyring(setupCtx, a.js, cfg.StreamReplicas,
-		events.Lifetimes{Refresh: cfg.AbsoluteTTL, Access: cfg.AccessTTL}, log.With("component", "keys"))
+	ring, err := keys.OpenKeyring(setupCtx, a.js, cfg.StreamReplicas,
+		keys.Lifetimes{Refresh: cfg.AbsoluteTTL, Access: cfg.AccessTTL}, log.With("component", "keys"))
 	if err != nil {
 		return nil, err
 	}
-	access, err := api.NewAccessTokens(keys.Loaded().Keys, cfg.Issuer, cfg.AccessTTL)
+	access, err := api.NewAccessTokens(ring.Loaded().Keys, cfg.Issuer, cfg.AccessTTL)
 	if err == nil {
-		err = access.Follow(keys)
+		err = access.Follow(ring)
 	}
 	if err != nil {
 		return nil, err
 	}
 	// Opened whether or not --client-registry enforces it, so clients can
 	// be registered before enforcement is switched on.
-	if a.clients, err = events.OpenRegistry(setupCtx, a.js, cfg.StreamReplicas, log.With("component", "clients")); err != nil {
+	if a.clients, err = registry.Open(setupCtx, a.js, cfg.StreamReplicas, log.With("component", "clients")); err != nil {
 		return nil, err
 	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
@@ -114,20 +119,20 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	reader := projections.NewReader(a.db, a.projector, time.Now)
 	registerStateMetrics(reg, a.projector, reader, a.nc, a.js)
-	tokens := events.NewService(writer, keys.Codec(), policy, time.Now)
-	tokens.UseKeyring(keys)
-	tokens.RefreshLimit = events.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)
-	tokens.IssueLimit = events.NewKeyedLimiter(cfg.IssueRate, cfg.IssueBurst, maxRateLimitedClients, time.Now)
-	tokens.ForeignLimit = events.NewKeyedLimiter(cfg.ForeignRate, cfg.ForeignBurst, maxRateLimitedClients, time.Now)
-	tokens.OnRateLimited = metrics.RateLimited
-	if tokens.Revoking, err = events.OpenRevoking(setupCtx, a.js, cfg.StreamReplicas); err != nil {
+	svc := tokens.NewService(writer, ring.Codec(), policy, time.Now)
+	svc.UseKeyring(ring)
+	svc.RefreshLimit = ratelimit.NewKeyedLimiter(cfg.RefreshRate, cfg.RefreshBurst, cfg.FamilyCache, time.Now)
+	svc.IssueLimit = ratelimit.NewKeyedLimiter(cfg.IssueRate, cfg.IssueBurst, maxRateLimitedClients, time.Now)
+	svc.ForeignLimit = ratelimit.NewKeyedLimiter(cfg.ForeignRate, cfg.ForeignBurst, maxRateLimitedClients, time.Now)
+	svc.OnRateLimited = metrics.RateLimited
+	if svc.Revoking, err = revoking.Open(setupCtx, a.js, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}
-	a.revoking = tokens.Revoking
-	tokens.Clients, tokens.EnforceClients = a.clients, cfg.ClientRegistry
+	a.revoking = svc.Revoking
+	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
 	a.api = &api.Service{
-		Tokens:    tokens,
+		Tokens:    svc,
 		Access:    access,
 		Reader:    reader,
 		Projector: a.projector,
@@ -139,7 +144,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		CommandsInFlight: cfg.MaxCommands,
 		QueriesInFlight:  cfg.MaxQueries,
 	}
-	tokens.OnSubjectReplay = a.api.RevokeSubjectAfterReplay
+	svc.OnSubjectReplay = a.api.RevokeSubjectAfterReplay
 	if err := a.api.Start(a.nc, cfg.SubjectPrefix); err != nil {
 		return nil, err
 	}
@@ -148,7 +153,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	background, stopBackground := context.WithCancel(context.Background())
 	a.stopBackground = stopBackground
-	a.janitor = &events.Janitor{Tokens: tokens, Expired: reader.FamiliesToArchive, Now: time.Now, OnArchived: metrics.Archived}
+	a.janitor = &tokens.Janitor{Tokens: svc, Expired: reader.FamiliesToArchive, Now: time.Now, OnArchived: metrics.Archived}
 	a.backgroundDone.Go(func() { a.keepRetention(background, a.janitor) })
 	a.backgroundDone.Go(func() {
 		t := time.NewTicker(idleCheck)
@@ -170,7 +175,7 @@ const retentionEvery = time.Minute
 
 // keepRetention archives families past their absolute expiry and prunes
 // the read model, every retentionEvery until ctx ends.
-func (a *App) keepRetention(ctx context.Context, janitor *events.Janitor) {
+func (a *App) keepRetention(ctx context.Context, janitor *tokens.Janitor) {
 	t := time.NewTicker(retentionEvery)
 	defer t.Stop()
 	for {
@@ -323,7 +328,7 @@ func (a *App) ready(ctx context.Context) error {
 
 // Clients returns the client registry; Config.ClientRegistry says whether
 // it is enforced.
-func (a *App) Clients() *events.Registry { return a.clients }
+func (a *App) Clients() *registry.Registry { return a.clients }
 
 // NATSURL is where clients reach this instance's NATS.
 func (a *App) NATSURL() string {

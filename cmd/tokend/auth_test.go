@@ -30,6 +30,7 @@ import (
 
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
 )
 
 // credentials are a key pair per role and a PKI, published in the
@@ -246,7 +247,7 @@ func TestRolePermissions(t *testing.T) {
 		// answer, so the look-up only times out.
 		kvCtx, kvCancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer kvCancel()
-		if _, err := js.KeyValue(kvCtx, events.KeysBucket); err == nil {
+		if _, err := js.KeyValue(kvCtx, keys.Bucket); err == nil {
 			t.Fatal("the auditor opened the key bucket")
 		}
 		denied(t, nc, errs, "$JS.API.DIRECT.GET.KV_TOKENS_KEYS.$KV.TOKENS_KEYS.keyset")

@@ -6,8 +6,8 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
 )
 
 // TestClientPolicyApplies: a registered client's allowed scopes and
@@ -22,7 +22,7 @@ func TestClientPolicyApplies(t *testing.T) {
 		nc := eventstest.MustConnect(t, app.NATSURL())
 		c := domain.Client{ID: "tight", Type: domain.ClientPublic, Scopes: []string{"openid"}, Audiences: []string{"https://api.example.com"},
 			AccessTTL: time.Minute, RefreshIdleTTL: time.Hour, RefreshAbsoluteTTL: 2 * time.Hour}
-		if _, err := app.Clients().Put(t.Context(), c, "", 0, events.Actor{By: "test"}); err != nil {
+		if _, err := app.Clients().Put(t.Context(), c, "", 0, registry.Actor{By: "test"}); err != nil {
 			t.Fatal(err)
 		}
 		issue := func(client, scope string, aud ...string) reply {

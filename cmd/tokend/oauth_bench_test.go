@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
 )
 
 // BenchmarkRefreshPaths compares one rotation over the OAuth token endpoint
@@ -29,7 +29,7 @@ func BenchmarkRefreshPaths(b *testing.B) {
 	secret := "bench-secret-0123456789abcdef0123456789"
 	client := domain.Client{ID: "web-app", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic,
 		Scopes: []string{"openid", "api:read", "api:write"}, Audiences: []string{"https://api.example.com", "https://billing.example.com"}}
-	if _, err := app.Clients().Put(b.Context(), client, domain.HashClientSecret(secret), 0, events.Actor{By: "bench"}); err != nil {
+	if _, err := app.Clients().Put(b.Context(), client, domain.HashClientSecret(secret), 0, registry.Actor{By: "bench"}); err != nil {
 		b.Fatal(err)
 	}
 	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}

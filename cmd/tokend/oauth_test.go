@@ -25,8 +25,8 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
 )
 
 // oauthEnv is a tokend with its OAuth listener on, and the clients the
@@ -79,7 +79,7 @@ func mustOAuthEnv(t *testing.T, configure func(*Config)) *oauthEnv {
 		{grant(domain.Client{ID: "audited", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic, OnReplay: domain.ReplayAuditOnly}), domain.HashClientSecret(e.secret)},
 		{grant(domain.Client{ID: "strict", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic, OnReplay: domain.ReplayRevokeSubject}), domain.HashClientSecret(e.secret)},
 	} {
-		if _, err := e.app.Clients().Put(t.Context(), c.client, c.hash, 0, events.Actor{By: "test"}); err != nil {
+		if _, err := e.app.Clients().Put(t.Context(), c.client, c.hash, 0, registry.Actor{By: "test"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -405,7 +405,7 @@ func TestOAuthSecretRotationReachesEveryInstance(t *testing.T) {
 	old := "old-secret-of-the-web-client-0123456789"
 	client := domain.Client{ID: "rot", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic,
 		Scopes: []string{"openid", "api:read", "api:write"}, Audiences: []string{"https://api.example.com", "https://billing.example.com"}}
-	if _, err := a.Clients().Put(t.Context(), client, domain.HashClientSecret(old), 0, events.Actor{By: "test"}); err != nil {
+	if _, err := a.Clients().Put(t.Context(), client, domain.HashClientSecret(old), 0, registry.Actor{By: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	nc := eventstest.MustConnect(t, natsURL)
@@ -427,7 +427,7 @@ func TestOAuthSecretRotationReachesEveryInstance(t *testing.T) {
 
 	fresh := "new-secret-of-the-web-client-9876543210"
 	rotated := time.Now()
-	if _, err := a.Clients().RotateSecret(t.Context(), "rot", domain.HashClientSecret(fresh), 0, 0, events.Actor{By: "test"}); err != nil {
+	if _, err := a.Clients().RotateSecret(t.Context(), "rot", domain.HashClientSecret(fresh), 0, 0, registry.Actor{By: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {

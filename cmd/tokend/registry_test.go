@@ -16,8 +16,8 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
 )
 
 // tokenctlChange is what tokenctl clients add|rotate-secret --json print:
@@ -212,7 +212,7 @@ func TestRegistryAuthPermissions(t *testing.T) {
 		nc, errs := d.connect(t, role)
 		js, _ := jetstream.New(nc, jetstream.WithDefaultTimeout(time.Second))
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
-		if _, err := js.KeyValue(ctx, events.ClientsBucket); err == nil {
+		if _, err := js.KeyValue(ctx, registry.Bucket); err == nil {
 			t.Fatalf("the %s opened the client registry bucket", role)
 		}
 		cancel()
@@ -241,7 +241,7 @@ func TestClientRegistryConfig(t *testing.T) {
 	if app.Clients() == nil {
 		t.Fatal("no registry without --client-registry")
 	}
-	e, err := app.Clients().Put(context.Background(), domain.Client{ID: "spa", Type: domain.ClientPublic}, "", 0, events.Actor{By: "test"})
+	e, err := app.Clients().Put(context.Background(), domain.Client{ID: "spa", Type: domain.ClientPublic}, "", 0, registry.Actor{By: "test"})
 	if err != nil || e.Revision == 0 {
 		t.Fatalf("registering a client with the registry not enforced: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // MustServer starts a NATS server without JetStream on a free loopback port
@@ -77,4 +78,16 @@ func CheckFor(tb testing.TB, total, every time.Duration, f func() error) {
 		}
 		time.Sleep(every)
 	}
+}
+
+// MustJS starts a JetStream server (MustJetStream) and returns a connection
+// to it and its JetStream context.
+func MustJS(tb testing.TB) (*nats.Conn, jetstream.JetStream) {
+	tb.Helper()
+	nc := MustConnect(tb, MustJetStream(tb).ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return nc, js
 }

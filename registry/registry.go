@@ -1,4 +1,6 @@
-package events
+// Package registry is the client registry of a deployment: registered OAuth
+// clients in the KV bucket TOKENS_CLIENTS, followed by every instance.
+package registry
 
 import (
 	"cmp"
@@ -16,16 +18,21 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokend/tokend/events"
+
 	"github.com/tokend/tokend/domain"
 )
 
-// ClientsBucket is the KV bucket of registered OAuth clients, shared by
+// Bucket is the KV bucket of registered OAuth clients, shared by
 // every instance: one entry per client.
-const ClientsBucket = "TOKENS_CLIENTS"
+const Bucket = "TOKENS_CLIENTS"
 
 // clientsHistory is how many revisions of each client the bucket keeps
 // (JetStream's maximum), so the changes stay on record for audit.
 const clientsHistory = jetstream.KeyValueMaxHistory
+
+// changeAttempts bounds the compare-and-set retries of one change.
+const changeAttempts = 5
 
 // Actions of registry changes: ClientChange.Action, and the label of the
 // changes metric.
@@ -91,18 +98,18 @@ type clientState struct {
 	removed  bool
 }
 
-// OpenRegistry creates or opens TOKENS_CLIENTS, loads every client and
+// Open creates or opens TOKENS_CLIENTS, loads every client and
 // follows the bucket until Stop.
-func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*Registry, error) {
+func Open(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*Registry, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      ClientsBucket,
+		Bucket:      Bucket,
 		Description: "tokend registered OAuth clients (secrets as SHA-256 only)",
 		History:     clientsHistory,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", ClientsBucket, err)
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	r := &Registry{kv: kv, log: log, now: time.Now}
 	r.clients.Store(&map[string]clientState{})
@@ -137,8 +144,8 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int, log
 		r.log.Info("client registry loaded", "clients", registered)
 		loading = false
 	}
-	if r.watcher, err = followBucket(ctx, kv, apply, loaded); err != nil {
-		return nil, fmt.Errorf("kv %s: watch: %w", ClientsBucket, err)
+	if r.watcher, err = events.FollowBucket(ctx, kv, apply, loaded); err != nil {
+		return nil, fmt.Errorf("kv %s: watch: %w", Bucket, err)
 	}
 	return r, nil
 }
@@ -482,7 +489,7 @@ func encodeClientEntry(e ClientEntry) ([]byte, error) {
 func decodeClientEntry(e jetstream.KeyValueEntry) (string, ClientEntry, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(e.Key())
 	if err != nil {
-		return "", ClientEntry{}, fmt.Errorf("kv %s: key %q is not a client id", ClientsBucket, e.Key())
+		return "", ClientEntry{}, fmt.Errorf("kv %s: key %q is not a client id", Bucket, e.Key())
 	}
 	id := string(raw)
 	out := ClientEntry{Revision: e.Revision()}
@@ -492,7 +499,7 @@ func decodeClientEntry(e jetstream.KeyValueEntry) (string, ClientEntry, error) {
 	}
 	var s storedClient
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
-		return id, ClientEntry{}, fmt.Errorf("kv %s: client %q revision %d is unreadable: %w", ClientsBucket, truncateID(id), e.Revision(), err)
+		return id, ClientEntry{}, fmt.Errorf("kv %s: client %q revision %d is unreadable: %w", Bucket, truncateID(id), e.Revision(), err)
 	}
 	out.Change = s.Change
 	if s.Client == nil {
@@ -508,12 +515,12 @@ func decodeClientEntry(e jetstream.KeyValueEntry) (string, ClientEntry, error) {
 		out.Client.Secrets = append(out.Client.Secrets, domain.ClientSecret{Hash: sec.SHA256, CreatedAt: sec.CreatedAt, ExpiresAt: sec.ExpiresAt})
 	}
 	if out.Client.ID != id {
-		return id, ClientEntry{}, fmt.Errorf("kv %s: entry %q holds client %q", ClientsBucket, truncateID(id), truncateID(out.Client.ID))
+		return id, ClientEntry{}, fmt.Errorf("kv %s: entry %q holds client %q", Bucket, truncateID(id), truncateID(out.Client.ID))
 	}
 	if err := out.Client.Validate(); err != nil {
 		// %v: a stored client that fails validation is a server error, not
 		// the caller's invalid_request.
-		return id, ClientEntry{}, fmt.Errorf("kv %s: client %q revision %d is invalid: %v", ClientsBucket, truncateID(id), e.Revision(), err)
+		return id, ClientEntry{}, fmt.Errorf("kv %s: client %q revision %d is invalid: %v", Bucket, truncateID(id), e.Revision(), err)
 	}
 	return id, out, nil
 }

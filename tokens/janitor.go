@@ -1,4 +1,4 @@
-package events
+package tokens
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package events
+package keys
 
 import (
 	"bytes"
@@ -71,10 +71,10 @@ func OpenKeyring(ctx context.Context, js jetstream.JetStream, replicas int, life
 	}
 	k := &Keyring{kv: kv, life: life, now: time.Now, log: log}
 	if _, err := k.adopt(rev, ks); err != nil {
-		return nil, fmt.Errorf("kv %s: %w", KeysBucket, err)
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	if err := k.watch(); err != nil {
-		return nil, fmt.Errorf("kv %s: watch: %w", KeysBucket, err)
+		return nil, fmt.Errorf("kv %s: watch: %w", Bucket, err)
 	}
 	return k, nil
 }
@@ -259,7 +259,7 @@ func (k *Keyring) change(ctx context.Context, ifRevision uint64, f func(Keyset, 
 		}
 		ks, err := decodeKeyset(entry.Value())
 		if err != nil {
-			return nil, fmt.Errorf("kv %s: keyset is unreadable: %w", KeysBucket, err)
+			return nil, fmt.Errorf("kv %s: keyset is unreadable: %w", Bucket, err)
 		}
 		next, err := f(ks, k.now())
 		if err != nil {
@@ -297,10 +297,3 @@ func changedSince(want, now uint64) error {
 func keysUnavailable(what string, err error) error {
 	return fmt.Errorf("%w: %w", &domain.Error{Code: domain.EUnavailable, Message: "could not " + what + ", retry", RetryAfterMs: 1000}, err)
 }
-
-// UseKeyring makes s mint and verify with k's keys, following its changes.
-// Call it before s is used.
-func (s *Service) UseKeyring(k *Keyring) { s.codec = k }
-
-// Keyring returns the keys s mints and verifies with.
-func (s *Service) Keyring() *Keyring { return s.codec }

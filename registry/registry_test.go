@@ -1,4 +1,4 @@
-package events
+package registry
 
 import (
 	"bytes"
@@ -52,7 +52,7 @@ func mustRegistry(t *testing.T, js jetstream.JetStream, logs *lockedBuffer) *Reg
 	if logs != nil {
 		log = slog.New(slog.NewTextHandler(logs, nil))
 	}
-	r, err := OpenRegistry(context.Background(), js, 1, log)
+	r, err := Open(context.Background(), js, 1, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func waitClient(t *testing.T, r *Registry, id string, what string, cond func(dom
 }
 
 func TestRegistryPutUpdateRemove(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	logs := &lockedBuffer{}
 	r := mustRegistry(t, js, logs)
@@ -183,7 +183,7 @@ func TestRegistryPutUpdateRemove(t *testing.T) {
 }
 
 func TestRegistryRefusesAnonymousChanges(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	r := mustRegistry(t, js, nil)
 	ctx := context.Background()
 	_, err := r.Put(ctx, webApp("web"), clientHash1, 0, Actor{})
@@ -197,7 +197,7 @@ func TestRegistryRefusesAnonymousChanges(t *testing.T) {
 }
 
 func TestRegistryRotateSecret(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	r := mustRegistry(t, js, nil)
 	ctx := context.Background()
 	created, err := r.Put(ctx, webApp("web"), clientHash1, 0, alice)
@@ -230,7 +230,7 @@ func TestRegistryRotateSecret(t *testing.T) {
 // TestRegistryTwoInstances: a change written through one instance reaches
 // another's memory; an instance opened later loads the current state.
 func TestRegistryTwoInstances(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	a, b := mustRegistry(t, js, nil), mustRegistry(t, js, nil)
 	var bActions []string
@@ -270,7 +270,7 @@ func TestRegistryTwoInstances(t *testing.T) {
 // TestRegistryConcurrentCreates: of simultaneous creations of one client,
 // exactly one wins; the others are told it exists.
 func TestRegistryConcurrentCreates(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	regs := []*Registry{mustRegistry(t, js, nil), mustRegistry(t, js, nil)}
 	var (
 		wg   sync.WaitGroup
@@ -305,10 +305,10 @@ func TestRegistryConcurrentCreates(t *testing.T) {
 // directly, bypassing tokend, refuses the client rather than keep an
 // older revision.
 func TestRegistryFailsClosed(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	r := mustRegistry(t, js, nil)
-	kv, err := js.KeyValue(ctx, ClientsBucket)
+	kv, err := js.KeyValue(ctx, Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,10 +347,17 @@ func TestRegistryFailsClosed(t *testing.T) {
 }
 
 func TestOpenRegistryGivesUp(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := OpenRegistry(ctx, js, 1, slog.New(slog.DiscardHandler)); !errors.Is(err, context.Canceled) {
+	if _, err := Open(ctx, js, 1, slog.New(slog.DiscardHandler)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("opening with a cancelled context: %v", err)
+	}
+}
+
+func wantCode(t *testing.T, err error, code string) {
+	t.Helper()
+	if err == nil || domain.ErrorCode(err) != code {
+		t.Fatalf("want %s, got %v", code, err)
 	}
 }

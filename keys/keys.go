@@ -1,4 +1,7 @@
-package events
+// Package keys holds a deployment's refresh-token MAC keys and access-token
+// signing keys in the KV bucket TOKENS_KEYS: their rotation (stage, promote,
+// retire) and the keyring every instance follows.
+package keys
 
 import (
 	"context"
@@ -15,6 +18,9 @@ import (
 
 	"github.com/tokend/tokend/domain"
 )
+
+// Bucket is the KV bucket of the deployment's keys, named by the contract.
+const Bucket = "TOKENS_KEYS"
 
 // keysetKey is the one entry of TOKENS_KEYS; a single entry makes "first
 // instance creates, the others load" one atomic create, and every change one
@@ -353,14 +359,14 @@ func (ks Keyset) validate() error {
 // bucket's history.
 func openKeysBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      KeysBucket,
+		Bucket:      Bucket,
 		Description: "tokend signing and MAC keys: the one secret of a deployment",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", KeysBucket, err)
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	return kv, nil
 }
@@ -384,20 +390,20 @@ func loadOrCreate(ctx context.Context, kv jetstream.KeyValue) (Keyset, uint64, e
 		if err == nil {
 			ks, err := decodeKeyset(entry.Value())
 			if err != nil {
-				return Keyset{}, 0, fmt.Errorf("kv %s: keyset is unreadable: %w", KeysBucket, err)
+				return Keyset{}, 0, fmt.Errorf("kv %s: keyset is unreadable: %w", Bucket, err)
 			}
 			return ks, entry.Revision(), nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return Keyset{}, 0, fmt.Errorf("kv %s: %w", KeysBucket, err)
+			return Keyset{}, 0, fmt.Errorf("kv %s: %w", Bucket, err)
 		}
 		raw, _ := json.Marshal(NewKeyset(time.Now()))
 		// Create fails if another instance won the race; the next Get loads its keys.
 		if _, err := kv.Create(ctx, keysetKey, raw); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return Keyset{}, 0, fmt.Errorf("kv %s: %w", KeysBucket, err)
+			return Keyset{}, 0, fmt.Errorf("kv %s: %w", Bucket, err)
 		}
 	}
-	return Keyset{}, 0, fmt.Errorf("kv %s: keyset neither loadable nor creatable", KeysBucket)
+	return Keyset{}, 0, fmt.Errorf("kv %s: keyset neither loadable nor creatable", Bucket)
 }
 
 func randomBytes(n int) []byte {

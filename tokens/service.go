@@ -1,4 +1,8 @@
-package events
+// Package tokens is the application service of tokend: it runs the issue,
+// refresh and revoke commands with the client registry's policy and the
+// rate limits, mints tokens with the deployment's keys, and has the family
+// writer (events) decide and append.
+package tokens
 
 import (
 	"context"
@@ -8,14 +12,18 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/ratelimit"
+	"github.com/tokend/tokend/revoking"
 )
 
 // Service runs the token commands: it mints tokens, derives a rotated
 // parent's child again inside the reuse interval, and has the writer decide
 // and append.
 type Service struct {
-	writer  *Writer
-	codec   *Keyring // swapped atomically when keys rotate: see UseKeyring
+	writer  *events.Writer
+	codec   *keys.Keyring // swapped atomically when keys rotate: see UseKeyring
 	decider domain.Decider
 
 	// Rate limits, set before the service is used; nil allows everything.
@@ -25,12 +33,12 @@ type Service struct {
 	// IssueLimit is per client id. ForeignLimit is per presenting client id
 	// and charges presentations of another client's token: charged to the
 	// family, a foreign client could lock the owner out.
-	RefreshLimit, IssueLimit, ForeignLimit *KeyedLimiter
+	RefreshLimit, IssueLimit, ForeignLimit *ratelimit.KeyedLimiter
 	// OnRateLimited, if set, is told which limit refused a command.
 	OnRateLimited func(limit string)
 	// Revoking, if set, holds back issues for subjects and clients being
 	// revoked (see RevokeAll).
-	Revoking *Revoking
+	Revoking *revoking.Revoking
 
 	// Clients, if set, is the client registry: a registered client's
 	// lifetimes, allowed scopes and audiences and reaction to replay apply
@@ -87,13 +95,13 @@ const (
 )
 
 // NewService returns a service deciding with policy at the times now returns.
-func NewService(writer *Writer, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
-	return &Service{writer: writer, codec: FixedKeys(codec), decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
+func NewService(writer *events.Writer, codec *domain.TokenCodec, policy domain.Policy, now func() time.Time) *Service {
+	return &Service{writer: writer, codec: keys.FixedKeys(codec), decider: domain.Decider{Policy: policy, Now: now, NewEventID: nuid.Next}}
 }
 
 // limited returns the temporarily_unavailable answer of a refused command,
 // or nil when limiter lets key through.
-func (s *Service) limited(limiter *KeyedLimiter, name, key string) error {
+func (s *Service) limited(limiter *ratelimit.KeyedLimiter, name, key string) error {
 	ok, wait := limiter.Allow(key)
 	if ok {
 		return nil
@@ -290,4 +298,17 @@ func orDefault(reason string) string {
 func newSecret() (s [domain.SecretSize]byte) {
 	rand.Read(s[:])
 	return s
+}
+
+// UseKeyring makes s mint and verify with k's keys, following its changes.
+// Call it before s is used.
+func (s *Service) UseKeyring(k *keys.Keyring) { s.codec = k }
+
+// Keyring returns the keys s mints and verifies with.
+func (s *Service) Keyring() *keys.Keyring { return s.codec }
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
 }

@@ -1,4 +1,6 @@
-package events
+// Package ratelimit holds the per-key token buckets behind tokend's rate
+// limits.
+package ratelimit
 
 import (
 	"sync"

@@ -1,4 +1,4 @@
-package events
+package keys
 
 import (
 	"encoding/json"

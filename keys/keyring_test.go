@@ -1,9 +1,10 @@
-package events
+package keys
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func wantCode(t *testing.T, err error, code string) {
 }
 
 func TestKeyringFollowsStageAndPromote(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	a, b := mustKeyring(t, js), mustKeyring(t, js)
 	if a.Loaded().Revision != b.Loaded().Revision || a.Codec().Mint("f", 1, [32]byte{}).KeyID != b.Codec().Mint("f", 1, [32]byte{}).KeyID {
@@ -112,14 +113,14 @@ func TestKeyringFollowsStageAndPromote(t *testing.T) {
 		t.Fatalf("listener saw revisions %v, want the first, %d, %d", seen, staged.Revision, promoted.Revision)
 	}
 	// A key dropped from the keyset must not live on in the bucket.
-	kv, _ := js.KeyValue(ctx, KeysBucket)
+	kv, _ := js.KeyValue(ctx, Bucket)
 	if h, err := kv.History(ctx, keysetKey); err != nil || len(h) != 1 {
 		t.Fatalf("the bucket keeps %d revisions of the keyset: %v", len(h), err)
 	}
 }
 
 func TestKeyringPromotesOnce(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	a, b := mustKeyring(t, js), mustKeyring(t, js)
 	staged, err := a.Stage(ctx, 0)
@@ -143,7 +144,7 @@ func TestKeyringPromotesOnce(t *testing.T) {
 // the keyset when a token names a key it does not hold, at most once per
 // second.
 func TestKeyringReloadsForUnknownKeys(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	a := mustKeyring(t, js)
 	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
@@ -181,56 +182,12 @@ func TestKeyringReloadsForUnknownKeys(t *testing.T) {
 	}
 }
 
-// TestServiceRetryAcrossAMissedRotation: instance A rotates a family under a
-// key instance B has not loaded yet; the parent's retry on B must get the
-// same child (B reloads the keys to derive it), not invalid_grant.
-func TestServiceRetryAcrossAMissedRotation(t *testing.T) {
-	nc, js, stream := MustJetStream(t)
-	ctx := context.Background()
-	fx := newFixture(t)
-	a := mustKeyring(t, js)
-	now := time.Now()
-	stale := staleKeyring(t, js, &now)
-	service := func(k *Keyring) *Service {
-		s := NewService(NewWriter(NewStore(nc, js, stream, testSubjects), 64), k.Codec(), fx.decider.Policy, time.Now)
-		s.UseKeyring(k)
-		return s
-	}
-	onA, onB := service(a), service(stale)
-
-	issued, err := onA.Issue(ctx, IssueRequest{Subject: "u", ClientID: "c"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	staged, err := a.Stage(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Promote(ctx, staged.Revision); err != nil {
-		t.Fatal(err)
-	}
-	rotated, err := onA.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "c"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rotated.Token.KeyID == issued.Token.KeyID {
-		t.Fatal("the child was minted under the old key")
-	}
-	retry, err := onB.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "c"})
-	if err != nil || retry.Token.Value() != rotated.Token.Value() {
-		t.Fatalf("retry on the instance that missed the rotation: %v (same child: %v)", err, retry.Token.Value() == rotated.Token.Value())
-	}
-	if _, err := onB.Refresh(ctx, RefreshRequest{Token: rotated.Token.Value(), ClientID: "c"}); err != nil {
-		t.Fatalf("the child on that instance: %v", err)
-	}
-}
-
 // TestKeyringUpgradesTheOldFormatInPlace: a bucket written by the previous
 // version is loaded as is and rewritten in the new format at the first change.
 func TestKeyringUpgradesTheOldFormatInPlace(t *testing.T) {
-	_, js, _ := MustJetStream(t)
+	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: KeysBucket, History: 8})
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, History: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,26 +217,23 @@ func TestKeyringUpgradesTheOldFormatInPlace(t *testing.T) {
 	}
 }
 
-// TestUnreadableKeysAreUnavailable: when a token names a key this instance
-// does not hold and the keyset cannot be read, the answer is "retry", not
-// invalid_grant (which a client takes as final) nor "nothing revoked".
-func TestUnreadableKeysAreUnavailable(t *testing.T) {
-	ns := eventstest.MustJetStream(t)
-	nc := eventstest.MustConnect(t, ns.ClientURL())
-	js, _ := jetstream.New(nc)
-	now := time.Now()
-	stale := staleKeyring(t, js, &now)
-	unseen, _ := domain.NewTokenCodec(domain.MACKey{ID: "unseen", Secret: make([]byte, 32)})
-	token := unseen.Mint("f", 1, [32]byte{}).Value()
-	ns.Shutdown()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_, _, err := stale.Parse(ctx, token)
-	wantCode(t, err, domain.EUnavailable)
-	s := NewService(NewWriter(nil, 1), stale.Codec(), domain.Policy{}, time.Now)
-	s.UseKeyring(stale)
-	// Within reloadEvery the failed read is reported again, not retried.
-	_, _, err = s.RevokeToken(ctx, token, "", "", domain.Context{})
-	wantCode(t, err, domain.EUnavailable)
+func TestKeysCreatedOnceAndShared(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	results := make(chan Keyset, 4)
+	for range 4 {
+		go func() {
+			ks, err := LoadOrCreateKeys(ctx, js, 1)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- ks
+		}()
+	}
+	first := <-results
+	for range 3 {
+		if ks := <-results; !reflect.DeepEqual(ks, first) {
+			t.Fatal("instances starting together ended up with different keys")
+		}
+	}
 }

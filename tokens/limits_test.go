@@ -1,4 +1,4 @@
-package events
+package tokens
 
 import (
 	"context"
@@ -7,56 +7,22 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/ratelimit"
 )
-
-func TestKeyedLimiter(t *testing.T) {
-	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
-	l := NewKeyedLimiter(2, 3, 2, clock)
-	for i := range 3 {
-		if ok, _ := l.Allow("a"); !ok {
-			t.Fatalf("burst event %d refused", i)
-		}
-	}
-	ok, wait := l.Allow("a")
-	if ok || wait != 500*time.Millisecond {
-		t.Fatalf("past the burst: ok %v, wait %v; want refused for 500ms at 2/s", ok, wait)
-	}
-	if ok, _ := l.Allow("b"); !ok {
-		t.Fatal("another key shares a's bucket")
-	}
-	now = now.Add(500 * time.Millisecond)
-	if ok, _ := l.Allow("a"); !ok {
-		t.Fatal("the bucket did not refill")
-	}
-	if ok, _ := l.Allow("a"); ok {
-		t.Fatal("a refused attempt must not have consumed the refill")
-	}
-	if NewKeyedLimiter(0, 10, 10, clock) != nil {
-		t.Fatal("a rate of 0 must switch the limit off")
-	}
-	var off *KeyedLimiter
-	for range 100 {
-		if ok, _ := off.Allow("a"); !ok {
-			t.Fatal("a switched-off limiter refused")
-		}
-	}
-}
 
 // limitedService is a service whose refresh limit holds one rotation per
 // family, with a frozen limiter clock so the bucket never refills while the
 // decider's clock moves past the reuse interval.
-func limitedService(t *testing.T) (*Service, *fixture, *[]string) {
-	nc, js, stream := MustJetStream(t)
+func limitedService(t *testing.T) (*Service, *events.Store, *fixture, *[]string) {
 	fx := newFixture(t)
 	frozen := fx.now
-	s := NewService(NewWriter(NewStore(nc, js, stream, testSubjects), 64), fx.codec, fx.decider.Policy,
-		func() time.Time { return fx.now })
-	s.RefreshLimit = NewKeyedLimiter(0.001, 1, 64, func() time.Time { return frozen })
-	s.IssueLimit = NewKeyedLimiter(0.001, 2, 64, func() time.Time { return frozen })
+	s, store := newTestService(t, fx)
+	s.RefreshLimit = ratelimit.NewKeyedLimiter(0.001, 1, 64, func() time.Time { return frozen })
+	s.IssueLimit = ratelimit.NewKeyedLimiter(0.001, 2, 64, func() time.Time { return frozen })
 	var refused []string
 	s.OnRateLimited = func(limit string) { refused = append(refused, limit) }
-	return s, fx, &refused
+	return s, store, fx, &refused
 }
 
 func wantLimited(t *testing.T, err error) {
@@ -68,7 +34,7 @@ func wantLimited(t *testing.T, err error) {
 }
 
 func TestRefreshLimitSparesReuseAndReplay(t *testing.T) {
-	s, fx, refused := limitedService(t)
+	s, store, fx, refused := limitedService(t)
 	ctx := context.Background()
 	issued, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"})
 	if err != nil {
@@ -90,7 +56,7 @@ func TestRefreshLimitSparesReuseAndReplay(t *testing.T) {
 		t.Fatalf("%d refusals reported, want 1", got)
 	}
 	// Nothing of the refused commands was stored.
-	f, _, err := s.writer.store.Load(ctx, issued.Family.ID)
+	f, _, err := store.Load(ctx, issued.Family.ID)
 	if err != nil || f.Generation != 2 {
 		t.Fatalf("family at generation %d after refused commands: %v", f.Generation, err)
 	}
@@ -100,13 +66,13 @@ func TestRefreshLimitSparesReuseAndReplay(t *testing.T) {
 	if domain.ErrorCode(err) != domain.EInvalidGrant {
 		t.Fatalf("replay while rate limited: %v", err)
 	}
-	if f, _, _ := s.writer.store.Load(ctx, issued.Family.ID); f.Status != domain.StatusRevoked {
+	if f, _, _ := store.Load(ctx, issued.Family.ID); f.Status != domain.StatusRevoked {
 		t.Fatalf("the replay did not revoke the family: %s", f.Status)
 	}
 }
 
 func TestIssueLimitPerClient(t *testing.T) {
-	s, _, refused := limitedService(t)
+	s, _, _, refused := limitedService(t)
 	ctx := context.Background()
 	for range 2 {
 		if _, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"}); err != nil {
@@ -127,10 +93,10 @@ func TestIssueLimitPerClient(t *testing.T) {
 // client's token pays for it from its own bucket. Charged to the family,
 // a handful of foreign tries would lock the owner out.
 func TestForeignPresentationsChargedToPresenter(t *testing.T) {
-	s, _, refused := limitedService(t)
+	s, _, _, refused := limitedService(t)
 	frozen := func() time.Time { return time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC) }
-	s.RefreshLimit = NewKeyedLimiter(0.001, 2, 64, frozen)
-	s.ForeignLimit = NewKeyedLimiter(0.001, 3, 64, frozen)
+	s.RefreshLimit = ratelimit.NewKeyedLimiter(0.001, 2, 64, frozen)
+	s.ForeignLimit = ratelimit.NewKeyedLimiter(0.001, 3, 64, frozen)
 	ctx := context.Background()
 	issued, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"})
 	if err != nil {

@@ -1,4 +1,6 @@
-package events
+// Package revoking marks, on every instance, the subjects and clients whose
+// families are being revoked (KV bucket TOKENS_REVOKING).
+package revoking
 
 import (
 	"context"
@@ -9,11 +11,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokend/tokend/events"
 )
 
-// RevokingBucket is the KV bucket of revocations by subject or client in
+// Bucket is the KV bucket of revocations by subject or client in
 // progress, shared by every instance.
-const RevokingBucket = "TOKENS_REVOKING"
+const Bucket = "TOKENS_REVOKING"
 
 // revokingMaxAge outlives any revoke request; a marker left behind by an
 // instance that died mid-revoke expires with it.
@@ -32,10 +36,10 @@ type Revoking struct {
 	active map[string]bool // marker keys present in the bucket
 }
 
-// OpenRevoking creates or opens the bucket and follows it until Stop.
-func OpenRevoking(ctx context.Context, js jetstream.JetStream, replicas int) (*Revoking, error) {
+// Open creates or opens the bucket and follows it until Stop.
+func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Revoking, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      RevokingBucket,
+		Bucket:      Bucket,
 		Description: "tokend revocations by subject or client in progress",
 		History:     1,
 		TTL:         revokingMaxAge,
@@ -43,11 +47,11 @@ func OpenRevoking(ctx context.Context, js jetstream.JetStream, replicas int) (*R
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	r := &Revoking{kv: kv, active: map[string]bool{}}
-	if r.watcher, err = followBucket(ctx, kv, r.apply, func() {}); err != nil {
-		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
+	if r.watcher, err = events.FollowBucket(ctx, kv, r.apply, func() {}); err != nil {
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	return r, nil
 }
@@ -72,7 +76,7 @@ func (r *Revoking) Begin(ctx context.Context, subject, clientID string) (end fun
 	key := markerKey(subject, clientID)
 	rev, err := r.kv.Put(ctx, key, nil)
 	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", RevokingBucket, err)
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	// This instance refuses issues at once, not when its watch catches up.
 	r.mu.Lock()
