@@ -30,7 +30,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./events
 
 # The go test benchmarks behind docs/benchmarks.md; the rotation benchmark
-# is go run ./cmd/tokenctl bench --baseline -k 64.
+# is go run ./cmd/tokenbench --baseline -k 64.
 bench:
 	go test -run '^$$' -bench ProjectionRebuild -benchtime 5x ./projections
 	go test -run '^$$' -bench Introspect -benchtime 2s ./projections ./cmd/tokend

@@ -1,4 +1,4 @@
-// Command tokenbaseline is the minimal pipeline that `tokenctl bench
+// Command tokenbaseline is the minimal pipeline that `tokenbench
 // --baseline` compares tokend with: the least any service answering
 // rotations over NATS with a durable, fenced event log has to do, done as
 // cheaply as NATS allows.
@@ -52,7 +52,7 @@ import (
 	"github.com/nats-io/nuid"
 )
 
-// Names of the pipeline; the prefix is what `tokenctl bench` sends to.
+// Names of the pipeline; the prefix is what `tokenbench` sends to.
 const (
 	streamName = "BASELINE"
 	prefix     = "baseline"

@@ -7,7 +7,8 @@
 // read model (audit can page through everything or follow new events
 // live); keys prints the JWKS, lists the keys or rotates them; rebuild
 // writes a fresh SQLite read model from the event stream; audit-token makes
-// a bearer token for the audit listener; bench measures tokend.
+// a bearer token for the audit listener. (The benchmark is a command of
+// its own, tokenbench.)
 //
 // Each command lives in its own file and is listed in the commands map below.
 package main
@@ -30,6 +31,7 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
+	"github.com/tokend/tokend/cmd/internal/cli"
 )
 
 // defaultNATSURL is where `go run ./cmd/tokend` listens by default.
@@ -79,7 +81,6 @@ var commands = map[string]*command{
 	"rebuild":    rebuildCommand,
 
 	"audit-token": auditTokenCommand,
-	"bench":       benchCommand,
 }
 
 // getenv is os.Getenv, replaceable in tests.
@@ -104,7 +105,7 @@ type env struct {
 	natsURL        string
 	prefix         string
 	timeout        time.Duration
-	auth           authFlags
+	auth           cli.Auth
 	args           []string // the command's positional arguments
 
 	nc *nats.Conn
@@ -117,7 +118,7 @@ func (e *env) client() (*client.Client, error) {
 	if e.c != nil {
 		return e.c, nil
 	}
-	opts, err := e.auth.options()
+	opts, err := e.auth.Options()
 	if err != nil {
 		return nil, usagef("%v", err)
 	}
@@ -157,7 +158,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	global.StringVar(&e.prefix, "prefix", client.DefaultPrefix, "subject prefix `P` of the tokend deployment")
 	global.DurationVar(&e.timeout, "timeout", defaultTimeout, "give up after `D`, connecting included (audit and rebuild: each request)")
 	global.BoolVar(&e.json, "json", false, "print the reply JSON exactly as received (for scripts)")
-	e.auth.declare(global)
+	e.auth.Declare(global)
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			mainUsage(stdout, global)
@@ -343,7 +344,7 @@ Commands:
 	}
 	fmt.Fprintf(w, "  %-11s %s\n", "help", "show the usage of a command: tokenctl help <command>")
 	fmt.Fprint(w, "\nGlobal flags:\n")
-	printFlags(w, global)
+	cli.PrintFlags(w, global)
 	fmt.Fprint(w, `
 Output is human-readable by default; with --json the reply is printed exactly
 as received. Failures print "tokenctl: <error>: <description>" on stderr and
@@ -360,28 +361,8 @@ func commandUsage(w io.Writer, name string, cmd *command, fs, global *flag.FlagS
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
 	}
 	fmt.Fprint(w, "\nFlags:\n")
-	printFlags(w, fs, func(f *flag.Flag) bool { return f.Name == "json" || global.Lookup(f.Name) == nil })
+	cli.PrintFlags(w, fs, func(f *flag.Flag) bool { return f.Name == "json" || global.Lookup(f.Name) == nil })
 	fmt.Fprint(w, "\nGlobal flags (--nats-url, --prefix, --timeout, --json, credentials) go before or after the command: tokenctl help.\n")
-}
-
-// printFlags is flag.PrintDefaults with GNU-style double dashes, for the
-// flags show accepts (all when nil).
-func printFlags(w io.Writer, fs *flag.FlagSet, show ...func(*flag.Flag) bool) {
-	fs.VisitAll(func(f *flag.Flag) {
-		if len(show) > 0 && !show[0](f) {
-			return
-		}
-		arg, usage := flag.UnquoteUsage(f)
-		line := "  --" + f.Name
-		if arg != "" {
-			line += " " + arg
-		}
-		fmt.Fprintf(w, "%s\n    \t%s", line, strings.ReplaceAll(usage, "\n", "\n    \t"))
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && !strings.Contains(usage, "(default") {
-			fmt.Fprintf(w, " (default %q)", f.DefValue)
-		}
-		fmt.Fprintln(w)
-	})
 }
 
 func upperFirst(s string) string {

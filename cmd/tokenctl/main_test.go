@@ -189,6 +189,13 @@ func TestHelp(t *testing.T) {
 			t.Errorf("help lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	// The benchmark is its own command, tokenbench: not an operator's.
+	if strings.Contains(r.stdout, "bench") {
+		t.Errorf("help lists bench:\n%s", r.stdout)
+	}
+	if r := runCtl(t, "", "--nats-url", deadURL, "bench"); r.code != 2 || !strings.Contains(r.stderr, `unknown command "bench"`) {
+		t.Errorf("bench: exit %d, stderr %q; want an unknown command", r.code, r.stderr)
+	}
 	if r := runCtl(t, "", "-h"); r.code != 0 || !strings.Contains(r.stdout, "Commands:") {
 		t.Errorf("-h: exit %d, stdout %q", r.code, r.stdout)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tokend/tokend/cmd/internal/cli"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
 )
@@ -225,7 +226,7 @@ type progress struct {
 }
 
 func newProgress(w io.Writer, from, target uint64) *progress {
-	p := &progress{w: w, tty: isTerminal(w), every: 2 * time.Second, start: time.Now(), from: from, target: target}
+	p := &progress{w: w, tty: cli.IsTerminal(w), every: 2 * time.Second, start: time.Now(), from: from, target: target}
 	if p.tty {
 		p.every = 200 * time.Millisecond
 	} else {

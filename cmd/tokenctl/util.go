@@ -208,14 +208,3 @@ func cell(s string) string {
 		return '\uFFFD'
 	}, s)
 }
-
-// isTerminal reports whether w is a character device (a terminal), where
-// redrawing a line with \r works.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}

@@ -12,13 +12,17 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 func TestPercentile(t *testing.T) {
@@ -134,7 +138,7 @@ func TestBaselineFlags(t *testing.T) {
 	if got := o.baselineFlags(); !reflect.DeepEqual(got, []string{"--event-bytes", "300"}) {
 		t.Errorf("baseline flags %q", got)
 	}
-	o.tokendFlags = stringList{"--log-level=debug", "--sync-always"}
+	o.tokendFlags = []string{"--log-level=debug", "--sync-always"}
 	if got := o.baselineFlags(); !reflect.DeepEqual(got, []string{"--event-bytes", "300", "--sync-always"}) {
 		t.Errorf("baseline flags with --sync-always %q", got)
 	}
@@ -256,12 +260,89 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--instances", "2", "--idle", "10"},
 		{"--nats-server", "/bin/true"},
 		{"extra"},
+		{"--timeout", "0"},
+		{"--target", "--tls-cert", "c.pem"},
+		{"--bogus"},
 	} {
-		r := runCtl(t, "", append([]string{"--nats-url", deadURL, "bench"}, args...)...)
-		if r.code != 2 || r.stdout != "" {
-			t.Errorf("bench %q: exit %d, stdout %q, stderr %q; want 2 and a message on stderr", args, r.code, r.stdout, r.stderr)
+		r := runBench(t, append([]string{"--nats-url", deadURL}, args...)...)
+		if r.code != 2 || r.stdout != "" || !strings.HasPrefix(r.stderr, "tokenbench: ") {
+			t.Errorf("tokenbench %q: exit %d, stdout %q, stderr %q; want 2 and a message on stderr", args, r.code, r.stdout, r.stderr)
 		}
 	}
+}
+
+// TestBenchHelp: -h prints the usage with tokenctl bench's flags, GNU
+// style, and the connection flags --target uses.
+func TestBenchHelp(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}} {
+		r := runBench(t, args...)
+		if r.code != 0 || r.stderr != "" {
+			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+		for _, want := range []string{"Usage: tokenbench [-k N]", "ABBA", "--baseline\n", "--rounds N", "--instances N", "--idle N",
+			"--tokend-flag FLAG", "--target\n", "--nats-url URL", "--prefix P", "--creds FILE", "--json\n", "(default \"16\")"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("%q lacks %q:\n%s", args, want, r.stdout)
+			}
+		}
+	}
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func runBench(t *testing.T, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(t.Context(), args, &out, &errOut)
+	return result{code, out.String(), errOut.String()}
+}
+
+// deadURL is a NATS URL nothing listens on: usage errors must not need NATS.
+const deadURL = "nats://127.0.0.1:1"
+
+// serveFake answers tokend's issue and refresh subjects on an in-process
+// NATS server with the given handlers. It returns the server's URL and
+// the refresh requests so far, decoded, oldest first.
+func serveFake(t *testing.T, issue, refresh micro.HandlerFunc) (url string, refreshes func() []map[string]any) {
+	t.Helper()
+	url = eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []map[string]any
+	record := func(r micro.Request) {
+		var req map[string]any
+		json.Unmarshal(r.Data(), &req)
+		mu.Lock()
+		got = append(got, req)
+		mu.Unlock()
+		refresh(r)
+	}
+	for subject, h := range map[string]micro.HandlerFunc{"tokens.cmd.issue": issue, "tokens.cmd.refresh": record} {
+		if err := svc.AddEndpoint(strings.ReplaceAll(subject, ".", "_"), h, micro.WithEndpointSubject(subject)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return url, func() []map[string]any {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+}
+
+// refuse answers as tokend refuses a request: the contract body and the
+// micro error headers.
+func refuse(r micro.Request, status, code string) {
+	r.Error(status, code, fmt.Appendf(nil, `{"error":%q,"error_description":"refused","retry_after_ms":1}`, code))
 }
 
 // TestBenchWorkerErrors runs the load against a fake tokend that fails some
@@ -281,27 +362,26 @@ func TestBenchWorkerErrors(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var issued, refreshes atomic.Int64
-			f := serveFake(t, map[string]micro.HandlerFunc{
-				"tokens.cmd.issue": func(r micro.Request) {
+			url, requests := serveFake(t,
+				func(r micro.Request) {
 					n := issued.Add(1)
 					r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d.1","family_id":"fam%d","seq":1}`, n, n))
 				},
-				"tokens.cmd.refresh": func(r micro.Request) {
+				func(r micro.Request) {
 					var req struct {
 						RefreshToken string `json:"refresh_token"`
 					}
 					json.Unmarshal(r.Data(), &req)
 					switch n := refreshes.Add(1); n {
 					case 2:
-						respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"retry","retry_after_ms":1}`)
+						refuse(r, "503", "temporarily_unavailable")
 					case 4:
-						respondError(r, "400", `{"error":"invalid_grant","error_description":"refresh token is not valid"}`)
+						refuse(r, "400", "invalid_grant")
 					default:
 						r.Respond(fmt.Appendf(nil, `{"refresh_token":"%s+","seq":%d}`, req.RefreshToken, n+100))
 					}
-				},
-			})
-			rep, err := runLoad(t.Context(), loadTarget{name: "tokend", url: f.url, prefix: "tokens"},
+				})
+			rep, err := runLoad(t.Context(), loadTarget{name: "tokend", url: url, prefix: "tokens"},
 				loadConfig{k: 1, familiesPerWorker: c.familiesPerWorker, conns: 1, duration: time.Second, timeout: 5 * time.Second, ticks: 100})
 			if err != nil {
 				t.Fatal(err)
@@ -309,7 +389,7 @@ func TestBenchWorkerErrors(t *testing.T) {
 			if rep.Errors["temporarily_unavailable"] != 1 || rep.Errors["invalid_grant"] != 1 || len(rep.Errors) != 2 {
 				t.Errorf("errors %v; want one temporarily_unavailable and one invalid_grant", rep.Errors)
 			}
-			got := f.requests("tokens.cmd.refresh")
+			got := requests()
 			if len(got) < len(c.want) {
 				t.Fatalf("only %d refreshes in 1 s", len(got))
 			}
@@ -335,25 +415,24 @@ func TestBenchWorkerErrors(t *testing.T) {
 // those.
 func TestBenchWorkersIssueTheirFamilies(t *testing.T) {
 	var asked, issued atomic.Int64
-	f := serveFake(t, map[string]micro.HandlerFunc{
-		"tokens.cmd.issue": func(r micro.Request) {
+	url, requests := serveFake(t,
+		func(r micro.Request) {
 			if asked.Add(1)%5 == 0 {
-				respondError(r, "503", `{"error":"temporarily_unavailable","error_description":"slow down","retry_after_ms":1}`)
+				refuse(r, "503", "temporarily_unavailable")
 				return
 			}
 			n := issued.Add(1)
 			r.Respond(fmt.Appendf(nil, `{"refresh_token":"fam%d","family_id":"fam%d","seq":1}`, n, n))
 		},
-		"tokens.cmd.refresh": func(r micro.Request) {
+		func(r micro.Request) {
 			var req struct {
 				RefreshToken string `json:"refresh_token"`
 			}
 			json.Unmarshal(r.Data(), &req)
 			r.Respond(fmt.Appendf(nil, `{"refresh_token":"%s","seq":2}`, req.RefreshToken))
-		},
-	})
+		})
 	const k, perWorker = 3, 4
-	if _, err := runLoad(t.Context(), loadTarget{name: "tokend", url: f.url, prefix: "tokens"},
+	if _, err := runLoad(t.Context(), loadTarget{name: "tokend", url: url, prefix: "tokens"},
 		loadConfig{k: k, familiesPerWorker: perWorker, conns: 2, duration: 200 * time.Millisecond, timeout: 5 * time.Second, ticks: 100}); err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +442,7 @@ func TestBenchWorkersIssueTheirFamilies(t *testing.T) {
 	// Each family is rotated in turn with the others of its worker, so
 	// after the first round every family has been rotated.
 	rotated := map[any]int{}
-	for _, req := range f.requests("tokens.cmd.refresh") {
+	for _, req := range requests() {
 		rotated[req["refresh_token"]]++
 	}
 	if len(rotated) != k*perWorker {
@@ -379,9 +458,8 @@ func TestBenchEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := run(ctx, []string{"bench", "--baseline", "-k", "2", "--families-per-worker", "3", "--baseline-event-bytes", "300",
-		"--duration", "1s", "--warmup", "200ms", "--json"},
-		strings.NewReader(""), &out, &errOut)
+	code := run(ctx, []string{"--baseline", "-k", "2", "--families-per-worker", "3", "--baseline-event-bytes", "300",
+		"--duration", "1s", "--warmup", "200ms", "--json"}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
 	}
@@ -421,7 +499,7 @@ func TestBenchIdle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := run(ctx, []string{"bench", "--idle", "300", "-k", "4", "--duration", "200ms", "--json"}, strings.NewReader(""), &out, &errOut)
+	code := run(ctx, []string{"--idle", "300", "-k", "4", "--duration", "200ms", "--json"}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
 	}
@@ -687,8 +765,7 @@ func TestBenchInstances(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := run(ctx, []string{"bench", "--instances", "2", "-k", "2", "--families-per-worker", "4", "--duration", "1s", "--warmup", "0", "--json"},
-		strings.NewReader(""), &out, &errOut)
+	code := run(ctx, []string{"--instances", "2", "-k", "2", "--families-per-worker", "4", "--duration", "1s", "--warmup", "0", "--json"}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
 	}

@@ -19,11 +19,17 @@ import (
 	"github.com/tokend/tokend/client"
 )
 
-// benchClientID owns every family bench issues.
+// benchClientID owns every family bench issues. It kept its name when the
+// bench left tokenctl, so a client registry that admits it for --target
+// still does.
 const benchClientID = "tokenctl-bench"
 
 // catchUpLimit bounds the wait for tokend's read model after the load.
 const catchUpLimit = time.Minute
+
+// longPoll is how long tokend holds a query whose min_seq its read model
+// has not reached before answering temporarily_unavailable.
+const longPoll = 2 * time.Second
 
 // loadTarget is what one load runs against: tokend, or the baseline, which
 // answers the same subjects under its own prefix.
@@ -170,7 +176,7 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 	// the same pool.
 	conns := make([]*client.Client, cfg.conns)
 	for i := range conns {
-		nc, err := nats.Connect(t.url, slices.Concat(t.opts, []nats.Option{nats.Name("tokenctl-bench"), nats.Timeout(cfg.timeout), nats.NoReconnect()})...)
+		nc, err := nats.Connect(t.url, slices.Concat(t.opts, []nats.Option{nats.Name("tokenbench"), nats.Timeout(cfg.timeout), nats.NoReconnect()})...)
 		if err != nil {
 			return runReport{}, fmt.Errorf("%s: connect to %s: %w", t.name, t.url, err)
 		}
@@ -354,6 +360,20 @@ func backoff(err error) time.Duration {
 	return 100 * time.Millisecond
 }
 
+// retryDelay is the wait after temporarily_unavailable: tokend's hint,
+// bounded so as neither to hammer it nor to stall.
+func retryDelay(se *client.Error) time.Duration {
+	return min(max(se.RetryAfter(), 100*time.Millisecond), 5*time.Second)
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+}
+
 func (l *loadRun) issue(ctx context.Context, c *client.Client) (benchFamily, error) {
 	body, _ := json.Marshal(map[string]string{"subject": "bench-user", "client_id": benchClientID})
 	var r benchReply
@@ -493,7 +513,7 @@ func (l *loadRun) showProgress(began time.Time, stopped <-chan struct{}) {
 				phase = "warmup"
 			}
 			done := l.rotations.Load()
-			fmt.Fprintf(w, "\rtokenctl bench: %s %-9s %3.0fs  %d rotations  %d/s  %d errors\x1b[K",
+			fmt.Fprintf(w, "\rtokenbench: %s %-9s %3.0fs  %d rotations  %d/s  %d errors\x1b[K",
 				l.t.name, phase, now.Sub(began).Seconds(), done, done-prev, l.errs.Load())
 			prev = done
 		}

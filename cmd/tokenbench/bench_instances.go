@@ -38,8 +38,8 @@ func natsServerConfig(listen, monitor, storeDir string, syncAlways bool) string 
 	if syncAlways {
 		sync = "\n  sync_interval: always"
 	}
-	return fmt.Sprintf(`# written by tokenctl bench --instances
-server_name: tokenctl-bench
+	return fmt.Sprintf(`# written by tokenbench --instances
+server_name: tokenbench
 listen: %s
 http: %s
 jetstream {

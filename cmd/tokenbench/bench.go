@@ -15,14 +15,17 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tokend/tokend/cmd/internal/cli"
 )
 
-var benchCommand = &command{
-	summary:  "measure rotations per second, latency and cost of tokend, optionally against a minimal baseline",
-	synopsis: "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--instances N [--nats-server PATH]] [--tokend-flag FLAG]...",
-	jsonHelp: "print the report as one JSON object",
-	long:     true,
-	help: `Starts a tokend (built from the source tree around the working directory
+// synopsis and help are what tokenbench -h prints above the flags.
+const (
+	synopsis = "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--instances N [--nats-server PATH]] [--tokend-flag FLAG]..."
+	help     = `Measures rotations per second, latency and cost of tokend, optionally
+against a minimal baseline.
+
+Starts a tokend (built from the source tree around the working directory
 unless --tokend is given) with its own temporary data directory and free
 loopback ports and loads it with K workers, each sending one request at a
 time as fast as tokend answers: after --warmup, for --duration. Then it
@@ -71,36 +74,34 @@ A progress line is drawn on stderr when it is a terminal. A failed refresh
 counts as an error of its kind (the contract code, "timeout" or
 "transport") and is retried after a pause with the same token; a refused
 family is replaced by a new one when its turn comes. --timeout bounds each
-request.`,
-	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
-		var o benchOptions
-		fs.IntVar(&o.k, "k", 16, "`N` workers, each sending one request at a time")
-		fs.IntVar(&o.familiesPerWorker, "families-per-worker", 32, "each worker rotates `N` families of its own round-robin")
-		fs.DurationVar(&o.duration, "duration", 10*time.Second, "measure for `D`")
-		fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "load for `D` before measuring, not counted")
-		fs.IntVar(&o.conns, "conns", 0, "`N` NATS connections the workers share (default 8, at most K)")
-		fs.BoolVar(&o.baseline, "baseline", false, "also run the load against tokenbaseline and print the ratios")
-		fs.StringVar(&o.order, "order", "baseline,tokend", "with --baseline: which runs first (`ORDER`: baseline,tokend or tokend,baseline)")
-		fs.IntVar(&o.rounds, "rounds", 1, "with --baseline: run the pair `N` times, alternating the order, and report the median ratios")
-		fs.BoolVar(&o.target, "target", false, "measure the tokend at the global --nats-url instead of starting one")
-		fs.IntVar(&o.tokendPID, "tokend-pid", 0, "with --target: the `PID` of that tokend, for its CPU and RSS")
-		fs.StringVar(&o.tokendBin, "tokend", "", "the tokend binary to start (`PATH`; default: go build ./cmd/tokend)")
-		fs.StringVar(&o.baselineBin, "tokenbaseline", "", "the tokenbaseline binary (`PATH`; default: go build ./cmd/tokenbaseline)")
-		fs.IntVar(&o.baselineEventBytes, "baseline-event-bytes", 400, "with --baseline: tokenbaseline's events are `N` bytes (its --event-bytes)")
-		fs.Var(&o.tokendFlags, "tokend-flag", "pass `FLAG` to the started tokend, e.g. --tokend-flag=--sync-always (repeatable);\n"+
-			"--sync-always goes to tokenbaseline too")
-		fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
-		fs.IntVar(&o.instances, "instances", 0, "start `N` tokend on one standalone nats-server instead of one tokend embedding it")
-		fs.StringVar(&o.natsServerBin, "nats-server", "", "with --instances: the nats-server binary (`PATH`; default: go build github.com/nats-io/nats-server/v2)")
-		fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers (--families-per-worker does not apply),\n"+
-			"stay idle for --duration, and report tokend's memory")
-		return func(ctx context.Context, e *env) error {
-			if err := o.check(); err != nil {
-				return err
-			}
-			return bench(ctx, e, &o)
-		}
-	},
+request.`
+)
+
+// declare adds the bench's own flags to fs.
+func (o *benchOptions) declare(fs *flag.FlagSet) {
+	fs.IntVar(&o.k, "k", 16, "`N` workers, each sending one request at a time")
+	fs.IntVar(&o.familiesPerWorker, "families-per-worker", 32, "each worker rotates `N` families of its own round-robin")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measure for `D`")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "load for `D` before measuring, not counted")
+	fs.IntVar(&o.conns, "conns", 0, "`N` NATS connections the workers share (default 8, at most K)")
+	fs.BoolVar(&o.baseline, "baseline", false, "also run the load against tokenbaseline and print the ratios")
+	fs.StringVar(&o.order, "order", "baseline,tokend", "with --baseline: which runs first (`ORDER`: baseline,tokend or tokend,baseline)")
+	fs.IntVar(&o.rounds, "rounds", 1, "with --baseline: run the pair `N` times, alternating the order, and report the median ratios")
+	fs.BoolVar(&o.target, "target", false, "measure the tokend at --nats-url instead of starting one")
+	fs.IntVar(&o.tokendPID, "tokend-pid", 0, "with --target: the `PID` of that tokend, for its CPU and RSS")
+	fs.StringVar(&o.tokendBin, "tokend", "", "the tokend binary to start (`PATH`; default: go build ./cmd/tokend)")
+	fs.StringVar(&o.baselineBin, "tokenbaseline", "", "the tokenbaseline binary (`PATH`; default: go build ./cmd/tokenbaseline)")
+	fs.IntVar(&o.baselineEventBytes, "baseline-event-bytes", 400, "with --baseline: tokenbaseline's events are `N` bytes (its --event-bytes)")
+	fs.Func("tokend-flag", "pass `FLAG` to the started tokend, e.g. --tokend-flag=--sync-always (repeatable);\n"+
+		"--sync-always goes to tokenbaseline too", func(v string) error {
+		o.tokendFlags = append(o.tokendFlags, v)
+		return nil
+	})
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
+	fs.IntVar(&o.instances, "instances", 0, "start `N` tokend on one standalone nats-server instead of one tokend embedding it")
+	fs.StringVar(&o.natsServerBin, "nats-server", "", "with --instances: the nats-server binary (`PATH`; default: go build github.com/nats-io/nats-server/v2)")
+	fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers (--families-per-worker does not apply),\n"+
+		"stay idle for --duration, and report tokend's memory")
 }
 
 type benchOptions struct {
@@ -114,37 +115,37 @@ type benchOptions struct {
 	order                  string
 	tokendBin, baselineBin string
 	natsServerBin          string
-	tokendFlags            stringList
+	tokendFlags            []string
 }
 
 func (o *benchOptions) check() error {
 	switch {
 	case o.k < 1:
-		return usagef("-k must be at least 1")
+		return errors.New("-k must be at least 1")
 	case o.familiesPerWorker < 1:
-		return usagef("--families-per-worker must be at least 1")
+		return errors.New("--families-per-worker must be at least 1")
 	case o.baselineEventBytes < 1:
-		return usagef("--baseline-event-bytes must be positive")
+		return errors.New("--baseline-event-bytes must be positive")
 	case o.duration <= 0 || o.warmup < 0:
-		return usagef("--duration must be positive and --warmup not negative")
+		return errors.New("--duration must be positive and --warmup not negative")
 	case o.conns < 0:
-		return usagef("--conns must not be negative")
+		return errors.New("--conns must not be negative")
 	case o.rounds < 1 || o.rounds > 1 && !o.baseline:
-		return usagef("--rounds N repeats the --baseline comparison: N at least 1")
+		return errors.New("--rounds N repeats the --baseline comparison: N at least 1")
 	case o.order != "baseline,tokend" && o.order != "tokend,baseline":
-		return usagef("--order %q: want baseline,tokend or tokend,baseline", o.order)
+		return fmt.Errorf("--order %q: want baseline,tokend or tokend,baseline", o.order)
 	case o.target && (o.tokendBin != "" || len(o.tokendFlags) > 0):
-		return usagef("--tokend and --tokend-flag start a tokend; --target measures one already running")
+		return errors.New("--tokend and --tokend-flag start a tokend; --target measures one already running")
 	case o.tokendPID != 0 && !o.target:
-		return usagef("--tokend-pid goes with --target; a started tokend's pid is known")
+		return errors.New("--tokend-pid goes with --target; a started tokend's pid is known")
 	case o.idle < 0 || o.idle > 0 && (o.baseline || o.target):
-		return usagef("--idle N measures a started tokend's memory: not negative, and not with --baseline or --target")
+		return errors.New("--idle N measures a started tokend's memory: not negative, and not with --baseline or --target")
 	case o.instances < 0:
-		return usagef("--instances must not be negative")
+		return errors.New("--instances must not be negative")
 	case o.instances > 0 && (o.baseline || o.target || o.idle > 0):
-		return usagef("--instances starts tokend instances on a nats-server of their own: not with --baseline (a single process embedding its server), --target or --idle")
+		return errors.New("--instances starts tokend instances on a nats-server of their own: not with --baseline (a single process embedding its server), --target or --idle")
 	case o.natsServerBin != "" && o.instances == 0:
-		return usagef("--nats-server goes with --instances")
+		return errors.New("--nats-server goes with --instances")
 	}
 	if o.conns == 0 {
 		o.conns = 8
@@ -286,7 +287,7 @@ func ratios(tokend, baseline runReport) *ratioReport {
 }
 
 func bench(ctx context.Context, e *env, o *benchOptions) error {
-	tty := isTerminal(e.stderr)
+	tty := cli.IsTerminal(e.stderr)
 	// status shows what bench is doing on the terminal's last line; ""
 	// erases it.
 	status := func(msg string) {
@@ -295,7 +296,7 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 		case msg == "":
 			fmt.Fprint(e.stderr, "\r\x1b[K")
 		default:
-			fmt.Fprintf(e.stderr, "\rtokenctl bench: %s\x1b[K", msg)
+			fmt.Fprintf(e.stderr, "\rtokenbench: %s\x1b[K", msg)
 		}
 	}
 	defer status("")
@@ -312,7 +313,7 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 		build = append(build, "nats-server")
 	}
 	if len(build) > 0 {
-		dir, err := os.MkdirTemp("", "tokenctl-bench-bin-")
+		dir, err := os.MkdirTemp("", "tokenbench-bin-")
 		if err != nil {
 			return err
 		}
@@ -379,7 +380,7 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 		if err != nil {
 			return err
 		}
-		printRaw(e.stdout, data)
+		fmt.Fprintf(e.stdout, "%s\n", data)
 	} else {
 		rep.writeTable(e.stdout)
 	}
@@ -402,10 +403,7 @@ func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins ma
 			t = loadTarget{name: name, url: p.natsURL, prefix: "baseline", familyInBody: true, procs: []targetProc{{name: p.name, pid: p.pid()}}}
 		}
 	case o.target:
-		t = loadTarget{name: name, url: e.natsURL, prefix: e.prefix, readModel: true}
-		if t.opts, err = e.auth.options(); err != nil {
-			return runReport{}, nil, usagef("%v", err)
-		}
+		t = loadTarget{name: name, url: e.natsURL, prefix: e.prefix, opts: e.natsOpts, readModel: true}
 		if o.tokendPID != 0 {
 			t.procs = []targetProc{{name: "tokend", pid: o.tokendPID}}
 		}
@@ -427,7 +425,7 @@ func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins ma
 		for _, p := range procs {
 			err := p.stop(o.keep)
 			if err == nil && o.keep {
-				fmt.Fprintf(e.stderr, "tokenctl bench: kept the %s data and log in %s\n", p.name, p.dir)
+				fmt.Fprintf(e.stderr, "tokenbench: kept the %s data and log in %s\n", p.name, p.dir)
 			}
 			stopErr = errors.Join(stopErr, err)
 		}
@@ -442,7 +440,7 @@ func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins ma
 // keepOrRemove removes dir, or with keep says where it is.
 func keepOrRemove(e *env, keep bool, dir, what string) {
 	if keep {
-		fmt.Fprintf(e.stderr, "tokenctl bench: kept the %s in %s\n", what, dir)
+		fmt.Fprintf(e.stderr, "tokenbench: kept the %s in %s\n", what, dir)
 		return
 	}
 	os.RemoveAll(dir)

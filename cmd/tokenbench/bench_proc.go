@@ -31,7 +31,7 @@ func moduleRoot(dir string) (string, error) {
 			return d, nil
 		}
 		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no go.mod of module %s in %s or above: run bench inside the tokend source tree, or give the binaries with --tokend and --tokenbaseline", modulePath, dir)
+			return "", fmt.Errorf("no go.mod of module %s in %s or above: run tokenbench inside the tokend source tree, or give the binaries with --tokend and --tokenbaseline", modulePath, dir)
 		}
 	}
 }
@@ -94,7 +94,7 @@ type serverProc struct {
 // newServerProc makes the directory and picks the HTTP address of a server
 // about to start.
 func newServerProc(name string) (*serverProc, error) {
-	dir, err := os.MkdirTemp("", "tokenctl-bench-"+name+"-")
+	dir, err := os.MkdirTemp("", "tokenbench-"+name+"-")
 	if err != nil {
 		return nil, err
 	}

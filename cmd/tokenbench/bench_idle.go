@@ -7,11 +7,13 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokend/tokend/client"
+	"github.com/tokend/tokend/cmd/internal/cli"
 )
 
 // idleReport is what bench --idle prints: how much memory tokend keeps for
@@ -42,24 +44,28 @@ func benchIdle(ctx context.Context, e *env, o *benchOptions, bin string) error {
 	}
 	if e.json {
 		data, _ := json.Marshal(rep)
-		printRaw(e.stdout, data)
+		fmt.Fprintf(e.stdout, "%s\n", data)
 		return nil
 	}
-	printKV(e.stdout, [][2]string{
+	// Aligned "key: value" lines, as tokenctl prints them.
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 1, ' ', 0)
+	for _, row := range [][2]string{
 		{"families issued", fmt.Sprint(rep.Families)},
 		{"issues/s", fmt.Sprintf("%.0f", rep.IssuesPerSecond)},
 		{"errors", fmt.Sprint(rep.Errors)},
 		{"idle", fmt.Sprintf("%.0fs", rep.IdleSeconds)},
 		{"tokend RSS after idle (MiB)", fmt.Sprintf("%.1f", float64(rep.RSSBytes)/(1<<20))},
 		{"tokend peak RSS (MiB)", fmt.Sprintf("%.1f", float64(rep.PeakRSSBytes)/(1<<20))},
-	})
-	return nil
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
 }
 
 func idleLoad(ctx context.Context, e *env, o *benchOptions, proc *serverProc) (idleReport, error) {
 	conns := make([]*client.Client, o.conns)
 	for i := range conns {
-		nc, err := nats.Connect(proc.natsURL, nats.Name("tokenctl-bench"), nats.Timeout(e.timeout), nats.NoReconnect())
+		nc, err := nats.Connect(proc.natsURL, nats.Name("tokenbench"), nats.Timeout(e.timeout), nats.NoReconnect())
 		if err != nil {
 			return idleReport{}, fmt.Errorf("connect to %s: %w", proc.natsURL, err)
 		}
@@ -88,8 +94,8 @@ func idleLoad(ctx context.Context, e *env, o *benchOptions, proc *serverProc) (i
 	if err := ctx.Err(); err != nil {
 		return idleReport{}, err
 	}
-	if e.stderr != nil && isTerminal(e.stderr) {
-		fmt.Fprintf(e.stderr, "tokenctl bench: %d families issued in %v; idle for %v\n", o.idle, issued.Round(time.Millisecond), o.duration)
+	if e.stderr != nil && cli.IsTerminal(e.stderr) {
+		fmt.Fprintf(e.stderr, "tokenbench: %d families issued in %v; idle for %v\n", o.idle, issued.Round(time.Millisecond), o.duration)
 	}
 	select {
 	case <-ctx.Done():
