@@ -1,6 +1,8 @@
 package api
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/tokend/tokend/domain"
 )
 
 // clientAssertionType is the only client_assertion_type of RFC 7523.
@@ -119,4 +122,93 @@ func (v *assertionVerifier) verify(assertion, clientID string, keys jose.JSONWeb
 	}
 	v.seen[key] = exp.Add(time.Minute)
 	return nil
+}
+
+// authenticate finds the registered client a request speaks for, by
+// exactly one method of RFC 6749 section 2.3 / RFC 7523: HTTP Basic,
+// client_id and client_secret in the body, a client assertion, or
+// client_id alone for a public client. The method must be the one
+// registered for the client.
+func (o *OAuth) authenticate(r *http.Request, f map[string][]string) (domain.Client, *oauthError) {
+	basicID, basicSecret, hasBasic, err := basicCredentials(r)
+	if err != nil {
+		return domain.Client{}, errClientAuth
+	}
+	get := func(k string) string { return first(f[k]) }
+	postSecret, assertion := get("client_secret"), get("client_assertion")
+	methods := 0
+	for _, used := range []bool{hasBasic, postSecret != "", assertion != ""} {
+		if used {
+			methods++
+		}
+	}
+	if methods > 1 {
+		return domain.Client{}, badRequest("use exactly one client authentication method")
+	}
+	id := get("client_id")
+	var method domain.AuthMethod
+	switch {
+	case hasBasic:
+		if id != "" && id != basicID {
+			return domain.Client{}, badRequest("client_id differs from the authenticated client")
+		}
+		id, method = basicID, domain.AuthSecretBasic
+	case postSecret != "":
+		method = domain.AuthSecretPost
+	case assertion != "":
+		if get("client_assertion_type") != clientAssertionType {
+			return domain.Client{}, badRequest("client_assertion_type must be %s", clientAssertionType)
+		}
+		if id == "" {
+			id = assertionIssuer(assertion)
+		}
+		method = domain.AuthPrivateKeyJWT
+	default:
+		method = domain.AuthNone
+	}
+	if id == "" {
+		return domain.Client{}, errClientAuth
+	}
+	c, ok := o.clients.Lookup(id)
+	refuse := func(why string) (domain.Client, *oauthError) {
+		o.log.Info("oauth client authentication refused", "method", string(method), "registered", ok, "why", why)
+		return domain.Client{}, errClientAuth
+	}
+	switch {
+	case !ok:
+		return refuse("unknown client")
+	case c.AuthMethod != method:
+		return refuse("not the client's registered method " + string(c.AuthMethod))
+	case method == domain.AuthSecretBasic && !c.VerifySecret(basicSecret, o.svc.Now()):
+		return refuse("wrong secret")
+	case method == domain.AuthSecretPost && !c.VerifySecret(postSecret, o.svc.Now()):
+		return refuse("wrong secret")
+	case method == domain.AuthPrivateKeyJWT:
+		var keys jose.JSONWebKeySet
+		if err := json.Unmarshal(c.JWKS, &keys); err != nil {
+			return refuse("unreadable registered JWKS")
+		}
+		if err := o.verify.verify(assertion, c.ID, keys); err != nil {
+			return refuse(err.Error())
+		}
+	}
+	return c, nil
+}
+
+// assertionIssuer reads the unverified iss of a client assertion, only to
+// find the client whose keys then verify it.
+func assertionIssuer(assertion string) string {
+	parts := strings.Split(assertion, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		Iss string `json:"iss"`
+	}
+	json.Unmarshal(payload, &c)
+	return c.Iss
 }

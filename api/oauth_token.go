@@ -1,0 +1,130 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/tokens"
+)
+
+// tokenResponse is the success of RFC 6749 section 5.1.
+type tokenResponse struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int64  `json:"expires_in"`
+	RefreshToken string `json:"refresh_token"`
+	Scope        string `json:"scope"`
+}
+
+func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	resp, err := o.refresh(r.Context(), w, r)
+	o.svc.Metrics.oauth("token", err, time.Since(start))
+	if err != nil {
+		writeOAuthError(w, oauthErrorOf(err))
+		return
+	}
+	noStore(w)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (o *OAuth) refresh(ctx context.Context, w http.ResponseWriter, r *http.Request) (tokenResponse, error) {
+	f, ferr := form(w, r, "resource")
+	if ferr != nil {
+		return tokenResponse{}, ferr
+	}
+	switch first(f["grant_type"]) {
+	case "refresh_token":
+	case "":
+		return tokenResponse{}, badRequest("grant_type is required")
+	default:
+		return tokenResponse{}, &oauthError{status: http.StatusBadRequest, code: errUnsupportedGrantType,
+			description: "only the refresh_token grant is served here"}
+	}
+	client, aerr := o.authenticate(r, f)
+	if aerr != nil {
+		return tokenResponse{}, aerr
+	}
+	token := first(f["refresh_token"])
+	if token == "" {
+		return tokenResponse{}, badRequest("refresh_token is required")
+	}
+	req := tokens.RefreshRequest{Token: token, ClientID: client.ID, Context: requestContext(r)}
+	if s, ok := f["scope"]; ok && first(s) != "" {
+		scope, err := domain.ParseScope(first(s))
+		if err != nil {
+			return tokenResponse{}, err
+		}
+		req.Scope = scope
+	}
+	// RFC 8707: the resource selects the access token's audience; one
+	// token has one, so one resource per request.
+	switch res := f["resource"]; len(res) {
+	case 0:
+	case 1:
+		if _, err := domain.ValidateAudiences(res); err != nil {
+			return tokenResponse{}, &oauthError{status: http.StatusBadRequest, code: domain.EInvalidTarget, description: "resource is not a valid URI"}
+		}
+		req.Audience = res[0]
+	default:
+		return tokenResponse{}, &oauthError{status: http.StatusBadRequest, code: domain.EInvalidTarget,
+			description: "one resource per request: each access token has one audience"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	g, err := o.svc.Tokens.Refresh(ctx, req)
+	if err != nil {
+		return tokenResponse{}, err
+	}
+	reply, err := o.svc.tokenReply(g)
+	if err != nil {
+		return tokenResponse{}, err
+	}
+	return tokenResponse{AccessToken: reply.AccessToken, TokenType: "Bearer", ExpiresIn: reply.ExpiresIn,
+		RefreshToken: reply.RefreshToken, Scope: reply.Scope}, nil
+}
+
+// revoke is RFC 7009: 200 whatever the token, unless the client fails to
+// authenticate. A refresh token revokes its family if it is the client's;
+// so does an access token, whose family is its sid.
+func (o *OAuth) revoke(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	err := o.revokeToken(w, r)
+	o.svc.Metrics.oauth("revoke", err, time.Since(start))
+	if err != nil {
+		writeOAuthError(w, oauthErrorOf(err))
+		return
+	}
+	noStore(w)
+	w.WriteHeader(http.StatusOK)
+}
+
+func (o *OAuth) revokeToken(w http.ResponseWriter, r *http.Request) error {
+	f, ferr := form(w, r)
+	if ferr != nil {
+		return ferr
+	}
+	client, aerr := o.authenticate(r, f)
+	if aerr != nil {
+		return aerr
+	}
+	token := first(f["token"])
+	if token == "" {
+		return badRequest("token is required")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	if strings.HasPrefix(token, "rt1.") {
+		_, _, err := o.svc.Tokens.RevokeToken(ctx, token, client.ID, domain.ReasonRevoked, requestContext(r))
+		return err
+	}
+	claims, err := o.svc.Access.Verify(token, o.svc.Now())
+	if err != nil || claims.ClientID != client.ID {
+		return nil // not a token of this client: nothing to do (RFC 7009 2.2)
+	}
+	_, _, err = o.svc.Tokens.RevokeFamily(ctx, claims.SID, domain.ReasonRevoked, requestContext(r))
+	return err
+}
