@@ -31,6 +31,10 @@ const (
 	ReasonInvalidScope   = "invalid_scope"
 	ReasonInvalidTarget  = "invalid_target"
 	ReasonUnknownToken   = "unknown_token"
+	// ReasonRetiredKey refuses a token with a valid MAC under a key retired
+	// before its family was created: tokend never made it, so whoever did
+	// holds the retired key.
+	ReasonRetiredKey = "retired_key"
 )
 
 // Event is one fact about a family. Token fields hold hashes, never tokens.
@@ -44,6 +48,14 @@ type Event struct {
 	Generation uint64 // the family's generation after the event
 	Reason     string
 	Context    Context
+	// PresentedBy is the client that presented the token when it is not the
+	// family's own (refresh.rejected, client_mismatch); ClientID stays the
+	// owner's.
+	PresentedBy string
+	// PresentedGeneration is the generation of the presented token (reused,
+	// replay_detected, refresh.rejected), beside Generation, the family's:
+	// "generation 1 replayed after generation 2 was used" reads off one event.
+	PresentedGeneration uint64
 
 	// TokenHash is the new current token (issued, rotated) or the presented
 	// one (reused, replay_detected, refresh.rejected).
@@ -205,7 +217,7 @@ type Archive struct{}
 // out: the current token, the parent, or an older ancestor (a valid MAC with
 // an older generation proves one).
 func (f Family) HandedOut(t Token) bool {
-	if !f.Exists() || t.FamilyID != f.ID {
+	if !f.Exists() || t.FamilyID != f.ID || t.KeyRetiredBefore(f.CreatedAt) {
 		return false
 	}
 	switch {
@@ -311,10 +323,20 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 		return nil, ErrInvalidGrant // nothing to record against: no such family
 	}
 	presented := p.Hash()
+	presentedBy := ""
+	if c.ClientID != f.ClientID {
+		presentedBy = c.ClientID
+	}
 	reject := func(reason string, err error) ([]Event, error) {
 		e := d.event(f, RefreshRejected, c.Context, now)
 		e.Reason, e.TokenHash = reason, presented
+		e.PresentedBy, e.PresentedGeneration = presentedBy, p.Generation
 		return []Event{e}, err
+	}
+	// A token under a key retired before the family existed does not verify
+	// for it, whatever else it claims: tokend never made it.
+	if p.KeyRetiredBefore(f.CreatedAt) {
+		return reject(ReasonRetiredKey, ErrInvalidGrant)
 	}
 	// Ownership comes first: a foreign presentation never counts as replay.
 	if c.ClientID != f.ClientID {
@@ -340,7 +362,7 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 		}
 	case isParent || isAncestor:
 		replay := d.event(f, ReplayDetected, c.Context, now)
-		replay.TokenHash = presented
+		replay.TokenHash, replay.PresentedGeneration = presented, p.Generation
 		if c.OnReplay == ReplayAuditOnly {
 			// A rollout: the replay is recorded and refused, the family lives.
 			return []Event{replay}, ErrInvalidGrant
@@ -373,6 +395,7 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 	if !isCurrent {
 		e := d.event(f, TokenReused, c.Context, now)
 		e.TokenHash, e.Scope, e.Audience = presented, scope, audience
+		e.PresentedGeneration = p.Generation
 		return []Event{e}, nil
 	}
 	if c.Child.FamilyID != f.ID || c.Child.Generation != f.Generation+1 {

@@ -60,6 +60,9 @@ func withFamily(id string) func(*Event) { return func(e *Event) { e.FamilyID = i
 func withSubject(s string) func(*Event) { return func(e *Event) { e.Subject = s } }
 func withClient(c string) func(*Event)  { return func(e *Event) { e.ClientID = c } }
 func withNoCtx() func(*Event)           { return withCtx(nil) }
+func withPresented(gen uint64, by string) func(*Event) {
+	return func(e *Event) { e.PresentedGeneration, e.PresentedBy = gen, by }
+}
 func withIssuedExpiries(at time.Time) func(*Event) {
 	return func(e *Event) {
 		e.IdleExpiresAt, e.AbsoluteExpiresAt = at.Add(testPolicy.IdleTTL), at.Add(testPolicy.AbsoluteTTL)
@@ -165,6 +168,19 @@ func TestDecide(t *testing.T) {
 	scope := func(s ...string) func(*Refresh) { return func(r *Refresh) { r.Scope = s } }
 	audience := func(a string) func(*Refresh) { return func(r *Refresh) { r.Audience = a } }
 
+	// underKey is a token of famA made under retiredKey retired at retiredAt,
+	// as a codec holding that key parses it.
+	underKey := func(retiredAt time.Time, gen uint64) Token {
+		old := retiredKey
+		old.RetiredAt = retiredAt
+		t1, err := MustCodec(t, testKey, old).Parse(MustMint(t, MustCodec(t, retiredKey), famA, gen, 0x77).Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return t1
+	}
+	leaked1, leaked3 := underKey(t0.Add(-2*time.Minute), 1), underKey(t0.Add(-2*time.Minute), 3)
+
 	ctx17 := Context{}
 	for i := range 17 {
 		ctx17["k"+strconv.Itoa(i)] = "v"
@@ -175,11 +191,17 @@ func TestDecide(t *testing.T) {
 
 	// Expected outcomes.
 	rejected := func(at time.Time, gen uint64, reason string, presented Token) Event {
-		return ev("evt-1", RefreshRejected, at, gen, withReason(reason), withHash(presented.Hash()))
+		return ev("evt-1", RefreshRejected, at, gen, withReason(reason), withHash(presented.Hash()), withPresented(presented.Generation, ""))
+	}
+	// mismatch is the refusal of a token presented by another client, which
+	// the event names beside the owner.
+	mismatch := func(at time.Time, gen uint64, by string, presented Token) Event {
+		return ev("evt-1", RefreshRejected, at, gen, withReason(ReasonClientMismatch), withHash(presented.Hash()),
+			withPresented(presented.Generation, by))
 	}
 	replay := func(at time.Time, gen uint64, presented Token) []Event {
 		return []Event{
-			ev("evt-1", ReplayDetected, at, gen, withHash(presented.Hash())),
+			ev("evt-1", ReplayDetected, at, gen, withHash(presented.Hash()), withPresented(presented.Generation, "")),
 			ev("evt-2", FamilyRevoked, at, gen, withReason(ReasonReplayDetected)),
 		}
 	}
@@ -188,7 +210,8 @@ func TestDecide(t *testing.T) {
 			withIdle(at.Add(testPolicy.IdleTTL)))
 	}
 	reused := func(at time.Time, gen uint64, presented Token, scope, aud []string) Event {
-		return ev("evt-1", TokenReused, at, gen, withHash(presented.Hash()), withScope(scope), withAud(aud))
+		return ev("evt-1", TokenReused, at, gen, withHash(presented.Hash()), withScope(scope), withAud(aud),
+			withPresented(presented.Generation, ""))
 	}
 	revoked := func(at time.Time, gen uint64, reason string) Event {
 		return ev("evt-1", FamilyRevoked, at, gen, withReason(reason))
@@ -255,23 +278,23 @@ func TestDecide(t *testing.T) {
 
 		// refresh: ownership before anything else
 		{name: "foreign client with the current token", given: h3, at: r3.Add(time.Minute), when: refresh(tok3, by(foreign), child(tok4)),
-			then: []Event{rejected(r3.Add(time.Minute), 3, ReasonClientMismatch, tok3)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Minute), 3, foreign, tok3)}, thenErr: EInvalidGrant},
 		{name: "foreign client with the rotated parent outside the interval", given: h3, at: r3.Add(time.Minute), when: refresh(tok2, by(foreign)),
-			then: []Event{rejected(r3.Add(time.Minute), 3, ReasonClientMismatch, tok2)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Minute), 3, foreign, tok2)}, thenErr: EInvalidGrant},
 		{name: "foreign client with the parent inside the interval", given: h3, at: r3.Add(time.Second), when: refresh(tok2, by(foreign), reusable(tok3)),
-			then: []Event{rejected(r3.Add(time.Second), 3, ReasonClientMismatch, tok2)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Second), 3, foreign, tok2)}, thenErr: EInvalidGrant},
 		{name: "foreign client with an ancestor", given: h3, at: r3.Add(time.Second), when: refresh(tok1, by(foreign)),
-			then: []Event{rejected(r3.Add(time.Second), 3, ReasonClientMismatch, tok1)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Second), 3, foreign, tok1)}, thenErr: EInvalidGrant},
 		{name: "foreign client with an unknown token", given: h3, at: r3.Add(time.Minute), when: refresh(tok3bis, by(foreign)),
-			then: []Event{rejected(r3.Add(time.Minute), 3, ReasonClientMismatch, tok3bis)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Minute), 3, foreign, tok3bis)}, thenErr: EInvalidGrant},
 		{name: "foreign client on a revoked family", given: h3revoked, at: revokedAt.Add(time.Minute), when: refresh(tok3, by(foreign)),
-			then: []Event{rejected(revokedAt.Add(time.Minute), 3, ReasonClientMismatch, tok3)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(revokedAt.Add(time.Minute), 3, foreign, tok3)}, thenErr: EInvalidGrant},
 		{name: "foreign client on an expired family", given: h3, at: r3.Add(2 * time.Hour), when: refresh(tok1, by(foreign)),
-			then: []Event{rejected(r3.Add(2*time.Hour), 3, ReasonClientMismatch, tok1)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(2*time.Hour), 3, foreign, tok1)}, thenErr: EInvalidGrant},
 		{name: "empty client_id", given: h3, at: r3.Add(time.Minute), when: refresh(tok3, by(""), child(tok4)),
-			then: []Event{rejected(r3.Add(time.Minute), 3, ReasonClientMismatch, tok3)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Minute), 3, "", tok3)}, thenErr: EInvalidGrant},
 		{name: "client_id differing only in case", given: h3, at: r3.Add(time.Minute), when: refresh(tok3, by("Web-App"), child(tok4)),
-			then: []Event{rejected(r3.Add(time.Minute), 3, ReasonClientMismatch, tok3)}, thenErr: EInvalidGrant},
+			then: []Event{mismatch(r3.Add(time.Minute), 3, "Web-App", tok3)}, thenErr: EInvalidGrant},
 
 		// refresh: replay
 		{name: "parent at the end of the reuse interval is a replay", given: h3, at: r3.Add(10 * time.Second), when: refresh(tok2, reusable(tok3)),
@@ -426,6 +449,21 @@ func TestDecide(t *testing.T) {
 		{name: "replay with revoke_subject revokes this family", given: h3, at: r3.Add(time.Minute),
 			when: refresh(tok1, func(r *Refresh) { r.OnReplay = ReplayRevokeSubject }),
 			then: replay(r3.Add(time.Minute), 3, tok1), thenErr: EInvalidGrant},
+
+		// tokens under a MAC key retired before the family was created
+		{name: "an ancestor under a key retired before the family is refused, not a replay", given: h3, at: r3.Add(time.Minute),
+			when: refresh(leaked1), then: []Event{rejected(r3.Add(time.Minute), 3, ReasonRetiredKey, leaked1)}, thenErr: EInvalidGrant},
+		{name: "the current generation under such a key is refused", given: h3, at: r3.Add(time.Minute),
+			when: refresh(leaked3, child(tok4)), then: []Event{rejected(r3.Add(time.Minute), 3, ReasonRetiredKey, leaked3)}, thenErr: EInvalidGrant},
+		{name: "such a token from another client is refused the same way, naming it", given: h3, at: r3.Add(time.Minute),
+			when: refresh(leaked1, by(foreign)), thenErr: EInvalidGrant,
+			then: []Event{ev("evt-1", RefreshRejected, r3.Add(time.Minute), 3, withReason(ReasonRetiredKey), withHash(leaked1.Hash()), withPresented(1, foreign))}},
+		{name: "a key retired within the grace before the family may have minted for it", given: h3, at: r3.Add(time.Minute),
+			when: refresh(underKey(t0.Add(-30*time.Second), 1)), then: replay(r3.Add(time.Minute), 3, underKey(t0.Add(-30*time.Second), 1)), thenErr: EInvalidGrant},
+		{name: "a key retired after the family was created made its ancestors", given: h3, at: r3.Add(time.Minute),
+			when: refresh(underKey(t0.Add(5*time.Minute), 1)), then: replay(r3.Add(time.Minute), 3, underKey(t0.Add(5*time.Minute), 1)), thenErr: EInvalidGrant},
+		{name: "revoke with a token under a key retired before the family revokes nothing", given: h3, at: r3.Add(time.Minute),
+			when: Revoke{Token: &leaked1}},
 
 		// archive: only past the absolute expiry, once
 		{name: "archive before the absolute expiry", given: h3, at: absolute.Add(-time.Second), when: Archive{}},

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // A refresh token reads
@@ -36,13 +37,29 @@ type Token struct {
 	FamilyID   string
 	Generation uint64
 	KeyID      string
-	value      string
-	hash       string // computed once: a refresh compares it several times
+	// KeyRetiredAt is when the MAC key KeyID was retired; zero while it
+	// mints or is staged.
+	KeyRetiredAt time.Time
+	value        string
+	hash         string // computed once: a refresh compares it several times
 }
 
 // newToken returns the token with value, its hash computed.
-func newToken(familyID string, gen uint64, keyID, value string) Token {
-	return Token{FamilyID: familyID, Generation: gen, KeyID: keyID, value: value, hash: HashToken(value)}
+func newToken(familyID string, gen uint64, keyID string, keyRetiredAt time.Time, value string) Token {
+	return Token{FamilyID: familyID, Generation: gen, KeyID: keyID, KeyRetiredAt: keyRetiredAt, value: value, hash: HashToken(value)}
+}
+
+// RetiredKeyGrace is how long a MAC key may still mint after it was
+// retired: an instance learns of a promotion a moment late, and clocks
+// differ a little.
+const RetiredKeyGrace = time.Minute
+
+// KeyRetiredBefore reports whether t's MAC key was retired, and out of use
+// (RetiredKeyGrace), before at. No family created at at can have had a
+// token under that key, so such a token with a valid MAC was made by
+// someone who holds the retired key.
+func (t Token) KeyRetiredBefore(at time.Time) bool {
+	return !t.KeyRetiredAt.IsZero() && t.KeyRetiredAt.Add(RetiredKeyGrace).Before(at)
 }
 
 // Value returns the token string handed to clients.
@@ -67,6 +84,9 @@ func SameHash(a, b string) bool {
 type MACKey struct {
 	ID     string
 	Secret []byte
+	// RetiredAt is when the key stopped minting; zero for the current and
+	// the staged key.
+	RetiredAt time.Time
 }
 
 // TokenCodec mints and verifies refresh tokens. It signs with one current key
@@ -74,6 +94,7 @@ type MACKey struct {
 type TokenCodec struct {
 	current MACKey
 	keys    map[string][]byte
+	retired map[string]time.Time // the keys' RetiredAt
 	// childKeys turn a parent token into its child's secret, one per MAC
 	// key, derived from it (HKDF) so that no key is used for two purposes.
 	childKeys map[string][]byte
@@ -82,12 +103,13 @@ type TokenCodec struct {
 // NewTokenCodec returns a codec that mints with current and also verifies
 // tokens made under the retired keys.
 func NewTokenCodec(current MACKey, retired ...MACKey) (*TokenCodec, error) {
-	c := &TokenCodec{current: current, keys: map[string][]byte{}, childKeys: map[string][]byte{}}
+	c := &TokenCodec{current: current, keys: map[string][]byte{}, retired: map[string]time.Time{}, childKeys: map[string][]byte{}}
 	for _, k := range append([]MACKey{current}, retired...) {
 		if !ValidID(k.ID) || len(k.Secret) < 32 {
 			return nil, errors.New("mac key needs an id and at least 32 bytes of secret")
 		}
 		c.keys[k.ID] = k.Secret
+		c.retired[k.ID] = k.RetiredAt
 		childKey, err := hkdf.Key(sha256.New, k.Secret, nil, "tokend child secret v1", 32)
 		if err != nil {
 			return nil, err
@@ -100,14 +122,14 @@ func NewTokenCodec(current MACKey, retired ...MACKey) (*TokenCodec, error) {
 // Mint returns the token of generation gen of a family, with the given
 // secret (random for a family's first token).
 func (c *TokenCodec) Mint(familyID string, gen uint64, secret [SecretSize]byte) Token {
-	return mintWith(c.current.ID, c.current.Secret, familyID, gen, secret[:])
+	return mintWith(c.current.ID, c.current.Secret, c.current.RetiredAt, familyID, gen, secret[:])
 }
 
-func mintWith(keyID string, key []byte, familyID string, gen uint64, secret []byte) Token {
+func mintWith(keyID string, key []byte, retiredAt time.Time, familyID string, gen uint64, secret []byte) Token {
 	body := tokenPrefix + "." + familyID + "." + strconv.FormatUint(gen, 10) + "." + keyID + "." + b64.EncodeToString(secret)
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte(body))
-	return newToken(familyID, gen, keyID, body+"."+b64.EncodeToString(mac.Sum(nil)))
+	return newToken(familyID, gen, keyID, retiredAt, body+"."+b64.EncodeToString(mac.Sum(nil)))
 }
 
 // MintChild returns the token that replaces parent: the next generation,
@@ -141,7 +163,7 @@ func (c *TokenCodec) ChildOf(parent Token, wantHash string) (Token, bool) {
 		if id == c.current.ID {
 			continue
 		}
-		if child := mintWith(id, key, parent.FamilyID, parent.Generation+1, secret[:]); SameHash(child.Hash(), wantHash) {
+		if child := mintWith(id, key, c.retired[id], parent.FamilyID, parent.Generation+1, secret[:]); SameHash(child.Hash(), wantHash) {
 			return child, true
 		}
 	}
@@ -189,7 +211,7 @@ func (c *TokenCodec) Parse(s string) (Token, error) {
 	if !hmac.Equal(mac.Sum(nil), got) {
 		return Token{}, ErrInvalidGrant
 	}
-	return newToken(parts[1], gen, parts[3], s), nil
+	return newToken(parts[1], gen, parts[3], c.retired[parts[3]], s), nil
 }
 
 // NamesUnknownKey reports whether s is shaped like a refresh token and names

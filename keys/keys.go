@@ -249,6 +249,9 @@ func (ks Keyset) Codec() (*domain.TokenCodec, error) {
 	var others []domain.MACKey
 	for _, k := range ks.MAC {
 		key := domain.MACKey{ID: k.ID, Secret: k.Secret}
+		if k.State == KeyRetired {
+			key.RetiredAt = k.RetiredAt
+		}
 		if k.State == KeyCurrent && current.ID == "" {
 			current = key
 		} else {

@@ -99,8 +99,14 @@ func TestKeysetStageAndPromote(t *testing.T) {
 	// Tokens minted before still verify; new ones carry the new key id.
 	before := codec.Mint("fam", 1, [domain.SecretSize]byte{1})
 	after := mustCodec(t, promoted)
-	if _, err := after.Parse(before.Value()); err != nil {
+	parsed, err := after.Parse(before.Value())
+	if err != nil {
 		t.Fatalf("a token of the retired key: %v", err)
+	}
+	// The codec knows when the key retired, so a family created later
+	// refuses tokens under it (domain.Token.KeyRetiredBefore).
+	if !parsed.KeyRetiredAt.Equal(promotedAt) {
+		t.Fatalf("a token of the retired key says it retired at %v, want %v", parsed.KeyRetiredAt, promotedAt)
 	}
 	if tok := after.Mint("fam", 2, [domain.SecretSize]byte{2}); tok.KeyID != nextMAC {
 		t.Fatalf("minted under %s after promotion, want %s", tok.KeyID, nextMAC)

@@ -125,3 +125,41 @@ func TestForeignPresentationsChargedToPresenter(t *testing.T) {
 		t.Fatalf("refusals reported: %v", *refused)
 	}
 }
+
+// TestLeakedKeyPresentationsChargedToPresenter: tokens forged with a MAC
+// key retired before the family existed are refused as retired_key and
+// paid for by the presenting client, so a leaked old key cannot spend a
+// family's budget and lock its owner out.
+func TestLeakedKeyPresentationsChargedToPresenter(t *testing.T) {
+	fx := newFixture(t)
+	current := domain.MACKey{ID: "k1", Secret: []byte("a MAC key for tests, 32 bytes ok")}
+	leaked := domain.MACKey{ID: "k0", Secret: []byte("an old key, retired an hour ago."), RetiredAt: fx.now.Add(-time.Hour)}
+	var err error
+	if fx.codec, err = domain.NewTokenCodec(current, leaked); err != nil {
+		t.Fatal(err)
+	}
+	s, store := newTestService(t, fx)
+	frozen := func() time.Time { return fx.now }
+	s.RefreshLimit = ratelimit.NewKeyedLimiter(0.001, 1, 64, frozen)
+	s.ForeignLimit = ratelimit.NewKeyedLimiter(0.001, 2, 64, frozen)
+	ctx := context.Background()
+	issued, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withLeakedKey, _ := domain.NewTokenCodec(domain.MACKey{ID: leaked.ID, Secret: leaked.Secret})
+	forged := withLeakedKey.Mint(issued.Family.ID, 1, [domain.SecretSize]byte{9}).Value()
+	for i := range 2 {
+		if _, err := s.Refresh(ctx, RefreshRequest{Token: forged, ClientID: "web"}); domain.ErrorCode(err) != domain.EInvalidGrant {
+			t.Fatalf("forged try %d: %v, want invalid_grant", i, err)
+		}
+	}
+	_, err = s.Refresh(ctx, RefreshRequest{Token: forged, ClientID: "web"})
+	wantLimited(t, err)
+	if f, _, _ := store.Load(ctx, issued.Family.ID); f.Status != domain.StatusActive {
+		t.Fatalf("forged ancestors revoked the family: %s", f.Status)
+	}
+	if _, err := s.Refresh(ctx, RefreshRequest{Token: issued.Token.Value(), ClientID: "web"}); err != nil {
+		t.Fatalf("the owner's rotation after forged presentations: %v", err)
+	}
+}

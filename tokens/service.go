@@ -230,11 +230,14 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 
 // charge applies the rate limit a refresh's first event falls under:
 // rotations and the owner's refused refreshes count against the family, a
-// foreign client's presentations against that client. Reuses and replays
+// foreign client's presentations and tokens under a key retired before the
+// family against the presenting client. Reuses and replays
 // are never limited.
 func (s *Service) charge(first domain.Event, presenter string) error {
 	switch {
-	case first.Type == domain.RefreshRejected && first.Reason == domain.ReasonClientMismatch:
+	case first.Type == domain.RefreshRejected && (first.Reason == domain.ReasonClientMismatch || first.Reason == domain.ReasonRetiredKey):
+		// Whoever presents another's token, or one made with a leaked key,
+		// must not spend the owner's budget.
 		return s.limited(s.ForeignLimit, LimitForeignPerClient, presenter)
 	case first.Type == domain.TokenRotated || first.Type == domain.RefreshRejected:
 		return s.limited(s.RefreshLimit, LimitRefreshPerFamily, first.FamilyID)
