@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -125,19 +126,38 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 func buildInfo() prometheus.Collector {
-	version, revision := Version, "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
-			}
-		}
-	}
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tokend_build_info", Help: "Always 1; the labels say which tokend is running.",
 	}, []string{"version", "revision", "goversion"})
-	g.WithLabelValues(version, revision, runtime.Version()).Set(1)
+	g.WithLabelValues(Version, cmp.Or(Revision(), "unknown"), runtime.Version()).Set(1)
 	return g
+}
+
+// Revision is the VCS revision the running binary was built from, empty
+// when the build recorded none (go run, go test, a build outside git).
+func Revision() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return ""
+}
+
+// VersionLine is what program --version prints: the release, the Go
+// version and, when the build recorded it, the VCS revision.
+func VersionLine(program string) string {
+	return versionLine(program, runtime.Version(), Revision())
+}
+
+func versionLine(program, goVersion, revision string) string {
+	line := program + " " + Version + " " + goVersion
+	if revision != "" {
+		line += " revision " + revision
+	}
+	return line
 }
 
 func (m *Metrics) command(name string, err error, took time.Duration) {

@@ -120,6 +120,21 @@ func runCtl(t *testing.T, stdin string, args ...string) result {
 // deadURL is a NATS URL nothing listens on: usage errors must not need NATS.
 const deadURL = "nats://127.0.0.1:1"
 
+// TestVersion: --version, before or after a command, prints the version
+// and exits 0 without connecting or running the command.
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{
+		{"--version"},
+		{"--nats-url", deadURL, "--version"},
+		{"--nats-url", deadURL, "revoke", "--subject", "user-42", "--version"},
+	} {
+		r := runCtl(t, "", args...)
+		if want := api.VersionLine("tokenctl") + "\n"; r.code != 0 || r.stdout != want || !strings.HasPrefix(r.stdout, "tokenctl "+api.Version+" ") || r.stderr != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 0 and %q", args, r.code, r.stdout, r.stderr, want)
+		}
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{},
