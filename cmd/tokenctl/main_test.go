@@ -314,6 +314,9 @@ func TestSaveKeepsTheNewToken(t *testing.T) {
 	if info, _ := os.Stat(path); info.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v, want 0600: the file holds a secret", info.Mode().Perm())
 	}
+	if strings.Contains(r.stdout, testRefresh) || !strings.Contains(r.stdout, "written to "+path) || !strings.Contains(r.stdout, "fam-7f3a") {
+		t.Fatalf("with --save the refresh token goes to the file only; stdout:\n%s", r.stdout)
+	}
 	// Reading the token from the file it is saved to, as the README's tour does.
 	if err := os.WriteFile(path, []byte("rt1.previous\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -328,6 +331,10 @@ func TestSaveKeepsTheNewToken(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(path); string(data) != testRefresh+"\n" {
 		t.Fatalf("after refresh the file holds %q", data)
+	}
+	var printed map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &printed); err != nil || printed["refresh_token"] != nil || printed["family_id"] != "fam-7f3a" || printed["seq"] != 42.0 {
+		t.Fatalf("--json --save printed %q (%v): the reply without refresh_token", r.stdout, err)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if len(entries) != 1 {
