@@ -114,14 +114,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
+	// Series of the label values known in advance start at 0, so rates,
+	// dashboards and alerts see them before the first event, not from it.
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
 		m.commands.WithLabelValues(cmd, "ok")
+	}
+	for _, q := range []string{"introspect", "family", "audit", "keys"} {
+		m.queryDuration.WithLabelValues(q)
+		m.queries.WithLabelValues(q, "ok")
 	}
 	for _, t := range events.Types {
 		m.eventsAppended.WithLabelValues(t)
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
+		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget} {
+		m.refreshRejected.WithLabelValues(reason)
+	}
+	for _, limit := range []string{events.LimitRefreshPerFamily, events.LimitIssuePerClient, events.LimitForeignPerClient} {
+		m.rateLimited.WithLabelValues(limit)
+	}
+	for _, action := range []string{events.ClientCreated, events.ClientUpdated, events.ClientRemoved, events.ClientSecretRotated} {
+		m.registryChanges.WithLabelValues(action)
+	}
 	return m
 }
 

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
 )
 
@@ -151,6 +153,30 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		}
 	}
 	promtool(t, raw, "check", "metrics")
+}
+
+// TestFreshMetricsHaveFixedSeries: the series whose label values are
+// known in advance are on /metrics at 0 before anything happened, so
+// dashboards and alerts (rate(), increase()) see them from the start.
+func TestFreshMetricsHaveFixedSeries(t *testing.T) {
+	m := parseMetrics(t, scrape(t, MustApp(t, testConfig(t), nil)))
+	for _, c := range []struct {
+		name   string
+		labels []string
+	}{
+		{"tokend_rate_limited_total", []string{"limit", events.LimitRefreshPerFamily}},
+		{"tokend_rate_limited_total", []string{"limit", events.LimitIssuePerClient}},
+		{"tokend_rate_limited_total", []string{"limit", events.LimitForeignPerClient}},
+		{"tokend_refresh_rejected_total", []string{"reason", domain.ReasonClientMismatch}},
+		{"tokend_refresh_rejected_total", []string{"reason", domain.ReasonInvalidTarget}},
+		{"tokend_client_registry_changes_total", []string{"action", events.ClientSecretRotated}},
+		{"tokend_queries_total", []string{"query", "audit", "outcome", "ok"}},
+		{"tokend_query_duration_seconds", []string{"query", "introspect"}},
+	} {
+		if got := m.value(c.name, c.labels...); got != 0 {
+			t.Errorf("%s%v = %v on a fresh tokend, want 0", c.name, c.labels, got)
+		}
+	}
 }
 
 // TestMetricsFenceConflict: an instance deciding on a stale cached family
