@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -175,6 +177,28 @@ func TestFreshMetricsHaveFixedSeries(t *testing.T) {
 	} {
 		if got := m.value(c.name, c.labels...); got != 0 {
 			t.Errorf("%s%v = %v on a fresh tokend, want 0", c.name, c.labels, got)
+		}
+	}
+}
+
+// TestDocsNameEveryMetric: the README's metrics table and the protocol
+// reference's list name every tokend_* metric a running tokend exposes.
+func TestDocsNameEveryMetric(t *testing.T) {
+	m := parseMetrics(t, scrape(t, MustApp(t, testConfig(t), nil)))
+	for doc, section := range map[string]string{"../../README.md": "### Metrics, dashboard, alerts", "../../docs/protocol.md": "## 11. Metrics"} {
+		text, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, table, ok := strings.Cut(string(text), "\n"+section+"\n")
+		if !ok {
+			t.Fatalf("%s has no section %q", doc, section)
+		}
+		table, _, _ = strings.Cut(table, "\n#")
+		for name := range m {
+			if strings.HasPrefix(name, "tokend_") && !regexp.MustCompile("(?m)^\\|.*`"+name+"[`{]").MatchString(table) {
+				t.Errorf("%s: %q lists no %s", doc, section, name)
+			}
 		}
 	}
 }
