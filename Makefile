@@ -12,11 +12,9 @@ test: deps
 	go tool sqlc diff
 	go test -race -count=1 ./...
 
+# Installs only the packages of missing tools, never upgrading one (.ci/deps).
 deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null || { \
-		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$sudo apt-get update -qq && \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd chromium; }
+	@.ci/deps
 
 # Each fuzz target for a while (FUZZTIME=2m make fuzz for longer). The
 # corpora under */testdata/fuzz run as plain tests in make test.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/tokens"
 )
 
 // Metrics are tokend's Prometheus metrics. Label values come from fixed sets
@@ -113,31 +116,66 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
+	// Series of the label values known in advance start at 0, so rates,
+	// dashboards and alerts see them before the first event, not from it.
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
 		m.commands.WithLabelValues(cmd, "ok")
+	}
+	for _, q := range []string{"introspect", "family", "audit", "keys"} {
+		m.queryDuration.WithLabelValues(q)
+		m.queries.WithLabelValues(q, "ok")
 	}
 	for _, t := range events.Types {
 		m.eventsAppended.WithLabelValues(t)
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
+		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget} {
+		m.refreshRejected.WithLabelValues(reason)
+	}
+	for _, limit := range []string{tokens.LimitRefreshPerFamily, tokens.LimitIssuePerClient, tokens.LimitForeignPerClient} {
+		m.rateLimited.WithLabelValues(limit)
+	}
+	for _, action := range []string{registry.ClientCreated, registry.ClientUpdated, registry.ClientRemoved, registry.ClientSecretRotated} {
+		m.registryChanges.WithLabelValues(action)
+	}
 	return m
 }
 
 func buildInfo() prometheus.Collector {
-	version, revision := Version, "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
-			}
-		}
-	}
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tokend_build_info", Help: "Always 1; the labels say which tokend is running.",
 	}, []string{"version", "revision", "goversion"})
-	g.WithLabelValues(version, revision, runtime.Version()).Set(1)
+	g.WithLabelValues(Version, cmp.Or(Revision(), "unknown"), runtime.Version()).Set(1)
 	return g
+}
+
+// Revision is the VCS revision the running binary was built from, empty
+// when the build recorded none (go run, go test, a build outside git).
+func Revision() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return ""
+}
+
+// VersionLine is what program --version prints: the release, the Go
+// version and, when the build recorded it, the VCS revision.
+func VersionLine(program string) string {
+	return versionLine(program, runtime.Version(), Revision())
+}
+
+func versionLine(program, goVersion, revision string) string {
+	line := program + " " + Version + " " + goVersion
+	if revision != "" {
+		line += " revision " + revision
+	}
+	return line
 }
 
 func (m *Metrics) command(name string, err error, took time.Duration) {

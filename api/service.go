@@ -22,8 +22,9 @@ import (
 	"github.com/tokend/tokend/tokens"
 )
 
-// Version is reported in service discovery.
-const Version = "0.1.0"
+// Version is tokend's release, the one place it is written: --version of
+// tokend and tokenctl, tokend_build_info and service discovery report it.
+const Version = "0.2.0"
 
 // requestTimeout bounds one command end to end, so a stalled store answers
 // temporarily_unavailable instead of hanging the caller.

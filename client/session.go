@@ -363,7 +363,10 @@ func (s *Sessions) toSignIn(w http.ResponseWriter, r *http.Request) {
 
 func (s *Sessions) unavailable(w http.ResponseWriter, r *http.Request, hint time.Duration) {
 	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(hint.Seconds(), 1)))))
-	s.reply(w, r, http.StatusServiceUnavailable, CodeTemporarilyUnavailable, "the sign-in service is unreachable; try again shortly")
+	// Only a request with a valid session gets here: tell the user the
+	// outage did not sign them out.
+	s.reply(w, r, http.StatusServiceUnavailable, CodeTemporarilyUnavailable,
+		"The sign-in service is not answering right now. You are still signed in: your session is kept. Try again in a moment.")
 }
 
 // reply answers JSON to an API call, text to a page.

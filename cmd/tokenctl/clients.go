@@ -50,8 +50,9 @@ they are not given to add; on update, --scope '' allows none). Lifetimes of
 Secrets: a confidential client with client_secret_basic (the default) or
 client_secret_post gets a secret made here, 256 random bits, printed once;
 tokend stores and sees only its SHA-256. --save FILE writes it to FILE
-(mode 0600) instead of printing it. Keep it like a password: it cannot be
-shown again, only replaced with rotate-secret. private_key_jwt clients
+(mode 0600, a new file: tokenctl never overwrites one) instead of printing
+it. Keep it like a password: it cannot be shown again, only replaced with
+rotate-secret. private_key_jwt clients
 register their public keys instead (--jwks FILE, a JWK Set).
 
 Needs the admin role (tokens.admin.clients.*).`,
@@ -69,7 +70,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 		reuse := fs.Duration("reuse-interval", 0, "add, update: the client's reuse interval `D` (default 0: tokend's --reuse-interval)")
 		onReplay := fs.String("on-replay", "", "add, update: what a replayed token does, `R`: revoke_family (the default), revoke_subject or audit_only")
 		grace := fs.Duration("grace", domain.DefaultSecretGrace, "rotate-secret: the old secret keeps working for `D` (default 24h; 0: it stops at once)")
-		save := fs.String("save", "", "add, update, rotate-secret: write the new secret to `FILE` (mode 0600) instead of printing it")
+		save := fs.String("save", "", "add, update, rotate-secret: write the new secret to `FILE` (mode 0600; it must not exist) instead of printing it")
 		by := fs.String("by", operator(), "add, update, rotate-secret, remove: who makes the change, `NAME` (recorded; default: your login name)")
 		settings := []string{"type", "auth-method", "scope", "audience", "jwks", "access-ttl", "refresh-idle-ttl",
 			"refresh-absolute-ttl", "reuse-interval", "on-replay"}
@@ -103,6 +104,8 @@ Needs the admin role (tokens.admin.clients.*).`,
 				return usagef("--by is required (no login name found): who makes this change")
 			case isSet(fs, "save") && *save == "":
 				return usagef("--save needs a file name")
+			case isSet(fs, "save") && exists(*save):
+				return usagef("--save: %s exists; a saved secret is never overwritten: remove it or name another file", *save)
 			case sub == "add" && isSet(fs, "save") && !effectiveMethod(api.ClientPutRequest{Type: *clientType, AuthMethod: *method}).UsesSecret():
 				return usagef("--save: a %s client with auth method %s has no secret", *clientType, effectiveMethod(api.ClientPutRequest{Type: *clientType, AuthMethod: *method}))
 			}
@@ -425,9 +428,10 @@ func listCell(items []string) string {
 }
 
 // stageSecretFile writes data to a new file next to path, readable by the
-// owner only; commit renames it to path, abort removes it. Written before
-// the request, so a file that cannot be written changes nothing; renamed
-// after it, so a refused request leaves the secret already at path alone.
+// owner only; commit links it to path, abort removes it. Written before
+// the request, so a file that cannot be written changes nothing; linked
+// after it, and never over an existing file, which may hold a secret
+// still in use (another client's, say).
 func stageSecretFile(path, data string) (commit func() error, abort func(), err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
@@ -448,7 +452,20 @@ func stageSecretFile(path, data string) (commit func() error, abort func(), err 
 		abort()
 		return nil, nil, err
 	}
-	return func() error { return os.Rename(f.Name(), path) }, abort, nil
+	commit = func() error {
+		if err := os.Link(f.Name(), path); err != nil {
+			return err
+		}
+		abort()
+		return nil
+	}
+	return commit, abort, nil
+}
+
+// exists reports whether there is a file (or anything else) at path.
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // operator is the login name changes are recorded under by default: $USER,

@@ -235,23 +235,87 @@ func TestClientsFailures(t *testing.T) {
 		t.Fatalf("an invalid scope: %+v", r)
 	}
 
-	// A refused rotation leaves a secret saved earlier in place.
+	// A refused rotation leaves no file behind.
 	dir := t.TempDir()
 	file := filepath.Join(dir, "secret")
-	os.WriteFile(file, []byte("kept\n"), 0o600)
 	r = runCtl(t, "", "--nats-url", url, "clients", "rotate-secret", "web", "--save", file)
 	if r.code != 1 || !strings.Contains(r.stderr, "no secret") {
 		t.Fatalf("rotating the secret of a public client: %+v", r)
 	}
-	if data, _ := os.ReadFile(file); string(data) != "kept\n" {
-		t.Fatalf("a refused rotation replaced the saved secret with %q", data)
-	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("files left behind: %v", entries)
 	}
 	r = runCtl(t, "", "--nats-url", url, "clients", "update", "web", "--save", file, "--by", "alice")
 	if r.code != 2 || !strings.Contains(r.stderr, "makes no secret") {
 		t.Fatalf("--save on an update that makes no secret: %+v", r)
+	}
+}
+
+// TestClientsSaveWritesANewFileOnly: --save puts the secret in a new 0600
+// file instead of on stdout, and never replaces an existing file (which
+// may hold a secret in use): such a change is refused before it is made.
+func TestClientsSaveWritesANewFileOnly(t *testing.T) {
+	url, reg := startRegistry(t)
+	file := filepath.Join(t.TempDir(), "web-app.secret")
+	out := mustCtl(t, "--nats-url", url, "clients", "add", "web-app", "--type", "confidential", "--by", "alice", "--save", file)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.TrimSpace(string(data))
+	if c, ok := reg.Lookup("web-app"); !ok || !c.VerifySecret(secret, time.Now()) {
+		t.Fatalf("the saved secret does not verify: %+v", c)
+	}
+	if st, _ := os.Stat(file); st.Mode().Perm() != 0o600 {
+		t.Fatalf("--save wrote mode %v", st.Mode().Perm())
+	}
+	if strings.Contains(out, secret) || !strings.Contains(out, "client_secret: written to "+file) {
+		t.Fatalf("add --save printed\n%s", out)
+	}
+	other := filepath.Join(filepath.Dir(file), "other.secret")
+	if out := mustCtl(t, "--nats-url", url, "--json", "clients", "add", "other", "--type", "confidential", "--by", "alice", "--save", other); strings.Contains(out, `"client_secret":`) {
+		t.Fatalf("add --json --save printed\n%s", out)
+	}
+
+	for _, args := range [][]string{
+		{"clients", "add", "third", "--type", "confidential", "--by", "alice", "--save", file},
+		{"clients", "rotate-secret", "web-app", "--by", "alice", "--save", file},
+	} {
+		r := runCtl(t, "", append([]string{"--nats-url", url}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, file+" exists") {
+			t.Errorf("%v over an existing file: %+v", args, r)
+		}
+	}
+	if data, _ := os.ReadFile(file); strings.TrimSpace(string(data)) != secret {
+		t.Fatalf("the saved secret was replaced by %q", data)
+	}
+	if _, ok := reg.Lookup("third"); ok {
+		t.Error("a refused --save registered the client anyway")
+	}
+	if c, _ := reg.Lookup("web-app"); len(c.Secrets) != 1 {
+		t.Errorf("a refused --save rotated the secret anyway: %d secrets", len(c.Secrets))
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(file)); len(entries) != 2 {
+		t.Errorf("files left behind: %v", entries)
+	}
+}
+
+// TestStagedSecretNeverReplacesAFile: a file that appears at the path
+// while the change is being made is kept; the commit fails instead.
+func TestStagedSecretNeverReplacesAFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "web-app.secret")
+	commit, _, err := stageSecretFile(path, "new\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit(); err == nil {
+		t.Fatal("commit replaced a file that appeared meanwhile")
+	}
+	if data, _ := os.ReadFile(path); string(data) != "old\n" {
+		t.Fatalf("the file holds %q", data)
 	}
 }
 

@@ -12,8 +12,10 @@ import (
 var issueCommand = &command{
 	summary:  "start a new token family",
 	synopsis: `--subject S --client-id C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y] [--save FILE]`,
-	help: `Prints the family id, the first refresh token and an access token.
---audience may repeat; the first one is the default audience of refreshes.`,
+	help: `Prints the family id, the first refresh token (with --save, only into FILE)
+and an access token. --audience may repeat; the first one is the default
+audience of refreshes.`,
+	jsonHelp: saveJSONHelp,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		subject := fs.String("subject", "", "the user the family belongs to (`S`, required)")
 		clientID := fs.String("client-id", "", "the OAuth client id (`C`, required)")

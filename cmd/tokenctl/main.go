@@ -29,6 +29,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 	"github.com/tokend/tokend/cmd/internal/cli"
@@ -158,6 +159,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	global.StringVar(&e.prefix, "prefix", client.DefaultPrefix, "subject prefix `P` of the tokend deployment")
 	global.DurationVar(&e.timeout, "timeout", defaultTimeout, "give up after `D`, connecting included (audit and rebuild: each request)")
 	global.BoolVar(&e.json, "json", false, "print the reply JSON exactly as received (for scripts)")
+	version := global.Bool("version", false, "print the version and exit")
 	e.auth.Declare(global)
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -167,6 +169,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "tokenctl: %v\n\n", err)
 		mainUsage(stderr, global)
 		return 2
+	}
+	if *version {
+		fmt.Fprintln(stdout, api.VersionLine("tokenctl"))
+		return 0
 	}
 	rest := global.Args()
 	if len(rest) == 0 {
@@ -194,6 +200,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return 0
 		}
 		return usageFailure(stderr, name, err)
+	}
+	if *version {
+		fmt.Fprintln(stdout, api.VersionLine("tokenctl"))
+		return 0
 	}
 	if e.timeout <= 0 {
 		fmt.Fprintln(stderr, "tokenctl: --timeout must be positive")

@@ -120,6 +120,21 @@ func runCtl(t *testing.T, stdin string, args ...string) result {
 // deadURL is a NATS URL nothing listens on: usage errors must not need NATS.
 const deadURL = "nats://127.0.0.1:1"
 
+// TestVersion: --version, before or after a command, prints the version
+// and exits 0 without connecting or running the command.
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{
+		{"--version"},
+		{"--nats-url", deadURL, "--version"},
+		{"--nats-url", deadURL, "revoke", "--subject", "user-42", "--version"},
+	} {
+		r := runCtl(t, "", args...)
+		if want := api.VersionLine("tokenctl") + "\n"; r.code != 0 || r.stdout != want || !strings.HasPrefix(r.stdout, "tokenctl "+api.Version+" ") || r.stderr != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 0 and %q", args, r.code, r.stdout, r.stderr, want)
+		}
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{},
@@ -306,6 +321,9 @@ func TestSaveKeepsTheNewToken(t *testing.T) {
 	if info, _ := os.Stat(path); info.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v, want 0600: the file holds a secret", info.Mode().Perm())
 	}
+	if strings.Contains(r.stdout, testRefresh) || !strings.Contains(r.stdout, "written to "+path) || !strings.Contains(r.stdout, "fam-7f3a") {
+		t.Fatalf("with --save the refresh token goes to the file only; stdout:\n%s", r.stdout)
+	}
 	// Reading the token from the file it is saved to, as the README's tour does.
 	if err := os.WriteFile(path, []byte("rt1.previous\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -320,6 +338,10 @@ func TestSaveKeepsTheNewToken(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(path); string(data) != testRefresh+"\n" {
 		t.Fatalf("after refresh the file holds %q", data)
+	}
+	var printed map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &printed); err != nil || printed["refresh_token"] != nil || printed["family_id"] != "fam-7f3a" || printed["seq"] != 42.0 {
+		t.Fatalf("--json --save printed %q (%v): the reply without refresh_token", r.stdout, err)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if len(entries) != 1 {

@@ -18,7 +18,9 @@ history and the process list:
   pass show tokens/web | tokenctl refresh --client-id web-app --token -
 
 Presenting the just-rotated token again inside the reuse interval (default
-10s) returns the same child; later, it is a replay and revokes the family.`,
+10s) returns the same child; later, it is a replay and revokes the family.
+With --save FILE the new refresh token goes to FILE only, not to stdout.`,
+	jsonHelp: saveJSONHelp,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		token := fs.String("token", "", "the refresh token (`T`, required); - reads it from stdin")
 		clientID := fs.String("client-id", "", "the OAuth client id the family was issued to (`C`, required)")

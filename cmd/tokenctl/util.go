@@ -108,13 +108,18 @@ func shortToken(t string) string {
 // saveFlag declares --save, which keeps the new refresh token in a file
 // rather than in the terminal's scrollback and the shell history.
 func saveFlag(fs *flag.FlagSet) *string {
-	return fs.String("save", "", "also write the new refresh token to `FILE` (mode 0600); read it back with --token - < FILE")
+	return fs.String("save", "", "write the new refresh token to `FILE` (mode 0600) instead of printing it;\n"+
+		"read it back with --token - < FILE")
 }
 
+// saveJSONHelp is --json's usage in the commands with --save.
+const saveJSONHelp = "print the reply JSON as received; with --save, without \"refresh_token\" (it is in FILE)"
+
 // printTokenReply prints an issue or refresh answer (raw in --json mode,
-// else aligned lines with the access token shortened) and then, if save is
-// set, writes the refresh token there. Printing comes first: the rotation
-// has happened, so a failed write must not lose the new token.
+// else aligned lines with the access token shortened). With save set, the
+// refresh token goes to that file instead of stdout; if the file cannot be
+// written it is printed after all: the rotation has happened, so a failed
+// write must not lose the new token.
 func printTokenReply(e *env, raw json.RawMessage, save string) error {
 	var r wire.TokenReply
 	if err := json.Unmarshal(raw, &r); err != nil {
@@ -123,9 +128,21 @@ func printTokenReply(e *env, raw json.RawMessage, save string) error {
 		}
 		return fmt.Errorf("decode reply: %w", err)
 	}
+	var saveErr error
+	if save != "" {
+		saveErr = writeSecretFile(save, r.RefreshToken+"\n")
+	}
+	saved := save != "" && saveErr == nil
 	if e.json {
+		if saved {
+			raw = withoutRefreshToken(raw)
+		}
 		printRaw(e.stdout, raw)
 	} else {
+		refresh := r.RefreshToken
+		if saved {
+			refresh = "written to " + save
+		}
 		scope := r.Scope
 		if scope == "" {
 			scope = "(none)"
@@ -136,7 +153,7 @@ func printTokenReply(e *env, raw json.RawMessage, save string) error {
 		}
 		printKV(e.stdout, [][2]string{
 			{"family", r.FamilyID},
-			{"refresh_token", r.RefreshToken},
+			{"refresh_token", refresh},
 			{"access_token", shortToken(r.AccessToken)},
 			{"scope", scope},
 			{"expires_in", fmt.Sprintf("%ds", r.ExpiresIn)},
@@ -144,13 +161,22 @@ func printTokenReply(e *env, raw json.RawMessage, save string) error {
 			{"seq", fmt.Sprint(r.Seq)},
 		})
 	}
-	if save == "" {
-		return nil
-	}
-	if err := writeSecretFile(save, r.RefreshToken+"\n"); err != nil {
-		return fmt.Errorf("--save: %w", err)
+	if saveErr != nil {
+		return fmt.Errorf("--save: %w (the refresh token is printed above instead)", saveErr)
 	}
 	return nil
+}
+
+// withoutRefreshToken returns a token reply, a JSON object, without its
+// refresh_token member; the other members keep their values, in key order.
+func withoutRefreshToken(raw json.RawMessage) json.RawMessage {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &members); err != nil {
+		return raw // unreachable: raw decoded as a wire.TokenReply
+	}
+	delete(members, "refresh_token")
+	out, _ := json.Marshal(members) // cannot fail: every value is valid JSON
+	return out
 }
 
 // writeSecretFile replaces path with data, readable by the owner only. It

@@ -160,7 +160,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		defer t.Stop()
 		releaseWhenIdle(background, t.C, a.api.Handled, debug.FreeOSMemory)
 	})
-	log.Info("tokend ready", "nats", a.NATSURL(), "http", a.HTTPAddr(), "audit_http", a.AuditAddr(),
+	log.Info("tokend ready", "version", api.Version, "nats", a.NATSURL(), "http", a.HTTPAddr(), "audit_http", a.AuditAddr(),
 		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
 	return a, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -85,8 +86,16 @@ func envName(flagName string) string {
 	return "TOKEND_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
+// errVersion is parseConfig's answer to --version.
+var errVersion = errors.New("--version")
+
+// versionFlag asks for the version only, so no variable sets it: a
+// TOKEND_VERSION in a unit's environment must not keep tokend from starting.
+const versionFlag = "version"
+
 // parseConfig reads flags from args, each defaulting to its TOKEND_<FLAG>
-// variable and then to the contract's default.
+// variable and then to the contract's default. With --version it returns
+// errVersion, whatever else args and the variables hold.
 func parseConfig(args []string, getenv func(string) (string, bool), usage io.Writer) (Config, error) {
 	var c Config
 	fs := declareFlags(&c, usage)
@@ -100,11 +109,15 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 			}
 		}
 	})
-	if envErr != nil {
-		return Config{}, envErr
-	}
+	version := fs.Bool(versionFlag, false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
+	}
+	if *version {
+		return Config{}, errVersion
+	}
+	if envErr != nil {
+		return Config{}, envErr
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -203,7 +216,10 @@ variable shown under it; a flag on the command line beats its variable.
 		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" {
 			fmt.Fprintf(w, " (default %s)", f.DefValue)
 		}
-		fmt.Fprintf(w, "\n    \t[%s]\n", envName(f.Name))
+		if f.Name != versionFlag {
+			fmt.Fprintf(w, "\n    \t[%s]", envName(f.Name))
+		}
+		fmt.Fprintln(w)
 	})
 }
 

@@ -7,29 +7,36 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tokend/tokend/api"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func run(args []string) int {
-	cfg, err := parseConfig(args, lookupEnv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
+// run is main without the process: it returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, lookupEnv, stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tokend:", err)
+	case errors.Is(err, errVersion):
+		fmt.Fprintln(stdout, api.VersionLine("tokend"))
+		return 0
+	case err != nil:
+		fmt.Fprintln(stderr, "tokend:", err)
 		return 2
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		fmt.Fprintln(os.Stderr, "tokend: --log-level:", err)
+		fmt.Fprintln(stderr, "tokend: --log-level:", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	for _, name := range unknownEnv(os.Environ()) {
 		log.Warn("ignoring an environment variable that names no flag (see tokend -h)", "name", name)
 	}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +16,10 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/tokens"
 )
 
 // scrape returns the raw /metrics exposition of an app.
@@ -151,6 +156,52 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		}
 	}
 	promtool(t, raw, "check", "metrics")
+}
+
+// TestFreshMetricsHaveFixedSeries: the series whose label values are
+// known in advance are on /metrics at 0 before anything happened, so
+// dashboards and alerts (rate(), increase()) see them from the start.
+func TestFreshMetricsHaveFixedSeries(t *testing.T) {
+	m := parseMetrics(t, scrape(t, MustApp(t, testConfig(t), nil)))
+	for _, c := range []struct {
+		name   string
+		labels []string
+	}{
+		{"tokend_rate_limited_total", []string{"limit", tokens.LimitRefreshPerFamily}},
+		{"tokend_rate_limited_total", []string{"limit", tokens.LimitIssuePerClient}},
+		{"tokend_rate_limited_total", []string{"limit", tokens.LimitForeignPerClient}},
+		{"tokend_refresh_rejected_total", []string{"reason", domain.ReasonClientMismatch}},
+		{"tokend_refresh_rejected_total", []string{"reason", domain.ReasonInvalidTarget}},
+		{"tokend_client_registry_changes_total", []string{"action", registry.ClientSecretRotated}},
+		{"tokend_queries_total", []string{"query", "audit", "outcome", "ok"}},
+		{"tokend_query_duration_seconds", []string{"query", "introspect"}},
+	} {
+		if got := m.value(c.name, c.labels...); got != 0 {
+			t.Errorf("%s%v = %v on a fresh tokend, want 0", c.name, c.labels, got)
+		}
+	}
+}
+
+// TestDocsNameEveryMetric: the README's metrics table and the protocol
+// reference's list name every tokend_* metric a running tokend exposes.
+func TestDocsNameEveryMetric(t *testing.T) {
+	m := parseMetrics(t, scrape(t, MustApp(t, testConfig(t), nil)))
+	for doc, section := range map[string]string{"../../README.md": "### Metrics, dashboard, alerts", "../../docs/protocol.md": "## 11. Metrics"} {
+		text, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, table, ok := strings.Cut(string(text), "\n"+section+"\n")
+		if !ok {
+			t.Fatalf("%s has no section %q", doc, section)
+		}
+		table, _, _ = strings.Cut(table, "\n#")
+		for name := range m {
+			if strings.HasPrefix(name, "tokend_") && !regexp.MustCompile("(?m)^\\|.*`"+name+"[`{]").MatchString(table) {
+				t.Errorf("%s: %q lists no %s", doc, section, name)
+			}
+		}
+	}
 }
 
 // TestMetricsFenceConflict: an instance deciding on a stale cached family

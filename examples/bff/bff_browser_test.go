@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/tokend/tokend/api/apitest"
+	"github.com/tokend/tokend/events/eventstest"
 )
 
 // accessTTL is short so that the test sees tokens expire, and long enough
@@ -28,7 +29,9 @@ const accessTTL = 4 * time.Second
 // form; once the access token expired, five tabs load the profile page at
 // once and are served by one rotation, nobody signed out; after the family
 // is revoked with tokenctl, the next load (once the token the session holds
-// expired) shows the sign-in page.
+// expired) shows the sign-in page. Signed in again, the sign-out button is
+// on the first screen of a desktop and a phone; during a tokend outage the
+// page says the session is kept, and it is; then signing out works.
 func TestBrowser(t *testing.T) {
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
@@ -107,11 +110,34 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("after the revocation: %+v", evs)
 	}
 
-	// Signing out revokes the new session's family.
 	again := signIn(t, browser, "wonderland", chromedp.ID("family"))
 	if again.Page != "profile" || again.Family == family {
 		t.Fatalf("signing in again: %+v", again)
 	}
+	wantSignOutOnScreen(t, browser, base+"/", 390, 844)
+	wantSignOutOnScreen(t, browser, base+"/", 1200, 800)
+
+	// An outage once the access token expired: 503, and the page tells the
+	// signed-in user so; when tokend is back, the same session goes on.
+	waitPast(t, read(t, browser).expiry(t))
+	td.StopNATS()
+	resp, err := chromedp.RunResponse(browser, chromedp.Navigate(base+"/"))
+	if err != nil {
+		t.Fatalf("loading during the outage: %v", err)
+	}
+	text, err := chromedp.Run(browser, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil || resp.Status != 503 || !strings.Contains(text, "You are still signed in") || !strings.Contains(text, "session is kept") {
+		t.Fatalf("during the outage: %d %q (%v)", resp.Status, text, err)
+	}
+	td.StartNATS()
+	eventstest.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		if p := load(t, browser, base+"/"); p.Page != "profile" || p.Family != again.Family {
+			return fmt.Errorf("after the outage: %+v", p)
+		}
+		return nil
+	})
+
+	// Signing out revokes the new session's family.
 	if err := chromedp.Do(browser, chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("signin"))); err != nil {
 		t.Fatalf("signing out: %v", err)
 	}
@@ -119,6 +145,31 @@ func TestBrowser(t *testing.T) {
 	evs = td.Events(t, again.Family)
 	if last := evs[len(evs)-1]; last.Type != "family.revoked" || last.Reason != "signed_out" {
 		t.Fatalf("after signing out: %+v", evs)
+	}
+}
+
+// wantSignOutOnScreen loads url in a w×h viewport and checks that the
+// sign-out button lies wholly on the first screen, unscrolled, and is what
+// a click on its centre hits.
+func wantSignOutOnScreen(t *testing.T, tab context.Context, url string, w, h int64) {
+	t.Helper()
+	if err := chromedp.Do(tab, chromedp.EmulateViewport(w, h), chromedp.Navigate(url), chromedp.WaitVisible(chromedp.ID("signout"))); err != nil {
+		t.Fatalf("loading %s at %dx%d: %v", url, w, h, err)
+	}
+	type box struct {
+		Left, Top, Right, Bottom, Width, Height, ScrollY float64
+		Hit                                              bool
+	}
+	b, err := chromedp.Run(tab, chromedp.Evaluate[box](`(() => {
+		const b = document.getElementById("signout"), r = b.getBoundingClientRect();
+		return {Left: r.left, Top: r.top, Right: r.right, Bottom: r.bottom, Width: innerWidth, Height: innerHeight,
+			ScrollY: scrollY, Hit: document.elementFromPoint((r.left + r.right) / 2, (r.top + r.bottom) / 2) === b};
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Width != float64(w) || b.Height != float64(h) || b.ScrollY != 0 || b.Left < 0 || b.Top < 0 || b.Right > b.Width || b.Bottom > b.Height || !b.Hit {
+		t.Fatalf("at %dx%d the sign-out button is not wholly on the first screen: %+v", w, h, b)
 	}
 }
 

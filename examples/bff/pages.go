@@ -127,7 +127,8 @@ func (a *app) callAPI(ctx context.Context, at client.AccessToken) (identity, err
 func (a *app) signOut(w http.ResponseWriter, r *http.Request) {
 	if err := a.sessions.SignOut(w, r); err != nil {
 		a.log.Warn("sign-out", "err", err)
-		http.Error(w, "Could not sign you out: tokend is unreachable. Go back and try again.", http.StatusServiceUnavailable)
+		http.Error(w, "Could not sign you out: the sign-in service is not answering. You are still signed in; go back and try again in a moment.",
+			http.StatusServiceUnavailable)
 		return
 	}
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
