@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -73,6 +74,14 @@ func TestAuditReplyFitsMessage(t *testing.T) {
 		}
 	}()
 	s := &Service{Reader: projections.NewReader(db, p, time.Now), Projector: p}
+	// Projecting 2.4 MiB takes longer than min_seq's 2 s bound on a busy
+	// machine under -race: wait for the projector, then page.
+	eventstest.CheckFor(t, 2*time.Minute, 20*time.Millisecond, func() error {
+		if applied := p.Applied(); applied < last {
+			return fmt.Errorf("projector at seq %d, want %d", applied, last)
+		}
+		return nil
+	})
 
 	limit := wire.MaxAuditLimit
 	req := wire.AuditRequest{Limit: &limit}
