@@ -70,6 +70,40 @@ func (db *DB) Close() error {
 	return db.writer.Close()
 }
 
+// reset empties every table, which leaves the read model as a new
+// database leaves it: each of them holds only what the stream gave it.
+// Rows go in one transaction, so readers see the old model or an empty one.
+func (db *DB) reset(ctx context.Context) error {
+	tx, err := db.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+	if err != nil {
+		return err
+	}
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		tables = append(tables, name)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, table := range tables {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM "`+table+`"`); err != nil {
+			return fmt.Errorf("empty %s: %w", table, err)
+		}
+	}
+	return tx.Commit()
+}
+
 // migrate applies the migrations newer than the database's user_version,
 // each in its own transaction with the version bump.
 func migrate(ctx context.Context, db *sql.DB) error {

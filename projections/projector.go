@@ -67,15 +67,31 @@ type Projector struct {
 	hurry chan struct{}
 }
 
-// NewProjector returns a projector resuming from the position stored in db.
+// NewProjector returns a projector resuming from the position stored in
+// db, or, if the stream no longer holds what the read model was built from
+// (a restored backup, a recreated stream), one that rebuilds it: the read
+// model is emptied before NewProjector returns, so nothing answers from it
+// meanwhile.
 func NewProjector(ctx context.Context, db *DB, js jetstream.JetStream, subjects events.Subjects, log *slog.Logger) (*Projector, error) {
 	p := &Projector{db: db, js: js, subjects: subjects, log: log, BatchSize: DefaultBatchSize, Linger: batchLinger,
 		advanced: make(chan struct{}), hurry: make(chan struct{}, 1)}
-	seq, err := db.W.AppliedSeq(ctx)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+	pos, err := readPosition(ctx, db.W)
+	if err != nil {
 		return nil, err
 	}
-	p.applied.Store(uint64(seq))
+	p.applied.Store(pos.seq)
+	if pos.seq == 0 {
+		return p, nil
+	}
+	_, reason, err := p.inspect(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("check the read model against stream %s: %w", events.StreamName, err)
+	}
+	if reason != "" {
+		if err := p.rebuild(ctx, reason); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
 }
 
@@ -159,20 +175,44 @@ func (p *Projector) ObserveStreamSeq(seq uint64) {
 }
 
 // Run applies the stream until ctx ends; the batch in progress is committed
-// before it returns. It returns nil once ctx ends.
+// before it returns. It returns nil once ctx ends. When it starts, and every
+// second while it runs, it checks that the stream still holds what the read
+// model was built from, and rebuilds the read model if not.
 func (p *Projector) Run(ctx context.Context) error {
-	err := p.run(ctx)
-	if ctx.Err() != nil {
-		return nil
+	for {
+		err := p.run(ctx)
+		var diverged *divergedError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case !errors.As(err, &diverged):
+			return err
+		}
+		if err := p.rebuild(ctx, diverged.reason); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
 	}
-	return err
 }
 
 func (p *Projector) run(ctx context.Context) error {
-	last, err := p.refreshStreamSeq(ctx)
+	stream, reason, err := p.inspect(ctx)
 	if err != nil {
 		return err
 	}
+	if reason != "" {
+		return &divergedError{reason}
+	}
+	// Recorded with every batch, and compared with the stream's while this
+	// run lasts.
+	created := stream.CachedInfo().Created
+	last, err := events.LastEventSeq(ctx, stream, p.subjects)
+	if err != nil {
+		return err
+	}
+	p.ObserveStreamSeq(last)
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{p.subjects.Events()}, DeliverPolicy: jetstream.DeliverAllPolicy}
 	if start := p.Applied(); start > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start+1
@@ -185,8 +225,8 @@ func (p *Projector) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	incoming := make(chan jetstream.Msg, 2*p.BatchSize)
 	go func() {
 		defer close(incoming)
@@ -207,16 +247,20 @@ func (p *Projector) run(ctx context.Context) error {
 	if last > p.Applied() {
 		go p.reportProgress(ctx, last)
 	}
-	go p.pollStreamSeq(ctx)
+	go p.watch(ctx, created, cancel)
 
 	batch := make([]jetstream.Msg, 0, p.BatchSize)
 	busy := false
 	for m := range incoming {
 		batch = p.fill(append(batch[:0], m), incoming, busy)
 		busy = len(batch) > 1
-		if err := p.apply(context.WithoutCancel(ctx), batch); err != nil {
+		if err := p.apply(context.WithoutCancel(ctx), batch, created); err != nil {
 			return fmt.Errorf("apply batch ending at seq %d: %w", p.Applied(), err)
 		}
+	}
+	var diverged *divergedError
+	if errors.As(context.Cause(ctx), &diverged) {
+		return diverged
 	}
 	return nil
 }
@@ -264,7 +308,11 @@ func (p *Projector) fill(batch []jetstream.Msg, incoming <-chan jetstream.Msg, b
 	return batch
 }
 
-func (p *Projector) pollStreamSeq(ctx context.Context) {
+// watch keeps the stream's newest sequence current and, every second,
+// checks that the read model can still go on in the stream of the run,
+// created at created (it may be restored or replaced under a running
+// tokend with --nats-url); if not, it stops the run with the reason.
+func (p *Projector) watch(ctx context.Context, created time.Time, stop context.CancelCauseFunc) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -272,11 +320,36 @@ func (p *Projector) pollStreamSeq(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			qctx, cancel := context.WithTimeout(ctx, time.Second)
-			p.refreshStreamSeq(qctx)
-			cancel()
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		reason := p.recheck(qctx, created)
+		cancel()
+		if reason != "" {
+			stop(&divergedError{reason})
+			return
 		}
 	}
+}
+
+// recheck returns why the read model cannot go on in the stream, "" if it
+// can or the stream cannot be read now.
+func (p *Projector) recheck(ctx context.Context, created time.Time) string {
+	stream, reason, err := p.inspect(ctx)
+	if err != nil {
+		return ""
+	}
+	// Events applied since the stream was replaced may already be the
+	// read model's last, so the new stream would seem to hold its history.
+	if now := stream.CachedInfo().Created; !now.Equal(created) {
+		return fmt.Sprintf("the stream was replaced while the projector ran (created %s, now %s)", formatCreated(created), formatCreated(now))
+	}
+	if reason != "" {
+		return reason
+	}
+	if last, err := events.LastEventSeq(ctx, stream, p.subjects); err == nil {
+		p.ObserveStreamSeq(last)
+	}
+	return ""
 }
 
 // reportProgress logs a rebuild or catch-up every few seconds, because a
@@ -300,7 +373,9 @@ func (p *Projector) reportProgress(ctx context.Context, target uint64) {
 	p.log.Info("projections caught up", "applied", p.Applied(), "took", time.Since(start).Round(time.Millisecond))
 }
 
-func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
+// apply writes batch, from the stream created at created, in one
+// transaction with the position it reaches.
+func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg, created time.Time) error {
 	start := time.Now()
 	tx, err := p.db.writer.BeginTx(ctx, nil)
 	if err != nil {
@@ -349,7 +424,9 @@ func (p *Projector) apply(ctx context.Context, batch []jetstream.Msg) error {
 			return err
 		}
 	}
-	if err := q.SetAppliedSeq(ctx, int64(last)); err != nil {
+	lastMsg := batch[len(batch)-1]
+	if err := q.SetPosition(ctx, queries.SetPositionParams{AppliedSeq: int64(last),
+		AppliedHash: messageHash(lastMsg.Subject(), lastMsg.Data()), StreamCreated: nullTime(unixNanoOrZero(created))}); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {

@@ -27,9 +27,6 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.advanceFamilyStmt, err = db.PrepareContext(ctx, advanceFamily); err != nil {
 		return nil, fmt.Errorf("error preparing query AdvanceFamily: %w", err)
 	}
-	if q.appliedSeqStmt, err = db.PrepareContext(ctx, appliedSeq); err != nil {
-		return nil, fmt.Errorf("error preparing query AppliedSeq: %w", err)
-	}
 	if q.auditByClientStmt, err = db.PrepareContext(ctx, auditByClient); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByClient: %w", err)
 	}
@@ -96,6 +93,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.lowerMinTimeFromStmt, err = db.PrepareContext(ctx, lowerMinTimeFrom); err != nil {
 		return nil, fmt.Errorf("error preparing query LowerMinTimeFrom: %w", err)
 	}
+	if q.positionStmt, err = db.PrepareContext(ctx, position); err != nil {
+		return nil, fmt.Errorf("error preparing query Position: %w", err)
+	}
 	if q.pruneFamilyAtStmt, err = db.PrepareContext(ctx, pruneFamilyAt); err != nil {
 		return nil, fmt.Errorf("error preparing query PruneFamilyAt: %w", err)
 	}
@@ -108,8 +108,8 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.revocableFamiliesBySubjectStmt, err = db.PrepareContext(ctx, revocableFamiliesBySubject); err != nil {
 		return nil, fmt.Errorf("error preparing query RevocableFamiliesBySubject: %w", err)
 	}
-	if q.setAppliedSeqStmt, err = db.PrepareContext(ctx, setAppliedSeq); err != nil {
-		return nil, fmt.Errorf("error preparing query SetAppliedSeq: %w", err)
+	if q.setPositionStmt, err = db.PrepareContext(ctx, setPosition); err != nil {
+		return nil, fmt.Errorf("error preparing query SetPosition: %w", err)
 	}
 	if q.upsertFamilyStmt, err = db.PrepareContext(ctx, upsertFamily); err != nil {
 		return nil, fmt.Errorf("error preparing query UpsertFamily: %w", err)
@@ -122,11 +122,6 @@ func (q *Queries) Close() error {
 	if q.advanceFamilyStmt != nil {
 		if cerr := q.advanceFamilyStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing advanceFamilyStmt: %w", cerr)
-		}
-	}
-	if q.appliedSeqStmt != nil {
-		if cerr := q.appliedSeqStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing appliedSeqStmt: %w", cerr)
 		}
 	}
 	if q.auditByClientStmt != nil {
@@ -239,6 +234,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing lowerMinTimeFromStmt: %w", cerr)
 		}
 	}
+	if q.positionStmt != nil {
+		if cerr := q.positionStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing positionStmt: %w", cerr)
+		}
+	}
 	if q.pruneFamilyAtStmt != nil {
 		if cerr := q.pruneFamilyAtStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing pruneFamilyAtStmt: %w", cerr)
@@ -259,9 +259,9 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing revocableFamiliesBySubjectStmt: %w", cerr)
 		}
 	}
-	if q.setAppliedSeqStmt != nil {
-		if cerr := q.setAppliedSeqStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing setAppliedSeqStmt: %w", cerr)
+	if q.setPositionStmt != nil {
+		if cerr := q.setPositionStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing setPositionStmt: %w", cerr)
 		}
 	}
 	if q.upsertFamilyStmt != nil {
@@ -309,7 +309,6 @@ type Queries struct {
 	db                             DBTX
 	tx                             *sql.Tx
 	advanceFamilyStmt              *sql.Stmt
-	appliedSeqStmt                 *sql.Stmt
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
 	auditByRareTypesStmt           *sql.Stmt
@@ -332,11 +331,12 @@ type Queries struct {
 	insertAuditEventStmt           *sql.Stmt
 	lastSeqBeforeStmt              *sql.Stmt
 	lowerMinTimeFromStmt           *sql.Stmt
+	positionStmt                   *sql.Stmt
 	pruneFamilyAtStmt              *sql.Stmt
 	reschedulePruneStmt            *sql.Stmt
 	revocableFamiliesByClientStmt  *sql.Stmt
 	revocableFamiliesBySubjectStmt *sql.Stmt
-	setAppliedSeqStmt              *sql.Stmt
+	setPositionStmt                *sql.Stmt
 	upsertFamilyStmt               *sql.Stmt
 }
 
@@ -345,7 +345,6 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		db:                             tx,
 		tx:                             tx,
 		advanceFamilyStmt:              q.advanceFamilyStmt,
-		appliedSeqStmt:                 q.appliedSeqStmt,
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,
 		auditByRareTypesStmt:           q.auditByRareTypesStmt,
@@ -368,11 +367,12 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		insertAuditEventStmt:           q.insertAuditEventStmt,
 		lastSeqBeforeStmt:              q.lastSeqBeforeStmt,
 		lowerMinTimeFromStmt:           q.lowerMinTimeFromStmt,
+		positionStmt:                   q.positionStmt,
 		pruneFamilyAtStmt:              q.pruneFamilyAtStmt,
 		reschedulePruneStmt:            q.reschedulePruneStmt,
 		revocableFamiliesByClientStmt:  q.revocableFamiliesByClientStmt,
 		revocableFamiliesBySubjectStmt: q.revocableFamiliesBySubjectStmt,
-		setAppliedSeqStmt:              q.setAppliedSeqStmt,
+		setPositionStmt:                q.setPositionStmt,
 		upsertFamilyStmt:               q.upsertFamilyStmt,
 	}
 }

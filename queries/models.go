@@ -45,6 +45,8 @@ type Family struct {
 }
 
 type ProjectionPosition struct {
-	ID         int64
-	AppliedSeq int64
+	ID            int64
+	AppliedSeq    int64
+	AppliedHash   []byte
+	StreamCreated sql.NullInt64
 }

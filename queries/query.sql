@@ -1,9 +1,11 @@
--- name: AppliedSeq :one
-SELECT applied_seq FROM projection_position WHERE id = 1;
+-- name: Position :one
+SELECT applied_seq, applied_hash, stream_created FROM projection_position WHERE id = 1;
 
--- name: SetAppliedSeq :exec
-INSERT INTO projection_position (id, applied_seq) VALUES (1, @applied_seq)
-ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq;
+-- name: SetPosition :exec
+INSERT INTO projection_position (id, applied_seq, applied_hash, stream_created)
+VALUES (1, @applied_seq, @applied_hash, @stream_created)
+ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq, applied_hash = excluded.applied_hash,
+    stream_created = excluded.stream_created;
 
 -- name: UpsertFamily :exec
 -- Every event carries the family's whole state, so the newest one wins;

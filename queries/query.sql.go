@@ -51,17 +51,6 @@ func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (i
 	return result.RowsAffected()
 }
 
-const appliedSeq = `-- name: AppliedSeq :one
-SELECT applied_seq FROM projection_position WHERE id = 1
-`
-
-func (q *Queries) AppliedSeq(ctx context.Context) (int64, error) {
-	row := q.queryRow(ctx, q.appliedSeqStmt, appliedSeq)
-	var applied_seq int64
-	err := row.Scan(&applied_seq)
-	return applied_seq, err
-}
-
 const auditByClient = `-- name: AuditByClient :many
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_client
 WHERE client_id = ?1 AND seq > ?2 AND seq <= ?3
@@ -873,6 +862,23 @@ func (q *Queries) LowerMinTimeFrom(ctx context.Context, arg LowerMinTimeFromPara
 	return err
 }
 
+const position = `-- name: Position :one
+SELECT applied_seq, applied_hash, stream_created FROM projection_position WHERE id = 1
+`
+
+type PositionRow struct {
+	AppliedSeq    int64
+	AppliedHash   []byte
+	StreamCreated sql.NullInt64
+}
+
+func (q *Queries) Position(ctx context.Context) (PositionRow, error) {
+	row := q.queryRow(ctx, q.positionStmt, position)
+	var i PositionRow
+	err := row.Scan(&i.AppliedSeq, &i.AppliedHash, &i.StreamCreated)
+	return i, err
+}
+
 const pruneFamilyAt = `-- name: PruneFamilyAt :exec
 UPDATE families SET prune_at = CASE WHEN prune_at <= ?1 THEN prune_at ELSE ?1 END WHERE family_id = ?2
 `
@@ -966,13 +972,21 @@ func (q *Queries) RevocableFamiliesBySubject(ctx context.Context, arg RevocableF
 	return items, nil
 }
 
-const setAppliedSeq = `-- name: SetAppliedSeq :exec
-INSERT INTO projection_position (id, applied_seq) VALUES (1, ?1)
-ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq
+const setPosition = `-- name: SetPosition :exec
+INSERT INTO projection_position (id, applied_seq, applied_hash, stream_created)
+VALUES (1, ?1, ?2, ?3)
+ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq, applied_hash = excluded.applied_hash,
+    stream_created = excluded.stream_created
 `
 
-func (q *Queries) SetAppliedSeq(ctx context.Context, appliedSeq int64) error {
-	_, err := q.exec(ctx, q.setAppliedSeqStmt, setAppliedSeq, appliedSeq)
+type SetPositionParams struct {
+	AppliedSeq    int64
+	AppliedHash   []byte
+	StreamCreated sql.NullInt64
+}
+
+func (q *Queries) SetPosition(ctx context.Context, arg SetPositionParams) error {
+	_, err := q.exec(ctx, q.setPositionStmt, setPosition, arg.AppliedSeq, arg.AppliedHash, arg.StreamCreated)
 	return err
 }
 

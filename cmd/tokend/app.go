@@ -269,7 +269,9 @@ func (a *App) serve(srv *http.Server, ln net.Listener) {
 }
 
 // startProjections opens the read model (rebuilding it from the stream if
-// it was deleted) and keeps the projector running until Stop.
+// it was deleted, or if the stream no longer holds what it was built from:
+// a restored backup, a recreated stream) and keeps the projector running
+// until Stop.
 func (a *App) startProjections(ctx context.Context, subjects events.Subjects, onBatch func(int, time.Duration)) error {
 	path := filepath.Join(a.cfg.DataDir, "projections.db")
 	db, err := projections.Open(ctx, path)
