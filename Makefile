@@ -1,13 +1,14 @@
 # The README's test command. Besides Go it needs promtool, prometheus,
 # systemd-analyze and chromium (the browser test of examples/bff), which it
 # installs from Debian's packages when missing.
-.PHONY: test deps fuzz bench conformance cluster-test reliability-test
+.PHONY: test deps fuzz bench conformance cluster-test reliability-test interop-test
 
 test: deps
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	go vet ./...
 	go vet -tags cluster ./cmd/tokend
 	go vet -tags reliability ./cmd/tokend
+	go vet -tags interop ./cmd/tokend
 	# The generated query code must match queries/*.sql: run 'go tool sqlc generate' after editing them.
 	go tool sqlc diff
 	go test -race -count=1 ./...
@@ -49,3 +50,10 @@ CONFORMANCE ?= .
 conformance:
 	@test -d ../shared/conformance || { echo "make conformance needs ../shared/conformance (the project's CI workspace); a clone has none"; exit 1; }
 	TOKEND_V1_OPEN_AUDIT=true go -C ../shared/conformance run . -repo "$(CURDIR)" -run '$(CONFORMANCE)'
+
+# --oauth-http against stock Node OAuth clients with their defaults
+# (examples/interop/node: oauth4webapi, openid-client, jose); needs node 20
+# and npm, and the npm registry (or npm's cache).
+interop-test:
+	npm ci --prefix examples/interop/node --silent --no-audit --no-fund
+	go test -tags interop -count=1 -run TestInterop -v ./cmd/tokend

@@ -1,0 +1,338 @@
+// tokend's --oauth-http through stock Node OAuth clients, each with its
+// defaults: only what http:// on loopback needs is switched on. Reads the
+// description of a running tokend from stdin (cmd/tokend/interop_test.go
+// writes it) and prints one JSON line per check:
+// {"lib": ..., "check": ..., "ok": true|false, "detail": ...}.
+// Exits 1 if any check failed.
+//
+// stdin:
+//   issuer           --issuer of the tokend
+//   resource         the audience access tokens carry when none is asked for
+//   issue_url        POST {"client_id"} issues a new family over NATS and
+//                    answers tokend's issue reply (refresh_token, access_token)
+//   clients          basic, post, ed25519, es256, public: {client_id,
+//                    auth_method, client_secret?, private_jwk?}
+//   resource_server  the client that introspects, in the same shape
+import * as oauth from 'oauth4webapi'
+import * as client from 'openid-client'
+import * as jose from 'jose'
+
+// The introspection checks run this many rounds at once, each introspecting
+// right after its own write: a read model that lags behind writes shows
+// under such load, seldom with one request at a time.
+const ROUNDS = 16
+
+const env = JSON.parse(await new Response(process.stdin).text())
+const insecure = { [oauth.allowInsecureRequests]: true }
+let failed = false
+
+async function check(lib, name, fn) {
+  let line
+  try {
+    line = { lib, check: name, ok: true, detail: (await fn()) ?? '' }
+  } catch (err) {
+    failed = true
+    line = { lib, check: name, ok: false, detail: describe(err) }
+  }
+  console.log(JSON.stringify(line, redact))
+}
+
+// describe keeps what a library's error says about the response it refused.
+function describe(err) {
+  if (!(err instanceof Error)) return err
+  const out = { message: `${err.name}: ${err.message}` }
+  for (const k of ['code', 'status', 'error', 'error_description']) {
+    if (err[k] !== undefined) out[k] = err[k]
+  }
+  if (err.cause instanceof Response) out.cause = { status: err.cause.status }
+  else if (err.cause !== undefined) out.cause = describe(err.cause)
+  return out
+}
+
+// redact keeps tokens, secrets and keys out of the output.
+function redact(key, value) {
+  return typeof value === 'string' && /token$|secret|assertion|^d$/.test(key) ? '[redacted]' : value
+}
+
+function fail(message) {
+  throw new Error(message)
+}
+
+async function issue(c) {
+  const res = await fetch(env.issue_url, { method: 'POST', body: JSON.stringify({ client_id: c.client_id }) })
+  if (!res.ok) fail(`issue hook: ${res.status} ${await res.text()}`)
+  return res.json()
+}
+
+async function waitFor(what, cond) {
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; ) {
+    if (await cond()) return
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  fail(`timed out waiting until ${what}`)
+}
+
+// --- oauth4webapi ----------------------------------------------------------
+
+const o4 = 'oauth4webapi'
+const bareIssuer = env.issuer.replace(/\/$/, '')
+const discovered = {}
+
+async function discover(issuer) {
+  const url = new URL(issuer)
+  const res = await oauth.discoveryRequest(url, { algorithm: 'oauth2', ...insecure })
+  return oauth.processDiscoveryResponse(url, res)
+}
+
+for (const [name, issuer] of [['without-trailing-slash', bareIssuer], ['with-trailing-slash', bareIssuer + '/']]) {
+  await check(o4, `discovery/${name}`, async () => {
+    discovered[issuer] = await discover(issuer)
+    return `${issuer}: metadata issuer ${discovered[issuer].issuer}`
+  })
+}
+const as = discovered[env.issuer] ?? fail('discovery of the configured issuer failed: nothing else can run')
+
+// The private keys as a Node service holds them: non-extractable CryptoKeys.
+for (const c of Object.values(env.clients)) {
+  if (!c.private_jwk) continue
+  const alg = c.private_jwk.kty === 'OKP' ? { name: c.private_jwk.crv } : { name: 'ECDSA', namedCurve: c.private_jwk.crv }
+  c.key = { key: await crypto.subtle.importKey('jwk', c.private_jwk, alg, false, ['sign']), kid: c.private_jwk.kid }
+}
+
+// auth is the oauth4webapi client authentication for c's registered method.
+function auth(c, method = c.auth_method, options) {
+  switch (method) {
+    case 'client_secret_basic':
+      return oauth.ClientSecretBasic(c.client_secret)
+    case 'client_secret_post':
+      return oauth.ClientSecretPost(c.client_secret)
+    case 'private_key_jwt':
+      return oauth.PrivateKeyJwt(c.key, options)
+    case 'none':
+      return oauth.None()
+  }
+  fail(`no client authentication for ${method}`)
+}
+
+async function refresh(c, refreshToken, clientAuth = auth(c)) {
+  const res = await oauth.refreshTokenGrantRequest(as, { client_id: c.client_id }, clientAuth, refreshToken, insecure)
+  return oauth.processRefreshTokenResponse(as, { client_id: c.client_id }, res)
+}
+
+async function revoke(c, token) {
+  const res = await oauth.revocationRequest(as, { client_id: c.client_id }, auth(c), token, insecure)
+  return oauth.processRevocationResponse(res)
+}
+
+async function introspect(token) {
+  const rs = env.resource_server
+  const res = await oauth.introspectionRequest(as, { client_id: rs.client_id }, auth(rs), token, insecure)
+  return oauth.processIntrospectionResponse(as, { client_id: rs.client_id }, res)
+}
+
+// rotates presents a new family's token and checks what the library
+// accepted: a new refresh token and a bearer access token.
+async function rotates(c, clientAuth) {
+  const family = await issue(c)
+  const t = await refresh(c, family.refresh_token, clientAuth)
+  if (!t.refresh_token || t.refresh_token === family.refresh_token) fail('no new refresh token')
+  return `token_type ${t.token_type}, expires_in ${t.expires_in}, scope ${t.scope}`
+}
+
+// failsWith runs fn, which must be refused with an RFC 6749 section 5.2
+// error as the library reports it.
+async function failsWith(code, status, fn) {
+  try {
+    await fn()
+  } catch (err) {
+    if (err instanceof oauth.ResponseBodyError && err.error === code && err.status === status) return `${status} ${code}`
+    throw new Error(`want ${status} ${code} as the library's ResponseBodyError`, { cause: err })
+  }
+  fail(`succeeded, want ${status} ${code}`)
+}
+
+// failsAsClient runs fn, which must be refused as invalid_client with 401;
+// a client that sent HTTP Basic must get a Basic challenge (RFC 6749 5.2).
+async function failsAsClient(basic, fn) {
+  try {
+    await fn()
+  } catch (err) {
+    const challenge = err instanceof oauth.WWWAuthenticateChallengeError ? err.cause[0] : undefined
+    const body = err instanceof oauth.WWWAuthenticateChallengeError ? await err.response.json() : { error: err.error }
+    if (err.status === 401 && body.error === 'invalid_client' && (!basic || challenge?.scheme === 'basic')) {
+      return `401 invalid_client${challenge ? `, challenge ${challenge.scheme}` : ''}`
+    }
+    throw new Error(`want 401 invalid_client${basic ? ' with a Basic challenge' : ''}`, { cause: err })
+  }
+  fail('succeeded with a wrong secret')
+}
+
+const { basic, post, ed25519, es256, public: pub } = env.clients
+
+await check(o4, 'refresh/client_secret_basic', () => rotates(basic))
+await check(o4, 'refresh/client_secret_post', () => rotates(post))
+// RFC 6749 section 2.3.1: the server MUST support HTTP Basic for clients
+// with a password, whichever method they registered.
+await check(o4, 'refresh/basic-for-post-client', () => rotates(post, auth(post, 'client_secret_basic')))
+await check(o4, 'refresh/none-public-client', () => rotates(pub))
+// The assertion as oauth4webapi signs it; modifyAssertion only reads alg.
+for (const [key, c] of [['Ed25519', ed25519], ['ES256', es256]]) {
+  await check(o4, `refresh/private_key_jwt-${key}`, async () => {
+    let alg
+    const sign = auth(c, 'private_key_jwt', { [oauth.modifyAssertion]: (header) => (alg = header.alg) })
+    const detail = await rotates(c, sign).catch((err) => {
+      const advertised = as.token_endpoint_auth_signing_alg_values_supported
+      throw new Error(`assertion alg ${alg}; the metadata advertises ${advertised}`, { cause: err })
+    })
+    return `assertion alg ${alg}; ${detail}`
+  })
+}
+
+await check(o4, 'refresh/retry-same-child', async () => {
+  const family = await issue(basic)
+  const child = await refresh(basic, family.refresh_token)
+  const again = await refresh(basic, family.refresh_token)
+  if (again.refresh_token !== child.refresh_token) fail('the parent presented again inside the reuse interval got another child')
+  return 'the same child'
+})
+
+await check(o4, 'access-token/validateJwtAccessToken', async () => {
+  const t = await refresh(basic, (await issue(basic)).refresh_token)
+  const request = new Request(env.resource, { headers: { authorization: `Bearer ${t.access_token}` } })
+  const claims = await oauth.validateJwtAccessToken(as, request, env.resource, insecure)
+  return `iss ${claims.iss}, aud ${claims.aud}`
+})
+
+await check(o4, 'revocation/client_secret_basic', async () => {
+  const family = await issue(basic)
+  await revoke(basic, family.refresh_token)
+  return `then refresh: ${await failsWith('invalid_grant', 400, () => refresh(basic, family.refresh_token))}`
+})
+
+// rounds runs fn ROUNDS times at once; fn answers what was wrong, if
+// anything.
+async function rounds(fn) {
+  const wrong = (await Promise.all(Array.from({ length: ROUNDS }, fn))).filter(Boolean)
+  const counts = new Map()
+  for (const what of wrong) counts.set(what, (counts.get(what) ?? 0) + 1)
+  const summary = [...counts].map(([what, n]) => `${n}x ${what}`).join('; ')
+  if (wrong.length) fail(`${wrong.length} of ${ROUNDS} rounds wrong: ${summary}`)
+  return `${ROUNDS} rounds`
+}
+
+await check(o4, 'introspection/after-rotation', () =>
+  rounds(async () => {
+    const family = await issue(basic)
+    const child = await refresh(basic, family.refresh_token)
+    const [parent, current] = [await introspect(family.refresh_token), await introspect(child.refresh_token)]
+    if (parent.active || !current.active) return `parent active ${parent.active}, child active ${current.active}`
+  }),
+)
+
+await check(o4, 'introspection/after-revocation', () =>
+  rounds(async () => {
+    const family = await issue(basic)
+    // Only the revocation may make it inactive, not a family not yet known.
+    await waitFor('the access token is active', async () => (await introspect(family.access_token)).active)
+    await revoke(basic, family.refresh_token)
+    const access = await introspect(family.access_token)
+    if (access.active) return 'access token active after its family was revoked'
+  }),
+)
+
+await check(o4, 'introspection/after-issue', () =>
+  rounds(async () => {
+    const family = await issue(basic)
+    const [refreshToken, access] = [await introspect(family.refresh_token), await introspect(family.access_token)]
+    if (!refreshToken.active || !access.active) return `refresh token active ${refreshToken.active}, access token active ${access.active}`
+  }),
+)
+
+// RFC 7662 section 2.2: token_type is a type of RFC 6749 section 7.1.
+await check(o4, 'introspection/access-token-type', async () => {
+  const t = await refresh(basic, (await issue(basic)).refresh_token)
+  let answer
+  await waitFor('the access token is active', async () => (answer = await introspect(t.access_token)).active)
+  if (answer.token_type?.toLowerCase() !== 'bearer') fail(`token_type ${JSON.stringify(answer.token_type)}, want Bearer`)
+  return `token_type ${answer.token_type}`
+})
+
+// A grandparent is a replay at any time, inside the reuse interval too.
+async function replayed(refreshWith) {
+  const family = await issue(basic)
+  const child = await refreshWith(family.refresh_token)
+  await refreshWith(child.refresh_token)
+  return failsWith('invalid_grant', 400, () => refreshWith(family.refresh_token))
+}
+
+await check(o4, 'error/invalid_grant-replay', () => replayed((rt) => refresh(basic, rt)))
+await check(o4, 'error/invalid_client-wrong-secret', async () => {
+  const family = await issue(basic)
+  return failsAsClient(true, () => refresh(basic, family.refresh_token, oauth.ClientSecretBasic(basic.client_secret + 'x')))
+})
+
+// --- openid-client ---------------------------------------------------------
+
+const oc = 'openid-client'
+
+// configure discovers the server for c; without clientAuth openid-client
+// picks its default (client_secret_post when there is a secret).
+function configure(c, clientAuth, issuer = env.issuer) {
+  return client.discovery(new URL(issuer), c.client_id, c.client_secret, clientAuth, {
+    algorithm: 'oauth2',
+    execute: [client.allowInsecureRequests],
+  })
+}
+
+for (const [name, issuer] of [['without-trailing-slash', bareIssuer], ['with-trailing-slash', bareIssuer + '/']]) {
+  await check(oc, `discovery/${name}`, async () => {
+    const config = await configure(post, undefined, issuer)
+    return `${issuer}: metadata issuer ${config.serverMetadata().issuer}`
+  })
+}
+
+async function rotatesWith(c, clientAuth) {
+  const config = await configure(c, clientAuth)
+  const family = await issue(c)
+  const t = await client.refreshTokenGrant(config, family.refresh_token)
+  if (!t.refresh_token || t.refresh_token === family.refresh_token) fail('no new refresh token')
+  return `token_type ${t.token_type}, expires_in ${t.expires_in}`
+}
+
+await check(oc, 'refresh/default-auth-post-client', () => rotatesWith(post))
+await check(oc, 'refresh/client_secret_basic', () => rotatesWith(basic, client.ClientSecretBasic(basic.client_secret)))
+await check(oc, 'refresh/basic-for-post-client', () => rotatesWith(post, client.ClientSecretBasic(post.client_secret)))
+
+await check(oc, 'revocation/default-auth-post-client', async () => {
+  const config = await configure(post)
+  const family = await issue(post)
+  await client.tokenRevocation(config, family.refresh_token)
+  return `then refresh: ${await failsWith('invalid_grant', 400, () => client.refreshTokenGrant(config, family.refresh_token))}`
+})
+
+await check(oc, 'error/invalid_grant-replay', async () => {
+  const config = await configure(basic, client.ClientSecretBasic(basic.client_secret))
+  return replayed((rt) => client.refreshTokenGrant(config, rt))
+})
+await check(oc, 'error/invalid_client-wrong-secret', async () => {
+  const config = await configure({ ...post, client_secret: post.client_secret + 'x' })
+  const family = await issue(post)
+  return failsAsClient(false, () => client.refreshTokenGrant(config, family.refresh_token))
+})
+
+// --- jose ------------------------------------------------------------------
+
+// RFC 9068 with a general JWT library: the keys from jwks_uri, typ at+jwt,
+// the issuer from the metadata, the audience of the resource.
+await check('jose', 'access-token/jwtVerify', async () => {
+  const t = await refresh(basic, (await issue(basic)).refresh_token)
+  const jwks = jose.createRemoteJWKSet(new URL(as.jwks_uri))
+  const { payload, protectedHeader } = await jose.jwtVerify(t.access_token, jwks, {
+    typ: 'at+jwt',
+    issuer: as.issuer,
+    audience: env.resource,
+  })
+  return `alg ${protectedHeader.alg}, iss ${payload.iss}, aud ${payload.aud}`
+})
+
+process.exitCode = failed ? 1 : 0
