@@ -32,11 +32,22 @@ func ParseHeader(s string) (Header, error) {
 	return "", fmt.Errorf("%q is not x-forwarded-for or forwarded", s)
 }
 
+// MarshalText and UnmarshalText make a Header a flag (flag.TextVar).
+func (h Header) MarshalText() ([]byte, error) { return []byte(h), nil }
+
+func (h *Header) UnmarshalText(b []byte) (err error) {
+	*h, err = ParseHeader(string(b))
+	return err
+}
+
+// Proxies are the networks of trusted proxies.
+type Proxies []netip.Prefix
+
 // Policy says whose forwarded addresses to believe. The zero Policy trusts
 // no proxy: every request is from its peer.
 type Policy struct {
 	// Proxies are the networks of the trusted proxies.
-	Proxies []netip.Prefix
+	Proxies Proxies
 	// Header is the one header they write; the other is ignored, since a
 	// proxy passes on whatever a client put in a header it does not set.
 	// Empty means XForwardedFor.
@@ -46,11 +57,11 @@ type Policy struct {
 // ParseProxies parses a comma-separated list of networks in CIDR notation
 // (10.0.0.0/8, fd00::/8); a single address stands for itself. An empty s
 // is no network.
-func ParseProxies(s string) ([]netip.Prefix, error) {
+func ParseProxies(s string) (Proxies, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
-	var out []netip.Prefix
+	var out Proxies
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
 		p, err := netip.ParsePrefix(part)
