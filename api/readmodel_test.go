@@ -73,6 +73,13 @@ func TestAuditReplyFitsMessage(t *testing.T) {
 		}
 	}()
 	s := &Service{Reader: projections.NewReader(db, p, time.Now), Projector: p}
+	// Projecting 400 large events can take longer than a query's wait for
+	// min_seq on a loaded machine; this test is about page sizes.
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := p.WaitFor(wctx, last); err != nil {
+		t.Fatal(err)
+	}
 
 	limit := wire.MaxAuditLimit
 	req := wire.AuditRequest{Limit: &limit}
