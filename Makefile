@@ -27,6 +27,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzParseQueries$$' -fuzztime $(FUZZTIME) ./api
 	go test -run '^$$' -fuzz '^FuzzAuditQueryString$$' -fuzztime $(FUZZTIME) ./api
 	go test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./events
+	go test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./clientaddr
 
 # The go test benchmarks behind docs/benchmarks.md; the rotation benchmark
 # is go run ./cmd/tokenbench --baseline -k 64.

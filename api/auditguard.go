@@ -66,7 +66,7 @@ func (g *AuditGuard) Wrap(next http.Handler) http.Handler {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tokend-audit"`)
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized",
 				"error_description": "the audit API needs a client certificate or a bearer token"})
-			g.log.Warn("audit request refused: no valid credentials", "remote", r.RemoteAddr, "path", r.URL.Path)
+			g.log.Warn("audit request refused: no valid credentials", append(logAddress(r), "path", r.URL.Path)...)
 			return
 		}
 		select {
@@ -79,7 +79,7 @@ func (g *AuditGuard) Wrap(next http.Handler) http.Handler {
 		}
 		// Who read what is itself audit-worthy; the query string stays out
 		// of the log because it names subjects.
-		g.log.Info("audit request", "caller", caller, "path", r.URL.Path)
+		g.log.Info("audit request", append([]any{"caller", caller, "path", r.URL.Path}, logAddress(r)...)...)
 		next.ServeHTTP(w, r)
 	})
 }

@@ -56,7 +56,8 @@ func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter)
 
 func auditEvent(e projections.AuditEvent) wire.AuditEvent {
 	return wire.AuditEvent{Seq: e.Seq, ID: e.ID, Type: e.Type, Time: e.Time, FamilyID: e.FamilyID,
-		Subject: e.Subject, ClientID: e.ClientID, Generation: e.Generation, Reason: e.Reason, Context: e.Context}
+		Subject: e.Subject, ClientID: e.ClientID, PresentedBy: e.PresentedBy, Generation: e.Generation,
+		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context}
 }
 
 // auditEventBytes is an event's length in a reply: its JSON and a comma.

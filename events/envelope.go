@@ -19,16 +19,24 @@ import (
 // It holds token hashes only. Data.Family is the family's state after the
 // event, so the writer loads a family from its last message alone.
 type Envelope struct {
-	ID         string         `json:"id"`
-	Type       string         `json:"type"`
-	Time       time.Time      `json:"time"`
-	FamilyID   string         `json:"family_id"`
-	Subject    string         `json:"subject"`
-	ClientID   string         `json:"client_id"`
-	Generation uint64         `json:"generation"`
-	Reason     string         `json:"reason"`
-	Context    domain.Context `json:"context,omitempty"`
-	Data       Data           `json:"data"`
+	ID       string    `json:"id"`
+	Type     string    `json:"type"`
+	Time     time.Time `json:"time"`
+	FamilyID string    `json:"family_id"`
+	Subject  string    `json:"subject"`
+	ClientID string    `json:"client_id"`
+	// PresentedBy is the client that presented the token when it is not
+	// ClientID, the family's owner; empty otherwise.
+	PresentedBy string `json:"presented_by,omitempty"`
+	Generation  uint64 `json:"generation"`
+	// PresentedGeneration is the presented token's generation (reused,
+	// replay_detected, refresh.rejected), Generation the family's; 0 when
+	// no token was presented. Both are left out when empty, so an event
+	// without them is stored as before they existed.
+	PresentedGeneration uint64         `json:"presented_generation,omitempty"`
+	Reason              string         `json:"reason"`
+	Context             domain.Context `json:"context,omitempty"`
+	Data                Data           `json:"data"`
 }
 
 // Data is the type-specific part of an event plus the family snapshot.
@@ -63,8 +71,8 @@ type Snapshot struct {
 func Wrap(e domain.Event, after domain.Family) Envelope {
 	env := Envelope{
 		ID: e.ID, Type: string(e.Type), Time: e.Time.UTC(), FamilyID: e.FamilyID,
-		Subject: e.Subject, ClientID: e.ClientID, Generation: e.Generation,
-		Reason: e.Reason, Context: e.Context,
+		Subject: e.Subject, ClientID: e.ClientID, PresentedBy: e.PresentedBy, Generation: e.Generation,
+		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context,
 		Data: Data{TokenHash: e.TokenHash, Audience: e.Audience, Family: snapshotOf(after)},
 	}
 	switch e.Type {
@@ -97,8 +105,8 @@ func snapshotOf(f domain.Family) Snapshot {
 func (env Envelope) Event() domain.Event {
 	e := domain.Event{
 		ID: env.ID, Type: domain.EventType(env.Type), Time: env.Time, FamilyID: env.FamilyID,
-		Subject: env.Subject, ClientID: env.ClientID, Generation: env.Generation,
-		Reason: env.Reason, Context: env.Context,
+		Subject: env.Subject, ClientID: env.ClientID, PresentedBy: env.PresentedBy, Generation: env.Generation,
+		PresentedGeneration: env.PresentedGeneration, Reason: env.Reason, Context: env.Context,
 		TokenHash: env.Data.TokenHash, Audience: env.Data.Audience,
 	}
 	if env.Data.Scope != nil {
@@ -159,6 +167,8 @@ func Encode(env Envelope) ([]byte, error) {
 // the whole family after the event as data.family. Those versions read
 // nothing else, so a deployment upgrading one instance at a time writes
 // this form until every instance reads data.state (--event-state full).
+// An event naming its presenter also holds presented_by and
+// presented_generation, which those versions skip as unknown fields.
 func EncodeFull(env Envelope) ([]byte, error) {
 	m := storedEnvelope{Envelope: env}
 	m.Data = storedData{Data: &m.Envelope.Data, Family: &m.Envelope.Data.Family}

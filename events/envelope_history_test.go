@@ -193,10 +193,16 @@ func diffs(want, got any, byInstant bool) []string {
 // builds from it and its Family is the state after s.
 func checkDecoded(t *testing.T, what string, s step, env Envelope) {
 	t.Helper()
-	for _, d := range diffs(Wrap(s.e, s.after), env, false) {
+	checkDecodedAs(t, what, Wrap(s.e, s.after), s.after, env)
+}
+
+// checkDecodedAs fails unless env is want and its Family is after.
+func checkDecodedAs(t *testing.T, what string, want Envelope, after domain.Family, env Envelope) {
+	t.Helper()
+	for _, d := range diffs(want, env, false) {
 		t.Errorf("%s: %s", what, d)
 	}
-	for _, d := range diffs(s.after, env.Family(), true) {
+	for _, d := range diffs(after, env.Family(), true) {
 		t.Errorf("%s: %s", what, d)
 	}
 }

@@ -156,3 +156,44 @@ func TestDecodeRefusesMalformedState(t *testing.T) {
 		t.Fatalf("a minimal issued event: %v", err)
 	}
 }
+
+// TestEncodePresenter: the presenting client and the presented generation
+// are stored beside the owner and the family's generation, and only on
+// events that have them.
+func TestEncodePresenter(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	f := domain.Family{ID: "fam", Subject: "u", ClientID: "web-app", Status: domain.StatusActive, Generation: 2,
+		CurrentHash: domain.HashToken("g2"), CreatedAt: at, LastUsedAt: at, IdleExpiresAt: at.Add(time.Hour),
+		AbsoluteExpiresAt: at.Add(2 * time.Hour)}
+	for _, tc := range []struct {
+		e    domain.Event
+		want string // a part of the stored form
+	}{
+		{domain.Event{ID: "e1", Type: domain.RefreshRejected, Reason: domain.ReasonRetiredKey, PresentedBy: "evil-app", PresentedGeneration: 7},
+			`"client_id":"web-app","presented_by":"evil-app","generation":2,"presented_generation":7,"reason":"retired_key",`},
+		{domain.Event{ID: "e2", Type: domain.ReplayDetected, PresentedGeneration: 1},
+			`"client_id":"web-app","generation":2,"presented_generation":1,"reason":"",`},
+		{domain.Event{ID: "e3", Type: domain.FamilyRevoked, Reason: domain.ReasonReplayDetected},
+			`"client_id":"web-app","generation":2,"reason":"replay_detected",`},
+	} {
+		e := tc.e
+		e.Time, e.FamilyID, e.Subject, e.ClientID, e.Generation, e.TokenHash = at, "fam", "u", "web-app", 2, f.CurrentHash
+		for name, encode := range map[string]func(Envelope) ([]byte, error){"compact": Encode, "full": EncodeFull} {
+			data, err := encode(Wrap(e, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(data), tc.want) {
+				t.Errorf("%s %s stored as\n%s\nwant it to hold %s", name, e.Type, data, tc.want)
+			}
+			env, err := Decode(data, "fam")
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDecoded(t, name+" "+string(e.Type), step{e, f}, env)
+			if got := env.Event(); got.PresentedBy != e.PresentedBy || got.PresentedGeneration != e.PresentedGeneration {
+				t.Errorf("%s %s: event presented by %q generation %d", name, e.Type, got.PresentedBy, got.PresentedGeneration)
+			}
+		}
+	}
+}

@@ -29,7 +29,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		f.Add(good, "other")
 	}
 	for _, h := range histories(f) {
-		for _, form := range []string{"stored-v1", "stored-v2"} {
+		for _, form := range []string{"stored-v1", "stored-v2", "stored-v3"} {
 			for _, line := range goldenLines(f, form, h.name) {
 				f.Add(line, h.familyID)
 			}

@@ -551,6 +551,7 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 		Seq: int64(e.seq), ID: env.ID, Type: env.Type, Time: env.Time.UnixNano(), FamilyID: env.FamilyID, Subject: env.Subject,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
 		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom, ExpiresAt: nullTime(e.expiresAt),
+		PresentedBy: env.PresentedBy, PresentedGeneration: int64(env.PresentedGeneration),
 	})
 }
 

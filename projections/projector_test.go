@@ -290,15 +290,24 @@ func TestProjectionEqualsStream(t *testing.T) {
 	types := map[string]int{}
 	byFamily := map[string][]domain.Event{}
 	lastSeqOf := map[string]uint64{}
+	presented := map[string]int{} // events naming a foreign presenter, and a presented generation
 	for i, e := range stream {
 		types[e.env.Type]++
-		var seq int64
-		var id, typ string
-		if err := db.reader.QueryRow("SELECT seq, id, type FROM audit_events WHERE seq = ?", e.seq).Scan(&seq, &id, &typ); err != nil {
+		var seq, presentedGen int64
+		var id, typ, presentedBy string
+		if err := db.reader.QueryRow("SELECT seq, id, type, presented_by, presented_generation FROM audit_events WHERE seq = ?",
+			e.seq).Scan(&seq, &id, &typ, &presentedBy, &presentedGen); err != nil {
 			t.Fatalf("stream event %d (seq %d) missing from audit: %v", i, e.seq, err)
 		}
-		if id != e.env.ID || typ != e.env.Type {
-			t.Fatalf("seq %d: audit row %s/%s, stream %s/%s", e.seq, id, typ, e.env.ID, e.env.Type)
+		if id != e.env.ID || typ != e.env.Type || presentedBy != e.env.PresentedBy || uint64(presentedGen) != e.env.PresentedGeneration {
+			t.Fatalf("seq %d: audit row %s/%s presented by %q generation %d, stream %s/%s presented by %q generation %d",
+				e.seq, id, typ, presentedBy, presentedGen, e.env.ID, e.env.Type, e.env.PresentedBy, e.env.PresentedGeneration)
+		}
+		if presentedBy != "" {
+			presented["by"]++
+		}
+		if presentedGen != 0 {
+			presented["generation"]++
 		}
 		byFamily[e.env.FamilyID] = append(byFamily[e.env.FamilyID], e.env.Event())
 		lastSeqOf[e.env.FamilyID] = e.seq
@@ -307,6 +316,9 @@ func TestProjectionEqualsStream(t *testing.T) {
 		if types[want] == 0 {
 			t.Errorf("the workload produced no %s: %v", want, types)
 		}
+	}
+	if presented["by"] == 0 || presented["generation"] == 0 {
+		t.Errorf("the workload named no presenter or no presented generation: %v", presented)
 	}
 	ctx := context.Background()
 	for id, evs := range byFamily {

@@ -151,9 +151,15 @@ type AuditEvent struct {
 	ID, Type                    string
 	Time                        time.Time
 	FamilyID, Subject, ClientID string
-	Generation                  uint64
-	Reason                      string
-	Context                     json.RawMessage // a JSON object, {} when none
+	// PresentedBy is the client that presented the family's token when it
+	// is not ClientID, the owner; "" otherwise.
+	PresentedBy string
+	Generation  uint64
+	// PresentedGeneration is the presented token's generation, Generation
+	// the family's; 0 when the event presented none.
+	PresentedGeneration uint64
+	Reason              string
+	Context             json.RawMessage // a JSON object, {} when none
 }
 
 // AuditPage is one page of events in ascending seq. NextAfterSeq is the
@@ -192,7 +198,8 @@ func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
 		}
 		for _, row := range rows {
 			e := AuditEvent{Seq: uint64(row.Seq), ID: row.ID, Type: row.Type, Time: unixNano(row.Time),
-				FamilyID: row.FamilyID, Subject: row.Subject, ClientID: row.ClientID, Generation: uint64(row.Generation),
+				FamilyID: row.FamilyID, Subject: row.Subject, ClientID: row.ClientID, PresentedBy: row.PresentedBy,
+				Generation: uint64(row.Generation), PresentedGeneration: uint64(row.PresentedGeneration),
 				Reason: row.Reason, Context: json.RawMessage(row.Context)}
 			if f.MaxBytes > 0 {
 				size := f.Size(e)

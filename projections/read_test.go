@@ -468,3 +468,89 @@ func TestTimeBoundSearchesSkipGaps(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditNamesThePresenter: the audit trail says which client presented
+// another client's token, from where, and which generation a replayed
+// token was, beside the owner and the family's generation.
+func TestAuditNamesThePresenter(t *testing.T) {
+	h := MustHarness(t)
+	ctx := context.Background()
+	g, err := h.svc.Issue(ctx, tokens.IssueRequest{Subject: "user-1", ClientID: "web-app", Context: domain.Context{"ip": "203.0.113.7"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := g.Token.Value()
+	foreign := domain.Context{"ip": "2001:db8::7", "user_agent": "evil/1.0"}
+	if _, err := h.svc.Refresh(ctx, tokens.RefreshRequest{Token: first, ClientID: "evil-app", Context: foreign}); !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("foreign refresh: %v", err)
+	}
+	if _, err := h.svc.Refresh(ctx, tokens.RefreshRequest{Token: first, ClientID: "web-app"}); err != nil {
+		t.Fatal(err)
+	}
+	h.now = h.now.Add(time.Minute) // past the reuse interval
+	_, err = h.svc.Refresh(ctx, tokens.RefreshRequest{Token: first, ClientID: "web-app", Context: domain.Context{"ip": "198.51.100.9"}})
+	if !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("replay: %v", err)
+	}
+	db := h.openDB(t, "projections.db")
+	p := h.project(t, db, 10, lastSeq(t, h))
+	page, err := NewReader(db, p, h.clock).Audit(ctx, AuditFilter{FamilyID: g.Family.ID, Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		typ, reason, clientID, presentedBy string
+		generation, presentedGeneration    uint64
+		context                            string
+	}
+	var got []row
+	for _, e := range page.Events {
+		got = append(got, row{e.Type, e.Reason, e.ClientID, e.PresentedBy, e.Generation, e.PresentedGeneration, string(e.Context)})
+	}
+	want := []row{
+		{"token.issued", "", "web-app", "", 1, 0, `{"ip":"203.0.113.7"}`},
+		{"refresh.rejected", "client_mismatch", "web-app", "evil-app", 1, 1, `{"ip":"2001:db8::7","user_agent":"evil/1.0"}`},
+		{"token.rotated", "", "web-app", "", 2, 0, `{}`},
+		{"token.replay_detected", "", "web-app", "", 2, 1, `{"ip":"198.51.100.9"}`},
+		{"family.revoked", "replay_detected", "web-app", "", 2, 0, `{"ip":"198.51.100.9"}`},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("audit:\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// lastSeq is the stream's last sequence.
+func lastSeq(tb testing.TB, h *harness) uint64 {
+	tb.Helper()
+	info, err := h.stream.Info(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// TestMigrationKeepsRowsWithoutPresenter: migration 0008 leaves the rows a
+// read model holds as they were, with no presenter, which is what their
+// events say.
+func TestMigrationKeepsRowsWithoutPresenter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "projections.db")
+	old := migratedTo(t, path, 6)
+	if _, err := old.Exec(`INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason,
+		context, max_time_upto, min_time_from) VALUES (1, 'e1', 'refresh.rejected', 10, 'f', 's', 'c', 2, 'client_mismatch', '{}', 10, 10)`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	page, err := (&Reader{db: db, p: &Projector{}}).Audit(context.Background(), AuditFilter{FamilyID: "f", Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Events) != 1 || page.Events[0].PresentedBy != "" || page.Events[0].PresentedGeneration != 0 ||
+		page.Events[0].Reason != "client_mismatch" || page.Events[0].Generation != 2 {
+		t.Fatalf("after the migration: %+v", page.Events)
+	}
+}

@@ -9,19 +9,21 @@ import (
 )
 
 type AuditEvent struct {
-	Seq         int64
-	ID          string
-	Type        string
-	Time        int64
-	FamilyID    string
-	Subject     string
-	ClientID    string
-	Generation  int64
-	Reason      string
-	Context     string
-	MaxTimeUpto int64
-	MinTimeFrom int64
-	ExpiresAt   sql.NullInt64
+	Seq                 int64
+	ID                  string
+	Type                string
+	Time                int64
+	FamilyID            string
+	Subject             string
+	ClientID            string
+	Generation          int64
+	Reason              string
+	Context             string
+	MaxTimeUpto         int64
+	MinTimeFrom         int64
+	ExpiresAt           sql.NullInt64
+	PresentedBy         string
+	PresentedGeneration int64
 }
 
 type Family struct {

@@ -100,9 +100,9 @@ WHERE families.family_id = @family_id;
 
 -- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from, expires_at)
+    max_time_upto, min_time_from, expires_at, presented_by, presented_generation)
 VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, @reason, @context,
-    @max_time_upto, @min_time_from, @expires_at)
+    @max_time_upto, @min_time_from, @expires_at, @presented_by, @presented_generation)
 ON CONFLICT (seq) DO NOTHING;
 
 -- name: BoundsBefore :one

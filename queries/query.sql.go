@@ -52,7 +52,7 @@ func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (i
 }
 
 const auditByClient = `-- name: AuditByClient :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_client
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_client
 WHERE client_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?4)))
   AND time >= ?5 AND time < ?6
@@ -100,6 +100,8 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
 			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
 		); err != nil {
 			return nil, err
 		}
@@ -116,7 +118,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 
 const auditByFamily = `-- name: AuditByFamily :many
 
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_family
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
   AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
@@ -173,6 +175,8 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
 			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
 		); err != nil {
 			return nil, err
 		}
@@ -188,7 +192,7 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 }
 
 const auditByRareTypes = `-- name: AuditByRareTypes :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_rare
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_rare
 WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
   AND type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
@@ -236,6 +240,8 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
 			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
 		); err != nil {
 			return nil, err
 		}
@@ -251,7 +257,7 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 }
 
 const auditBySeq = `-- name: AuditBySeq :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events NOT INDEXED
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events NOT INDEXED
 WHERE seq > ?1 AND seq <= ?2
   AND (CAST(?3 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?3)))
   AND time >= ?4 AND time < ?5
@@ -299,6 +305,8 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
 			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
 		); err != nil {
 			return nil, err
 		}
@@ -314,7 +322,7 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 }
 
 const auditBySubject = `-- name: AuditBySubject :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_subject
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_subject
 WHERE subject = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR client_id = ?4)
   AND (CAST(?5 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?5)))
@@ -365,6 +373,8 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
 			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
 		); err != nil {
 			return nil, err
 		}
@@ -380,7 +390,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 }
 
 const auditByType = `-- name: AuditByType :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at FROM audit_events INDEXED BY audit_by_type
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_type
 WHERE type = ?1 AND type <> 'token.rotated' AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
 ORDER BY seq LIMIT ?6
@@ -427,6 +437,8 @@ func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]Aud
 			&i.MaxTimeUpto,
 			&i.MinTimeFrom,
 			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
 		); err != nil {
 			return nil, err
 		}
@@ -780,26 +792,28 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 
 const insertAuditEvent = `-- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from, expires_at)
+    max_time_upto, min_time_from, expires_at, presented_by, presented_generation)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-    ?11, ?12, ?13)
+    ?11, ?12, ?13, ?14, ?15)
 ON CONFLICT (seq) DO NOTHING
 `
 
 type InsertAuditEventParams struct {
-	Seq         int64
-	ID          string
-	Type        string
-	Time        int64
-	FamilyID    string
-	Subject     string
-	ClientID    string
-	Generation  int64
-	Reason      string
-	Context     string
-	MaxTimeUpto int64
-	MinTimeFrom int64
-	ExpiresAt   sql.NullInt64
+	Seq                 int64
+	ID                  string
+	Type                string
+	Time                int64
+	FamilyID            string
+	Subject             string
+	ClientID            string
+	Generation          int64
+	Reason              string
+	Context             string
+	MaxTimeUpto         int64
+	MinTimeFrom         int64
+	ExpiresAt           sql.NullInt64
+	PresentedBy         string
+	PresentedGeneration int64
 }
 
 func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventParams) error {
@@ -817,6 +831,8 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 		arg.MaxTimeUpto,
 		arg.MinTimeFrom,
 		arg.ExpiresAt,
+		arg.PresentedBy,
+		arg.PresentedGeneration,
 	)
 	return err
 }

@@ -147,16 +147,22 @@ type TokenView struct {
 
 // AuditEvent is a stored event as security teams see it.
 type AuditEvent struct {
-	Seq        uint64          `json:"seq"`
-	ID         string          `json:"id"`
-	Type       string          `json:"type"`
-	Time       time.Time       `json:"time"`
-	FamilyID   string          `json:"family_id"`
-	Subject    string          `json:"subject"`
-	ClientID   string          `json:"client_id"`
-	Generation uint64          `json:"generation"`
-	Reason     string          `json:"reason"`
-	Context    json.RawMessage `json:"context"`
+	Seq      uint64    `json:"seq"`
+	ID       string    `json:"id"`
+	Type     string    `json:"type"`
+	Time     time.Time `json:"time"`
+	FamilyID string    `json:"family_id"`
+	Subject  string    `json:"subject"`
+	ClientID string    `json:"client_id"` // the family's owner
+	// PresentedBy is the client that presented the owner's token, when it
+	// is another; Context is then that client's request.
+	PresentedBy string `json:"presented_by,omitempty"`
+	Generation  uint64 `json:"generation"` // the family's
+	// PresentedGeneration is the presented token's generation (reused,
+	// replay_detected, refresh.rejected).
+	PresentedGeneration uint64          `json:"presented_generation,omitempty"`
+	Reason              string          `json:"reason"`
+	Context             json.RawMessage `json:"context"`
 }
 
 // AuditPage is one page of events in ascending seq.

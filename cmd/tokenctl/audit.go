@@ -30,7 +30,10 @@ var auditCommand = &command{
 	jsonHelp: "print JSON: a page as received; with --all/--follow one event per line",
 	long:     true,
 	help: `Prints the events matching every filter given, oldest first, as a table in
-local time. Event types (--type):
+local time. CLIENT is the family's owner; DETAIL names the client that
+presented another client's token, the generation of a replayed or refused
+token beside the family's (GEN), and the proxy a caller came through. Event
+types (--type):
   token.issued, token.rotated, token.reused, token.replay_detected,
   family.revoked, refresh.rejected
 
@@ -239,7 +242,7 @@ type eventTable struct {
 	widths []int
 }
 
-var eventColumns = []string{"SEQ", "TIME", "TYPE", "FAMILY", "SUBJECT", "CLIENT", "GEN", "REASON", "IP"}
+var eventColumns = []string{"SEQ", "TIME", "TYPE", "FAMILY", "SUBJECT", "CLIENT", "GEN", "REASON", "IP", "DETAIL"}
 
 func newEventTable(e *env) *eventTable {
 	t := &eventTable{e: e, tw: tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0), widths: make([]int, len(eventColumns))}
@@ -279,7 +282,8 @@ func (t *eventTable) print(events []json.RawMessage) error {
 			return err
 		}
 		rows = append(rows, []string{fmt.Sprint(ev.Seq), tableTime(ev.Time), cell(ev.Type), cell(ev.FamilyID),
-			cell(ev.Subject), cell(ev.ClientID), fmt.Sprint(ev.Generation), cell(ev.Reason), cell(contextIP(ev.Context))})
+			cell(ev.Subject), cell(ev.ClientID), fmt.Sprint(ev.Generation), cell(ev.Reason), cell(contextIP(ev.Context)),
+			cell(eventDetail(ev))})
 	}
 	for _, r := range rows {
 		for i, c := range r {
@@ -308,11 +312,32 @@ func decodeEvent(raw json.RawMessage) (wire.AuditEvent, error) {
 }
 
 // contextIP returns the ip recorded in an event's context, "" if none.
-func contextIP(raw json.RawMessage) string {
+func contextIP(raw json.RawMessage) string { return contextValue(raw, "ip") }
+
+func contextValue(raw json.RawMessage, key string) string {
 	var c map[string]any
 	if json.Unmarshal(raw, &c) != nil {
 		return ""
 	}
-	ip, _ := c["ip"].(string)
-	return ip
+	v, _ := c[key].(string)
+	return v
+}
+
+// eventDetail says in words what the columns leave out: which client
+// presented another's token, which generation a replayed or refused token
+// was when it is not the family's, and the proxy the caller came through.
+func eventDetail(ev wire.AuditEvent) string {
+	var parts []string
+	switch {
+	case ev.PresentedBy != "" && ev.PresentedGeneration != 0:
+		parts = append(parts, fmt.Sprintf("presented by %s (generation %d)", ev.PresentedBy, ev.PresentedGeneration))
+	case ev.PresentedBy != "":
+		parts = append(parts, "presented by "+ev.PresentedBy)
+	case ev.PresentedGeneration != 0 && ev.PresentedGeneration != ev.Generation:
+		parts = append(parts, fmt.Sprintf("generation %d presented, family at generation %d", ev.PresentedGeneration, ev.Generation))
+	}
+	if proxy := contextValue(ev.Context, "proxy_ip"); proxy != "" {
+		parts = append(parts, "via proxy "+proxy)
+	}
+	return strings.Join(parts, ", ")
 }

@@ -26,7 +26,9 @@ var familyCommand = &command{
 first, in local time: a line per generation of the chain (the event that
 issued it, from which IP, its status and when it was rotated), merged with
 the family's other audit events (reuse, replay, rejected refreshes,
-revocation) with their reason and IP.
+revocation) with their reason and IP. DETAIL names the client that
+presented another client's token, the generation of a replayed or refused
+token beside the family's, and the proxy a caller came through.
 
 Family ids may start with "-": put such an id after --, as in
   tokenctl family -- -x9Qm2...
@@ -111,7 +113,7 @@ func printFamily(w io.Writer, f wire.FamilyView, evs []wire.AuditEvent) {
 
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tGEN\tEVENT\tTOKEN\tROTATED\tREASON\tIP")
+	fmt.Fprintln(tw, "TIME\tGEN\tEVENT\tTOKEN\tROTATED\tREASON\tIP\tDETAIL")
 	for _, r := range timeline(f.Tokens, evs) {
 		fmt.Fprintln(tw, strings.Join(r.cells, "\t"))
 	}
@@ -138,20 +140,20 @@ func timeline(tokens []wire.TokenView, evs []wire.AuditEvent) []timelineRow {
 	var rows []timelineRow
 	for _, t := range tokens {
 		r := timelineRow{at: t.IssuedAt}
-		typ, reason, ip := string(domain.TokenRotated), "", ""
+		typ, reason, ip, detail := string(domain.TokenRotated), "", "", ""
 		if t.Generation == 1 {
 			typ = string(domain.TokenIssued)
 		}
 		if i, ok := creator[t.Generation]; ok {
 			used[i] = true
 			ev := evs[i]
-			r.seq, typ, reason, ip = ev.Seq, ev.Type, ev.Reason, contextIP(ev.Context)
+			r.seq, typ, reason, ip, detail = ev.Seq, ev.Type, ev.Reason, contextIP(ev.Context), eventDetail(ev)
 		}
 		rotated := "-"
 		if t.RotatedAt != nil {
 			rotated = tableTime(*t.RotatedAt)
 		}
-		r.cells = []string{tableTime(t.IssuedAt), fmt.Sprint(t.Generation), typ, cell(t.Status), rotated, cell(reason), cell(ip)}
+		r.cells = []string{tableTime(t.IssuedAt), fmt.Sprint(t.Generation), typ, cell(t.Status), rotated, cell(reason), cell(ip), cell(detail)}
 		rows = append(rows, r)
 	}
 	for i, ev := range evs {
@@ -159,7 +161,7 @@ func timeline(tokens []wire.TokenView, evs []wire.AuditEvent) []timelineRow {
 			continue
 		}
 		rows = append(rows, timelineRow{at: ev.Time, seq: ev.Seq, cells: []string{tableTime(ev.Time), fmt.Sprint(ev.Generation),
-			cell(ev.Type), "-", "-", cell(ev.Reason), cell(contextIP(ev.Context))}})
+			cell(ev.Type), "-", "-", cell(ev.Reason), cell(contextIP(ev.Context)), cell(eventDetail(ev))}})
 	}
 	slices.SortStableFunc(rows, func(a, b timelineRow) int {
 		return cmp.Or(a.at.Compare(b.at), cmp.Compare(a.seq, b.seq))

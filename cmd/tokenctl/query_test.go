@@ -42,6 +42,21 @@ func eventJSON(seq uint64, typ, family string, gen uint64, reason, ip, at string
 		`"client_id": "web-app", "generation": %d, "reason": %q, "context": %s}`, seq, seq, typ, at, family, gen, reason, ctx)
 }
 
+// withPresenter adds presented_by (unless empty) and presented_generation
+// to an eventJSON event, where tokend puts them.
+func withPresenter(ev, by string, gen uint64) string {
+	ev = strings.Replace(ev, `"reason"`, fmt.Sprintf(`"presented_generation": %d, "reason"`, gen), 1)
+	if by != "" {
+		ev = strings.Replace(ev, `"generation"`, fmt.Sprintf(`"presented_by": %q, "generation"`, by), 1)
+	}
+	return ev
+}
+
+// viaProxy adds a proxy_ip to an eventJSON event's context.
+func viaProxy(ev, proxy string) string {
+	return strings.Replace(ev, `"user_agent"`, fmt.Sprintf(`"proxy_ip": %q, "user_agent"`, proxy), 1)
+}
+
 func compact(t *testing.T, s string) string {
 	t.Helper()
 	var b bytes.Buffer
@@ -176,10 +191,10 @@ func TestFamilyTimeline(t *testing.T) {
 		eventJSON(1, "token.issued", "fam-7f3a", 1, "", "203.0.113.7", "2026-01-02T10:00:00Z"),
 		eventJSON(2, "token.rotated", "fam-7f3a", 2, "", "203.0.113.7", "2026-01-02T10:10:00Z"),
 		eventJSON(3, "token.reused", "fam-7f3a", 2, "", "203.0.113.7", "2026-01-02T10:10:01Z"),
-		eventJSON(4, "refresh.rejected", "fam-7f3a", 2, "client_mismatch", "198.51.100.9", "2026-01-02T10:15:00Z"),
+		withPresenter(eventJSON(4, "refresh.rejected", "fam-7f3a", 2, "client_mismatch", "2001:db8::7", "2026-01-02T10:15:00Z"), "evil-app", 2),
 		eventJSON(5, "token.issued", "fam-other", 1, "", "10.0.0.1", "2026-01-02T10:16:00Z"),
-		eventJSON(6, "token.rotated", "fam-7f3a", 3, "", "203.0.113.8", "2026-01-02T10:20:00Z"),
-		eventJSON(7, "token.replay_detected", "fam-7f3a", 3, "", "192.0.2.66", "2026-01-02T10:30:00Z"),
+		viaProxy(eventJSON(6, "token.rotated", "fam-7f3a", 3, "", "203.0.113.8", "2026-01-02T10:20:00Z"), "10.0.0.2"),
+		withPresenter(eventJSON(7, "token.replay_detected", "fam-7f3a", 3, "", "192.0.2.66", "2026-01-02T10:30:00Z"), "", 1),
 		eventJSON(8, "family.revoked", "fam-7f3a", 3, "replay_detected", "192.0.2.66", "2026-01-02T10:30:00Z"),
 	)
 	f := serveFake(t, map[string]micro.HandlerFunc{
@@ -213,14 +228,14 @@ func TestFamilyTimeline(t *testing.T) {
 	}
 	at := func(s string) string { return local(t, s, rowLayout) }
 	want := []string{
-		"TIME GEN EVENT TOKEN ROTATED REASON IP",
-		join(at("2026-01-02T10:00:00Z"), "1 token.issued rotated", at("2026-01-02T10:10:00Z"), "- 203.0.113.7"),
-		join(at("2026-01-02T10:10:00Z"), "2 token.rotated rotated", at("2026-01-02T10:20:00Z"), "- 203.0.113.7"),
-		join(at("2026-01-02T10:10:01Z"), "2 token.reused - - - 203.0.113.7"),
-		join(at("2026-01-02T10:15:00Z"), "2 refresh.rejected - - client_mismatch 198.51.100.9"),
-		join(at("2026-01-02T10:20:00Z"), "3 token.rotated revoked - - 203.0.113.8"),
-		join(at("2026-01-02T10:30:00Z"), "3 token.replay_detected - - - 192.0.2.66"),
-		join(at("2026-01-02T10:30:00Z"), "3 family.revoked - - replay_detected 192.0.2.66"),
+		"TIME GEN EVENT TOKEN ROTATED REASON IP DETAIL",
+		join(at("2026-01-02T10:00:00Z"), "1 token.issued rotated", at("2026-01-02T10:10:00Z"), "- 203.0.113.7 -"),
+		join(at("2026-01-02T10:10:00Z"), "2 token.rotated rotated", at("2026-01-02T10:20:00Z"), "- 203.0.113.7 -"),
+		join(at("2026-01-02T10:10:01Z"), "2 token.reused - - - 203.0.113.7 -"),
+		join(at("2026-01-02T10:15:00Z"), "2 refresh.rejected - - client_mismatch 2001:db8::7 presented by evil-app (generation 2)"),
+		join(at("2026-01-02T10:20:00Z"), "3 token.rotated revoked - - 203.0.113.8 via proxy 10.0.0.2"),
+		join(at("2026-01-02T10:30:00Z"), "3 token.replay_detected - - - 192.0.2.66 generation 1 presented, family at generation 3"),
+		join(at("2026-01-02T10:30:00Z"), "3 family.revoked - - replay_detected 192.0.2.66 -"),
 	}
 	if got := fields(table); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("timeline:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -299,9 +314,9 @@ func TestAuditPage(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	want := []string{
-		"SEQ TIME TYPE FAMILY SUBJECT CLIENT GEN REASON IP",
-		join("1", local(t, "2026-01-02T10:00:00Z", rowLayout), "token.issued fam-7f3a user-42 web-app 1 - 203.0.113.7"),
-		join("2", local(t, "2026-01-02T10:05:00Z", rowLayout), "family.revoked fam-7f3a user-42 web-app 1 user_disabled -"),
+		"SEQ TIME TYPE FAMILY SUBJECT CLIENT GEN REASON IP DETAIL",
+		join("1", local(t, "2026-01-02T10:00:00Z", rowLayout), "token.issued fam-7f3a user-42 web-app 1 - 203.0.113.7 -"),
+		join("2", local(t, "2026-01-02T10:05:00Z", rowLayout), "family.revoked fam-7f3a user-42 web-app 1 user_disabled - -"),
 	}
 	if got := fields(r.stdout); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("table:\n%s\nwant:\n%s", r.stdout, strings.Join(want, "\n"))
@@ -358,7 +373,7 @@ func TestAuditAll(t *testing.T) {
 
 	r := runCtl(t, "", "--nats-url", f.url, "audit", "--all", "--limit", "2")
 	got := fields(r.stdout)
-	if r.code != 0 || r.stderr != "" || len(got) != 6 || got[0] != "SEQ TIME TYPE FAMILY SUBJECT CLIENT GEN REASON IP" {
+	if r.code != 0 || r.stderr != "" || len(got) != 6 || got[0] != "SEQ TIME TYPE FAMILY SUBJECT CLIENT GEN REASON IP DETAIL" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	for i, line := range got[1:] {
@@ -547,5 +562,46 @@ func TestCell(t *testing.T) {
 		if got := cell(in); got != want {
 			t.Errorf("cell(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestAuditShowsThePresenter: the table says which client presented
+// another's token and with which generation, which generation a replay
+// presented beside the family's, and the proxy a caller came through; JSON
+// Lines keep presented_by and presented_generation as tokend sent them.
+func TestAuditShowsThePresenter(t *testing.T) {
+	evs := []string{
+		withPresenter(eventJSON(1, "refresh.rejected", "fam-7f3a", 2, "client_mismatch", "2001:db8::7", "2026-01-02T10:15:00Z"), "evil-app", 2),
+		withPresenter(eventJSON(2, "refresh.rejected", "fam-7f3a", 2, "retired_key", "198.51.100.7", "2026-01-02T10:16:00Z"), "other-app", 1),
+		withPresenter(eventJSON(3, "token.replay_detected", "fam-7f3a", 2, "", "192.0.2.66", "2026-01-02T10:30:00Z"), "", 1),
+		withPresenter(eventJSON(4, "refresh.rejected", "fam-7f3a", 2, "invalid_scope", "192.0.2.66", "2026-01-02T10:31:00Z"), "", 2),
+		viaProxy(eventJSON(5, "token.rotated", "fam-7f3a", 3, "", "203.0.113.9", "2026-01-02T10:32:00Z"), "127.0.0.1"),
+	}
+	audit := &fakeAudit{}
+	audit.add(5, evs...)
+	f := serveFake(t, map[string]micro.HandlerFunc{"tokens.query.audit": audit.handle})
+	r := runCtl(t, "", "--nats-url", f.url, "audit", "--all")
+	at := func(s string) string { return local(t, s, rowLayout) }
+	want := []string{
+		"SEQ TIME TYPE FAMILY SUBJECT CLIENT GEN REASON IP DETAIL",
+		join("1", at("2026-01-02T10:15:00Z"), "refresh.rejected fam-7f3a user-42 web-app 2 client_mismatch 2001:db8::7 presented by evil-app (generation 2)"),
+		join("2", at("2026-01-02T10:16:00Z"), "refresh.rejected fam-7f3a user-42 web-app 2 retired_key 198.51.100.7 presented by other-app (generation 1)"),
+		join("3", at("2026-01-02T10:30:00Z"), "token.replay_detected fam-7f3a user-42 web-app 2 - 192.0.2.66 generation 1 presented, family at generation 2"),
+		join("4", at("2026-01-02T10:31:00Z"), "refresh.rejected fam-7f3a user-42 web-app 2 invalid_scope 192.0.2.66 -"),
+		join("5", at("2026-01-02T10:32:00Z"), "token.rotated fam-7f3a user-42 web-app 3 - 203.0.113.9 via proxy 127.0.0.1"),
+	}
+	if got := fields(r.stdout); r.code != 0 || strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("exit %d, stderr %q, table:\n%s\nwant:\n%s", r.code, r.stderr, r.stdout, strings.Join(want, "\n"))
+	}
+
+	r = runCtl(t, "", "--nats-url", f.url, "audit", "--all", "--json")
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if r.code != 0 || len(lines) != len(evs) {
+		t.Fatalf("--json: exit %d, stdout %q", r.code, r.stdout)
+	}
+	var ev wire.AuditEvent
+	if err := json.Unmarshal([]byte(lines[0]), &ev); err != nil || ev.PresentedBy != "evil-app" || ev.PresentedGeneration != 2 ||
+		ev.ClientID != "web-app" || !strings.Contains(lines[0], `"presented_by":"evil-app","generation":2,"presented_generation":2,`) {
+		t.Errorf("--json event %s: %+v, %v", lines[0], ev, err)
 	}
 }

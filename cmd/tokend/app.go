@@ -230,10 +230,14 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 	if err != nil {
 		return err
 	}
+	clientAddr, err := a.cfg.clientAddr()
+	if err != nil {
+		return err
+	}
 	if a.auditLn, err = net.Listen("tcp", a.cfg.AuditHTTP.Addr); err != nil {
 		return fmt.Errorf("--audit-http listen: %w", err)
 	}
-	a.audit = &http.Server{Handler: guard.Wrap(a.api.AuditHandler()), TLSConfig: tlsConfig,
+	a.audit = &http.Server{Handler: api.WithClientAddress(clientAddr, guard.Wrap(a.api.AuditHandler())), TLSConfig: tlsConfig,
 		ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
 	go a.serve(a.audit, tls.NewListener(a.auditLn, tlsConfig))
 	return nil
@@ -247,8 +251,12 @@ func (a *App) serveOAuth() error {
 	if a.oauthLn, err = net.Listen("tcp", a.cfg.OAuthHTTP.Addr); err != nil {
 		return fmt.Errorf("--oauth-http listen: %w", err)
 	}
+	clientAddr, err := a.cfg.clientAddr()
+	if err != nil {
+		return err
+	}
 	oauth := api.NewOAuth(a.api, a.clients, a.cfg.Issuer, a.log.With("component", "oauth"))
-	a.oauth = &http.Server{Handler: oauth.Handler(), ReadHeaderTimeout: 5 * time.Second,
+	a.oauth = &http.Server{Handler: api.WithClientAddress(clientAddr, oauth.Handler()), ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
 	ln := a.oauthLn
 	if a.cfg.OAuthHTTP.TLSCert != "" {

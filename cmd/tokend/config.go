@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/clientaddr"
 )
 
 // Config is everything tokend can be told, by flag or TOKEND_* variable.
@@ -61,6 +62,10 @@ type Config struct {
 	// ClientRegistry enforces the client registry; it is opened and
 	// administered either way.
 	ClientRegistry bool
+	// TrustedProxies and ForwardedHeader say how the HTTP listeners find
+	// a caller's address behind a proxy (clientAddr).
+	TrustedProxies  string
+	ForwardedHeader clientaddr.Header
 }
 
 // OAuthHTTPConfig is the OAuth endpoints' listener, which faces clients.
@@ -161,6 +166,8 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.OAuthHTTP.Addr, "oauth-http", "", "listen address of the OAuth 2.0 endpoints (token, revocation, introspection, metadata); off when empty. --issuer must be its public URL")
 	fs.StringVar(&c.OAuthHTTP.TLSCert, "oauth-tls-cert", "", "certificate (PEM) of the OAuth listener; without it, it serves plain HTTP for a TLS-terminating proxy")
 	fs.StringVar(&c.OAuthHTTP.TLSKey, "oauth-tls-key", "", "private key (PEM) of --oauth-tls-cert")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "believe the client address that HTTP peers in these networks (comma-separated `CIDRs`, as 10.0.0.0/8,fd00::/8) forward in --forwarded-header; empty: trust no proxy, record each peer's own address")
+	fs.TextVar(&c.ForwardedHeader, "forwarded-header", clientaddr.XForwardedFor, "the `header` the --trusted-proxies write the client's address to: x-forwarded-for or forwarded (RFC 7239); only it is read, so they must set or append to it on every request")
 	fs.StringVar(&c.AuditHTTP.Addr, "audit-http", "", "HTTPS listen address of the audit API (/v1/audit, /v1/families); off when empty")
 	fs.StringVar(&c.AuditHTTP.TLSCert, "audit-tls-cert", "", "certificate (PEM) of the audit listener")
 	fs.StringVar(&c.AuditHTTP.TLSKey, "audit-tls-key", "", "private key (PEM) of --audit-tls-cert")
@@ -267,10 +274,23 @@ func (c Config) validate() error {
 	case c.NATSURL == "" && (c.NATSTLSCA != "" || c.NATSTLSCert != ""):
 		return fmt.Errorf("--nats-tls-* apply to --nats-url; the embedded server's TLS comes from --nats-config")
 	}
+	if _, err := c.clientAddr(); err != nil {
+		return err
+	}
 	if c.V1OpenAudit && !loopback(c.HTTPAddr) {
 		return fmt.Errorf("--v1-open-audit serves the audit API without authentication: --http %s must be a loopback address", c.HTTPAddr)
 	}
 	return c.AuditHTTP.validate()
+}
+
+// clientAddr is how the HTTP listeners find a caller's address:
+// --trusted-proxies and --forwarded-header.
+func (c Config) clientAddr() (clientaddr.Policy, error) {
+	proxies, err := clientaddr.ParseProxies(c.TrustedProxies)
+	if err != nil {
+		return clientaddr.Policy{}, fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	return clientaddr.Policy{Proxies: proxies, Header: c.ForwardedHeader}, nil
 }
 
 func (a AuditHTTPConfig) validate() error {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/clientaddr"
 )
 
 func TestConfigDefaultsEnvAndFlags(t *testing.T) {
@@ -30,7 +32,7 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 		Issuer: "http://127.0.0.1:8080", StreamReplicas: 1, JSMaxMemory: 256 << 20, JSMaxStore: 10 << 30,
 		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ForeignRate: 5, ForeignBurst: 20,
 		ReadyMaxLag: 10000, MaxCommands: 1024, MaxQueries: 64, LogLevel: "info", AuditHTTP: AuditHTTPConfig{MaxConcurrent: 4}, JSCipher: "chacha", EventState: "compact",
-		Retention: 2160 * time.Hour, ArchiveAfter: 8760 * time.Hour}
+		Retention: 2160 * time.Hour, ArchiveAfter: 8760 * time.Hour, ForwardedHeader: "x-forwarded-for"}
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
 	}
@@ -62,6 +64,9 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--event-state", "v1"},
 		{"--retention", "-1h"},
 		{"--rate-foreign-burst", "0"},
+		{"--trusted-proxies", "10.0.0.0/33"},
+		{"--trusted-proxies", "proxy.example.com"},
+		{"--forwarded-header", "x-real-ip"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, none, io.Discard); err == nil {
@@ -91,4 +96,30 @@ func TestUsageNamesEveryVariable(t *testing.T) {
 			t.Errorf("usage lacks --%s or its variable %s", f.Name, envName(f.Name))
 		}
 	})
+}
+
+// TestConfigTrustedProxies: --trusted-proxies and --forwarded-header, or
+// their variables, make the policy the HTTP listeners resolve callers with;
+// by default no proxy is trusted.
+func TestConfigTrustedProxies(t *testing.T) {
+	env := map[string]string{"TOKEND_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8", "TOKEND_FORWARDED_HEADER": "Forwarded"}
+	c, err := parseConfig(nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.clientAddr()
+	if err != nil || len(p.Proxies) != 2 || p.Proxies[1].String() != "fd00::/8" || p.Header != clientaddr.Forwarded {
+		t.Fatalf("policy %+v, %v", p, err)
+	}
+	c, err = parseConfig([]string{"--trusted-proxies", "127.0.0.0/8"}, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.clientAddr(); err != nil || len(p.Proxies) != 1 || p.Header != clientaddr.XForwardedFor {
+		t.Fatalf("policy %+v, %v", p, err)
+	}
+	c, _ = parseConfig(nil, func(string) (string, bool) { return "", false }, io.Discard)
+	if p, err := c.clientAddr(); err != nil || len(p.Proxies) != 0 {
+		t.Fatalf("default policy %+v, %v", p, err)
+	}
 }
