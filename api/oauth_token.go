@@ -24,7 +24,7 @@ func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
 	resp, err := o.refresh(r.Context(), w, r)
 	o.svc.Metrics.oauth("token", err, time.Since(start))
 	if err != nil {
-		writeOAuthError(w, oauthErrorOf(err))
+		o.answerError(w, "token", err)
 		return
 	}
 	noStore(w)
@@ -95,7 +95,7 @@ func (o *OAuth) revoke(w http.ResponseWriter, r *http.Request) {
 	err := o.revokeToken(w, r)
 	o.svc.Metrics.oauth("revoke", err, time.Since(start))
 	if err != nil {
-		writeOAuthError(w, oauthErrorOf(err))
+		o.answerError(w, "revoke", err)
 		return
 	}
 	noStore(w)

@@ -22,6 +22,7 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/jti"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/ratelimit"
@@ -48,6 +49,8 @@ type App struct {
 	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
 	oauth   *http.Server
 	oauthLn net.Listener
+	// assertions remembers the client assertions' jti (--oauth-http).
+	assertions *jti.Cache
 	// audit and auditLn serve the audit API (--audit-http); nil when off.
 	audit   *http.Server
 	auditLn net.Listener
@@ -127,6 +130,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	svc.OnRateLimited = metrics.RateLimited
 	if svc.Revoking, err = revoking.Open(setupCtx, a.js, cfg.StreamReplicas); err != nil {
 		return nil, err
+	}
+	if cfg.OAuthHTTP.Addr != "" {
+		if a.assertions, err = jti.Open(setupCtx, a.js, cfg.StreamReplicas, time.Now); err != nil {
+			return nil, err
+		}
 	}
 	a.revoking = svc.Revoking
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
@@ -247,7 +255,7 @@ func (a *App) serveOAuth() error {
 	if a.oauthLn, err = net.Listen("tcp", a.cfg.OAuthHTTP.Addr); err != nil {
 		return fmt.Errorf("--oauth-http listen: %w", err)
 	}
-	oauth := api.NewOAuth(a.api, a.clients, a.cfg.Issuer, a.log.With("component", "oauth"))
+	oauth := api.NewOAuth(a.api, a.clients, a.cfg.Issuer, a.assertions, a.log.With("component", "oauth"))
 	a.oauth = &http.Server{Handler: oauth.Handler(), ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
 	ln := a.oauthLn
