@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +107,46 @@ func TestOAuthSecretClientsUseEitherSecretMethod(t *testing.T) {
 		if code, _, body := e.post(t, "/oauth2/token", c.form, c.user, c.pass); code != http.StatusUnauthorized || body["error"] != "invalid_client" {
 			t.Errorf("%s: %d %v", c.name, code, body)
 		}
+	}
+}
+
+// TestOAuthEmptyResourceIsOmitted: resource= without a value is as if it
+// were not sent (RFC 6749 section 3.2), also repeated; two values are
+// still refused.
+func TestOAuthEmptyResourceIsOmitted(t *testing.T) {
+	e := mustOAuthEnv(t, nil)
+	f := e.issue(t, "user-resource", "web")
+	token := f.RefreshToken
+	audienceOf := func(resource []string) []string {
+		t.Helper()
+		form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {token}}
+		if resource != nil {
+			form["resource"] = resource
+		}
+		code, _, body := e.post(t, "/oauth2/token", form, "web", e.secret)
+		if code != http.StatusOK {
+			t.Fatalf("resource %q: %d %v", resource, code, body)
+		}
+		token = body["refresh_token"].(string)
+		claims, err := e.app.api.Access.Verify(body["access_token"].(string), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return claims.Audience
+	}
+	omitted := audienceOf(nil)
+	for _, resource := range [][]string{{""}, {"", ""}} {
+		if got := audienceOf(resource); !slices.Equal(got, omitted) {
+			t.Errorf("resource %q: audience %v, want %v as without resource", resource, got, omitted)
+		}
+	}
+	if got := audienceOf([]string{"", "https://billing.example.com"}); !slices.Equal(got, []string{"https://billing.example.com"}) {
+		t.Errorf("an empty and a real resource: audience %v", got)
+	}
+	code, _, body := e.post(t, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {token},
+		"resource": {"", "https://api.example.com", "https://billing.example.com"}}, "web", e.secret)
+	if code != http.StatusBadRequest || body["error"] != "invalid_target" {
+		t.Fatalf("two resources among empty ones: %d %v", code, body)
 	}
 }
 
