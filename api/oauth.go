@@ -44,10 +44,10 @@ const (
 const maxFormBytes = 64 << 10
 
 // NewOAuth returns the OAuth endpoints of s for issuer, the public base URL
-// of the OAuth listener (it is also the iss of access tokens). used
+// of the OAuth listener without a trailing slash, exactly as it is the iss
+// of access tokens (RFC 8414 section 3.3 compares them as strings). used
 // remembers the client assertions' jti on every instance.
 func NewOAuth(s *Service, clients ClientDirectory, issuer string, used ReplayCache, log *slog.Logger) *OAuth {
-	issuer = strings.TrimSuffix(issuer, "/")
 	return &OAuth{svc: s, clients: clients, issuer: issuer, log: log,
 		verify: newAssertionVerifier([]string{issuer + PathToken, issuer}, s.Now, used)}
 }

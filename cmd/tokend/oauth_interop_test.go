@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -282,6 +283,71 @@ func TestOAuthLogsRefusedClients(t *testing.T) {
 	}
 	if !strings.Contains(logs, `client_id="evil?level=ERROR msg=forged`) || !strings.Contains(logs, `why="unknown client"`) {
 		t.Fatalf("the claimed client id is not logged:\n%s", logs)
+	}
+}
+
+// TestOAuthIssuerIsNormalised: an --issuer with a trailing slash is the
+// same string in the metadata, in the iss of access tokens and in what
+// client assertions must name (RFC 8414 section 3.3).
+func TestOAuthIssuerIsNormalised(t *testing.T) {
+	addr := freeAddr(t)
+	cfg, err := parseConfig([]string{"--data-dir", t.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1",
+		"--oauth-http", addr, "--issuer", "http://" + addr + "/"}, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := mustOAuthEnv(t, func(c *Config) { *c = cfg })
+	md := e.metadata(t)
+	if md["issuer"] != "http://"+addr {
+		t.Fatalf("metadata issuer %v", md["issuer"])
+	}
+	f := e.issue(t, "user-iss", "svc")
+	code, _, body := e.post(t, "/oauth2/token", refreshWithAssertion(f.RefreshToken, e.o4wAssertion(t, "svc")), "", "")
+	if code != http.StatusOK {
+		t.Fatalf("an assertion for the metadata's issuer: %d %v", code, body)
+	}
+	claims, err := e.app.api.Access.Verify(body["access_token"].(string), time.Now())
+	if err != nil || claims.Issuer != md["issuer"] {
+		t.Fatalf("access token iss %q, metadata issuer %v (%v)", claims.Issuer, md["issuer"], err)
+	}
+}
+
+// TestOAuthIssuerFromListener: --oauth-http without --issuer makes the
+// listener's own URL the issuer, and the ready log line says so.
+func TestOAuthIssuerFromListener(t *testing.T) {
+	cfg, err := parseConfig([]string{"--data-dir", t.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1",
+		"--oauth-http", "127.0.0.1:0"}, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := mustOAuthEnv(t, func(c *Config) { *c = cfg })
+	want := "http://" + e.app.OAuthAddr()
+	if md := e.metadata(t); md["issuer"] != want || md["token_endpoint"] != want+"/oauth2/token" {
+		t.Fatalf("metadata %v, want issuer %s", md, want)
+	}
+	f := e.issue(t, "user-derived", "web")
+	code, _, body := e.post(t, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {f.RefreshToken}}, "web", e.secret)
+	if code != http.StatusOK {
+		t.Fatalf("refresh: %d %v", code, body)
+	}
+	if claims, err := e.app.api.Access.Verify(body["access_token"].(string), time.Now()); err != nil || claims.Issuer != want {
+		t.Fatalf("access token iss %q, want %s (%v)", claims.Issuer, want, err)
+	}
+	ready := ""
+	for l := range strings.Lines(e.logs.String()) {
+		if strings.Contains(l, "tokend ready") {
+			ready = l
+		}
+	}
+	for _, attr := range []string{"oauth_http=" + e.app.OAuthAddr(), "issuer=" + want, "issuer_derived=true"} {
+		if !strings.Contains(ready, attr) {
+			t.Errorf("the ready line lacks %s: %s", attr, ready)
+		}
+	}
+	// Every address: no URL to derive.
+	if _, err := parseConfig([]string{"--oauth-http", ":8443"}, func(string) (string, bool) { return "", false }, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "--issuer") {
+		t.Fatalf("--oauth-http :8443 without --issuer: %v", err)
 	}
 }
 

@@ -56,8 +56,9 @@ func mustOAuthEnv(t *testing.T, configure func(*Config)) *oauthEnv {
 	if configure != nil {
 		configure(&cfg)
 	}
-	e := &oauthEnv{logs: &syncBuffer{}, base: cfg.Issuer}
+	e := &oauthEnv{logs: &syncBuffer{}}
 	e.app = MustApp(t, cfg, e.logs)
+	e.base = e.app.issuer
 	e.nc = eventstest.MustConnect(t, e.app.NATSURL())
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	e.key = priv
