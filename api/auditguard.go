@@ -61,6 +61,7 @@ func HashAuditToken(name, token string) string {
 // Wrap puts the guard in front of next.
 func (g *AuditGuard) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store") // refusals too: no cache may keep them
 		caller, ok := g.caller(r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tokend-audit"`)
@@ -90,8 +91,10 @@ func (g *AuditGuard) caller(r *http.Request) (string, bool) {
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 		return "cert:" + r.TLS.VerifiedChains[0][0].Subject.CommonName, true
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	// The scheme is case-insensitive (RFC 7235 section 2.1).
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	token = strings.TrimLeft(token, " ")
+	if !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return "", false
 	}
 	name, ok := g.tokens[sha256.Sum256([]byte(token))]

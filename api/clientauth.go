@@ -1,14 +1,16 @@
 package api
 
 import (
+	"context"
+	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
+	"unicode"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -18,15 +20,25 @@ import (
 // clientAssertionType is the only client_assertion_type of RFC 7523.
 const clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
+// algEd25519 is RFC 9864's fully-specified name for EdDSA over Ed25519,
+// which clients such as oauth4webapi send; go-jose v4 knows only the
+// polymorphic EdDSA, so ed25519Verifier checks it.
+const algEd25519 = jose.SignatureAlgorithm("Ed25519")
+
 // assertionAlgs are the signature algorithms accepted in a client
 // assertion: asymmetric only (a shared-secret JWT would be a
 // client_secret_jwt, which tokend does not offer).
-var assertionAlgs = []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256, jose.ES384, jose.ES512, jose.RS256, jose.RS384,
-	jose.RS512, jose.PS256, jose.PS384, jose.PS512}
+var assertionAlgs = []jose.SignatureAlgorithm{jose.EdDSA, algEd25519, jose.ES256, jose.ES384, jose.ES512, jose.RS256,
+	jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512}
 
-// maxAssertionLifetime bounds exp - now of an accepted assertion, so the
-// replay cache needs to remember a jti only this long.
-const maxAssertionLifetime = 10 * time.Minute
+// maxAssertionLifetime bounds exp - now of an accepted assertion. Common
+// client libraries (authlib) make them live an hour, and the large hosted
+// providers accept that; the jti cache keeps each for as long.
+const maxAssertionLifetime = time.Hour
+
+// assertionLeeway is the clock skew allowed between a client and tokend,
+// on nbf, iat and exp alike.
+const assertionLeeway = time.Minute
 
 // basicCredentials returns the client_secret_basic credentials of r, if it
 // carries any. RFC 6749 section 2.3.1 form-encodes id and secret before
@@ -48,34 +60,40 @@ func basicCredentials(r *http.Request) (id, secret string, ok bool, err error) {
 	return id, secret, true, nil
 }
 
+// ReplayCache remembers used identifiers for every instance (jti.Cache):
+// Seen records key until until and reports whether it was recorded before.
+type ReplayCache interface {
+	Seen(ctx context.Context, key string, until time.Time) (bool, error)
+}
+
 // assertionVerifier checks private_key_jwt client assertions (RFC 7523
 // section 3): signed by a key of the client's registered JWKS, issued by and
 // about the client, for this authorization server, unexpired, and never
-// seen before (jti). The jti memory is per instance: an assertion replayed
-// to another instance within its lifetime is not caught here, which is why
-// lifetimes are capped at maxAssertionLifetime.
+// seen before (jti) by any instance.
 type assertionVerifier struct {
 	// audiences are the values aud may hold: the token endpoint's URL and
 	// the issuer.
 	audiences []string
 	now       func() time.Time
-
-	mu        sync.Mutex
-	seen      map[string]time.Time // client id + jti → when it may be forgotten
-	lastPrune time.Time
+	used      ReplayCache
 }
 
-func newAssertionVerifier(audiences []string, now func() time.Time) *assertionVerifier {
-	return &assertionVerifier{audiences: audiences, now: now, seen: map[string]time.Time{}}
+func newAssertionVerifier(audiences []string, now func() time.Time, used ReplayCache) *assertionVerifier {
+	return &assertionVerifier{audiences: audiences, now: now, used: used}
 }
 
 // errBadAssertion is every refused assertion: the reason is for the log,
 // the caller gets invalid_client.
 var errBadAssertion = errors.New("client assertion refused")
 
+// errReplayCheck is an assertion that could not be checked for a replay:
+// the caller may retry.
+var errReplayCheck = errors.New("the jti cache is unavailable")
+
 // verify checks assertion for clientID against keys and returns the
-// reason it was refused (wrapping errBadAssertion), or nil.
-func (v *assertionVerifier) verify(assertion, clientID string, keys jose.JSONWebKeySet) error {
+// reason it was refused (wrapping errBadAssertion or errReplayCheck), or
+// nil.
+func (v *assertionVerifier) verify(ctx context.Context, assertion, clientID string, keys jose.JSONWebKeySet) error {
 	tok, err := jwt.ParseSigned(assertion, assertionAlgs)
 	if err != nil || len(tok.Headers) != 1 {
 		return errors.Join(errBadAssertion, errors.New("not a compact JWS"))
@@ -87,7 +105,11 @@ func (v *assertionVerifier) verify(assertion, clientID string, keys jose.JSONWeb
 	var claims jwt.Claims
 	verified := false
 	for _, k := range candidates {
-		if k.IsPublic() && tok.Claims(k.Key, &claims) == nil {
+		var key any = k.Key
+		if tok.Headers[0].Algorithm == string(algEd25519) {
+			key = ed25519Verifier{k.Key}
+		}
+		if k.IsPublic() && tok.Claims(key, &claims) == nil {
 			verified = true
 			break
 		}
@@ -96,45 +118,60 @@ func (v *assertionVerifier) verify(assertion, clientID string, keys jose.JSONWeb
 		return errors.Join(errBadAssertion, errors.New("no registered key verifies the signature"))
 	}
 	now := v.now()
-	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: clientID, Subject: clientID, AnyAudience: v.audiences, Time: now}, time.Minute); err != nil {
+	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: clientID, Subject: clientID, AnyAudience: v.audiences, Time: now}, assertionLeeway); err != nil {
 		return errors.Join(errBadAssertion, err)
 	}
 	if claims.Expiry == nil || claims.ID == "" {
 		return errors.Join(errBadAssertion, errors.New("exp and jti are required"))
 	}
 	exp := claims.Expiry.Time()
-	if exp.Sub(now) > maxAssertionLifetime {
+	if exp.Sub(now) > maxAssertionLifetime+assertionLeeway {
 		return errors.Join(errBadAssertion, errors.New("expires too far in the future"))
 	}
-	key := clientID + "\x00" + claims.ID
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if now.Sub(v.lastPrune) > time.Second {
-		for k, until := range v.seen {
-			if now.After(until) {
-				delete(v.seen, k)
-			}
-		}
-		v.lastPrune = now
-	}
-	if _, replayed := v.seen[key]; replayed {
+	// Remembered as long as the assertion could pass the checks above.
+	replayed, err := v.used.Seen(ctx, "assertion\x00"+clientID+"\x00"+claims.ID, exp.Add(assertionLeeway))
+	switch {
+	case err != nil:
+		return errors.Join(errReplayCheck, err)
+	case replayed:
 		return errors.Join(errBadAssertion, errors.New("jti already used"))
 	}
-	v.seen[key] = exp.Add(time.Minute)
+	return nil
+}
+
+// ed25519Verifier checks RFC 9864's alg "Ed25519": EdDSA restricted to
+// Ed25519 keys. go-jose parses the JWS, refuses critical headers and
+// computes the signing input as for any other alg; only the signature
+// check is this one's.
+type ed25519Verifier struct{ key any }
+
+func (v ed25519Verifier) VerifyPayload(signingInput, signature []byte, alg jose.SignatureAlgorithm) error {
+	pub, ok := v.key.(ed25519.PublicKey)
+	if alg != algEd25519 || !ok || len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, signingInput, signature) {
+		return errors.New("Ed25519 signature refused")
+	}
 	return nil
 }
 
 // authenticate finds the registered client a request speaks for, by
 // exactly one method of RFC 6749 section 2.3 / RFC 7523: HTTP Basic,
 // client_id and client_secret in the body, a client assertion, or
-// client_id alone for a public client. The method must be the one
-// registered for the client.
+// client_id alone for a public client. A client with a secret may send it
+// either way, Basic or in the body (section 2.3.1: the server MUST support
+// Basic); every other method must be the one registered for the client.
 func (o *OAuth) authenticate(r *http.Request, f map[string][]string) (domain.Client, *oauthError) {
-	basicID, basicSecret, hasBasic, err := basicCredentials(r)
-	if err != nil {
+	get := func(k string) string { return first(f[k]) }
+	id := get("client_id")
+	refuse := func(method domain.AuthMethod, registered bool, why string) (domain.Client, *oauthError) {
+		// The client id is the caller's claim, not yet anyone's identity.
+		o.log.Info("oauth client authentication refused", append([]any{"client_id", claimed(id), "method", string(method),
+			"registered", registered, "why", why}, logAddress(r)...)...)
 		return domain.Client{}, errClientAuth
 	}
-	get := func(k string) string { return first(f[k]) }
+	basicID, basicSecret, hasBasic, err := basicCredentials(r)
+	if err != nil {
+		return refuse(domain.AuthSecretBasic, false, "malformed client_secret_basic credentials")
+	}
 	postSecret, assertion := get("client_secret"), get("client_assertion")
 	methods := 0
 	for _, used := range []bool{hasBasic, postSecret != "", assertion != ""} {
@@ -145,7 +182,6 @@ func (o *OAuth) authenticate(r *http.Request, f map[string][]string) (domain.Cli
 	if methods > 1 {
 		return domain.Client{}, badRequest("use exactly one client authentication method")
 	}
-	id := get("client_id")
 	var method domain.AuthMethod
 	switch {
 	case hasBasic:
@@ -167,32 +203,49 @@ func (o *OAuth) authenticate(r *http.Request, f map[string][]string) (domain.Cli
 		method = domain.AuthNone
 	}
 	if id == "" {
-		return domain.Client{}, errClientAuth
+		return refuse(method, false, "no client id")
 	}
 	c, ok := o.clients.Lookup(id)
-	refuse := func(why string) (domain.Client, *oauthError) {
-		o.log.Info("oauth client authentication refused", "method", string(method), "registered", ok, "why", why)
-		return domain.Client{}, errClientAuth
-	}
 	switch {
 	case !ok:
-		return refuse("unknown client")
-	case c.AuthMethod != method:
-		return refuse("not the client's registered method " + string(c.AuthMethod))
+		return refuse(method, ok, "unknown client")
+	case c.AuthMethod != method && !(c.AuthMethod.UsesSecret() && method.UsesSecret()):
+		return refuse(method, ok, "not the client's registered method "+string(c.AuthMethod))
 	case method == domain.AuthSecretBasic && !c.VerifySecret(basicSecret, o.svc.Now()):
-		return refuse("wrong secret")
+		return refuse(method, ok, "wrong secret")
 	case method == domain.AuthSecretPost && !c.VerifySecret(postSecret, o.svc.Now()):
-		return refuse("wrong secret")
+		return refuse(method, ok, "wrong secret")
 	case method == domain.AuthPrivateKeyJWT:
 		var keys jose.JSONWebKeySet
 		if err := json.Unmarshal(c.JWKS, &keys); err != nil {
-			return refuse("unreadable registered JWKS")
+			return refuse(method, ok, "unreadable registered JWKS")
 		}
-		if err := o.verify.verify(assertion, c.ID, keys); err != nil {
-			return refuse(err.Error())
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		err := o.verify.verify(ctx, assertion, c.ID, keys)
+		if errors.Is(err, errReplayCheck) {
+			return domain.Client{}, &oauthError{status: http.StatusServiceUnavailable, code: domain.EUnavailable,
+				description: "the client assertion cannot be checked right now, retry", retryAfter: time.Second, cause: err}
+		}
+		if err != nil {
+			return refuse(method, ok, err.Error())
 		}
 	}
 	return c, nil
+}
+
+// claimed makes a caller-supplied value fit for a log line: at most 64
+// bytes, control and other unprintable characters replaced.
+func claimed(s string) string {
+	if len(s) > 64 {
+		s = strings.ToValidUTF8(s[:64], "")
+	}
+	return strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // assertionIssuer reads the unverified iss of a client assertion, only to

@@ -77,7 +77,11 @@ func (s *Service) AuditHandler() http.Handler {
 		in := wire.FamilyRequest{FamilyID: r.PathValue("id"), MinSeq: minSeq}
 		s.serveHTTP(w, r, "family", func(ctx context.Context) (any, error) { return s.Family(ctx, in) })
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Subjects, addresses and user agents: no cache may keep them.
+		w.Header().Set("Cache-Control", "no-store")
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request, query string, handle func(context.Context) (any, error)) {

@@ -33,7 +33,7 @@ func (o *OAuth) introspect(w http.ResponseWriter, r *http.Request) {
 	out, err := o.inspect(w, r)
 	o.svc.Metrics.oauth("introspect", err, time.Since(start))
 	if err != nil {
-		writeOAuthError(w, oauthErrorOf(err))
+		o.answerError(w, "introspect", err)
 		return
 	}
 	noStore(w)

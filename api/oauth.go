@@ -44,11 +44,12 @@ const (
 const maxFormBytes = 64 << 10
 
 // NewOAuth returns the OAuth endpoints of s for issuer, the public base URL
-// of the OAuth listener (it is also the iss of access tokens).
-func NewOAuth(s *Service, clients ClientDirectory, issuer string, log *slog.Logger) *OAuth {
-	issuer = strings.TrimSuffix(issuer, "/")
+// of the OAuth listener without a trailing slash, exactly as it is the iss
+// of access tokens (RFC 8414 section 3.3 compares them as strings). used
+// remembers the client assertions' jti on every instance.
+func NewOAuth(s *Service, clients ClientDirectory, issuer string, used ReplayCache, log *slog.Logger) *OAuth {
 	return &OAuth{svc: s, clients: clients, issuer: issuer, log: log,
-		verify: newAssertionVerifier([]string{issuer + PathToken, issuer}, s.Now)}
+		verify: newAssertionVerifier([]string{issuer + PathToken, issuer}, s.Now, used)}
 }
 
 // Handler returns the OAuth listener's routes.
@@ -72,9 +73,17 @@ type oauthError struct {
 	code        string
 	description string
 	retryAfter  time.Duration
+	cause       error // for the log, never for the caller
 }
 
-func (e *oauthError) Error() string { return e.code + ": " + e.description }
+func (e *oauthError) Error() string {
+	if e.cause != nil {
+		return e.code + ": " + e.description + ": " + e.cause.Error()
+	}
+	return e.code + ": " + e.description
+}
+
+func (e *oauthError) Unwrap() error { return e.cause }
 
 // Error codes of RFC 6749 section 5.2 beyond the contract's.
 const (
@@ -109,6 +118,20 @@ func oauthErrorOf(err error) *oauthError {
 		return errClientAuth
 	}
 	return e
+}
+
+// answerError answers err as RFC 6749 section 5.2 says, and logs the
+// failures that are tokend's rather than the caller's, as the NATS
+// endpoints do (Service.logFailure).
+func (o *OAuth) answerError(w http.ResponseWriter, endpoint string, err error) {
+	e := oauthErrorOf(err)
+	switch {
+	case e.status == http.StatusInternalServerError:
+		o.log.Error("oauth request failed", "endpoint", endpoint, "err", err)
+	case e.status == http.StatusServiceUnavailable:
+		o.log.Warn("oauth request unavailable", "endpoint", endpoint, "err", err)
+	}
+	writeOAuthError(w, e)
 }
 
 // writeOAuthError answers with the JSON of RFC 6749 section 5.2; a client

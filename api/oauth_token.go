@@ -24,7 +24,7 @@ func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
 	resp, err := o.refresh(r.Context(), w, r)
 	o.svc.Metrics.oauth("token", err, time.Since(start))
 	if err != nil {
-		writeOAuthError(w, oauthErrorOf(err))
+		o.answerError(w, "token", err)
 		return
 	}
 	noStore(w)
@@ -61,8 +61,15 @@ func (o *OAuth) refresh(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		req.Scope = scope
 	}
 	// RFC 8707: the resource selects the access token's audience; one
-	// token has one, so one resource per request.
-	switch res := f["resource"]; len(res) {
+	// token has one, so one resource per request. An empty one is omitted
+	// (RFC 6749 section 3.2).
+	var res []string
+	for _, v := range f["resource"] {
+		if v != "" {
+			res = append(res, v)
+		}
+	}
+	switch len(res) {
 	case 0:
 	case 1:
 		if _, err := domain.ValidateAudiences(res); err != nil {
@@ -95,7 +102,7 @@ func (o *OAuth) revoke(w http.ResponseWriter, r *http.Request) {
 	err := o.revokeToken(w, r)
 	o.svc.Metrics.oauth("revoke", err, time.Since(start))
 	if err != nil {
-		writeOAuthError(w, oauthErrorOf(err))
+		o.answerError(w, "revoke", err)
 		return
 	}
 	noStore(w)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -22,6 +23,7 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/jti"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/ratelimit"
@@ -48,6 +50,12 @@ type App struct {
 	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
 	oauth   *http.Server
 	oauthLn net.Listener
+	// issuer is the iss of access tokens and the OAuth endpoints' base URL;
+	// issuerDerived says it is the OAuth listener's URL, no --issuer given.
+	issuer        string
+	issuerDerived bool
+	// assertions remembers the client assertions' jti (--oauth-http).
+	assertions *jti.Cache
 	// audit and auditLn serve the audit API (--audit-http); nil when off.
 	audit   *http.Server
 	auditLn net.Listener
@@ -87,7 +95,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, err
 	}
-	access, err := api.NewAccessTokens(ring.Loaded().Keys, cfg.Issuer, cfg.AccessTTL)
+	if err := a.listenOAuth(); err != nil {
+		return nil, err
+	}
+	access, err := api.NewAccessTokens(ring.Loaded().Keys, a.issuer, cfg.AccessTTL)
 	if err == nil {
 		err = access.Follow(ring)
 	}
@@ -128,6 +139,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if svc.Revoking, err = revoking.Open(setupCtx, a.js, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}
+	if cfg.OAuthHTTP.Addr != "" {
+		if a.assertions, err = jti.Open(setupCtx, a.js, cfg.StreamReplicas, time.Now); err != nil {
+			return nil, err
+		}
+	}
 	a.revoking = svc.Revoking
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
@@ -161,6 +177,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		releaseWhenIdle(background, t.C, a.api.Handled, debug.FreeOSMemory)
 	})
 	log.Info("tokend ready", "version", api.Version, "nats", a.NATSURL(), "http", a.HTTPAddr(), "audit_http", a.AuditAddr(),
+		"oauth_http", a.OAuthAddr(), "issuer", a.issuer, "issuer_derived", a.issuerDerived,
 		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
 	return a, nil
 }
@@ -218,7 +235,7 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 	a.http = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go a.serve(a.http, a.httpLn)
 
-	if a.cfg.OAuthHTTP.Addr != "" {
+	if a.oauthLn != nil {
 		if err := a.serveOAuth(); err != nil {
 			return err
 		}
@@ -243,19 +260,40 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 	return nil
 }
 
-// serveOAuth starts the OAuth listener (--oauth-http): it faces clients,
-// so it gets TLS when configured (a TLS-terminating proxy in front of it
-// is the alternative).
-func (a *App) serveOAuth() error {
+// listenOAuth binds the OAuth listener (--oauth-http), if any, and settles
+// the issuer: --issuer, or without it the listener's own URL, which needs
+// its bound address (a port 0 is only known then).
+func (a *App) listenOAuth() error {
+	a.issuer = a.cfg.Issuer
+	if a.cfg.OAuthHTTP.Addr == "" {
+		return nil
+	}
 	var err error
 	if a.oauthLn, err = net.Listen("tcp", a.cfg.OAuthHTTP.Addr); err != nil {
 		return fmt.Errorf("--oauth-http listen: %w", err)
 	}
+	if a.issuer == "" {
+		scheme := "http://"
+		if a.cfg.OAuthHTTP.TLSCert != "" {
+			scheme = "https://"
+		}
+		a.issuer, a.issuerDerived = scheme+a.oauthLn.Addr().String(), true
+	}
+	if u, err := url.Parse(a.issuer); err == nil && u.Scheme == "http" && !loopback(net.JoinHostPort(u.Hostname(), "0")) {
+		a.log.Warn("the issuer is not an https URL, as RFC 8414 requires of an OAuth server: clients may refuse it", "issuer", a.issuer)
+	}
+	return nil
+}
+
+// serveOAuth serves the OAuth listener: it faces clients, so it gets TLS
+// when configured (a TLS-terminating proxy in front of it is the
+// alternative).
+func (a *App) serveOAuth() error {
 	clientAddr, err := a.cfg.clientAddr()
 	if err != nil {
 		return err
 	}
-	oauth := api.NewOAuth(a.api, a.clients, a.cfg.Issuer, a.log.With("component", "oauth"))
+	oauth := api.NewOAuth(a.api, a.clients, a.issuer, a.assertions, a.log.With("component", "oauth"))
 	a.oauth = &http.Server{Handler: api.WithClientAddress(clientAddr, oauth.Handler()), ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
 	ln := a.oauthLn
@@ -382,6 +420,9 @@ func (a *App) Stop() {
 			srv.Shutdown(ctx)
 			cancel()
 		}
+	}
+	if a.oauth == nil && a.oauthLn != nil {
+		a.oauthLn.Close() // bound, but Start failed before serving it
 	}
 	if a.revoking != nil {
 		a.revoking.Stop()

@@ -215,6 +215,54 @@ func TestAuditListenerAuthenticates(t *testing.T) {
 	}
 }
 
+// TestAuditAnswersAreNotCached: every audit answer, refusals and errors
+// included, carries Cache-Control: no-store, and the bearer scheme is
+// matched whatever its case (RFC 7235 section 2.1).
+func TestAuditAnswersAreNotCached(t *testing.T) {
+	app := MustApp(t, testConfig(t), nil)
+	f := mustIssue(t, eventstest.MustConnect(t, app.NATSURL()), "user-cache", "web-app")
+	client := auditClient(nil)
+	for _, c := range []struct {
+		path, token string
+		status      int
+	}{
+		{fmt.Sprintf("/v1/audit?family_id=%s&min_seq=%d", f.FamilyID, f.Seq), testAuditToken, http.StatusOK},
+		{fmt.Sprintf("/v1/families/%s?min_seq=%d", f.FamilyID, f.Seq), testAuditToken, http.StatusOK},
+		{"/v1/audit?limit=many", testAuditToken, http.StatusBadRequest},
+		{"/v1/families/AAAAAAAAAAAAAAAAAAAAAA", testAuditToken, http.StatusNotFound},
+		{"/v1/audit", "", http.StatusUnauthorized},
+	} {
+		code, header, body := auditGet(t, client, app, c.path, c.token)
+		if code != c.status || header.Get("Cache-Control") != "no-store" {
+			t.Errorf("GET %s: %d, Cache-Control %q (%s); want %d, no-store", c.path, code, header.Get("Cache-Control"), body, c.status)
+		}
+	}
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+app.AuditAddr()+"/v1/audit?limit=1", nil)
+		req.Header.Set("Authorization", scheme+" "+testAuditToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("scheme %q: %d", scheme, resp.StatusCode)
+		}
+	}
+	for _, header := range []string{"Basic " + testAuditToken, "Bearer", "Bearer ", "Bearertoken " + testAuditToken} {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+app.AuditAddr()+"/v1/audit?limit=1", nil)
+		req.Header.Set("Authorization", header)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("Authorization %.12q: %d", header, resp.StatusCode)
+		}
+	}
+}
+
 // TestAuditListenerBoundsConcurrency: past --audit-max-concurrent the audit
 // API answers 503 with Retry-After instead of queueing.
 func TestAuditListenerBoundsConcurrency(t *testing.T) {
@@ -274,8 +322,8 @@ func TestV1OpenAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /v1/families on --http with --v1-open-audit: %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("GET /v1/families on --http with --v1-open-audit: %d %v", resp.StatusCode, resp.Header)
 	}
 	if app.AuditAddr() != "" {
 		t.Fatal("an audit listener started without --audit-http")

@@ -83,11 +83,14 @@ type secureDeployment struct {
 	url string
 }
 
-func mustSecureDeployment(t *testing.T) *secureDeployment {
+func mustSecureDeployment(t *testing.T, configure ...func(*Config)) *secureDeployment {
 	d := &secureDeployment{credentials: mustCredentials(t)}
 	cfg := testConfig(t)
 	cfg.NATSConfig = filepath.Join(opsDir, "nats", "embedded.conf")
 	d.login(&cfg)
+	for _, f := range configure {
+		f(&cfg)
+	}
 	logs := &syncBuffer{}
 	d.app = MustApp(t, cfg, logs)
 	d.url = "tls://" + d.app.ns.Addr().String()

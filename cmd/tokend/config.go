@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -36,7 +37,7 @@ type Config struct {
 	IdleTTL         time.Duration
 	AbsoluteTTL     time.Duration
 	AccessTTL       time.Duration
-	Issuer          string
+	Issuer          string // normalised; empty: the OAuth listener's URL
 	StreamReplicas  int
 	SyncAlways      bool
 	JSMaxMemory     int64
@@ -106,9 +107,11 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	fs := declareFlags(&c, usage)
 
 	var envErr error
+	set := map[string]bool{} // flags given by variable or on the command line
 	fs.VisitAll(func(f *flag.Flag) {
 		name := envName(f.Name)
 		if v, ok := getenv(name); ok {
+			set[f.Name] = true
 			if err := f.Value.Set(v); err != nil && envErr == nil {
 				envErr = fmt.Errorf("%s=%q: %v", name, v, err)
 			}
@@ -127,7 +130,29 @@ func parseConfig(args []string, getenv func(string) (string, bool), usage io.Wri
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.OAuthHTTP.Addr != "" && !set["issuer"] {
+		c.Issuer = "" // the OAuth listener's URL, once it is bound
+	} else {
+		var err error
+		if c.Issuer, err = normalizeIssuer(c.Issuer); err != nil {
+			return Config{}, err
+		}
+	}
 	return c, c.validate()
+}
+
+// normalizeIssuer returns issuer in the one form that metadata, the iss of
+// access tokens and the aud of client assertions all use: RFC 8414
+// section 2 (an http(s) URL without query or fragment), with no trailing
+// slash, since issuers are compared as strings.
+func normalizeIssuer(issuer string) (string, error) {
+	u, err := url.Parse(issuer)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil ||
+		strings.ContainsAny(issuer, "?#") {
+		return "", fmt.Errorf("--issuer %q must be an http or https URL without user, query or fragment", issuer)
+	}
+	return strings.TrimSuffix(issuer, "/"), nil
 }
 
 // unknownEnv returns the TOKEND_* names in environ that no flag reads: a
@@ -163,7 +188,7 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "with --nats-url: private key (PEM) of --nats-tls-cert")
 	fs.StringVar(&c.NATSInboxPrefix, "nats-inbox-prefix", "", "prefix of tokend's reply subjects (default _INBOX); a private prefix lets permissions keep other users from reading its replies")
 	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:8080", "HTTP listen address of metrics, health, readiness and the JWKS")
-	fs.StringVar(&c.OAuthHTTP.Addr, "oauth-http", "", "listen address of the OAuth 2.0 endpoints (token, revocation, introspection, metadata); off when empty. --issuer must be its public URL")
+	fs.StringVar(&c.OAuthHTTP.Addr, "oauth-http", "", "listen address of the OAuth 2.0 endpoints (token, revocation, introspection, metadata); off when empty. --issuer must be its public URL (default: its own URL)")
 	fs.StringVar(&c.OAuthHTTP.TLSCert, "oauth-tls-cert", "", "certificate (PEM) of the OAuth listener; without it, it serves plain HTTP for a TLS-terminating proxy")
 	fs.StringVar(&c.OAuthHTTP.TLSKey, "oauth-tls-key", "", "private key (PEM) of --oauth-tls-cert")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "believe the client address that HTTP peers in these networks (comma-separated `CIDRs`, as 10.0.0.0/8,fd00::/8) forward in --forwarded-header; empty: trust no proxy, record each peer's own address")
@@ -180,7 +205,7 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.IdleTTL, "refresh-idle-ttl", 336*time.Hour, "a family dies if not refreshed for this long")
 	fs.DurationVar(&c.AbsoluteTTL, "refresh-absolute-ttl", 720*time.Hour, "a family dies this long after issue, whatever happens")
 	fs.DurationVar(&c.AccessTTL, "access-ttl", 5*time.Minute, "lifetime of minted access tokens")
-	fs.StringVar(&c.Issuer, "issuer", "http://127.0.0.1:8080", "iss of access tokens")
+	fs.StringVar(&c.Issuer, "issuer", "http://127.0.0.1:8080", "iss of access tokens and, with --oauth-http, the public base URL of the OAuth endpoints (without it, the OAuth listener's own URL)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of the event stream when running on a cluster")
 	fs.BoolVar(&c.SyncAlways, "sync-always", false, "embedded server: fsync every write before acknowledging (default: fsync every 2 minutes)")
 	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
@@ -269,6 +294,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("--oauth-tls-cert and --oauth-tls-key go together")
 	case c.OAuthHTTP.TLSCert != "" && c.OAuthHTTP.Addr == "":
 		return fmt.Errorf("--oauth-tls-cert needs --oauth-http")
+	case c.Issuer == "" && !specificHost(c.OAuthHTTP.Addr):
+		return fmt.Errorf("--oauth-http %s listens on every address, so its URL is unknown: set --issuer to its public URL", c.OAuthHTTP.Addr)
 	case (c.NATSTLSCert == "") != (c.NATSTLSKey == ""):
 		return fmt.Errorf("--nats-tls-cert and --nats-tls-key go together")
 	case c.NATSURL == "" && (c.NATSTLSCA != "" || c.NATSTLSCert != ""):
@@ -305,6 +332,17 @@ func (a AuditHTTPConfig) validate() error {
 		return fmt.Errorf("--audit-max-concurrent must be at least 1")
 	}
 	return nil
+}
+
+// specificHost reports whether a listen address names one host, so that
+// a URL can be made of it.
+func specificHost(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsUnspecified()
 }
 
 // loopback reports whether a listen address only accepts local connections.

@@ -67,6 +67,15 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--trusted-proxies", "10.0.0.0/33"},
 		{"--trusted-proxies", "proxy.example.com"},
 		{"--forwarded-header", "x-real-ip"},
+		{"--issuer", "https://auth.example.com?tenant=1"},
+		{"--issuer", "https://auth.example.com/#top"},
+		{"--issuer", "auth.example.com"},
+		{"--issuer", "ftp://auth.example.com"},
+		{"--issuer", "https://user@auth.example.com"},
+		{"--issuer", ""},
+		{"--oauth-http", ":8443"},
+		{"--oauth-http", "0.0.0.0:8443"},
+		{"--oauth-http", "[::]:8443"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, none, io.Discard); err == nil {
@@ -76,6 +85,33 @@ func TestConfigRefusesBadValues(t *testing.T) {
 	bad := func(k string) (string, bool) { return "soon", k == "TOKEND_ACCESS_TTL" }
 	if _, err := parseConfig(nil, bad, io.Discard); err == nil {
 		t.Error("a malformed TOKEND_ACCESS_TTL was accepted")
+	}
+}
+
+// TestConfigIssuer: --issuer is normalised once, so metadata, tokens and
+// assertions agree; without it, --oauth-http leaves it to the listener's
+// URL (empty here), but only when it is given neither by flag nor by
+// variable.
+func TestConfigIssuer(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--issuer", "https://auth.example.com/"}, nil, "https://auth.example.com"},
+		{[]string{"--issuer", "https://auth.example.com/tenant/"}, nil, "https://auth.example.com/tenant"},
+		{[]string{"--issuer", "http://127.0.0.1:8443"}, nil, "http://127.0.0.1:8443"},
+		{nil, map[string]string{"TOKEND_ISSUER": "https://auth.example.com/"}, "https://auth.example.com"},
+		{[]string{"--oauth-http", "127.0.0.1:8443"}, nil, ""},
+		{[]string{"--oauth-http", "[::1]:8443"}, nil, ""},
+		{[]string{"--oauth-http", ":8443", "--issuer", "https://auth.example.com/"}, nil, "https://auth.example.com"},
+		{[]string{"--oauth-http", ":8443"}, map[string]string{"TOKEND_ISSUER": "https://auth.example.com"}, "https://auth.example.com"},
+	} {
+		getenv := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
+		c, err := parseConfig(tc.args, getenv, io.Discard)
+		if err != nil || c.Issuer != tc.want {
+			t.Errorf("%v %v: issuer %q (%v), want %q", tc.args, tc.env, c.Issuer, err, tc.want)
+		}
 	}
 }
 

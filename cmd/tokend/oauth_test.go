@@ -56,8 +56,9 @@ func mustOAuthEnv(t *testing.T, configure func(*Config)) *oauthEnv {
 	if configure != nil {
 		configure(&cfg)
 	}
-	e := &oauthEnv{logs: &syncBuffer{}, base: cfg.Issuer}
+	e := &oauthEnv{logs: &syncBuffer{}}
 	e.app = MustApp(t, cfg, e.logs)
+	e.base = e.app.issuer
 	e.nc = eventstest.MustConnect(t, e.app.NATSURL())
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	e.key = priv
@@ -224,7 +225,7 @@ func TestOAuthErrors(t *testing.T) {
 		{"two auth methods", refresh(url.Values{"client_secret": {e.secret}, "client_id": {"web"}}), "web", e.secret, 400, "invalid_request"},
 		{"wrong secret", refresh(nil), "web", e.secret + "x", 401, "invalid_client"},
 		{"unknown client", refresh(nil), "nobody", e.secret, 401, "invalid_client"},
-		{"not the registered method", refresh(url.Values{"client_id": {"web"}, "client_secret": {e.secret}}), "", "", 401, "invalid_client"},
+		{"not the registered method", refresh(url.Values{"client_id": {"svc"}, "client_secret": {e.secret}}), "", "", 401, "invalid_client"},
 		{"no authentication", refresh(nil), "", "", 401, "invalid_client"},
 		{"a forged token", refresh(url.Values{"refresh_token": {"rt1.x.1.k.AAAA.BBBB"}}), "web", e.secret, 400, "invalid_grant"},
 		{"a wider scope", refresh(url.Values{"scope": {"admin"}}), "web", e.secret, 400, "invalid_scope"},
