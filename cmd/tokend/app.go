@@ -264,11 +264,17 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 // the issuer: --issuer, or without it the listener's own URL, which needs
 // its bound address (a port 0 is only known then).
 func (a *App) listenOAuth() error {
-	a.issuer = a.cfg.Issuer
+	var err error
+	// Normalised here too, not only when flags are parsed: a Config built
+	// in code must not give metadata and tokens two spellings either.
+	if a.cfg.Issuer != "" {
+		if a.issuer, err = normalizeIssuer(a.cfg.Issuer); err != nil {
+			return err
+		}
+	}
 	if a.cfg.OAuthHTTP.Addr == "" {
 		return nil
 	}
-	var err error
 	if a.oauthLn, err = net.Listen("tcp", a.cfg.OAuthHTTP.Addr); err != nil {
 		return fmt.Errorf("--oauth-http listen: %w", err)
 	}

@@ -291,24 +291,36 @@ func TestOAuthLogsRefusedClients(t *testing.T) {
 // client assertions must name (RFC 8414 section 3.3).
 func TestOAuthIssuerIsNormalised(t *testing.T) {
 	addr := freeAddr(t)
-	cfg, err := parseConfig([]string{"--data-dir", t.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1",
+	parsed, err := parseConfig([]string{"--data-dir", t.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1",
 		"--oauth-http", addr, "--issuer", "http://" + addr + "/"}, func(string) (string, bool) { return "", false }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := mustOAuthEnv(t, func(c *Config) { *c = cfg })
-	md := e.metadata(t)
-	if md["issuer"] != "http://"+addr {
-		t.Fatalf("metadata issuer %v", md["issuer"])
-	}
-	f := e.issue(t, "user-iss", "svc")
-	code, _, body := e.post(t, "/oauth2/token", refreshWithAssertion(f.RefreshToken, e.o4wAssertion(t, "svc")), "", "")
-	if code != http.StatusOK {
-		t.Fatalf("an assertion for the metadata's issuer: %d %v", code, body)
-	}
-	claims, err := e.app.api.Access.Verify(body["access_token"].(string), time.Now())
-	if err != nil || claims.Issuer != md["issuer"] {
-		t.Fatalf("access token iss %q, metadata issuer %v (%v)", claims.Issuer, md["issuer"], err)
+	for _, tc := range []struct {
+		name      string
+		configure func(*Config)
+	}{
+		{"from the flag", func(c *Config) { *c = parsed }},
+		// A Config built in code (an embedding program, a test) skips flag
+		// parsing; tokend must normalise it all the same.
+		{"set in code", func(c *Config) { c.Issuer += "/" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := mustOAuthEnv(t, tc.configure)
+			md := e.metadata(t)
+			if want := "http://" + e.app.OAuthAddr(); md["issuer"] != want || md["token_endpoint"] != want+"/oauth2/token" {
+				t.Fatalf("metadata issuer %v, token endpoint %v; want %s", md["issuer"], md["token_endpoint"], want)
+			}
+			f := e.issue(t, "user-iss", "svc")
+			code, _, body := e.post(t, "/oauth2/token", refreshWithAssertion(f.RefreshToken, e.o4wAssertion(t, "svc")), "", "")
+			if code != http.StatusOK {
+				t.Fatalf("an assertion for the metadata's issuer: %d %v", code, body)
+			}
+			claims, err := e.app.api.Access.Verify(body["access_token"].(string), time.Now())
+			if err != nil || claims.Issuer != md["issuer"] {
+				t.Fatalf("access token iss %q, metadata issuer %v (%v)", claims.Issuer, md["issuer"], err)
+			}
+		})
 	}
 }
 
