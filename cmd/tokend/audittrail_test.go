@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -127,21 +126,8 @@ func freeAddr6(t *testing.T) string {
 // HTTP Basic credentials when user is set.
 func (e *oauthEnv) postForm(t *testing.T, path string, form url.Values, user, pass string, header http.Header) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.base+path, strings.NewReader(form.Encode()))
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if user != "" {
-		req.SetBasicAuth(url.QueryEscape(user), url.QueryEscape(pass))
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	code, _, body := e.send(t, path, form, user, pass, header)
+	return code, string(body)
 }
 
 // TestOAuthRecordsIPv6Peer: over an OAuth listener on [::1], the audit

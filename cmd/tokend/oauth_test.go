@@ -88,10 +88,27 @@ func mustOAuthEnv(t *testing.T, configure func(*Config)) *oauthEnv {
 }
 
 // post sends a form to the OAuth listener, authenticating with HTTP Basic
-// when user is set.
+// when user is set, and decodes the JSON answer.
 func (e *oauthEnv) post(t *testing.T, path string, form url.Values, user, pass string) (int, http.Header, map[string]any) {
 	t.Helper()
+	code, header, raw := e.send(t, path, form, user, pass, nil)
+	var body map[string]any
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &body); err != nil {
+			t.Fatalf("%s: %d %q", path, code, raw)
+		}
+	}
+	return code, header, body
+}
+
+// send posts form to the OAuth listener with the extra headers, and HTTP
+// Basic credentials when user is set.
+func (e *oauthEnv) send(t *testing.T, path string, form url.Values, user, pass string, extra http.Header) (int, http.Header, []byte) {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, e.base+path, strings.NewReader(form.Encode()))
+	for k, v := range extra {
+		req.Header[k] = v
+	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if user != "" {
 		req.SetBasicAuth(url.QueryEscape(user), url.QueryEscape(pass))
@@ -102,13 +119,7 @@ func (e *oauthEnv) post(t *testing.T, path string, form url.Values, user, pass s
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var body map[string]any
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &body); err != nil {
-			t.Fatalf("%s: %d %q", path, resp.StatusCode, raw)
-		}
-	}
-	return resp.StatusCode, resp.Header, body
+	return resp.StatusCode, resp.Header, raw
 }
 
 func (e *oauthEnv) assertion(t *testing.T, clientID string) string {
@@ -452,15 +463,7 @@ func TestOAuthSecretRotationReachesEveryInstance(t *testing.T) {
 // TestOAuthMetadata: RFC 8414, describing exactly what is served.
 func TestOAuthMetadata(t *testing.T) {
 	e := mustOAuthEnv(t, nil)
-	resp, err := http.Get(e.base + "/.well-known/oauth-authorization-server")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var md map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&md); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("metadata: %d %v", resp.StatusCode, err)
-	}
+	md := e.metadata(t)
 	if md["issuer"] != e.base || md["token_endpoint"] != e.base+"/oauth2/token" || md["jwks_uri"] != e.base+"/.well-known/jwks.json" ||
 		fmt.Sprint(md["grant_types_supported"]) != "[refresh_token]" {
 		t.Fatalf("metadata: %v", md)
