@@ -36,6 +36,9 @@ type Metrics struct {
 	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
 
+	oauthIntrospections *prometheus.CounterVec
+	natsIntrospections  *prometheus.CounterVec
+
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
 
@@ -102,6 +105,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		archived: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_families_archived_total", Help: "Families past their absolute expiry summarized by a family.archived event.",
 		}),
+		oauthIntrospections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_oauth_introspections_total", Help: "POST /oauth2/introspect answers, by the caller's relation to the token " +
+				"(own_client, resource_server, not_allowed, unknown) and result (active, inactive).",
+		}, []string{"caller", "result"}),
+		natsIntrospections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_nats_introspections_total", Help: "tokens.query.introspect answers, by result (active, inactive).",
+		}, []string{"result"}),
 		projectionBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tokend_projection_batch_duration_seconds", Help: "Time to apply one batch of events to the read model.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -112,7 +122,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
-		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
+		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, m.oauthIntrospections, m.natsIntrospections, buildInfo())
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
 		m.commands.WithLabelValues(cmd, "ok")
@@ -121,6 +131,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.eventsAppended.WithLabelValues(t)
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	for _, result := range []string{"active", "inactive"} {
+		m.natsIntrospections.WithLabelValues(result)
+		for _, caller := range []string{callerOwnClient, callerResourceServer, callerNotAllowed, callerUnknown} {
+			m.oauthIntrospections.WithLabelValues(caller, result)
+		}
+	}
 	return m
 }
 
@@ -199,6 +215,28 @@ func (m *Metrics) oauth(endpoint string, err error, took time.Duration) {
 	}
 	m.oauthRequests.WithLabelValues(endpoint, outcome).Inc()
 	m.oauthDuration.WithLabelValues(endpoint).Observe(took.Seconds())
+}
+
+// oauthIntrospection counts an HTTP introspection answered.
+func (m *Metrics) oauthIntrospection(caller string, active bool) {
+	if m != nil {
+		m.oauthIntrospections.WithLabelValues(caller, introspectionResult(active)).Inc()
+	}
+}
+
+// natsIntrospection counts a NATS introspection answered: NATS callers are
+// not told apart (subject permissions decide who may ask).
+func (m *Metrics) natsIntrospection(active bool) {
+	if m != nil {
+		m.natsIntrospections.WithLabelValues(introspectionResult(active)).Inc()
+	}
+}
+
+func introspectionResult(active bool) string {
+	if active {
+		return "active"
+	}
+	return "inactive"
 }
 
 // ClientRegistryChange counts a registry change this instance made
