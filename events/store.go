@@ -75,16 +75,28 @@ func (s *Store) Load(ctx context.Context, familyID string) (domain.Family, uint6
 // replica answers from its own store, a follower that has not applied the
 // newest appends yet included (ADR-31; the min_last_seq option ADR-53
 // proposed against this was removed before nats-server 2.12,
-// nats-server#7285). A message get ($JS.API.STREAM.MSG.GET) is answered by
-// the stream leader only, which acknowledges an append only once it has
-// stored it, and which a newly elected leader becomes only after applying
-// every entry committed before its election. The one window left is a
-// partitioned former leader that has not yet noticed it lost its quorum;
-// JetStream offers no read that closes it. The price is the JetStream API
-// queue and a JSON reply instead of the direct get's raw one
-// (docs/benchmarks.md); the write path keeps the direct get, which the
-// append's fence corrects.
+// nats-server#7285). On a replicated stream LoadLatest therefore sends a
+// message get ($JS.API.STREAM.MSG.GET), which only the stream leader
+// answers: it acknowledges an append only once it has stored it, and a
+// newly elected leader takes requests only after applying every entry
+// committed before its election. The one window left is a partitioned
+// former leader that has not yet noticed it lost its quorum; JetStream
+// offers no read that closes it. A message get costs more than a direct
+// get (the JetStream API's queue and workers, a JSON reply:
+// docs/benchmarks.md), so a stream of one replica, whose one server
+// answers direct gets from the store it acknowledged from, keeps the
+// direct get. (A mirror created with mirror_direct would answer them too;
+// tokend creates none.) The write path keeps the direct get everywhere:
+// the append's fence corrects a stale read there.
 func (s *Store) LoadLatest(ctx context.Context, familyID string) (domain.Family, uint64, error) {
+	if info := s.stream.CachedInfo(); info != nil && info.Config.Replicas <= 1 {
+		return s.Load(ctx, familyID)
+	}
+	return s.loadFromLeader(ctx, familyID)
+}
+
+// loadFromLeader is Load answered by the stream leader.
+func (s *Store) loadFromLeader(ctx context.Context, familyID string) (domain.Family, uint64, error) {
 	req, err := json.Marshal(msgGetRequest{LastBySubject: s.subjects.Family(familyID), NoHeaders: true})
 	if err != nil {
 		return domain.Family{}, 0, err

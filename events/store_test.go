@@ -104,19 +104,24 @@ func TestAppendAndLoadInOneRead(t *testing.T) {
 		t.Fatalf("unknown family: %+v %d %v", f, s, err)
 	}
 
-	// The stream leader's answer is the same state and sequence.
-	latest, latestSeq, err := store.LoadLatest(ctx, family)
-	if err != nil || latestSeq != seq || !reflect.DeepEqual(normalize(latest), normalize(loaded)) {
-		t.Fatalf("LoadLatest: seq %d (want %d), %v\n%+v\nwant\n%+v", latestSeq, seq, err, latest, loaded)
-	}
-	if f, s, err := store.LoadLatest(ctx, "no-such-family"); err != nil || f.Exists() || s != 0 {
-		t.Fatalf("LoadLatest of an unknown family: %+v %d %v", f, s, err)
-	}
+	// The stream leader's answer (a replicated stream's LoadLatest) is the
+	// same state and sequence.
 	if _, err := js.Publish(ctx, testSubjects.Family("fam-junk"), []byte(`{"type":"token.hacked"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := store.LoadLatest(ctx, "fam-junk"); !errors.Is(err, ErrMalformedEvent) {
-		t.Fatalf("LoadLatest of a malformed event: %v, want ErrMalformedEvent", err)
+	for name, load := range map[string]func(context.Context, string) (domain.Family, uint64, error){
+		"LoadLatest": store.LoadLatest, "loadFromLeader": store.loadFromLeader,
+	} {
+		latest, latestSeq, err := load(ctx, family)
+		if err != nil || latestSeq != seq || !reflect.DeepEqual(normalize(latest), normalize(loaded)) {
+			t.Fatalf("%s: seq %d (want %d), %v\n%+v\nwant\n%+v", name, latestSeq, seq, err, latest, loaded)
+		}
+		if f, s, err := load(ctx, "no-such-family"); err != nil || f.Exists() || s != 0 {
+			t.Fatalf("%s of an unknown family: %+v %d %v", name, f, s, err)
+		}
+		if _, _, err := load(ctx, "fam-junk"); !errors.Is(err, ErrMalformedEvent) {
+			t.Fatalf("%s of a malformed event: %v, want ErrMalformedEvent", name, err)
+		}
 	}
 }
 
@@ -137,8 +142,8 @@ func TestAPIPrefix(t *testing.T) {
 }
 
 // BenchmarkLoad compares the direct get of a family's last event (Load,
-// the write path) with the stream leader's message get (LoadLatest,
-// introspection).
+// the write path, and LoadLatest on a stream of one replica) with the
+// stream leader's message get (LoadLatest on a replicated stream).
 //
 //	go test -run '^$' -bench Load ./events
 func BenchmarkLoad(b *testing.B) {
@@ -156,7 +161,7 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 	for name, load := range map[string]func(context.Context, string) (domain.Family, uint64, error){
-		"direct": store.Load, "leader": store.LoadLatest,
+		"direct": store.Load, "leader": store.loadFromLeader,
 	} {
 		b.Run(name, func(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
