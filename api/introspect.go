@@ -11,10 +11,10 @@ import (
 	"github.com/tokend/tokend/domain"
 )
 
-// Introspection, over NATS and HTTP, answers from the family's last event as
-// the stream leader holds it (tokens.Service.IntrospectRefresh and
-// IntrospectAccess), not from the read model: once a revocation, rotation
-// or issue is acknowledged, every instance's introspection reflects it.
+// Introspection, over NATS and HTTP, answers from the family's last event in
+// the stream (tokens.Service.IntrospectRefresh and IntrospectAccess), not
+// from the read model: once a revocation, rotation or issue is
+// acknowledged, every instance's introspection reflects it.
 
 // introspectRefresh answers tokens.query.introspect. Its as_of_seq is a
 // stream position the answer reflects: the later of the family's last

@@ -122,7 +122,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
-		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, m.oauthIntrospections, m.natsIntrospections, buildInfo())
+		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
+	reg.MustRegister(m.oauthIntrospections, m.natsIntrospections)
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
 		m.commandDuration.WithLabelValues(cmd)
 		m.commands.WithLabelValues(cmd, "ok")

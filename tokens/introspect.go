@@ -18,11 +18,13 @@ type Introspection struct {
 
 // IntrospectRefresh reports whether token is an active refresh token
 // (domain.Family.RefreshTokenActive). The family is read from its last
-// event as the stream leader holds it, never from the read model, so the
+// event (events.Store.LoadLatest), never from the read model, so the
 // answer reflects every issue, rotation and revocation acknowledged before
 // it was asked, on any instance. A token that does not verify is inactive
-// and costs no I/O. Errors are EUnavailable: the keys could not be
-// reloaded for an unknown key id, or the family could not be read.
+// without reading its family (one naming a key id this instance does not
+// hold may reload the keys, at most once a while, as a refresh does).
+// Errors are EUnavailable: the keys could not be reloaded, or the family
+// could not be read.
 func (s *Service) IntrospectRefresh(ctx context.Context, token string) (Introspection, error) {
 	t, _, err := s.codec.Parse(ctx, token)
 	if domain.ErrorCode(err) == domain.EUnavailable {
