@@ -33,7 +33,8 @@ fuzz:
 # is go run ./cmd/tokenbench --baseline -k 64.
 bench:
 	go test -run '^$$' -bench ProjectionRebuild -benchtime 5x ./projections
-	go test -run '^$$' -bench Introspect -benchtime 2s ./projections ./cmd/tokend
+	go test -run '^$$' -bench Introspect -benchtime 2s ./cmd/tokend
+	go test -run '^$$' -bench Load -benchtime 2s ./events
 
 # The three-node cluster test: a node fails under load (about 20 s).
 cluster-test:

@@ -43,6 +43,10 @@ type ClientPutRequest struct {
 	// Scopes and Audiences are required; an empty list allows none.
 	Scopes    *[]string `json:"scopes"`
 	Audiences *[]string `json:"audiences"`
+	// Resources makes a confidential client a resource server for these
+	// audiences: it may introspect access tokens issued for them. Absent:
+	// none.
+	Resources []string `json:"resources,omitempty"`
 	// JWKS holds the client's public keys, for private_key_jwt only. On an
 	// update it replaces the stored one.
 	JWKS json.RawMessage `json:"jwks,omitempty"`
@@ -93,6 +97,7 @@ type ClientView struct {
 	AuthMethod string   `json:"auth_method"`
 	Scopes     []string `json:"scopes"`
 	Audiences  []string `json:"audiences"`
+	Resources  []string `json:"resources"`
 	// Secrets lists when each secret was made and, in a rotation's grace
 	// period, when it stops verifying.
 	Secrets []SecretView `json:"secrets"`
@@ -218,7 +223,7 @@ func clientSettings(in ClientPutRequest) (domain.Client, error) {
 		return domain.Client{}, domain.Errorf(domain.EInvalidRequest, "audiences is required: the resources the client may be granted ([] for none)")
 	}
 	c := domain.Client{ID: in.ClientID, Type: domain.ClientType(in.Type), AuthMethod: domain.AuthMethod(in.AuthMethod),
-		Scopes: *in.Scopes, Audiences: *in.Audiences, OnReplay: domain.ReplayAction(in.OnReplay)}
+		Scopes: *in.Scopes, Audiences: *in.Audiences, Resources: in.Resources, OnReplay: domain.ReplayAction(in.OnReplay)}
 	if string(in.JWKS) != "null" {
 		c.JWKS = in.JWKS
 	}
@@ -342,7 +347,7 @@ func clientChange(e registry.ClientEntry, withJWKS bool) ClientChangeView {
 func clientView(e registry.ClientEntry, withJWKS bool) ClientView {
 	c := e.Client
 	v := ClientView{ClientID: c.ID, Revision: e.Revision, Type: string(c.Type), AuthMethod: string(c.AuthMethod),
-		Scopes: nonNil(c.Scopes), Audiences: nonNil(c.Audiences), Secrets: make([]SecretView, 0, len(c.Secrets)),
+		Scopes: nonNil(c.Scopes), Audiences: nonNil(c.Audiences), Resources: nonNil(c.Resources), Secrets: make([]SecretView, 0, len(c.Secrets)),
 		AccessTTL: c.AccessTTL.String(), RefreshIdleTTL: c.RefreshIdleTTL.String(), RefreshAbsoluteTTL: c.RefreshAbsoluteTTL.String(),
 		ReuseInterval: c.ReuseInterval.String(), OnReplay: string(c.OnReplay), CreatedAt: rfc3339(c.CreatedAt), UpdatedAt: rfc3339(c.UpdatedAt)}
 	for _, sec := range c.Secrets {

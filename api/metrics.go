@@ -39,6 +39,9 @@ type Metrics struct {
 	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
 
+	oauthIntrospections *prometheus.CounterVec
+	natsIntrospections  *prometheus.CounterVec
+
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
 
@@ -105,6 +108,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		archived: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_families_archived_total", Help: "Families past their absolute expiry summarized by a family.archived event.",
 		}),
+		oauthIntrospections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_oauth_introspections_total", Help: "POST /oauth2/introspect answers, by the caller's relation to the token " +
+				"(own_client, resource_server, not_allowed, unknown) and result (active, inactive).",
+		}, []string{"caller", "result"}),
+		natsIntrospections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_nats_introspections_total", Help: "tokens.query.introspect answers, by result (active, inactive).",
+		}, []string{"result"}),
 		projectionBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tokend_projection_batch_duration_seconds", Help: "Time to apply one batch of events to the read model.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -115,7 +125,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
-		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
+		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied,
+		m.oauthIntrospections, m.natsIntrospections, buildInfo())
 	// Series of the label values known in advance start at 0, so rates,
 	// dashboards and alerts see them before the first event, not from it.
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
@@ -131,7 +142,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
 	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
-		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget} {
+		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey} {
 		m.refreshRejected.WithLabelValues(reason)
 	}
 	for _, limit := range []string{tokens.LimitRefreshPerFamily, tokens.LimitIssuePerClient, tokens.LimitForeignPerClient} {
@@ -139,6 +150,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, action := range []string{registry.ClientCreated, registry.ClientUpdated, registry.ClientRemoved, registry.ClientSecretRotated} {
 		m.registryChanges.WithLabelValues(action)
+	}
+	for _, result := range []string{"active", "inactive"} {
+		m.natsIntrospections.WithLabelValues(result)
+		for _, caller := range []string{callerOwnClient, callerResourceServer, callerNotAllowed, callerUnknown} {
+			m.oauthIntrospections.WithLabelValues(caller, result)
+		}
 	}
 	return m
 }
@@ -237,6 +254,28 @@ func (m *Metrics) oauth(endpoint string, err error, took time.Duration) {
 	}
 	m.oauthRequests.WithLabelValues(endpoint, outcome).Inc()
 	m.oauthDuration.WithLabelValues(endpoint).Observe(took.Seconds())
+}
+
+// oauthIntrospection counts an HTTP introspection answered.
+func (m *Metrics) oauthIntrospection(caller string, active bool) {
+	if m != nil {
+		m.oauthIntrospections.WithLabelValues(caller, introspectionResult(active)).Inc()
+	}
+}
+
+// natsIntrospection counts a NATS introspection answered: NATS callers are
+// not told apart (subject permissions decide who may ask).
+func (m *Metrics) natsIntrospection(active bool) {
+	if m != nil {
+		m.natsIntrospections.WithLabelValues(introspectionResult(active)).Inc()
+	}
+}
+
+func introspectionResult(active bool) string {
+	if active {
+		return "active"
+	}
+	return "inactive"
 }
 
 // ClientRegistryChange counts a registry change this instance made

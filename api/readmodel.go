@@ -11,19 +11,6 @@ import (
 // The read model answers in its own types; these put its answers in the
 // contract's shape.
 
-func (s *Service) readIntrospection(ctx context.Context, token string) (wire.Introspection, error) {
-	r, err := s.Reader.Introspect(ctx, token)
-	if err != nil {
-		return wire.Introspection{}, err
-	}
-	if !r.Active {
-		return wire.Introspection{AsOfSeq: r.AsOfSeq}, nil
-	}
-	return wire.Introspection{Active: true, FamilyID: r.FamilyID, Sub: r.Subject, ClientID: r.ClientID,
-		Scope: &r.Scope, Aud: r.Audience, Exp: r.ExpiresAt.Unix(), Iat: r.IssuedAt.Unix(),
-		TokenType: "refresh_token", AsOfSeq: r.AsOfSeq}, nil
-}
-
 func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyView, error) {
 	f, err := s.Reader.Family(ctx, familyID)
 	if err != nil {

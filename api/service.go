@@ -395,10 +395,7 @@ func (s *Service) introspect(ctx context.Context, data []byte) (any, error) {
 	if in.RefreshToken == "" {
 		return nil, domain.Errorf(domain.EInvalidRequest, "refresh_token is required")
 	}
-	if err := s.awaitSeq(ctx, in.MinSeq); err != nil {
-		return nil, err
-	}
-	return s.readIntrospection(ctx, in.RefreshToken)
+	return s.introspectRefresh(ctx, in.RefreshToken, in.MinSeq)
 }
 
 func (s *Service) family(ctx context.Context, data []byte) (any, error) {

@@ -85,6 +85,11 @@ type Client struct {
 	// allows none: there is no wildcard, every scope and resource is listed.
 	Scopes    []string
 	Audiences []string
+	// Resources, for a confidential client only, makes it a resource server
+	// for these audiences: it may introspect access tokens issued for any
+	// of them, whatever client they were issued to. They need not be among
+	// its own Audiences.
+	Resources []string
 	// Lifetimes of the client's tokens; 0 means the deployment's setting
 	// (--access-ttl, --refresh-idle-ttl, --refresh-absolute-ttl,
 	// --reuse-interval).
@@ -296,6 +301,9 @@ func (c Client) normalized() (Client, error) {
 	if c.Audiences, err = ValidateAudiences(c.Audiences); err != nil {
 		return Client{}, Errorf(EInvalidRequest, "audiences: %s", ErrorMessage(err))
 	}
+	if c.Resources, err = ValidateAudiences(c.Resources); err != nil {
+		return Client{}, Errorf(EInvalidRequest, "resources: %s", ErrorMessage(err))
+	}
 	if len(c.JWKS) > 0 {
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, c.JWKS); err != nil {
@@ -334,6 +342,13 @@ func (c Client) Validate() error {
 	}
 	if _, err := ValidateAudiences(c.Audiences); err != nil {
 		return Errorf(EInvalidRequest, "audiences: %s", ErrorMessage(err))
+	}
+	if _, err := ValidateAudiences(c.Resources); err != nil {
+		return Errorf(EInvalidRequest, "resources: %s", ErrorMessage(err))
+	}
+	if len(c.Resources) > 0 && c.Type != ClientConfidential {
+		// Introspection answers confidential clients only.
+		return Errorf(EInvalidRequest, "resources go with confidential clients only: a public client cannot introspect")
 	}
 	for _, d := range []struct {
 		field string

@@ -70,6 +70,13 @@ func TestNewClient(t *testing.T) {
 				t.Fatalf("jwks not compacted or secrets kept: %s %v", c.JWKS, c.Secrets)
 			}
 		}},
+		{"a resource server, for audiences not its own", with(func(c *Client) {
+			c.Resources = []string{"https://billing.example.com", "https://api.example.com", "https://billing.example.com"}
+		}), hashA, "", func(t *testing.T, c Client) {
+			if !reflect.DeepEqual(c.Resources, []string{"https://billing.example.com", "https://api.example.com"}) {
+				t.Fatalf("resources %q", c.Resources)
+			}
+		}},
 		{"lifetimes", with(func(c *Client) {
 			c.AccessTTL, c.RefreshIdleTTL, c.RefreshAbsoluteTTL = time.Minute, time.Hour, 2*time.Hour
 		}), hashA, "", nil},
@@ -93,6 +100,8 @@ func TestNewClient(t *testing.T) {
 		{"empty scope token", with(func(c *Client) { c.Scopes = []string{""} }), hashA, "scopes", nil},
 		{"too many scopes", with(func(c *Client) { c.Scopes = scopes(MaxScopes + 1) }), hashA, "scopes", nil},
 		{"invalid audience", with(func(c *Client) { c.Audiences = []string{"https://a b"} }), hashA, "audiences", nil},
+		{"invalid resource", with(func(c *Client) { c.Resources = []string{"https://a b"} }), hashA, "resources", nil},
+		{"a public resource server", with(func(c *Client) { c.Type = ClientPublic; c.Resources = []string{"https://api.example.com"} }), "", "resources", nil},
 		{"negative access_ttl", with(func(c *Client) { c.AccessTTL = -time.Second }), hashA, "access_ttl", nil},
 		{"negative reuse_interval", with(func(c *Client) { c.ReuseInterval = -time.Second }), hashA, "reuse_interval", nil},
 		{"huge refresh_absolute_ttl", with(func(c *Client) { c.RefreshAbsoluteTTL = MaxClientTTL + 1 }), hashA, "refresh_absolute_ttl", nil},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -65,6 +66,91 @@ func (s *Store) Load(ctx context.Context, familyID string) (domain.Family, uint6
 		return domain.Family{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, msg.Sequence, err)
 	}
 	return env.Family(), msg.Sequence, nil
+}
+
+// LoadLatest is Load for reads that must reflect every append acknowledged
+// before they were asked, whichever instance made it: introspection.
+//
+// Load uses a direct get, which on a replicated stream any current
+// replica answers from its own store, a follower that has not applied the
+// newest appends yet included (ADR-31; the min_last_seq option ADR-53
+// proposed against this was removed before nats-server 2.12,
+// nats-server#7285). On a replicated stream LoadLatest therefore sends a
+// message get ($JS.API.STREAM.MSG.GET), which only the stream leader
+// answers: it acknowledges an append only once it has stored it, and a
+// newly elected leader takes requests only after applying every entry
+// committed before its election. The one window left is a partitioned
+// former leader that has not yet noticed it lost its quorum; JetStream
+// offers no read that closes it. A message get costs more than a direct
+// get (the JetStream API's queue and workers, a JSON reply:
+// docs/benchmarks.md), so a stream of one replica, whose one server
+// answers direct gets from the store it acknowledged from, keeps the
+// direct get. (A mirror created with mirror_direct would answer them too;
+// tokend creates none.) The write path keeps the direct get everywhere:
+// the append's fence corrects a stale read there.
+func (s *Store) LoadLatest(ctx context.Context, familyID string) (domain.Family, uint64, error) {
+	if info := s.stream.CachedInfo(); info != nil && info.Config.Replicas <= 1 {
+		return s.Load(ctx, familyID)
+	}
+	return s.loadFromLeader(ctx, familyID)
+}
+
+// loadFromLeader is Load answered by the stream leader.
+func (s *Store) loadFromLeader(ctx context.Context, familyID string) (domain.Family, uint64, error) {
+	req, err := json.Marshal(msgGetRequest{LastBySubject: s.subjects.Family(familyID), NoHeaders: true})
+	if err != nil {
+		return domain.Family{}, 0, err
+	}
+	reply, err := s.nc.RequestWithContext(ctx, apiPrefix(s.js.Options())+"STREAM.MSG.GET."+StreamName, req)
+	if err != nil {
+		return domain.Family{}, 0, err
+	}
+	var resp msgGetResponse
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return domain.Family{}, 0, fmt.Errorf("message get: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return domain.Family{}, 0, nil
+	case resp.Error != nil:
+		return domain.Family{}, 0, resp.Error
+	case resp.Message == nil:
+		return domain.Family{}, 0, jetstream.ErrInvalidJetStreamResponse
+	}
+	env, err := Decode(resp.Message.Data, familyID)
+	if err != nil {
+		return domain.Family{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, resp.Message.Sequence, err)
+	}
+	return env.Family(), resp.Message.Sequence, nil
+}
+
+// apiPrefix is the JetStream API prefix the jetstream package uses with
+// these options (it keeps the resolved one to itself).
+func apiPrefix(o jetstream.JetStreamOptions) string {
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return jetstream.DefaultAPIPrefix
+}
+
+// msgGetRequest and msgGetResponse are the JetStream API's message get
+// (JSApiMsgGetRequest and JSApiMsgGetResponse in nats-server). The
+// jetstream package sends a direct get instead whenever the stream allows
+// them, so the message get is spelled out here.
+type msgGetRequest struct {
+	LastBySubject string `json:"last_by_subj"`
+	NoHeaders     bool   `json:"no_hdr,omitempty"`
+}
+
+type msgGetResponse struct {
+	Error   *jetstream.APIError `json:"error,omitempty"`
+	Message *struct {
+		Sequence uint64 `json:"seq"`
+		Data     []byte `json:"data"`
+	} `json:"message,omitempty"`
 }
 
 // lastEventID returns the id of the family's last event, to tell whether an

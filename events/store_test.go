@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"sync/atomic"
 	"testing"
@@ -101,6 +102,74 @@ func TestAppendAndLoadInOneRead(t *testing.T) {
 	}
 	if f, s, err := store.Load(ctx, "no-such-family"); err != nil || f.Exists() || s != 0 {
 		t.Fatalf("unknown family: %+v %d %v", f, s, err)
+	}
+
+	// The stream leader's answer (a replicated stream's LoadLatest) is the
+	// same state and sequence.
+	if _, err := js.Publish(ctx, testSubjects.Family("fam-junk"), []byte(`{"type":"token.hacked"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for name, load := range map[string]func(context.Context, string) (domain.Family, uint64, error){
+		"LoadLatest": store.LoadLatest, "loadFromLeader": store.loadFromLeader,
+	} {
+		latest, latestSeq, err := load(ctx, family)
+		if err != nil || latestSeq != seq || !reflect.DeepEqual(normalize(latest), normalize(loaded)) {
+			t.Fatalf("%s: seq %d (want %d), %v\n%+v\nwant\n%+v", name, latestSeq, seq, err, latest, loaded)
+		}
+		if f, s, err := load(ctx, "no-such-family"); err != nil || f.Exists() || s != 0 {
+			t.Fatalf("%s of an unknown family: %+v %d %v", name, f, s, err)
+		}
+		if _, _, err := load(ctx, "fam-junk"); !errors.Is(err, ErrMalformedEvent) {
+			t.Fatalf("%s of a malformed event: %v, want ErrMalformedEvent", name, err)
+		}
+	}
+}
+
+func TestAPIPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		opts jetstream.JetStreamOptions
+		want string
+	}{
+		{jetstream.JetStreamOptions{}, "$JS.API."},
+		{jetstream.JetStreamOptions{Domain: "hub"}, "$JS.hub.API."},
+		{jetstream.JetStreamOptions{APIPrefix: "$JS.acc.API"}, "$JS.acc.API."},
+		{jetstream.JetStreamOptions{APIPrefix: "$JS.acc.API."}, "$JS.acc.API."},
+	} {
+		if got := apiPrefix(tc.opts); got != tc.want {
+			t.Errorf("apiPrefix(%+v) = %q, want %q", tc.opts, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkLoad compares the direct get of a family's last event (Load,
+// the write path, and LoadLatest on a stream of one replica) with the
+// stream leader's message get (LoadLatest on a replicated stream).
+//
+//	go test -run '^$' -bench Load ./events
+func BenchmarkLoad(b *testing.B) {
+	nc, js, stream := MustJetStream(b)
+	store := NewStore(nc, js, stream, testSubjects)
+	fx := newFixture(b)
+	ctx := context.Background()
+	families := make([]string, 100)
+	for i := range families {
+		families[i] = fmt.Sprintf("fam-%d", i)
+		evs, _ := fx.decider.Decide(domain.Family{}, domain.Issue{Token: fx.mint(families[i], 1), Subject: "u", ClientID: "c",
+			Scope: []string{"openid", "api:read"}, Audience: []string{"https://api.example.com"}})
+		if _, err := store.Append(ctx, families[i], 0, []Envelope{Wrap(evs[0], domain.Evolve(domain.Family{}, evs[0]))}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for name, load := range map[string]func(context.Context, string) (domain.Family, uint64, error){
+		"direct": store.Load, "leader": store.loadFromLeader,
+	} {
+		b.Run(name, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				if f, _, err := load(ctx, families[i%len(families)]); err != nil || !f.Exists() {
+					b.Fatal(f, err)
+				}
+			}
+		})
 	}
 }
 

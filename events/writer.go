@@ -102,6 +102,18 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 	return Decision{}, &domain.Error{Code: domain.EUnavailable, Message: "family is busy, retry", RetryAfterMs: 50}
 }
 
+// LoadLatest reads a family with Store.LoadLatest, past the cache: for
+// reads that must reflect every acknowledged append, this instance's or
+// another's. Failures are EUnavailable errors.
+func (w *Writer) LoadLatest(ctx context.Context, familyID string) (domain.Family, uint64, error) {
+	f, seq, err := w.store.LoadLatest(ctx, familyID)
+	if err != nil {
+		w.storeError(err)
+		return domain.Family{}, 0, unavailable(err)
+	}
+	return f, seq, nil
+}
+
 func (w *Writer) load(ctx context.Context, familyID string) (loaded, error) {
 	if l, ok := w.cache.Get(familyID); ok {
 		return l, nil

@@ -75,36 +75,3 @@ func BenchmarkProjectionRebuild(b *testing.B) {
 		})
 	}
 }
-
-// BenchmarkIntrospect measures a refresh-token look-up in the read model
-// (hash, indexed join, status), one caller at a time and many in parallel.
-//
-//	go test -run '^$' -bench Introspect ./projections
-func BenchmarkIntrospect(b *testing.B) {
-	h := MustHarness(b)
-	last, tokens := h.rotationLoad(b, 1000, 9)
-	db := h.openDB(b, "projections.db")
-	p := h.project(b, db, DefaultBatchSize, last)
-	r := NewReader(db, p, h.clock)
-	ctx := context.Background()
-	check := func(tb testing.TB, i int) {
-		got, err := r.Introspect(ctx, tokens[i%len(tokens)])
-		if err != nil || !got.Active {
-			tb.Fatalf("introspect: %+v, %v", got, err)
-		}
-	}
-	b.Run("serial", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			check(b, i)
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.RunParallel(func(pb *testing.PB) {
-			i := 0
-			for pb.Next() {
-				check(b, i)
-				i += 7
-			}
-		})
-	})
-}

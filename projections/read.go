@@ -26,48 +26,6 @@ func NewReader(db *DB, p *Projector, now func() time.Time) *Reader {
 	return &Reader{db: db, p: p, now: now}
 }
 
-// maxTokenBytes keeps hostile input from being hashed at length; no real
-// token comes near it.
-const maxTokenBytes = 1024
-
-// Introspection is what the read model knows of a presented refresh token:
-// whether it is its family's current token in a family neither revoked nor
-// expired and, if so, the family's grant and the token's times.
-type Introspection struct {
-	Active                      bool
-	FamilyID, Subject, ClientID string
-	Scope                       string
-	Audience                    []string
-	ExpiresAt, IssuedAt         time.Time
-	AsOfSeq                     uint64
-}
-
-// Introspect reports whether token is its family's current token in a
-// family that is neither revoked nor expired.
-func (r *Reader) Introspect(ctx context.Context, token string) (Introspection, error) {
-	asOf := r.p.Applied()
-	inactive := Introspection{AsOfSeq: asOf}
-	if len(token) > maxTokenBytes {
-		return inactive, nil
-	}
-	row, err := r.db.R.CurrentToken(ctx, domain.HashToken(token))
-	if errors.Is(err, sql.ErrNoRows) {
-		return inactive, nil
-	}
-	if err != nil {
-		return Introspection{}, err
-	}
-	f := familyOf(row)
-	if f.StatusAt(r.now()) != domain.StatusActive {
-		return inactive, nil
-	}
-	// The current token was issued at the family's last rotation, or with
-	// the family.
-	return Introspection{Active: true, FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID,
-		Scope: domain.ScopeString(f.Scope), Audience: f.Audience, ExpiresAt: f.ExpiresAt(),
-		IssuedAt: f.LastUsedAt, AsOfSeq: asOf}, nil
-}
-
 // FamilyView is a family as of the read model's position, with its chain
 // of tokens, oldest first.
 type FamilyView struct {

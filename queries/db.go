@@ -54,9 +54,6 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.countAuditEventsStmt, err = db.PrepareContext(ctx, countAuditEvents); err != nil {
 		return nil, fmt.Errorf("error preparing query CountAuditEvents: %w", err)
 	}
-	if q.currentTokenStmt, err = db.PrepareContext(ctx, currentToken); err != nil {
-		return nil, fmt.Errorf("error preparing query CurrentToken: %w", err)
-	}
 	if q.dateUndatedEventsStmt, err = db.PrepareContext(ctx, dateUndatedEvents); err != nil {
 		return nil, fmt.Errorf("error preparing query DateUndatedEvents: %w", err)
 	}
@@ -167,11 +164,6 @@ func (q *Queries) Close() error {
 	if q.countAuditEventsStmt != nil {
 		if cerr := q.countAuditEventsStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing countAuditEventsStmt: %w", cerr)
-		}
-	}
-	if q.currentTokenStmt != nil {
-		if cerr := q.currentTokenStmt.Close(); cerr != nil {
-			err = fmt.Errorf("error closing currentTokenStmt: %w", cerr)
 		}
 	}
 	if q.dateUndatedEventsStmt != nil {
@@ -318,7 +310,6 @@ type Queries struct {
 	boundsBeforeStmt               *sql.Stmt
 	countActiveFamiliesStmt        *sql.Stmt
 	countAuditEventsStmt           *sql.Stmt
-	currentTokenStmt               *sql.Stmt
 	dateUndatedEventsStmt          *sql.Stmt
 	deleteEmptyFamilyStmt          *sql.Stmt
 	deleteExpiredFamilyEventsStmt  *sql.Stmt
@@ -354,7 +345,6 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		boundsBeforeStmt:               q.boundsBeforeStmt,
 		countActiveFamiliesStmt:        q.countActiveFamiliesStmt,
 		countAuditEventsStmt:           q.countAuditEventsStmt,
-		currentTokenStmt:               q.currentTokenStmt,
 		dateUndatedEventsStmt:          q.dateUndatedEventsStmt,
 		deleteEmptyFamilyStmt:          q.deleteEmptyFamilyStmt,
 		deleteExpiredFamilyEventsStmt:  q.deleteExpiredFamilyEventsStmt,

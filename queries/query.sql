@@ -51,10 +51,6 @@ FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = @family_id AND type IN ('token.issued', 'token.rotated')
 ORDER BY seq;
 
--- name: CurrentToken :one
--- The family whose current token has this hash (introspection).
-SELECT * FROM families INDEXED BY families_by_current_hash WHERE current_hash = @token_hash;
-
 -- name: RevocableFamiliesBySubject :many
 -- Families that can still be used: an expired one is dead already.
 SELECT family_id FROM families WHERE subject = @subject AND status = 'active'

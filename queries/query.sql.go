@@ -495,36 +495,6 @@ func (q *Queries) CountAuditEvents(ctx context.Context) (int64, error) {
 	return count, err
 }
 
-const currentToken = `-- name: CurrentToken :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families INDEXED BY families_by_current_hash WHERE current_hash = ?1
-`
-
-// The family whose current token has this hash (introspection).
-func (q *Queries) CurrentToken(ctx context.Context, tokenHash string) (Family, error) {
-	row := q.queryRow(ctx, q.currentTokenStmt, currentToken, tokenHash)
-	var i Family
-	err := row.Scan(
-		&i.FamilyID,
-		&i.Subject,
-		&i.ClientID,
-		&i.Scope,
-		&i.Audience,
-		&i.Status,
-		&i.Generation,
-		&i.CurrentHash,
-		&i.CreatedAt,
-		&i.LastUsedAt,
-		&i.IdleExpiresAt,
-		&i.AbsoluteExpiresAt,
-		&i.RevokedAt,
-		&i.RevokedReason,
-		&i.LastSeq,
-		&i.ArchivedAt,
-		&i.PruneAt,
-	)
-	return i, err
-}
-
 const dateUndatedEvents = `-- name: DateUndatedEvents :many
 UPDATE audit_events SET expires_at = audit_events.time + ?1
 WHERE seq IN (SELECT u.seq FROM audit_events AS u INDEXED BY audit_undated WHERE u.expires_at IS NULL LIMIT ?2)

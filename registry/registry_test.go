@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -360,4 +361,36 @@ func wantCode(t *testing.T, err error, code string) {
 	if err == nil || domain.ErrorCode(err) != code {
 		t.Fatalf("want %s, got %v", code, err)
 	}
+}
+
+// TestRegistryResources: a resource server's audiences reach every
+// instance, and an entry written before they existed reads as none.
+func TestRegistryResources(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	a, b := mustRegistry(t, js, nil), mustRegistry(t, js, nil)
+	gw := webApp("api-gw")
+	gw.Resources = []string{"https://api.example.com", "https://billing.example.com"}
+	if _, err := a.Put(ctx, gw, clientHash1, 0, alice); err != nil {
+		t.Fatal(err)
+	}
+	waitClient(t, b, "api-gw", "a resource server", func(c domain.Client, ok bool) bool {
+		return ok && slices.Equal(c.Resources, gw.Resources)
+	})
+	if got, err := b.Get(ctx, "api-gw"); err != nil || !slices.Equal(got.Client.Resources, gw.Resources) {
+		t.Fatalf("get: %+v, %v", got, err)
+	}
+
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := `{"client":{"client_id":"older","type":"confidential","auth_method":"client_secret_basic",` +
+		`"secrets":[{"sha256":"` + clientHash1 + `","created_at":"2026-01-01T00:00:00Z"}],"scopes":["openid"],"audiences":[],` +
+		`"access_ttl":"0s","refresh_idle_ttl":"0s","refresh_absolute_ttl":"0s","reuse_interval":"0s","on_replay":"revoke_family",` +
+		`"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"},"change":{"action":"create","at":"2026-01-01T00:00:00Z","by":"alice"}}`
+	if _, err := kv.Put(ctx, clientKey("older"), []byte(old)); err != nil {
+		t.Fatal(err)
+	}
+	waitClient(t, a, "older", "registered", func(c domain.Client, ok bool) bool { return ok && len(c.Resources) == 0 })
 }

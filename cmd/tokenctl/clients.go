@@ -42,10 +42,12 @@ recorded with who made it (--by, default your login name) and when: clients hist
 
 Settings (add, update): --type, --auth-method, --scope, --audience, --jwks,
 --access-ttl, --refresh-idle-ttl, --refresh-absolute-ttl, --reuse-interval,
---on-replay. --scope and --audience repeat, and each value may list several
+--on-replay, --resource. --scope and --audience repeat, and each value may list several
 separated by spaces; a client may be granted only what they list (none if
 they are not given to add; on update, --scope '' allows none). Lifetimes of
-0 mean the deployment's (tokend --access-ttl, ...).
+0 mean the deployment's (tokend --access-ttl, ...). --resource A (repeatable)
+makes a confidential client a resource server for audience A: it may
+introspect access tokens issued for A to any client (POST /oauth2/introspect).
 
 Secrets: a confidential client with client_secret_basic (the default) or
 client_secret_post gets a secret made here, 256 random bits, printed once;
@@ -57,12 +59,14 @@ register their public keys instead (--jwks FILE, a JWK Set).
 
 Needs the admin role (tokens.admin.clients.*).`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
-		var scopes, audiences stringList
+		var scopes, audiences, resources stringList
 		clientType := fs.String("type", "", "add, update: client type `T`, public or confidential")
 		method := fs.String("auth-method", "", "add, update: token endpoint authentication `M`: none (public clients), client_secret_basic\n"+
 			"(confidential default), client_secret_post or private_key_jwt")
 		fs.Var(&scopes, "scope", "add, update: scope(s) `S` the client may be granted (repeatable; space-separated)")
 		fs.Var(&audiences, "audience", "add, update: resource `A` the client may get tokens for (repeatable)")
+		fs.Var(&resources, "resource", "add, update: audience `A` of access tokens the client may introspect as a resource server\n"+
+			"(repeatable; confidential clients; on update, --resource '' makes it none)")
 		jwks := fs.String("jwks", "", "add, update: the client's public keys, a JWK Set in `FILE` (private_key_jwt)")
 		accessTTL := fs.Duration("access-ttl", 0, "add, update: lifetime `D` of the client's access tokens (default 0: tokend's --access-ttl)")
 		idleTTL := fs.Duration("refresh-idle-ttl", 0, "add, update: the client's families die unused for `D` (default 0: tokend's --refresh-idle-ttl)")
@@ -72,7 +76,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 		grace := fs.Duration("grace", domain.DefaultSecretGrace, "rotate-secret: the old secret keeps working for `D` (default 24h; 0: it stops at once)")
 		save := fs.String("save", "", "add, update, rotate-secret: write the new secret to `FILE` (mode 0600; it must not exist) instead of printing it")
 		by := fs.String("by", operator(), "add, update, rotate-secret, remove: who makes the change, `NAME` (recorded; default: your login name)")
-		settings := []string{"type", "auth-method", "scope", "audience", "jwks", "access-ttl", "refresh-idle-ttl",
+		settings := []string{"type", "auth-method", "scope", "audience", "resource", "jwks", "access-ttl", "refresh-idle-ttl",
 			"refresh-absolute-ttl", "reuse-interval", "on-replay"}
 		return func(ctx context.Context, e *env) error {
 			sub, id := "", ""
@@ -150,7 +154,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 					return err
 				}
 				old = domain.AuthMethod(cur.AuthMethod)
-				req = api.ClientPutRequest{ClientID: id, Type: cur.Type, AuthMethod: cur.AuthMethod, Scopes: &cur.Scopes, Audiences: &cur.Audiences,
+				req = api.ClientPutRequest{ClientID: id, Type: cur.Type, AuthMethod: cur.AuthMethod, Scopes: &cur.Scopes, Audiences: &cur.Audiences, Resources: cur.Resources,
 					JWKS: cur.JWKS, AccessTTL: cur.AccessTTL, RefreshIdleTTL: cur.RefreshIdleTTL, RefreshAbsoluteTTL: cur.RefreshAbsoluteTTL,
 					ReuseInterval: cur.ReuseInterval, OnReplay: cur.OnReplay, Revision: cur.Revision, By: *by}
 				if isSet(fs, "type") && *clientType != cur.Type && !isSet(fs, "auth-method") {
@@ -168,6 +172,9 @@ Needs the admin role (tokens.admin.clients.*).`,
 			}
 			if isSet(fs, "audience") || sub == "add" {
 				req.Audiences = splitList(audiences)
+			}
+			if isSet(fs, "resource") {
+				req.Resources = *splitList(resources)
 			}
 			for _, d := range []struct {
 				flag  string
@@ -393,6 +400,7 @@ func printClient(w io.Writer, c api.ClientView) {
 		{"auth_method", cell(c.AuthMethod)},
 		{"scopes", listCell(c.Scopes)},
 		{"audiences", listCell(c.Audiences)},
+		{"resources", listCell(c.Resources)},
 	}
 	for i, s := range c.Secrets {
 		v := "made " + keyTime(s.CreatedAt)

@@ -353,3 +353,28 @@ func TestClientsUsageErrors(t *testing.T) {
 		t.Errorf("--jwks with a file that is not JSON: %+v", r)
 	}
 }
+
+// TestClientsResourceServer: --resource registers the audiences a client
+// may introspect access tokens for; update keeps them unless told.
+func TestClientsResourceServer(t *testing.T) {
+	url, reg := startRegistry(t)
+	ctl := func(args ...string) string {
+		return mustCtl(t, append([]string{"--nats-url", url}, append(args, "--by", "alice")...)...)
+	}
+	out := ctl("clients", "add", "api-gw", "--type", "confidential", "--resource", "https://api.example.com https://billing.example.com")
+	if !regexp.MustCompile(`resources:\s+https://api.example.com https://billing.example.com`).MatchString(out) {
+		t.Fatalf("add printed\n%s", out)
+	}
+	ctl("clients", "update", "api-gw", "--scope", "openid")
+	if c, _ := reg.Lookup("api-gw"); strings.Join(c.Resources, " ") != "https://api.example.com https://billing.example.com" {
+		t.Fatalf("update without --resource: resources %q", c.Resources)
+	}
+	ctl("clients", "update", "api-gw", "--resource", "")
+	if c, _ := reg.Lookup("api-gw"); len(c.Resources) != 0 {
+		t.Fatalf("update --resource '': resources %q", c.Resources)
+	}
+	if r := runCtl(t, "", "--nats-url", url, "clients", "add", "spa", "--type", "public", "--resource", "https://api.example.com", "--by", "alice"); r.code == 0 ||
+		!strings.Contains(r.stderr, "resources go with confidential clients") {
+		t.Fatalf("a public resource server: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -302,10 +302,10 @@ func TestOAuthClientIsolation(t *testing.T) {
 	}
 	next := mustRefresh(t, e.nc, f.RefreshToken, "web") // spa's revoke changed nothing
 	mustQuery[wire.FamilyView](t, e.nc, "tokens.query.family", wire.FamilyRequest{FamilyID: f.FamilyID, MinSeq: next.Seq})
-	if body := introspect(next.RefreshToken); body["active"] != true || body["client_id"] != "web" || body["token_type"] != "refresh_token" {
+	if body := introspect(next.RefreshToken); body["active"] != true || body["client_id"] != "web" || body["token_use"] != "refresh_token" {
 		t.Fatalf("introspect the refresh token: %v", body)
 	}
-	if body := introspect(next.AccessToken); body["active"] != true || body["sid"] != f.FamilyID || body["token_type"] != "access_token" {
+	if body := introspect(next.AccessToken); body["active"] != true || body["sid"] != f.FamilyID || body["token_type"] != "Bearer" {
 		t.Fatalf("introspect the access token: %v", body)
 	}
 	if code, _, _ := e.post(t, "/oauth2/introspect", url.Values{"token": {next.AccessToken}, "client_id": {"spa"}}, "", ""); code != 401 {
