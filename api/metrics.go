@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokend/tokend/connlimit"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 )
@@ -38,6 +39,10 @@ type Metrics struct {
 
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
+
+	connections        *prometheus.GaugeVec
+	connectionsLimit   *prometheus.GaugeVec
+	connectionsRefused *prometheus.CounterVec
 
 	reasons reasonLabels
 }
@@ -109,7 +114,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		projectionApplied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_projection_events_applied_total", Help: "Stream messages applied to the read model.",
 		}),
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_http_connections", Help: "Connections open on an HTTP listener (http, oauth, audit).",
+		}, []string{"listener"}),
+		connectionsLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_http_connections_limit", Help: "The cap on an HTTP listener's open connections, as in effect (lowered at start to fit the file limit).",
+		}, []string{"listener"}),
+		connectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_http_connections_refused_total", Help: "Connections refused at once because their HTTP listener was at its cap.",
+		}, []string{"listener"}),
 	}
+	reg.MustRegister(m.connections, m.connectionsLimit, m.connectionsRefused)
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
@@ -212,6 +227,15 @@ func (m *Metrics) ReplyError(endpoint string) {
 	if m != nil {
 		m.replyErrors.WithLabelValues(endpoint).Inc()
 	}
+}
+
+// ListenerHooks counts the connections of the HTTP listener named
+// listener, whose cap is limit.
+func (m *Metrics) ListenerHooks(listener string, limit int) connlimit.Hooks {
+	m.connectionsLimit.WithLabelValues(listener).Set(float64(limit))
+	open := m.connections.WithLabelValues(listener)
+	refused := m.connectionsRefused.WithLabelValues(listener)
+	return connlimit.Hooks{Opened: open.Inc, Closed: open.Dec, Refused: refused.Inc}
 }
 
 // Archived counts families a janitor sweep archived (tokens.Janitor.OnArchived).

@@ -29,6 +29,10 @@ const Version = "0.1.0"
 // temporarily_unavailable instead of hanging the caller.
 const requestTimeout = 5 * time.Second
 
+// RequestTimeout is requestTimeout for those who size around it: every
+// HTTP handler ends within it too.
+const RequestTimeout = requestTimeout
+
 // Commands and queries are bounded separately per instance, so a burst of
 // slow audits cannot hold the slots refreshes need. Past its bound an
 // endpoint's subscription stops reading and NATS buffers, which is the
