@@ -43,6 +43,7 @@ type Metrics struct {
 	connections        *prometheus.GaugeVec
 	connectionsLimit   *prometheus.GaugeVec
 	connectionsRefused *prometheus.CounterVec
+	requestsDropped    *prometheus.CounterVec
 
 	reasons reasonLabels
 }
@@ -123,8 +124,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		connectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_http_connections_refused_total", Help: "Connections refused at once because their HTTP listener was at its cap.",
 		}, []string{"listener"}),
+		requestsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_requests_dropped_total",
+			Help: "Requests answered temporarily_unavailable without being run, by transport (nats, http), endpoint and reason (caller_deadline, caller_gone, slot_wait, queue_full).",
+		}, []string{"transport", "endpoint", "reason"}),
 	}
-	reg.MustRegister(m.connections, m.connectionsLimit, m.connectionsRefused)
+	reg.MustRegister(m.connections, m.connectionsLimit, m.connectionsRefused, m.requestsDropped)
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied, buildInfo())
@@ -236,6 +241,13 @@ func (m *Metrics) ListenerHooks(listener string, limit int) connlimit.Hooks {
 	open := m.connections.WithLabelValues(listener)
 	refused := m.connectionsRefused.WithLabelValues(listener)
 	return connlimit.Hooks{Opened: open.Inc, Closed: open.Dec, Refused: refused.Inc}
+}
+
+// Dropped counts a request answered without being run.
+func (m *Metrics) Dropped(transport, endpoint, reason string) {
+	if m != nil {
+		m.requestsDropped.WithLabelValues(transport, endpoint, reason).Inc()
+	}
 }
 
 // Archived counts families a janitor sweep archived (tokens.Janitor.OnArchived).
