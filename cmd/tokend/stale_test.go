@@ -1,7 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,7 +14,63 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/ratelimit"
 )
+
+// TestRefreshOfAGoneClientIsNotRun: a token request whose client went away
+// before the refresh started is not run, so the client's retry of the
+// same token rotates it instead of being a replay (the reuse interval is
+// off here, as it would be over by the time a late refresh ran). A client
+// that goes away once the refresh started does not cut it short: it is
+// stored, as its answer says.
+func TestRefreshOfAGoneClientIsNotRun(t *testing.T) {
+	e := mustOAuthEnv(t, func(c *Config) { c.ReuseInterval = 0 })
+	f := e.issue(t, "user-gone", "web")
+	// The handler is called on this goroutine with the request's context
+	// in hand, so a client's going is a cancellation, not a race.
+	serve := func(ctx context.Context, token string) (int, map[string]any) {
+		form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {token}}
+		req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/oauth2/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("web", e.secret)
+		rec := httptest.NewRecorder()
+		e.app.oauth.Handler.ServeHTTP(rec, req)
+		var body map[string]any
+		json.Unmarshal(rec.Body.Bytes(), &body)
+		return rec.Code, body
+	}
+
+	gone, leave := context.WithCancel(context.Background())
+	leave()
+	if status, _ := serve(gone, f.RefreshToken); status == http.StatusOK {
+		t.Fatal("a refresh for a client that went away was answered")
+	}
+	if n := countTypes(familyEvents(t, e.nc, f.FamilyID))["token.rotated"]; n != 0 {
+		t.Fatalf("%d token.rotated for a client that went away", n)
+	}
+	if got := metricsAt(t, e.app.HTTPAddr()).value("tokend_requests_dropped_total", "transport", "http", "endpoint", "token", "reason", "caller_gone"); got != 1 {
+		t.Fatalf("caller_gone drops = %v, want 1", got)
+	}
+	status, body := serve(context.Background(), f.RefreshToken)
+	if status != http.StatusOK {
+		t.Fatalf("the retry: %d %v", status, body["error_description"])
+	}
+
+	// The refresh rate limiter reads the clock between deciding and
+	// storing: the client goes away right there.
+	during, leaveDuring := context.WithCancel(context.Background())
+	e.app.api.Tokens.RefreshLimit = ratelimit.NewKeyedLimiter(1000, 1000, 16, func() time.Time {
+		leaveDuring()
+		return time.Now()
+	})
+	if status, body := serve(during, body["refresh_token"].(string)); status != http.StatusOK {
+		t.Fatalf("a refresh cut short when its client went away: %d %v", status, body["error_description"])
+	}
+	types := countTypes(familyEvents(t, e.nc, f.FamilyID))
+	if types["token.rotated"] != 2 || types["token.replay_detected"] != 0 {
+		t.Fatalf("events %v, want two rotations and no replay", types)
+	}
+}
 
 // timedCall sends a request with a Tokend-Timeout-Ms header.
 func timedCall(t *testing.T, nc *nats.Conn, subject string, req any, timeout string) reply {
