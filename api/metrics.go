@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokend/tokend/connlimit"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/registry"
@@ -44,6 +45,11 @@ type Metrics struct {
 
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
+
+	connections        *prometheus.GaugeVec
+	connectionsLimit   *prometheus.GaugeVec
+	connectionsRefused *prometheus.CounterVec
+	requestsDropped    *prometheus.CounterVec
 
 	reasons reasonLabels
 }
@@ -122,7 +128,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		projectionApplied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_projection_events_applied_total", Help: "Stream messages applied to the read model.",
 		}),
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_http_connections", Help: "Connections open on an HTTP listener (http, oauth, audit).",
+		}, []string{"listener"}),
+		connectionsLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_http_connections_limit", Help: "The cap on an HTTP listener's open connections, as in effect (lowered at start to fit the file limit).",
+		}, []string{"listener"}),
+		connectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_http_connections_refused_total", Help: "Connections refused at once because their HTTP listener was at its cap.",
+		}, []string{"listener"}),
+		requestsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_requests_dropped_total",
+			Help: "Requests answered temporarily_unavailable without being run, by transport (nats, http), endpoint and reason (caller_deadline, caller_gone, slot_wait, queue_full).",
+		}, []string{"transport", "endpoint", "reason"}),
 	}
+	reg.MustRegister(m.connections, m.connectionsLimit, m.connectionsRefused, m.requestsDropped)
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied,
@@ -288,6 +308,22 @@ func (m *Metrics) ClientRegistryChange(action string) {
 func (m *Metrics) ReplyError(endpoint string) {
 	if m != nil {
 		m.replyErrors.WithLabelValues(endpoint).Inc()
+	}
+}
+
+// ListenerHooks counts the connections of the HTTP listener named
+// listener, whose cap is limit.
+func (m *Metrics) ListenerHooks(listener string, limit int) connlimit.Hooks {
+	m.connectionsLimit.WithLabelValues(listener).Set(float64(limit))
+	open := m.connections.WithLabelValues(listener)
+	refused := m.connectionsRefused.WithLabelValues(listener)
+	return connlimit.Hooks{Opened: open.Inc, Closed: open.Dec, Refused: refused.Inc}
+}
+
+// Dropped counts a request answered without being run.
+func (m *Metrics) Dropped(transport, endpoint, reason string) {
+	if m != nil {
+		m.requestsDropped.WithLabelValues(transport, endpoint, reason).Inc()
 	}
 }
 

@@ -80,7 +80,14 @@ func (o *OAuth) refresh(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		return tokenResponse{}, &oauthError{status: http.StatusBadRequest, code: domain.EInvalidTarget,
 			description: "one resource per request: each access token has one audience"}
 	}
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	// A client that went away cannot get the new token, and its retry of
+	// this one would then be judged a replay; once started, the refresh
+	// runs to the end whatever the client does, never half done.
+	if ctx.Err() != nil {
+		o.svc.Metrics.Dropped("http", "token", droppedCallerGone)
+		return tokenResponse{}, dropErrors[droppedCallerGone]
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 	defer cancel()
 	g, err := o.svc.Tokens.Refresh(ctx, req)
 	if err != nil {

@@ -30,10 +30,13 @@ const Version = "0.2.0"
 // temporarily_unavailable instead of hanging the caller.
 const requestTimeout = 5 * time.Second
 
+// RequestTimeout is requestTimeout for those who size around it: every
+// HTTP handler ends within it too.
+const RequestTimeout = requestTimeout
+
 // Commands and queries are bounded separately per instance, so a burst of
-// slow audits cannot hold the slots refreshes need. Past its bound an
-// endpoint's subscription stops reading and NATS buffers, which is the
-// backpressure.
+// slow audits cannot hold the slots refreshes need. Past its bound a
+// request waits a little for a slot, or is answered busy (async).
 const (
 	DefaultCommandsInFlight = 1024
 	DefaultQueriesInFlight  = 64
@@ -142,13 +145,26 @@ func (s *Service) Stop() {
 // async runs each request on a goroutine of its own, holding one of slots:
 // a subscription delivers messages one at a time, and one slow family must
 // not hold up the others.
+//
+// It never blocks the subscription: a request that finds every slot taken
+// waits on a goroutine of its own, at most until startBy, and as many may
+// wait as there are slots; past that it is answered at once. A request
+// left in the subscription's buffer instead would wait there unmeasured,
+// and could start after its caller gave up.
 func (s *Service) async(name string, base context.Context, timeout time.Duration, slots chan struct{}, handle func(context.Context, []byte) (any, error),
 	measure func(string, error, time.Duration)) micro.HandlerFunc {
+	waiting := make(chan struct{}, cap(slots))
 	return func(req micro.Request) {
 		start := time.Now()
 		// Replies go straight to the reply subject: micro's request object
 		// is not safe to use once its handler has returned.
 		reply := req.Reply()
+		latest, lateReason, err := startBy(start, req.Headers())
+		if err != nil {
+			measure(name, err, time.Since(start))
+			s.respondError(name, reply, err)
+			return
+		}
 		s.mu.RLock()
 		if s.stopping {
 			s.mu.RUnlock()
@@ -157,9 +173,22 @@ func (s *Service) async(name string, base context.Context, timeout time.Duration
 		}
 		s.inFlight.Add(1)
 		s.mu.RUnlock()
-		slots <- struct{}{}
-		s.workers.run(func() {
-			defer func() { <-slots; s.inFlight.Done() }()
+		drop := func(reason string) {
+			defer s.inFlight.Done()
+			s.Metrics.Dropped("nats", name, reason)
+			measure(name, dropErrors[reason], time.Since(start))
+			s.handled.Add(1)
+			s.respondError(name, reply, dropErrors[reason])
+		}
+		run := func() {
+			defer func() { <-slots }()
+			// Checked right before the request runs; once it runs, it runs
+			// to the end (base is never cancelled by the caller).
+			if time.Now().After(latest) {
+				drop(lateReason)
+				return
+			}
+			defer s.inFlight.Done()
 			defer func() {
 				if p := recover(); p != nil {
 					s.Log.Error("handler panic", "endpoint", name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -192,7 +221,33 @@ func (s *Service) async(name string, base context.Context, timeout time.Duration
 				s.Log.Error("reply not sent", "endpoint", name, "bytes", len(data), "err", err)
 				s.respondError(name, reply, domain.Errorf(domain.EServerError, "reply could not be sent"))
 			}
-		})
+		}
+		select {
+		case slots <- struct{}{}:
+			s.workers.run(run)
+			return
+		default:
+		}
+		select {
+		case waiting <- struct{}{}:
+		default:
+			drop(droppedQueueFull)
+			return
+		}
+		go func() {
+			// A freed slot goes to the longest waiting sender first, so
+			// requests start in the order they came.
+			wait := time.NewTimer(time.Until(latest))
+			defer wait.Stop()
+			select {
+			case slots <- struct{}{}:
+				<-waiting
+				run()
+			case <-wait.C:
+				<-waiting
+				drop(lateReason)
+			}
+		}()
 	}
 }
 

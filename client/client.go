@@ -161,6 +161,11 @@ func call[Reply any](ctx context.Context, c *Client, subjectSuffix string, req a
 // *json.RawMessage or *[]byte (it receives a copy of the body exactly as
 // received), or anything encoding/json decodes into.
 //
+// The request tells tokend how long the caller will wait (from ctx's
+// deadline, or Timeout), so a request that waited too long in tokend is
+// answered temporarily_unavailable instead of being run after the caller
+// has gone.
+//
 // An error answer from the service is returned as *Error. Transport failures
 // (no responders, timeout, closed connection) are returned wrapped, with the
 // subject, so errors.Is(err, nats.ErrNoResponders) and
@@ -183,7 +188,14 @@ func (c *Client) Request(ctx context.Context, subjectSuffix string, req any, rep
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	// tokend does not start a request it cannot start in the time the
+	// caller has left, which it learns from this header (the time left,
+	// not the deadline, so the two clocks need not agree).
+	deadline, _ := ctx.Deadline()
+	out := nats.NewMsg(subject)
+	out.Data = data
+	out.Header.Set(wire.HeaderTimeout, strconv.FormatInt(max(time.Until(deadline).Milliseconds(), 0), 10))
+	msg, err := c.nc.RequestMsgWithContext(ctx, out)
 	if err != nil {
 		return fmt.Errorf("%s: %w", subject, err)
 	}

@@ -328,3 +328,33 @@ func TestFamilyNotFound(t *testing.T) {
 		t.Fatalf("err = %#v", err)
 	}
 }
+
+// TestRequestSaysHowLongTheCallerWaits: every request carries the time
+// its caller has left, from the context's deadline or else Timeout, so
+// tokend can leave alone what would be answered too late.
+func TestRequestSaysHowLongTheCallerWaits(t *testing.T) {
+	nc := connect(t)
+	sent := make(chan string, 2)
+	respond(t, nc, "tokens.cmd.refresh", func(m *nats.Msg) *nats.Msg {
+		sent <- m.Header.Get(wire.HeaderTimeout)
+		return &nats.Msg{Data: []byte(`{}`)}
+	})
+	c := client.New(nc, "")
+	c.Timeout = 3 * time.Second
+	for _, tc := range []struct {
+		ctx      context.Context
+		min, max time.Duration
+	}{
+		{context.Background(), time.Millisecond, 3 * time.Second}, // c.Timeout
+		{ctx(t), 4 * time.Second, 5 * time.Second},                // the context's 5 s beat c.Timeout
+	} {
+		if _, err := c.Refresh(tc.ctx, wire.RefreshRequest{RefreshToken: "rt", ClientID: "web"}); err != nil {
+			t.Fatal(err)
+		}
+		v := <-sent
+		ms, err := time.ParseDuration(v + "ms")
+		if err != nil || ms < tc.min || ms > tc.max {
+			t.Errorf("%s = %q, want between %v and %v", wire.HeaderTimeout, v, tc.min, tc.max)
+		}
+	}
+}

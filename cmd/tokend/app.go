@@ -82,6 +82,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if a.lock, err = lockDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	fdLimit, err := a.fitConnections()
+	if err != nil {
+		return nil, err
+	}
 	if err := a.connect(); err != nil {
 		return nil, err
 	}
@@ -178,7 +182,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	})
 	log.Info("tokend ready", "version", api.Version, "nats", a.NATSURL(), "http", a.HTTPAddr(), "audit_http", a.AuditAddr(),
 		"oauth_http", a.OAuthAddr(), "issuer", a.issuer, "issuer_derived", a.issuerDerived,
-		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil)
+		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil,
+		"fd_limit", fdLimit, "max_conns", describeCaps(a.cfg.connCaps()))
 	return a, nil
 }
 
@@ -229,11 +234,12 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 		return fmt.Errorf("--http listen: %w", err)
 	}
 	handler := a.api.OpsHandler(a.ready, metricsHandler(reg), a.cfg.V1OpenAudit)
+	a.http = a.newHTTPServer(handler)
 	if a.cfg.Pprof {
-		handler = withPprof(handler)
+		a.http.Handler = withPprof(handler)
+		a.http.WriteTimeout = max(a.http.WriteTimeout, pprofWriteTimeout)
 	}
-	a.http = &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-	go a.serve(a.http, a.httpLn)
+	go a.serve(a.http, a.limitConns(a.httpLn, "http", a.cfg.HTTPMaxConns, false))
 
 	if a.oauthLn != nil {
 		if err := a.serveOAuth(); err != nil {
@@ -254,9 +260,9 @@ func (a *App) serveHTTP(reg *prometheus.Registry) error {
 	if a.auditLn, err = net.Listen("tcp", a.cfg.AuditHTTP.Addr); err != nil {
 		return fmt.Errorf("--audit-http listen: %w", err)
 	}
-	a.audit = &http.Server{Handler: api.WithClientAddress(clientAddr, guard.Wrap(a.api.AuditHandler())), TLSConfig: tlsConfig,
-		ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
-	go a.serve(a.audit, tls.NewListener(a.auditLn, tlsConfig))
+	a.audit = a.newHTTPServer(api.WithClientAddress(clientAddr, guard.Wrap(a.api.AuditHandler())))
+	a.audit.TLSConfig, a.audit.ErrorLog = tlsConfig, slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)
+	go a.serve(a.audit, tls.NewListener(a.limitConns(a.auditLn, "audit", a.cfg.AuditHTTP.MaxConns, true), tlsConfig))
 	return nil
 }
 
@@ -300,10 +306,11 @@ func (a *App) serveOAuth() error {
 		return err
 	}
 	oauth := api.NewOAuth(a.api, a.clients, a.issuer, a.assertions, a.log.With("component", "oauth"))
-	a.oauth = &http.Server{Handler: api.WithClientAddress(clientAddr, oauth.Handler()), ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
-	ln := a.oauthLn
-	if a.cfg.OAuthHTTP.TLSCert != "" {
+	a.oauth = a.newHTTPServer(api.WithClientAddress(clientAddr, oauth.Handler()))
+	a.oauth.ErrorLog = slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)
+	underTLS := a.cfg.OAuthHTTP.TLSCert != ""
+	ln := a.limitConns(a.oauthLn, "oauth", a.cfg.OAuthHTTP.MaxConns, underTLS)
+	if underTLS {
 		cert, err := tls.LoadX509KeyPair(a.cfg.OAuthHTTP.TLSCert, a.cfg.OAuthHTTP.TLSKey)
 		if err != nil {
 			return fmt.Errorf("--oauth-tls-cert/--oauth-tls-key: %w", err)

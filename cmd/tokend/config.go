@@ -67,12 +67,18 @@ type Config struct {
 	// a caller's address behind a proxy (clientAddr).
 	TrustedProxies  string
 	ForwardedHeader clientaddr.Header
+
+	// Every HTTP listener's timeouts, and the --http listener's and the
+	// embedded NATS server's connection caps (listeners.go).
+	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	HTTPMaxConns, NATSMaxConns                         int
 }
 
 // OAuthHTTPConfig is the OAuth endpoints' listener, which faces clients.
 type OAuthHTTPConfig struct {
 	Addr            string // empty: no OAuth listener
 	TLSCert, TLSKey string // empty: plain HTTP (behind a TLS-terminating proxy)
+	MaxConns        int    // connections open at once
 }
 
 // AuditHTTPConfig is the audit API's own listener: TLS always, and callers
@@ -84,6 +90,7 @@ type AuditHTTPConfig struct {
 	ClientCA      string // verify client certificates against this CA
 	TokensFile    string // bearer tokens, as SHA-256 hashes
 	MaxConcurrent int
+	MaxConns      int // connections open at once
 }
 
 // envName is the variable that sets a flag: TOKEND_ and the flag's name in
@@ -223,8 +230,15 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
 	fs.Float64Var(&c.ForeignRate, "rate-foreign-per-client", 5, "refresh tokens of other clients' families a client may present per second, on average (0: no limit); charged to the presenting client, never to the owner's family")
 	fs.IntVar(&c.ForeignBurst, "rate-foreign-burst", 20, "such presentations allowed at once above the rate")
-	fs.IntVar(&c.MaxCommands, "max-commands-in-flight", api.DefaultCommandsInFlight, "commands (issue, refresh, revoke) handled at once; more wait in NATS")
-	fs.IntVar(&c.MaxQueries, "max-queries-in-flight", api.DefaultQueriesInFlight, "queries handled at once, apart from the commands' budget so slow audits cannot stall refreshes; more wait in NATS")
+	fs.IntVar(&c.MaxCommands, "max-commands-in-flight", api.DefaultCommandsInFlight, "commands (issue, refresh, revoke) handled at once; as many more may wait up to 1s for a slot, the rest are answered temporarily_unavailable")
+	fs.IntVar(&c.MaxQueries, "max-queries-in-flight", api.DefaultQueriesInFlight, "queries handled at once, apart from the commands' budget so slow audits cannot stall refreshes; as many more may wait up to 1s")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", 10*time.Second, "every HTTP listener: the longest a client may take to send a request, headers and body (a valid one is a few KiB)")
+	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", 20*time.Second, "every HTTP listener: the longest from reading a request's headers to having written its answer; at least --http-read-timeout plus 5s, the longest a handler runs")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", 60*time.Second, "every HTTP listener: how long a keep-alive connection may wait for its next request")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", defaultHTTPMaxConns, "connections the --http listener keeps open at once; more are answered 503 with Retry-After and closed")
+	fs.IntVar(&c.OAuthHTTP.MaxConns, "oauth-max-conns", defaultOAuthMaxConns, "connections the OAuth listener keeps open at once; more are answered 503 with Retry-After (closed, under TLS)")
+	fs.IntVar(&c.AuditHTTP.MaxConns, "audit-max-conns", defaultAuditMaxConns, "connections the audit listener keeps open at once; more are closed")
+	fs.IntVar(&c.NATSMaxConns, "nats-max-conns", defaultNATSMaxConns, "embedded server: client connections it accepts, tokend's own included (a max_connections in --nats-config wins)")
 	fs.Uint64Var(&c.ReadyMaxLag, "ready-max-lag", 10000, "/readyz fails while the projections are more than this many events behind the stream")
 	fs.BoolVar(&c.ClientRegistry, "client-registry", false, "enforce the client registry (TOKENS_CLIENTS, managed with tokenctl clients): only registered clients get tokens, within their scopes and audiences; when off the registry is still kept and administered, but not enforced")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the HTTP address (for benchmarks and incidents; keep the address private)")
@@ -302,6 +316,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("--nats-tls-* apply to --nats-url; the embedded server's TLS comes from --nats-config")
 	}
 	if _, err := c.clientAddr(); err != nil {
+		return err
+	}
+	if err := c.validateListeners(); err != nil {
 		return err
 	}
 	if c.V1OpenAudit && !loopback(c.HTTPAddr) {

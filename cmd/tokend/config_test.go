@@ -33,6 +33,8 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 		FamilyCache: 16384, RefreshRate: 10, RefreshBurst: 20, IssueRate: 200, IssueBurst: 400, ForeignRate: 5, ForeignBurst: 20,
 		ReadyMaxLag: 10000, MaxCommands: 1024, MaxQueries: 64, LogLevel: "info", AuditHTTP: AuditHTTPConfig{MaxConcurrent: 4}, JSCipher: "chacha", EventState: "compact",
 		Retention: 2160 * time.Hour, ArchiveAfter: 8760 * time.Hour, ForwardedHeader: "x-forwarded-for"}
+	want.HTTPReadTimeout, want.HTTPWriteTimeout, want.HTTPIdleTimeout = 10*time.Second, 20*time.Second, 60*time.Second
+	want.HTTPMaxConns, want.OAuthHTTP.MaxConns, want.AuditHTTP.MaxConns, want.NATSMaxConns = 256, 1024, 64, 1024
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
 	}
@@ -76,6 +78,11 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"--oauth-http", ":8443"},
 		{"--oauth-http", "0.0.0.0:8443"},
 		{"--oauth-http", "[::]:8443"},
+		{"--http-read-timeout", "0s"},
+		{"--http-idle-timeout", "-1s"},
+		{"--http-read-timeout", "10s", "--http-write-timeout", "14s"},
+		{"--oauth-max-conns", "0"},
+		{"--nats-max-conns", "0"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, none, io.Discard); err == nil {

@@ -177,6 +177,12 @@ func embeddedOptions(cfg Config) (*server.Options, error) {
 			opts.JetStreamCipher = server.AES
 		}
 	}
+	// Unbounded, the server takes clients until the process is out of
+	// file descriptors, and then neither it nor tokend can accept or open
+	// anything; past its bound a client is refused at once.
+	if opts.MaxConn == 0 {
+		opts.MaxConn = cfg.NATSMaxConns
+	}
 	opts.MaxPayload = max(opts.MaxPayload, minMaxPayload)
 	opts.NoSigs = true // tokend handles the signals
 	return opts, nil
