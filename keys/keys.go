@@ -41,6 +41,12 @@ const (
 	KeyRetired KeyState = "retired"
 )
 
+// Kinds of key, as Infos and Revocation name them.
+const (
+	KindMAC     = "mac"     // refresh-token MAC keys
+	KindSigning = "signing" // access-token signing keys
+)
+
 // Keyset is every key a deployment holds: one current key of each kind, at
 // most one next key of each kind, and the retired keys that still verify.
 //
@@ -58,8 +64,9 @@ type KeyInfo struct {
 	ID        string    `json:"kid"`
 	State     KeyState  `json:"state"`
 	CreatedAt time.Time `json:"created_at"`
-	// RetiredAt and ExpiresAt are set on retired keys: the key is dropped at
-	// the first change after ExpiresAt.
+	// RetiredAt and ExpiresAt are set on retired keys: at ExpiresAt the key
+	// stops verifying and leaves the JWKS on every instance (InEffect), and
+	// the next change drops it from the bucket.
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
@@ -155,6 +162,38 @@ func (ks Keyset) settled(now time.Time, life Lifetimes) Keyset {
 	return Keyset{MAC: settle(ks.MAC, now, life.mac()), Signing: settle(ks.Signing, now, life.signing())}
 }
 
+// InEffect returns the keys that verify at now: ks without the retired keys
+// past their expiry, whether or not a change has dropped them from the
+// bucket yet. next is the earliest expiry still ahead, zero if none: when
+// the keys in effect change next without a write. Retired keys of the old
+// format, without an expiry, stay until a change gives them one.
+func (ks Keyset) InEffect(now time.Time) (_ Keyset, next time.Time) {
+	mac, nextMAC := inEffect(ks.MAC, now)
+	signing, nextSigning := inEffect(ks.Signing, now)
+	for _, t := range []time.Time{nextMAC, nextSigning} {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return Keyset{MAC: mac, Signing: signing}, next
+}
+
+func inEffect[K any, P stated[K]](keys []K, now time.Time) (out []K, next time.Time) {
+	out = make([]K, 0, len(keys))
+	for _, k := range keys {
+		if i := P(&k).info(); i.State == KeyRetired && !i.ExpiresAt.IsZero() {
+			if !now.Before(i.ExpiresAt) {
+				continue
+			}
+			if next.IsZero() || i.ExpiresAt.Before(next) {
+				next = i.ExpiresAt
+			}
+		}
+		out = append(out, k)
+	}
+	return out, next
+}
+
 type stated[K any] interface {
 	*K
 	info() *KeyInfo
@@ -216,14 +255,14 @@ func sortKeys[K any, P stated[K]](keys []K) []K {
 	return out
 }
 
-// Infos returns what may be shown of every key, by kind ("mac", "signing").
+// Infos returns what may be shown of every key, by kind (KindMAC, KindSigning).
 func (ks Keyset) Infos() map[string][]KeyInfo {
 	out := map[string][]KeyInfo{}
 	for _, k := range ks.MAC {
-		out["mac"] = append(out["mac"], k.KeyInfo)
+		out[KindMAC] = append(out[KindMAC], k.KeyInfo)
 	}
 	for _, k := range ks.Signing {
-		out["signing"] = append(out["signing"], k.KeyInfo)
+		out[KindSigning] = append(out[KindSigning], k.KeyInfo)
 	}
 	return out
 }
@@ -231,7 +270,7 @@ func (ks Keyset) Infos() map[string][]KeyInfo {
 // summary lists the key ids by kind and state, for the log.
 func (ks Keyset) summary() string {
 	var b strings.Builder
-	for _, kind := range []string{"mac", "signing"} {
+	for _, kind := range []string{KindMAC, KindSigning} {
 		for _, i := range ks.Infos()[kind] {
 			if b.Len() > 0 {
 				b.WriteByte(' ')

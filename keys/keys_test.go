@@ -219,3 +219,44 @@ func TestKeysetRefusesBrokenKeysets(t *testing.T) {
 		t.Fatalf("a good keyset: %v", err)
 	}
 }
+
+// TestKeysetInEffect: a retired key stops being in effect at its expiry,
+// without a change of the keyset; the next expiry says when that happens.
+func TestKeysetInEffect(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	promoted, err := NewKeyset(t0).Stage(t0, testLife).Promote(t0, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	macExpiry, signingExpiry := promoted.MAC[1].ExpiresAt, promoted.Signing[1].ExpiresAt
+	for _, c := range []struct {
+		at                   time.Time
+		wantMAC, wantSigning int
+		wantNext             time.Time
+	}{
+		{t0, 2, 2, signingExpiry},
+		{signingExpiry.Add(-time.Nanosecond), 2, 2, signingExpiry},
+		{signingExpiry, 2, 1, macExpiry},
+		{macExpiry, 1, 1, time.Time{}},
+	} {
+		ks, next := promoted.InEffect(c.at)
+		if len(ks.MAC) != c.wantMAC || len(ks.Signing) != c.wantSigning || !next.Equal(c.wantNext) {
+			t.Fatalf("at %v: %s, next expiry %v; want %d MAC and %d signing keys, next %v", c.at, ks.summary(), next, c.wantMAC, c.wantSigning, c.wantNext)
+		}
+		if err := ks.validate(); err != nil {
+			t.Fatalf("at %v: %v", c.at, err)
+		}
+	}
+	if len(promoted.MAC) != 2 || len(promoted.Signing) != 2 {
+		t.Fatal("InEffect changed the keyset it was called on")
+	}
+	// A retired key of the old format has no expiry yet: it stays in
+	// effect until a change gives it one.
+	old, err := decodeKeyset([]byte(oldFormat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks, next := old.InEffect(t0.Add(100 * 365 * 24 * time.Hour)); len(ks.MAC) != 2 || !next.IsZero() {
+		t.Fatalf("old format: %s, next %v", ks.summary(), next)
+	}
+}

@@ -60,6 +60,10 @@ type Config struct {
 	// ClientRegistry enforces the client registry; it is opened and
 	// administered either way.
 	ClientRegistry bool
+
+	// keySkew, if set (tests), replaces keys.DefaultClockSkew: how long a
+	// retired key outlives the tokens made under it.
+	keySkew time.Duration
 }
 
 // OAuthHTTPConfig is the OAuth endpoints' listener, which faces clients.
