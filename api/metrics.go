@@ -11,6 +11,7 @@ import (
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
 )
 
 // Metrics are tokend's Prometheus metrics. Label values come from fixed sets
@@ -35,6 +36,7 @@ type Metrics struct {
 	registryChanges *prometheus.CounterVec
 	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
+	keysRevoked     *prometheus.CounterVec
 
 	projectionBatch   prometheus.Histogram
 	projectionApplied prometheus.Counter
@@ -121,6 +123,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.eventsAppended.WithLabelValues(t)
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	m.keysRevoked = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokend_keys_revoked_total", Help: "Keys this instance revoked (tokenctl keys revoke), by kind (mac, signing).",
+	}, []string{"kind"})
+	reg.MustRegister(m.keysRevoked)
+	for _, kind := range []string{keys.KindMAC, keys.KindSigning} {
+		m.keysRevoked.WithLabelValues(kind)
+	}
 	return m
 }
 
@@ -211,6 +220,14 @@ func (m *Metrics) ClientRegistryChange(action string) {
 func (m *Metrics) ReplyError(endpoint string) {
 	if m != nil {
 		m.replyErrors.WithLabelValues(endpoint).Inc()
+	}
+}
+
+// KeyRevoked counts a key this instance revoked, of kind keys.KindMAC or
+// keys.KindSigning.
+func (m *Metrics) KeyRevoked(kind string) {
+	if m != nil {
+		m.keysRevoked.WithLabelValues(kind).Inc()
 	}
 }
 

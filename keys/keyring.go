@@ -31,7 +31,7 @@ type LoadedKeys struct {
 
 // Keyring holds the keyset an instance uses and follows its changes: every
 // instance watches TOKENS_KEYS and swaps to a new revision as soon as it is
-// written, so a key staged or promoted on one instance reaches all
+// written, so a key staged, promoted or revoked on one instance reaches all
 // of them. A retired key leaves the keys in use at its expiry, by a timer
 // on each instance, not at the next write. Reading the keys is one atomic
 // load: the refresh path takes no lock.
@@ -303,6 +303,23 @@ func (k *Keyring) Promote(ctx context.Context, ifRevision uint64) (*LoadedKeys, 
 	return k.change(ctx, ifRevision, func(ks Keyset, now time.Time) (Keyset, error) {
 		return ks.Promote(now, k.life)
 	})
+}
+
+// Revoke removes the key kid from the keyset, whatever its state, at once;
+// a revoked current key is replaced in the same write (Keyset.Revoke).
+// ifRevision as in Stage. Every instance stops verifying the key as soon
+// as it loads the revision.
+func (k *Keyring) Revoke(ctx context.Context, kid string, ifRevision uint64) (*LoadedKeys, Revocation, error) {
+	var r Revocation
+	l, err := k.change(ctx, ifRevision, func(ks Keyset, now time.Time) (Keyset, error) {
+		next, rr, err := ks.Revoke(kid, now, k.life)
+		r = rr
+		return next, err
+	})
+	if err != nil {
+		return nil, Revocation{}, err
+	}
+	return l, r, nil
 }
 
 // change applies f to the stored keyset with a compare-and-set on its

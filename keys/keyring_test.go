@@ -375,3 +375,53 @@ func TestKeyringExpiryTimer(t *testing.T) {
 		t.Fatalf("the listener was last told %s", last)
 	}
 }
+
+// TestKeyringRevoke: a revoked key stops verifying on every instance as
+// soon as it loads the change; a revoked current key is replaced in the
+// same write.
+func TestKeyringRevoke(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	a, b := mustKeyring(t, js), mustKeyring(t, js)
+	compromised := a.Codec().Mint("f", 1, [32]byte{})
+	staged, err := a.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextMAC := one(t, byState(staged.Keys, KindMAC)[KeyNext])
+
+	_, _, err = a.Revoke(ctx, compromised.KeyID, staged.Revision+5)
+	wantCode(t, err, domain.EInvalidRequest)
+	_, _, err = a.Revoke(ctx, "unknown", 0)
+	wantCode(t, err, domain.ENotFound)
+
+	revoked, r, err := a.Revoke(ctx, compromised.KeyID, staged.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindMAC || r.Revoked.ID != compromised.KeyID || r.Current == nil || r.Current.ID != nextMAC || r.Generated {
+		t.Fatalf("revocation %+v", r)
+	}
+	waitRevision(t, b, revoked.Revision)
+	for name, k := range map[string]*Keyring{"the instance that revoked": a, "the other": b} {
+		if _, _, err := k.Parse(ctx, compromised.Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+			t.Fatalf("%s verifies a token of the revoked key: %v", name, err)
+		}
+		if tok := k.Codec().Mint("f", 1, [32]byte{}); tok.KeyID != nextMAC {
+			t.Fatalf("%s mints under %s, want the staged key %s", name, tok.KeyID, nextMAC)
+		}
+	}
+	// With nothing staged, a new key takes over.
+	_, r, err = a.Revoke(ctx, nextMAC, 0)
+	if err != nil || r.Current == nil || !r.Generated || a.Codec().Mint("f", 1, [32]byte{}).KeyID != r.Current.ID {
+		t.Fatalf("revoking the current key with nothing staged: %+v, %v", r, err)
+	}
+	kv, _ := js.KeyValue(ctx, Bucket)
+	e, err := kv.Get(ctx, keysetKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(e.Value()), compromised.KeyID) {
+		t.Fatal("the bucket still holds the revoked key")
+	}
+}
