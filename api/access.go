@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -35,12 +36,16 @@ type signer struct {
 	header []byte // the JWS protected header, base64url-encoded: the same for every token
 	jwks   []byte
 	public jose.JSONWebKeySet // what jwks holds, for Verify
+	// nextExpiry is when the first retired key of jwks expires and leaves
+	// it; zero if none will.
+	nextExpiry time.Time
 }
 
 // NewAccessTokens signs with the keyset's current signing key; the JWKS
-// holds every signing key (next, current and retired) so tokens signed
-// before a rotation still verify and resource servers learn a staged key
-// before anything is signed with it.
+// holds every signing key of the keyset (next, current and retired) so
+// tokens signed before a rotation still verify and resource servers learn
+// a staged key before anything is signed with it. Given the keys in effect
+// (keys.LoadedKeys.Keys), as Follow does, it holds no key past its expiry.
 func NewAccessTokens(ks keys.Keyset, issuer string, ttl time.Duration) (*AccessTokens, error) {
 	a := &AccessTokens{issuer: issuer, ttl: ttl}
 	if err := a.Use(ks); err != nil {
@@ -64,19 +69,25 @@ func (a *AccessTokens) Use(ks keys.Keyset) error {
 		return err
 	}
 	var set jose.JSONWebKeySet
+	var nextExpiry time.Time
 	for _, k := range ks.Signing {
 		set.Keys = append(set.Keys, jose.JSONWebKey{
 			Key: k.Private().Public().(ed25519.PublicKey), KeyID: k.ID, Algorithm: string(jose.EdDSA), Use: "sig"})
+		if !k.ExpiresAt.IsZero() && (nextExpiry.IsZero() || k.ExpiresAt.Before(nextExpiry)) {
+			nextExpiry = k.ExpiresAt
+		}
 	}
 	jwks, err := json.Marshal(set)
 	if err != nil {
 		return err
 	}
-	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks, public: set})
+	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks, public: set,
+		nextExpiry: nextExpiry})
 	return nil
 }
 
-// Follow keeps a on the keyring's keys as they rotate.
+// Follow keeps a on the keyring's keys in effect: as they rotate, are
+// revoked, and expire.
 func (a *AccessTokens) Follow(k *keys.Keyring) error {
 	return k.OnChange(func(l *keys.LoadedKeys) error { return a.Use(l.Keys) })
 }
@@ -84,11 +95,33 @@ func (a *AccessTokens) Follow(k *keys.Keyring) error {
 // JWKS returns the public key set as JSON.
 func (a *AccessTokens) JWKS() []byte { return a.signer.Load().jwks }
 
+// JWKSMaxAge is how long resource servers may cache the JWKS.
+const JWKSMaxAge = 5 * time.Minute
+
+// JWKSCacheControl returns the Cache-Control header of the JWKS served at
+// now: cacheable for JWKSMaxAge, or only until its first key expires, so
+// that resource servers drop an expired key when tokend does.
+func (a *AccessTokens) JWKSCacheControl(now time.Time) string {
+	age := JWKSMaxAge
+	if next := a.signer.Load().nextExpiry; !next.IsZero() {
+		age = max(0, min(age, next.Sub(now)))
+	}
+	return fmt.Sprintf("public, max-age=%d", int(age/time.Second))
+}
+
+// MaxTTL returns the deployment's access-token lifetime (--access-ttl):
+// the longest an access token lives, which a retired signing key stays
+// published for (keys.Lifetimes.Access).
+func (a *AccessTokens) MaxTTL() time.Duration { return a.ttl }
+
 // TTL returns the lifetime of a grant's access token: its client's, else
-// the deployment's.
+// the deployment's, and never longer than the deployment's: a token must
+// not outlive its signing key, which stays published for the deployment's
+// lifetime after it retires. Registration refuses longer lifetimes; this
+// holds if --access-ttl was lowered since.
 func (a *AccessTokens) TTL(g tokens.Grant) time.Duration {
 	if g.AccessTTL > 0 {
-		return g.AccessTTL
+		return min(g.AccessTTL, a.ttl)
 	}
 	return a.ttl
 }
@@ -141,8 +174,8 @@ type AccessClaims struct {
 var errNotOurs = errors.New("not a valid access token of this deployment")
 
 // Verify checks that token is an unexpired access token this deployment
-// signed (with any key of its JWKS, retired ones included) and returns its
-// claims.
+// signed (with any key of its JWKS, retired ones included, none past its
+// expiry or revoked) and returns its claims.
 func (a *AccessTokens) Verify(token string, now time.Time) (AccessClaims, error) {
 	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA})
 	if err != nil || len(tok.Headers) != 1 || tok.Headers[0].ExtraHeaders[jose.HeaderType] != "at+jwt" {

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -9,6 +12,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/tokens"
 )
@@ -141,4 +145,127 @@ func TestAccessTokenVerify(t *testing.T) {
 			t.Errorf("%s token verified", name)
 		}
 	}
+}
+
+// TestAccessTTLCappedAtTheDeployments: a client's access lifetime longer
+// than --access-ttl (registered before the flag was lowered) is cut to it,
+// in the token and in expires_in.
+func TestAccessTTLCappedAtTheDeployments(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	a, err := NewAccessTokens(keys.NewKeyset(now), "https://tokend.example", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := tokens.Grant{Family: domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}, AccessTTL: 2 * time.Hour}
+	tok, _ := a.Mint(g, now)
+	c, err := a.Verify(tok, now)
+	if err != nil || !c.Expiry.Time().Equal(now.Add(5*time.Minute)) || a.TTL(g) != 5*time.Minute || a.MaxTTL() != 5*time.Minute {
+		t.Fatalf("a 2h client lifetime under --access-ttl 5m: expiry %v, TTL %v: %v", c.Expiry.Time(), a.TTL(g), err)
+	}
+}
+
+// TestAccessTokensOutliveNoRotation: a token of the longest lifetime a
+// client may have verifies until it expires, however often the keys
+// rotate meanwhile; the signing key leaves the JWKS only after that.
+func TestAccessTokensOutliveNoRotation(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	const ttl = 10 * time.Minute
+	// As tokend wires it: signing keys live --access-ttl after they retire.
+	ring, err := keys.OpenKeyring(ctx, js, 1, keys.Lifetimes{Refresh: time.Hour, Access: ttl}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAccessTokens(ring.Loaded().Keys, "https://tokend.example", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Follow(ring); err != nil {
+		t.Fatal(err)
+	}
+	// The client was registered with 3 h, before --access-ttl was lowered.
+	g := tokens.Grant{Family: domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}, AccessTTL: 3 * time.Hour}
+	minted := time.Now()
+	tok, _ := a.Mint(g, minted)
+	for range 2 {
+		staged, err := ring.Stage(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ring.Promote(ctx, staged.Revision); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := a.Verify(tok, time.Now())
+	if err != nil {
+		t.Fatalf("after two rotations: %v", err)
+	}
+	// The keys in effect a moment before the token expires still hold its
+	// key (keys.Keyset.InEffect is what the keyring switches to as keys
+	// expire).
+	lastMoment := c.Expiry.Time().Add(-time.Second)
+	inEffect, _ := ring.Loaded().Keys.InEffect(lastMoment)
+	if err := a.Use(inEffect); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Verify(tok, lastMoment); err != nil {
+		t.Fatalf("a second before it expires, at %v: %v", lastMoment.Sub(minted), err)
+	}
+	if _, err := a.Verify(tok, c.Expiry.Time().Add(time.Second)); err == nil {
+		t.Fatal("verified once expired")
+	}
+}
+
+// TestJWKSCacheControl: resource servers may cache the JWKS for 5 minutes,
+// or only until its first key expires.
+func TestJWKSCacheControl(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	life := keys.Lifetimes{Refresh: time.Hour, Access: time.Minute, Skew: time.Minute}
+	ks := keys.NewKeyset(now)
+	a, err := NewAccessTokens(ks, "https://tokend.example", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.JWKSCacheControl(now); got != "public, max-age=300" {
+		t.Fatalf("without a retired key: %s", got)
+	}
+	promoted, err := ks.Stage(now, life).Promote(now, life) // the old signing key expires at now+2m
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Use(promoted); err != nil {
+		t.Fatal(err)
+	}
+	for at, want := range map[time.Duration]string{
+		0:                 "public, max-age=120",
+		90 * time.Second:  "public, max-age=30",
+		2 * time.Minute:   "public, max-age=0",
+		10 * time.Minute:  "public, max-age=0",
+		-10 * time.Minute: "public, max-age=300",
+	} {
+		if got := a.JWKSCacheControl(now.Add(at)); got != want {
+			t.Errorf("at +%v: %s, want %s", at, got, want)
+		}
+	}
+}
+
+// TestClientsAdminAccessTTLWithinDeployment: a client may not be given
+// access tokens longer-lived than the deployment's, whose signing keys
+// stay published only that long after they retire.
+func TestClientsAdminAccessTTLWithinDeployment(t *testing.T) {
+	url := eventstest.MustJetStream(t).ClientURL()
+	startClientsAdmin(t, url)
+	nc := eventstest.MustConnect(t, url)
+	put := func(body string, out any) (string, string) {
+		t.Helper()
+		return clientsCall(t, nc, SubjectClientsPut, nil, body, out)
+	}
+	raw, code := put(`{"client_id":"spa","type":"public","scopes":[],"audiences":[],"by":"alice","access_ttl":"5m1s"}`, nil)
+	wantClientsError(t, raw, domain.EInvalidRequest, code, "access_ttl 5m1s is longer than this deployment's --access-ttl 5m0s")
+	var created ClientChangeView
+	if raw, code = put(`{"client_id":"spa","type":"public","scopes":[],"audiences":[],"by":"alice","access_ttl":"5m"}`, &created); code != "" {
+		t.Fatalf("access_ttl equal to --access-ttl: %s", raw)
+	}
+	raw, code = put(fmt.Sprintf(`{"client_id":"spa","type":"public","scopes":[],"audiences":[],"by":"alice","access_ttl":"2h","revision":%d}`, created.Revision), nil)
+	wantClientsError(t, raw, domain.EInvalidRequest, code, "--access-ttl")
 }

@@ -206,6 +206,11 @@ func (s *Service) putClient(ctx context.Context, data []byte, who registry.Actor
 		return nil, domain.Errorf(domain.EInvalidRequest, "refresh_absolute_ttl %v is longer than this deployment's --refresh-absolute-ttl %v",
 			c.RefreshAbsoluteTTL, limit)
 	}
+	// An access token must not outlive its signing key, which stays
+	// published for the deployment's access lifetime after it retires.
+	if limit := s.Access.MaxTTL(); c.AccessTTL > limit {
+		return nil, domain.Errorf(domain.EInvalidRequest, "access_ttl %v is longer than this deployment's --access-ttl %v", c.AccessTTL, limit)
+	}
 	who.By = in.By
 	e, err := s.Clients.Put(ctx, c, in.SecretSHA256, in.Revision, who)
 	if err != nil {

@@ -21,6 +21,9 @@ import (
 	"github.com/tokend/tokend/tokens"
 )
 
+// adminAccessTTL is the --access-ttl of the instances startClientsAdmin runs.
+const adminAccessTTL = 5 * time.Minute
+
 // startClientsAdmin runs the NATS face of one instance with a client
 // registry on the JetStream server at url; it serves nothing that would
 // need the event stream.
@@ -38,7 +41,11 @@ func startClientsAdmin(t *testing.T, url string) *registry.Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Service{Tokens: tokens.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg,
+	access, err := NewAccessTokens(keys.NewKeyset(time.Now()), "https://tokend.example", adminAccessTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Service{Tokens: tokens.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg, Access: access,
 		Log: slog.New(slog.DiscardHandler), Now: time.Now}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)

@@ -36,7 +36,7 @@ func (s *Service) OpsHandler(ready ReadinessCheck, metrics http.Handler, openAud
 	})
 	mux.HandleFunc("GET /.well-known/jwks.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
-		w.Header().Set("Cache-Control", "public, max-age=300")
+		w.Header().Set("Cache-Control", s.Access.JWKSCacheControl(s.Now()))
 		w.Write(s.Access.JWKS())
 	})
 	if metrics != nil {

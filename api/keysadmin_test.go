@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
@@ -26,6 +30,12 @@ import (
 // startInstance runs the NATS face of one tokend instance with its own
 // keyring on the shared JetStream server at url.
 func startInstance(t *testing.T, url string) *Service {
+	t.Helper()
+	return startLoggingInstance(t, url, io.Discard)
+}
+
+// startLoggingInstance is startInstance logging to logs, with metrics.
+func startLoggingInstance(t *testing.T, url string, logs io.Writer) *Service {
 	t.Helper()
 	ctx := context.Background()
 	nc := eventstest.MustConnect(t, url)
@@ -50,7 +60,8 @@ func startInstance(t *testing.T, url string) *Service {
 	cmds := tokens.NewService(events.NewWriter(events.NewStore(nc, js, stream, subjects), 64), ring.Codec(),
 		domain.Policy{ReuseInterval: time.Minute, IdleTTL: time.Hour, AbsoluteTTL: time.Hour}, time.Now)
 	cmds.UseKeyring(ring)
-	s := &Service{Tokens: cmds, Access: access, Log: slog.New(slog.DiscardHandler), Now: time.Now}
+	s := &Service{Tokens: cmds, Access: access, Log: slog.New(slog.NewTextHandler(logs, nil)), Now: time.Now,
+		Metrics: NewMetrics(prometheus.NewRegistry())}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)
 	}
@@ -247,4 +258,134 @@ func jwtHeader(t *testing.T, token string) string {
 		t.Fatal(err)
 	}
 	return tok.Headers[0].KeyID
+}
+
+// lockedBuffer is a log both instances write to.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func keysRevoked(t *testing.T, s *Service, kind string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := s.Metrics.keysRevoked.WithLabelValues(kind).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// TestKeysAdminRevoke: a revoked signing key leaves every instance's JWKS
+// and stops verifying access tokens at once; a revoked current key is
+// replaced in the same change; the revocation is logged and counted.
+func TestKeysAdminRevoke(t *testing.T) {
+	url := eventstest.MustJetStream(t).ClientURL()
+	logs := &lockedBuffer{}
+	a, b := startLoggingInstance(t, url, logs), startLoggingInstance(t, url, logs)
+	nc := eventstest.MustConnect(t, url)
+	grant := tokens.Grant{Family: domain.Family{ID: "fam", Subject: "u", ClientID: "c"}}
+	signed, _ := a.Access.Mint(grant, time.Now())
+	compromised := jwtHeader(t, signed)
+	for _, s := range []*Service{a, b} {
+		if _, err := s.Access.Verify(signed, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	revoke := func(body string) (KeysRevoked, *nats.Msg) {
+		t.Helper()
+		m, err := nc.Request("tokens."+SubjectKeysRevoke, []byte(body), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r KeysRevoked
+		if m.Header.Get(micro.ErrorCodeHeader) == "" {
+			if err := json.Unmarshal(m.Data, &r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return r, m
+	}
+	for body, want := range map[string]string{
+		`{"kid":"` + compromised + `","by":"alice"}`:                                 `"error":"invalid_request","error_description":"reason is required"`,
+		`{"kid":"` + compromised + `","reason":"leaked"}`:                            `"error":"invalid_request","error_description":"by is required`,
+		`{"reason":"leaked","by":"alice"}`:                                           `"error":"invalid_request","error_description":"kid is required`,
+		`{"kid":"nobody","reason":"leaked","by":"alice"}`:                            `"error":"not_found"`,
+		`{"kid":"` + compromised + `","reason":"leaked","by":"alice","revision":99}`: `"error":"invalid_request","error_description":"the keyset is at revision`,
+	} {
+		if _, m := revoke(body); m.Header.Get(micro.ErrorCodeHeader) == "" || !strings.Contains(string(m.Data), want) {
+			t.Errorf("%s: %q, want %s", body, m.Data, want)
+		}
+	}
+	if keysRevoked(t, a, "signing")+keysRevoked(t, b, "signing") != 0 {
+		t.Fatal("refused revocations were counted")
+	}
+
+	r, m := revoke(`{"kid":"` + compromised + `","reason":"seed found in a paste","by":"alice"}`)
+	if r.Revoked.Kid != compromised || r.Revoked.Kind != "signing" || r.Revoked.State != "current" || !r.Generated ||
+		r.Replacement == nil || r.Replacement.Kid != stateOf(r.KeysStatus, "signing", "current") || r.Replacement.PromotedAt == "" ||
+		slices.ContainsFunc(r.Keys, func(k KeyView) bool { return k.Kid == compromised }) {
+		t.Fatalf("revoke reply %s", m.Data)
+	}
+	for _, secret := range []string{"secret", "seed\""} {
+		if strings.Contains(string(m.Data), secret) {
+			t.Fatalf("the revoke reply shows key material: %s", m.Data)
+		}
+	}
+	awaitAll(t, nc, r.Revision)
+	for _, s := range []*Service{a, b} {
+		if _, err := s.Access.Verify(signed, time.Now()); err == nil {
+			t.Fatal("an access token of the revoked key still verifies")
+		}
+		if strings.Contains(string(s.Access.JWKS()), compromised) {
+			t.Fatalf("the JWKS still holds the revoked key: %s", s.Access.JWKS())
+		}
+		tok, _ := s.Access.Mint(grant, time.Now())
+		if jwtHeader(t, tok) != r.Replacement.Kid {
+			t.Fatalf("signed with %s after the revocation, want %s", jwtHeader(t, tok), r.Replacement.Kid)
+		}
+		verify(t, s.Access.JWKS(), tok)
+	}
+	if n := keysRevoked(t, a, "signing") + keysRevoked(t, b, "signing"); n != 1 || keysRevoked(t, a, "mac")+keysRevoked(t, b, "mac") != 0 {
+		t.Fatalf("tokend_keys_revoked_total{kind=signing} is %v", n)
+	}
+	lines := strings.Split(logs.String(), "\n")
+	line := lines[slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, `msg="key revoked"`) })]
+	for _, want := range []string{"level=WARN", "kid=" + compromised, "kind=signing", "state=current", `reason="seed found in a paste"`,
+		"by=alice", "current=" + r.Replacement.Kid, "generated=true"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the log line lacks %s: %s", want, line)
+		}
+	}
+
+	// A staged key takes over from a revoked current one; the NATS user
+	// stands for by.
+	staged, _ := adminRequest(t, nc, SubjectKeysStage, `{}`)
+	mac, nextMAC := stateOf(staged, "mac", "current"), stateOf(staged, "mac", "next")
+	msg := nats.NewMsg("tokens." + SubjectKeysRevoke)
+	msg.Data = []byte(`{"kid":"` + mac + `","reason":"host lost"}`)
+	msg.Header = nats.Header{"Nats-Request-Info": []string{`{"user":"ops-admin"}`}}
+	m, err := nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var byStaged KeysRevoked
+	if err := json.Unmarshal(m.Data, &byStaged); err != nil || byStaged.Generated || byStaged.Replacement == nil || byStaged.Replacement.Kid != nextMAC {
+		t.Fatalf("revoking the current MAC key with one staged: %s", m.Data)
+	}
+	if !strings.Contains(logs.String(), "nats_user=ops-admin") {
+		t.Fatalf("the NATS user is not logged:\n%s", logs.String())
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/tokend/tokend/connlimit"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/tokens"
 )
@@ -39,6 +40,7 @@ type Metrics struct {
 	registryChanges *prometheus.CounterVec
 	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
+	keysRevoked     *prometheus.CounterVec
 
 	oauthIntrospections *prometheus.CounterVec
 	natsIntrospections  *prometheus.CounterVec
@@ -128,6 +130,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		projectionApplied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_projection_events_applied_total", Help: "Stream messages applied to the read model.",
 		}),
+		keysRevoked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_keys_revoked_total", Help: "Keys this instance revoked (tokenctl keys revoke), by kind (mac, signing).",
+		}, []string{"kind"}),
 		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokend_http_connections", Help: "Connections open on an HTTP listener (http, oauth, audit).",
 		}, []string{"listener"}),
@@ -146,7 +151,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied,
-		m.oauthIntrospections, m.natsIntrospections, buildInfo())
+		m.oauthIntrospections, m.natsIntrospections, m.keysRevoked, buildInfo())
 	// Series of the label values known in advance start at 0, so rates,
 	// dashboards and alerts see them before the first event, not from it.
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
@@ -176,6 +181,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		for _, caller := range []string{callerOwnClient, callerResourceServer, callerNotAllowed, callerUnknown} {
 			m.oauthIntrospections.WithLabelValues(caller, result)
 		}
+	}
+	for _, kind := range []string{keys.KindMAC, keys.KindSigning} {
+		m.keysRevoked.WithLabelValues(kind)
 	}
 	return m
 }
@@ -324,6 +332,14 @@ func (m *Metrics) ListenerHooks(listener string, limit int) connlimit.Hooks {
 func (m *Metrics) Dropped(transport, endpoint, reason string) {
 	if m != nil {
 		m.requestsDropped.WithLabelValues(transport, endpoint, reason).Inc()
+	}
+}
+
+// KeyRevoked counts a key this instance revoked, of kind keys.KindMAC or
+// keys.KindSigning.
+func (m *Metrics) KeyRevoked(kind string) {
+	if m != nil {
+		m.keysRevoked.WithLabelValues(kind).Inc()
 	}
 }
 

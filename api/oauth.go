@@ -61,7 +61,7 @@ func (o *OAuth) Handler() http.Handler {
 	mux.HandleFunc("GET "+PathMetadata, o.metadata)
 	mux.HandleFunc("GET "+PathJWKS, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
-		w.Header().Set("Cache-Control", "public, max-age=300")
+		w.Header().Set("Cache-Control", o.svc.Access.JWKSCacheControl(o.svc.Now()))
 		w.Write(o.svc.Access.JWKS())
 	})
 	return mux

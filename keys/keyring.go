@@ -19,29 +19,44 @@ import (
 // LoadedKeys is one revision of the keyset, ready to use.
 type LoadedKeys struct {
 	Revision uint64 // the KV revision it was read from; 0 for fixed keys
-	Keys     Keyset
-	Codec    *domain.TokenCodec
+	// Keys are the keys in effect: the revision without the retired keys
+	// past their expiry (Keyset.InEffect). They change without a new
+	// revision when a retired key expires.
+	Keys  Keyset
+	Codec *domain.TokenCodec
+
+	stored     Keyset    // the revision as read, from which Keys are derived again at each expiry
+	nextExpiry time.Time // when Keys change next without a write; zero: never
 }
 
 // Keyring holds the keyset an instance uses and follows its changes: every
 // instance watches TOKENS_KEYS and swaps to a new revision as soon as it is
-// written, so a key staged or promoted on one instance reaches all of them.
-// Reading the keys is one atomic load: the refresh path takes no lock.
+// written, so a key staged, promoted or revoked on one instance reaches all
+// of them. A retired key leaves the keys in use at its expiry, by a timer
+// on each instance, not at the next write. Reading the keys is one atomic
+// load: the refresh path takes no lock.
 type Keyring struct {
-	kv   jetstream.KeyValue // nil: fixed keys that never change
-	life Lifetimes
-	now  func() time.Time
-	log  *slog.Logger
+	kv    jetstream.KeyValue // nil: fixed keys that never change
+	life  Lifetimes
+	now   func() time.Time
+	after func(time.Duration, func()) timer // time.AfterFunc, or a fake clock's in tests
+	log   *slog.Logger
 
 	loaded atomic.Pointer[LoadedKeys]
 
 	mu        sync.Mutex // orders adoptions, so listeners see revisions in order
 	listeners []func(*LoadedKeys) error
+	expiry    timer // fires at the next expiry of a key in use; guarded by mu
 
 	reloadMu   sync.Mutex
 	reloadedAt time.Time
 	reloadErr  error
 }
+
+// timer is a *time.Timer as expire needs it.
+type timer interface{ Stop() bool }
+
+func afterFunc(d time.Duration, f func()) timer { return time.AfterFunc(d, f) }
 
 // reloadEvery bounds the reloads that tokens under unknown key ids can
 // cause: anyone may present such a token.
@@ -52,7 +67,7 @@ const changeAttempts = 5
 
 // FixedKeys returns a keyring that always holds codec and never reloads.
 func FixedKeys(codec *domain.TokenCodec) *Keyring {
-	k := &Keyring{now: time.Now, log: slog.New(slog.DiscardHandler)}
+	k := &Keyring{now: time.Now, after: afterFunc, log: slog.New(slog.DiscardHandler)}
 	k.loaded.Store(&LoadedKeys{Codec: codec})
 	return k
 }
@@ -69,7 +84,7 @@ func OpenKeyring(ctx context.Context, js jetstream.JetStream, replicas int, life
 	if err != nil {
 		return nil, err
 	}
-	k := &Keyring{kv: kv, life: life, now: time.Now, log: log}
+	k := &Keyring{kv: kv, life: life, now: time.Now, after: afterFunc, log: log}
 	if _, err := k.adopt(rev, ks); err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
@@ -86,7 +101,8 @@ func (k *Keyring) Loaded() *LoadedKeys { return k.loaded.Load() }
 func (k *Keyring) Codec() *domain.TokenCodec { return k.loaded.Load().Codec }
 
 // OnChange calls f with the keys in use now and then with every later
-// revision, in order. f's errors are logged; they cannot undo a revision
+// revision, and with the keys left in use when a retired key expires, in
+// order. f's errors are logged; they cannot undo a revision
 // that other instances use already.
 func (k *Keyring) OnChange(f func(*LoadedKeys) error) error {
 	k.mu.Lock()
@@ -96,31 +112,78 @@ func (k *Keyring) OnChange(f func(*LoadedKeys) error) error {
 }
 
 // adopt makes revision rev of the keyset the one in use, unless a newer one
-// already is. It returns the keys built from ks either way.
-func (k *Keyring) adopt(rev uint64, ks Keyset) (*LoadedKeys, error) {
-	if err := ks.validate(); err != nil {
+// already is. It returns the keys built from stored either way.
+func (k *Keyring) adopt(rev uint64, stored Keyset) (*LoadedKeys, error) {
+	if err := stored.validate(); err != nil {
 		return nil, err
 	}
-	codec, err := ks.Codec()
+	l, err := loadedAt(rev, stored, k.now())
 	if err != nil {
 		return nil, err
 	}
-	l := &LoadedKeys{Revision: rev, Keys: ks, Codec: codec}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if cur := k.loaded.Load(); cur != nil && cur.Revision >= rev {
 		return l, nil
 	}
+	k.use(l)
+	k.log.Info("keyset loaded", "revision", rev, "keys", l.Keys.summary())
+	return l, nil
+}
+
+// loadedAt builds the keys of revision rev in effect at now.
+func loadedAt(rev uint64, stored Keyset, now time.Time) (*LoadedKeys, error) {
+	ks, next := stored.InEffect(now)
+	codec, err := ks.Codec()
+	if err != nil {
+		return nil, err
+	}
+	return &LoadedKeys{Revision: rev, Keys: ks, Codec: codec, stored: stored, nextExpiry: next}, nil
+}
+
+// use makes l the keys in use and waits for their next expiry; k.mu is held.
+func (k *Keyring) use(l *LoadedKeys) {
 	// Listeners (the access-token signer) first: once Loaded reports the
 	// revision, as the status endpoint does, everything uses it.
 	for _, f := range k.listeners {
 		if err := f(l); err != nil {
-			k.log.Error("keyset revision not applied everywhere", "revision", rev, "err", err)
+			k.log.Error("keyset revision not applied everywhere", "revision", l.Revision, "err", err)
 		}
 	}
 	k.loaded.Store(l)
-	k.log.Info("keyset loaded", "revision", rev, "keys", ks.summary())
-	return l, nil
+	k.armExpiry(l.nextExpiry)
+}
+
+// armExpiry makes expire run at next, and no earlier timer run; k.mu is held.
+func (k *Keyring) armExpiry(next time.Time) {
+	if k.expiry != nil {
+		k.expiry.Stop()
+		k.expiry = nil
+	}
+	if !next.IsZero() {
+		k.expiry = k.after(next.Sub(k.now()), k.expire)
+	}
+}
+
+// expire drops the retired keys that expired from the keys in use. Every
+// instance does so at the expiry itself, writing nothing: a write from each
+// instance's timer would move the revision under an operator's
+// conditional promote. The bucket sheds them at the next change.
+func (k *Keyring) expire() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cur := k.loaded.Load()
+	l, err := loadedAt(cur.Revision, cur.stored, k.now())
+	if err != nil { // cannot happen: expiry drops retired keys only
+		k.log.Error("keys in effect unusable, keeping the keys in use", "revision", cur.Revision, "err", err)
+		return
+	}
+	if len(l.Keys.MAC) == len(cur.Keys.MAC) && len(l.Keys.Signing) == len(cur.Keys.Signing) {
+		k.armExpiry(l.nextExpiry) // early: the clock was set back
+		return
+	}
+	k.use(l)
+	k.log.Info("retired keys expired", "revision", l.Revision, "keys", l.Keys.summary())
 }
 
 // watch adopts every revision written to the keyset entry, whoever wrote it.
@@ -240,6 +303,23 @@ func (k *Keyring) Promote(ctx context.Context, ifRevision uint64) (*LoadedKeys, 
 	return k.change(ctx, ifRevision, func(ks Keyset, now time.Time) (Keyset, error) {
 		return ks.Promote(now, k.life)
 	})
+}
+
+// Revoke removes the key kid from the keyset, whatever its state, at once;
+// a revoked current key is replaced in the same write (Keyset.Revoke).
+// ifRevision as in Stage. Every instance stops verifying the key as soon
+// as it loads the revision.
+func (k *Keyring) Revoke(ctx context.Context, kid string, ifRevision uint64) (*LoadedKeys, Revocation, error) {
+	var r Revocation
+	l, err := k.change(ctx, ifRevision, func(ks Keyset, now time.Time) (Keyset, error) {
+		next, rr, err := ks.Revoke(kid, now, k.life)
+		r = rr
+		return next, err
+	})
+	if err != nil {
+		return nil, Revocation{}, err
+	}
+	return l, r, nil
 }
 
 // change applies f to the stored keyset with a compare-and-set on its

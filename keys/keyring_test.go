@@ -3,8 +3,11 @@ package keys
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,9 +27,33 @@ func mustKeyring(t *testing.T, js jetstream.JetStream) *Keyring {
 	return k
 }
 
+// fakeTimers stand in for time.AfterFunc on a fake clock: they never fire
+// by themselves; armed is when the last one would have.
+type fakeTimers struct {
+	now   *time.Time
+	armed time.Time
+}
+
+func (f *fakeTimers) after(d time.Duration, _ func()) timer {
+	f.armed = f.now.Add(d)
+	return fakeTimer{}
+}
+
+type fakeTimer struct{}
+
+func (fakeTimer) Stop() bool { return true }
+
 // staleKeyring loads the keyset once and does not watch it: an instance
-// that has not heard of a change yet. Its clock is *now.
+// that has not heard of a change yet. Its clock is *now, and its expiry
+// timer never fires by itself (see fakeClockKeyring).
 func staleKeyring(t *testing.T, js jetstream.JetStream, now *time.Time) *Keyring {
+	k, _ := fakeClockKeyring(t, js, now)
+	return k
+}
+
+// fakeClockKeyring is staleKeyring with its timers, to check when they
+// would fire.
+func fakeClockKeyring(t *testing.T, js jetstream.JetStream, now *time.Time) (*Keyring, *fakeTimers) {
 	t.Helper()
 	ctx := context.Background()
 	kv, err := openKeysBucket(ctx, js, 1)
@@ -37,11 +64,12 @@ func staleKeyring(t *testing.T, js jetstream.JetStream, now *time.Time) *Keyring
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &Keyring{kv: kv, life: testLife, now: func() time.Time { return *now }, log: slog.New(slog.DiscardHandler)}
+	timers := &fakeTimers{now: now}
+	k := &Keyring{kv: kv, life: testLife, now: func() time.Time { return *now }, after: timers.after, log: slog.New(slog.DiscardHandler)}
 	if _, err := k.adopt(rev, ks); err != nil {
 		t.Fatal(err)
 	}
-	return k
+	return k, timers
 }
 
 // waitRevision waits until k has loaded revision rev.
@@ -235,5 +263,165 @@ func TestKeysCreatedOnceAndShared(t *testing.T) {
 		if ks := <-results; !reflect.DeepEqual(ks, first) {
 			t.Fatal("instances starting together ended up with different keys")
 		}
+	}
+}
+
+// TestKeyringDropsExpiredKeysWithoutAChange: at a retired key's expiry the
+// keyring stops verifying it and tells its listeners (the JWKS), at the
+// same revision: nothing is written, no rotation is needed.
+func TestKeyringDropsExpiredKeysWithoutAChange(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	k, timers := fakeClockKeyring(t, js, &now)
+	old := k.Codec().Mint("f", 1, [32]byte{})
+	staged, err := k.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	promoted, err := k.Promote(ctx, staged.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []*LoadedKeys
+	k.OnChange(func(l *LoadedKeys) error { seen = append(seen, l); return nil })
+	signingExpiry, macExpiry := now.Add(testLife.signing()), now.Add(testLife.mac())
+	if !promoted.nextExpiry.Equal(signingExpiry) || !timers.armed.Equal(signingExpiry) {
+		t.Fatalf("next expiry %v, timer armed for %v; want the retired signing key's %v", promoted.nextExpiry, timers.armed, signingExpiry)
+	}
+
+	now = signingExpiry.Add(-time.Nanosecond)
+	k.expire() // early, as after the clock was set back: nothing changes
+	if len(seen) != 1 || len(k.Loaded().Keys.Signing) != 2 {
+		t.Fatalf("a key expired early: %s", k.Loaded().Keys.summary())
+	}
+	now = signingExpiry
+	k.expire()
+	l := k.Loaded()
+	if len(seen) != 2 || seen[1] != l || l.Revision != promoted.Revision || len(l.Keys.Signing) != 1 || len(l.Keys.MAC) != 2 {
+		t.Fatalf("at the signing key's expiry: revision %d (was %d), keys %s, listener told %d times",
+			l.Revision, promoted.Revision, l.Keys.summary(), len(seen))
+	}
+	if !timers.armed.Equal(macExpiry) {
+		t.Fatalf("timer armed for %v, want the retired MAC key's expiry %v", timers.armed, macExpiry)
+	}
+	if _, _, err := k.Parse(ctx, old.Value()); err != nil {
+		t.Fatalf("the retired MAC key, not expired yet: %v", err)
+	}
+	now = macExpiry
+	k.expire()
+	if _, _, err := k.Parse(ctx, old.Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("the retired MAC key after its expiry: %v", err)
+	}
+	if l := k.Loaded(); len(l.Keys.MAC) != 1 || !l.nextExpiry.IsZero() || l.Revision != promoted.Revision {
+		t.Fatalf("after the last expiry: %s, next %v", l.Keys.summary(), l.nextExpiry)
+	}
+	// A token under the expired key makes the keyring read the bucket,
+	// which still holds the key until the next change: it must not come
+	// back from there.
+	now = now.Add(reloadEvery)
+	if _, _, err := k.Parse(ctx, old.Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("the expired MAC key after a reload: %v", err)
+	}
+	kv, _ := js.KeyValue(ctx, Bucket)
+	if e, err := kv.Get(ctx, keysetKey); err != nil || e.Revision() != promoted.Revision {
+		t.Fatalf("the bucket was written: %v", err)
+	}
+}
+
+// TestKeyringExpiryTimer: every instance drops a retired key when it
+// expires, by its own timer, with keys living a second.
+func TestKeyringExpiryTimer(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	life := Lifetimes{Refresh: time.Hour, Access: 500 * time.Millisecond, Skew: 500 * time.Millisecond}
+	open := func() *Keyring {
+		k, err := OpenKeyring(ctx, js, 1, life, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	a, b := open(), open()
+	retired := one(t, byState(a.Loaded().Keys, KindSigning)[KeyCurrent])
+	var mu sync.Mutex
+	var told []string
+	b.OnChange(func(l *LoadedKeys) error {
+		mu.Lock()
+		defer mu.Unlock()
+		told = append(told, l.Keys.summary())
+		return nil
+	})
+	staged, err := a.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	promoted, err := a.Promote(ctx, staged.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRevision(t, b, promoted.Revision)
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		for _, k := range []*Keyring{a, b} {
+			if l := k.Loaded(); slices.Contains(byState(l.Keys, KindSigning)[KeyRetired], retired) || l.Revision != promoted.Revision {
+				return fmt.Errorf("at revision %d (promoted %d): %s", l.Revision, promoted.Revision, l.Keys.summary())
+			}
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if last := told[len(told)-1]; strings.Contains(last, retired) {
+		t.Fatalf("the listener was last told %s", last)
+	}
+}
+
+// TestKeyringRevoke: a revoked key stops verifying on every instance as
+// soon as it loads the change; a revoked current key is replaced in the
+// same write.
+func TestKeyringRevoke(t *testing.T) {
+	_, js := eventstest.MustJS(t)
+	ctx := context.Background()
+	a, b := mustKeyring(t, js), mustKeyring(t, js)
+	compromised := a.Codec().Mint("f", 1, [32]byte{})
+	staged, err := a.Stage(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextMAC := one(t, byState(staged.Keys, KindMAC)[KeyNext])
+
+	_, _, err = a.Revoke(ctx, compromised.KeyID, staged.Revision+5)
+	wantCode(t, err, domain.EInvalidRequest)
+	_, _, err = a.Revoke(ctx, "unknown", 0)
+	wantCode(t, err, domain.ENotFound)
+
+	revoked, r, err := a.Revoke(ctx, compromised.KeyID, staged.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != KindMAC || r.Revoked.ID != compromised.KeyID || r.Current == nil || r.Current.ID != nextMAC || r.Generated {
+		t.Fatalf("revocation %+v", r)
+	}
+	waitRevision(t, b, revoked.Revision)
+	for name, k := range map[string]*Keyring{"the instance that revoked": a, "the other": b} {
+		if _, _, err := k.Parse(ctx, compromised.Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+			t.Fatalf("%s verifies a token of the revoked key: %v", name, err)
+		}
+		if tok := k.Codec().Mint("f", 1, [32]byte{}); tok.KeyID != nextMAC {
+			t.Fatalf("%s mints under %s, want the staged key %s", name, tok.KeyID, nextMAC)
+		}
+	}
+	// With nothing staged, a new key takes over.
+	_, r, err = a.Revoke(ctx, nextMAC, 0)
+	if err != nil || r.Current == nil || !r.Generated || a.Codec().Mint("f", 1, [32]byte{}).KeyID != r.Current.ID {
+		t.Fatalf("revoking the current key with nothing staged: %+v, %v", r, err)
+	}
+	kv, _ := js.KeyValue(ctx, Bucket)
+	e, err := kv.Get(ctx, keysetKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(e.Value()), compromised.KeyID) {
+		t.Fatal("the bucket still holds the revoked key")
 	}
 }

@@ -41,6 +41,12 @@ const (
 	KeyRetired KeyState = "retired"
 )
 
+// Kinds of key, as Infos and Revocation name them.
+const (
+	KindMAC     = "mac"     // refresh-token MAC keys
+	KindSigning = "signing" // access-token signing keys
+)
+
 // Keyset is every key a deployment holds: one current key of each kind, at
 // most one next key of each kind, and the retired keys that still verify.
 //
@@ -58,8 +64,13 @@ type KeyInfo struct {
 	ID        string    `json:"kid"`
 	State     KeyState  `json:"state"`
 	CreatedAt time.Time `json:"created_at"`
-	// RetiredAt and ExpiresAt are set on retired keys: the key is dropped at
-	// the first change after ExpiresAt.
+	// PromotedAt is when the key became current: from then until RetiredAt
+	// it made every token of its kind. Zero for staged keys and keys
+	// promoted before it was recorded.
+	PromotedAt time.Time `json:"promoted_at,omitzero"`
+	// RetiredAt and ExpiresAt are set on retired keys: at ExpiresAt the key
+	// stops verifying and leaves the JWKS on every instance (InEffect), and
+	// the next change drops it from the bucket.
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
@@ -107,17 +118,28 @@ func (l Lifetimes) signing() time.Duration { return l.Access + l.skew() }
 // ErrNothingStaged answers a promotion without a staged key.
 var ErrNothingStaged = domain.Errorf(domain.EInvalidRequest, "no key is staged: stage keys first")
 
+// ErrUnknownKey answers a revocation of a key the keyset does not hold.
+var ErrUnknownKey = domain.Errorf(domain.ENotFound, "no key has this kid: look again (tokenctl keys list)")
+
 // NewKeyset generates a fresh current MAC key and signing key.
 func NewKeyset(now time.Time) Keyset {
 	return Keyset{MAC: []MACKey{newMACKey(now, KeyCurrent)}, Signing: []SigningKey{newSigningKey(now, KeyCurrent)}}
 }
 
 func newMACKey(now time.Time, state KeyState) MACKey {
-	return MACKey{KeyInfo{ID: randomID(8), State: state, CreatedAt: now.UTC()}, randomBytes(32)}
+	return MACKey{newKeyInfo(now, state), randomBytes(32)}
 }
 
 func newSigningKey(now time.Time, state KeyState) SigningKey {
-	return SigningKey{KeyInfo{ID: randomID(8), State: state, CreatedAt: now.UTC()}, randomBytes(ed25519.SeedSize)}
+	return SigningKey{newKeyInfo(now, state), randomBytes(ed25519.SeedSize)}
+}
+
+func newKeyInfo(now time.Time, state KeyState) KeyInfo {
+	i := KeyInfo{ID: randomID(8), State: state, CreatedAt: now.UTC()}
+	if state == KeyCurrent {
+		i.PromotedAt = i.CreatedAt
+	}
+	return i
 }
 
 // Stage returns the keyset with a next key of each kind that has none yet,
@@ -153,6 +175,95 @@ func (ks Keyset) Promote(now time.Time, life Lifetimes) (Keyset, error) {
 // earlier.
 func (ks Keyset) settled(now time.Time, life Lifetimes) Keyset {
 	return Keyset{MAC: settle(ks.MAC, now, life.mac()), Signing: settle(ks.Signing, now, life.signing())}
+}
+
+// InEffect returns the keys that verify at now: ks without the retired keys
+// past their expiry, whether or not a change has dropped them from the
+// bucket yet. next is the earliest expiry still ahead, zero if none: when
+// the keys in effect change next without a write. Retired keys of the old
+// format, without an expiry, stay until a change gives them one.
+func (ks Keyset) InEffect(now time.Time) (_ Keyset, next time.Time) {
+	mac, nextMAC := inEffect(ks.MAC, now)
+	signing, nextSigning := inEffect(ks.Signing, now)
+	for _, t := range []time.Time{nextMAC, nextSigning} {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return Keyset{MAC: mac, Signing: signing}, next
+}
+
+func inEffect[K any, P stated[K]](keys []K, now time.Time) (out []K, next time.Time) {
+	out = make([]K, 0, len(keys))
+	for _, k := range keys {
+		if i := P(&k).info(); i.State == KeyRetired && !i.ExpiresAt.IsZero() {
+			if !now.Before(i.ExpiresAt) {
+				continue
+			}
+			if next.IsZero() || i.ExpiresAt.Before(next) {
+				next = i.ExpiresAt
+			}
+		}
+		out = append(out, k)
+	}
+	return out, next
+}
+
+// Revocation says what revoking a key changed.
+type Revocation struct {
+	Kind    string  // KindMAC or KindSigning
+	Revoked KeyInfo // the key removed, as it was
+	// Current is set when the revoked key was current: the key current in
+	// its place, the staged one promoted (Generated false) or a new one.
+	Current   *KeyInfo
+	Generated bool
+}
+
+// Revoke returns the keyset without the key kid, whatever its state, and
+// without the retired keys that expired. A revoked current key is replaced
+// in the same keyset, by the staged key of its kind if there is one (every
+// instance and resource server that loaded the stage knows it already),
+// else by a new key: a deployment never goes without a current key. It
+// returns ErrUnknownKey if no key has that id.
+func (ks Keyset) Revoke(kid string, now time.Time, life Lifetimes) (Keyset, Revocation, error) {
+	mac := slices.IndexFunc(ks.MAC, func(k MACKey) bool { return k.ID == kid })
+	signing := slices.IndexFunc(ks.Signing, func(k SigningKey) bool { return k.ID == kid })
+	var out Keyset
+	var r Revocation
+	switch {
+	case mac >= 0 && signing >= 0:
+		return Keyset{}, Revocation{}, domain.Errorf(domain.EInvalidRequest, "kid %s names a MAC key and a signing key: revoke by hand", kid)
+	case mac >= 0:
+		rest, rr := revoke(ks.MAC, mac, now, func() MACKey { return newMACKey(now, KeyCurrent) })
+		out, r = Keyset{MAC: rest, Signing: slices.Clone(ks.Signing)}, rr
+		r.Kind = KindMAC
+	case signing >= 0:
+		rest, rr := revoke(ks.Signing, signing, now, func() SigningKey { return newSigningKey(now, KeyCurrent) })
+		out, r = Keyset{MAC: slices.Clone(ks.MAC), Signing: rest}, rr
+		r.Kind = KindSigning
+	default:
+		return Keyset{}, Revocation{}, ErrUnknownKey
+	}
+	return out.settled(now, life).ordered(), r, nil
+}
+
+// revoke returns keys without keys[n], with a current key in its place if
+// it was the current one: the next key, else one made by fresh.
+func revoke[K any, P stated[K]](keys []K, n int, now time.Time, fresh func() K) ([]K, Revocation) {
+	r := Revocation{Revoked: *P(&keys[n]).info()}
+	rest := slices.Delete(slices.Clone(keys), n, n+1)
+	if r.Revoked.State != KeyCurrent {
+		return rest, r
+	}
+	next := slices.IndexFunc(rest, func(k K) bool { return P(&k).info().State == KeyNext })
+	if next < 0 {
+		rest, next, r.Generated = append(rest, fresh()), len(rest), true
+	}
+	i := P(&rest[next]).info()
+	i.State, i.PromotedAt = KeyCurrent, now.UTC()
+	current := *i
+	r.Current = &current
+	return rest, r
 }
 
 type stated[K any] interface {
@@ -192,7 +303,7 @@ func promote[K any, P stated[K]](keys []K, now time.Time, lifetime time.Duration
 		case KeyCurrent:
 			i.State, i.RetiredAt, i.ExpiresAt = KeyRetired, now.UTC(), now.Add(lifetime).UTC()
 		case KeyNext:
-			i.State = KeyCurrent
+			i.State, i.PromotedAt = KeyCurrent, now.UTC()
 		}
 	}
 	return true
@@ -216,14 +327,14 @@ func sortKeys[K any, P stated[K]](keys []K) []K {
 	return out
 }
 
-// Infos returns what may be shown of every key, by kind ("mac", "signing").
+// Infos returns what may be shown of every key, by kind (KindMAC, KindSigning).
 func (ks Keyset) Infos() map[string][]KeyInfo {
 	out := map[string][]KeyInfo{}
 	for _, k := range ks.MAC {
-		out["mac"] = append(out["mac"], k.KeyInfo)
+		out[KindMAC] = append(out[KindMAC], k.KeyInfo)
 	}
 	for _, k := range ks.Signing {
-		out["signing"] = append(out["signing"], k.KeyInfo)
+		out[KindSigning] = append(out[KindSigning], k.KeyInfo)
 	}
 	return out
 }
@@ -231,7 +342,7 @@ func (ks Keyset) Infos() map[string][]KeyInfo {
 // summary lists the key ids by kind and state, for the log.
 func (ks Keyset) summary() string {
 	var b strings.Builder
-	for _, kind := range []string{"mac", "signing"} {
+	for _, kind := range []string{KindMAC, KindSigning} {
 		for _, i := range ks.Infos()[kind] {
 			if b.Len() > 0 {
 				b.WriteByte(' ')

@@ -219,3 +219,158 @@ func TestKeysetRefusesBrokenKeysets(t *testing.T) {
 		t.Fatalf("a good keyset: %v", err)
 	}
 }
+
+// TestKeysetInEffect: a retired key stops being in effect at its expiry,
+// without a change of the keyset; the next expiry says when that happens.
+func TestKeysetInEffect(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	promoted, err := NewKeyset(t0).Stage(t0, testLife).Promote(t0, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	macExpiry, signingExpiry := promoted.MAC[1].ExpiresAt, promoted.Signing[1].ExpiresAt
+	for _, c := range []struct {
+		at                   time.Time
+		wantMAC, wantSigning int
+		wantNext             time.Time
+	}{
+		{t0, 2, 2, signingExpiry},
+		{signingExpiry.Add(-time.Nanosecond), 2, 2, signingExpiry},
+		{signingExpiry, 2, 1, macExpiry},
+		{macExpiry, 1, 1, time.Time{}},
+	} {
+		ks, next := promoted.InEffect(c.at)
+		if len(ks.MAC) != c.wantMAC || len(ks.Signing) != c.wantSigning || !next.Equal(c.wantNext) {
+			t.Fatalf("at %v: %s, next expiry %v; want %d MAC and %d signing keys, next %v", c.at, ks.summary(), next, c.wantMAC, c.wantSigning, c.wantNext)
+		}
+		if err := ks.validate(); err != nil {
+			t.Fatalf("at %v: %v", c.at, err)
+		}
+	}
+	if len(promoted.MAC) != 2 || len(promoted.Signing) != 2 {
+		t.Fatal("InEffect changed the keyset it was called on")
+	}
+	// A retired key of the old format has no expiry yet: it stays in
+	// effect until a change gives it one.
+	old, err := decodeKeyset([]byte(oldFormat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks, next := old.InEffect(t0.Add(100 * 365 * 24 * time.Hour)); len(ks.MAC) != 2 || !next.IsZero() {
+		t.Fatalf("old format: %s, next %v", ks.summary(), next)
+	}
+}
+
+func TestKeysetRecordsPromotion(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	first := NewKeyset(t0)
+	if !first.MAC[0].PromotedAt.Equal(t0) || !first.Signing[0].PromotedAt.Equal(t0) {
+		t.Fatalf("first keys: %+v %+v", first.MAC[0].KeyInfo, first.Signing[0].KeyInfo)
+	}
+	staged := first.Stage(t0.Add(time.Hour), testLife)
+	if !staged.MAC[1].PromotedAt.IsZero() {
+		t.Fatalf("a staged key was promoted at %v", staged.MAC[1].PromotedAt)
+	}
+	promoted, err := staged.Promote(t0.Add(2*time.Hour), testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur, old := promoted.MAC[0], promoted.MAC[1]; !cur.PromotedAt.Equal(t0.Add(2*time.Hour)) || !old.PromotedAt.Equal(t0) {
+		t.Fatalf("after promotion: current %+v, retired %+v", cur.KeyInfo, old.KeyInfo)
+	}
+}
+
+// TestKeysetRevoke: a key of any state is removed at once; a current key
+// is replaced in the same keyset, by the staged key if there is one.
+func TestKeysetRevoke(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	promoted, err := NewKeyset(t0).Stage(t0, testLife).Promote(t0, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged := promoted.Stage(t0.Add(time.Minute), testLife) // current, next and retired of each kind
+	at := t0.Add(2 * time.Minute)
+	id := func(ks Keyset, kind string, s KeyState) string { return one(t, byState(ks, kind)[s]) }
+
+	for _, c := range []struct {
+		name          string
+		kind          string
+		state         KeyState
+		wantCurrent   string // the current key afterwards; "new" for a generated one
+		wantGenerated bool
+	}{
+		{"retired MAC key", KindMAC, KeyRetired, id(staged, KindMAC, KeyCurrent), false},
+		{"staged signing key", KindSigning, KeyNext, id(staged, KindSigning, KeyCurrent), false},
+		{"current MAC key, one staged", KindMAC, KeyCurrent, id(staged, KindMAC, KeyNext), false},
+		{"current signing key, one staged", KindSigning, KeyCurrent, id(staged, KindSigning, KeyNext), false},
+		{"current MAC key, none staged", KindMAC, KeyCurrent, "new", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			from := staged
+			if c.wantGenerated {
+				from = promoted
+			}
+			kid := id(from, c.kind, c.state)
+			out, r, err := from.Revoke(kid, at, testLife)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := out.validate(); err != nil {
+				t.Fatal(err)
+			}
+			if r.Kind != c.kind || r.Revoked.ID != kid || r.Revoked.State != c.state || r.Generated != c.wantGenerated {
+				t.Fatalf("revocation %+v", r)
+			}
+			for _, ids := range byState(out, c.kind) {
+				if slices.Contains(ids, kid) {
+					t.Fatalf("the revoked key is still there: %s", out.summary())
+				}
+			}
+			cur := id(out, c.kind, KeyCurrent)
+			switch {
+			case c.state != KeyCurrent && r.Current != nil:
+				t.Fatalf("revoking a %s key changed the current one: %+v", c.state, r.Current)
+			case c.state == KeyCurrent && (r.Current == nil || r.Current.ID != cur || !r.Current.PromotedAt.Equal(at)):
+				t.Fatalf("the key current in its place: %+v, in the keyset %s", r.Current, cur)
+			case c.wantCurrent == "new" && (cur == kid || slices.Contains(append(byState(from, c.kind)[KeyRetired], byState(from, c.kind)[KeyNext]...), cur)):
+				t.Fatalf("no new key current: %s", out.summary())
+			case c.wantCurrent != "new" && cur != c.wantCurrent:
+				t.Fatalf("current key %s, want %s", cur, c.wantCurrent)
+			}
+			other := KindSigning
+			if c.kind == KindSigning {
+				other = KindMAC
+			}
+			if !slices.Equal(byState(out, other)[KeyCurrent], byState(from, other)[KeyCurrent]) ||
+				!slices.Equal(byState(out, other)[KeyNext], byState(from, other)[KeyNext]) {
+				t.Fatalf("the other kind changed: %s", out.summary())
+			}
+		})
+	}
+
+	// What the revoked MAC key made no longer verifies.
+	kid := id(staged, KindMAC, KeyCurrent)
+	token := mustCodec(t, staged).Mint("fam", 1, [domain.SecretSize]byte{})
+	out, _, err := staged.Revoke(kid, at, testLife)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mustCodec(t, out).Parse(token.Value()); !errors.Is(err, domain.ErrInvalidGrant) {
+		t.Fatalf("a token of the revoked key: %v", err)
+	}
+	// Like every change, a revocation drops the keys that expired.
+	late := promoted.Signing[1].ExpiresAt
+	if out, _, err := staged.Revoke(id(staged, KindMAC, KeyNext), late, testLife); err != nil || len(byState(out, KindSigning)[KeyRetired]) != 0 {
+		t.Fatalf("after the signing key's expiry: %v, %v", out.summary(), err)
+	}
+
+	if _, _, err := staged.Revoke("nobody", at, testLife); !errors.Is(err, ErrUnknownKey) || domain.ErrorCode(err) != domain.ENotFound {
+		t.Fatalf("an unknown kid: %v", err)
+	}
+	clash := staged
+	clash.Signing = slices.Clone(staged.Signing)
+	clash.Signing[0].ID = kid
+	if _, _, err := clash.Revoke(kid, at, testLife); domain.ErrorCode(err) != domain.EInvalidRequest {
+		t.Fatalf("a kid of both kinds: %v", err)
+	}
+}

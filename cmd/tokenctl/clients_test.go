@@ -34,11 +34,16 @@ func startRegistry(t *testing.T) (string, *registry.Registry) {
 		t.Fatal(err)
 	}
 	t.Cleanup(reg.Stop)
-	codec, err := keys.NewKeyset(time.Now()).Codec()
+	ks := keys.NewKeyset(time.Now())
+	codec, err := ks.Codec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &api.Service{Tokens: tokens.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg,
+	access, err := api.NewAccessTokens(ks, "https://tokend.example", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &api.Service{Tokens: tokens.NewService(nil, codec, domain.Policy{}, time.Now), Clients: reg, Access: access,
 		Log: slog.New(slog.DiscardHandler), Now: time.Now}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)

@@ -23,10 +23,10 @@ import (
 )
 
 var keysCommand = &command{
-	summary:  "print the JWKS, list the keys, or rotate them",
-	synopsis: "[list | rotate [--publish-for D]] [--instances N]",
+	summary:  "print the JWKS, list the keys, rotate them, or revoke one",
+	synopsis: "[list | rotate [--publish-for D] | revoke KID --reason R [--revision N] [--by NAME]] [--instances N]",
 	jsonHelp: "print JSON as received: the JWKS; for list each instance's status, one per line (JSON Lines);\n" +
-		"for rotate the promote reply",
+		"for rotate the promote reply; for revoke the revoke reply",
 	long: true,
 	help: `Without a subcommand, prints the JSON Web Key Set published on
 <prefix>.keys, indented (raw with --json).
@@ -48,24 +48,51 @@ keys rotate replaces both keys without refusing a single valid token:
      made has expired;
   5. wait until every instance has loaded the promotion.
 Progress goes to stderr. If it stops before the promotion, run it again:
-keys already staged are kept. list and rotate need the admin role. --timeout bounds
-connecting, each request and each wait for the instances, not --publish-for.`,
-	args: 1,
+keys already staged are kept.
+
+keys revoke KID removes a compromised key at once, whatever its state
+(<prefix>.admin.keys.revoke): from then on nothing made under it verifies.
+If it was the current key of its kind, the staged key of that kind becomes
+current in the same change, else a new key; a new signing key reaches
+resource servers at their next JWKS fetch. --reason is required and logged
+with --by. It then waits until every instance has loaded the change and
+fails if one has not. See docs/operations.md, "A compromised key", for what
+it does to users.
+
+list, rotate and revoke need the admin role. --timeout bounds connecting,
+each request and each wait for the instances, not --publish-for.`,
+	args: 2,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		publishFor := fs.Duration("publish-for", 5*time.Minute, "rotate: wait `D` between staging and promoting, for resource servers caching the JWKS")
-		instances := fs.Int("instances", 0, "list, rotate: expect at least `N` tokend instances (default: as many as answer)")
+		instances := fs.Int("instances", 0, "list, rotate, revoke: expect at least `N` tokend instances (default: as many as answer)")
+		reason := fs.String("reason", "", "revoke: why the key is revoked, `R` (required; logged)")
+		revision := fs.Uint64("revision", 0, "revoke: only if the keyset is still at revision `N` (as keys list shows it)")
+		by := fs.String("by", operator(), "revoke: who revokes the key, `NAME` (logged; default: your login name)")
 		return func(ctx context.Context, e *env) error {
-			sub := ""
+			sub, kid := "", ""
 			if len(e.args) > 0 {
 				sub = e.args[0]
 			}
+			if len(e.args) > 1 {
+				kid = e.args[1]
+			}
 			switch {
-			case sub != "" && sub != "list" && sub != "rotate":
-				return usagef("unknown subcommand %q: want list or rotate", sub)
+			case sub != "" && sub != "list" && sub != "rotate" && sub != "revoke":
+				return usagef("unknown subcommand %q: want list, rotate or revoke", sub)
+			case sub == "revoke" && kid == "":
+				return usagef("revoke needs the id of the key (tokenctl keys list)")
+			case sub != "revoke" && kid != "":
+				return usagef("unexpected argument %q", kid)
+			case sub == "revoke" && *reason == "":
+				return usagef("--reason is required: why the key is revoked")
+			case sub == "revoke" && *by == "":
+				return usagef("--by is required (no login name found): who revokes the key")
+			case sub != "revoke" && (isSet(fs, "reason") || isSet(fs, "revision") || isSet(fs, "by")):
+				return usagef("--reason, --revision and --by go with revoke")
 			case isSet(fs, "publish-for") && sub != "rotate":
 				return usagef("--publish-for goes with rotate")
 			case isSet(fs, "instances") && sub == "":
-				return usagef("--instances goes with list or rotate")
+				return usagef("--instances goes with list, rotate or revoke")
 			case *publishFor < 0 || *instances < 0:
 				return usagef("--publish-for and --instances must not be negative")
 			}
@@ -78,6 +105,8 @@ connecting, each request and each wait for the instances, not --publish-for.`,
 				return listKeys(ctx, e, *instances)
 			case "rotate":
 				return rotateKeys(ctx, e, *publishFor, *instances)
+			case "revoke":
+				return revokeKey(ctx, e, api.KeysRevokeRequest{Kid: kid, Reason: *reason, Revision: *revision, By: *by}, *instances)
 			}
 			raw, err := c.Keys(ctx)
 			if err != nil {
@@ -167,6 +196,45 @@ func rotateKeys(ctx context.Context, e *env, publishFor time.Duration, want int)
 	}
 	fmt.Fprintf(e.stdout, "rotated: %s are current (keyset revision %d)\n\n", describeKeys(promoted.Keys, "current"), promoted.Revision)
 	printKeyTable(e.stdout, promoted.Keys)
+	return nil
+}
+
+func revokeKey(ctx context.Context, e *env, req api.KeysRevokeRequest, want int) error {
+	// The instances are found first, so the wait below covers every one
+	// that was running when the key was revoked.
+	ids, err := discoverInstances(ctx, e, want)
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := e.c.Request(ctx, api.SubjectKeysRevoke, req, &raw); err != nil {
+		return fmt.Errorf("revoke: %w", err)
+	}
+	var r api.KeysRevoked
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return fmt.Errorf("revoke: decode reply: %w", err)
+	}
+	if e.json {
+		printRaw(e.stdout, raw)
+	} else {
+		fmt.Fprintf(e.stdout, "revoked %s key %s (it was %s) at keyset revision %d\n", cell(r.Revoked.Kind), cell(r.Revoked.Kid), cell(r.Revoked.State), r.Revision)
+		if n := r.Replacement; n != nil {
+			from := "the staged key"
+			if r.Generated {
+				from = "a new key"
+			}
+			fmt.Fprintf(e.stdout, "%s key %s is current in its place: %s\n", cell(n.Kind), cell(n.Kid), from)
+			if r.Generated && n.Kind == "signing" {
+				fmt.Fprintln(e.stdout, "resource servers refuse access tokens signed with it until they fetch the JWKS again")
+			}
+		}
+		fmt.Fprintln(e.stdout)
+		printKeyTable(e.stdout, r.Keys)
+	}
+	if _, err := awaitKeys(ctx, e, ids, r.Revision); err != nil {
+		return fmt.Errorf("the key is revoked, but %w; those instances accept it until they do", err)
+	}
+	fmt.Fprintf(e.stderr, "tokenctl: every instance has loaded revision %d: none accepts key %s any more\n", r.Revision, cell(r.Revoked.Kid))
 	return nil
 }
 
@@ -353,10 +421,10 @@ func describeInstances(statuses map[string]keysReply) string {
 
 func printKeyTable(w io.Writer, keys []api.KeyView) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KIND\tKID\tSTATE\tCREATED\tRETIRED\tEXPIRES")
+	fmt.Fprintln(tw, "KIND\tKID\tSTATE\tCREATED\tPROMOTED\tRETIRED\tEXPIRES")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(k.Kind), cell(k.Kid), cell(k.State),
-			keyTime(k.CreatedAt), keyTime(k.RetiredAt), keyTime(k.ExpiresAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(k.Kind), cell(k.Kid), cell(k.State),
+			keyTime(k.CreatedAt), keyTime(k.PromotedAt), keyTime(k.RetiredAt), keyTime(k.ExpiresAt))
 	}
 	tw.Flush()
 }

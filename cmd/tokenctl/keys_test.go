@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +23,8 @@ type fakeKeyset struct {
 	stagedAt  time.Time
 	promoteAt time.Time
 	promoted  []api.KeysRequest // promote requests, in order
-	refused   string            // why a promotion was refused, if one was
+	revoked   []api.KeysRevokeRequest
+	refused   string // why a promotion was refused, if one was
 	instances []*fakeInstance
 }
 
@@ -129,6 +131,29 @@ func (f *fakeKeyset) serve(t *testing.T, nc *nats.Conn, prefix string, admin, wi
 			st := f.status
 			st.InstanceID = in.id
 			reply(r, st)
+		})
+		add("keys_revoke", api.SubjectKeysRevoke, func(r micro.Request) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var req api.KeysRevokeRequest
+			json.Unmarshal(r.Data(), &req)
+			f.revoked = append(f.revoked, req)
+			i := slices.IndexFunc(f.status.Keys, func(k api.KeyView) bool { return k.Kid == req.Kid })
+			if i < 0 {
+				r.Error("404", "not_found", []byte(`{"error":"not_found","error_description":"no key has this kid"}`))
+				return
+			}
+			out := api.KeysRevoked{Revoked: f.status.Keys[i]}
+			f.status.Keys = slices.Delete(f.status.Keys, i, i+1)
+			if out.Revoked.State == "current" {
+				fresh := api.KeyView{Kid: out.Revoked.Kind + "-new", Kind: out.Revoked.Kind, State: "current", CreatedAt: "2026-06-03T00:00:00Z"}
+				f.status.Keys = append(f.status.Keys, fresh)
+				out.Replacement, out.Generated = &fresh, true
+			}
+			f.changed()
+			out.KeysStatus = f.status
+			out.InstanceID = in.id
+			reply(r, out)
 		})
 	}
 	if err := nc.Flush(); err != nil {
@@ -250,6 +275,55 @@ func TestKeysList(t *testing.T) {
 	}
 }
 
+func TestKeysRevoke(t *testing.T) {
+	url := eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	f := newFakeKeyset()
+	f.serve(t, nc, "tokens", true, true, 0)
+	lagging := f.serve(t, nc, "tokens", false, true, 3)
+
+	r := runCtl(t, "", "--nats-url", url, "keys", "revoke", "sig-1", "--reason", "seed in a paste", "--by", "alice", "--revision", "10")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	f.mu.Lock()
+	if len(f.revoked) != 1 || f.revoked[0] != (api.KeysRevokeRequest{Kid: "sig-1", Reason: "seed in a paste", Revision: 10, By: "alice"}) {
+		t.Fatalf("revoke requests %+v", f.revoked)
+	}
+	if lagging.reported != 11 {
+		t.Fatalf("the lagging instance reported revision %d last; want the revocation's, 11", lagging.reported)
+	}
+	f.mu.Unlock()
+	for _, want := range []string{"revoked signing key sig-1 (it was current) at keyset revision 11",
+		"signing key signing-new is current in its place: a new key", "until they fetch the JWKS again", "signing  signing-new  current"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if !strings.Contains(r.stderr, "every instance has loaded revision 11: none accepts key sig-1 any more") {
+		t.Errorf("stderr %q", r.stderr)
+	}
+
+	r = runCtl(t, "", "--nats-url", url, "--json", "keys", "revoke", "nope", "--reason", "x", "--by", "alice")
+	if r.code != 1 || !strings.Contains(r.stderr, "no key has this kid") {
+		t.Fatalf("an unknown kid: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = runCtl(t, "", "--nats-url", url, "--json", "keys", "revoke", "mac-1", "--reason", "x", "--by", "alice")
+	var got api.KeysRevoked
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &got) != nil || got.Revoked.Kid != "mac-1" || got.Replacement == nil {
+		t.Fatalf("--json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+
+	// An instance that never reports the change is named, and the exit
+	// status says the revocation has not reached everywhere.
+	old := f.serve(t, nc, "tokens", false, false, 0)
+	r = runCtl(t, "", "--nats-url", url, "--timeout", "2s", "keys", "revoke", "signing-new", "--reason", "x", "--by", "alice")
+	if r.code != 1 || !strings.Contains(r.stderr, "the key is revoked, but not every instance loaded keyset revision 13") ||
+		!strings.Contains(r.stderr, old.id) || !strings.Contains(r.stdout, "revoked signing key signing-new") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
 func TestKeysUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"keys", "frobnicate"},
@@ -259,13 +333,22 @@ func TestKeysUsageErrors(t *testing.T) {
 		{"keys", "rotate", "--publish-for", "-1s"},
 		{"keys", "rotate", "--instances", "-1"},
 		{"keys", "rotate", "list"},
+		{"keys", "revoke"},
+		{"keys", "revoke", "k1"},
+		{"keys", "revoke", "k1", "--reason", ""},
+		{"keys", "revoke", "k1", "--reason", "x", "--by", ""},
+		{"keys", "revoke", "k1", "--reason", "x", "--publish-for", "1s"},
+		{"keys", "list", "--reason", "x"},
+		{"keys", "rotate", "--revision", "3"},
+		{"keys", "list", "k1"},
 	} {
 		if r := runCtl(t, "", append([]string{"--nats-url", deadURL}, args...)...); r.code != 2 {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
 		}
 	}
 	r := runCtl(t, "", "keys", "-h")
-	for _, want := range []string{"keys [list | rotate [--publish-for D]]", "--publish-for D", "--instances N", "JSON Lines", "run it again"} {
+	for _, want := range []string{"keys [list | rotate [--publish-for D] | revoke KID --reason R [--revision N] [--by NAME]]", "--publish-for D",
+		"--instances N", "JSON Lines", "run it again", "A compromised key"} {
 		if r.code != 0 || !strings.Contains(r.stdout, want) {
 			t.Errorf("keys -h lacks %q:\n%s", want, r.stdout)
 		}

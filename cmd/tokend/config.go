@@ -72,6 +72,10 @@ type Config struct {
 	// embedded NATS server's connection caps (listeners.go).
 	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
 	HTTPMaxConns, NATSMaxConns                         int
+
+	// keySkew, if set (tests), replaces keys.DefaultClockSkew: how long a
+	// retired key outlives the tokens made under it.
+	keySkew time.Duration
 }
 
 // OAuthHTTPConfig is the OAuth endpoints' listener, which faces clients.
