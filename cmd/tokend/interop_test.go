@@ -101,14 +101,23 @@ func mustInteropEnv(t *testing.T, e *oauthEnv) []byte {
 			"es256":   keyClient("node-es256", ecKey),
 			"public":  {ClientID: "spa", AuthMethod: string(domain.AuthNone)},
 		},
-		// Today any confidential client may introspect; once introspection
-		// is granted per client, register a resource server for it here.
-		"resource_server": basic,
+		"resource_server": interopResourceServer(t, e),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return desc
+}
+
+// interopResourceServer registers the API behind the first audience as a
+// resource server, which may introspect the access tokens issued for it.
+func interopResourceServer(t *testing.T, e *oauthEnv) interopClient {
+	c := domain.Client{ID: "api-gateway", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic,
+		Scopes: []string{}, Audiences: []string{}, Resources: interopAudiences[:1]}
+	if _, err := e.app.Clients().Put(t.Context(), c, domain.HashClientSecret(e.secret), 0, registry.Actor{By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	return interopClient{ClientID: c.ID, AuthMethod: string(c.AuthMethod), ClientSecret: e.secret}
 }
 
 // interopAudiences are the audiences of every family the script gets.

@@ -124,10 +124,11 @@ async function revoke(c, token) {
   return oauth.processRevocationResponse(res)
 }
 
-async function introspect(token) {
-  const rs = env.resource_server
-  const res = await oauth.introspectionRequest(as, { client_id: rs.client_id }, auth(rs), token, insecure)
-  return oauth.processIntrospectionResponse(as, { client_id: rs.client_id }, res)
+// introspect asks as client by: the token's own client for a refresh token,
+// the resource server of its audience for an access token.
+async function introspect(token, by = env.resource_server) {
+  const res = await oauth.introspectionRequest(as, { client_id: by.client_id }, auth(by), token, insecure)
+  return oauth.processIntrospectionResponse(as, { client_id: by.client_id }, res)
 }
 
 // rotates presents a new family's token and checks what the library
@@ -224,7 +225,7 @@ await check(o4, 'introspection/after-rotation', () =>
   rounds(async () => {
     const family = await issue(basic)
     const child = await refresh(basic, family.refresh_token)
-    const [parent, current] = [await introspect(family.refresh_token), await introspect(child.refresh_token)]
+    const [parent, current] = [await introspect(family.refresh_token, basic), await introspect(child.refresh_token, basic)]
     if (parent.active || !current.active) return `parent active ${parent.active}, child active ${current.active}`
   }),
 )
@@ -243,10 +244,19 @@ await check(o4, 'introspection/after-revocation', () =>
 await check(o4, 'introspection/after-issue', () =>
   rounds(async () => {
     const family = await issue(basic)
-    const [refreshToken, access] = [await introspect(family.refresh_token), await introspect(family.access_token)]
+    const [refreshToken, access] = [await introspect(family.refresh_token, basic), await introspect(family.access_token)]
     if (!refreshToken.active || !access.active) return `refresh token active ${refreshToken.active}, access token active ${access.active}`
   }),
 )
+
+// A refresh token is its own client's business: the resource server sees
+// it inactive, as it would a token that does not exist.
+await check(o4, 'introspection/refresh-token-hidden-from-resource-server', async () => {
+  const family = await issue(basic)
+  if (!(await introspect(family.refresh_token, basic)).active) fail('the owner sees its refresh token inactive')
+  if ((await introspect(family.refresh_token)).active) fail('the resource server sees another client\'s refresh token active')
+  return 'inactive to the resource server, active to its client'
+})
 
 // RFC 7662 section 2.2: token_type is a type of RFC 6749 section 7.1.
 await check(o4, 'introspection/access-token-type', async () => {
