@@ -54,22 +54,12 @@ func NewStore(nc *nats.Conn, js jetstream.JetStream, stream jetstream.Stream, su
 // from that one message (each event carries the state after it). An unknown
 // family is the zero Family at sequence 0.
 func (s *Store) Load(ctx context.Context, familyID string) (domain.Family, uint64, error) {
-	msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Family(familyID))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return domain.Family{}, 0, nil
-	}
-	if err != nil {
-		return domain.Family{}, 0, err
-	}
-	env, err := Decode(msg.Data, familyID)
-	if err != nil {
-		return domain.Family{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, msg.Sequence, err)
-	}
-	return env.Family(), msg.Sequence, nil
+	return s.load(ctx, familyID, false)
 }
 
 // LoadLatest is Load for reads that must reflect every append acknowledged
-// before they were asked, whichever instance made it: introspection.
+// before they were asked, whichever instance made it: introspection, and
+// the writer's reload after a fence conflict.
 //
 // Load uses a direct get, which on a replicated stream any current
 // replica answers from its own store, a follower that has not applied the
@@ -86,42 +76,69 @@ func (s *Store) Load(ctx context.Context, familyID string) (domain.Family, uint6
 // docs/benchmarks.md), so a stream of one replica, whose one server
 // answers direct gets from the store it acknowledged from, keeps the
 // direct get. (A mirror created with mirror_direct would answer them too;
-// tokend creates none.) The write path keeps the direct get everywhere:
-// the append's fence corrects a stale read there.
+// tokend creates none.) The writer's first read keeps the direct get: the
+// append's fence corrects a stale read there.
 func (s *Store) LoadLatest(ctx context.Context, familyID string) (domain.Family, uint64, error) {
-	if info := s.stream.CachedInfo(); info != nil && info.Config.Replicas <= 1 {
-		return s.Load(ctx, familyID)
-	}
-	return s.loadFromLeader(ctx, familyID)
+	return s.load(ctx, familyID, s.replicated())
 }
 
-// loadFromLeader is Load answered by the stream leader.
-func (s *Store) loadFromLeader(ctx context.Context, familyID string) (domain.Family, uint64, error) {
-	req, err := json.Marshal(msgGetRequest{LastBySubject: s.subjects.Family(familyID), NoHeaders: true})
-	if err != nil {
+func (s *Store) load(ctx context.Context, familyID string, fromLeader bool) (domain.Family, uint64, error) {
+	env, seq, err := s.last(ctx, familyID, fromLeader)
+	if err != nil || seq == 0 {
 		return domain.Family{}, 0, err
 	}
-	reply, err := s.nc.RequestWithContext(ctx, apiPrefix(s.js.Options())+"STREAM.MSG.GET."+StreamName, req)
+	return env.Family(), seq, nil
+}
+
+// replicated reports whether the stream has followers, whose direct gets
+// may lag the leader.
+func (s *Store) replicated() bool {
+	info := s.stream.CachedInfo()
+	return info == nil || info.Config.Replicas > 1
+}
+
+// last returns the family's newest event and its sequence, 0 for an
+// unknown family: by direct get, or fromLeader by a message get.
+func (s *Store) last(ctx context.Context, familyID string, fromLeader bool) (Envelope, uint64, error) {
+	var data []byte
+	var seq uint64
+	if fromLeader {
+		req, err := json.Marshal(msgGetRequest{LastBySubject: s.subjects.Family(familyID), NoHeaders: true})
+		if err != nil {
+			return Envelope{}, 0, err
+		}
+		reply, err := s.nc.RequestWithContext(ctx, apiPrefix(s.js.Options())+"STREAM.MSG.GET."+StreamName, req)
+		if err != nil {
+			return Envelope{}, 0, err
+		}
+		var resp msgGetResponse
+		if err := json.Unmarshal(reply.Data, &resp); err != nil {
+			return Envelope{}, 0, fmt.Errorf("message get: %w", err)
+		}
+		switch {
+		case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+			return Envelope{}, 0, nil
+		case resp.Error != nil:
+			return Envelope{}, 0, resp.Error
+		case resp.Message == nil:
+			return Envelope{}, 0, jetstream.ErrInvalidJetStreamResponse
+		}
+		data, seq = resp.Message.Data, resp.Message.Sequence
+	} else {
+		msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Family(familyID))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return Envelope{}, 0, nil
+		}
+		if err != nil {
+			return Envelope{}, 0, err
+		}
+		data, seq = msg.Data, msg.Sequence
+	}
+	env, err := Decode(data, familyID)
 	if err != nil {
-		return domain.Family{}, 0, err
+		return Envelope{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, seq, err)
 	}
-	var resp msgGetResponse
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return domain.Family{}, 0, fmt.Errorf("message get: %w", err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return domain.Family{}, 0, nil
-	case resp.Error != nil:
-		return domain.Family{}, 0, resp.Error
-	case resp.Message == nil:
-		return domain.Family{}, 0, jetstream.ErrInvalidJetStreamResponse
-	}
-	env, err := Decode(resp.Message.Data, familyID)
-	if err != nil {
-		return domain.Family{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, resp.Message.Sequence, err)
-	}
-	return env.Family(), resp.Message.Sequence, nil
+	return env, seq, nil
 }
 
 // apiPrefix is the JetStream API prefix the jetstream package uses with
@@ -154,16 +171,11 @@ type msgGetResponse struct {
 }
 
 // lastEventID returns the id of the family's last event, to tell whether an
-// append whose acknowledgement was lost was stored.
+// append whose acknowledgement was lost was stored: a follower's direct get
+// could say no when the leader has it, so it asks as LoadLatest does.
 func (s *Store) lastEventID(ctx context.Context, familyID string) (string, uint64, error) {
-	msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Family(familyID))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return "", 0, nil
-	}
-	if err != nil {
-		return "", 0, err
-	}
-	return msg.Header.Get(jetstream.MsgIDHeader), msg.Sequence, nil
+	env, seq, err := s.last(ctx, familyID, s.replicated())
+	return env.ID, seq, err
 }
 
 // Append stores envs on the family's subject if its last sequence is still

@@ -110,7 +110,7 @@ func TestAppendAndLoadInOneRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, load := range map[string]func(context.Context, string) (domain.Family, uint64, error){
-		"LoadLatest": store.LoadLatest, "loadFromLeader": store.loadFromLeader,
+		"LoadLatest": store.LoadLatest, "from the leader": store.fromLeader,
 	} {
 		latest, latestSeq, err := load(ctx, family)
 		if err != nil || latestSeq != seq || !reflect.DeepEqual(normalize(latest), normalize(loaded)) {
@@ -161,7 +161,7 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 	for name, load := range map[string]func(context.Context, string) (domain.Family, uint64, error){
-		"direct": store.Load, "leader": store.loadFromLeader,
+		"direct": store.Load, "leader": store.fromLeader,
 	} {
 		b.Run(name, func(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
@@ -269,4 +269,10 @@ func TestDecodeRefusesForeignMessages(t *testing.T) {
 			t.Errorf("%q: %v", data, err)
 		}
 	}
+}
+
+// fromLeader is Load answered by the stream leader, as LoadLatest reads on
+// a replicated stream.
+func (s *Store) fromLeader(ctx context.Context, familyID string) (domain.Family, uint64, error) {
+	return s.load(ctx, familyID, true)
 }

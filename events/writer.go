@@ -64,8 +64,9 @@ func NewWriter(store *Store, cacheSize int) *Writer {
 func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain.Family) ([]domain.Event, error)) (Decision, error) {
 	unlock := w.locks.lock(familyID)
 	defer unlock()
+	conflicted := false
 	for range maxAttempts {
-		cur, err := w.load(ctx, familyID)
+		cur, err := w.load(ctx, familyID, conflicted)
 		if err != nil {
 			w.storeError(err)
 			return Decision{}, unavailable(err)
@@ -82,6 +83,10 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 		}
 		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
 		if errors.Is(err, ErrConflict) {
+			// Read the next state from the stream leader: on a replicated
+			// stream the direct get that lost may be a lagging follower's,
+			// which would lose again.
+			conflicted = true
 			w.cache.Remove(familyID)
 			if w.OnConflict != nil {
 				w.OnConflict()
@@ -114,11 +119,15 @@ func (w *Writer) LoadLatest(ctx context.Context, familyID string) (domain.Family
 	return f, seq, nil
 }
 
-func (w *Writer) load(ctx context.Context, familyID string) (loaded, error) {
+func (w *Writer) load(ctx context.Context, familyID string, latest bool) (loaded, error) {
 	if l, ok := w.cache.Get(familyID); ok {
 		return l, nil
 	}
-	f, seq, err := w.store.Load(ctx, familyID)
+	load := w.store.Load
+	if latest {
+		load = w.store.LoadLatest
+	}
+	f, seq, err := load(ctx, familyID)
 	if err != nil {
 		return loaded{}, err
 	}
