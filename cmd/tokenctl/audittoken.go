@@ -18,8 +18,9 @@ var auditTokenCommand = &command{
 	help: `Prints a new random bearer token for a caller of tokend's audit listener
 (--audit-http), and the line that admits it: add that line to the file of
 --audit-tokens on every instance and restart them. The file keeps only the
-token's SHA-256; the token itself is shown this once (or written to
---save FILE with mode 0600). Needs no connection to NATS.`,
+token's SHA-256; the token itself is shown this once, or with --save FILE
+only written to FILE (mode 0600; --json then leaves "token" empty). Needs
+no connection to NATS.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		name := fs.String("name", "", "who the token is for, logged with each audit request (`NAME`, required)")
 		save := saveFlag(fs)
@@ -31,14 +32,22 @@ token's SHA-256; the token itself is shown this once (or written to
 			rand.Read(secret)
 			token := "tda_" + base64.RawURLEncoding.EncodeToString(secret)
 			line := api.HashAuditToken(*name, token)
+			// With --save the token goes to the file only, so it stays out
+			// of terminals, scrollback and CI logs.
+			shown := token
 			if *save != "" {
 				if err := writeSecretFile(*save, token+"\n"); err != nil {
 					return err
 				}
+				shown = ""
 			}
 			if e.json {
-				out, _ := json.Marshal(map[string]string{"name": *name, "token": token, "tokens_file_line": line})
+				out, _ := json.Marshal(map[string]string{"name": *name, "token": shown, "tokens_file_line": line})
 				fmt.Fprintf(e.stdout, "%s\n", out)
+				return nil
+			}
+			if *save != "" {
+				fmt.Fprintf(e.stdout, "token:  written to %s\nline for the --audit-tokens file:\n%s\n", *save, line)
 				return nil
 			}
 			fmt.Fprintf(e.stdout, "token:  %s\nline for the --audit-tokens file:\n%s\n", token, line)

@@ -462,6 +462,16 @@ func TestAuditToken(t *testing.T) {
 	if again := runCtl(t, "", "--json", "audit-token", "--name", "soc-team"); again.stdout == r.stdout {
 		t.Fatal("two runs made the same token")
 	}
+	// With --save the token is in the file only.
+	saved := filepath.Join(t.TempDir(), "siem.token")
+	r = runCtl(t, "", "audit-token", "--name", "siem", "--save", saved)
+	written, err := os.ReadFile(saved)
+	if err != nil || r.code != 0 {
+		t.Fatalf("--save: exit %d, %v", r.code, err)
+	}
+	if token := strings.TrimSpace(string(written)); len(token) < 40 || strings.Contains(r.stdout+r.stderr, token) {
+		t.Fatalf("--save printed the token it wrote:\n%s%s", r.stdout, r.stderr)
+	}
 	for _, bad := range []string{"", "two words"} {
 		if r := runCtl(t, "", "audit-token", "--name", bad); r.code != 2 {
 			t.Fatalf("--name %q: exit %d", bad, r.code)
