@@ -111,7 +111,7 @@ func (o *OAuth) inspect(w http.ResponseWriter, r *http.Request) (introspection, 
 		return introspection{}, "", aerr
 	}
 	if client.Type != domain.ClientConfidential {
-		o.log.Info("oauth introspection refused to a public client")
+		o.log.Info("oauth introspection refused to a public client", append([]any{"client_id", client.ID}, logAddress(r)...)...)
 		return introspection{}, "", errClientAuth
 	}
 	token := first(f["token"])
@@ -190,6 +190,6 @@ func accessClaims(c AccessClaims, scope []string) domain.AccessClaims {
 // refused logs an introspection of another client's token: whoever holds
 // a client's credentials could otherwise test stolen tokens unseen.
 func (o *OAuth) refused(r *http.Request, client domain.Client, familyID string) {
-	o.log.Info("oauth introspection refused: the token is not the caller's", "client_id", client.ID,
-		"remote_ip", requestContext(r)["ip"], "family_id", familyID)
+	o.log.Info("oauth introspection refused: the token is not the caller's",
+		append([]any{"client_id", client.ID, "family_id", familyID}, logAddress(r)...)...)
 }

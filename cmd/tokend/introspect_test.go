@@ -252,7 +252,7 @@ func TestIntrospectionAuthorization(t *testing.T) {
 	}
 	logs := e.logs[0].String()
 	for _, client := range []string{"api-gw", "billing-gw", "other"} {
-		if !strings.Contains(logs, `client_id=`+client+` remote_ip=127.0.0.1 family_id=`+f.FamilyID) || !strings.Contains(logs, "oauth introspection refused") {
+		if !strings.Contains(logs, `client_id=`+client+` family_id=`+f.FamilyID+` remote=127.0.0.1`) || !strings.Contains(logs, "oauth introspection refused") {
 			t.Errorf("no refusal logged for %s:\n%s", client, logs)
 		}
 	}
