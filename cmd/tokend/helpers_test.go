@@ -169,11 +169,15 @@ func familyEvents(tb testing.TB, nc *nats.Conn, familyID string) []storedEvent {
 		tb.Fatal(err)
 	}
 	var out []storedEvent
-	for len(out) < want {
-		msgs, err := cons.Fetch(want-len(out), jetstream.FetchMaxWait(5*time.Second))
+	// Events may expire while they are read (per-message TTLs), so the
+	// read ends at the last one the consumer delivers, however many the
+	// count said.
+	for pending := want; pending > 0; {
+		msgs, err := cons.Fetch(max(want-len(out), 1), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			tb.Fatal(err)
 		}
+		got := 0
 		for m := range msgs.Messages() {
 			env, err := events.Decode(m.Data(), familyID)
 			if err != nil {
@@ -181,9 +185,13 @@ func familyEvents(tb testing.TB, nc *nats.Conn, familyID string) []storedEvent {
 			}
 			md, _ := m.Metadata()
 			out = append(out, storedEvent{Envelope: env, Seq: md.Sequence.Stream, MsgID: m.Headers().Get("Nats-Msg-Id")})
+			got, pending = got+1, int(md.NumPending)
 		}
 		if msgs.Error() != nil {
 			tb.Fatalf("reading %s: %v", subject, msgs.Error())
+		}
+		if got == 0 {
+			break // the rest expired before it could be read
 		}
 	}
 	return out
