@@ -99,7 +99,8 @@ func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request, query string
 	writeJSON(w, http.StatusOK, out)
 }
 
-var auditParams = []string{"family_id", "subject", "client_id", "type", "since", "until", "limit", "after_seq", "min_seq"}
+var auditParams = []string{"family_id", "subject", "client_id", "presented_by", "type", "since", "until", "limit", "after_seq",
+	"min_seq"}
 
 // auditRequestFromQuery maps /v1/audit's parameters onto the NATS request,
 // so both are validated alike.
@@ -107,13 +108,13 @@ func auditRequestFromQuery(q url.Values) (wire.AuditRequest, error) {
 	if err := onlyParams(q, auditParams...); err != nil {
 		return wire.AuditRequest{}, err
 	}
-	for _, single := range []string{"family_id", "subject", "client_id", "since", "until", "limit", "after_seq", "min_seq"} {
+	for _, single := range []string{"family_id", "subject", "client_id", "presented_by", "since", "until", "limit", "after_seq", "min_seq"} {
 		if len(q[single]) > 1 {
 			return wire.AuditRequest{}, domain.Errorf(domain.EInvalidRequest, "parameter %s given more than once", single)
 		}
 	}
 	in := wire.AuditRequest{FamilyID: q.Get("family_id"), Subject: q.Get("subject"), ClientID: q.Get("client_id"),
-		Types: q["type"], Since: q.Get("since"), Until: q.Get("until")}
+		PresentedBy: q.Get("presented_by"), Types: q["type"], Since: q.Get("since"), Until: q.Get("until")}
 	if q.Has("limit") {
 		n, err := strconv.Atoi(q.Get("limit"))
 		if err != nil {

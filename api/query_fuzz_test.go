@@ -19,6 +19,8 @@ func FuzzParseQueries(f *testing.F) {
 		`{"since":"2026-11-02T00:00:00Z","until":"2026-11-01T00:00:00Z"}`, `{"after_seq":-1}`,
 		`{"after_seq":18446744073709551615}`, `{"refresh_token":"rt1.x","min_seq":3}`, `{"family_id":"f"}`,
 		`{"types":[` + `"token.issued",` + `"token.issued"]}`, "{\"subject\":\"\xff\"}", `{"subject":"a\u0000b"}`,
+		`{"presented_by":"evil-app","client_id":"web-app","types":["refresh.rejected"],"since":"2026-11-01T00:00:00Z","after_seq":3}`,
+		`{"presented_by":""}`, `{"presented_by":"a\u0000b"}`, `{"presented_by":7}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -52,6 +54,8 @@ func FuzzAuditQueryString(f *testing.F) {
 	for _, seed := range []string{
 		"family_id=abc&type=token.rotated&type=family.revoked&since=2026-11-01T00:00:00Z&limit=10&after_seq=3&min_seq=4",
 		"limit=0", "limit=abc", "after_seq=-1", "family_id=a&family_id=b", "bogus=1", "type=nope", "%zz", "since=%00",
+		"presented_by=evil-app&type=refresh.rejected&until=2026-11-02T00:00:00Z&after_seq=3", "presented_by=a&presented_by=b",
+		"presented_by=%00",
 	} {
 		f.Add(seed)
 	}

@@ -184,8 +184,9 @@ func ParseRevoke(data []byte) (wire.RevokeRequest, error) {
 // auditFilter validates an audit request into a filter.
 func auditFilter(in wire.AuditRequest) (projections.AuditFilter, error) {
 	f := projections.AuditFilter{FamilyID: in.FamilyID, Subject: in.Subject, ClientID: in.ClientID,
-		AfterSeq: in.AfterSeq, Limit: wire.DefaultAuditLimit}
-	for _, field := range [...]struct{ name, value string }{{"family_id", in.FamilyID}, {"subject", in.Subject}, {"client_id", in.ClientID}} {
+		PresentedBy: in.PresentedBy, AfterSeq: in.AfterSeq, Limit: wire.DefaultAuditLimit}
+	for _, field := range [...]struct{ name, value string }{{"family_id", in.FamilyID}, {"subject", in.Subject},
+		{"client_id", in.ClientID}, {"presented_by", in.PresentedBy}} {
 		if field.value != "" {
 			if err := domain.ValidateName(field.name, field.value); err != nil {
 				return f, err

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -113,4 +115,57 @@ func FuzzParseCommands(f *testing.F) {
 			t.Fatalf("revoke accepted an oversized reason")
 		}
 	})
+}
+
+// TestAuditFilterPresentedBy: presented_by reaches the read model's filter
+// beside client_id (the owner), and a value is refused exactly when it
+// would be as a client_id.
+func TestAuditFilterPresentedBy(t *testing.T) {
+	var in wire.AuditRequest
+	if err := Decode([]byte(`{"presented_by":"evil-app","client_id":"web-app","types":["refresh.rejected"]}`), &in); err != nil {
+		t.Fatal(err)
+	}
+	f, err := auditFilter(in)
+	if err != nil || f.PresentedBy != "evil-app" || f.ClientID != "web-app" || len(f.Types) != 1 {
+		t.Fatalf("filter %+v, %v", f, err)
+	}
+	for _, value := range []string{"evil-app", "ünï côdé", "", "a\u0000b", "a\nb", "\u00ad", strings.Repeat("c", domain.MaxNameBytes),
+		strings.Repeat("c", domain.MaxNameBytes+1)} {
+		_, asClient := auditFilter(wire.AuditRequest{ClientID: value})
+		_, asPresenter := auditFilter(wire.AuditRequest{PresentedBy: value})
+		if domain.ErrorCode(asPresenter) != domain.ErrorCode(asClient) ||
+			asPresenter != nil && domain.ErrorCode(asPresenter) != domain.EInvalidRequest {
+			t.Errorf("presented_by %q: %v; as client_id: %v", value, asPresenter, asClient)
+		}
+	}
+	for _, body := range []string{`{"presented_by":7}`, `{"presented_by":["evil-app"]}`, `{"presented_by":null,"presenter":"x"}`} {
+		if err := Decode([]byte(body), &wire.AuditRequest{}); domain.ErrorCode(err) != domain.EInvalidRequest {
+			t.Errorf("%s: %v, want invalid_request", body, err)
+		}
+	}
+	// A request without the filter is one a tokend without it accepts.
+	if body, _ := json.Marshal(wire.AuditRequest{ClientID: "web-app"}); strings.Contains(string(body), "presented_by") {
+		t.Errorf("request without a presenter: %s", body)
+	}
+}
+
+// TestAuditQueryPresentedBy: GET /v1/audit takes presented_by once, with
+// the other parameters; unknown parameters are still refused.
+func TestAuditQueryPresentedBy(t *testing.T) {
+	q, _ := url.ParseQuery("presented_by=evil-app&type=refresh.rejected&since=2026-12-01T00:00:00Z&after_seq=4&limit=2")
+	in, err := auditRequestFromQuery(q)
+	if err != nil || in.PresentedBy != "evil-app" || in.ClientID != "" || len(in.Types) != 1 || in.AfterSeq != 4 || *in.Limit != 2 {
+		t.Fatalf("request %+v, %v", in, err)
+	}
+	for _, raw := range []string{"presented_by=a&presented_by=b", "presented-by=evil-app", "presenter=evil-app",
+		"presented_by=a%00b", "presented_by=" + strings.Repeat("c", domain.MaxNameBytes+1)} {
+		q, _ := url.ParseQuery(raw)
+		in, err := auditRequestFromQuery(q)
+		if err == nil {
+			_, err = auditFilter(in)
+		}
+		if domain.ErrorCode(err) != domain.EInvalidRequest {
+			t.Errorf("%s: %v, want invalid_request", raw, err)
+		}
+	}
 }

@@ -107,7 +107,8 @@ func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
 		fams[i] = &fam{tokens: []string{g.Token.Value()}}
 	}
 	for range families * 12 {
-		f := fams[rng.IntN(len(fams))]
+		i := rng.IntN(len(fams))
+		f := fams[i]
 		h.now = h.now.Add(time.Duration(rng.IntN(4000)) * time.Millisecond)
 		cur := f.tokens[len(f.tokens)-1]
 		client := "client-0"
@@ -120,8 +121,8 @@ func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
 			}
 		case r < 14 && len(f.tokens) > 1: // retry with the parent: reuse or replay
 			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: f.tokens[len(f.tokens)-2], ClientID: h.clientOf(tb, cur)}))
-		case r < 16: // foreign client
-			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: cur, ClientID: "intruder"}))
+		case r < 16: // foreign client: two of them, so a filter by presenter has one to leave out
+			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: cur, ClientID: fmt.Sprintf("intruder-%d", i%2)}))
 		case r < 17: // up-scope
 			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: cur, ClientID: h.clientOf(tb, cur), Scope: []string{"admin"}}))
 		case r < 18:

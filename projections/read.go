@@ -91,10 +91,13 @@ func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error
 // AuditFilter selects audit events; zero fields do not filter.
 type AuditFilter struct {
 	FamilyID, Subject, ClientID string
-	Types                       []string
-	Since, Until                time.Time
-	AfterSeq                    uint64
-	Limit                       int
+	// PresentedBy selects the events in which that client presented
+	// another client's token (AuditEvent.PresentedBy); ClientID is the owner.
+	PresentedBy  string
+	Types        []string
+	Since, Until time.Time
+	AfterSeq     uint64
+	Limit        int
 	// MaxBytes, if set, bounds a page by the sum of Size (then required)
 	// over its events as well, so that a reply fits a message: the page
 	// ends before the event that would exceed it, but holds at least one
@@ -227,7 +230,14 @@ func (r *Reader) auditRows(ctx context.Context, q auditQuery, limit int64) ([]qu
 	switch {
 	case f.FamilyID != "":
 		return r.db.R.AuditByFamily(ctx, queries.AuditByFamilyParams{FamilyID: f.FamilyID, AfterSeq: after, UptoSeq: upto,
-			Subject: f.Subject, ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
+			Subject: f.Subject, ClientID: f.ClientID, PresentedBy: f.PresentedBy, Types: types, Since: since, Until: until,
+			Lim: limit})
+	case f.PresentedBy != "":
+		// After a family, whose events are few, and before a subject or an
+		// owner, whose events add up over the retention: only refusals of
+		// a foreign client's presentation name a presenter.
+		return r.db.R.AuditByPresenter(ctx, queries.AuditByPresenterParams{PresentedBy: f.PresentedBy, AfterSeq: after,
+			UptoSeq: upto, Subject: f.Subject, ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})
 	case f.Subject != "":
 		return r.db.R.AuditBySubject(ctx, queries.AuditBySubjectParams{Subject: f.Subject, AfterSeq: after, UptoSeq: upto,
 			ClientID: f.ClientID, Types: types, Since: since, Until: until, Lim: limit})

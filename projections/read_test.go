@@ -19,10 +19,10 @@ import (
 
 // auditRow is an audit row as the brute-force filters below see it.
 type auditRow struct {
-	seq                                 uint64
-	typ, familyID, subject, clientID    string
-	time                                time.Time
-	maxTimeUpto, minTimeFrom, timeNanos int64
+	seq                                           uint64
+	typ, familyID, subject, clientID, presentedBy string
+	time                                          time.Time
+	maxTimeUpto, minTimeFrom, timeNanos           int64
 }
 
 // auditFixture projects the seeded workload followed by events from two
@@ -36,7 +36,8 @@ func auditFixture(t *testing.T) (*harness, *DB, *Reader, []auditRow) {
 	last := h.skew(t, 40)
 	db := h.openDB(t, "projections.db")
 	p := h.project(t, db, 7, last)
-	rows, err := db.reader.Query("SELECT seq, type, time, family_id, subject, client_id, max_time_upto, min_time_from FROM audit_events ORDER BY seq")
+	rows, err := db.reader.Query(`SELECT seq, type, time, family_id, subject, client_id, presented_by, max_time_upto, min_time_from
+		FROM audit_events ORDER BY seq`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,8 @@ func auditFixture(t *testing.T) (*harness, *DB, *Reader, []auditRow) {
 	var all []auditRow
 	for rows.Next() {
 		var r auditRow
-		if err := rows.Scan(&r.seq, &r.typ, &r.timeNanos, &r.familyID, &r.subject, &r.clientID, &r.maxTimeUpto, &r.minTimeFrom); err != nil {
+		if err := rows.Scan(&r.seq, &r.typ, &r.timeNanos, &r.familyID, &r.subject, &r.clientID, &r.presentedBy, &r.maxTimeUpto,
+			&r.minTimeFrom); err != nil {
 			t.Fatal(err)
 		}
 		r.time = unixNano(r.timeNanos)
@@ -92,6 +94,13 @@ func auditCases(all []auditRow) []auditCase {
 		first, lastTime = minTime(first, r.time), maxTime(lastTime, r.time)
 	}
 	rare := []string{string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected)}
+	var presented auditRow // the first event with a presenter
+	for _, r := range all {
+		if r.presentedBy != "" {
+			presented = r
+			break
+		}
+	}
 	return []auditCase{
 		{name: "all"},
 		{name: "rare types", filter: AuditFilter{Types: rare}},
@@ -115,6 +124,14 @@ func auditCases(all []auditRow) []auditCase {
 		{name: "client, types", filter: AuditFilter{ClientID: "client-0", Types: []string{"token.rotated", "token.reused"}, Until: skewed}},
 		{name: "family", filter: AuditFilter{FamilyID: all[0].familyID, Types: []string{"token.rotated"}, Until: late}},
 		{name: "family, window", filter: AuditFilter{FamilyID: all[0].familyID, Since: first, Until: mid}},
+		{name: "presenter", filter: AuditFilter{PresentedBy: "intruder-0"}},
+		{name: "presenter, type", filter: AuditFilter{PresentedBy: "intruder-1", Types: rare}},
+		{name: "presenter, window", filter: AuditFilter{PresentedBy: "intruder-0", Since: presented.time.Add(time.Nanosecond), Until: late}},
+		{name: "presenter, owner", filter: AuditFilter{PresentedBy: "intruder-1", ClientID: presented.clientID}},
+		{name: "presenter, subject", filter: AuditFilter{PresentedBy: "intruder-0", Subject: presented.subject}},
+		{name: "family, presenter", filter: AuditFilter{FamilyID: presented.familyID, PresentedBy: presented.presentedBy}},
+		{name: "presenter of no event", filter: AuditFilter{PresentedBy: "client-0"}, empty: true},
+		{name: "presenter, other type", filter: AuditFilter{PresentedBy: "intruder-0", Types: []string{"token.rotated"}}, empty: true},
 		{name: "after everything", filter: AuditFilter{Since: lastTime.Add(time.Nanosecond)}, empty: true},
 		{name: "before everything", filter: AuditFilter{Until: first}, empty: true},
 		{name: "empty window", filter: AuditFilter{Since: mid, Until: mid.Add(time.Nanosecond), Types: []string{"no.such.type"}}, empty: true},
@@ -137,7 +154,8 @@ func maxTime(a, b time.Time) time.Time {
 
 func (f AuditFilter) matches(r auditRow) bool {
 	return (f.FamilyID == "" || r.familyID == f.FamilyID) && (f.Subject == "" || r.subject == f.Subject) &&
-		(f.ClientID == "" || r.clientID == f.ClientID) && (len(f.Types) == 0 || slices.Contains(f.Types, r.typ)) &&
+		(f.ClientID == "" || r.clientID == f.ClientID) && (f.PresentedBy == "" || r.presentedBy == f.PresentedBy) &&
+		(len(f.Types) == 0 || slices.Contains(f.Types, r.typ)) &&
 		(f.Since.IsZero() || !r.time.Before(f.Since)) && (f.Until.IsZero() || r.time.Before(f.Until))
 }
 
@@ -248,9 +266,16 @@ func TestAuditPagesReadSeqOrder(t *testing.T) {
 		if bad := planProblems(name, plan); len(bad) > 0 {
 			t.Errorf("%s with %v does not read a seq range in order (%q):\n%s", name, call.args, bad, strings.Join(plan, "\n"))
 		}
+		// The partial index, searched by presenter: not the table, not
+		// another index filtered by presenter.
+		if name == "AuditByPresenter" && !slices.ContainsFunc(plan, func(d string) bool {
+			return strings.HasPrefix(d, "SEARCH audit_events USING INDEX audit_by_presenter (presented_by=? AND seq>?")
+		}) {
+			t.Errorf("%s with %v does not search audit_by_presenter:\n%s", name, call.args, strings.Join(plan, "\n"))
+		}
 	}
-	for _, name := range []string{"AuditByFamily", "AuditBySubject", "AuditByClient", "AuditByType", "AuditByRareTypes",
-		"AuditBySeq", "FirstSeqSince", "LastSeqBefore"} {
+	for _, name := range []string{"AuditByFamily", "AuditByPresenter", "AuditBySubject", "AuditByClient", "AuditByType",
+		"AuditByRareTypes", "AuditBySeq", "FirstSeqSince", "LastSeqBefore"} {
 		if !used[name] {
 			t.Errorf("no case takes %s", name)
 		}
@@ -552,5 +577,43 @@ func TestMigrationKeepsRowsWithoutPresenter(t *testing.T) {
 	if len(page.Events) != 1 || page.Events[0].PresentedBy != "" || page.Events[0].PresentedGeneration != 0 ||
 		page.Events[0].Reason != "client_mismatch" || page.Events[0].Generation != 2 {
 		t.Fatalf("after the migration: %+v", page.Events)
+	}
+}
+
+// TestMigrationIndexesPresenters: migration 0010 indexes the presenters of
+// the rows a read model already holds, and only the rows that have one, so
+// that an event without a presenter costs no write to it.
+func TestMigrationIndexesPresenters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "projections.db")
+	old := migratedTo(t, path, 9)
+	for seq, presenter := range []string{"", "evil-app", "", "evil-app", "other-app"} {
+		if _, err := old.Exec(`INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason,
+			context, max_time_upto, min_time_from, presented_by) VALUES (?, ?, 'refresh.rejected', 10, 'f', 's', 'web-app', 1,
+			'client_mismatch', '{}', 10, 10, ?)`, seq+1, fmt.Sprint("e", seq), presenter); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var partial bool
+	if err := db.reader.QueryRow(`SELECT partial FROM pragma_index_list('audit_events') WHERE name = 'audit_by_presenter'`).
+		Scan(&partial); err != nil || !partial {
+		t.Fatalf("audit_by_presenter: partial %v, %v", partial, err)
+	}
+	var indexed int
+	if err := db.reader.QueryRow(`SELECT count(*) FROM audit_events INDEXED BY audit_by_presenter WHERE presented_by <> ''`).
+		Scan(&indexed); err != nil || indexed != 3 {
+		t.Fatalf("%d rows in audit_by_presenter, want the 3 with a presenter (%v)", indexed, err)
+	}
+	page, err := (&Reader{db: db, p: &Projector{}}).Audit(context.Background(), AuditFilter{PresentedBy: "evil-app", Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Events) != 2 || page.Events[0].Seq != 2 || page.Events[1].Seq != 4 || page.Events[0].ClientID != "web-app" {
+		t.Fatalf("presented by evil-app: %+v", page.Events)
 	}
 }

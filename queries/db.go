@@ -33,6 +33,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.auditByFamilyStmt, err = db.PrepareContext(ctx, auditByFamily); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByFamily: %w", err)
 	}
+	if q.auditByPresenterStmt, err = db.PrepareContext(ctx, auditByPresenter); err != nil {
+		return nil, fmt.Errorf("error preparing query AuditByPresenter: %w", err)
+	}
 	if q.auditByRareTypesStmt, err = db.PrepareContext(ctx, auditByRareTypes); err != nil {
 		return nil, fmt.Errorf("error preparing query AuditByRareTypes: %w", err)
 	}
@@ -129,6 +132,11 @@ func (q *Queries) Close() error {
 	if q.auditByFamilyStmt != nil {
 		if cerr := q.auditByFamilyStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing auditByFamilyStmt: %w", cerr)
+		}
+	}
+	if q.auditByPresenterStmt != nil {
+		if cerr := q.auditByPresenterStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing auditByPresenterStmt: %w", cerr)
 		}
 	}
 	if q.auditByRareTypesStmt != nil {
@@ -303,6 +311,7 @@ type Queries struct {
 	advanceFamilyStmt              *sql.Stmt
 	auditByClientStmt              *sql.Stmt
 	auditByFamilyStmt              *sql.Stmt
+	auditByPresenterStmt           *sql.Stmt
 	auditByRareTypesStmt           *sql.Stmt
 	auditBySeqStmt                 *sql.Stmt
 	auditBySubjectStmt             *sql.Stmt
@@ -338,6 +347,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		advanceFamilyStmt:              q.advanceFamilyStmt,
 		auditByClientStmt:              q.auditByClientStmt,
 		auditByFamilyStmt:              q.auditByFamilyStmt,
+		auditByPresenterStmt:           q.auditByPresenterStmt,
 		auditByRareTypesStmt:           q.auditByRareTypesStmt,
 		auditBySeqStmt:                 q.auditBySeqStmt,
 		auditBySubjectStmt:             q.auditBySubjectStmt,

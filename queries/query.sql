@@ -173,6 +173,18 @@ WHERE search.lo = search.hi AND a.min_time_from < @until;
 SELECT * FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = @family_id AND seq > @after_seq AND seq <= @upto_seq
   AND (CAST(@subject AS TEXT) = '' OR subject = @subject) AND (CAST(@client_id AS TEXT) = '' OR client_id = @client_id)
+  AND (CAST(@presented_by AS TEXT) = '' OR presented_by = @presented_by)
+  AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
+  AND time >= @since AND time < @until
+ORDER BY seq LIMIT @lim;
+
+-- name: AuditByPresenter :many
+-- The events in which @presented_by presented another client's token.
+-- audit_by_presenter holds only the rows with a presenter; presented_by
+-- <> '' tells SQLite that these are all it needs (migration 0010).
+SELECT * FROM audit_events INDEXED BY audit_by_presenter
+WHERE presented_by = @presented_by AND presented_by <> '' AND seq > @after_seq AND seq <= @upto_seq
+  AND (CAST(@subject AS TEXT) = '' OR subject = @subject) AND (CAST(@client_id AS TEXT) = '' OR client_id = @client_id)
   AND (CAST(@types AS TEXT) = '' OR type IN (SELECT value FROM json_each(@types)))
   AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;

@@ -121,21 +121,23 @@ const auditByFamily = `-- name: AuditByFamily :many
 SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
-  AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
-  AND time >= ?7 AND time < ?8
-ORDER BY seq LIMIT ?9
+  AND (CAST(?6 AS TEXT) = '' OR presented_by = ?6)
+  AND (CAST(?7 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?7)))
+  AND time >= ?8 AND time < ?9
+ORDER BY seq LIMIT ?10
 `
 
 type AuditByFamilyParams struct {
-	FamilyID string
-	AfterSeq int64
-	UptoSeq  int64
-	Subject  string
-	ClientID string
-	Types    string
-	Since    int64
-	Until    int64
-	Lim      int64
+	FamilyID    string
+	AfterSeq    int64
+	UptoSeq     int64
+	Subject     string
+	ClientID    string
+	PresentedBy string
+	Types       string
+	Since       int64
+	Until       int64
+	Lim         int64
 }
 
 // The audit pages: each reads seq order from the index it names (INDEXED
@@ -145,6 +147,80 @@ type AuditByFamilyParams struct {
 func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([]AuditEvent, error) {
 	rows, err := q.query(ctx, q.auditByFamilyStmt, auditByFamily,
 		arg.FamilyID,
+		arg.AfterSeq,
+		arg.UptoSeq,
+		arg.Subject,
+		arg.ClientID,
+		arg.PresentedBy,
+		arg.Types,
+		arg.Since,
+		arg.Until,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AuditEvent
+	for rows.Next() {
+		var i AuditEvent
+		if err := rows.Scan(
+			&i.Seq,
+			&i.ID,
+			&i.Type,
+			&i.Time,
+			&i.FamilyID,
+			&i.Subject,
+			&i.ClientID,
+			&i.Generation,
+			&i.Reason,
+			&i.Context,
+			&i.MaxTimeUpto,
+			&i.MinTimeFrom,
+			&i.ExpiresAt,
+			&i.PresentedBy,
+			&i.PresentedGeneration,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const auditByPresenter = `-- name: AuditByPresenter :many
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_presenter
+WHERE presented_by = ?1 AND presented_by <> '' AND seq > ?2 AND seq <= ?3
+  AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
+  AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
+  AND time >= ?7 AND time < ?8
+ORDER BY seq LIMIT ?9
+`
+
+type AuditByPresenterParams struct {
+	PresentedBy string
+	AfterSeq    int64
+	UptoSeq     int64
+	Subject     string
+	ClientID    string
+	Types       string
+	Since       int64
+	Until       int64
+	Lim         int64
+}
+
+// The events in which @presented_by presented another client's token.
+// audit_by_presenter holds only the rows with a presenter; presented_by
+// <> ” tells SQLite that these are all it needs (migration 0010).
+func (q *Queries) AuditByPresenter(ctx context.Context, arg AuditByPresenterParams) ([]AuditEvent, error) {
+	rows, err := q.query(ctx, q.auditByPresenterStmt, auditByPresenter,
+		arg.PresentedBy,
 		arg.AfterSeq,
 		arg.UptoSeq,
 		arg.Subject,

@@ -82,15 +82,19 @@ type FamilyRequest struct {
 
 // AuditRequest is the wire form of tokens.query.audit.
 type AuditRequest struct {
-	FamilyID string   `json:"family_id"`
-	Subject  string   `json:"subject"`
-	ClientID string   `json:"client_id"`
-	Types    []string `json:"types"`
-	Since    string   `json:"since"`
-	Until    string   `json:"until"`
-	Limit    *int     `json:"limit"`
-	AfterSeq uint64   `json:"after_seq"`
-	MinSeq   uint64   `json:"min_seq"`
+	FamilyID string `json:"family_id"`
+	Subject  string `json:"subject"`
+	ClientID string `json:"client_id"` // the family's owner
+	// PresentedBy selects the events in which this client presented
+	// another client's token. Left out when empty, so that a request
+	// without it is one a tokend older than the field accepts.
+	PresentedBy string   `json:"presented_by,omitempty"`
+	Types       []string `json:"types"`
+	Since       string   `json:"since"`
+	Until       string   `json:"until"`
+	Limit       *int     `json:"limit"`
+	AfterSeq    uint64   `json:"after_seq"`
+	MinSeq      uint64   `json:"min_seq"`
 }
 
 // Audit page sizes. A page ends at Limit events or once its events reach

@@ -25,15 +25,15 @@ var eventTypes = []string{string(domain.TokenIssued), string(domain.TokenRotated
 
 var auditCommand = &command{
 	summary: "list audit events: one page, all of them, or live",
-	synopsis: "[--family ID] [--subject S] [--client-id C] [--type T]... [--since T] [--until T]\n" +
-		"       [--limit N] [--after-seq N] [--min-seq N] [--all | --follow]",
+	synopsis: "[--family ID] [--subject S] [--client-id C] [--presented-by C] [--type T]...\n" +
+		"       [--since T] [--until T] [--limit N] [--after-seq N] [--min-seq N] [--all | --follow]",
 	jsonHelp: "print JSON: a page as received; with --all/--follow one event per line",
 	long:     true,
 	help: `Prints the events matching every filter given, oldest first, as a table in
-local time. CLIENT is the family's owner; DETAIL names the client that
-presented another client's token, the generation of a replayed or refused
-token beside the family's (GEN), and the proxy a caller came through. Event
-types (--type):
+local time. CLIENT is the family's owner (--client-id); DETAIL names the
+client that presented another client's token (--presented-by), the
+generation of a replayed or refused token beside the family's (GEN), and
+the proxy a caller came through. Event types (--type):
   token.issued, token.rotated, token.reused, token.replay_detected,
   family.revoked, refresh.rejected
 
@@ -51,7 +51,8 @@ the whole listing.`,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		family := fs.String("family", "", "only the events of family `ID`")
 		subject := fs.String("subject", "", "only the events of subject `S`")
-		clientID := fs.String("client-id", "", "only the events of client `C`")
+		clientID := fs.String("client-id", "", "only the events of client `C`'s families")
+		presentedBy := fs.String("presented-by", "", "only the events in which client `C` presented another client's token")
 		var types stringList
 		fs.Var(&types, "type", "only events of type `T` (repeatable)")
 		since := fs.String("since", "", "only events at or after `T`: RFC 3339, or a duration back from now (24h, 7d)")
@@ -62,11 +63,11 @@ the whole listing.`,
 		all := fs.Bool("all", false, "page through every matching event")
 		follow := fs.Bool("follow", false, "print every matching event, then new ones as they happen, until interrupted")
 		return func(ctx context.Context, e *env) error {
-			req := wire.AuditRequest{FamilyID: *family, Subject: *subject, ClientID: *clientID, Types: types,
-				Limit: limit, AfterSeq: *afterSeq, MinSeq: *minSeq}
+			req := wire.AuditRequest{FamilyID: *family, Subject: *subject, ClientID: *clientID, PresentedBy: *presentedBy,
+				Types: types, Limit: limit, AfterSeq: *afterSeq, MinSeq: *minSeq}
 			// An empty filter would list everyone's events: refuse it rather
 			// than let `--family "$UNSET"` widen a search.
-			for _, name := range []string{"family", "subject", "client-id"} {
+			for _, name := range []string{"family", "subject", "client-id", "presented-by"} {
 				if isSet(fs, name) && fs.Lookup(name).Value.String() == "" {
 					return usagef("--%s must not be empty", name)
 				}

@@ -171,6 +171,7 @@ func TestUsageErrors(t *testing.T) {
 		{"--nats-url", deadURL, "audit", "--type", "token.stolen"},
 		{"--nats-url", deadURL, "audit", "--family", ""},
 		{"--nats-url", deadURL, "audit", "--client-id", ""},
+		{"--nats-url", deadURL, "audit", "--presented-by", ""},
 		{"--nats-url", deadURL, "audit", "extra"},
 		{"--nats-url", deadURL, "rebuild"},
 	} {

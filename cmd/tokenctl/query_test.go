@@ -307,7 +307,7 @@ func TestAuditPage(t *testing.T) {
 	f := serveFake(t, map[string]micro.HandlerFunc{"tokens.query.audit": audit.handle})
 	before := time.Now()
 	r := runCtl(t, "", "--nats-url", f.url, "audit", "--family", "fam-7f3a", "--subject", "user-42", "--client-id", "web-app",
-		"--type", "token.issued", "--type", "family.revoked", "--since", "2026-01-02T12:00:00+02:00", "--until", "1h",
+		"--presented-by", "evil-app", "--type", "token.issued", "--type", "family.revoked", "--since", "2026-01-02T12:00:00+02:00", "--until", "1h",
 		"--limit", "2", "--min-seq", "3")
 	after := time.Now()
 	if r.code != 0 {
@@ -331,7 +331,8 @@ func TestAuditPage(t *testing.T) {
 
 	req := f.request("tokens.query.audit")
 	types, _ := req["types"].([]any)
-	if req["family_id"] != "fam-7f3a" || req["subject"] != "user-42" || req["client_id"] != "web-app" || len(types) != 2 ||
+	if req["family_id"] != "fam-7f3a" || req["subject"] != "user-42" || req["client_id"] != "web-app" ||
+		req["presented_by"] != "evil-app" || len(types) != 2 ||
 		types[0] != "token.issued" || types[1] != "family.revoked" || req["limit"] != 2.0 || req["after_seq"] != 0.0 || req["min_seq"] != 3.0 {
 		t.Errorf("request = %v", req)
 	}
@@ -348,8 +349,10 @@ func TestAuditPage(t *testing.T) {
 	if got := fields(r.stdout); r.code != 0 || len(got) != 2 || !strings.HasPrefix(got[1], "3 ") || r.stderr != "" {
 		t.Errorf("--after-seq 2: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	if req := f.request("tokens.query.audit"); req["after_seq"] != 2.0 || req["limit"] != 100.0 || req["since"] != "" || req["types"] != nil {
-		t.Errorf("request = %v", req)
+	req = f.request("tokens.query.audit")
+	if _, presenter := req["presented_by"]; req["after_seq"] != 2.0 || req["limit"] != 100.0 || req["since"] != "" || req["types"] != nil ||
+		presenter {
+		t.Errorf("request = %v", req) // without --presented-by, a request older tokends accept
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/events/eventstest"
 )
@@ -71,9 +73,33 @@ func wantFields(t *testing.T, ev map[string]any, want map[string]any) {
 	}
 }
 
+// auditBoth returns the events of one audit query, asked over NATS as req
+// and over HTTP as query, after checking both answer the same JSON.
+func auditBoth(t *testing.T, app *App, nc *nats.Conn, req wire.AuditRequest, query string) []map[string]any {
+	t.Helper()
+	r := call(t, nc, "tokens.query.audit", req)
+	if r.errCode != "" {
+		t.Fatalf("audit %+v: %s", req, r.raw)
+	}
+	var natsPage, httpPage struct{ Events []map[string]any }
+	if err := json.Unmarshal(r.raw, &natsPage); err != nil {
+		t.Fatal(err)
+	}
+	code, _, body := httpGet(t, app, "/v1/audit?"+query)
+	if err := json.Unmarshal(body, &httpPage); code != http.StatusOK || err != nil {
+		t.Fatalf("/v1/audit?%s: %d %s", query, code, body)
+	}
+	if !reflect.DeepEqual(natsPage.Events, httpPage.Events) {
+		t.Fatalf("tokens.query.audit %+v:\n%v\n/v1/audit?%s:\n%v", req, natsPage.Events, query, httpPage.Events)
+	}
+	return natsPage.Events
+}
+
 // TestAuditNamesForeignPresenter: a client presenting another client's
 // token is audited under the owner's client_id with presented_by the
 // presenter and the presenter's own request context, over NATS and HTTP.
+// A query by presented_by finds that event, one by client_id the
+// presenter's own families, never the one it presented.
 func TestAuditNamesForeignPresenter(t *testing.T) {
 	app := MustApp(t, testConfig(t), nil)
 	nc := eventstest.MustConnect(t, app.NATSURL())
@@ -81,13 +107,38 @@ func TestAuditNamesForeignPresenter(t *testing.T) {
 	foreign := map[string]string{"ip": "2001:db8::7", "user_agent": "evil/1.0"}
 	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: f.RefreshToken, ClientID: "evil-app", Context: foreign}),
 		"invalid_grant")
+	// evil-app's own family, whose token another client presents in turn.
+	own := mustIssue(t, nc, "user-evil", "evil-app")
+	wantError(t, refresh(t, nc, own.RefreshToken, "other-app"), "invalid_grant")
+	mustRefresh(t, nc, f.RefreshToken, "web-app")
 
 	evs := auditOf(t, app, f.FamilyID)
-	wantFields(t, eventOfType(t, evs, "refresh.rejected"), map[string]any{
+	rejected := eventOfType(t, evs, "refresh.rejected")
+	wantFields(t, rejected, map[string]any{
 		"reason": "client_mismatch", "client_id": "web-app", "presented_by": "evil-app", "generation": 1.0,
 		"presented_generation": 1.0, "context": map[string]any{"ip": "2001:db8::7", "user_agent": "evil/1.0"}})
 	wantFields(t, eventOfType(t, evs, "token.issued"), map[string]any{
 		"client_id": "web-app", "presented_by": nil, "presented_generation": nil, "context": map[string]any{"ip": "203.0.113.7"}})
+
+	ownEvents := auditOf(t, app, own.FamilyID)
+	last := uint64(max(evs[len(evs)-1]["seq"].(float64), ownEvents[len(ownEvents)-1]["seq"].(float64)))
+	presented := auditBoth(t, app, nc, wire.AuditRequest{PresentedBy: "evil-app", MinSeq: last},
+		fmt.Sprintf("presented_by=evil-app&min_seq=%d", last))
+	if len(presented) != 1 || !reflect.DeepEqual(presented[0], rejected) {
+		t.Fatalf("presented_by=evil-app: %v, want only %v", presented, rejected)
+	}
+	if got := auditBoth(t, app, nc, wire.AuditRequest{PresentedBy: "evil-app", ClientID: "web-app", Types: []string{"refresh.rejected"}},
+		"presented_by=evil-app&client_id=web-app&type=refresh.rejected"); !reflect.DeepEqual(got, presented) {
+		t.Fatalf("presented_by=evil-app with its owner and type: %v, want %v", got, presented)
+	}
+	if got := auditBoth(t, app, nc, wire.AuditRequest{PresentedBy: "evil-app", Types: []string{"token.issued"}},
+		"presented_by=evil-app&type=token.issued"); len(got) != 0 {
+		t.Fatalf("presented_by=evil-app, type=token.issued: %v", got)
+	}
+	byClient := auditBoth(t, app, nc, wire.AuditRequest{ClientID: "evil-app"}, "client_id=evil-app")
+	if !reflect.DeepEqual(byClient, ownEvents) {
+		t.Fatalf("client_id=evil-app: %v, want its own family's events %v", byClient, ownEvents)
+	}
 }
 
 // TestAuditNamesReplayedGeneration: a replay says which generation was

@@ -636,6 +636,9 @@ func TestHTTPReadAPI(t *testing.T) {
 			"min_seq=-1",
 			"family_id=a&family_id=b",
 			"subject=a&subject=a",
+			"presented_by=a&presented_by=b",
+			"presented_by=a%00b",
+			"presented-by=evil-app",
 			"limit=1&limit=2",
 			"subject=" + strings.Repeat("s", 257),
 		} {
