@@ -506,13 +506,7 @@ func TestMigrationBoundsExistingEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	old.Close()
-
-	db, err := Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := mustUpgrade(t, old, path)
 	rows, err := db.reader.Query("SELECT max_time_upto, min_time_from FROM audit_events ORDER BY seq")
 	if err != nil {
 		t.Fatal(err)
@@ -534,6 +528,19 @@ func TestMigrationBoundsExistingEvents(t *testing.T) {
 
 // migratedTo returns the database at path with the first n migrations
 // applied, as a version of tokend that had only those left it.
+// mustUpgrade closes old, a read model migratedTo an earlier version, and
+// opens it as tokend does, running the migrations since.
+func mustUpgrade(tb testing.TB, old *sql.DB, path string) *DB {
+	tb.Helper()
+	old.Close()
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db
+}
+
 func migratedTo(tb testing.TB, path string, n int) *sql.DB {
 	tb.Helper()
 	db, err := sql.Open("sqlite", "file:"+path)
@@ -591,13 +598,7 @@ func TestMigrationPrunesByFamily(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	old.Close()
-
-	db, err := Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := mustUpgrade(t, old, path)
 	ctx := context.Background()
 	if got := dump(t, db); len(got["audit_events"]) != 5 || len(got["families"]) != 3 {
 		t.Fatalf("after the migration: %v", got)

@@ -564,12 +564,7 @@ func TestMigrationKeepsRowsWithoutPresenter(t *testing.T) {
 		context, max_time_upto, min_time_from) VALUES (1, 'e1', 'refresh.rejected', 10, 'f', 's', 'c', 2, 'client_mismatch', '{}', 10, 10)`); err != nil {
 		t.Fatal(err)
 	}
-	old.Close()
-	db, err := Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := mustUpgrade(t, old, path)
 	page, err := (&Reader{db: db, p: &Projector{}}).Audit(context.Background(), AuditFilter{FamilyID: "f", Limit: 10})
 	if err != nil {
 		t.Fatal(err)
@@ -593,12 +588,7 @@ func TestMigrationIndexesPresenters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	old.Close()
-	db, err := Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := mustUpgrade(t, old, path)
 	var partial bool
 	if err := db.reader.QueryRow(`SELECT partial FROM pragma_index_list('audit_events') WHERE name = 'audit_by_presenter'`).
 		Scan(&partial); err != nil || !partial {
