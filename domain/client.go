@@ -90,6 +90,10 @@ type Client struct {
 	// of them, whatever client they were issued to. They need not be among
 	// its own Audiences.
 	Resources []string
+	// Receiver, for a confidential client only, makes it an SSF receiver:
+	// it may get access tokens for the SSF endpoints (client_credentials)
+	// and see the events its role allows.
+	Receiver ReceiverRole
 	// Lifetimes of the client's tokens; 0 means the deployment's setting
 	// (--access-ttl, --refresh-idle-ttl, --refresh-absolute-ttl,
 	// --reuse-interval).
@@ -349,6 +353,9 @@ func (c Client) Validate() error {
 	if len(c.Resources) > 0 && c.Type != ClientConfidential {
 		// Introspection answers confidential clients only.
 		return Errorf(EInvalidRequest, "resources go with confidential clients only: a public client cannot introspect")
+	}
+	if err := c.validReceiver(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		field string

@@ -184,7 +184,7 @@ func (r *Registry) adopt(clientID string, entry ClientEntry) {
 	if !entry.Removed {
 		c := entry.Client
 		attrs = append(attrs, "type", c.Type, "auth_method", c.AuthMethod, "secrets", len(c.Secrets),
-			"scopes", len(c.Scopes), "audiences", len(c.Audiences), "resources", len(c.Resources), "on_replay", c.OnReplay)
+			"scopes", len(c.Scopes), "audiences", len(c.Audiences), "resources", len(c.Resources), "ssf_receiver", c.Receiver, "on_replay", c.OnReplay)
 	}
 	r.log.Info("client registry changed", attrs...)
 }
@@ -441,7 +441,8 @@ type clientJSON struct {
 	JWKS               json.RawMessage `json:"jwks,omitempty"`
 	Scopes             []string        `json:"scopes"`
 	Audiences          []string        `json:"audiences"`
-	Resources          []string        `json:"resources,omitempty"` // absent in entries written before it existed: none
+	Resources          []string        `json:"resources,omitempty"`    // absent in entries written before it existed: none
+	SSFReceiver        string          `json:"ssf_receiver,omitempty"` // absent: not a receiver (and in entries written before receivers existed)
 	AccessTTL          durationText    `json:"access_ttl"`
 	RefreshIdleTTL     durationText    `json:"refresh_idle_ttl"`
 	RefreshAbsoluteTTL durationText    `json:"refresh_absolute_ttl"`
@@ -474,7 +475,7 @@ func encodeClientEntry(e ClientEntry) ([]byte, error) {
 	if !e.Removed {
 		c := e.Client
 		j := &clientJSON{ID: c.ID, Type: string(c.Type), AuthMethod: string(c.AuthMethod), JWKS: c.JWKS,
-			Scopes: c.Scopes, Audiences: c.Audiences, Resources: c.Resources, AccessTTL: durationText(c.AccessTTL),
+			Scopes: c.Scopes, Audiences: c.Audiences, Resources: c.Resources, SSFReceiver: string(c.Receiver), AccessTTL: durationText(c.AccessTTL),
 			RefreshIdleTTL: durationText(c.RefreshIdleTTL), RefreshAbsoluteTTL: durationText(c.RefreshAbsoluteTTL),
 			ReuseInterval: durationText(c.ReuseInterval), OnReplay: string(c.OnReplay), CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
 		for _, sec := range c.Secrets {
@@ -509,7 +510,7 @@ func decodeClientEntry(e jetstream.KeyValueEntry) (string, ClientEntry, error) {
 	}
 	j := s.Client
 	out.Client = domain.Client{ID: j.ID, Type: domain.ClientType(j.Type), AuthMethod: domain.AuthMethod(j.AuthMethod), JWKS: j.JWKS,
-		Scopes: j.Scopes, Audiences: j.Audiences, Resources: j.Resources, AccessTTL: time.Duration(j.AccessTTL), RefreshIdleTTL: time.Duration(j.RefreshIdleTTL),
+		Scopes: j.Scopes, Audiences: j.Audiences, Resources: j.Resources, Receiver: domain.ReceiverRole(j.SSFReceiver), AccessTTL: time.Duration(j.AccessTTL), RefreshIdleTTL: time.Duration(j.RefreshIdleTTL),
 		RefreshAbsoluteTTL: time.Duration(j.RefreshAbsoluteTTL), ReuseInterval: time.Duration(j.ReuseInterval),
 		OnReplay: domain.ReplayAction(j.OnReplay), CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
 	for _, sec := range j.Secrets {
