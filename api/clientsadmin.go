@@ -47,6 +47,9 @@ type ClientPutRequest struct {
 	// audiences: it may introspect access tokens issued for them. Absent:
 	// none.
 	Resources []string `json:"resources,omitempty"`
+	// SSFReceiver makes a confidential client an SSF receiver: own (the
+	// events of its own client) or all (every event). Absent: not one.
+	SSFReceiver string `json:"ssf_receiver,omitempty"`
 	// JWKS holds the client's public keys, for private_key_jwt only. On an
 	// update it replaces the stored one.
 	JWKS json.RawMessage `json:"jwks,omitempty"`
@@ -98,6 +101,8 @@ type ClientView struct {
 	Scopes     []string `json:"scopes"`
 	Audiences  []string `json:"audiences"`
 	Resources  []string `json:"resources"`
+	// SSFReceiver is own or all for an SSF receiver, "" for any other client.
+	SSFReceiver string `json:"ssf_receiver"`
 	// Secrets lists when each secret was made and, in a rotation's grace
 	// period, when it stops verifying.
 	Secrets []SecretView `json:"secrets"`
@@ -228,7 +233,8 @@ func clientSettings(in ClientPutRequest) (domain.Client, error) {
 		return domain.Client{}, domain.Errorf(domain.EInvalidRequest, "audiences is required: the resources the client may be granted ([] for none)")
 	}
 	c := domain.Client{ID: in.ClientID, Type: domain.ClientType(in.Type), AuthMethod: domain.AuthMethod(in.AuthMethod),
-		Scopes: *in.Scopes, Audiences: *in.Audiences, Resources: in.Resources, OnReplay: domain.ReplayAction(in.OnReplay)}
+		Scopes: *in.Scopes, Audiences: *in.Audiences, Resources: in.Resources, Receiver: domain.ReceiverRole(in.SSFReceiver),
+		OnReplay: domain.ReplayAction(in.OnReplay)}
 	if string(in.JWKS) != "null" {
 		c.JWKS = in.JWKS
 	}
@@ -352,7 +358,7 @@ func clientChange(e registry.ClientEntry, withJWKS bool) ClientChangeView {
 func clientView(e registry.ClientEntry, withJWKS bool) ClientView {
 	c := e.Client
 	v := ClientView{ClientID: c.ID, Revision: e.Revision, Type: string(c.Type), AuthMethod: string(c.AuthMethod),
-		Scopes: nonNil(c.Scopes), Audiences: nonNil(c.Audiences), Resources: nonNil(c.Resources), Secrets: make([]SecretView, 0, len(c.Secrets)),
+		Scopes: nonNil(c.Scopes), Audiences: nonNil(c.Audiences), Resources: nonNil(c.Resources), SSFReceiver: string(c.Receiver), Secrets: make([]SecretView, 0, len(c.Secrets)),
 		AccessTTL: c.AccessTTL.String(), RefreshIdleTTL: c.RefreshIdleTTL.String(), RefreshAbsoluteTTL: c.RefreshAbsoluteTTL.String(),
 		ReuseInterval: c.ReuseInterval.String(), OnReplay: string(c.OnReplay), CreatedAt: rfc3339(c.CreatedAt), UpdatedAt: rfc3339(c.UpdatedAt)}
 	for _, sec := range c.Secrets {

@@ -247,3 +247,41 @@ func TestClientsAdminNeedsARegistry(t *testing.T) {
 		t.Fatalf("client administration without a registry: %v", err)
 	}
 }
+
+// TestClientsAdminReceiver: ssf_receiver is set, shown, kept by get and
+// list, dropped by an update without it, and refused for a public client.
+func TestClientsAdminReceiver(t *testing.T) {
+	url := eventstest.MustJetStream(t).ClientURL()
+	reg := startClientsAdmin(t, url)
+	nc := eventstest.MustConnect(t, url)
+	hash := domain.HashClientSecret("a-256-bit-secret-made-by-tokenctl-never-sent")
+	var created ClientChangeView
+	raw, code := clientsCall(t, nc, SubjectClientsPut, nil, `{"client_id":"siem","type":"confidential","scopes":[],"audiences":[],`+
+		`"ssf_receiver":"all","secret_sha256":"`+hash+`","by":"alice"}`, &created)
+	if code != "" || created.Client.SSFReceiver != "all" {
+		t.Fatalf("create: %s", raw)
+	}
+	if c, ok := reg.Lookup("siem"); !ok || c.Receiver != domain.ReceiverAll {
+		t.Fatalf("registered %+v", c)
+	}
+	var got ClientView
+	if raw, code := clientsCall(t, nc, SubjectClientsGet, nil, `{"client_id":"siem"}`, &got); code != "" || got.SSFReceiver != "all" {
+		t.Fatalf("get: %s", raw)
+	}
+	var list ClientList
+	if raw, code := clientsCall(t, nc, SubjectClientsList, nil, `{}`, &list); code != "" || len(list.Clients) != 1 || list.Clients[0].SSFReceiver != "all" {
+		t.Fatalf("list: %s", raw)
+	}
+	raw, code = clientsCall(t, nc, SubjectClientsPut, nil, `{"client_id":"siem","type":"confidential","scopes":[],"audiences":[],"ssf_receiver":"some",`+
+		fmt.Sprintf(`"revision":%d,"by":"alice"}`, created.Revision), nil)
+	wantClientsError(t, raw, domain.EInvalidRequest, code, "ssf_receiver")
+	raw, code = clientsCall(t, nc, SubjectClientsPut, nil, `{"client_id":"spa","type":"public","scopes":[],"audiences":[],"ssf_receiver":"own","by":"alice"}`, nil)
+	wantClientsError(t, raw, domain.EInvalidRequest, code, "ssf_receiver goes with confidential clients")
+	// An update replaces every setting: without ssf_receiver, no receiver.
+	var updated ClientChangeView
+	raw, code = clientsCall(t, nc, SubjectClientsPut, nil, fmt.Sprintf(`{"client_id":"siem","type":"confidential","scopes":[],"audiences":[],"revision":%d,"by":"alice"}`,
+		created.Revision), &updated)
+	if code != "" || updated.Client.SSFReceiver != "" || !strings.Contains(raw, `"ssf_receiver":""`) {
+		t.Fatalf("update without the role: %s", raw)
+	}
+}

@@ -42,12 +42,16 @@ recorded with who made it (--by, default your login name) and when: clients hist
 
 Settings (add, update): --type, --auth-method, --scope, --audience, --jwks,
 --access-ttl, --refresh-idle-ttl, --refresh-absolute-ttl, --reuse-interval,
---on-replay, --resource. --scope and --audience repeat, and each value may list several
+--on-replay, --resource, --ssf-receiver. --scope and --audience repeat, and each value may list several
 separated by spaces; a client may be granted only what they list (none if
 they are not given to add; on update, --scope '' allows none). Lifetimes of
 0 mean the deployment's (tokend --access-ttl, ...). --resource A (repeatable)
 makes a confidential client a resource server for audience A: it may
 introspect access tokens issued for A to any client (POST /oauth2/introspect).
+--ssf-receiver own|all makes a confidential client an SSF receiver: it gets
+access tokens for the SSF endpoints (grant_type=client_credentials) and sees
+the events of its own client (own) or every event (all); on update,
+--ssf-receiver '' ends that.
 
 Secrets: a confidential client with client_secret_basic (the default) or
 client_secret_post gets a secret made here, 256 random bits, printed once;
@@ -67,6 +71,8 @@ Needs the admin role (tokens.admin.clients.*).`,
 		fs.Var(&audiences, "audience", "add, update: resource `A` the client may get tokens for (repeatable)")
 		fs.Var(&resources, "resource", "add, update: audience `A` of access tokens the client may introspect as a resource server\n"+
 			"(repeatable; confidential clients; on update, --resource '' makes it none)")
+		receiver := fs.String("ssf-receiver", "", "add, update: make a confidential client an SSF receiver of `R`: own (its own client's events)\n"+
+			"or all (every event); on update, --ssf-receiver '' makes it none")
 		jwks := fs.String("jwks", "", "add, update: the client's public keys, a JWK Set in `FILE` (private_key_jwt)")
 		accessTTL := fs.Duration("access-ttl", 0, "add, update: lifetime `D` of the client's access tokens (default 0: tokend's --access-ttl)")
 		idleTTL := fs.Duration("refresh-idle-ttl", 0, "add, update: the client's families die unused for `D` (default 0: tokend's --refresh-idle-ttl)")
@@ -76,7 +82,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 		grace := fs.Duration("grace", domain.DefaultSecretGrace, "rotate-secret: the old secret keeps working for `D` (default 24h; 0: it stops at once)")
 		save := fs.String("save", "", "add, update, rotate-secret: write the new secret to `FILE` (mode 0600; it must not exist) instead of printing it")
 		by := fs.String("by", operator(), "add, update, rotate-secret, remove: who makes the change, `NAME` (recorded; default: your login name)")
-		settings := []string{"type", "auth-method", "scope", "audience", "resource", "jwks", "access-ttl", "refresh-idle-ttl",
+		settings := []string{"type", "auth-method", "scope", "audience", "resource", "ssf-receiver", "jwks", "access-ttl", "refresh-idle-ttl",
 			"refresh-absolute-ttl", "reuse-interval", "on-replay"}
 		return func(ctx context.Context, e *env) error {
 			sub, id := "", ""
@@ -154,7 +160,7 @@ Needs the admin role (tokens.admin.clients.*).`,
 					return err
 				}
 				old = domain.AuthMethod(cur.AuthMethod)
-				req = api.ClientPutRequest{ClientID: id, Type: cur.Type, AuthMethod: cur.AuthMethod, Scopes: &cur.Scopes, Audiences: &cur.Audiences, Resources: cur.Resources,
+				req = api.ClientPutRequest{ClientID: id, Type: cur.Type, AuthMethod: cur.AuthMethod, Scopes: &cur.Scopes, Audiences: &cur.Audiences, Resources: cur.Resources, SSFReceiver: cur.SSFReceiver,
 					JWKS: cur.JWKS, AccessTTL: cur.AccessTTL, RefreshIdleTTL: cur.RefreshIdleTTL, RefreshAbsoluteTTL: cur.RefreshAbsoluteTTL,
 					ReuseInterval: cur.ReuseInterval, OnReplay: cur.OnReplay, Revision: cur.Revision, By: *by}
 				if isSet(fs, "type") && *clientType != cur.Type && !isSet(fs, "auth-method") {
@@ -175,6 +181,9 @@ Needs the admin role (tokens.admin.clients.*).`,
 			}
 			if isSet(fs, "resource") {
 				req.Resources = *splitList(resources)
+			}
+			if isSet(fs, "ssf-receiver") {
+				req.SSFReceiver = *receiver
 			}
 			for _, d := range []struct {
 				flag  string
@@ -357,10 +366,10 @@ func listClients(ctx context.Context, e *env) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT_ID\tTYPE\tAUTH_METHOD\tSCOPES\tAUDIENCES\tSECRETS\tREVISION\tUPDATED")
+	fmt.Fprintln(tw, "CLIENT_ID\tTYPE\tAUTH_METHOD\tSCOPES\tAUDIENCES\tSECRETS\tREVISION\tUPDATED\tSSF_RECEIVER")
 	for _, c := range list.Clients {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", cell(c.ClientID), cell(c.Type), cell(c.AuthMethod),
-			listCell(c.Scopes), listCell(c.Audiences), len(c.Secrets), c.Revision, keyTime(c.UpdatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", cell(c.ClientID), cell(c.Type), cell(c.AuthMethod),
+			listCell(c.Scopes), listCell(c.Audiences), len(c.Secrets), c.Revision, keyTime(c.UpdatedAt), receiverCell(c.SSFReceiver))
 	}
 	return tw.Flush()
 }
@@ -401,6 +410,7 @@ func printClient(w io.Writer, c api.ClientView) {
 		{"scopes", listCell(c.Scopes)},
 		{"audiences", listCell(c.Audiences)},
 		{"resources", listCell(c.Resources)},
+		{"ssf_receiver", receiverCell(c.SSFReceiver)},
 	}
 	for i, s := range c.Secrets {
 		v := "made " + keyTime(s.CreatedAt)
@@ -433,6 +443,14 @@ func listCell(items []string) string {
 		out[i] = cell(s)
 	}
 	return strings.Join(out, " ")
+}
+
+// receiverCell shows a client's SSF receiver role; "-": not a receiver.
+func receiverCell(role string) string {
+	if role == "" {
+		return "-"
+	}
+	return cell(role)
 }
 
 // stageSecretFile writes data to a new file next to path, readable by the

@@ -383,3 +383,45 @@ func TestClientsResourceServer(t *testing.T) {
 		t.Fatalf("a public resource server: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestClientsSSFReceiver: --ssf-receiver makes a confidential client an
+// SSF receiver, shown by show and list; update keeps it unless told, and
+// --ssf-receiver '' ends it.
+func TestClientsSSFReceiver(t *testing.T) {
+	url, reg := startRegistry(t)
+	ctl := func(args ...string) string {
+		return mustCtl(t, append([]string{"--nats-url", url}, append(args, "--by", "alice")...)...)
+	}
+	out := ctl("clients", "add", "siem", "--type", "confidential", "--ssf-receiver", "all")
+	if !regexp.MustCompile(`ssf_receiver:\s+all\n`).MatchString(out) {
+		t.Fatalf("add printed\n%s", out)
+	}
+	if c, _ := reg.Lookup("siem"); c.Receiver != domain.ReceiverAll {
+		t.Fatalf("registered %+v", c)
+	}
+	ctl("clients", "update", "siem", "--scope", "openid")
+	if c, _ := reg.Lookup("siem"); c.Receiver != domain.ReceiverAll {
+		t.Fatalf("update without --ssf-receiver: %q", c.Receiver)
+	}
+	ctl("clients", "update", "siem", "--ssf-receiver", "own")
+	if out = mustCtl(t, "--nats-url", url, "clients", "show", "siem"); !regexp.MustCompile(`ssf_receiver:\s+own\n`).MatchString(out) {
+		t.Fatalf("show printed\n%s", out)
+	}
+	ctl("clients", "add", "web", "--type", "confidential")
+	out = mustCtl(t, "--nats-url", url, "clients", "list")
+	if !regexp.MustCompile(`(?m)SSF_RECEIVER\n`).MatchString(out) || !regexp.MustCompile(`(?m)^siem\s.*\sown\n`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^web\s.*\s-\n`).MatchString(out) {
+		t.Fatalf("list printed\n%s", out)
+	}
+	ctl("clients", "update", "siem", "--ssf-receiver", "")
+	if c, _ := reg.Lookup("siem"); c.IsReceiver() {
+		t.Fatalf("update --ssf-receiver '': %q", c.Receiver)
+	}
+	if r := runCtl(t, "", "--nats-url", url, "clients", "add", "spa", "--type", "public", "--ssf-receiver", "own", "--by", "alice"); r.code == 0 ||
+		!strings.Contains(r.stderr, "ssf_receiver goes with confidential clients") {
+		t.Fatalf("a public receiver: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runCtl(t, "", "--nats-url", url, "clients", "show", "siem", "--ssf-receiver", "all"); r.code == 0 || !strings.Contains(r.stderr, "--ssf-receiver goes with add or update") {
+		t.Fatalf("show --ssf-receiver: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
