@@ -386,7 +386,7 @@ func TestClientsResourceServer(t *testing.T) {
 
 // TestClientsSSFReceiver: --ssf-receiver makes a confidential client an
 // SSF receiver, shown by show and list; update keeps it unless told, and
-// --ssf-receiver '' ends it.
+// an empty --ssf-receiver ends it.
 func TestClientsSSFReceiver(t *testing.T) {
 	url, reg := startRegistry(t)
 	ctl := func(args ...string) string {
