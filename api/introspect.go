@@ -151,7 +151,8 @@ func (o *OAuth) inspectRefresh(ctx context.Context, r *http.Request, client doma
 func (o *OAuth) inspectAccess(ctx context.Context, r *http.Request, client domain.Client, token string) (introspection, string, error) {
 	claims, err := o.svc.Access.Verify(token, o.svc.Now())
 	if err != nil {
-		return introspection{}, callerUnknown, nil
+		out, caller := o.inspectReceiver(r, client, token)
+		return out, caller, nil
 	}
 	caller := callerNotAllowed
 	switch {

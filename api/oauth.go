@@ -18,7 +18,8 @@ type ClientDirectory interface {
 }
 
 // OAuth serves the standard OAuth 2.0 endpoints in front of the same
-// commands as NATS: the refresh_token grant (RFC 6749 section 6),
+// commands as NATS: the refresh_token grant (RFC 6749 section 6), the
+// client_credentials grant for SSF receivers (section 4.4, clienttoken.go),
 // revocation (RFC 7009), introspection (RFC 7662) and the server's metadata
 // (RFC 8414). Every endpoint but the metadata authenticates the client
 // against the registry.
@@ -190,7 +191,7 @@ func (o *OAuth) metadata(w http.ResponseWriter, _ *http.Request) {
 		"revocation_endpoint":                   o.issuer + PathRevoke,
 		"introspection_endpoint":                o.issuer + PathIntrospect,
 		"jwks_uri":                              o.issuer + PathJWKS,
-		"grant_types_supported":                 []string{"refresh_token"},
+		"grant_types_supported":                 []string{"refresh_token", "client_credentials"},
 		"response_types_supported":              []string{},
 		"token_endpoint_auth_methods_supported": methods,
 		"token_endpoint_auth_signing_alg_values_supported":      algs,
@@ -199,6 +200,9 @@ func (o *OAuth) metadata(w http.ResponseWriter, _ *http.Request) {
 		// Introspection answers confidential clients only.
 		"introspection_endpoint_auth_methods_supported":            methods[:3],
 		"introspection_endpoint_auth_signing_alg_values_supported": algs,
+		// The SSF receivers' scopes only: the families' scopes are each
+		// client's own (RFC 8414 lets a server leave scopes out).
+		"scopes_supported": domain.ReceiverScopes,
 	})
 }
 

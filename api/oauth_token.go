@@ -21,7 +21,7 @@ type tokenResponse struct {
 
 func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	resp, err := o.refresh(r.Context(), w, r)
+	resp, err := o.grant(r.Context(), w, r)
 	o.svc.Metrics.oauth("token", err, time.Since(start))
 	if err != nil {
 		o.answerError(w, "token", err)
@@ -31,19 +31,25 @@ func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (o *OAuth) refresh(ctx context.Context, w http.ResponseWriter, r *http.Request) (tokenResponse, error) {
+// grant answers a token request with the grant it asks for.
+func (o *OAuth) grant(ctx context.Context, w http.ResponseWriter, r *http.Request) (any, error) {
 	f, ferr := form(w, r, "resource")
 	if ferr != nil {
-		return tokenResponse{}, ferr
+		return nil, ferr
 	}
 	switch first(f["grant_type"]) {
 	case "refresh_token":
+		return o.refresh(ctx, r, f)
+	case "client_credentials":
+		return o.clientCredentials(r, f)
 	case "":
-		return tokenResponse{}, badRequest("grant_type is required")
-	default:
-		return tokenResponse{}, &oauthError{status: http.StatusBadRequest, code: errUnsupportedGrantType,
-			description: "only the refresh_token grant is served here"}
+		return nil, badRequest("grant_type is required")
 	}
+	return nil, &oauthError{status: http.StatusBadRequest, code: errUnsupportedGrantType,
+		description: "only the refresh_token and client_credentials grants are served here"}
+}
+
+func (o *OAuth) refresh(ctx context.Context, r *http.Request, f map[string][]string) (tokenResponse, error) {
 	client, aerr := o.authenticate(r, f)
 	if aerr != nil {
 		return tokenResponse{}, aerr

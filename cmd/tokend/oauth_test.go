@@ -465,7 +465,8 @@ func TestOAuthMetadata(t *testing.T) {
 	e := mustOAuthEnv(t, nil)
 	md := e.metadata(t)
 	if md["issuer"] != e.base || md["token_endpoint"] != e.base+"/oauth2/token" || md["jwks_uri"] != e.base+"/.well-known/jwks.json" ||
-		fmt.Sprint(md["grant_types_supported"]) != "[refresh_token]" {
+		fmt.Sprint(md["grant_types_supported"]) != "[refresh_token client_credentials]" ||
+		fmt.Sprint(md["scopes_supported"]) != "[ssf.read ssf.manage]" {
 		t.Fatalf("metadata: %v", md)
 	}
 	for _, endpoint := range []string{"token_endpoint", "revocation_endpoint", "introspection_endpoint", "jwks_uri"} {
