@@ -95,11 +95,12 @@ func mustInteropEnv(t *testing.T, e *oauthEnv) []byte {
 		"resource":  interopAudiences[0],
 		"issue_url": interopIssueHook(t, e),
 		"clients": map[string]interopClient{
-			"basic":   basic,
-			"post":    {ClientID: "web-post", AuthMethod: string(domain.AuthSecretPost), ClientSecret: e.secret},
-			"ed25519": keyClient("node-ed25519", edKey),
-			"es256":   keyClient("node-es256", ecKey),
-			"public":  {ClientID: "spa", AuthMethod: string(domain.AuthNone)},
+			"basic":    basic,
+			"post":     {ClientID: "web-post", AuthMethod: string(domain.AuthSecretPost), ClientSecret: e.secret},
+			"ed25519":  keyClient("node-ed25519", edKey),
+			"es256":    keyClient("node-es256", ecKey),
+			"public":   {ClientID: "spa", AuthMethod: string(domain.AuthNone)},
+			"receiver": interopReceiver(t, e),
 		},
 		"resource_server": interopResourceServer(t, e),
 	})
@@ -114,6 +115,17 @@ func mustInteropEnv(t *testing.T, e *oauthEnv) []byte {
 func interopResourceServer(t *testing.T, e *oauthEnv) interopClient {
 	c := domain.Client{ID: "api-gateway", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic,
 		Scopes: []string{}, Audiences: []string{}, Resources: interopAudiences[:1]}
+	if _, err := e.app.Clients().Put(t.Context(), c, domain.HashClientSecret(e.secret), 0, registry.Actor{By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	return interopClient{ClientID: c.ID, AuthMethod: string(c.AuthMethod), ClientSecret: e.secret}
+}
+
+// interopReceiver registers an SSF receiver, which gets its access token
+// with the client_credentials grant.
+func interopReceiver(t *testing.T, e *oauthEnv) interopClient {
+	c := domain.Client{ID: "siem", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic,
+		Scopes: []string{}, Audiences: []string{}, Receiver: domain.ReceiverAll}
 	if _, err := e.app.Clients().Put(t.Context(), c, domain.HashClientSecret(e.secret), 0, registry.Actor{By: "test"}); err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,9 @@
 //   resource         the audience access tokens carry when none is asked for
 //   issue_url        POST {"client_id"} issues a new family over NATS and
 //                    answers tokend's issue reply (refresh_token, access_token)
-//   clients          basic, post, ed25519, es256, public: {client_id,
-//                    auth_method, client_secret?, private_jwk?}
+//   clients          basic, post, ed25519, es256, public, receiver (an SSF
+//                    receiver): {client_id, auth_method, client_secret?,
+//                    private_jwk?}
 //   resource_server  the client that introspects, in the same shape
 import * as oauth from 'oauth4webapi'
 import * as client from 'openid-client'
@@ -168,7 +169,7 @@ async function failsAsClient(basic, fn) {
   fail('succeeded with a wrong secret')
 }
 
-const { basic, post, ed25519, es256, public: pub } = env.clients
+const { basic, post, ed25519, es256, public: pub, receiver } = env.clients
 
 await check(o4, 'refresh/client_secret_basic', () => rotates(basic))
 await check(o4, 'refresh/client_secret_post', () => rotates(post))
@@ -274,6 +275,23 @@ async function replayed(refreshWith) {
   await refreshWith(child.refresh_token)
   return failsWith('invalid_grant', 400, () => refreshWith(family.refresh_token))
 }
+
+// RFC 6749 section 4.4: an SSF receiver's access token, asking for no
+// scope (tokend grants both SSF scopes), checked as RFC 9068 says.
+await check(o4, 'client-credentials/ssf-receiver', async () => {
+  const res = await oauth.clientCredentialsGrantRequest(as, { client_id: receiver.client_id }, auth(receiver), {}, insecure)
+  const t = await oauth.processClientCredentialsResponse(as, { client_id: receiver.client_id }, res)
+  if (t.refresh_token !== undefined) fail('a refresh token with client_credentials (RFC 6749 section 4.4.3)')
+  if (t.token_type !== 'bearer' || t.scope !== 'ssf.read ssf.manage') fail(`token_type ${t.token_type}, scope ${t.scope}`)
+  const { payload } = await jose.jwtVerify(t.access_token, jose.createRemoteJWKSet(new URL(as.jwks_uri)), {
+    typ: 'at+jwt',
+    issuer: as.issuer,
+    audience: as.issuer,
+    subject: receiver.client_id,
+  })
+  if (payload.client_id !== receiver.client_id || 'sid' in payload) fail(`claims ${JSON.stringify(payload)}`)
+  return `token_type ${t.token_type}, expires_in ${t.expires_in}, scope ${t.scope}, aud ${payload.aud}`
+})
 
 await check(o4, 'error/invalid_grant-replay', () => replayed((rt) => refresh(basic, rt)))
 await check(o4, 'error/invalid_client-wrong-secret', async () => {
