@@ -76,7 +76,7 @@ func TestKeysetOfThePreviousVersionGetsASETKey(t *testing.T) {
 // and retired ones included: it skips set_keys and finds the MAC and
 // signing keys as written, and its validate (this one's, on a keyset
 // without SET keys) accepts them. Checked against the previous version's
-// own code too: see docs/operations.md, "Rolling upgrades".
+// own code too: see docs/operations.md, "SET keys and upgrading".
 func TestPreviousVersionReadsThisFormat(t *testing.T) {
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	promoted, err := NewKeyset(t0).Stage(t0, testLife).Promote(t0.Add(time.Hour), testLife)
