@@ -40,7 +40,7 @@ type LoadedKeys struct {
 // on Keyring.Loaded() (an atomic load), so SETs are signed with the key
 // current now. It fails when the keys have no SET key: fixed keys
 // (FixedKeys), or a revision written by an instance of a version without
-// SET keys until this one puts them back (Keyring.withSETKeys).
+// SET keys until this one puts them back (withSETKeys).
 func (l *LoadedKeys) SETSigner() (kid string, key *rsa.PrivateKey, err error) {
 	if l.setKey == nil {
 		return "", nil, &domain.Error{Code: domain.EUnavailable, Message: "no SET signing key is loaded, retry", RetryAfterMs: 1000}

@@ -72,7 +72,7 @@ const SETKeyBits = 2048
 // that loads one adds a current SET key (see loadOrCreate). Instances of
 // that version ignore set_keys (json.Unmarshal skips unknown fields), but
 // drop it when they change the keyset; the keyring puts it back (see
-// Keyring.withSETKeys).
+// withSETKeys).
 type Keyset struct {
 	MAC     []MACKey     `json:"mac_keys"`
 	Signing []SigningKey `json:"signing_keys"`
@@ -572,9 +572,11 @@ func (ks Keyset) validate() error {
 		}
 	}
 	for _, k := range ks.SET {
-		_, err := k.Private()
-		if err := check("set", k.KeyInfo, err == nil); err != nil {
+		if err := check("set", k.KeyInfo, true); err != nil {
 			return err
+		}
+		if _, err := k.Private(); err != nil {
+			return fmt.Errorf("set key %s has unusable key material: %w", k.ID, err)
 		}
 	}
 	for kind, infos := range ks.Infos() {
