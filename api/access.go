@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -21,9 +22,10 @@ import (
 )
 
 // AccessTokens mints RFC 9068 access tokens (JWT, typ at+jwt) signed with
-// the deployment's current Ed25519 key, and publishes the public keys. The
-// keys are swapped atomically when they rotate (Follow); minting takes no
-// lock.
+// the deployment's current Ed25519 key, and publishes the public keys: those
+// of the access-token signing keys and those of the SET keys, which sign
+// the Security Event Tokens of the SSF transmitter. The keys are swapped
+// atomically when they rotate (Follow); minting takes no lock.
 type AccessTokens struct {
 	issuer string
 	ttl    time.Duration
@@ -35,16 +37,20 @@ type signer struct {
 	key    ed25519.PrivateKey
 	header []byte // the JWS protected header, base64url-encoded: the same for every token
 	jwks   []byte
-	public jose.JSONWebKeySet // what jwks holds, for Verify
+	// public holds the access-token signing keys of jwks, for Verify:
+	// never the SET keys, so that nothing they sign passes for an access
+	// token.
+	public jose.JSONWebKeySet
 	// nextExpiry is when the first retired key of jwks expires and leaves
 	// it; zero if none will.
 	nextExpiry time.Time
 }
 
 // NewAccessTokens signs with the keyset's current signing key; the JWKS
-// holds every signing key of the keyset (next, current and retired) so
-// tokens signed before a rotation still verify and resource servers learn
-// a staged key before anything is signed with it. Given the keys in effect
+// holds every signing key (EdDSA) and every SET key (RS256) of the keyset,
+// next, current and retired, so tokens and SETs signed before a rotation
+// still verify and resource servers and SSF receivers learn a staged key
+// before anything is signed with it. Given the keys in effect
 // (keys.LoadedKeys.Keys), as Follow does, it holds no key past its expiry.
 func NewAccessTokens(ks keys.Keyset, issuer string, ttl time.Duration) (*AccessTokens, error) {
 	a := &AccessTokens{issuer: issuer, ttl: ttl}
@@ -68,20 +74,32 @@ func (a *AccessTokens) Use(ks keys.Keyset) error {
 	if err != nil {
 		return err
 	}
-	var set jose.JSONWebKeySet
+	var public jose.JSONWebKeySet
 	var nextExpiry time.Time
-	for _, k := range ks.Signing {
-		set.Keys = append(set.Keys, jose.JSONWebKey{
-			Key: k.Private().Public().(ed25519.PublicKey), KeyID: k.ID, Algorithm: string(jose.EdDSA), Use: "sig"})
-		if !k.ExpiresAt.IsZero() && (nextExpiry.IsZero() || k.ExpiresAt.Before(nextExpiry)) {
-			nextExpiry = k.ExpiresAt
+	expires := func(at time.Time) {
+		if !at.IsZero() && (nextExpiry.IsZero() || at.Before(nextExpiry)) {
+			nextExpiry = at
 		}
 	}
-	jwks, err := json.Marshal(set)
+	for _, k := range ks.Signing {
+		public.Keys = append(public.Keys, jose.JSONWebKey{
+			Key: k.Private().Public().(ed25519.PublicKey), KeyID: k.ID, Algorithm: string(jose.EdDSA), Use: "sig"})
+		expires(k.ExpiresAt)
+	}
+	published := jose.JSONWebKeySet{Keys: slices.Clone(public.Keys)}
+	for _, k := range ks.SET {
+		key, err := k.Private()
+		if err != nil {
+			return fmt.Errorf("set key %s: %w", k.ID, err)
+		}
+		published.Keys = append(published.Keys, jose.JSONWebKey{Key: &key.PublicKey, KeyID: k.ID, Algorithm: string(jose.RS256), Use: "sig"})
+		expires(k.ExpiresAt)
+	}
+	jwks, err := json.Marshal(published)
 	if err != nil {
 		return err
 	}
-	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks, public: set,
+	a.signer.Store(&signer{key: cur.Private(), header: base64.RawURLEncoding.AppendEncode(nil, header), jwks: jwks, public: public,
 		nextExpiry: nextExpiry})
 	return nil
 }
@@ -180,8 +198,8 @@ type AccessClaims struct {
 var errNotOurs = errors.New("not a valid access token of this deployment")
 
 // Verify checks that token is an unexpired access token this deployment
-// signed (with any key of its JWKS, retired ones included, none past its
-// expiry or revoked) and returns its claims.
+// signed (EdDSA, with any signing key of its JWKS, retired ones included,
+// none past its expiry or revoked; never a SET key) and returns its claims.
 func (a *AccessTokens) Verify(token string, now time.Time) (AccessClaims, error) {
 	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA})
 	if err != nil || len(tok.Headers) != 1 || tok.Headers[0].ExtraHeaders[jose.HeaderType] != "at+jwt" {

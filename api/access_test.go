@@ -2,9 +2,12 @@ package api
 
 import (
 	"context"
+	"crypto/rsa"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,9 +30,14 @@ func TestAccessTokenIsRFC9068(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var jwks jose.JSONWebKeySet
-	if err := json.Unmarshal(a.JWKS(), &jwks); err != nil || len(jwks.Keys) != 1 || !jwks.Keys[0].IsPublic() {
+	var published jose.JSONWebKeySet
+	if err := json.Unmarshal(a.JWKS(), &published); err != nil {
 		t.Fatalf("JWKS %s: %v", a.JWKS(), err)
+	}
+	signing, _ := ks.CurrentSigning()
+	jwks := jose.JSONWebKeySet{Keys: published.Key(signing.ID)}
+	if len(jwks.Keys) != 1 || !jwks.Keys[0].IsPublic() || jwks.Keys[0].Algorithm != string(jose.EdDSA) {
+		t.Fatalf("the signing key in the JWKS %s", a.JWKS())
 	}
 	fam := domain.Family{ID: "fam-1", Subject: "user-42", ClientID: "web-app"}
 	for _, c := range []struct {
@@ -216,6 +224,103 @@ func TestAccessTokensOutliveNoRotation(t *testing.T) {
 	}
 }
 
+// TestJWKSHoldsSETKeys: the JWKS publishes the SET keys, next, current and
+// retired, as RS256 keys, beside the signing keys, and no private part of
+// either; a SET key leaves it at its expiry.
+func TestJWKSHoldsSETKeys(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	life := keys.Lifetimes{Refresh: time.Hour, Access: time.Minute, SET: time.Hour, Skew: time.Minute}
+	promoted, err := keys.NewKeyset(now).Stage(now, life).Promote(now, life)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := promoted.Stage(now, life) // next, current and retired SET keys
+	a, err := NewAccessTokens(ks, "https://tokend.example", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jwks jose.JSONWebKeySet
+	if err := json.Unmarshal(a.JWKS(), &jwks); err != nil {
+		t.Fatal(err)
+	}
+	if len(jwks.Keys) != len(ks.Signing)+len(ks.SET) || len(ks.SET) != 3 {
+		t.Fatalf("%d SET keys, JWKS %s", len(ks.SET), a.JWKS())
+	}
+	for _, k := range ks.SET {
+		private, err := k.Private()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := jwks.Key(k.ID)
+		if len(got) != 1 || got[0].Algorithm != string(jose.RS256) || got[0].Use != "sig" || !got[0].IsPublic() {
+			t.Fatalf("SET key %s (%s) in the JWKS: %+v", k.ID, k.State, got)
+		}
+		if public, ok := got[0].Key.(*rsa.PublicKey); !ok || !public.Equal(&private.PublicKey) || public.N.BitLen() < 2048 {
+			t.Fatalf("SET key %s: the JWKS holds %T", k.ID, got[0].Key)
+		}
+	}
+	for _, private := range []string{`"d"`, `"p"`, `"q"`, `"dp"`, `"dq"`, `"qi"`} {
+		if strings.Contains(string(a.JWKS()), private) {
+			t.Fatalf("the JWKS holds private key material %s: %s", private, a.JWKS())
+		}
+	}
+	retired := ks.SET[slices.IndexFunc(ks.SET, func(k keys.SETKey) bool { return k.State == keys.KeyRetired })]
+	inEffect, _ := ks.InEffect(retired.ExpiresAt)
+	if err := a.Use(inEffect); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(a.JWKS()), retired.ID) || len(inEffect.SET) != 2 {
+		t.Fatalf("the SET key retired until %v is in the JWKS then: %s", retired.ExpiresAt, a.JWKS())
+	}
+}
+
+// TestVerifyRefusesSETs: a JWT signed with a SET key is never an access
+// token, even one with every claim of an access token: SETs and access
+// tokens share the JWKS, not the keys Verify accepts.
+func TestVerifyRefusesSETs(t *testing.T) {
+	now := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	ks := keys.NewKeyset(now)
+	a, err := NewAccessTokens(ks, "https://tokend.example", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setKey, err := ks.CurrentSET()
+	if err != nil {
+		t.Fatal(err)
+	}
+	private, err := setKey.Private()
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := AccessClaims{
+		Claims: jwt.Claims{Issuer: "https://tokend.example", Subject: "user-42", ID: "j1",
+			Expiry: jwt.NewNumericDate(now.Add(time.Minute)), IssuedAt: jwt.NewNumericDate(now)},
+		ClientID: "web-app", SID: "fam-1",
+	}
+	for _, typ := range []string{"at+jwt", "secevent+jwt"} {
+		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: private},
+			(&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader(jose.HeaderKey("kid"), setKey.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		token, err := jwt.Signed(signer).Claims(claims).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// It is a valid JWT of this deployment's JWKS...
+		var jwks jose.JSONWebKeySet
+		json.Unmarshal(a.JWKS(), &jwks)
+		parsed, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256})
+		if err != nil || parsed.Claims(jwks.Key(setKey.ID)[0].Key, &jwt.Claims{}) != nil {
+			t.Fatalf("%s: not signed with the SET key: %v", typ, err)
+		}
+		// ... but not an access token.
+		if _, err := a.Verify(token, now); err == nil {
+			t.Fatalf("an RS256 %s signed with the SET key verified as an access token", typ)
+		}
+	}
+}
+
 // TestJWKSCacheControl: resource servers may cache the JWKS for 5 minutes,
 // or only until its first key expires.
 func TestJWKSCacheControl(t *testing.T) {
@@ -246,6 +351,21 @@ func TestJWKSCacheControl(t *testing.T) {
 		if got := a.JWKSCacheControl(now.Add(at)); got != want {
 			t.Errorf("at +%v: %s, want %s", at, got, want)
 		}
+	}
+	// Once the signing key expired, the retired SET key bounds it: it
+	// expires at now+4m (Lifetimes.SET 3m, skew 1m).
+	life.SET = 3 * time.Minute
+	promoted, err = ks.Stage(now, life).Promote(now, life)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := now.Add(2 * time.Minute)
+	inEffect, _ := promoted.InEffect(later)
+	if err := a.Use(inEffect); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.JWKSCacheControl(later); len(inEffect.Signing) != 1 || got != "public, max-age=120" {
+		t.Errorf("with a SET key expiring in 2 minutes: %s (%d signing keys)", got, len(inEffect.Signing))
 	}
 }
 

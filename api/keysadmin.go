@@ -15,8 +15,8 @@ import (
 // leaves tokend: operators stage, promote and revoke keys here instead of
 // reading the key bucket, which only tokend's NATS user may.
 const (
-	// SubjectKeysStage adds a next MAC key and a next signing key (one
-	// instance answers).
+	// SubjectKeysStage adds a next key of each kind: MAC, signing and SET
+	// (one instance answers).
 	SubjectKeysStage = "admin.keys.stage"
 	// SubjectKeysPromote makes the next keys current and retires the
 	// current ones (one instance answers).
@@ -63,13 +63,13 @@ type KeysRevoked struct {
 type KeysStatus struct {
 	InstanceID string    `json:"instance_id"` // the micro service instance id, as $SRV.PING.tokens reports it
 	Revision   uint64    `json:"revision"`    // the TOKENS_KEYS revision
-	Keys       []KeyView `json:"keys"`        // MAC keys, then signing keys; each current, next, retired
+	Keys       []KeyView `json:"keys"`        // MAC keys, then signing keys, then SET keys; each current, next, retired
 }
 
 // KeyView describes one key.
 type KeyView struct {
 	Kid       string `json:"kid"`
-	Kind      string `json:"kind"`  // "mac" (refresh tokens) or "signing" (access tokens)
+	Kind      string `json:"kind"`  // "mac" (refresh tokens), "signing" (access tokens) or "set" (Security Event Tokens)
 	State     string `json:"state"` // "next", "current" or "retired"
 	CreatedAt string `json:"created_at"`
 	// PromotedAt is when the key became current: it made every token of
@@ -170,7 +170,7 @@ func (s *Service) revokeKey(ctx context.Context, ring *keys.Keyring, instanceID 
 func keysStatus(instanceID string, l *keys.LoadedKeys) KeysStatus {
 	out := KeysStatus{InstanceID: instanceID, Revision: l.Revision, Keys: []KeyView{}}
 	infos := l.Keys.Infos()
-	for _, kind := range []string{keys.KindMAC, keys.KindSigning} {
+	for _, kind := range keys.Kinds() {
 		for _, i := range infos[kind] {
 			out.Keys = append(out.Keys, keyView(kind, i))
 		}

@@ -199,10 +199,11 @@ func TestKeysAdminStageAndPromote(t *testing.T) {
 		t.Fatalf("malformed stage request: %q %v", m.Data, m.Header)
 	}
 	staged, m := adminRequest(t, nc, SubjectKeysStage, `{}`)
-	if staged.Revision <= initial.Revision || stateOf(staged, "mac", "next") == "" || stateOf(staged, "signing", "next") == "" {
+	if staged.Revision <= initial.Revision || stateOf(staged, "mac", "next") == "" || stateOf(staged, "signing", "next") == "" ||
+		stateOf(staged, "set", "next") == "" {
 		t.Fatalf("stage reply %s", m.Data)
 	}
-	for _, secret := range []string{"secret", "seed"} {
+	for _, secret := range []string{"secret", "seed", "pkcs8"} {
 		if strings.Contains(string(m.Data), secret) {
 			t.Fatalf("the stage reply shows key material: %s", m.Data)
 		}
@@ -216,8 +217,8 @@ func TestKeysAdminStageAndPromote(t *testing.T) {
 		}
 		var set jose.JSONWebKeySet
 		json.Unmarshal(s.Access.JWKS(), &set)
-		if len(set.Key(stateOf(staged, "signing", "next"))) != 1 {
-			t.Fatalf("the staged key is not in the JWKS %s", s.Access.JWKS())
+		if len(set.Key(stateOf(staged, "signing", "next"))) != 1 || len(set.Key(stateOf(staged, "set", "next"))) != 1 {
+			t.Fatalf("a staged key is not in the JWKS %s", s.Access.JWKS())
 		}
 	}
 
@@ -227,7 +228,8 @@ func TestKeysAdminStageAndPromote(t *testing.T) {
 	}
 	promoted, m := adminRequest(t, nc, SubjectKeysPromote, fmt.Sprintf(`{"revision":%d}`, staged.Revision))
 	if stateOf(promoted, "mac", "current") != stateOf(staged, "mac", "next") || stateOf(promoted, "mac", "retired") != oldMAC ||
-		stateOf(promoted, "signing", "retired") != oldSigning {
+		stateOf(promoted, "signing", "retired") != oldSigning || stateOf(promoted, "set", "current") != stateOf(staged, "set", "next") ||
+		stateOf(promoted, "set", "retired") != stateOf(initial, "set", "current") {
 		t.Fatalf("promote reply %s", m.Data)
 	}
 	if i := slices.IndexFunc(promoted.Keys, func(k KeyView) bool { return k.State == "retired" }); promoted.Keys[i].ExpiresAt == "" {
@@ -387,5 +389,25 @@ func TestKeysAdminRevoke(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "nats_user=ops-admin") {
 		t.Fatalf("the NATS user is not logged:\n%s", logs.String())
+	}
+
+	// A SET key: it leaves the JWKS, and SETs are signed with the staged
+	// key in its place.
+	setKey, nextSET := stateOf(byStaged.KeysStatus, "set", "current"), stateOf(byStaged.KeysStatus, "set", "next")
+	bySET, m := revoke(`{"kid":"` + setKey + `","reason":"private key in a core dump","by":"alice"}`)
+	if bySET.Revoked.Kind != "set" || bySET.Revoked.Kid != setKey || bySET.Replacement == nil || bySET.Replacement.Kid != nextSET || bySET.Generated {
+		t.Fatalf("revoking the current SET key with one staged: %s", m.Data)
+	}
+	awaitAll(t, nc, bySET.Revision)
+	for _, s := range []*Service{a, b} {
+		if kid, _, err := s.Tokens.Keyring().Loaded().SETSigner(); err != nil || kid != nextSET {
+			t.Fatalf("signs SETs with %s after the revocation, want %s: %v", kid, nextSET, err)
+		}
+		if jwks := string(s.Access.JWKS()); strings.Contains(jwks, setKey) || !strings.Contains(jwks, nextSET) {
+			t.Fatalf("the JWKS after the SET key's revocation: %s", jwks)
+		}
+	}
+	if n := keysRevoked(t, a, "set") + keysRevoked(t, b, "set"); n != 1 {
+		t.Fatalf("tokend_keys_revoked_total{kind=set} is %v", n)
 	}
 }

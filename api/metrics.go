@@ -131,7 +131,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokend_projection_events_applied_total", Help: "Stream messages applied to the read model.",
 		}),
 		keysRevoked: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tokend_keys_revoked_total", Help: "Keys this instance revoked (tokenctl keys revoke), by kind (mac, signing).",
+			Name: "tokend_keys_revoked_total", Help: "Keys this instance revoked (tokenctl keys revoke), by kind (mac, signing, set).",
 		}, []string{"kind"}),
 		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokend_http_connections", Help: "Connections open on an HTTP listener (http, oauth, audit).",
@@ -182,7 +182,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.oauthIntrospections.WithLabelValues(caller, result)
 		}
 	}
-	for _, kind := range []string{keys.KindMAC, keys.KindSigning} {
+	for _, kind := range keys.Kinds() {
 		m.keysRevoked.WithLabelValues(kind)
 	}
 	return m
@@ -335,8 +335,8 @@ func (m *Metrics) Dropped(transport, endpoint, reason string) {
 	}
 }
 
-// KeyRevoked counts a key this instance revoked, of kind keys.KindMAC or
-// keys.KindSigning.
+// KeyRevoked counts a key this instance revoked, of kind keys.KindMAC,
+// keys.KindSigning or keys.KindSET.
 func (m *Metrics) KeyRevoked(kind string) {
 	if m != nil {
 		m.keysRevoked.WithLabelValues(kind).Inc()

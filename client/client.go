@@ -140,7 +140,8 @@ func (c *Client) Audit(ctx context.Context, req wire.AuditRequest) (wire.AuditPa
 	return call[wire.AuditPage](ctx, c, SubjectAudit, req)
 }
 
-// Keys returns the JWKS that verifies access tokens, as received.
+// Keys returns the JWKS that verifies access tokens (EdDSA keys) and the
+// Security Event Tokens of SSF streams (RS256 keys), as received.
 func (c *Client) Keys(ctx context.Context) (json.RawMessage, error) {
 	return call[json.RawMessage](ctx, c, SubjectKeys, nil)
 }

@@ -3,10 +3,12 @@ package keys
 import (
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +29,23 @@ type LoadedKeys struct {
 
 	stored     Keyset    // the revision as read, from which Keys are derived again at each expiry
 	nextExpiry time.Time // when Keys change next without a write; zero: never
+
+	setKID string          // the current SET key's id, "" if there is none
+	setKey *rsa.PrivateKey // parsed once per revision, not per SET
+}
+
+// SETSigner returns the current SET key, with its id for the JWS header
+// (kid), to sign Security Event Tokens with RS256. The key is parsed when
+// the revision is loaded; it may be used concurrently. Call it for each SET
+// on Keyring.Loaded() (an atomic load), so SETs are signed with the key
+// current now. It fails when the keys have no SET key: fixed keys
+// (FixedKeys), or a revision written by an instance of a version without
+// SET keys until this one puts them back (withSETKeys).
+func (l *LoadedKeys) SETSigner() (kid string, key *rsa.PrivateKey, err error) {
+	if l.setKey == nil {
+		return "", nil, &domain.Error{Code: domain.EUnavailable, Message: "no SET signing key is loaded, retry", RetryAfterMs: 1000}
+	}
+	return l.setKID, l.setKey, nil
 }
 
 // Keyring holds the keyset an instance uses and follows its changes: every
@@ -138,7 +157,14 @@ func loadedAt(rev uint64, stored Keyset, now time.Time) (*LoadedKeys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &LoadedKeys{Revision: rev, Keys: ks, Codec: codec, stored: stored, nextExpiry: next}, nil
+	l := &LoadedKeys{Revision: rev, Keys: ks, Codec: codec, stored: stored, nextExpiry: next}
+	if cur, err := ks.CurrentSET(); err == nil {
+		if l.setKey, err = cur.Private(); err != nil {
+			return nil, fmt.Errorf("set key %s: %w", cur.ID, err)
+		}
+		l.setKID = cur.ID
+	}
+	return l, nil
 }
 
 // use makes l the keys in use and waits for their next expiry; k.mu is held.
@@ -178,7 +204,7 @@ func (k *Keyring) expire() {
 		k.log.Error("keys in effect unusable, keeping the keys in use", "revision", cur.Revision, "err", err)
 		return
 	}
-	if len(l.Keys.MAC) == len(cur.Keys.MAC) && len(l.Keys.Signing) == len(cur.Keys.Signing) {
+	if len(l.Keys.MAC) == len(cur.Keys.MAC) && len(l.Keys.Signing) == len(cur.Keys.Signing) && len(l.Keys.SET) == len(cur.Keys.SET) {
 		k.armExpiry(l.nextExpiry) // early: the clock was set back
 		return
 	}
@@ -201,16 +227,60 @@ func (k *Keyring) watch() error {
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
+			held := k.loaded.Load()
 			ks, err := decodeKeyset(e.Value())
 			if err == nil {
 				_, err = k.adopt(e.Revision(), ks)
 			}
 			if err != nil {
 				k.log.Error("keyset revision unusable, keeping the keys in use", "revision", e.Revision(), "err", err)
+				continue
+			}
+			if len(ks.SET) == 0 {
+				k.restoreSETKeys(e.Revision(), held)
 			}
 		}
 	}()
 	return nil
+}
+
+// restoreSETKeys puts SET keys back into revision rev, which has none: an
+// instance of a version without them changed the keyset (a rolling
+// upgrade). Every instance of this version that sees rev tries, on
+// condition that rev is still the stored revision: one succeeds.
+func (k *Keyring) restoreSETKeys(rev uint64, held *LoadedKeys) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := k.changeFrom(ctx, rev, held, func(ks Keyset, _ time.Time) (Keyset, error) { return ks, nil })
+	switch {
+	case domain.ErrorCode(err) == domain.EInvalidRequest:
+		return // the keyset changed since: another instance put them back, or the next revision will be seen here too
+	case err != nil:
+		k.log.Warn("keyset written without SET keys, by an earlier version: could not add them", "revision", rev, "err", err)
+	default:
+		k.log.Warn("keyset written without SET keys, by an earlier version: added them", "revision", rev, "written", l.Revision,
+			"keys", l.Keys.summary())
+	}
+}
+
+// withSETKeys returns ks, stored at revision rev, with SET keys. An
+// instance of the version before SET keys drops them when it changes the
+// keyset (it does not know set_keys). If held, the keys this instance held,
+// are those of the revision that instance changed, rev-1 (TOKENS_KEYS has a
+// single entry, so every write moves the revision by one), the SET keys are
+// put back as they were. Otherwise a new SET key is added, as on loading a
+// keyset of that version; receivers then no longer verify SETs signed with
+// the lost keys. Keys of another revision are never put back: one of them
+// may have been revoked since.
+func withSETKeys(ks Keyset, rev uint64, held *LoadedKeys, now time.Time) Keyset {
+	if len(ks.SET) > 0 {
+		return ks
+	}
+	if held != nil && held.Revision+1 == rev && len(held.stored.SET) > 0 {
+		ks.SET = slices.Clone(held.stored.SET)
+		return ks
+	}
+	return ks.withSETKey(now)
 }
 
 // Parse verifies a refresh token with the keys in use and returns the codec
@@ -326,6 +396,13 @@ func (k *Keyring) Revoke(ctx context.Context, kid string, ifRevision uint64) (*L
 // revision, retrying when another writer got in between (unless the caller
 // named the revision it expects), and adopts the result at once.
 func (k *Keyring) change(ctx context.Context, ifRevision uint64, f func(Keyset, time.Time) (Keyset, error)) (*LoadedKeys, error) {
+	return k.changeFrom(ctx, ifRevision, nil, f)
+}
+
+// changeFrom is change with held, the keys this instance held before the
+// stored revision (nil: the keys in use): a stored keyset without SET keys
+// gets them in the same write, whatever f does (withSETKeys).
+func (k *Keyring) changeFrom(ctx context.Context, ifRevision uint64, held *LoadedKeys, f func(Keyset, time.Time) (Keyset, error)) (*LoadedKeys, error) {
 	if k.kv == nil {
 		return nil, errors.New("keys are fixed: there is no key bucket")
 	}
@@ -341,7 +418,12 @@ func (k *Keyring) change(ctx context.Context, ifRevision uint64, f func(Keyset, 
 		if err != nil {
 			return nil, fmt.Errorf("kv %s: keyset is unreadable: %w", Bucket, err)
 		}
-		next, err := f(ks, k.now())
+		from := held
+		if from == nil {
+			from = k.loaded.Load()
+		}
+		now := k.now()
+		next, err := f(withSETKeys(ks, entry.Revision(), from, now), now)
 		if err != nil {
 			return nil, err
 		}

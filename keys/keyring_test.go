@@ -285,7 +285,7 @@ func TestKeyringDropsExpiredKeysWithoutAChange(t *testing.T) {
 	}
 	var seen []*LoadedKeys
 	k.OnChange(func(l *LoadedKeys) error { seen = append(seen, l); return nil })
-	signingExpiry, macExpiry := now.Add(testLife.signing()), now.Add(testLife.mac())
+	signingExpiry, setExpiry, macExpiry := now.Add(testLife.signing()), now.Add(testLife.set()), now.Add(testLife.mac())
 	if !promoted.nextExpiry.Equal(signingExpiry) || !timers.armed.Equal(signingExpiry) {
 		t.Fatalf("next expiry %v, timer armed for %v; want the retired signing key's %v", promoted.nextExpiry, timers.armed, signingExpiry)
 	}
@@ -301,6 +301,14 @@ func TestKeyringDropsExpiredKeysWithoutAChange(t *testing.T) {
 	if len(seen) != 2 || seen[1] != l || l.Revision != promoted.Revision || len(l.Keys.Signing) != 1 || len(l.Keys.MAC) != 2 {
 		t.Fatalf("at the signing key's expiry: revision %d (was %d), keys %s, listener told %d times",
 			l.Revision, promoted.Revision, l.Keys.summary(), len(seen))
+	}
+	if !timers.armed.Equal(setExpiry) {
+		t.Fatalf("timer armed for %v, want the retired SET key's expiry %v", timers.armed, setExpiry)
+	}
+	now = setExpiry
+	k.expire()
+	if l := k.Loaded(); len(seen) != 3 || len(l.Keys.SET) != 1 || len(l.Keys.MAC) != 2 || l.Revision != promoted.Revision {
+		t.Fatalf("at the SET key's expiry: keys %s, listener told %d times", l.Keys.summary(), len(seen))
 	}
 	if !timers.armed.Equal(macExpiry) {
 		t.Fatalf("timer armed for %v, want the retired MAC key's expiry %v", timers.armed, macExpiry)

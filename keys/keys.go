@@ -1,12 +1,15 @@
-// Package keys holds a deployment's refresh-token MAC keys and access-token
-// signing keys in the KV bucket TOKENS_KEYS: their rotation (stage, promote,
-// retire) and the keyring every instance follows.
+// Package keys holds a deployment's refresh-token MAC keys, access-token
+// signing keys and Security Event Token signing keys in the KV bucket
+// TOKENS_KEYS: their rotation (stage, promote, retire) and the keyring every
+// instance follows.
 package keys
 
 import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +38,8 @@ const (
 	// JWKS, but nothing is minted or signed with it yet, so every instance
 	// and every resource server can learn it before it is used.
 	KeyNext KeyState = "next"
-	// KeyCurrent mints refresh tokens or signs access tokens; one per kind.
+	// KeyCurrent mints refresh tokens or signs access tokens or SETs; one
+	// per kind.
 	KeyCurrent KeyState = "current"
 	// KeyRetired only verifies, until its ExpiresAt.
 	KeyRetired KeyState = "retired"
@@ -45,7 +49,16 @@ const (
 const (
 	KindMAC     = "mac"     // refresh-token MAC keys
 	KindSigning = "signing" // access-token signing keys
+	KindSET     = "set"     // Security Event Token (SSF) signing keys
 )
+
+// kinds are the kinds of key in the order they are listed.
+var kinds = []string{KindMAC, KindSigning, KindSET}
+
+// SETKeyBits is the size of a new SET signing key. The CAEP
+// interoperability profile 1.0 ("Event Signatures") requires RS256 with
+// keys of at least 2048 bits; larger keys would only slow every signature.
+const SETKeyBits = 2048
 
 // Keyset is every key a deployment holds: one current key of each kind, at
 // most one next key of each kind, and the retired keys that still verify.
@@ -54,9 +67,16 @@ const (
 // retired ones. Keysets written before keys had states are a plain list
 // whose first key is current; they are read as such (the rest retired), and
 // instances of that version read a keyset of this one correctly too.
+//
+// Keysets written before SET keys existed have none: the first instance
+// that loads one adds a current SET key (see loadOrCreate). Instances of
+// that version ignore set_keys (json.Unmarshal skips unknown fields), but
+// drop it when they change the keyset; the keyring puts it back (see
+// withSETKeys).
 type Keyset struct {
 	MAC     []MACKey     `json:"mac_keys"`
 	Signing []SigningKey `json:"signing_keys"`
+	SET     []SETKey     `json:"set_keys,omitempty"`
 }
 
 // KeyInfo is what may be shown of a key: everything but its secret.
@@ -87,11 +107,36 @@ type SigningKey struct {
 	Seed []byte `json:"seed"`
 }
 
+// SETKey is an RSA key that signs Security Event Tokens (RS256), stored as
+// its PKCS #8 DER encoding.
+type SETKey struct {
+	KeyInfo
+	PKCS8 []byte `json:"pkcs8"`
+}
+
 func (k *MACKey) info() *KeyInfo     { return &k.KeyInfo }
 func (k *SigningKey) info() *KeyInfo { return &k.KeyInfo }
+func (k *SETKey) info() *KeyInfo     { return &k.KeyInfo }
 
 // Private returns the Ed25519 private key.
 func (k SigningKey) Private() ed25519.PrivateKey { return ed25519.NewKeyFromSeed(k.Seed) }
+
+// Private returns the RSA private key, or an error if the stored key is not
+// an RSA key of at least SETKeyBits bits.
+func (k SETKey) Private() (*rsa.PrivateKey, error) {
+	parsed, err := x509.ParsePKCS8PrivateKey(k.PKCS8)
+	if err != nil {
+		return nil, err
+	}
+	key, ok := parsed.(*rsa.PrivateKey)
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("a %T, not an RSA key", parsed)
+	case key.N.BitLen() < SETKeyBits:
+		return nil, fmt.Errorf("an RSA key of %d bits, fewer than %d", key.N.BitLen(), SETKeyBits)
+	}
+	return key, nil
+}
 
 // Lifetimes say how long a retired key must keep verifying: as long as the
 // longest-lived token made under it, plus Skew for clocks that disagree and
@@ -99,11 +144,23 @@ func (k SigningKey) Private() ed25519.PrivateKey { return ed25519.NewKeyFromSeed
 type Lifetimes struct {
 	Refresh time.Duration // a family's absolute TTL: the most a refresh token can outlive its MAC key's retirement
 	Access  time.Duration // the access-token TTL
+	SET     time.Duration // the most a SET may take from its signing to its receiver; 0: DefaultSETLifetime
 	Skew    time.Duration // 0: DefaultClockSkew
 }
 
 // DefaultClockSkew is the margin added to a retired key's lifetime.
 const DefaultClockSkew = 5 * time.Minute
+
+// DefaultSETLifetime is how long a retired SET key stays published. A
+// receiver verifies a SET when it arrives (RFC 8417 section 2), and tokend
+// signs a SET when it delivers it; but a push may be retried, with the same
+// signed SET, through a receiver's outage, and a poll receiver may fetch a
+// SET handed out before a rotation (RFC 8935, RFC 8936). A week covers an
+// outage over a long weekend and its backlog; a SET still undelivered then
+// must be signed again. It costs one RSA public key in the JWKS for a week
+// after each rotation. (Not the stream's --retention: that is months, or for
+// ever, and nothing signed waits that long.)
+const DefaultSETLifetime = 7 * 24 * time.Hour
 
 func (l Lifetimes) skew() time.Duration {
 	if l.Skew == 0 {
@@ -115,15 +172,23 @@ func (l Lifetimes) skew() time.Duration {
 func (l Lifetimes) mac() time.Duration     { return l.Refresh + l.skew() }
 func (l Lifetimes) signing() time.Duration { return l.Access + l.skew() }
 
+func (l Lifetimes) set() time.Duration {
+	if l.SET == 0 {
+		return DefaultSETLifetime + l.skew()
+	}
+	return l.SET + l.skew()
+}
+
 // ErrNothingStaged answers a promotion without a staged key.
 var ErrNothingStaged = domain.Errorf(domain.EInvalidRequest, "no key is staged: stage keys first")
 
 // ErrUnknownKey answers a revocation of a key the keyset does not hold.
 var ErrUnknownKey = domain.Errorf(domain.ENotFound, "no key has this kid: look again (tokenctl keys list)")
 
-// NewKeyset generates a fresh current MAC key and signing key.
+// NewKeyset generates a fresh current key of each kind.
 func NewKeyset(now time.Time) Keyset {
-	return Keyset{MAC: []MACKey{newMACKey(now, KeyCurrent)}, Signing: []SigningKey{newSigningKey(now, KeyCurrent)}}
+	return Keyset{MAC: []MACKey{newMACKey(now, KeyCurrent)}, Signing: []SigningKey{newSigningKey(now, KeyCurrent)},
+		SET: []SETKey{newSETKey(now, KeyCurrent)}}
 }
 
 func newMACKey(now time.Time, state KeyState) MACKey {
@@ -132,6 +197,29 @@ func newMACKey(now time.Time, state KeyState) MACKey {
 
 func newSigningKey(now time.Time, state KeyState) SigningKey {
 	return SigningKey{newKeyInfo(now, state), randomBytes(ed25519.SeedSize)}
+}
+
+// newSETKey generates an RSA key: tens of milliseconds, once per rotation.
+func newSETKey(now time.Time, state KeyState) SETKey {
+	key, err := rsa.GenerateKey(rand.Reader, SETKeyBits)
+	if err != nil {
+		panic(err) // crypto/rand never fails (Go 1.24), nor does generation with it
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		panic(err) // cannot happen for a valid RSA key
+	}
+	return SETKey{newKeyInfo(now, state), der}
+}
+
+// withSETKey returns ks with a new current SET key if it has none: a keyset
+// written before SET keys existed.
+func (ks Keyset) withSETKey(now time.Time) Keyset {
+	if len(ks.SET) > 0 {
+		return ks
+	}
+	ks.SET = []SETKey{newSETKey(now, KeyCurrent)}
+	return ks
 }
 
 func newKeyInfo(now time.Time, state KeyState) KeyInfo {
@@ -153,6 +241,9 @@ func (ks Keyset) Stage(now time.Time, life Lifetimes) Keyset {
 	if !hasState(out.Signing, KeyNext) {
 		out.Signing = append(out.Signing, newSigningKey(now, KeyNext))
 	}
+	if !hasState(out.SET, KeyNext) {
+		out.SET = append(out.SET, newSETKey(now, KeyNext))
+	}
 	return out.ordered()
 }
 
@@ -163,7 +254,8 @@ func (ks Keyset) Promote(now time.Time, life Lifetimes) (Keyset, error) {
 	out := ks.settled(now, life)
 	mac := promote(out.MAC, now, life.mac())
 	signing := promote(out.Signing, now, life.signing())
-	if !mac && !signing {
+	set := promote(out.SET, now, life.set())
+	if !mac && !signing && !set {
 		return Keyset{}, ErrNothingStaged
 	}
 	return out.ordered(), nil
@@ -174,7 +266,8 @@ func (ks Keyset) Promote(now time.Time, life Lifetimes) (Keyset, error) {
 // would have had if it had retired now: later than its real one, never
 // earlier.
 func (ks Keyset) settled(now time.Time, life Lifetimes) Keyset {
-	return Keyset{MAC: settle(ks.MAC, now, life.mac()), Signing: settle(ks.Signing, now, life.signing())}
+	return Keyset{MAC: settle(ks.MAC, now, life.mac()), Signing: settle(ks.Signing, now, life.signing()),
+		SET: settle(ks.SET, now, life.set())}
 }
 
 // InEffect returns the keys that verify at now: ks without the retired keys
@@ -185,12 +278,13 @@ func (ks Keyset) settled(now time.Time, life Lifetimes) Keyset {
 func (ks Keyset) InEffect(now time.Time) (_ Keyset, next time.Time) {
 	mac, nextMAC := inEffect(ks.MAC, now)
 	signing, nextSigning := inEffect(ks.Signing, now)
-	for _, t := range []time.Time{nextMAC, nextSigning} {
+	set, nextSET := inEffect(ks.SET, now)
+	for _, t := range []time.Time{nextMAC, nextSigning, nextSET} {
 		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
 			next = t
 		}
 	}
-	return Keyset{MAC: mac, Signing: signing}, next
+	return Keyset{MAC: mac, Signing: signing, SET: set}, next
 }
 
 func inEffect[K any, P stated[K]](keys []K, now time.Time) (out []K, next time.Time) {
@@ -211,7 +305,7 @@ func inEffect[K any, P stated[K]](keys []K, now time.Time) (out []K, next time.T
 
 // Revocation says what revoking a key changed.
 type Revocation struct {
-	Kind    string  // KindMAC or KindSigning
+	Kind    string  // KindMAC, KindSigning or KindSET
 	Revoked KeyInfo // the key removed, as it was
 	// Current is set when the revoked key was current: the key current in
 	// its place, the staged one promoted (Generated false) or a new one.
@@ -226,21 +320,21 @@ type Revocation struct {
 // else by a new key: a deployment never goes without a current key. It
 // returns ErrUnknownKey if no key has that id.
 func (ks Keyset) Revoke(kid string, now time.Time, life Lifetimes) (Keyset, Revocation, error) {
-	mac := slices.IndexFunc(ks.MAC, func(k MACKey) bool { return k.ID == kid })
-	signing := slices.IndexFunc(ks.Signing, func(k SigningKey) bool { return k.ID == kid })
-	var out Keyset
+	mac, signing, set := indexOf(ks.MAC, kid), indexOf(ks.Signing, kid), indexOf(ks.SET, kid)
+	out := Keyset{MAC: slices.Clone(ks.MAC), Signing: slices.Clone(ks.Signing), SET: slices.Clone(ks.SET)}
 	var r Revocation
 	switch {
-	case mac >= 0 && signing >= 0:
-		return Keyset{}, Revocation{}, domain.Errorf(domain.EInvalidRequest, "kid %s names a MAC key and a signing key: revoke by hand", kid)
+	case (mac >= 0 && signing >= 0) || (mac >= 0 && set >= 0) || (signing >= 0 && set >= 0):
+		return Keyset{}, Revocation{}, domain.Errorf(domain.EInvalidRequest, "kid %s names keys of more than one kind: revoke by hand", kid)
 	case mac >= 0:
-		rest, rr := revoke(ks.MAC, mac, now, func() MACKey { return newMACKey(now, KeyCurrent) })
-		out, r = Keyset{MAC: rest, Signing: slices.Clone(ks.Signing)}, rr
+		out.MAC, r = revoke(ks.MAC, mac, now, func() MACKey { return newMACKey(now, KeyCurrent) })
 		r.Kind = KindMAC
 	case signing >= 0:
-		rest, rr := revoke(ks.Signing, signing, now, func() SigningKey { return newSigningKey(now, KeyCurrent) })
-		out, r = Keyset{MAC: slices.Clone(ks.MAC), Signing: rest}, rr
+		out.Signing, r = revoke(ks.Signing, signing, now, func() SigningKey { return newSigningKey(now, KeyCurrent) })
 		r.Kind = KindSigning
+	case set >= 0:
+		out.SET, r = revoke(ks.SET, set, now, func() SETKey { return newSETKey(now, KeyCurrent) })
+		r.Kind = KindSET
 	default:
 		return Keyset{}, Revocation{}, ErrUnknownKey
 	}
@@ -269,6 +363,10 @@ func revoke[K any, P stated[K]](keys []K, n int, now time.Time, fresh func() K) 
 type stated[K any] interface {
 	*K
 	info() *KeyInfo
+}
+
+func indexOf[K any, P stated[K]](keys []K, kid string) int {
+	return slices.IndexFunc(keys, func(k K) bool { return P(&k).info().ID == kid })
 }
 
 func hasState[K any, P stated[K]](keys []K, s KeyState) bool {
@@ -311,7 +409,7 @@ func promote[K any, P stated[K]](keys []K, now time.Time, lifetime time.Duration
 
 // ordered sorts each list current, next, retired (newest retired first).
 func (ks Keyset) ordered() Keyset {
-	return Keyset{MAC: sortKeys(ks.MAC), Signing: sortKeys(ks.Signing)}
+	return Keyset{MAC: sortKeys(ks.MAC), Signing: sortKeys(ks.Signing), SET: sortKeys(ks.SET)}
 }
 
 func sortKeys[K any, P stated[K]](keys []K) []K {
@@ -327,7 +425,8 @@ func sortKeys[K any, P stated[K]](keys []K) []K {
 	return out
 }
 
-// Infos returns what may be shown of every key, by kind (KindMAC, KindSigning).
+// Infos returns what may be shown of every key, by kind (KindMAC,
+// KindSigning, KindSET).
 func (ks Keyset) Infos() map[string][]KeyInfo {
 	out := map[string][]KeyInfo{}
 	for _, k := range ks.MAC {
@@ -336,13 +435,20 @@ func (ks Keyset) Infos() map[string][]KeyInfo {
 	for _, k := range ks.Signing {
 		out[KindSigning] = append(out[KindSigning], k.KeyInfo)
 	}
+	for _, k := range ks.SET {
+		out[KindSET] = append(out[KindSET], k.KeyInfo)
+	}
 	return out
 }
+
+// Kinds returns the kinds of key in the order key listings show them: MAC,
+// signing, SET.
+func Kinds() []string { return slices.Clone(kinds) }
 
 // summary lists the key ids by kind and state, for the log.
 func (ks Keyset) summary() string {
 	var b strings.Builder
-	for _, kind := range []string{KindMAC, KindSigning} {
+	for _, kind := range kinds {
 		for _, i := range ks.Infos()[kind] {
 			if b.Len() > 0 {
 				b.WriteByte(' ')
@@ -385,6 +491,16 @@ func (ks Keyset) CurrentSigning() (SigningKey, error) {
 	return SigningKey{}, errors.New("keyset has no current signing key")
 }
 
+// CurrentSET returns the key SETs are signed with.
+func (ks Keyset) CurrentSET() (SETKey, error) {
+	for _, k := range ks.SET {
+		if k.State == KeyCurrent {
+			return k, nil
+		}
+	}
+	return SETKey{}, errors.New("keyset has no current SET key")
+}
+
 // decodeKeyset reads a stored keyset, of this format or the previous one.
 func decodeKeyset(data []byte) (Keyset, error) {
 	var ks Keyset
@@ -425,7 +541,9 @@ func fromPlainList[K any, P stated[K]](keys []K) error {
 }
 
 // validate checks what every instance relies on: one current and at most
-// one next key per kind, unique valid ids, usable key material.
+// one next key per kind, unique valid ids, usable key material. A keyset
+// without SET keys is one written before they existed, valid until it gets
+// them (withSETKey).
 func (ks Keyset) validate() error {
 	seen := map[string]bool{}
 	check := func(kind string, i KeyInfo, usable bool) error {
@@ -451,6 +569,14 @@ func (ks Keyset) validate() error {
 	for _, k := range ks.Signing {
 		if err := check("signing", k.KeyInfo, len(k.Seed) == ed25519.SeedSize); err != nil {
 			return err
+		}
+	}
+	for _, k := range ks.SET {
+		if err := check("set", k.KeyInfo, true); err != nil {
+			return err
+		}
+		if _, err := k.Private(); err != nil {
+			return fmt.Errorf("set key %s has unusable key material: %w", k.ID, err)
 		}
 	}
 	for kind, infos := range ks.Infos() {
@@ -497,7 +623,7 @@ func LoadOrCreateKeys(ctx context.Context, js jetstream.JetStream, replicas int)
 }
 
 // loadOrCreate returns the stored keyset and its revision, creating it if
-// there is none.
+// there is none and adding a SET key if it has none.
 func loadOrCreate(ctx context.Context, kv jetstream.KeyValue) (Keyset, uint64, error) {
 	for range 3 {
 		entry, err := kv.Get(ctx, keysetKey)
@@ -506,7 +632,25 @@ func loadOrCreate(ctx context.Context, kv jetstream.KeyValue) (Keyset, uint64, e
 			if err != nil {
 				return Keyset{}, 0, fmt.Errorf("kv %s: keyset is unreadable: %w", Bucket, err)
 			}
-			return ks, entry.Revision(), nil
+			if len(ks.SET) > 0 {
+				return ks, entry.Revision(), nil
+			}
+			// Written by a version without SET keys: the first instance of
+			// this one to load it adds one. Update fails if another
+			// instance did first; the next Get loads its key.
+			upgraded := ks.withSETKey(time.Now())
+			raw, err := json.Marshal(upgraded)
+			if err != nil {
+				return Keyset{}, 0, err
+			}
+			rev, err := kv.Update(ctx, keysetKey, raw, entry.Revision())
+			if err == nil {
+				return upgraded, rev, nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				return Keyset{}, 0, fmt.Errorf("kv %s: add a SET key: %w", Bucket, err)
+			}
+			continue
 		}
 		if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			return Keyset{}, 0, fmt.Errorf("kv %s: %w", Bucket, err)

@@ -11,7 +11,7 @@ import (
 	"github.com/tokend/tokend/domain"
 )
 
-var testLife = Lifetimes{Refresh: 720 * time.Hour, Access: 5 * time.Minute, Skew: time.Minute}
+var testLife = Lifetimes{Refresh: 720 * time.Hour, Access: 5 * time.Minute, SET: 24 * time.Hour, Skew: time.Minute}
 
 // byState returns the ids of a kind's keys in stored order, by state.
 func byState(ks Keyset, kind string) map[KeyState][]string {
@@ -43,14 +43,20 @@ func TestKeysetStageAndPromote(t *testing.T) {
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	ks := NewKeyset(t0)
 	oldMAC, oldSigning := one(t, byState(ks, "mac")[KeyCurrent]), one(t, byState(ks, "signing")[KeyCurrent])
+	oldSET := one(t, byState(ks, "set")[KeyCurrent])
 
 	staged := ks.Stage(t0.Add(time.Hour), testLife)
 	if err := staged.validate(); err != nil {
 		t.Fatal(err)
 	}
 	nextMAC, nextSigning := one(t, byState(staged, "mac")[KeyNext]), one(t, byState(staged, "signing")[KeyNext])
-	if one(t, byState(staged, "mac")[KeyCurrent]) != oldMAC || one(t, byState(staged, "signing")[KeyCurrent]) != oldSigning {
+	nextSET := one(t, byState(staged, "set")[KeyNext])
+	if one(t, byState(staged, "mac")[KeyCurrent]) != oldMAC || one(t, byState(staged, "signing")[KeyCurrent]) != oldSigning ||
+		one(t, byState(staged, "set")[KeyCurrent]) != oldSET {
 		t.Fatal("staging changed the current keys")
+	}
+	if s, _ := staged.CurrentSET(); s.ID != oldSET {
+		t.Fatalf("signs SETs with %s, want %s", s.ID, oldSET)
 	}
 	if len(byState(ks, "mac")[KeyNext]) != 0 {
 		t.Fatal("staging changed the keyset it was called on")
@@ -70,7 +76,7 @@ func TestKeysetStageAndPromote(t *testing.T) {
 		t.Fatalf("signs with %s, want %s", s.ID, oldSigning)
 	}
 	if again := staged.Stage(t0.Add(2*time.Hour), testLife); one(t, byState(again, "mac")[KeyNext]) != nextMAC ||
-		one(t, byState(again, "signing")[KeyNext]) != nextSigning {
+		one(t, byState(again, "signing")[KeyNext]) != nextSigning || one(t, byState(again, "set")[KeyNext]) != nextSET {
 		t.Fatal("staging twice replaced the staged keys")
 	}
 
@@ -95,6 +101,19 @@ func TestKeysetStageAndPromote(t *testing.T) {
 	if retiredSigning.ID != oldSigning || retiredSigning.State != KeyRetired ||
 		!retiredSigning.ExpiresAt.Equal(promotedAt.Add(5*time.Minute+time.Minute)) {
 		t.Fatalf("retired signing key %+v", retiredSigning.KeyInfo)
+	}
+	// A retired SET key stays published for SETs signed before, which
+	// receivers may get long after (Lifetimes.SET).
+	if cur, retiredSET := promoted.SET[0], promoted.SET[1]; cur.ID != nextSET || cur.State != KeyCurrent ||
+		retiredSET.ID != oldSET || retiredSET.State != KeyRetired || !retiredSET.ExpiresAt.Equal(promotedAt.Add(24*time.Hour+time.Minute)) {
+		t.Fatalf("SET keys after promotion: %+v, %+v", cur.KeyInfo, retiredSET.KeyInfo)
+	}
+	if s, err := promoted.CurrentSET(); err != nil || s.ID != nextSET {
+		t.Fatalf("signs SETs with %s after promotion, want %s: %v", s.ID, nextSET, err)
+	}
+	byDefault, err := staged.Promote(promotedAt, Lifetimes{Refresh: time.Hour})
+	if err != nil || !byDefault.SET[1].ExpiresAt.Equal(promotedAt.Add(DefaultSETLifetime+DefaultClockSkew)) {
+		t.Fatalf("a SET key retired with the default lifetime expires at %v: %v", byDefault.SET[1].ExpiresAt, err)
 	}
 	// Tokens minted before still verify; new ones carry the new key id.
 	before := codec.Mint("fam", 1, [domain.SecretSize]byte{1})
@@ -228,26 +247,28 @@ func TestKeysetInEffect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	macExpiry, signingExpiry := promoted.MAC[1].ExpiresAt, promoted.Signing[1].ExpiresAt
+	macExpiry, signingExpiry, setExpiry := promoted.MAC[1].ExpiresAt, promoted.Signing[1].ExpiresAt, promoted.SET[1].ExpiresAt
 	for _, c := range []struct {
-		at                   time.Time
-		wantMAC, wantSigning int
-		wantNext             time.Time
+		at                            time.Time
+		wantMAC, wantSigning, wantSET int
+		wantNext                      time.Time
 	}{
-		{t0, 2, 2, signingExpiry},
-		{signingExpiry.Add(-time.Nanosecond), 2, 2, signingExpiry},
-		{signingExpiry, 2, 1, macExpiry},
-		{macExpiry, 1, 1, time.Time{}},
+		{t0, 2, 2, 2, signingExpiry},
+		{signingExpiry.Add(-time.Nanosecond), 2, 2, 2, signingExpiry},
+		{signingExpiry, 2, 1, 2, setExpiry},
+		{setExpiry, 2, 1, 1, macExpiry},
+		{macExpiry, 1, 1, 1, time.Time{}},
 	} {
 		ks, next := promoted.InEffect(c.at)
-		if len(ks.MAC) != c.wantMAC || len(ks.Signing) != c.wantSigning || !next.Equal(c.wantNext) {
-			t.Fatalf("at %v: %s, next expiry %v; want %d MAC and %d signing keys, next %v", c.at, ks.summary(), next, c.wantMAC, c.wantSigning, c.wantNext)
+		if len(ks.MAC) != c.wantMAC || len(ks.Signing) != c.wantSigning || len(ks.SET) != c.wantSET || !next.Equal(c.wantNext) {
+			t.Fatalf("at %v: %s, next expiry %v; want %d MAC, %d signing and %d SET keys, next %v", c.at, ks.summary(), next,
+				c.wantMAC, c.wantSigning, c.wantSET, c.wantNext)
 		}
 		if err := ks.validate(); err != nil {
 			t.Fatalf("at %v: %v", c.at, err)
 		}
 	}
-	if len(promoted.MAC) != 2 || len(promoted.Signing) != 2 {
+	if len(promoted.MAC) != 2 || len(promoted.Signing) != 2 || len(promoted.SET) != 2 {
 		t.Fatal("InEffect changed the keyset it was called on")
 	}
 	// A retired key of the old format has no expiry yet: it stays in
@@ -304,6 +325,10 @@ func TestKeysetRevoke(t *testing.T) {
 		{"current MAC key, one staged", KindMAC, KeyCurrent, id(staged, KindMAC, KeyNext), false},
 		{"current signing key, one staged", KindSigning, KeyCurrent, id(staged, KindSigning, KeyNext), false},
 		{"current MAC key, none staged", KindMAC, KeyCurrent, "new", true},
+		{"retired SET key", KindSET, KeyRetired, id(staged, KindSET, KeyCurrent), false},
+		{"staged SET key", KindSET, KeyNext, id(staged, KindSET, KeyCurrent), false},
+		{"current SET key, one staged", KindSET, KeyCurrent, id(staged, KindSET, KeyNext), false},
+		{"current SET key, none staged", KindSET, KeyCurrent, "new", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			from := staged
@@ -337,13 +362,11 @@ func TestKeysetRevoke(t *testing.T) {
 			case c.wantCurrent != "new" && cur != c.wantCurrent:
 				t.Fatalf("current key %s, want %s", cur, c.wantCurrent)
 			}
-			other := KindSigning
-			if c.kind == KindSigning {
-				other = KindMAC
-			}
-			if !slices.Equal(byState(out, other)[KeyCurrent], byState(from, other)[KeyCurrent]) ||
-				!slices.Equal(byState(out, other)[KeyNext], byState(from, other)[KeyNext]) {
-				t.Fatalf("the other kind changed: %s", out.summary())
+			for _, other := range Kinds() {
+				if other != c.kind && (!slices.Equal(byState(out, other)[KeyCurrent], byState(from, other)[KeyCurrent]) ||
+					!slices.Equal(byState(out, other)[KeyNext], byState(from, other)[KeyNext])) {
+					t.Fatalf("another kind changed: %s", out.summary())
+				}
 			}
 		})
 	}
@@ -372,5 +395,11 @@ func TestKeysetRevoke(t *testing.T) {
 	clash.Signing[0].ID = kid
 	if _, _, err := clash.Revoke(kid, at, testLife); domain.ErrorCode(err) != domain.EInvalidRequest {
 		t.Fatalf("a kid of both kinds: %v", err)
+	}
+	clash = staged
+	clash.SET = slices.Clone(staged.SET)
+	clash.SET[0].ID = id(staged, KindSigning, KeyNext)
+	if _, _, err := clash.Revoke(clash.SET[0].ID, at, testLife); domain.ErrorCode(err) != domain.EInvalidRequest {
+		t.Fatalf("a kid of a signing key and a SET key: %v", err)
 	}
 }

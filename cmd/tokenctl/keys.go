@@ -33,16 +33,19 @@ var keysCommand = &command{
 
 keys list asks every tokend instance which keyset revision it has loaded
 (<prefix>.admin.keys.status) and prints the keys: their kind (mac signs
-refresh tokens, signing signs access tokens), id, state (next: staged,
-verifies and is published but signs nothing yet; current; retired: verifies
-until its expiry), and times. Key material never leaves tokend.
+refresh tokens, signing signs access tokens, set signs the Security Event
+Tokens of SSF streams), id, state (next: staged, verifies and is published
+but signs nothing yet; current; retired: verifies until its expiry), and
+times. Key material never leaves tokend.
 
-keys rotate replaces both keys without refusing a single valid token:
-  1. stage a new MAC key and signing key (<prefix>.admin.keys.stage);
+keys rotate replaces the keys of every kind without refusing a single valid
+token or SET:
+  1. stage a new MAC key, signing key and SET key (<prefix>.admin.keys.stage);
   2. wait until every running instance has loaded them (instances are
      counted with $SRV.INFO.tokens; --instances N waits for at least N);
-  3. wait --publish-for, so resource servers that cache the JWKS
-     (/.well-known/jwks.json allows 5 minutes) fetch the new signing key;
+  3. wait --publish-for, so resource servers and SSF receivers that cache
+     the JWKS (/.well-known/jwks.json allows 5 minutes) fetch the new
+     signing and SET keys;
   4. promote them (<prefix>.admin.keys.promote): new tokens are minted and
      signed with the new keys; the old ones verify until everything they
      made has expired;
@@ -53,8 +56,8 @@ keys already staged are kept.
 keys revoke KID removes a compromised key at once, whatever its state
 (<prefix>.admin.keys.revoke): from then on nothing made under it verifies.
 If it was the current key of its kind, the staged key of that kind becomes
-current in the same change, else a new key; a new signing key reaches
-resource servers at their next JWKS fetch. --reason is required and logged
+current in the same change, else a new key; a new signing or SET key
+reaches resource servers and SSF receivers at their next JWKS fetch. --reason is required and logged
 with --by. It then waits until every instance has loaded the change and
 fails if one has not. See docs/operations.md, "A compromised key", for what
 it does to users.
@@ -224,8 +227,11 @@ func revokeKey(ctx context.Context, e *env, req api.KeysRevokeRequest, want int)
 				from = "a new key"
 			}
 			fmt.Fprintf(e.stdout, "%s key %s is current in its place: %s\n", cell(n.Kind), cell(n.Kid), from)
-			if r.Generated && n.Kind == "signing" {
+			switch {
+			case r.Generated && n.Kind == "signing":
 				fmt.Fprintln(e.stdout, "resource servers refuse access tokens signed with it until they fetch the JWKS again")
+			case r.Generated && n.Kind == "set":
+				fmt.Fprintln(e.stdout, "SSF receivers refuse SETs signed with it until they fetch the JWKS again")
 			}
 		}
 		fmt.Fprintln(e.stdout)
@@ -389,7 +395,8 @@ func gather(ctx context.Context, e *env, subject string, done func(*nats.Msg) bo
 	}
 }
 
-// describeKeys names the keys in state, e.g. "mac key K1 and signing key K2".
+// describeKeys names the keys in state, e.g. "mac key K1, signing key K2
+// and set key K3".
 func describeKeys(keys []api.KeyView, state string) string {
 	var parts []string
 	for _, k := range keys {
@@ -397,10 +404,13 @@ func describeKeys(keys []api.KeyView, state string) string {
 			parts = append(parts, k.Kind+" key "+cell(k.Kid))
 		}
 	}
-	if len(parts) == 0 {
+	switch len(parts) {
+	case 0:
 		return "no " + state + " key"
+	case 1:
+		return parts[0]
 	}
-	return strings.Join(parts, " and ")
+	return strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
 }
 
 // describeInstances says which revision each instance has loaded.

@@ -44,6 +44,7 @@ func newFakeKeyset() *fakeKeyset {
 	return &fakeKeyset{status: api.KeysStatus{Revision: 10, Keys: []api.KeyView{
 		{Kid: "mac-1", Kind: "mac", State: "current", CreatedAt: "2026-01-01T00:00:00Z"},
 		{Kid: "sig-1", Kind: "signing", State: "current", CreatedAt: "2026-01-01T00:00:00Z"},
+		{Kid: "set-1", Kind: "set", State: "current", CreatedAt: "2026-01-01T00:00:00Z"},
 	}}}
 }
 
@@ -100,7 +101,8 @@ func (f *fakeKeyset) serve(t *testing.T, nc *nats.Conn, prefix string, admin, wi
 			defer f.mu.Unlock()
 			f.status.Keys = append(f.status.Keys,
 				api.KeyView{Kid: "mac-2", Kind: "mac", State: "next", CreatedAt: "2026-06-01T00:00:00Z"},
-				api.KeyView{Kid: "sig-2", Kind: "signing", State: "next", CreatedAt: "2026-06-01T00:00:00Z"})
+				api.KeyView{Kid: "sig-2", Kind: "signing", State: "next", CreatedAt: "2026-06-01T00:00:00Z"},
+				api.KeyView{Kid: "set-2", Kind: "set", State: "next", CreatedAt: "2026-06-01T00:00:00Z"})
 			f.changed()
 			f.stagedAt = time.Now()
 			st := f.status
@@ -182,14 +184,14 @@ func TestKeysRotate(t *testing.T) {
 	if lagging.asked < 4 || lagging.reported != 12 {
 		t.Fatalf("the lagging instance was asked %d times and reported revision %d last", lagging.asked, lagging.reported)
 	}
-	for _, want := range []string{"2 tokend instance(s)", "staged mac key mac-2 and signing key sig-2 at revision 11",
+	for _, want := range []string{"2 tokend instance(s)", "staged mac key mac-2, signing key sig-2 and set key set-2 at revision 11",
 		"every instance has loaded revision 11", "waiting 300ms", "promoted at revision 12", "every instance has loaded revision 12"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
 		}
 	}
-	for _, want := range []string{"rotated: mac key mac-2 and signing key sig-2 are current (keyset revision 12)",
-		"KIND", "mac      mac-2  current", "mac      mac-1  retired", "signing  sig-1  retired"} {
+	for _, want := range []string{"rotated: mac key mac-2, signing key sig-2 and set key set-2 are current (keyset revision 12)",
+		"KIND", "mac      mac-2  current", "mac      mac-1  retired", "signing  sig-1  retired", "set      set-2  current", "set      set-1  retired"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
 		}
@@ -253,7 +255,7 @@ func TestKeysList(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	for _, want := range []string{"keyset revision 10; 2 instance(s), all on it", "KIND     KID    STATE    CREATED",
-		"mac      mac-1  current", "signing  sig-1  current"} {
+		"mac      mac-1  current", "signing  sig-1  current", "set      set-1  current"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
 		}
@@ -314,11 +316,20 @@ func TestKeysRevoke(t *testing.T) {
 		t.Fatalf("--json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 
+	// A SET key: receivers learn the new one from the JWKS.
+	r = runCtl(t, "", "--nats-url", url, "keys", "revoke", "set-1", "--reason", "private key in a core dump", "--by", "alice")
+	for _, want := range []string{"revoked set key set-1 (it was current) at keyset revision 13", "set key set-new is current in its place: a new key",
+		"SSF receivers refuse SETs signed with it until they fetch the JWKS again", "set      set-new      current"} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("revoking a SET key: exit %d, stdout lacks %q:\n%s", r.code, want, r.stdout)
+		}
+	}
+
 	// An instance that never reports the change is named, and the exit
 	// status says the revocation has not reached everywhere.
 	old := f.serve(t, nc, "tokens", false, false, 0)
 	r = runCtl(t, "", "--nats-url", url, "--timeout", "2s", "keys", "revoke", "signing-new", "--reason", "x", "--by", "alice")
-	if r.code != 1 || !strings.Contains(r.stderr, "the key is revoked, but not every instance loaded keyset revision 13") ||
+	if r.code != 1 || !strings.Contains(r.stderr, "the key is revoked, but not every instance loaded keyset revision 14") ||
 		!strings.Contains(r.stderr, old.id) || !strings.Contains(r.stdout, "revoked signing key signing-new") {
 		t.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}

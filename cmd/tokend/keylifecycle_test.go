@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -232,8 +233,9 @@ func TestRetiredKeysExpireWithoutRotation(t *testing.T) {
 // TestKeysRevokeEndToEnd: tokenctl keys revoke drops a compromised key on
 // every instance at once. Refresh tokens under the revoked MAC key are
 // refused; access tokens under the revoked signing key no longer verify,
-// for introspection nor for revocation; new tokens carry the keys made
-// current in their place; each revocation is counted.
+// for introspection nor for revocation; a revoked SET key leaves the JWKS;
+// new tokens and SETs carry the keys made current in their place; each
+// revocation is counted.
 func TestKeysRevokeEndToEnd(t *testing.T) {
 	e := mustOAuthEnv(t, nil)
 	cfg := oauthConfig(t, e.app.NATSURL())
@@ -307,14 +309,44 @@ func TestKeysRevokeEndToEnd(t *testing.T) {
 		t.Fatal("signed with the revoked key")
 	}
 
+	// A SET key: it leaves the JWKS, served over HTTP on both listeners,
+	// and every instance signs SETs with a new key.
+	var status api.KeysStatus
+	adminKeys(t, e.nc, api.SubjectKeysStatus, struct{}{}, &status)
+	oldSET := keyOf(status, "set", "current")
+	out = tokenctl("keys", "revoke", oldSET, "--reason", "private key in a core dump", "--by", "alice", "--instances", "2")
+	if !strings.Contains(out, "revoked set key "+oldSET+" (it was current)") || !strings.Contains(out, "SSF receivers refuse SETs signed with it") {
+		t.Fatalf("keys revoke said:\n%s", out)
+	}
+	var newSET string
+	for i, app := range apps {
+		kid, _, err := app.api.Tokens.Keyring().Loaded().SETSigner()
+		if err != nil || kid == oldSET || (newSET != "" && kid != newSET) {
+			t.Fatalf("instance %d signs SETs with %q (revoked %s, the other instance %q): %v", i, kid, oldSET, newSET, err)
+		}
+		newSET = kid
+		_, _, jwks := httpGet(t, app, api.PathJWKS)
+		resp, err := http.Get(bases[i] + api.PathJWKS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oauthJWKS, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, jwks := range [][]byte{jwks, oauthJWKS} {
+			if strings.Contains(string(jwks), oldSET) || !strings.Contains(string(jwks), `"kid":"`+newSET+`"`) || !strings.Contains(string(jwks), `"alg":"RS256"`) {
+				t.Fatalf("instance %d: the JWKS after the SET key's revocation: %s", i, jwks)
+			}
+		}
+	}
+
 	revokedTotal := map[string]float64{}
 	for _, app := range apps {
 		m := parseMetrics(t, scrape(t, app))
-		for _, kind := range []string{"mac", "signing"} {
+		for _, kind := range []string{"mac", "signing", "set"} {
 			revokedTotal[kind] += m.value("tokend_keys_revoked_total", "kind", kind)
 		}
 	}
-	if revokedTotal["mac"] != 1 || revokedTotal["signing"] != 1 {
+	if revokedTotal["mac"] != 1 || revokedTotal["signing"] != 1 || revokedTotal["set"] != 1 {
 		t.Fatalf("tokend_keys_revoked_total summed over the instances: %v", revokedTotal)
 	}
 }

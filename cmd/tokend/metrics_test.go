@@ -18,6 +18,7 @@ import (
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/tokens"
 )
@@ -175,6 +176,7 @@ func TestFreshMetricsHaveFixedSeries(t *testing.T) {
 		{"tokend_client_registry_changes_total", []string{"action", registry.ClientSecretRotated}},
 		{"tokend_queries_total", []string{"query", "audit", "outcome", "ok"}},
 		{"tokend_query_duration_seconds", []string{"query", "introspect"}},
+		{"tokend_keys_revoked_total", []string{"kind", keys.KindSET}},
 	} {
 		if got := m.value(c.name, c.labels...); got != 0 {
 			t.Errorf("%s%v = %v on a fresh tokend, want 0", c.name, c.labels, got)
