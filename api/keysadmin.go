@@ -166,7 +166,7 @@ func (s *Service) revokeKey(ctx context.Context, ring *keys.Keyring, instanceID 
 	s.Log.Warn("key revoked", "kid", r.Revoked.ID, "kind", r.Kind, "state", r.Revoked.State, "reason", in.Reason,
 		"by", in.By, "nats_user", who.NATSUser, "revision", l.Revision, "current", replacement, "generated", r.Generated)
 	s.Metrics.KeyRevoked(r.Kind)
-	s.record(ctx, events.KeyRevokedEvent(r.Revoked.ID, r.Kind, in.Reason, cmp.Or(in.By, who.NATSUser), l.Revision, s.Now()))
+	s.recordDeployment(ctx, events.KeyRevokedEvent(r.Revoked.ID, r.Kind, in.Reason, cmp.Or(in.By, who.NATSUser), l.Revision, s.Now()))
 	return out, nil
 }
 

@@ -86,11 +86,12 @@ type Outbox interface {
 // its revocation, whatever time that left the request.
 const outboxTimeout = 2 * time.Second
 
-// record stores a deployment event about a revocation that succeeded. A
-// failure is logged and counted, never returned: the revocation stands and
-// its caller must not retry it for the sake of a signal, but receivers of
-// security events miss it (tokend_deployment_events_failed_total).
-func (s *Service) record(ctx context.Context, ev events.DeploymentEvent) {
+// recordDeployment stores a deployment event about a revocation that
+// succeeded. A failure is logged and counted, never returned: the
+// revocation stands and its caller must not retry it for the sake of a
+// signal, but receivers of security events miss it
+// (tokend_deployment_events_failed_total).
+func (s *Service) recordDeployment(ctx context.Context, ev events.DeploymentEvent) {
 	if s.Outbox == nil {
 		return
 	}
@@ -377,7 +378,7 @@ const revokeTimeout = 30 * time.Second
 // revokeAll revokes every family of a subject or client, linearizably: it
 // returns a stream position P such that every family of theirs whose
 // token.issued is at or before P is revoked by the time of the reply. Once
-// done it records subject.revoked or client.revoked (record).
+// done it records subject.revoked or client.revoked (recordDeployment).
 // Families keep being issued while it runs, possibly on other instances,
 // so it repeats: catch the read model up with the stream, revoke what it
 // lists as active, until a caught-up read model lists nothing.
@@ -407,9 +408,9 @@ func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wi
 		if len(ids) == 0 {
 			reason := cmp.Or(in.Reason, domain.ReasonRevoked)
 			if subject != "" {
-				s.record(ctx, events.SubjectRevokedEvent(subject, reason, revoked, pos, s.Now()))
+				s.recordDeployment(ctx, events.SubjectRevokedEvent(subject, reason, revoked, pos, s.Now()))
 			} else {
-				s.record(ctx, events.ClientRevokedEvent(clientID, reason, revoked, pos, s.Now()))
+				s.recordDeployment(ctx, events.ClientRevokedEvent(clientID, reason, revoked, pos, s.Now()))
 			}
 			return revoked, pos, nil
 		}

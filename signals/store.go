@@ -381,6 +381,9 @@ func decodeStream(e jetstream.KeyValueEntry) (Stream, error) {
 		return Stream{}, fmt.Errorf("stream %s: entry names stream %q with status %q", e.Key(), st.ID, st.Status)
 	}
 	st.Revision = e.Revision()
+	// Derived again on every read: a stream that asked for every event
+	// gets the types a later version adds.
+	st.EventsDelivered = Delivered(st.EventsRequested)
 	return st, nil
 }
 
