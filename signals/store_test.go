@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,10 +238,20 @@ func TestStoreFollowsTheBucket(t *testing.T) {
 		t.Fatalf("the stream present at Open: %+v", ch)
 	}
 	kv, _ := js.KeyValue(ctx, Bucket)
+	// Stored by a version that supported fewer events: a stream that asked
+	// for every event gets today's.
+	if _, err := kv.Put(ctx, st.ID, []byte(`{"stream_id":"`+st.ID+`","status":"enabled","receiver":"rp-1","aud":["rp-1"],`+
+		`"delivery":{"method":"urn:ietf:rfc:8936"},"events_delivered":["`+TypeSessionRevoked+`"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := later.Get(ctx, st.ID); err != nil || !reflect.DeepEqual(got.EventsDelivered, EventsSupported) {
+		t.Fatalf("an older entry delivers %v, %v", got.EventsDelivered, err)
+	}
+	seen.await(t, 2)
 	if _, err := kv.Put(ctx, st.ID, []byte(`{"stream_id":"`+st.ID+`","status":"on fire"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if ch := seen.await(t, 2); !ch.Deleted || ch.Stream.ID != st.ID {
+	if ch := seen.await(t, 3); !ch.Deleted || ch.Stream.ID != st.ID {
 		t.Fatalf("an unusable entry: %+v", ch)
 	}
 	if _, ok := later.Lookup(st.ID); ok {
