@@ -1,12 +1,14 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/registry"
 )
@@ -130,8 +132,8 @@ func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
 }
 
 // revokeKey answers a revoke request. The revocation is logged as a
-// warning, with who asked and why, on the instance that made it; every
-// instance logs the revision it then loads.
+// warning, with who asked and why, on the instance that made it, and
+// recorded as key.revoked; every instance logs the revision it then loads.
 func (s *Service) revokeKey(ctx context.Context, ring *keys.Keyring, instanceID string, data []byte, who registry.Actor) (any, error) {
 	var in KeysRevokeRequest
 	if err := Decode(data, &in); err != nil {
@@ -164,6 +166,7 @@ func (s *Service) revokeKey(ctx context.Context, ring *keys.Keyring, instanceID 
 	s.Log.Warn("key revoked", "kid", r.Revoked.ID, "kind", r.Kind, "state", r.Revoked.State, "reason", in.Reason,
 		"by", in.By, "nats_user", who.NATSUser, "revision", l.Revision, "current", replacement, "generated", r.Generated)
 	s.Metrics.KeyRevoked(r.Kind)
+	s.recordDeployment(ctx, events.KeyRevokedEvent(r.Revoked.ID, r.Kind, in.Reason, cmp.Or(in.By, who.NATSUser), l.Revision, s.Now()))
 	return out, nil
 }
 

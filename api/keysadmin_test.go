@@ -34,8 +34,9 @@ func startInstance(t *testing.T, url string) *Service {
 	return startLoggingInstance(t, url, io.Discard)
 }
 
-// startLoggingInstance is startInstance logging to logs, with metrics.
-func startLoggingInstance(t *testing.T, url string, logs io.Writer) *Service {
+// startLoggingInstance is startInstance logging to logs, with metrics,
+// configured by configure before it starts.
+func startLoggingInstance(t *testing.T, url string, logs io.Writer, configure ...func(*Service)) *Service {
 	t.Helper()
 	ctx := context.Background()
 	nc := eventstest.MustConnect(t, url)
@@ -61,7 +62,10 @@ func startLoggingInstance(t *testing.T, url string, logs io.Writer) *Service {
 		domain.Policy{ReuseInterval: time.Minute, IdleTTL: time.Hour, AbsoluteTTL: time.Hour}, time.Now)
 	cmds.UseKeyring(ring)
 	s := &Service{Tokens: cmds, Access: access, Log: slog.New(slog.NewTextHandler(logs, nil)), Now: time.Now,
-		Metrics: NewMetrics(prometheus.NewRegistry())}
+		Metrics: NewMetrics(prometheus.NewRegistry()), Outbox: events.NewStore(nc, js, stream, subjects)}
+	for _, f := range configure {
+		f(s)
+	}
 	if err := s.Start(nc, "tokens"); err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,7 @@ type Metrics struct {
 	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
 	keysRevoked     *prometheus.CounterVec
+	outboxFailed    *prometheus.CounterVec
 
 	oauthIntrospections *prometheus.CounterVec
 	natsIntrospections  *prometheus.CounterVec
@@ -133,6 +134,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		keysRevoked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_keys_revoked_total", Help: "Keys this instance revoked (tokenctl keys revoke), by kind (mac, signing, set).",
 		}, []string{"kind"}),
+		outboxFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_deployment_events_failed_total",
+			Help: "Deployment events (subject.revoked, client.revoked, key.revoked) that could not be stored after their revocation succeeded, by type: receivers of security events miss them.",
+		}, []string{"type"}),
 		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tokend_http_connections", Help: "Connections open on an HTTP listener (http, oauth, audit).",
 		}, []string{"listener"}),
@@ -151,7 +156,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied,
-		m.oauthIntrospections, m.natsIntrospections, m.keysRevoked, buildInfo())
+		m.oauthIntrospections, m.natsIntrospections, m.keysRevoked, m.outboxFailed, buildInfo())
 	// Series of the label values known in advance start at 0, so rates,
 	// dashboards and alerts see them before the first event, not from it.
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
@@ -184,6 +189,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, kind := range keys.Kinds() {
 		m.keysRevoked.WithLabelValues(kind)
+	}
+	for _, t := range []string{events.SubjectRevoked, events.ClientRevoked, events.KeyRevoked} {
+		m.outboxFailed.WithLabelValues(t)
 	}
 	return m
 }
@@ -340,6 +348,14 @@ func (m *Metrics) Dropped(transport, endpoint, reason string) {
 func (m *Metrics) KeyRevoked(kind string) {
 	if m != nil {
 		m.keysRevoked.WithLabelValues(kind).Inc()
+	}
+}
+
+// DeploymentEventFailed counts a deployment event of type typ that could
+// not be stored.
+func (m *Metrics) DeploymentEventFailed(typ string) {
+	if m != nil {
+		m.outboxFailed.WithLabelValues(typ).Inc()
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/tokens"
@@ -56,6 +57,9 @@ type Service struct {
 	CommandsInFlight, QueriesInFlight int
 	// Clients, if set, is served on the client administration subjects.
 	Clients *registry.Registry
+	// Outbox, if set, stores the deployment events of finished revocations
+	// by subject, client or key, for the SSF transmitter (events.Store).
+	Outbox Outbox
 
 	nc *nats.Conn
 	// stopQueries ends the waits of queries in flight at shutdown: a
@@ -71,6 +75,32 @@ type Service struct {
 	inFlight sync.WaitGroup
 	workers  *workers
 	micro    micro.Service
+}
+
+// Outbox stores deployment events (events.Store.AppendDeployment).
+type Outbox interface {
+	AppendDeployment(context.Context, events.DeploymentEvent) (uint64, error)
+}
+
+// outboxTimeout bounds the append of a deployment event, which runs after
+// its revocation, whatever time that left the request.
+const outboxTimeout = 2 * time.Second
+
+// recordDeployment stores a deployment event about a revocation that
+// succeeded. A failure is logged and counted, never returned: the
+// revocation stands and its caller must not retry it for the sake of a
+// signal, but receivers of security events miss it
+// (tokend_deployment_events_failed_total).
+func (s *Service) recordDeployment(ctx context.Context, ev events.DeploymentEvent) {
+	if s.Outbox == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), outboxTimeout)
+	defer cancel()
+	if _, err := s.Outbox.AppendDeployment(ctx, ev); err != nil {
+		s.Metrics.DeploymentEventFailed(ev.Type)
+		s.Log.Error("deployment event not stored: security event receivers will miss it", "type", ev.Type, "id", ev.ID, "err", err)
+	}
 }
 
 // Start registers the micro service "tokens" with its endpoints under prefix.
@@ -347,7 +377,8 @@ const revokeTimeout = 30 * time.Second
 
 // revokeAll revokes every family of a subject or client, linearizably: it
 // returns a stream position P such that every family of theirs whose
-// token.issued is at or before P is revoked by the time of the reply.
+// token.issued is at or before P is revoked by the time of the reply. Once
+// done it records subject.revoked or client.revoked (recordDeployment).
 // Families keep being issued while it runs, possibly on other instances,
 // so it repeats: catch the read model up with the stream, revoke what it
 // lists as active, until a caught-up read model lists nothing.
@@ -375,6 +406,12 @@ func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wi
 			return revoked, 0, err
 		}
 		if len(ids) == 0 {
+			reason := cmp.Or(in.Reason, domain.ReasonRevoked)
+			if subject != "" {
+				s.recordDeployment(ctx, events.SubjectRevokedEvent(subject, reason, revoked, pos, s.Now()))
+			} else {
+				s.recordDeployment(ctx, events.ClientRevokedEvent(clientID, reason, revoked, pos, s.Now()))
+			}
 			return revoked, pos, nil
 		}
 		n, err := s.revokeFamilies(ctx, ids, in)

@@ -30,6 +30,16 @@ func (r Retention) TTL(env Envelope) time.Duration {
 	return r.AfterExpiry + max(0, env.Data.Family.AbsoluteExpiresAt.Sub(env.Time))
 }
 
+// DeploymentTTL returns how long a deployment event stays in the stream, 0
+// for forever: AfterExpiry from its own time (it concerns no family with an
+// expiry), and for a verification event at most VerificationTTL.
+func (r Retention) DeploymentTTL(ev DeploymentEvent) time.Duration {
+	if ev.Type == SSFVerification && (r.AfterExpiry == 0 || r.AfterExpiry > VerificationTTL) {
+		return VerificationTTL
+	}
+	return r.AfterExpiry
+}
+
 // MaxAge is the stream's backstop age for a deployment whose families live
 // at most absoluteTTL: no TTL above is longer, so it only removes events
 // stored without one (by versions before retention), and never an event

@@ -44,6 +44,23 @@ func TestRetentionTTL(t *testing.T) {
 	if (Retention{}).MaxAge(absolute) != 0 || (Retention{AfterExpiry: time.Hour}).MaxAge(absolute) != 0 {
 		t.Error("MaxAge must be 0 (none) while anything is kept forever")
 	}
+	deployment := []struct {
+		r    Retention
+		typ  string
+		want time.Duration
+	}{
+		{r, SubjectRevoked, r.AfterExpiry},
+		{r, KeyRevoked, r.AfterExpiry},
+		{r, SSFVerification, VerificationTTL},
+		{Retention{AfterExpiry: time.Hour}, SSFVerification, time.Hour},
+		{Retention{}, SSFVerification, VerificationTTL},
+		{Retention{}, ClientRevoked, 0},
+	}
+	for _, tc := range deployment {
+		if got := tc.r.DeploymentTTL(DeploymentEvent{Type: tc.typ}); got != tc.want {
+			t.Errorf("DeploymentTTL(%s) with %+v = %v, want %v", tc.typ, tc.r, got, tc.want)
+		}
+	}
 	for d, want := range map[time.Duration]string{time.Second: "1", 1500 * time.Millisecond: "2", time.Millisecond: "1", 90 * time.Hour: "324000"} {
 		if got := ttlHeader(d); got != want {
 			t.Errorf("ttlHeader(%v) = %s, want %s", d, got, want)
@@ -52,14 +69,16 @@ func TestRetentionTTL(t *testing.T) {
 }
 
 // TestSetupMigratesAnOldStream: a stream created by an earlier version (no
-// size or age limits, deletes and purges denied) takes the new limits on
-// the next start, keeping its events.
+// size or age limits, deletes and purges denied, only the family subjects)
+// takes the new limits and the deployment events' subjects on the next
+// start, keeping its events.
 func TestSetupMigratesAnOldStream(t *testing.T) {
 	nc := eventstest.MustConnect(t, eventstest.MustJetStream(t).ClientURL())
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	old := StreamConfig(testSubjects, StreamLimits{Replicas: 1})
 	old.MaxAge, old.MaxBytes = 0, -1
+	old.Subjects = []string{testSubjects.Events()}
 	if _, err := js.CreateStream(ctx, old); err != nil {
 		t.Fatal(err)
 	}
@@ -79,5 +98,14 @@ func TestSetupMigratesAnOldStream(t *testing.T) {
 	}
 	if info.State.Msgs != 1 {
 		t.Fatalf("migration lost events: %d left", info.State.Msgs)
+	}
+	store := NewStore(nc, js, stream, testSubjects)
+	for _, ev := range []DeploymentEvent{
+		SubjectRevokedEvent("user-1", "user_disabled", 2, 1, time.Now()),
+		VerificationEvent("s1", "", time.Now()),
+	} {
+		if _, err := store.AppendDeployment(ctx, ev); err != nil {
+			t.Fatalf("a migrated stream refuses %s: %v", ev.Type, err)
+		}
 	}
 }

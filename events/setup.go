@@ -22,12 +22,36 @@ func (s Subjects) Family(familyID string) string { return s.Prefix + ".evt." + f
 func (s Subjects) Events() string { return s.Prefix + ".evt.*" }
 
 // FamilyOf returns the family id of an event subject, or "" if it is not one.
-func (s Subjects) FamilyOf(subject string) string {
-	p := s.Prefix + ".evt."
-	if len(subject) <= len(p) || subject[:len(p)] != p {
+func (s Subjects) FamilyOf(subject string) string { return lastToken(subject, s.Prefix+".evt.") }
+
+// Ops returns the subject of the deployment events of a kind
+// (subject_revoked, client_revoked, key_revoked: OpsKind).
+func (s Subjects) Ops(kind string) string { return s.Prefix + ".ops." + kind }
+
+// AllOps returns the wildcard matching every Ops subject.
+func (s Subjects) AllOps() string { return s.Prefix + ".ops.*" }
+
+// OpsKindOf returns the kind of an Ops subject, or "" if it is not one.
+func (s Subjects) OpsKindOf(subject string) string { return lastToken(subject, s.Prefix+".ops.") }
+
+// SSF returns the subject of the events addressed to one SSF stream
+// (verification, stream updated).
+func (s Subjects) SSF(streamID string) string { return s.Prefix + ".ssf." + streamID }
+
+// AllSSF returns the wildcard matching every SSF subject.
+func (s Subjects) AllSSF() string { return s.Prefix + ".ssf.*" }
+
+// StreamOf returns the SSF stream id of an SSF subject, or "" if it is not
+// one.
+func (s Subjects) StreamOf(subject string) string { return lastToken(subject, s.Prefix+".ssf.") }
+
+// lastToken returns what follows prefix in subject, "" if subject does not
+// start with it or has nothing after it.
+func lastToken(subject, prefix string) string {
+	if len(subject) <= len(prefix) || subject[:len(prefix)] != prefix {
 		return ""
 	}
-	return subject[len(p):]
+	return subject[len(prefix):]
 }
 
 // StreamLimits size the TOKENS stream.
@@ -45,7 +69,9 @@ type StreamLimits struct {
 
 // StreamConfig returns the TOKENS stream's configuration. DenyDelete and
 // DenyPurge keep the history tamper-proof; retention works through
-// per-message TTLs and MaxAge, which neither needs.
+// per-message TTLs and MaxAge, which neither needs. Besides the families'
+// events it holds the deployment events (Ops and SSF subjects): the outbox
+// the SSF transmitter delivers from.
 func StreamConfig(subjects Subjects, limits StreamLimits) jetstream.StreamConfig {
 	maxBytes := limits.MaxBytes
 	if maxBytes == 0 {
@@ -53,8 +79,8 @@ func StreamConfig(subjects Subjects, limits StreamLimits) jetstream.StreamConfig
 	}
 	return jetstream.StreamConfig{
 		Name:               StreamName,
-		Description:        "tokend refresh-token family events",
-		Subjects:           []string{subjects.Events()},
+		Description:        "tokend refresh-token family events and deployment events",
+		Subjects:           []string{subjects.Events(), subjects.AllOps(), subjects.AllSSF()},
 		Storage:            jetstream.FileStorage,
 		Replicas:           limits.Replicas,
 		Retention:          jetstream.LimitsPolicy,
@@ -72,7 +98,7 @@ func StreamConfig(subjects Subjects, limits StreamLimits) jetstream.StreamConfig
 
 // Setup creates the TOKENS stream, or brings an existing one to the
 // current configuration (this is how deployments of earlier versions get
-// their retention limits).
+// their retention limits and the deployment events' subjects).
 func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, limits StreamLimits) (jetstream.Stream, error) {
 	stream, err := js.CreateOrUpdateStream(ctx, StreamConfig(subjects, limits))
 	if err != nil {
@@ -81,8 +107,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, subjects Subjects, limit
 	return stream, nil
 }
 
-// LastEventSeq returns the stream sequence of the newest event, 0 if there
-// is none. It is where a caught-up read model stands: in a stream written
+// LastEventSeq returns the stream sequence of the newest family event, 0
+// if there is none: deployment events are not the read model's, so they
+// never count as its lag. It is where a caught-up read model stands: in a stream written
 // by an earlier version the last sequence may belong to a sealed child,
 // which the read model never applies.
 func LastEventSeq(ctx context.Context, stream jetstream.Stream, subjects Subjects) (uint64, error) {

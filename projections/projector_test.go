@@ -483,6 +483,45 @@ func TestMalformedMessageIsSkipped(t *testing.T) {
 	}
 }
 
+// TestDeploymentEventsAreNotTheReadModels: deployment events share the
+// stream with the families' events, but the projector neither reads them
+// (they would count as skipped foreign messages) nor waits for them (they
+// would count as lag, and keep /readyz and CatchUp waiting forever).
+func TestDeploymentEventsAreNotTheReadModels(t *testing.T) {
+	h := MustHarness(t)
+	last := h.workload(t, 5, 3)
+	store := events.NewStore(h.nc, h.js, h.stream, subjects)
+	for _, ev := range []events.DeploymentEvent{
+		events.SubjectRevokedEvent("user-1", "user_disabled", 0, last, h.now),
+		events.KeyRevokedEvent("k-1", "mac", "leaked", "alice", 3, h.now),
+		events.VerificationEvent("0123456789abcdef0123456789abcdef", "", h.now),
+	} {
+		if _, err := store.AppendDeployment(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, err := h.svc.Issue(context.Background(), tokens.IssueRequest{Subject: "user-9", ClientID: "client-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// And one deployment event after the last family event.
+	if _, err := store.AppendDeployment(context.Background(), events.ClientRevokedEvent("client-1", "revoked", 0, g.Seq, h.now)); err != nil {
+		t.Fatal(err)
+	}
+	p := h.project(t, h.openDB(t, "projections.db"), 10, g.Seq)
+	if p.Skipped() != 0 {
+		t.Fatalf("the projector skipped %d deployment events as foreign messages", p.Skipped())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if caughtUp, err := p.CatchUp(ctx); err != nil || caughtUp != g.Seq {
+		t.Fatalf("CatchUp reached %d, %v; want the last family event, %d", caughtUp, err, g.Seq)
+	}
+	if p.Lag() != 0 {
+		t.Fatalf("lag %d after catching up: deployment events count", p.Lag())
+	}
+}
+
 func TestMigrationsAreIdempotent(t *testing.T) {
 	h := MustHarness(t)
 	h.openDB(t, "projections.db").Close()

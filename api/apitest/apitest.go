@@ -130,7 +130,8 @@ func (td *Tokend) start() error {
 	if err != nil {
 		return err
 	}
-	writer := events.NewWriter(events.NewStore(nc, td.js, stream, subjects), 1024)
+	store := events.NewStore(nc, td.js, stream, subjects)
+	writer := events.NewWriter(store, 1024)
 	cmds := tokens.NewService(writer, ring.Codec(),
 		domain.Policy{ReuseInterval: o.ReuseInterval, IdleTTL: o.IdleTTL, AbsoluteTTL: o.AbsoluteTTL}, time.Now)
 	cmds.UseKeyring(ring)
@@ -147,7 +148,7 @@ func (td *Tokend) start() error {
 	}
 	td.runProjector(projector)
 	td.svc = &api.Service{Tokens: cmds, Access: access, Reader: projections.NewReader(td.db, projector, time.Now),
-		Projector: projector, Log: o.Log, Now: time.Now}
+		Projector: projector, Log: o.Log, Now: time.Now, Outbox: store}
 	return td.svc.Start(nc, o.Prefix)
 }
 

@@ -158,6 +158,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Projector: a.projector,
 		Metrics:   metrics,
 		Clients:   a.clients,
+		Outbox:    store,
 		Log:       log,
 		Now:       time.Now,
 

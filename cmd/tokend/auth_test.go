@@ -268,8 +268,17 @@ func TestRolePermissions(t *testing.T) {
 		if r.RevokedFamilies != 1 {
 			t.Fatalf("the admin revoked %d families", r.RevokedFamilies)
 		}
+		// tokend records a revoke by subject on tokens.ops.> (with no
+		// permission to, it would hit a violation, which fails the test).
+		allowed(t, nc, "tokens.cmd.revoke", map[string]string{"subject": "user-1"})
+		if n := countSubjects(t, d.app.js, "tokens.ops.>"); n != 1 {
+			t.Fatalf("%d deployment events after a revoke by subject, want 1", n)
+		}
 		denied(t, nc, errs, "tokens.cmd.issue")
 		denied(t, nc, errs, "tokens.cmd.refresh")
+		// Only tokend writes the outbox of security events.
+		denied(t, nc, errs, "tokens.ops.subject_revoked")
+		denied(t, nc, errs, "tokens.ssf.0123456789abcdef0123456789abcdef")
 		denied(t, nc, errs, "$JS.API.STREAM.INFO.KV_TOKENS_KEYS")
 	})
 

@@ -1,0 +1,42 @@
+// Package signals is tokend's Shared Signals (SSF 1.0) transmitter: the
+// stream model, the mapping of tokend's events to CAEP/RISC security
+// events, SET encoding, and the store of streams (KV bucket
+// TOKENS_SSF_STREAMS). docs/protocol.md, "Security events (SSF)", is the
+// users' reference; this is the map for code built on it.
+//
+// Streams (stream.go, store.go):
+//
+//   - Stream is a stored stream: SSF 1.0 section 8.1.1's configuration
+//     plus its Receiver (client id; empty for an operator's webhook),
+//     Status and Reason, ExcludedSubjects, CreatedAt and UpdatedAt.
+//     Stream.Config and Stream.StatusOf render it for its receiver, with
+//     the deployment's Transmitter (iss, the poll endpoint_url).
+//   - StreamRequest holds the receiver-supplied fields; Stream.Patch and
+//     Stream.Replace apply an update (PATCH) or a replacement (PUT) and
+//     validate them; Stream.SetStatus, AddSubject and RemoveSubject do the
+//     rest. Errors are *domain.Error (invalid_request).
+//   - Store: Open (with OnChange, how delivery workers learn of every
+//     stream created, changed or deleted on any instance), Create, Get,
+//     List, ListAll, Update (compare-and-set on Stream.Revision), SetStatus,
+//     AddSubject, RemoveSubject, Delete; Lookup and Streams from memory.
+//     The store does not authorize: callers check Stream.Receiver.
+//   - StatusChange says what a status change means for the delivery
+//     consumer (hold, drop, restart from now).
+//
+// Events (mapping.go):
+//
+//   - Mapper.Message maps a message of the TOKENS stream (family event or
+//     deployment event, by subject) to zero or more Signal values: event
+//     type URI, sub_id, event object, toe, txn, and Visibility (the client
+//     whose sessions it is about, deployment-wide, or one stream).
+//   - Stream.Wants applies a stream's events_delivered and removed
+//     subjects. Whether a receiver may see a signal at all is decided from
+//     Visibility with the receiver's registration (own or all).
+//
+// SETs (set.go):
+//
+//   - Signal.Claims builds a SET's claims for a stream; its jti (JTI) is
+//     the same for every delivery of one event to one stream, so receivers
+//     drop duplicates. EncodeSET signs RS256 with typ secevent+jwt and the
+//     kid of the Signer's key.
+package signals
