@@ -15,6 +15,7 @@ import (
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/signals"
 	"github.com/tokend/tokend/tokens"
 )
 
@@ -42,6 +43,7 @@ type Metrics struct {
 	archived        prometheus.Counter
 	keysRevoked     *prometheus.CounterVec
 	outboxFailed    *prometheus.CounterVec
+	ssf             ssfMetrics
 
 	oauthIntrospections *prometheus.CounterVec
 	natsIntrospections  *prometheus.CounterVec
@@ -193,6 +195,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range []string{events.SubjectRevoked, events.ClientRevoked, events.KeyRevoked} {
 		m.outboxFailed.WithLabelValues(t)
 	}
+	m.ssf = newSSFMetrics(reg)
 	return m
 }
 
@@ -397,4 +400,105 @@ func (r *reasonLabels) label(reason string) string {
 		r.seen[reason] = true
 	}
 	return reason
+}
+
+// ssfMetrics are the SSF delivery's, per stream (label stream: the
+// stream id, never a client id); signals.Engine feeds them through
+// Metrics' SSF methods (signals.DeliveryMetrics).
+type ssfMetrics struct {
+	delivered, failed, retries *prometheus.CounterVec
+	lagEvents, lagSeconds      *prometheus.GaugeVec
+	status                     *prometheus.GaugeVec
+}
+
+func newSSFMetrics(reg prometheus.Registerer) ssfMetrics {
+	m := ssfMetrics{
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_ssf_sets_delivered_total", Help: "SETs (and webhook events) a receiver accepted, by stream: pushes answered 2xx, polled SETs acknowledged.",
+		}, []string{"stream"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_ssf_sets_failed_total", Help: "SETs given up, by stream: refused for good by a push receiver (invalid_request, invalid_state) or reported in a poll's setErrs.",
+		}, []string{"stream"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_ssf_delivery_retries_total", Help: "Failed push or webhook attempts that will be retried, by stream.",
+		}, []string{"stream"}),
+		lagEvents: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_ssf_lag_events", Help: "Messages of the TOKENS stream a stream's consumer has not had acknowledged yet (undelivered or in flight), by stream; every instance reports it.",
+		}, []string{"stream"}),
+		lagSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_ssf_lag_seconds", Help: "Age of the oldest message a stream's consumer has not had acknowledged, by stream; 0 when caught up.",
+		}, []string{"stream"}),
+		status: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tokend_ssf_stream_status", Help: "1 for a stream's current status (enabled, paused, disabled), 0 for the others.",
+		}, []string{"stream", "status"}),
+	}
+	reg.MustRegister(m.delivered, m.failed, m.retries, m.lagEvents, m.lagSeconds, m.status)
+	return m
+}
+
+// ssfStatuses are the values of tokend_ssf_stream_status's status label.
+var ssfStatuses = []string{string(signals.StatusEnabled), string(signals.StatusPaused), string(signals.StatusDisabled)}
+
+var _ signals.DeliveryMetrics = (*Metrics)(nil)
+
+// SSFDelivered counts SETs a receiver of stream accepted.
+func (m *Metrics) SSFDelivered(stream string, n int) {
+	if m != nil {
+		m.ssf.delivered.WithLabelValues(stream).Add(float64(n))
+	}
+}
+
+// SSFFailed counts a SET of stream given up.
+func (m *Metrics) SSFFailed(stream string) {
+	if m != nil {
+		m.ssf.failed.WithLabelValues(stream).Inc()
+	}
+}
+
+// SSFRetried counts a failed attempt on stream that will be retried.
+func (m *Metrics) SSFRetried(stream string) {
+	if m != nil {
+		m.ssf.retries.WithLabelValues(stream).Inc()
+	}
+}
+
+// SSFLag reports stream's lag.
+func (m *Metrics) SSFLag(stream string, events uint64, age time.Duration) {
+	if m != nil {
+		m.ssf.lagEvents.WithLabelValues(stream).Set(float64(events))
+		m.ssf.lagSeconds.WithLabelValues(stream).Set(age.Seconds())
+	}
+}
+
+// SSFStatus reports stream's status; the delivery counters start at 0
+// with it, so rates see a stream from its start.
+func (m *Metrics) SSFStatus(stream, status string) {
+	if m == nil {
+		return
+	}
+	for _, s := range ssfStatuses {
+		v := 0.0
+		if s == status {
+			v = 1
+		}
+		m.ssf.status.WithLabelValues(stream, s).Set(v)
+	}
+	m.ssf.delivered.WithLabelValues(stream)
+	m.ssf.failed.WithLabelValues(stream)
+	m.ssf.retries.WithLabelValues(stream)
+}
+
+// SSFForget drops the series of a deleted stream.
+func (m *Metrics) SSFForget(stream string) {
+	if m == nil {
+		return
+	}
+	for _, v := range []*prometheus.CounterVec{m.ssf.delivered, m.ssf.failed, m.ssf.retries} {
+		v.DeleteLabelValues(stream)
+	}
+	m.ssf.lagEvents.DeleteLabelValues(stream)
+	m.ssf.lagSeconds.DeleteLabelValues(stream)
+	for _, s := range ssfStatuses {
+		m.ssf.status.DeleteLabelValues(stream, s)
+	}
 }
