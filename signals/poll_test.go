@@ -40,7 +40,6 @@ func mustPoll(t *testing.T, in *instance, st Stream, req PollRequest) PollRespon
 	return resp
 }
 
-
 func TestPollAcknowledgedOnAnyInstance(t *testing.T) {
 	d := newDeployment(t)
 	d.register("web-app", domain.ReceiverOwn)

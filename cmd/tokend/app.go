@@ -29,6 +29,7 @@ import (
 	"github.com/tokend/tokend/ratelimit"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/revoking"
+	"github.com/tokend/tokend/signals"
 	"github.com/tokend/tokend/tokens"
 )
 
@@ -47,6 +48,9 @@ type App struct {
 	revoking *revoking.Revoking
 	clients  *registry.Registry
 	janitor  *tokens.Janitor
+	// streams and delivery are the SSF streams and their delivery engine.
+	streams  *signals.Store
+	delivery *signals.Engine
 	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
 	oauth   *http.Server
 	oauthLn net.Listener
@@ -151,6 +155,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.revoking = svc.Revoking
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
+	if a.streams, a.delivery, err = a.openSSF(setupCtx, ring, subjects, metrics); err != nil {
+		return nil, err
+	}
 	a.api = &api.Service{
 		Tokens:    svc,
 		Access:    access,
@@ -159,6 +166,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Metrics:   metrics,
 		Clients:   a.clients,
 		Outbox:    store,
+		Streams:   a.streams,
+		Delivery:  a.delivery,
 		Log:       log,
 		Now:       time.Now,
 
@@ -437,6 +446,12 @@ func (a *App) Stop() {
 	}
 	if a.oauth == nil && a.oauthLn != nil {
 		a.oauthLn.Close() // bound, but Start failed before serving it
+	}
+	if a.delivery != nil {
+		a.delivery.Stop() // hands the streams it delivers to another instance
+	}
+	if a.streams != nil {
+		a.streams.Stop()
 	}
 	if a.revoking != nil {
 		a.revoking.Stop()

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/signals"
+)
+
+// setReceiver is a push receiver (RFC 8935) that takes every SET.
+type setReceiver struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	sets []string
+	auth []string
+}
+
+func newSETReceiver(t *testing.T) *setReceiver {
+	rc := &setReceiver{}
+	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rc.mu.Lock()
+		rc.sets = append(rc.sets, string(body))
+		rc.auth = append(rc.auth, r.Header.Get("Authorization"))
+		rc.mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(rc.srv.Close)
+	return rc
+}
+
+func (rc *setReceiver) await(t *testing.T, n int) []string {
+	t.Helper()
+	var got []string
+	eventstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		if got = append([]string(nil), rc.sets...); len(got) < n {
+			return fmt.Errorf("%d SETs, waiting for %d", len(got), n)
+		}
+		return nil
+	})
+	return got
+}
+
+// TestSSFPushThroughTokend: tokend delivers a revocation to a push
+// stream as a session-revoked SET a receiver verifies against the JWKS
+// tokend publishes, and counts it.
+func TestSSFPushThroughTokend(t *testing.T) {
+	e := mustOAuthEnv(t, nil)
+	e.registerReceivers(t) // siem: every event
+	rc := newSETReceiver(t)
+	st, err := e.app.api.Streams.Create(t.Context(), signals.NewStream{Receiver: "siem", Request: signals.StreamRequest{
+		Delivery: &signals.Delivery{Method: signals.DeliveryPush, EndpointURL: rc.srv.URL, AuthorizationHeader: "Bearer siem-inbox"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	issued := mustIssue(t, e.nc, "user-7", "web")
+	if r := call(t, e.nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &issued.FamilyID}); r.errCode != "" {
+		t.Fatalf("revoke: %s", r.raw)
+	}
+	var txn string
+	for _, ev := range familyEvents(t, e.nc, issued.FamilyID) {
+		if ev.Type == string(domain.FamilyRevoked) {
+			txn = ev.ID
+		}
+	}
+
+	set := rc.await(t, 1)[0]
+	resp, err := http.Get(e.base + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys jose.JSONWebKeySet
+	err = json.NewDecoder(resp.Body).Decode(&keys)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.ParseSigned(set, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := keys.Key(tok.Headers[0].KeyID)
+	if len(key) != 1 || tok.Headers[0].ExtraHeaders[jose.HeaderType] != signals.SETType {
+		t.Fatalf("kid %q typ %v: not a SET signed with a key of the JWKS", tok.Headers[0].KeyID, tok.Headers[0].ExtraHeaders)
+	}
+	var claims struct {
+		jwt.Claims
+		Txn    string         `json:"txn"`
+		Events map[string]any `json:"events"`
+	}
+	if err := tok.Claims(key[0].Key, &claims); err != nil {
+		t.Fatal(err)
+	}
+	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: e.base, AnyAudience: jwt.Audience{"siem"}}, time.Minute); err != nil ||
+		claims.Txn != txn || claims.Events[signals.TypeSessionRevoked] == nil {
+		t.Fatalf("claims %+v (%v), want the family.revoked %s", claims, err, txn)
+	}
+	if rc.auth[0] != "Bearer siem-inbox" {
+		t.Errorf("Authorization %q", rc.auth[0])
+	}
+
+	eventstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		m := parseMetrics(t, scrape(t, e.app))
+		if v := m.value("tokend_ssf_sets_delivered_total", "stream", st.ID); v != 1 {
+			return fmt.Errorf("delivered %v", v)
+		}
+		if v := m.value("tokend_ssf_stream_status", "stream", st.ID, "status", "enabled"); v != 1 {
+			return fmt.Errorf("status enabled %v", v)
+		}
+		return nil
+	})
+}
