@@ -164,12 +164,6 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, st Stre
 		m.Nak()
 		return errHeld
 	}
-	if seq <= r.lastDone {
-		// Delivered again after this instance's acknowledgement was lost:
-		// it went out already.
-		e.ack(ctx, m, st.ID)
-		return nil
-	}
 	sigs, err := e.signalsFor(st, m.Subject(), m.Data())
 	if err != nil {
 		// Only tokend publishes on these subjects; what it cannot read now
@@ -180,7 +174,6 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, st Stre
 		// Nothing for this stream; a lost acknowledgement only brings the
 		// message back, to be skipped again.
 		m.Ack()
-		r.lastDone = seq
 		return nil
 	}
 	stop := e.keepAlive(m)
@@ -192,7 +185,6 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, st Stre
 		}
 	}
 	e.ack(ctx, m, st.ID)
-	r.lastDone = seq
 	return nil
 }
 

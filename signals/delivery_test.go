@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -394,8 +395,20 @@ func TestOneInstanceDeliversAStreamAndAnotherTakesOver(t *testing.T) {
 		}
 		return nil
 	})
+	pinned := func() string {
+		info, err := d.consumerState(st.ID)
+		if err != nil || len(info.PriorityGroups) != 1 {
+			t.Fatalf("consumer %+v, %v", info, err)
+		}
+		return info.PriorityGroups[0].PinnedClientID
+	}
+	before := pinned()
 	instances[by].engine.Stop()
 	instances[by].store.Stop()
+	// A clean stop hands the stream over at once, not after PinnedTTL.
+	if after := pinned(); after == before {
+		t.Errorf("still pinned to the stopped instance (%s)", before)
+	}
 
 	for range 10 {
 		d.revoked("web-app")
@@ -526,5 +539,110 @@ func TestVisible(t *testing.T) {
 		if Visible(own, sig) != tc.own || Visible(all, sig) != tc.all || Visible(none, sig) != tc.none {
 			t.Errorf("%s: own %v all %v not a receiver %v", tc.name, Visible(own, sig), Visible(all, sig), Visible(none, sig))
 		}
+	}
+}
+
+// A stream disabled and enabled again while an instance was not looking
+// (it saw only the result) still starts again from the moment it was
+// enabled: the consumer it finds is from before, and goes.
+func TestEnabledAgainStartsFromThen(t *testing.T) {
+	ctx := context.Background()
+	d := newDeployment(t)
+	d.register("web-app", domain.ReceiverOwn)
+	in := d.start("a", nil)
+	rc := newReceiver(t)
+	st := in.pushStream(t, "web-app", rc)
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := d.consumerState(st.ID)
+		return err
+	})
+
+	// Another engine, told of the changes before it starts.
+	js, err := jetstream.New(eventstest.MustConnect(t, d.url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := NewEngine(EngineOptions{JS: js, Subjects: d.subjects, Mapper: Mapper{Issuer: issuer},
+		Signer: testSigner{kid: setKID, key: mustRSAKey(t)}, Receivers: d.lookup})
+	disabled, enabled := st, st
+	disabled.Status = StatusDisabled
+	enabled.UpdatedAt = st.CreatedAt.Add(time.Minute).Truncate(time.Millisecond)
+	late.Changed(StreamChange{Stream: st})
+	late.Changed(StreamChange{Stream: disabled, Previous: &st})
+	late.Changed(StreamChange{Stream: enabled, Previous: &disabled})
+	in.engine.Stop() // the first instance leaves the consumer as it is
+	if err := late.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(late.Stop)
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		info, err := d.consumerState(st.ID)
+		if err != nil || info.Config.OptStartTime == nil || !info.Config.OptStartTime.Equal(enabled.UpdatedAt) {
+			return fmt.Errorf("consumer %+v, %v: want it to start when the stream was enabled again", info, err)
+		}
+		return nil
+	})
+}
+
+// While a push is retried for longer than AckWait, the message stays
+// with the instance retrying it: it is not handed out again, so the
+// receiver gets it once.
+func TestRetriedMessageIsNotHandedOutAgain(t *testing.T) {
+	d := newDeployment(t)
+	d.register("web-app", domain.ReceiverOwn)
+	in := d.start("a", nil) // AckWait 3 s
+	rc := newReceiver(t)
+	var firstAt time.Time
+	rc.setAnswer(func(n int, r request) (int, http.Header, string) {
+		if n == 0 {
+			firstAt = r.at
+		}
+		if r.at.Sub(firstAt) < 4*time.Second {
+			return http.StatusServiceUnavailable, nil, ""
+		}
+		return http.StatusAccepted, nil, ""
+	})
+	st := in.pushStream(t, "web-app", rc)
+
+	first := d.revoked("web-app")
+	rc.awaitAccepted(t, 1)
+	second := d.revoked("web-app")
+	want := []string{JTI(st.ID, first, TypeSessionRevoked), JTI(st.ID, second, TypeSessionRevoked)}
+	if got := rc.awaitAccepted(t, 2); !slices.Equal(got, want) {
+		t.Errorf("accepted %v, want %v once each", got, want)
+	}
+}
+
+func TestPushAuthorizationFromTheOption(t *testing.T) {
+	d := newDeployment(t)
+	d.register("web-app", domain.ReceiverOwn)
+	in := d.start("a", func(o *EngineOptions) {
+		o.Authorization = func(st Stream) (string, error) { return "Bearer unsealed-" + st.ID, nil }
+	})
+	rc := newReceiver(t)
+	st := in.pushStream(t, "web-app", rc)
+	d.revoked("web-app")
+	if got := rc.await(t, 1)[0].header.Get("Authorization"); got != "Bearer unsealed-"+st.ID {
+		t.Errorf("Authorization %q", got)
+	}
+}
+
+func TestDefaultClientFollowsNoRedirect(t *testing.T) {
+	target := newReceiver(t)
+	redirect := newReceiver(t)
+	redirect.setAnswer(func(int, request) (int, http.Header, string) {
+		return http.StatusTemporaryRedirect, http.Header{"Location": {target.srv.URL}}, ""
+	})
+	e := NewEngine(EngineOptions{})
+	a := e.post(context.Background(), redirect.srv.URL, http.Header{"Authorization": {"Bearer s3cret"}}, []byte("set"))
+	if a.status != http.StatusTemporaryRedirect || a.outcome != failed || len(target.requests()) != 0 {
+		t.Errorf("status %d outcome %v, %d requests at the redirect's target", a.status, a.outcome, len(target.requests()))
+	}
+}
+
+func TestTransportErrorLeavesTheURLOut(t *testing.T) {
+	err := &url.Error{Op: "Post", URL: "https://rp.example/ssf?token=s3cret", Err: errors.New("connection refused")}
+	if got := transportError(fmt.Errorf("push: %w", err)); got != "connection refused" {
+		t.Errorf("%q", got)
 	}
 }

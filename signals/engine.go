@@ -262,8 +262,6 @@ type runner struct {
 	stream      Stream
 	deleted     bool
 	restartFrom time.Time // the stream left disabled then: its consumer starts there
-
-	lastDone uint64 // stream sequence of the last message this instance finished; runner goroutine only
 }
 
 func (r *runner) set(c StreamChange) {
