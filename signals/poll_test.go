@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
 )
 
@@ -246,4 +248,54 @@ func TestWebhookSignedAsStandardWebhooks(t *testing.T) {
 	if ct := got.header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type %q", ct)
 	}
+}
+
+// A poll stream paused with an announcement hands out what came before
+// the announcement and the announcement, then nothing.
+func TestPollAnnouncedPause(t *testing.T) {
+	ctx := context.Background()
+	d := newDeployment(t)
+	d.register("web-app", domain.ReceiverOwn)
+	in := d.start("a", nil)
+	st := in.pollStream(t, "web-app")
+	before := d.revoked("web-app")
+	announced := d.deploymentEvent(events.StreamUpdatedEvent(st.ID, string(StatusPaused), "maintenance", st.Revision+1, time.Now()))
+	paused, _, err := in.store.SetStatus(ctx, st.ID, 0, StatusPaused, "maintenance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.revoked("web-app")
+
+	got := mustPoll(t, in, paused, PollRequest{ReturnImmediately: true})
+	want := []string{JTI(st.ID, announced, TypeStreamUpdated), JTI(st.ID, before, TypeSessionRevoked)}
+	if keys := slices.Sorted(maps.Keys(got.Sets)); !slices.Equal(keys, slices.Sorted(slices.Values(want))) {
+		t.Errorf("sets %v, want %v", keys, want)
+	}
+}
+
+// A webhook retries any answer but 2xx, with the same webhook-id.
+func TestWebhookRetriesAnyRefusal(t *testing.T) {
+	d := newDeployment(t)
+	in := d.start("a", func(o *EngineOptions) {
+		o.Secret = func(Stream) (string, error) { return "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")), nil }
+	})
+	rc := newReceiver(t)
+	rc.setAnswer(func(n int, _ request) (int, http.Header, string) {
+		if n == 0 {
+			return http.StatusBadRequest, nil, `{"error":"schema"}`
+		}
+		return http.StatusNoContent, nil, ""
+	})
+	st, err := in.store.Create(context.Background(), NewStream{CreatedBy: "ops", Request: StreamRequest{
+		Delivery: &Delivery{Method: DeliveryWebhook, EndpointURL: rc.srv.URL, SecretRef: "siem-1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn := d.revoked("web-app")
+	reqs := rc.await(t, 2)
+	jti := JTI(st.ID, txn, TypeSessionRevoked)
+	if reqs[0].header.Get("webhook-id") != jti || reqs[1].header.Get("webhook-id") != jti || reqs[1].status != http.StatusNoContent {
+		t.Errorf("webhook-id %q then %q (%d), want %s twice", reqs[0].header.Get("webhook-id"), reqs[1].header.Get("webhook-id"), reqs[1].status, jti)
+	}
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error { return in.metrics.expect(st.ID, 1, 0, 1) })
 }
