@@ -277,7 +277,9 @@ func TestPollAnnouncedPause(t *testing.T) {
 func TestWebhookRetriesAnyRefusal(t *testing.T) {
 	d := newDeployment(t)
 	in := d.start("a", func(o *EngineOptions) {
-		o.Secret = func(Stream) (string, error) { return "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")), nil }
+		o.Secret = func(Stream) (string, error) {
+			return "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")), nil
+		}
 	})
 	rc := newReceiver(t)
 	rc.setAnswer(func(n int, _ request) (int, http.Header, string) {
