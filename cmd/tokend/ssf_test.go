@@ -12,10 +12,13 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/signals"
 )
 
@@ -124,4 +127,65 @@ func TestSSFPushThroughTokend(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSSFDeliveryUnderShippedPermissions: with ops/nats/auth.conf, tokend
+// may keep the polled SETs' acknowledgements and acknowledge what it
+// delivered, pushed or polled (a push renews its message while it
+// retries: several answers to one message).
+func TestSSFDeliveryUnderShippedPermissions(t *testing.T) {
+	d := mustSecureDeployment(t, func(c *Config) { c.Issuer = "https://tokend.example" })
+	siem := domain.Client{ID: "siem", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic, Receiver: domain.ReceiverAll,
+		Scopes: []string{}, Audiences: []string{}}
+	if _, err := d.app.Clients().Put(t.Context(), siem, domain.HashClientSecret("siem-secret"), 0, registry.Actor{By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	rc := newSETReceiver(t)
+	pushed, err := d.app.api.Streams.Create(t.Context(), signals.NewStream{Receiver: "siem", Request: signals.StreamRequest{
+		Delivery: &signals.Delivery{Method: signals.DeliveryPush, EndpointURL: rc.srv.URL}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	polled, err := d.app.api.Streams.Create(t.Context(), signals.NewStream{Receiver: "siem", Request: signals.StreamRequest{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	issuer, _ := d.connect(t, "issuer")
+	admin, _ := d.connect(t, "admin")
+	var issued wire.TokenReply
+	json.Unmarshal(allowed(t, issuer, "tokens.cmd.issue", map[string]string{"subject": "user-1", "client_id": "web-app"}), &issued)
+	allowed(t, admin, "tokens.cmd.revoke", map[string]string{"family_id": issued.FamilyID})
+
+	rc.await(t, 1)
+	var got signals.PollResponse
+	eventstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		if got, err = d.app.api.Delivery.Poll(t.Context(), polled, signals.PollRequest{ReturnImmediately: true}); err != nil || len(got.Sets) != 1 {
+			return fmt.Errorf("poll: %d SETs, %v", len(got.Sets), err)
+		}
+		return nil
+	})
+	for jti := range got.Sets {
+		if _, err := d.app.api.Delivery.Poll(t.Context(), polled, signals.PollRequest{Ack: []string{jti}, MaxEvents: new(int)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := jetstream.New(d.app.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []signals.Stream{pushed, polled} {
+		eventstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			c, err := js.Consumer(t.Context(), events.StreamName, signals.ConsumerName(st.ID))
+			if err != nil {
+				return err
+			}
+			info, err := c.Info(t.Context())
+			if err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
+				return fmt.Errorf("%s: consumer %+v, %v: not acknowledged", st.Delivery.Method, info, err)
+			}
+			return nil
+		})
+	}
 }
