@@ -39,4 +39,19 @@
 //     the same for every delivery of one event to one stream, so receivers
 //     drop duplicates. EncodeSET signs RS256 with typ secevent+jwt and the
 //     kid of the Signer's key.
+//
+// Delivery (engine.go, deliver.go, poll.go, webhook.go):
+//
+//   - Engine, one per instance, follows the streams (Changed, the Store's
+//     OnChange) and keeps one durable consumer per stream on TOKENS
+//     (ConsumerName). Push (RFC 8935) and webhook (Standard Webhooks)
+//     streams are sent by the one instance pinned to their consumer, one
+//     message at a time, in order, retried until the receiver takes it;
+//     Poll answers RFC 8936 polls on any instance, acknowledgements going
+//     through TOKENS_SSF_ACKS (AcksBucket). Delivery is at least once: a
+//     SET sent again has the same jti.
+//   - Visible decides from a receiver's registration which signals it
+//     may see; Stream.Wants what its stream asked for.
+//   - DeliveryMetrics is told of deliveries, retries, failures, lag and
+//     status, per stream id.
 package signals

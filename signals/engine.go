@@ -213,13 +213,14 @@ func (e *Engine) Start(ctx context.Context) error {
 		return errors.New("ssf delivery: started twice, or after Stop")
 	}
 	e.stream, e.acks = stream, acks
-	e.ctx, e.stop = context.WithCancel(context.Background())
+	run, stop := context.WithCancel(context.Background())
+	e.ctx, e.stop = run, stop
 	for _, r := range e.runners {
 		e.launch(r)
 	}
-	e.wg.Go(func() { e.reapOrphans(e.ctx) })
+	e.wg.Go(func() { e.reapOrphans(run) })
 	if e.o.Metrics != nil {
-		e.wg.Go(func() { e.measureLag(e.ctx) })
+		e.wg.Go(func() { e.measureLag(run) })
 	}
 	return nil
 }
@@ -267,7 +268,7 @@ type runner struct {
 func (r *runner) set(c StreamChange) {
 	r.mu.Lock()
 	r.stream, r.deleted = c.Stream, r.deleted || c.Deleted
-	if c.Previous != nil && c.Previous.Status == StatusDisabled && c.Stream.Status != StatusDisabled && r.restartFrom.IsZero() {
+	if c.Previous != nil && (StatusChange{From: c.Previous.Status, To: c.Stream.Status}).RestartsConsumer() && r.restartFrom.IsZero() {
 		// SSF 1.0 section 8.1.2: a disabled stream holds nothing, so once
 		// enabled again it starts from the change, not where it stopped.
 		r.restartFrom = c.Stream.UpdatedAt
