@@ -80,14 +80,8 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		case <-time.After(5 * time.Second):
 		}
 		close(stopped)
-		for {
-			select {
-			case m := <-msgs:
-				m.Nak() // back to the stream at once, for whoever delivers next
-				continue
-			default:
-			}
-			break
+		for len(msgs) > 0 {
+			(<-msgs).Nak() // back to the stream at once, for whoever delivers next
 		}
 		e.unpin(st.ID, pin)
 	}()
@@ -174,6 +168,9 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, st Stre
 		// Nothing for this stream; a lost acknowledgement only brings the
 		// message back, to be skipped again.
 		m.Ack()
+		if seq == holdAfter {
+			return errHeld
+		}
 		return nil
 	}
 	stop := e.keepAlive(m)
@@ -185,6 +182,9 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, st Stre
 		}
 	}
 	e.ack(ctx, m, st.ID)
+	if seq == holdAfter {
+		return errHeld // the pause's announcement went out: the rest is held
+	}
 	return nil
 }
 

@@ -168,7 +168,10 @@ func (e *Engine) Poll(ctx context.Context, s Stream, req PollRequest) (PollRespo
 		if len(out.Sets) > 0 || p.held || wait < 100*time.Millisecond {
 			break
 		}
-		m, err := cons.Next(jetstream.FetchMaxWait(wait))
+		// Bounded by ctx too: a poll whose caller went stops waiting.
+		waitCtx, cancel := context.WithDeadline(ctx, deadline)
+		m, err := cons.Next(jetstream.FetchContext(waitCtx))
+		cancel()
 		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
 			break
 		}
@@ -267,6 +270,9 @@ func (p *poll) take(ctx context.Context, m jetstream.Msg) {
 		m.Nak()
 		return
 	}
+	// The pause's announcement is the last message a paused stream hands
+	// out.
+	p.held = md.Sequence.Stream == p.holdAfter
 	sigs, err := p.e.signalsFor(p.s, m.Subject(), m.Data())
 	if err != nil {
 		p.e.log.Error("SSF: message unusable, skipped", "stream", p.s.ID, "seq", md.Sequence.Stream, "err", err)
