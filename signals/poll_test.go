@@ -31,6 +31,20 @@ func (in *instance) pollStream(t *testing.T, clientID string) Stream {
 	return st
 }
 
+// awaitPending waits until stream id's consumer has n messages to
+// deliver: the server counts new messages asynchronously, and a poll that
+// returns at once sees only what it has counted.
+func (d *deployment) awaitPending(t *testing.T, id string, n uint64) {
+	t.Helper()
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		info, err := d.consumerState(id)
+		if err != nil || info.NumPending != n {
+			return fmt.Errorf("consumer %+v, %v: want %d pending", info, err, n)
+		}
+		return nil
+	})
+}
+
 func mustPoll(t *testing.T, in *instance, st Stream, req PollRequest) PollResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -49,6 +63,7 @@ func TestPollAcknowledgedOnAnyInstance(t *testing.T) {
 	st := a.pollStream(t, "web-app")
 	txns := []string{d.revoked("web-app"), d.revoked("web-app"), d.revoked("web-app")}
 	d.revoked("other-app") // not this receiver's
+	d.awaitPending(t, st.ID, 4)
 
 	got := mustPoll(t, a, st, PollRequest{ReturnImmediately: true})
 	var jtis []string
@@ -99,6 +114,7 @@ func TestPollLimitsAndErrors(t *testing.T) {
 	for range 3 {
 		d.revoked("web-app")
 	}
+	d.awaitPending(t, st.ID, 3)
 
 	two := mustPoll(t, in, st, PollRequest{MaxEvents: ptr(2), ReturnImmediately: true})
 	if len(two.Sets) != 2 || !two.MoreAvailable {
@@ -140,6 +156,7 @@ func TestPollLimitsAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.revoked("web-app")
+	d.awaitPending(t, st.ID, 1)
 	if got := mustPoll(t, in, paused, PollRequest{ReturnImmediately: true}); len(got.Sets) != 0 {
 		t.Errorf("a paused stream handed out %d SETs", len(got.Sets))
 	}
@@ -265,6 +282,7 @@ func TestPollAnnouncedPause(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.revoked("web-app")
+	d.awaitPending(t, st.ID, 3)
 
 	got := mustPoll(t, in, paused, PollRequest{ReturnImmediately: true})
 	want := []string{JTI(st.ID, announced, TypeStreamUpdated), JTI(st.ID, before, TypeSessionRevoked)}
