@@ -20,6 +20,7 @@ import (
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/signals"
 	"github.com/tokend/tokend/tokens"
 )
 
@@ -60,6 +61,12 @@ type Service struct {
 	// Outbox, if set, stores the deployment events of finished revocations
 	// by subject, client or key, for the SSF transmitter (events.Store).
 	Outbox Outbox
+	// Streams, if set with Outbox, holds the SSF streams: the OAuth
+	// listener then serves the SSF transmitter (ssf.go).
+	Streams *signals.Store
+	// Delivery, if set, delivers the SSF streams' events and answers
+	// their polls; without it polls are answered temporarily_unavailable.
+	Delivery *signals.Engine
 
 	nc *nats.Conn
 	// stopQueries ends the waits of queries in flight at shutdown: a
