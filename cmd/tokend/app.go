@@ -29,6 +29,7 @@ import (
 	"github.com/tokend/tokend/ratelimit"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/revoking"
+	"github.com/tokend/tokend/signals"
 	"github.com/tokend/tokend/tokens"
 )
 
@@ -47,6 +48,8 @@ type App struct {
 	revoking *revoking.Revoking
 	clients  *registry.Registry
 	janitor  *tokens.Janitor
+	// streams is the store of SSF streams (TOKENS_SSF_STREAMS).
+	streams *signals.Store
 	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
 	oauth   *http.Server
 	oauthLn net.Listener
@@ -114,6 +117,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if a.clients, err = registry.Open(setupCtx, a.js, cfg.StreamReplicas, log.With("component", "clients")); err != nil {
 		return nil, err
 	}
+	if a.streams, err = signals.Open(setupCtx, a.js, signals.Options{Replicas: cfg.StreamReplicas, Log: log.With("component", "ssf")}); err != nil {
+		return nil, err
+	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
 	retention := a.retention()
 	stream, err := events.Setup(setupCtx, a.js, subjects, events.StreamLimits{Replicas: cfg.StreamReplicas,
@@ -159,6 +165,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Metrics:   metrics,
 		Clients:   a.clients,
 		Outbox:    store,
+		Streams:   a.streams,
 		Log:       log,
 		Now:       time.Now,
 
@@ -443,6 +450,9 @@ func (a *App) Stop() {
 	}
 	if a.clients != nil {
 		a.clients.Stop()
+	}
+	if a.streams != nil {
+		a.streams.Stop()
 	}
 	if a.stopProjector != nil {
 		a.stopProjector()
