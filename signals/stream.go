@@ -97,11 +97,12 @@ type Delivery struct {
 	// tokend's (Transmitter.PollURL) and never stored.
 	EndpointURL string `json:"endpoint_url,omitempty"`
 	// AuthorizationHeader is sent as Authorization with every push (SSF
-	// 1.0 section 6.1.1). A receiver's secret, stored as given: never log
-	// it.
+	// 1.0 section 6.1.1). A receiver's secret: as a request carries it,
+	// never as stored (the store seals it in Stream.Secrets and leaves
+	// this empty), never logged or shown.
 	AuthorizationHeader string `json:"authorization_header,omitempty"`
-	// SecretRef names the webhook's signing secret (webhook only); the
-	// secret itself is not stored here.
+	// SecretRef names the webhook's current signing secret (webhook
+	// only); the secret itself is sealed in Stream.Secrets.
 	SecretRef string `json:"secret_ref,omitempty"`
 }
 
@@ -133,6 +134,16 @@ type Stream struct {
 	ExcludedSubjects []Subject `json:"excluded_subjects,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
 	UpdatedAt        time.Time `json:"updated_at"`
+	// Clients are, for a webhook, the clients whose events it gets; none:
+	// every event, as for a receiver registered for all (WebhookSees).
+	Clients []string `json:"clients,omitempty"`
+	// Secrets are the stream's delivery secrets, sealed (seal.go). Never
+	// shown; Store.DeliverySecrets opens them for the delivery.
+	Secrets SealedSecrets `json:"secrets,omitzero"`
+	// plainAuthorization is an authorization_header an earlier version
+	// stored in the clear, held here (never in Delivery, which is shown)
+	// until the store seals it.
+	plainAuthorization string
 
 	// Revision is the entry's TOKENS_SSF_STREAMS revision; changes are
 	// compare-and-set on it.
@@ -204,6 +215,7 @@ func (s *Stream) Patch(r StreamRequest) error {
 	next := *s
 	if r.Delivery != nil {
 		next.Delivery = *r.Delivery
+		next.dropAuthorization()
 	}
 	if r.EventsRequested != nil {
 		next.EventsRequested = r.EventsRequested
@@ -220,6 +232,7 @@ func (s *Stream) Patch(r StreamRequest) error {
 func (s *Stream) Replace(r StreamRequest) error {
 	next := *s
 	next.Delivery, next.EventsRequested, next.Description = Delivery{}, r.EventsRequested, ""
+	next.dropAuthorization()
 	if r.Delivery != nil {
 		next.Delivery = *r.Delivery
 	}
@@ -227,6 +240,18 @@ func (s *Stream) Replace(r StreamRequest) error {
 		next.Description = *r.Description
 	}
 	return s.adopt(next)
+}
+
+// dropAuthorization forgets the stored authorization_header: a delivery
+// sent replaces the one stored, its authorization_header with it (SSF 1.0
+// section 8.1.1.3), and since a stream read never shows the header, a
+// receiver that updates its delivery sends it again. That also ends a
+// loss (SealedSecrets.Lost) of a push stream's secret.
+func (s *Stream) dropAuthorization() {
+	s.Secrets.Authorization, s.plainAuthorization = nil, ""
+	if s.Delivery.Method != DeliveryWebhook {
+		s.Secrets.Lost = false
+	}
 }
 
 // adopt validates next's receiver-supplied fields and, if they are valid,
@@ -277,6 +302,12 @@ func (s *Stream) SetStatus(to Status, reason string) (changed bool, err error) {
 	}
 	if s.Status == to && s.Reason == reason {
 		return false, nil
+	}
+	if to == StatusEnabled && s.Secrets.Lost {
+		if s.Delivery.Method == DeliveryWebhook {
+			return false, domain.Errorf(domain.EInvalidRequest, "the webhook's signing secret was lost with a revoked key: rotate it first (tokenctl ssf webhooks rotate-secret)")
+		}
+		return false, domain.Errorf(domain.EInvalidRequest, "the stream's authorization_header was lost with a revoked key: update the stream's delivery with it first")
 	}
 	s.Status, s.Reason = to, reason
 	return true, nil
