@@ -20,6 +20,7 @@ import (
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/signals"
 	"github.com/tokend/tokend/tokens"
 )
 
@@ -60,6 +61,9 @@ type Service struct {
 	// Outbox, if set, stores the deployment events of finished revocations
 	// by subject, client or key, for the SSF transmitter (events.Store).
 	Outbox Outbox
+	// Streams, if set, holds the SSF streams, served to operators on the
+	// SSF administration subjects (ssfadmin.go).
+	Streams *signals.Store
 
 	nc *nats.Conn
 	// stopQueries ends the waits of queries in flight at shutdown: a
@@ -149,6 +153,10 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 	if err := s.addClientsAdmin(svc, prefix); err != nil {
 		svc.Stop()
 		return fmt.Errorf("client administration: %w", err)
+	}
+	if err := s.addSSFAdmin(svc, prefix); err != nil {
+		svc.Stop()
+		return fmt.Errorf("SSF administration: %w", err)
 	}
 	// Subscriptions are sent asynchronously; flushing makes the endpoints
 	// reachable before Start reports the service up.

@@ -74,6 +74,12 @@ type WebhookSecret struct {
 	Sealed    Sealed    `json:"sealed"`
 }
 
+// HasAuthorization reports whether s has an authorization_header, without
+// opening it.
+func (s Stream) HasAuthorization() bool {
+	return s.Secrets.Authorization != nil || s.plainAuthorization != ""
+}
+
 // live reports whether w still signs at now.
 func (w WebhookSecret) live(now time.Time) bool {
 	return w.ExpiresAt.IsZero() || now.Before(w.ExpiresAt)
