@@ -200,7 +200,7 @@ func TestSSFAdminWebhooks(t *testing.T) {
 	if bytes.Contains(raw, []byte(webhookSecret(1)[len("whsec_"):])) {
 		t.Fatalf("the reply shows the secret: %s", raw)
 	}
-	stored, _ := s.Streams.Lookup(wh.StreamID)
+	stored, _ := s.Streams.Get(ctx, wh.StreamID)
 	if sec, err := s.Streams.DeliverySecrets(stored); err != nil || !slices.Equal(sec.Webhook, []string{webhookSecret(1)}) {
 		t.Fatalf("the secret stored: %v", err)
 	}
