@@ -29,6 +29,7 @@ import (
 	"github.com/tokend/tokend/ratelimit"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/revoking"
+	"github.com/tokend/tokend/signals"
 	"github.com/tokend/tokend/tokens"
 )
 
@@ -46,6 +47,7 @@ type App struct {
 	httpLn   net.Listener
 	revoking *revoking.Revoking
 	clients  *registry.Registry
+	streams  *signals.Store
 	janitor  *tokens.Janitor
 	// oauth and oauthLn serve the OAuth endpoints (--oauth-http); nil when off.
 	oauth   *http.Server
@@ -149,6 +151,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 	}
 	a.revoking = svc.Revoking
+	if a.streams, err = openStreams(setupCtx, a.js, cfg.StreamReplicas, ring, store, log.With("component", "ssf")); err != nil {
+		return nil, err
+	}
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
 	a.api = &api.Service{
@@ -159,6 +164,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Metrics:   metrics,
 		Clients:   a.clients,
 		Outbox:    store,
+		Streams:   a.streams,
 		Log:       log,
 		Now:       time.Now,
 
@@ -443,6 +449,9 @@ func (a *App) Stop() {
 	}
 	if a.clients != nil {
 		a.clients.Stop()
+	}
+	if a.streams != nil {
+		a.streams.Stop()
 	}
 	if a.stopProjector != nil {
 		a.stopProjector()
