@@ -527,7 +527,8 @@ func TestStoreSealsPlaintextOfAnEarlierVersion(t *testing.T) {
 	_, js := eventstest.MustJS(t)
 	ctx := context.Background()
 	const id = "00112233445566778899aabbccddeeff"
-	keyless, err := Open(ctx, js, Options{Replicas: 1})
+	var seen changes
+	keyless, err := Open(ctx, js, Options{Replicas: 1, OnChange: seen.add})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,6 +554,34 @@ func TestStoreSealsPlaintextOfAnEarlierVersion(t *testing.T) {
 	sealedUnder(t, js, id, k.current)
 	raw, _ := rawEntry(t, js, id)
 	noPlaintext(t, raw, "0ld")
+	// Nor is it left in the bucket's history.
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		history, err := kv.History(ctx, id)
+		if err != nil {
+			return err
+		}
+		for _, e := range history {
+			if bytes.Contains(e.Value(), []byte("0ld")) {
+				return fmt.Errorf("revision %d holds it in the clear", e.Revision())
+			}
+		}
+		return nil
+	})
+	// Dropping that history (a rollup) is no deletion of the stream.
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got, ok := s.Lookup(id); !ok || got.Secrets.Authorization == nil {
+			return fmt.Errorf("held %+v, %v", got, ok)
+		}
+		return nil
+	})
+	seen.await(t, 2) // the entry as written, then sealed
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	for _, ch := range seen.got {
+		if ch.Deleted {
+			t.Fatalf("an instance saw the stream deleted: %+v", seen.got)
+		}
+	}
 	got, err := s.Get(ctx, id)
 	if err != nil || got.Delivery.AuthorizationHeader != "" || got.Revision == plain.Revision {
 		t.Fatalf("read %+v, %v", got, err)

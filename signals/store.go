@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/domain"
@@ -96,6 +98,7 @@ type Outbox interface {
 // The store does not check who may do what: the API checks that a stream
 // is the calling receiver's (Stream.Receiver) before changing it.
 type Store struct {
+	js       jetstream.JetStream
 	kv       jetstream.KeyValue
 	log      *slog.Logger
 	now      func() time.Time
@@ -125,7 +128,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
-	s := &Store{kv: kv, log: cmp.Or(o.Log, slog.New(slog.DiscardHandler)), now: o.Now, onChange: o.OnChange, outbox: o.Outbox,
+	s := &Store{js: js, kv: kv, log: cmp.Or(o.Log, slog.New(slog.DiscardHandler)), now: o.Now, onChange: o.OnChange, outbox: o.Outbox,
 		tend: make(chan struct{}, 1), retryEvery: cmp.Or(o.RetryEvery, 10*time.Second)}
 	if s.now == nil {
 		s.now = time.Now
@@ -409,7 +412,9 @@ func (s *Store) Update(ctx context.Context, id string, ifRevision uint64, change
 
 // write stores next in place of cur, compare-and-set on cur's revision,
 // with its delivery secrets sealed and without the webhook secrets that
-// stopped signing; conflict says another change got in first.
+// stopped signing; conflict says another change got in first. In place of
+// an entry an earlier version wrote with an authorization_header in the
+// clear, it also drops that entry's history, which holds the secret.
 func (s *Store) write(ctx context.Context, cur, next Stream) (_ Stream, conflict bool, _ error) {
 	if err := s.sealPlain(&next); err != nil {
 		return Stream{}, false, err
@@ -420,7 +425,11 @@ func (s *Store) write(ctx context.Context, cur, next Stream) (_ Stream, conflict
 	if err != nil {
 		return Stream{}, false, err
 	}
-	next.Revision, err = s.kv.Update(ctx, next.ID, data, cur.Revision)
+	if cur.plainAuthorization != "" {
+		next.Revision, err = s.putRollup(ctx, next.ID, data, cur.Revision)
+	} else {
+		next.Revision, err = s.kv.Update(ctx, next.ID, data, cur.Revision)
+	}
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return Stream{}, true, nil
 	}
@@ -428,6 +437,27 @@ func (s *Store) write(ctx context.Context, cur, next Stream) (_ Stream, conflict
 		return Stream{}, false, unavailable("write the stream", err)
 	}
 	return next, false, nil
+}
+
+// putRollup stores data as stream id's only revision, compare-and-set on
+// revision rev: a KV put with a rollup, which drops the revisions before
+// it from the bucket (as a purge does, but leaving the entry, so no
+// instance sees the stream deleted).
+func (s *Store) putRollup(ctx context.Context, id string, data []byte, rev uint64) (uint64, error) {
+	m := nats.NewMsg("$KV." + Bucket + "." + id)
+	m.Data = data
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	ack, err := s.js.PublishMsg(ctx, m)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return 0, jetstream.ErrKeyExists
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
 }
 
 // sealPlain seals the authorization_header st holds in the clear (a
