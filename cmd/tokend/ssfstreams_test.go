@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/events/eventstest"
 	"github.com/tokend/tokend/signals"
@@ -75,5 +80,48 @@ func TestSSFSecretsSealedAndRotated(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestSSFAdminAuthPermissions: with the shipped auth.conf, an admin sets
+// up a webhook and pauses it through tokend (tokens.admin.ssf.*); no
+// other role may, and none, the admin included, may read
+// TOKENS_SSF_STREAMS.
+func TestSSFAdminAuthPermissions(t *testing.T) {
+	d := mustSecureDeployment(t)
+	bin := buildTokenctl(t)
+	tokenctl := func(role string, args ...string) (string, error) {
+		base := []string{"--nats-url", d.url, "--tls-ca", d.ca, "--nkey", d.seeds[role], "--inbox-prefix", "_INBOX_" + role, "--timeout", "3s"}
+		out, err := exec.Command(bin, append(base, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := tokenctl("admin", "--json", "ssf", "webhooks", "add", "--url", "https://siem.example/hook", "--by", "alice")
+	if err != nil {
+		t.Fatalf("webhooks add as admin: %v\n%s", err, out)
+	}
+	var added struct {
+		StreamID string `json:"stream_id"`
+	}
+	if err := json.Unmarshal([]byte(out), &added); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := tokenctl("admin", "ssf", "streams", "pause", added.StreamID, "--reason", "test", "--by", "alice"); err != nil ||
+		!strings.Contains(out, "paused stream "+added.StreamID) {
+		t.Fatalf("pause as admin: %v\n%s", err, out)
+	}
+	for _, role := range []string{"issuer", "refresher", "auditor"} {
+		if out, err := tokenctl(role, "ssf", "streams", "list"); err == nil {
+			t.Fatalf("the %s listed the SSF streams:\n%s", role, out)
+		}
+	}
+	for _, role := range []string{"admin", "auditor"} {
+		nc, errs := d.connect(t, role)
+		js, _ := jetstream.New(nc, jetstream.WithDefaultTimeout(time.Second))
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		if _, err := js.KeyValue(ctx, signals.Bucket); err == nil {
+			t.Fatalf("the %s opened the SSF streams bucket", role)
+		}
+		cancel()
+		denied(t, nc, errs, "$JS.API.DIRECT.GET.KV_TOKENS_SSF_STREAMS.$KV.TOKENS_SSF_STREAMS."+added.StreamID)
 	}
 }
