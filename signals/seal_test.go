@@ -703,3 +703,33 @@ func TestChangeStatusAnnouncesFirst(t *testing.T) {
 		t.Fatalf("without an outbox: %v", err)
 	}
 }
+
+// TestPreviousWebhookSecretLostAlone: a webhook secret in a rotation's
+// overlap whose key is gone is dropped; only the current one's loss stops
+// the webhook.
+func TestPreviousWebhookSecretLostAlone(t *testing.T) {
+	const id = "0123456789abcdef0123456789abcdef"
+	k1 := newTestKeys(t)
+	k2 := k1.promoted()
+	previous, _ := seal(k1, id, webhookField("a"), whsec(1))
+	current, _ := seal(k2, id, webhookField("b"), whsec(2))
+	s := &Store{now: time.Now}
+	st := Stream{ID: id, Status: StatusEnabled, Secrets: SealedSecrets{Webhook: []WebhookSecret{
+		{Ref: "b", Sealed: current}, {Ref: "a", Sealed: previous, ExpiresAt: time.Now().Add(time.Hour)}}}}
+
+	gone := k2.without(k1.current)
+	if !needsTending(st, gone) {
+		t.Fatal("a secret under a key gone needs no tending")
+	}
+	kept := st
+	lost, err := s.sealAgain(&kept, gone)
+	if err != nil || lost != nil || len(kept.Secrets.Webhook) != 1 || kept.Secrets.Webhook[0].Ref != "b" {
+		t.Fatalf("the previous secret lost: %v, %v, %+v", lost, err, kept.Secrets)
+	}
+
+	both := st
+	lost, err = s.sealAgain(&both, k2.without(k2.current))
+	if err != nil || !errors.Is(lost, ErrSecretLost) || len(both.Secrets.Webhook) != 0 {
+		t.Fatalf("the current secret lost: %v, %v, %+v", lost, err, both.Secrets)
+	}
+}

@@ -252,7 +252,7 @@ func (s *Store) Create(ctx context.Context, n NewStream) (Stream, error) {
 	now := s.now().UTC()
 	st := Stream{ID: newStreamID(), Receiver: n.Receiver, CreatedBy: n.CreatedBy, Audience: n.Audience,
 		Status: StatusEnabled, CreatedAt: now, UpdatedAt: now}
-	webhook := n.Request.Delivery != nil && n.Request.Delivery.Method == DeliveryWebhook
+	webhook := n.Receiver == "" && n.Request.Delivery != nil && n.Request.Delivery.Method == DeliveryWebhook
 	switch {
 	case n.Receiver != "":
 		if err := domain.ValidateName("receiver", n.Receiver); err != nil {

@@ -123,20 +123,24 @@ func (s *Store) tendStream(ctx context.Context, id string, k SealingKeys) error 
 }
 
 // sealAgain seals st's secrets under k's current key, and drops those
-// that no longer open; lost is why one did not (nil if all did). Secrets
+// that no longer open; lost is why the authorization_header or a
+// webhook's current secret did not (nil if they did: a previous webhook
+// secret, in a rotation's overlap, is dropped without a word). Secrets
 // sealed under a later keyset than k are kept as they are.
 func (s *Store) sealAgain(st *Stream, k SealingKeys) (lost error, _ error) {
 	kid, _, err := k.SealKey()
 	if err != nil {
 		return nil, err
 	}
+	var why error // why the secret again last dropped did not open
+	// again returns sealed, sealed under kid; nil if it is lost.
 	again := func(sealed Sealed, field string) (*Sealed, error) {
 		if sealed.Kid == kid || sealed.KeysetRevision > k.KeysetRevision() {
 			return &sealed, nil
 		}
 		plain, err := open(k, sealed, st.ID, field)
 		if errors.Is(err, ErrSecretLost) {
-			lost = err
+			why = err
 			return nil, nil
 		}
 		if err != nil {
@@ -149,10 +153,13 @@ func (s *Store) sealAgain(st *Stream, k SealingKeys) (lost error, _ error) {
 		if st.Secrets.Authorization, err = again(*a, fieldAuthorization); err != nil {
 			return nil, err
 		}
+		if st.Secrets.Authorization == nil {
+			lost = why
+		}
 	}
 	now := s.now()
 	webhook := make([]WebhookSecret, 0, len(st.Secrets.Webhook))
-	for _, w := range st.Secrets.Webhook {
+	for i, w := range st.Secrets.Webhook {
 		if !w.live(now) {
 			continue
 		}
@@ -160,11 +167,18 @@ func (s *Store) sealAgain(st *Stream, k SealingKeys) (lost error, _ error) {
 		if err != nil {
 			return nil, err
 		}
-		if sealed != nil {
-			w.Sealed = *sealed
-			webhook = append(webhook, w)
+		if sealed == nil {
+			if i == 0 {
+				lost = why
+			}
+			continue
 		}
+		w.Sealed = *sealed
+		webhook = append(webhook, w)
 	}
 	st.Secrets.Webhook = webhook
+	if lost != nil {
+		st.Secrets.Webhook = nil // the previous secrets are not to sign alone
+	}
 	return lost, nil
 }
