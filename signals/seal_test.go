@@ -267,24 +267,39 @@ func TestStoreSealsDeliverySecrets(t *testing.T) {
 		t.Fatalf("delivery secrets %+v, %v", sec, err)
 	}
 
-	// An update keeps the header unless it sends a delivery, which
-	// replaces it, header included.
-	got, err = s.Update(ctx, st.ID, 0, func(x *Stream) (bool, error) { return true, x.Patch(StreamRequest{Description: ptr("d")}) })
-	if sec, _ := s.DeliverySecrets(got); err != nil || sec.Authorization != push.AuthorizationHeader {
-		t.Fatalf("after a description: %+v, %v", sec, err)
+	// The header is write-only: an update keeps it, also one sending the
+	// same push delivery back without it (as read), unless it asks to
+	// remove it; another endpoint never inherits it; a header sent
+	// replaces it.
+	authorization := func(what string, r StreamRequest, replace bool, want string) {
+		t.Helper()
+		got, err := s.Update(ctx, st.ID, 0, func(x *Stream) (bool, error) {
+			if replace {
+				return true, x.Replace(r)
+			}
+			return true, x.Patch(r)
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if sec, err := s.DeliverySecrets(got); err != nil || sec.Authorization != want || got.HasAuthorization() != (want != "") {
+			t.Fatalf("%s: the delivery sends %q, %v", what, sec.Authorization, err)
+		}
 	}
-	bare := &Delivery{Method: DeliveryPush, EndpointURL: push.EndpointURL}
-	got, err = s.Update(ctx, st.ID, 0, func(x *Stream) (bool, error) { return true, x.Patch(StreamRequest{Delivery: bare}) })
-	if sec, _ := s.DeliverySecrets(got); err != nil || sec.Authorization != "" || got.Secrets.Authorization != nil {
-		t.Fatalf("after a delivery without a header: %+v, %v", sec, err)
-	}
-	again := &Delivery{Method: DeliveryPush, EndpointURL: push.EndpointURL, AuthorizationHeader: "Bearer n3w"}
-	got, err = s.Update(ctx, st.ID, 0, func(x *Stream) (bool, error) { return true, x.Replace(StreamRequest{Delivery: again}) })
-	if sec, _ := s.DeliverySecrets(got); err != nil || sec.Authorization != "Bearer n3w" {
-		t.Fatalf("after a replacement: %+v, %v", sec, err)
-	}
+	same := &Delivery{Method: DeliveryPush, EndpointURL: push.EndpointURL}
+	authorization("a description", StreamRequest{Description: ptr("d")}, false, push.AuthorizationHeader)
+	authorization("the same delivery, read back", StreamRequest{Delivery: same}, false, push.AuthorizationHeader)
+	authorization("the same delivery replaced", StreamRequest{Delivery: same}, true, push.AuthorizationHeader)
+	authorization("a new header", StreamRequest{Delivery: &Delivery{Method: DeliveryPush, EndpointURL: push.EndpointURL, AuthorizationHeader: "Bearer n3w"}},
+		true, "Bearer n3w")
 	raw, _ = rawEntry(t, js, st.ID)
 	noPlaintext(t, raw, "n3w", "s3cret")
+	authorization("an empty header", StreamRequest{Delivery: same, RemoveAuthorization: true}, false, "")
+	authorization("a header again", StreamRequest{Delivery: push}, false, push.AuthorizationHeader)
+	authorization("another endpoint", StreamRequest{Delivery: &Delivery{Method: DeliveryPush, EndpointURL: "https://rp.example/other"}}, false, "")
+	authorization("back to the first endpoint", StreamRequest{Delivery: same}, false, "")
+	authorization("a header again", StreamRequest{Delivery: push}, false, push.AuthorizationHeader)
+	authorization("poll", StreamRequest{Delivery: &Delivery{Method: DeliveryPoll}}, false, "")
 
 	// A webhook's secret likewise.
 	wh, err := s.Create(ctx, NewStream{CreatedBy: "alice", WebhookSecret: whsec(1),
@@ -499,6 +514,11 @@ func TestStoreLostSecretPausesTheStream(t *testing.T) {
 		t.Fatalf("a webhook resumed with its secret lost: %v", err)
 	}
 
+	// The same delivery read back, without the header, does not give it.
+	same := &Delivery{Method: DeliveryPush, EndpointURL: push.EndpointURL}
+	if got, err := s.Update(ctx, st.ID, 0, func(x *Stream) (bool, error) { return true, x.Patch(StreamRequest{Delivery: same}) }); err != nil || !got.Secrets.Lost {
+		t.Fatalf("the delivery read back: %+v, %v", got, err)
+	}
 	// The receiver sends its delivery again, and resumes.
 	got, err = s.Update(ctx, st.ID, 0, func(x *Stream) (bool, error) { return true, x.Patch(StreamRequest{Delivery: push}) })
 	if err != nil || got.Secrets.Lost {

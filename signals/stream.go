@@ -157,6 +157,10 @@ type StreamRequest struct {
 	Delivery        *Delivery `json:"delivery,omitempty"`
 	EventsRequested []string  `json:"events_requested,omitzero"`
 	Description     *string   `json:"description,omitempty"`
+	// RemoveAuthorization, with a push Delivery to the same endpoint and
+	// no AuthorizationHeader, removes the stored header rather than keep
+	// it (a receiver that sent "authorization_header": "").
+	RemoveAuthorization bool `json:"-"`
 }
 
 // Transmitter is what the deployment adds to a stream's configuration.
@@ -215,7 +219,7 @@ func (s *Stream) Patch(r StreamRequest) error {
 	next := *s
 	if r.Delivery != nil {
 		next.Delivery = *r.Delivery
-		next.dropAuthorization()
+		next.replaceAuthorization(s.Delivery, r.RemoveAuthorization)
 	}
 	if r.EventsRequested != nil {
 		next.EventsRequested = r.EventsRequested
@@ -232,22 +236,30 @@ func (s *Stream) Patch(r StreamRequest) error {
 func (s *Stream) Replace(r StreamRequest) error {
 	next := *s
 	next.Delivery, next.EventsRequested, next.Description = Delivery{}, r.EventsRequested, ""
-	next.dropAuthorization()
 	if r.Delivery != nil {
 		next.Delivery = *r.Delivery
 	}
+	next.replaceAuthorization(s.Delivery, r.RemoveAuthorization)
 	if r.Description != nil {
 		next.Description = *r.Description
 	}
 	return s.adopt(next)
 }
 
-// dropAuthorization forgets the stored authorization_header: a delivery
-// sent replaces the one stored, its authorization_header with it (SSF 1.0
-// section 8.1.1.3), and since a stream read never shows the header, a
-// receiver that updates its delivery sends it again. That also ends a
-// loss (SealedSecrets.Lost) of a push stream's secret.
-func (s *Stream) dropAuthorization() {
+// replaceAuthorization settles the stored authorization_header once s's
+// delivery, which was prev, is replaced by one a receiver sent. The header
+// is write-only: a stream read never shows it, so a receiver that reads
+// its stream and sends the same push delivery back (SSF 1.0 section
+// 8.1.1.4 has it do so) sends none; the stored one is kept then, unless
+// remove says the receiver sent an empty one. Any other delivery takes
+// the header it carries (sealed when stored), or none: a header is never
+// carried over to another endpoint. A header sent ends the loss
+// (SealedSecrets.Lost) of the one before.
+func (s *Stream) replaceAuthorization(prev Delivery, remove bool) {
+	if s.Delivery.Method == DeliveryPush && prev.Method == DeliveryPush && s.Delivery.EndpointURL == prev.EndpointURL &&
+		s.Delivery.AuthorizationHeader == "" && !remove {
+		return
+	}
 	s.Secrets.Authorization, s.plainAuthorization = nil, ""
 	if s.Delivery.Method != DeliveryWebhook {
 		s.Secrets.Lost = false
