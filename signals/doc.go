@@ -36,7 +36,7 @@
 //     ReasonSecretLost, announced) a stream whose secret was lost with a
 //     revoked key.
 //
-// Webhooks (webhook.go): streams with DeliveryWebhook that an operator
+// Webhooks (webhookstream.go): streams with DeliveryWebhook that an operator
 // sets up (no Receiver), for the events of every client or of the
 // Clients named (Stream.WebhookSees), the event types named as URIs,
 // short names or tokend event types (EventType); Store.RotateWebhookSecret
