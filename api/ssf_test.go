@@ -21,6 +21,7 @@ import (
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/signals"
 )
 
@@ -70,7 +71,11 @@ type ssfEnv struct {
 func mustSSFEnv(t *testing.T) *ssfEnv {
 	t.Helper()
 	_, js := eventstest.MustJS(t)
-	store, err := signals.Open(t.Context(), js, signals.Options{Replicas: 1})
+	ring, err := keys.OpenKeyring(t.Context(), js, 1, keys.Lifetimes{Refresh: time.Hour, Access: 5 * time.Minute}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := signals.Open(t.Context(), js, signals.Options{Replicas: 1, Keys: ring.Loaded()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +342,14 @@ func TestSSFAuthorizationHeaderIsWriteOnly(t *testing.T) {
 			t.Fatalf("an answer shows the authorization header: %d %s", a.code, a.body)
 		}
 	}
-	header := func() string { return e.stored(t, id).Delivery.AuthorizationHeader }
+	header := func() string {
+		t.Helper()
+		secrets, err := e.store.DeliverySecrets(e.stored(t, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secrets.Authorization
+	}
 	if header() != "Bearer "+secret {
 		t.Fatalf("stored header %q", header())
 	}
@@ -356,7 +368,7 @@ func TestSSFAuthorizationHeaderIsWriteOnly(t *testing.T) {
 	}
 	// Another endpoint never gets the old header.
 	e.do(t, http.MethodPatch, PathSSFStream, tok, `{"stream_id": "`+id+`", "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": "https://elsewhere.example/ssf"}}`)
-	if st := e.stored(t, id); st.Delivery.EndpointURL != "https://elsewhere.example/ssf" || st.Delivery.AuthorizationHeader != "" {
+	if st := e.stored(t, id); st.Delivery.EndpointURL != "https://elsewhere.example/ssf" || header() != "" {
 		t.Fatalf("moved: %+v", st.Delivery)
 	}
 	e.do(t, http.MethodPatch, PathSSFStream, tok, `{"stream_id": "`+id+`", "delivery": {"method": "urn:ietf:rfc:8935",

@@ -84,18 +84,13 @@ func (o *OAuth) checkTransmitterSupplied(b streamBody, cur signals.Stream) error
 	return nil
 }
 
-// keepAuthorization keeps cur's delivery, authorization_header included,
-// when req sends the same push delivery without one. The header is
-// write-only, so a receiver that reads its stream, changes it and sends it
-// back (as SSF 1.0 section 8.1.1.4 suggests) does not have it; it is never
-// carried over to another endpoint, and an empty one removes it.
-func keepAuthorization(req *signals.StreamRequest, sent *deliveryBody, cur signals.Stream) {
-	if sent == nil || sent.AuthorizationHeader != nil || sent.Method != signals.DeliveryPush ||
-		cur.Delivery.Method != signals.DeliveryPush || sent.EndpointURL != cur.Delivery.EndpointURL {
-		return
-	}
-	kept := cur.Delivery
-	req.Delivery = &kept
+// removesAuthorization reports whether sent removes the stored
+// authorization_header: an empty one does. The header is write-only, so a
+// receiver that reads its stream, changes it and sends it back (as SSF 1.0
+// section 8.1.1.4 suggests) does not have it, and the stream keeps it for
+// the same endpoint (signals.Stream); it is never carried over to another.
+func removesAuthorization(sent *deliveryBody) bool {
+	return sent != nil && sent.AuthorizationHeader != nil && *sent.AuthorizationHeader == ""
 }
 
 // createStream is SSF 1.0 section 8.1.1.1: 201 with the new stream's
@@ -193,7 +188,7 @@ func (o *OAuth) changeStream(w http.ResponseWriter, r *http.Request, apply func(
 			return false, err
 		}
 		req := req
-		keepAuthorization(&req, b.Delivery, *st)
+		req.RemoveAuthorization = removesAuthorization(b.Delivery)
 		return true, apply(st, req)
 	})
 	if err != nil {

@@ -117,9 +117,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if a.clients, err = registry.Open(setupCtx, a.js, cfg.StreamReplicas, log.With("component", "clients")); err != nil {
 		return nil, err
 	}
-	if a.streams, err = signals.Open(setupCtx, a.js, signals.Options{Replicas: cfg.StreamReplicas, Log: log.With("component", "ssf")}); err != nil {
-		return nil, err
-	}
 	subjects := events.Subjects{Prefix: cfg.SubjectPrefix}
 	retention := a.retention()
 	stream, err := events.Setup(setupCtx, a.js, subjects, events.StreamLimits{Replicas: cfg.StreamReplicas,
@@ -155,6 +152,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 	}
 	a.revoking = svc.Revoking
+	if a.streams, err = openStreams(setupCtx, a.js, cfg.StreamReplicas, ring, store, log.With("component", "ssf")); err != nil {
+		return nil, err
+	}
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
 	a.api = &api.Service{
