@@ -53,6 +53,14 @@ func TestSecretsFollowTheKeyring(t *testing.T) {
 	}
 	second, _, _ := promoted.SealKey()
 	sealedUnder(t, js, st.ID, second)
+	// This instance follows the bucket: it holds the entry sealed again
+	// once its watch delivers it.
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got, _ := s.Lookup(st.ID); got.Secrets.Authorization == nil || got.Secrets.Authorization.Kid != second {
+			return fmt.Errorf("this instance holds the secret sealed under %+v, want %s", got.Secrets.Authorization, second)
+		}
+		return nil
+	})
 	if _, _, err := ring.Revoke(ctx, first, 0); err != nil {
 		t.Fatal(err)
 	}
