@@ -2,6 +2,7 @@ package api
 
 import (
 	"cmp"
+	"errors"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -108,7 +109,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokend_reply_errors_total", Help: "Replies that could not be sent (too large, connection lost), by endpoint.",
 		}, []string{"endpoint"}),
 		oauthRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tokend_oauth_requests_total", Help: "OAuth HTTP requests answered, by endpoint (token, revoke, introspect) and outcome (ok or the OAuth error code).",
+			Name: "tokend_oauth_requests_total", Help: "OAuth HTTP requests answered, by endpoint (token, revoke, introspect, ssf_config, ssf_status, ssf_subjects, ssf_verify, ssf_poll) " +
+				"and outcome (ok, the OAuth or RFC 6750 error code, or no_token).",
 		}, []string{"endpoint", "outcome"}),
 		registryChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_client_registry_changes_total", Help: "Changes this instance made to the client registry, by action (create, update, remove, rotate_secret).",
@@ -289,10 +291,21 @@ func (m *Metrics) oauth(endpoint string, err error, took time.Duration) {
 	}
 	outcome := "ok"
 	if err != nil {
-		outcome = oauthErrorOf(err).code
+		outcome = outcomeOf(err)
 	}
 	m.oauthRequests.WithLabelValues(endpoint, outcome).Inc()
 	m.oauthDuration.WithLabelValues(endpoint).Observe(took.Seconds())
+}
+
+// outcomeOf is the outcome of an OAuth request refused with err: its
+// error code, or no_token for an SSF request without a bearer token (RFC
+// 6750 section 3.1 gives that refusal no code).
+func outcomeOf(err error) string {
+	var be *bearerError
+	if errors.As(err, &be) {
+		return cmp.Or(be.code, "no_token")
+	}
+	return oauthErrorOf(err).code
 }
 
 // oauthIntrospection counts an HTTP introspection answered.

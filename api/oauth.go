@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/ratelimit"
 )
 
 // ClientDirectory finds registered OAuth clients (registry.Registry).
@@ -21,14 +22,20 @@ type ClientDirectory interface {
 // commands as NATS: the refresh_token grant (RFC 6749 section 6), the
 // client_credentials grant for SSF receivers (section 4.4, clienttoken.go),
 // revocation (RFC 7009), introspection (RFC 7662) and the server's metadata
-// (RFC 8414). Every endpoint but the metadata authenticates the client
-// against the registry.
+// (RFC 8414), and with Service.Streams the SSF transmitter (ssf.go). Every
+// endpoint but the metadata authenticates the client against the registry.
 type OAuth struct {
 	svc     *Service
 	clients ClientDirectory
 	issuer  string
 	verify  *assertionVerifier
 	log     *slog.Logger
+	// polls answers SSF polls: Service.Delivery, nil without it.
+	polls Poller
+	// longPoll bounds an SSF long poll (MaxLongPoll); verifications
+	// holds min_verification_interval per SSF stream.
+	longPoll      time.Duration
+	verifications *ratelimit.KeyedLimiter
 }
 
 // OAuth endpoint paths.
@@ -49,8 +56,15 @@ const maxFormBytes = 64 << 10
 // of access tokens (RFC 8414 section 3.3 compares them as strings). used
 // remembers the client assertions' jti on every instance.
 func NewOAuth(s *Service, clients ClientDirectory, issuer string, used ReplayCache, log *slog.Logger) *OAuth {
-	return &OAuth{svc: s, clients: clients, issuer: issuer, log: log,
-		verify: newAssertionVerifier([]string{issuer + PathToken, issuer}, s.Now, used)}
+	o := &OAuth{svc: s, clients: clients, issuer: issuer, log: log,
+		verify:   newAssertionVerifier([]string{issuer + PathToken, issuer}, s.Now, used),
+		longPoll: MaxLongPoll, verifications: ratelimit.NewKeyedLimiter(1/VerificationInterval.Seconds(), 1, maxVerifyingStreams, s.Now)}
+	// Tested for nil as the pointer it is: a nil *Engine in an interface
+	// is not nil.
+	if s.Delivery != nil {
+		o.polls = s.Delivery
+	}
+	return o
 }
 
 // Handler returns the OAuth listener's routes.
@@ -65,6 +79,9 @@ func (o *OAuth) Handler() http.Handler {
 		w.Header().Set("Cache-Control", o.svc.Access.JWKSCacheControl(o.svc.Now()))
 		w.Write(o.svc.Access.JWKS())
 	})
+	if o.svc.Streams != nil && o.svc.Outbox != nil {
+		o.mountSSF(mux)
+	}
 	return mux
 }
 

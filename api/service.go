@@ -61,10 +61,12 @@ type Service struct {
 	// Outbox, if set, stores the deployment events of finished revocations
 	// by subject, client or key, for the SSF transmitter (events.Store).
 	Outbox Outbox
-	// Streams, if set, holds the SSF streams.
+	// Streams, if set with Outbox, holds the SSF streams: the OAuth
+	// listener then serves the SSF transmitter (ssf.go), and operators
+	// steer them on the SSF administration subjects (ssfadmin.go).
 	Streams *signals.Store
 	// Delivery, if set, delivers the SSF streams' events and answers
-	// their polls.
+	// their polls; without it polls are answered temporarily_unavailable.
 	Delivery *signals.Engine
 
 	nc *nats.Conn
@@ -155,6 +157,10 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 	if err := s.addClientsAdmin(svc, prefix); err != nil {
 		svc.Stop()
 		return fmt.Errorf("client administration: %w", err)
+	}
+	if err := s.addSSFAdmin(svc, prefix); err != nil {
+		svc.Stop()
+		return fmt.Errorf("SSF administration: %w", err)
 	}
 	// Subscriptions are sent asynchronously; flushing makes the endpoints
 	// reachable before Start reports the service up.

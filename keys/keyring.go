@@ -3,7 +3,9 @@ package keys
 import (
 	"bytes"
 	"context"
+	"crypto/hkdf"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +34,45 @@ type LoadedKeys struct {
 
 	setKID string          // the current SET key's id, "" if there is none
 	setKey *rsa.PrivateKey // parsed once per revision, not per SET
+
+	sealKID  string            // the current MAC key's id
+	sealKeys map[string][]byte // by MAC key id, for every MAC key in effect (sealKey)
 }
+
+// sealInfo is the HKDF info of the keys that seal secrets kept outside
+// TOKENS_KEYS: derived, so that no MAC key is used for two purposes.
+const sealInfo = "tokend ssf secret v1"
+
+// sealKey derives the AES-256 key that a MAC key's secret seals with.
+func sealKey(secret []byte) ([]byte, error) { return hkdf.Key(sha256.New, secret, nil, sealInfo, 32) }
+
+// SealKey returns the key that seals a secret tokend must keep outside
+// TOKENS_KEYS (an SSF stream's delivery secrets), with the id of the MAC
+// key it derives from (HKDF-SHA256 of the current MAC key's secret), so
+// that TOKENS_KEYS stays the one secret a deployment stores: whoever reads
+// the sealed secret without the keys learns nothing. Seal with the key
+// current now (Keyring.Loaded()), keep kid with the ciphertext, and open
+// with OpenKey(kid). Fixed keys (FixedKeys) have none.
+func (l *LoadedKeys) SealKey() (kid string, key []byte, err error) {
+	if l.sealKID == "" {
+		return "", nil, &domain.Error{Code: domain.EUnavailable, Message: "no MAC key is loaded to seal secrets with, retry", RetryAfterMs: 1000}
+	}
+	return l.sealKID, l.sealKeys[l.sealKID], nil
+}
+
+// OpenKey returns the sealing key derived from MAC key kid, if kid is in
+// effect (current, staged, or retired and not expired). A secret sealed
+// under a key that expired or was revoked cannot be opened any more: seal
+// it again under the current key before then (SealKey).
+func (l *LoadedKeys) OpenKey(kid string) ([]byte, bool) {
+	key, ok := l.sealKeys[kid]
+	return key, ok
+}
+
+// KeysetRevision is Revision, for those who take the keys as an
+// interface: a sealed secret whose key is unknown here was sealed under
+// a later revision if it says so, not with a key since revoked.
+func (l *LoadedKeys) KeysetRevision() uint64 { return l.Revision }
 
 // SETSigner returns the current SET key, with its id for the JWS header
 // (kid), to sign Security Event Tokens with RS256. The key is parsed when
@@ -157,7 +197,15 @@ func loadedAt(rev uint64, stored Keyset, now time.Time) (*LoadedKeys, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &LoadedKeys{Revision: rev, Keys: ks, Codec: codec, stored: stored, nextExpiry: next}
+	l := &LoadedKeys{Revision: rev, Keys: ks, Codec: codec, stored: stored, nextExpiry: next, sealKeys: map[string][]byte{}}
+	for _, k := range ks.MAC {
+		if l.sealKeys[k.ID], err = sealKey(k.Secret); err != nil {
+			return nil, fmt.Errorf("mac key %s: %w", k.ID, err)
+		}
+		if k.State == KeyCurrent && l.sealKID == "" {
+			l.sealKID = k.ID
+		}
+	}
 	if cur, err := ks.CurrentSET(); err == nil {
 		if l.setKey, err = cur.Private(); err != nil {
 			return nil, fmt.Errorf("set key %s: %w", cur.ID, err)

@@ -244,7 +244,7 @@ func (e *Engine) mayDeliver(st Stream, sig Signal) bool {
 		return false
 	}
 	if st.Receiver == "" {
-		return st.Delivery.Method == DeliveryWebhook
+		return st.Delivery.Method == DeliveryWebhook && st.WebhookSees(sig.Visibility)
 	}
 	c, ok := e.o.Receivers(st.Receiver)
 	return ok && Visible(c, sig)
@@ -371,6 +371,23 @@ func refusedForGood(code string) bool {
 	return code == errInvalidRequest || code == errInvalidState
 }
 
+// secrets opens st's delivery secrets; when it cannot, it returns the
+// failed attempt that says why (the stream's change, a new secret or the
+// keys arriving, retries it).
+func (e *Engine) secrets(st Stream) (DeliverySecrets, attempt, bool) {
+	if e.o.Secrets == nil {
+		return DeliverySecrets{}, attempt{outcome: failed, errCode: "no_secrets", detail: "this instance cannot open delivery secrets"}, false
+	}
+	s, err := e.o.Secrets(st)
+	switch {
+	case errors.Is(err, ErrSecretLost):
+		return s, attempt{outcome: failed, errCode: "secret_lost", detail: err.Error()}, false
+	case err != nil:
+		return s, attempt{outcome: failed, errCode: "no_secrets", detail: err.Error()}, false
+	}
+	return s, attempt{}, true
+}
+
 // push sends one SET (RFC 8935 section 2.1): a POST of the compact JWS
 // with Content-Type application/secevent+jwt, Accept application/json and
 // the stream's authorization_header. The SET is signed now, with the key
@@ -380,17 +397,15 @@ func (e *Engine) push(ctx context.Context, st Stream, sig Signal) attempt {
 	if err != nil {
 		return attempt{outcome: failed, errCode: "no_set_key", detail: err.Error()}
 	}
-	auth := st.Delivery.AuthorizationHeader
-	if e.o.Authorization != nil {
-		if auth, err = e.o.Authorization(st); err != nil {
-			return attempt{outcome: failed, errCode: "no_authorization", detail: err.Error()}
-		}
+	secrets, a, ok := e.secrets(st)
+	if !ok {
+		return a
 	}
 	header := http.Header{"Content-Type": {"application/secevent+jwt"}, "Accept": {"application/json"}}
-	if auth != "" {
-		header.Set("Authorization", auth)
+	if secrets.Authorization != "" {
+		header.Set("Authorization", secrets.Authorization)
 	}
-	a := e.post(ctx, st.Delivery.EndpointURL, header, []byte(set))
+	a = e.post(ctx, st.Delivery.EndpointURL, header, []byte(set))
 	switch {
 	case a.status >= 200 && a.status < 300:
 		// RFC 8935 section 2.2 asks for 202; a receiver that answers 200

@@ -37,6 +37,8 @@ type deployment struct {
 	js       jetstream.JetStream // the test's own connection
 	subjects events.Subjects
 	outbox   *events.Store
+	// keys seal the streams' delivery secrets on every instance.
+	keys *testKeys
 
 	mu      sync.Mutex
 	clients map[string]domain.Client
@@ -56,7 +58,7 @@ func newDeployment(t *testing.T) *deployment {
 		t.Fatal(err)
 	}
 	return &deployment{t: t, url: url, js: js, subjects: subjects, outbox: events.NewStore(nc, js, stream, subjects),
-		clients: map[string]domain.Client{}}
+		keys: newTestKeys(t), clients: map[string]domain.Client{}}
 }
 
 // register makes clientID a registered client with receiver role role
@@ -135,13 +137,16 @@ func (d *deployment) start(name string, configure func(*EngineOptions)) *instanc
 	o := EngineOptions{JS: js, Subjects: d.subjects, Replicas: 1, Mapper: Mapper{Issuer: issuer},
 		Signer: testSigner{kid: setKID, key: mustRSAKey(t)}, Receivers: d.lookup, Metrics: in.metrics,
 		// Every request names the instance that sent it.
-		HTTP: &http.Client{Transport: instanceTransport(name)}}
+		HTTP: &http.Client{Transport: instanceTransport(name)},
+		// in.store is open by the time the engine starts.
+		Secrets: func(st Stream) (DeliverySecrets, error) { return in.store.DeliverySecrets(st) }}
 	fastTimings(&o)
 	if configure != nil {
 		configure(&o)
 	}
 	in.engine = NewEngine(o)
-	if in.store, err = Open(context.Background(), js, Options{Replicas: 1, OnChange: in.engine.Changed}); err != nil {
+	if in.store, err = Open(context.Background(), js, Options{Replicas: 1, OnChange: in.engine.Changed,
+		Keys: d.keys, Outbox: d.outbox}); err != nil {
 		t.Fatal(err)
 	}
 	if err := in.engine.Start(context.Background()); err != nil {

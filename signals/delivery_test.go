@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -613,18 +614,68 @@ func TestRetriedMessageIsNotHandedOutAgain(t *testing.T) {
 	}
 }
 
-func TestPushAuthorizationFromTheOption(t *testing.T) {
+// A push carries the receiver's authorization_header, which the store
+// keeps only sealed.
+func TestPushCarriesTheSealedAuthorization(t *testing.T) {
 	d := newDeployment(t)
 	d.register("web-app", domain.ReceiverOwn)
-	in := d.start("a", func(o *EngineOptions) {
-		o.Authorization = func(st Stream) (string, error) { return "Bearer unsealed-" + st.ID, nil }
-	})
+	in := d.start("a", nil)
 	rc := newReceiver(t)
 	st := in.pushStream(t, "web-app", rc)
+	if st.Delivery.AuthorizationHeader != "" || st.Secrets.Authorization == nil {
+		t.Fatalf("stored in the clear: %+v", st.Delivery)
+	}
 	d.revoked("web-app")
-	if got := rc.await(t, 1)[0].header.Get("Authorization"); got != "Bearer unsealed-"+st.ID {
+	if got := rc.await(t, 1)[0].header.Get("Authorization"); got != "Bearer rcv-web-app" {
 		t.Errorf("Authorization %q", got)
 	}
+}
+
+// A stream whose secrets cannot be opened sends nothing: neither a push
+// without the receiver's credentials nor an unsigned webhook. It keeps
+// retrying, so a new secret resumes it.
+func TestNothingSentWithALostSecret(t *testing.T) {
+	d := newDeployment(t)
+	d.register("web-app", domain.ReceiverOwn)
+	var mu sync.Mutex
+	lost := true
+	var asked int
+	var in *instance
+	in = d.start("a", func(o *EngineOptions) {
+		o.Secrets = func(st Stream) (DeliverySecrets, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			asked++
+			if lost {
+				return DeliverySecrets{}, ErrSecretLost
+			}
+			return in.store.DeliverySecrets(st)
+		}
+	})
+	push := newReceiver(t)
+	in.pushStream(t, "web-app", push)
+	hook := newReceiver(t)
+	if _, err := in.store.Create(context.Background(), NewStream{CreatedBy: "ops", WebhookSecret: whsec(1),
+		Request: StreamRequest{Delivery: &Delivery{Method: DeliveryWebhook, EndpointURL: hook.srv.URL}}}); err != nil {
+		t.Fatal(err)
+	}
+	d.revoked("web-app")
+	eventstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if asked < 6 {
+			return fmt.Errorf("secrets asked %d times", asked)
+		}
+		return nil
+	})
+	if n, m := len(push.requests()), len(hook.requests()); n != 0 || m != 0 {
+		t.Fatalf("sent %d pushes and %d webhooks without their secrets", n, m)
+	}
+	mu.Lock()
+	lost = false
+	mu.Unlock()
+	push.awaitAccepted(t, 1)
+	hook.awaitAccepted(t, 1)
 }
 
 func TestDefaultClientFollowsNoRedirect(t *testing.T) {

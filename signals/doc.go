@@ -21,7 +21,26 @@
 //     AddSubject, RemoveSubject, Delete; Lookup and Streams from memory.
 //     The store does not authorize: callers check Stream.Receiver.
 //   - StatusChange says what a status change means for the delivery
-//     consumer (hold, drop, restart from now).
+//     consumer (hold, drop, restart from now). Store.ChangeStatus is a
+//     change the receiver did not ask for (an operator's, the store's
+//     own): it appends ssf.stream_updated first.
+//
+// Delivery secrets (seal.go, tend.go):
+//
+//   - A push stream's authorization_header and a webhook's signing
+//     secrets are stored sealed (AES-256-GCM under a key derived from the
+//     current MAC key, SealingKeys), never in the clear and never shown.
+//     Store.DeliverySecrets opens them for the delivery only.
+//   - Store.UseKeys follows the keyring: each instance seals again, under
+//     the current key, what was sealed under another, and pauses (with
+//     ReasonSecretLost, announced) a stream whose secret was lost with a
+//     revoked key.
+//
+// Webhooks (webhookstream.go): streams with DeliveryWebhook that an operator
+// sets up (no Receiver), for the events of every client or of the
+// Clients named (Stream.WebhookSees), the event types named as URIs,
+// short names or tokend event types (EventType); Store.RotateWebhookSecret
+// rotates their secret with an overlap.
 //
 // Events (mapping.go):
 //

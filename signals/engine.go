@@ -39,13 +39,12 @@ type EngineOptions struct {
 	// HTTP sends pushes and webhooks. Default: a client that follows no
 	// redirect; every request is bounded by RequestTimeout either way.
 	HTTP *http.Client
-	// Authorization returns the Authorization header a push stream's
-	// receiver asked for (authorization_header). Default: as stored in
-	// the stream.
-	Authorization func(Stream) (string, error)
-	// Secret returns a webhook's signing secret (whsec_…). Webhooks are
-	// not delivered without it.
-	Secret func(Stream) (string, error)
+	// Secrets opens a stream's delivery secrets (Store.DeliverySecrets):
+	// a push's Authorization header, a webhook's signing secrets. Pushes
+	// and webhooks are not delivered without it, nor while a stream's
+	// secrets cannot be opened (ErrSecretLost): a SET sent without the
+	// receiver's credentials, or unsigned, is one it cannot trust.
+	Secrets func(Stream) (DeliverySecrets, error)
 	// Metrics, if set, is told of deliveries, retries, failures, lag and
 	// status.
 	Metrics DeliveryMetrics

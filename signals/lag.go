@@ -34,7 +34,7 @@ func (e *Engine) measureLag(ctx context.Context) {
 				continue
 			}
 			mctx, cancel := context.WithTimeout(ctx, lagTimeout)
-			n, age, err := e.lag(mctx, st.ID)
+			n, age, err := e.Lag(mctx, st.ID)
 			cancel()
 			if err == nil {
 				e.o.Metrics.SSFLag(st.ID, n, age)
@@ -50,11 +50,11 @@ func (e *Engine) measureLag(ctx context.Context) {
 	}
 }
 
-// lag returns how many messages stream streamID's consumer has not had
+// Lag returns how many messages stream streamID's consumer has not had
 // acknowledged (not delivered yet, or in flight), and the age of the
 // oldest of them: the first message on one of its subjects after its ack
-// floor.
-func (e *Engine) lag(ctx context.Context, streamID string) (uint64, time.Duration, error) {
+// floor. (Some of them may be passed over, being for other receivers.)
+func (e *Engine) Lag(ctx context.Context, streamID string) (uint64, time.Duration, error) {
 	stream, _, ok := e.started()
 	if !ok {
 		return 0, 0, errNotStarted

@@ -2,18 +2,12 @@ package signals
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"slices"
 	"testing"
 	"time"
-
-	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
@@ -205,68 +199,6 @@ func TestPollDeadline(t *testing.T) {
 	}
 }
 
-func TestWebhookSignedAsStandardWebhooks(t *testing.T) {
-	d := newDeployment(t)
-	key := make([]byte, 32)
-	rand.Read(key)
-	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
-	in := d.start("a", func(o *EngineOptions) {
-		o.Secret = func(st Stream) (string, error) {
-			if st.Delivery.SecretRef != "siem-1" {
-				return "", errors.New("no such secret")
-			}
-			return secret, nil
-		}
-	})
-	rc := newReceiver(t)
-	st, err := in.store.Create(context.Background(), NewStream{CreatedBy: "ops", Request: StreamRequest{
-		Delivery: &Delivery{Method: DeliveryWebhook, EndpointURL: rc.srv.URL + "/hook", SecretRef: "siem-1"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	txn := d.revoked("any-app") // an operator's webhook sees every event
-	got := rc.await(t, 1)[0]
-	wh, err := standardwebhooks.NewWebhook(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wh.Verify(got.body, got.header); err != nil {
-		t.Fatalf("signature: %v", err)
-	}
-	if err := wh.Verify(append(got.body[:len(got.body):len(got.body)], ' '), got.header); err == nil {
-		t.Fatal("a changed body verifies")
-	}
-	var ev struct {
-		Type      string    `json:"type"`
-		Timestamp time.Time `json:"timestamp"`
-		Data      struct {
-			ID       string          `json:"id"`
-			Iss      string          `json:"iss"`
-			StreamID string          `json:"stream_id"`
-			Txn      string          `json:"txn"`
-			TOE      int64           `json:"toe"`
-			SubID    Subject         `json:"sub_id"`
-			Event    json.RawMessage `json:"event"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(got.body, &ev); err != nil {
-		t.Fatal(err)
-	}
-	jti := JTI(st.ID, txn, TypeSessionRevoked)
-	if ev.Type != TypeSessionRevoked || ev.Data.ID != jti || got.header.Get("webhook-id") != jti || ev.Data.Txn != txn ||
-		ev.Data.Iss != issuer || ev.Data.StreamID != st.ID || ev.Data.TOE != ev.Timestamp.Unix() || ev.Data.SubID.Session == nil {
-		t.Errorf("body %s", got.body)
-	}
-	var revoked SessionRevoked
-	if err := json.Unmarshal(ev.Data.Event, &revoked); err != nil || revoked.TokendReason != domain.ReasonRevoked {
-		t.Errorf("event %s: %v", ev.Data.Event, err)
-	}
-	if ct := got.header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q", ct)
-	}
-}
-
 // A poll stream paused with an announcement hands out what came before
 // the announcement and the announcement, then nothing.
 func TestPollAnnouncedPause(t *testing.T) {
@@ -289,33 +221,4 @@ func TestPollAnnouncedPause(t *testing.T) {
 	if keys := slices.Sorted(maps.Keys(got.Sets)); !slices.Equal(keys, slices.Sorted(slices.Values(want))) {
 		t.Errorf("sets %v, want %v", keys, want)
 	}
-}
-
-// A webhook retries any answer but 2xx, with the same webhook-id.
-func TestWebhookRetriesAnyRefusal(t *testing.T) {
-	d := newDeployment(t)
-	in := d.start("a", func(o *EngineOptions) {
-		o.Secret = func(Stream) (string, error) {
-			return "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")), nil
-		}
-	})
-	rc := newReceiver(t)
-	rc.setAnswer(func(n int, _ request) (int, http.Header, string) {
-		if n == 0 {
-			return http.StatusBadRequest, nil, `{"error":"schema"}`
-		}
-		return http.StatusNoContent, nil, ""
-	})
-	st, err := in.store.Create(context.Background(), NewStream{CreatedBy: "ops", Request: StreamRequest{
-		Delivery: &Delivery{Method: DeliveryWebhook, EndpointURL: rc.srv.URL, SecretRef: "siem-1"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	txn := d.revoked("web-app")
-	reqs := rc.await(t, 2)
-	jti := JTI(st.ID, txn, TypeSessionRevoked)
-	if reqs[0].header.Get("webhook-id") != jti || reqs[1].header.Get("webhook-id") != jti || reqs[1].status != http.StatusNoContent {
-		t.Errorf("webhook-id %q then %q (%d), want %s twice", reqs[0].header.Get("webhook-id"), reqs[1].header.Get("webhook-id"), reqs[1].status, jti)
-	}
-	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error { return in.metrics.expect(st.ID, 1, 0, 1) })
 }

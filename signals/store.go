@@ -11,9 +11,12 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/domain"
@@ -68,6 +71,22 @@ type Options struct {
 	OnChange func(StreamChange)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Keys seal the streams' delivery secrets (seal.go): the keys in use
+	// as the store opens; UseKeys gives it each later revision. Without
+	// keys, no stream with a delivery secret can be stored.
+	Keys SealingKeys
+	// Outbox stores the ssf.stream_updated events of the status changes
+	// the receiver did not ask for (ChangeStatus, and a stream paused for
+	// a lost secret).
+	Outbox Outbox
+	// RetryEvery is how soon the store tends the streams' secrets again
+	// after it failed to (tend.go); default 10 s.
+	RetryEvery time.Duration
+}
+
+// Outbox stores deployment events (events.Store.AppendDeployment).
+type Outbox interface {
+	AppendDeployment(context.Context, events.DeploymentEvent) (uint64, error)
 }
 
 // Store keeps SSF streams in TOKENS_SSF_STREAMS. Every instance follows
@@ -79,13 +98,21 @@ type Options struct {
 // The store does not check who may do what: the API checks that a stream
 // is the calling receiver's (Stream.Receiver) before changing it.
 type Store struct {
+	js       jetstream.JetStream
 	kv       jetstream.KeyValue
 	log      *slog.Logger
 	now      func() time.Time
 	onChange func(StreamChange)
 	watcher  jetstream.KeyWatcher
+	outbox   Outbox
 
 	streams atomic.Pointer[map[string]Stream] // written by the watcher only
+	keys    atomic.Pointer[SealingKeys]
+
+	tend       chan struct{} // wakes the tending of secrets (tend.go)
+	retryEvery time.Duration
+	stopTend   context.CancelFunc
+	tending    sync.WaitGroup
 }
 
 // Open creates or opens TOKENS_SSF_STREAMS, loads every stream (telling
@@ -93,7 +120,7 @@ type Store struct {
 func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      Bucket,
-		Description: "tokend SSF streams (receivers' push authorization headers included: tokend's user only)",
+		Description: "tokend SSF streams (delivery secrets sealed under the MAC keys: tokend's user only)",
 		History:     streamsHistory,
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
@@ -101,19 +128,49 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Store, error
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
-	s := &Store{kv: kv, log: cmp.Or(o.Log, slog.New(slog.DiscardHandler)), now: o.Now, onChange: o.OnChange}
+	s := &Store{js: js, kv: kv, log: cmp.Or(o.Log, slog.New(slog.DiscardHandler)), now: o.Now, onChange: o.OnChange, outbox: o.Outbox,
+		tend: make(chan struct{}, 1), retryEvery: cmp.Or(o.RetryEvery, 10*time.Second)}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if o.Keys != nil {
+		s.keys.Store(&o.Keys)
 	}
 	s.streams.Store(&map[string]Stream{})
 	if s.watcher, err = events.FollowBucket(ctx, kv, s.apply, func() {}); err != nil {
 		return nil, fmt.Errorf("kv %s: watch: %w", Bucket, err)
 	}
+	tendCtx, stop := context.WithCancel(context.Background())
+	s.stopTend = stop
+	s.tending.Go(func() { s.tendLoop(tendCtx) })
 	return s, nil
 }
 
-// Stop stops following the bucket.
-func (s *Store) Stop() { s.watcher.Stop() }
+// Stop stops following the bucket and tending the secrets.
+func (s *Store) Stop() {
+	s.watcher.Stop()
+	s.stopTend()
+	s.tending.Wait()
+}
+
+// UseKeys makes k the keys that seal delivery secrets from now on, and
+// has the store seal again, under k's current key, every secret sealed
+// under another key that k still holds (compare-and-set: one instance
+// does each), and pause the streams whose secret is lost (tend.go). Call
+// it with every keyset revision, and when retired keys expire
+// (keys.Keyring.OnChange); it does not block.
+func (s *Store) UseKeys(k SealingKeys) {
+	s.keys.Store(&k)
+	s.wakeTending()
+}
+
+// sealingKeys returns the keys in use, nil if there are none.
+func (s *Store) sealingKeys() SealingKeys {
+	if k := s.keys.Load(); k != nil {
+		return *k
+	}
+	return nil
+}
 
 // apply follows one change of the bucket.
 func (s *Store) apply(e jetstream.KeyValueEntry) {
@@ -147,6 +204,9 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 	if change.Deleted && !known {
 		return
 	}
+	if !change.Deleted && needsTending(change.Stream, s.sealingKeys()) {
+		s.wakeTending()
+	}
 	if s.onChange != nil {
 		s.onChange(change)
 	}
@@ -177,6 +237,12 @@ type NewStream struct {
 	// Request holds the receiver-supplied fields; a stream without a
 	// delivery is polled (SSF 1.0 section 8.1.1.1).
 	Request StreamRequest
+	// Clients are, for a webhook, the clients whose events it gets (none:
+	// every event; see WebhookSees).
+	Clients []string
+	// WebhookSecret is, for a webhook, its signing secret
+	// (ValidWebhookSecret); the store seals it.
+	WebhookSecret string
 }
 
 // Create stores a new, enabled stream with a fresh id and returns it.
@@ -186,17 +252,42 @@ func (s *Store) Create(ctx context.Context, n NewStream) (Stream, error) {
 	now := s.now().UTC()
 	st := Stream{ID: newStreamID(), Receiver: n.Receiver, CreatedBy: n.CreatedBy, Audience: n.Audience,
 		Status: StatusEnabled, CreatedAt: now, UpdatedAt: now}
+	webhook := n.Receiver == "" && n.Request.Delivery != nil && n.Request.Delivery.Method == DeliveryWebhook
 	switch {
 	case n.Receiver != "":
 		if err := domain.ValidateName("receiver", n.Receiver); err != nil {
 			return Stream{}, err
+		}
+		if n.Clients != nil || n.WebhookSecret != "" {
+			return Stream{}, domain.Errorf(domain.EInvalidRequest, "a receiver's stream names no clients and has no webhook secret")
 		}
 	default:
 		if err := domain.ValidateName("created_by", n.CreatedBy); err != nil {
 			return Stream{}, err
 		}
 	}
-	if err := st.Patch(n.Request); err != nil {
+	var err error
+	if st.Clients, err = validClients(n.Clients); err != nil {
+		return Stream{}, err
+	}
+	req := n.Request
+	if webhook {
+		if err := ValidWebhookSecret(n.WebhookSecret); err != nil {
+			return Stream{}, err
+		}
+		d := *req.Delivery
+		d.SecretRef = newSecretRef()
+		req.Delivery = &d
+		sealed, err := seal(s.sealingKeys(), st.ID, webhookField(d.SecretRef), n.WebhookSecret)
+		if err != nil {
+			return Stream{}, err
+		}
+		st.Secrets.Webhook = []WebhookSecret{{Ref: d.SecretRef, CreatedAt: now, Sealed: sealed}}
+	}
+	if err := st.Patch(req); err != nil {
+		return Stream{}, err
+	}
+	if err := s.sealPlain(&st); err != nil {
 		return Stream{}, err
 	}
 	if len(st.Audience) == 0 {
@@ -307,30 +398,88 @@ func (s *Store) Update(ctx context.Context, id string, ifRevision uint64, change
 		}
 		next.ID, next.Receiver, next.CreatedBy, next.CreatedAt, next.Audience = cur.ID, cur.Receiver, cur.CreatedBy, cur.CreatedAt, cur.Audience
 		next.UpdatedAt = s.now().UTC()
-		data, err := json.Marshal(next)
-		if err != nil {
-			return Stream{}, err
-		}
-		next.Revision, err = s.kv.Update(ctx, id, data, cur.Revision)
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			if ifRevision != 0 {
-				return Stream{}, revisionChanged(id, ifRevision, 0)
-			}
+		written, conflict, err := s.write(ctx, cur, next)
+		switch {
+		case conflict && ifRevision != 0:
+			return Stream{}, revisionChanged(id, ifRevision, 0)
+		case conflict:
 			continue
 		}
-		if err != nil {
-			return Stream{}, unavailable("write the stream", err)
-		}
-		return next, nil
+		return written, err
 	}
-	return Stream{}, &domain.Error{Code: domain.EUnavailable, Message: "the stream kept changing underneath, retry", RetryAfterMs: 1000}
+	return Stream{}, keptChanging()
+}
+
+// write stores next in place of cur, compare-and-set on cur's revision,
+// with its delivery secrets sealed and without the webhook secrets that
+// stopped signing; conflict says another change got in first. In place of
+// an entry an earlier version wrote with an authorization_header in the
+// clear, it also drops that entry's history, which holds the secret.
+func (s *Store) write(ctx context.Context, cur, next Stream) (_ Stream, conflict bool, _ error) {
+	if err := s.sealPlain(&next); err != nil {
+		return Stream{}, false, err
+	}
+	now := s.now()
+	next.Secrets.Webhook = slices.DeleteFunc(slices.Clone(next.Secrets.Webhook), func(w WebhookSecret) bool { return !w.live(now) })
+	data, err := json.Marshal(next)
+	if err != nil {
+		return Stream{}, false, err
+	}
+	if cur.plainAuthorization != "" {
+		next.Revision, err = s.putRollup(ctx, next.ID, data, cur.Revision)
+	} else {
+		next.Revision, err = s.kv.Update(ctx, next.ID, data, cur.Revision)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return Stream{}, true, nil
+	}
+	if err != nil {
+		return Stream{}, false, unavailable("write the stream", err)
+	}
+	return next, false, nil
+}
+
+// putRollup stores data as stream id's only revision, compare-and-set on
+// revision rev: a KV put with a rollup, which drops the revisions before
+// it from the bucket (as a purge does, but leaving the entry, so no
+// instance sees the stream deleted).
+func (s *Store) putRollup(ctx context.Context, id string, data []byte, rev uint64) (uint64, error) {
+	m := nats.NewMsg("$KV." + Bucket + "." + id)
+	m.Data = data
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	ack, err := s.js.PublishMsg(ctx, m)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return 0, jetstream.ErrKeyExists
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// sealPlain seals the authorization_header st holds in the clear (a
+// request's, or an entry an earlier version wrote), leaving none.
+func (s *Store) sealPlain(st *Stream) error {
+	plain := cmp.Or(st.Delivery.AuthorizationHeader, st.plainAuthorization)
+	st.Delivery.AuthorizationHeader, st.plainAuthorization = "", ""
+	if plain == "" {
+		return nil
+	}
+	sealed, err := seal(s.sealingKeys(), st.ID, fieldAuthorization, plain)
+	if err != nil {
+		return err
+	}
+	st.Secrets.Authorization = &sealed
+	return nil
 }
 
 // SetStatus sets stream id's status and reason (Stream.SetStatus), at
-// revision ifRevision if not 0, and says whether it changed. The store
-// records no stream-updated event: whoever changes a stream's status
-// without its receiver asking appends events.StreamUpdatedEvent (SSF 1.0
-// section 8.1.5 requires it), before pausing or disabling.
+// revision ifRevision if not 0, and says whether it changed, as its
+// receiver asks. It records no stream-updated event: a change the
+// receiver did not ask for is ChangeStatus's.
 func (s *Store) SetStatus(ctx context.Context, id string, ifRevision uint64, status Status, reason string) (st Stream, changed bool, err error) {
 	st, err = s.Update(ctx, id, ifRevision, func(st *Stream) (bool, error) {
 		c, err := st.SetStatus(status, reason)
@@ -338,6 +487,128 @@ func (s *Store) SetStatus(ctx context.Context, id string, ifRevision uint64, sta
 		return c, err
 	})
 	return st, changed && err == nil, err
+}
+
+// ChangeStatus sets stream id's status and reason (Stream.SetStatus) for
+// someone other than its receiver (an operator, the delivery), and says
+// whether it changed. It appends ssf.stream_updated first (SSF 1.0
+// section 8.1.5: the transmitter tells the receiver of a status it did
+// not ask for), so the receiver learns of a pause before it takes effect;
+// if that append fails, nothing changes (temporarily_unavailable). The
+// event's revision is the one the change starts from, which names the
+// change: two instances making the same change append one event.
+func (s *Store) ChangeStatus(ctx context.Context, id string, status Status, reason string) (Stream, bool, error) {
+	for range changeAttempts {
+		cur, err := s.Get(ctx, id)
+		if err != nil {
+			return Stream{}, false, err
+		}
+		next := cur
+		changed, err := next.SetStatus(status, reason)
+		if err != nil || !changed {
+			return cur, false, err
+		}
+		if err := s.announce(ctx, cur, next); err != nil {
+			return Stream{}, false, err
+		}
+		next.UpdatedAt = s.now().UTC()
+		written, conflict, err := s.write(ctx, cur, next)
+		if conflict {
+			continue
+		}
+		return written, err == nil, err
+	}
+	return Stream{}, false, keptChanging()
+}
+
+// announce appends the ssf.stream_updated event of cur taking next's
+// status.
+func (s *Store) announce(ctx context.Context, cur, next Stream) error {
+	if s.outbox == nil {
+		return domain.Errorf(domain.EServerError, "stream updates cannot be announced: no outbox")
+	}
+	ev := events.StreamUpdatedEvent(cur.ID, string(next.Status), next.Reason, cur.Revision, s.now())
+	if _, err := s.outbox.AppendDeployment(ctx, ev); err != nil {
+		return unavailable("announce the stream's new status", err)
+	}
+	return nil
+}
+
+// RotateWebhookSecret gives webhook id the signing secret secret
+// (ValidWebhookSecret), sealed, with a new SecretRef. Its previous
+// secrets sign too for grace more (none past it, none if grace is 0):
+// Standard Webhooks sends a signature of each. Errors: ErrNotFound,
+// invalid_request (not a webhook, a bad secret or grace, too many
+// secrets at once), temporarily_unavailable.
+func (s *Store) RotateWebhookSecret(ctx context.Context, id, secret string, grace time.Duration) (Stream, error) {
+	if err := ValidWebhookSecret(secret); err != nil {
+		return Stream{}, err
+	}
+	if grace < 0 || grace > domain.MaxClientTTL {
+		return Stream{}, domain.Errorf(domain.EInvalidRequest, "grace must be 0 or more, at most %v", domain.MaxClientTTL)
+	}
+	return s.Update(ctx, id, 0, func(st *Stream) (bool, error) {
+		if st.Delivery.Method != DeliveryWebhook {
+			return false, domain.Errorf(domain.EInvalidRequest, "stream %s is not a webhook", st.ID)
+		}
+		ref := newSecretRef()
+		sealed, err := seal(s.sealingKeys(), st.ID, webhookField(ref), secret)
+		if err != nil {
+			return false, err
+		}
+		now := s.now().UTC()
+		secrets := []WebhookSecret{{Ref: ref, CreatedAt: now, Sealed: sealed}}
+		for _, w := range st.Secrets.Webhook {
+			if !w.live(now) || grace == 0 {
+				continue
+			}
+			if end := now.Add(grace); w.ExpiresAt.IsZero() || end.Before(w.ExpiresAt) {
+				w.ExpiresAt = end
+			}
+			secrets = append(secrets, w)
+		}
+		if len(secrets) > MaxWebhookSecrets {
+			return false, domain.Errorf(domain.EInvalidRequest, "the webhook would have %d secrets at once, at most %d: rotate with a shorter grace, or after the last grace period ends",
+				len(secrets), MaxWebhookSecrets)
+		}
+		st.Secrets.Webhook, st.Delivery.SecretRef, st.Secrets.Lost = secrets, ref, false
+		return true, nil
+	})
+}
+
+// MaxWebhookSecrets bounds the secrets a webhook signs with at once (the
+// current one and those in a rotation's overlap): each adds a signature
+// to every request.
+const MaxWebhookSecrets = 5
+
+// DeliverySecrets opens st's delivery secrets, for the delivery only:
+// never log or show them. Errors: ErrSecretLost (deliver nothing: the
+// store pauses the stream), temporarily_unavailable (this instance has
+// not loaded the keys the secret was sealed under yet: retry).
+func (s *Store) DeliverySecrets(st Stream) (DeliverySecrets, error) {
+	if st.Secrets.Lost {
+		return DeliverySecrets{}, ErrSecretLost
+	}
+	k := s.sealingKeys()
+	out := DeliverySecrets{Authorization: st.plainAuthorization}
+	if a := st.Secrets.Authorization; a != nil && out.Authorization == "" {
+		var err error
+		if out.Authorization, err = open(k, *a, st.ID, fieldAuthorization); err != nil {
+			return DeliverySecrets{}, err
+		}
+	}
+	now := s.now()
+	for _, w := range st.Secrets.Webhook {
+		if !w.live(now) {
+			continue
+		}
+		secret, err := open(k, w.Sealed, st.ID, webhookField(w.Ref))
+		if err != nil {
+			return DeliverySecrets{}, err
+		}
+		out.Webhook = append(out.Webhook, secret)
+	}
+	return out, nil
 }
 
 // AddSubject undoes the removal of subject from stream id
@@ -381,6 +652,9 @@ func decodeStream(e jetstream.KeyValueEntry) (Stream, error) {
 		return Stream{}, fmt.Errorf("stream %s: entry names stream %q with status %q", e.Key(), st.ID, st.Status)
 	}
 	st.Revision = e.Revision()
+	// An earlier version stored the header in the clear: held aside, never
+	// shown, until a write seals it (tend.go does at once).
+	st.plainAuthorization, st.Delivery.AuthorizationHeader = st.Delivery.AuthorizationHeader, ""
 	// Derived again on every read: a stream that asked for every event
 	// gets the types a later version adds.
 	st.EventsDelivered = Delivered(st.EventsRequested)
@@ -392,6 +666,14 @@ func decodeStream(e jetstream.KeyValueEntry) (Stream, error) {
 // NATS subject and of a consumer name, which the delivery builds from it.
 func newStreamID() string {
 	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// newSecretRef returns the id of a new webhook secret: 64 random bits,
+// enough to tell a webhook's secrets apart.
+func newSecretRef() string {
+	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
@@ -444,6 +726,10 @@ func revisionChanged(id string, want, now uint64) error {
 		msg = fmt.Sprintf("stream %s is at revision %d, not %d; read it again", id, now, want)
 	}
 	return fmt.Errorf("%w: %w", &domain.Error{Code: domain.EInvalidRequest, Message: msg}, ErrRevisionChanged)
+}
+
+func keptChanging() error {
+	return &domain.Error{Code: domain.EUnavailable, Message: "the stream kept changing underneath, retry", RetryAfterMs: 1000}
 }
 
 func unavailable(what string, err error) error {

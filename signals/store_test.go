@@ -44,14 +44,26 @@ func (c *changes) await(t *testing.T, n int) StreamChange {
 	return out
 }
 
-// clock is a test clock a second ahead at each reading.
-type clock struct{ ticks atomic.Int64 }
+// clock is a test clock a second ahead at each reading, and the keys of
+// the stores that share it.
+type clock struct {
+	ticks     atomic.Int64
+	sealing   sync.Once
+	sharedKey *testKeys
+}
+
+func (c *clock) keys(t *testing.T) *testKeys {
+	c.sealing.Do(func() { c.sharedKey = newTestKeys(t) })
+	return c.sharedKey
+}
 
 func (c *clock) now() time.Time { return at.Add(time.Duration(c.ticks.Add(1)) * time.Second) }
 
+// mustStore opens a store; the stores of one test share keys, as the
+// instances of a deployment do.
 func mustStore(t *testing.T, js jetstream.JetStream, c *changes, clk *clock) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), js, Options{Replicas: 1, OnChange: c.add, Now: clk.now})
+	s, err := Open(context.Background(), js, Options{Replicas: 1, OnChange: c.add, Now: clk.now, Keys: clk.keys(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,8 +84,10 @@ func TestStoreLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stored := *push
+	stored.AuthorizationHeader = "" // sealed: see seal_test.go
 	if !ValidStreamID(st.ID) || st.Status != StatusEnabled || st.Receiver != "rp-1" || len(st.Audience) != 1 || st.Audience[0] != "rp-1" ||
-		st.Revision == 0 || st.Delivery != *push || st.CreatedAt.IsZero() || !st.CreatedAt.Equal(st.UpdatedAt) {
+		st.Revision == 0 || st.Delivery != stored || st.CreatedAt.IsZero() || !st.CreatedAt.Equal(st.UpdatedAt) {
 		t.Fatalf("created %+v", st)
 	}
 	// Every instance learns of it, the creating one included.
@@ -180,19 +194,24 @@ func TestStoreCreateRules(t *testing.T) {
 	if _, err := s.Create(ctx, NewStream{Receiver: "rp-2"}); err != nil {
 		t.Fatalf("another receiver's first stream: %v", err)
 	}
-	hook := &Delivery{Method: DeliveryWebhook, EndpointURL: "https://siem.example/hook", SecretRef: "siem-1"}
-	wh, err := s.Create(ctx, NewStream{CreatedBy: "alice", Request: StreamRequest{Delivery: hook}})
-	if err != nil || wh.Receiver != "" || wh.Audience[0] != hook.EndpointURL {
+	hook := &Delivery{Method: DeliveryWebhook, EndpointURL: "https://siem.example/hook"}
+	wh, err := s.Create(ctx, NewStream{CreatedBy: "alice", Request: StreamRequest{Delivery: hook}, WebhookSecret: whsec(1)})
+	if err != nil || wh.Receiver != "" || wh.Audience[0] != hook.EndpointURL || !domain.ValidID(wh.Delivery.SecretRef) {
 		t.Fatalf("a webhook: %+v, %v", wh, err)
 	}
 	for name, n := range map[string]NewStream{
-		"no owner":                  {Request: StreamRequest{Delivery: hook}},
-		"a webhook for a receiver":  {Receiver: "rp-3", Request: StreamRequest{Delivery: hook}},
-		"a receiver with a bad id":  {Receiver: "rp\n3"},
-		"too many audiences":        {Receiver: "rp-3", Audience: []string{"a", "b", "c", "d", "e"}},
-		"an unsupported method":     {Receiver: "rp-3", Request: StreamRequest{Delivery: &Delivery{Method: "urn:x"}}},
-		"an operator's poll stream": {CreatedBy: "alice"},
-		"a push stream without URL": {Receiver: "rp-3", Request: StreamRequest{Delivery: &Delivery{Method: DeliveryPush}}},
+		"no owner":                         {Request: StreamRequest{Delivery: hook}, WebhookSecret: whsec(1)},
+		"a webhook for a receiver":         {Receiver: "rp-3", Request: StreamRequest{Delivery: hook}, WebhookSecret: whsec(1)},
+		"a webhook without a secret":       {CreatedBy: "alice", Request: StreamRequest{Delivery: hook}},
+		"a webhook with a short secret":    {CreatedBy: "alice", Request: StreamRequest{Delivery: hook}, WebhookSecret: "whsec_c2hvcnQ="},
+		"a webhook secret without prefix":  {CreatedBy: "alice", Request: StreamRequest{Delivery: hook}, WebhookSecret: whsec(1)[len("whsec_"):]},
+		"a receiver's stream with clients": {Receiver: "rp-3", Clients: []string{"web-app"}},
+		"a webhook naming a bad client":    {CreatedBy: "alice", Request: StreamRequest{Delivery: hook}, WebhookSecret: whsec(1), Clients: []string{"a\nb"}},
+		"a receiver with a bad id":         {Receiver: "rp\n3"},
+		"too many audiences":               {Receiver: "rp-3", Audience: []string{"a", "b", "c", "d", "e"}},
+		"an unsupported method":            {Receiver: "rp-3", Request: StreamRequest{Delivery: &Delivery{Method: "urn:x"}}},
+		"an operator's poll stream":        {CreatedBy: "alice"},
+		"a push stream without URL":        {Receiver: "rp-3", Request: StreamRequest{Delivery: &Delivery{Method: DeliveryPush}}},
 	} {
 		if _, err := s.Create(ctx, n); domain.ErrorCode(err) != domain.EInvalidRequest {
 			t.Errorf("%s: %v", name, err)

@@ -97,11 +97,12 @@ type Delivery struct {
 	// tokend's (Transmitter.PollURL) and never stored.
 	EndpointURL string `json:"endpoint_url,omitempty"`
 	// AuthorizationHeader is sent as Authorization with every push (SSF
-	// 1.0 section 6.1.1). A receiver's secret, stored as given: never log
-	// it.
+	// 1.0 section 6.1.1). A receiver's secret: as a request carries it,
+	// never as stored (the store seals it in Stream.Secrets and leaves
+	// this empty), never logged or shown.
 	AuthorizationHeader string `json:"authorization_header,omitempty"`
-	// SecretRef names the webhook's signing secret (webhook only); the
-	// secret itself is not stored here.
+	// SecretRef names the webhook's current signing secret (webhook
+	// only); the secret itself is sealed in Stream.Secrets.
 	SecretRef string `json:"secret_ref,omitempty"`
 }
 
@@ -133,6 +134,16 @@ type Stream struct {
 	ExcludedSubjects []Subject `json:"excluded_subjects,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
 	UpdatedAt        time.Time `json:"updated_at"`
+	// Clients are, for a webhook, the clients whose events it gets; none:
+	// every event, as for a receiver registered for all (WebhookSees).
+	Clients []string `json:"clients,omitempty"`
+	// Secrets are the stream's delivery secrets, sealed (seal.go). Never
+	// shown; Store.DeliverySecrets opens them for the delivery.
+	Secrets SealedSecrets `json:"secrets,omitzero"`
+	// plainAuthorization is an authorization_header an earlier version
+	// stored in the clear, held here (never in Delivery, which is shown)
+	// until the store seals it.
+	plainAuthorization string
 
 	// Revision is the entry's TOKENS_SSF_STREAMS revision; changes are
 	// compare-and-set on it.
@@ -146,6 +157,10 @@ type StreamRequest struct {
 	Delivery        *Delivery `json:"delivery,omitempty"`
 	EventsRequested []string  `json:"events_requested,omitzero"`
 	Description     *string   `json:"description,omitempty"`
+	// RemoveAuthorization, with a push Delivery to the same endpoint and
+	// no AuthorizationHeader, removes the stored header rather than keep
+	// it (a receiver that sent "authorization_header": "").
+	RemoveAuthorization bool `json:"-"`
 }
 
 // Transmitter is what the deployment adds to a stream's configuration.
@@ -204,6 +219,7 @@ func (s *Stream) Patch(r StreamRequest) error {
 	next := *s
 	if r.Delivery != nil {
 		next.Delivery = *r.Delivery
+		next.replaceAuthorization(s.Delivery, r.RemoveAuthorization)
 	}
 	if r.EventsRequested != nil {
 		next.EventsRequested = r.EventsRequested
@@ -223,10 +239,31 @@ func (s *Stream) Replace(r StreamRequest) error {
 	if r.Delivery != nil {
 		next.Delivery = *r.Delivery
 	}
+	next.replaceAuthorization(s.Delivery, r.RemoveAuthorization)
 	if r.Description != nil {
 		next.Description = *r.Description
 	}
 	return s.adopt(next)
+}
+
+// replaceAuthorization settles the stored authorization_header once s's
+// delivery, which was prev, is replaced by one a receiver sent. The header
+// is write-only: a stream read never shows it, so a receiver that reads
+// its stream and sends the same push delivery back (SSF 1.0 section
+// 8.1.1.4 has it do so) sends none; the stored one is kept then, unless
+// remove says the receiver sent an empty one. Any other delivery takes
+// the header it carries (sealed when stored), or none: a header is never
+// carried over to another endpoint. A header sent ends the loss
+// (SealedSecrets.Lost) of the one before.
+func (s *Stream) replaceAuthorization(prev Delivery, remove bool) {
+	if s.Delivery.Method == DeliveryPush && prev.Method == DeliveryPush && s.Delivery.EndpointURL == prev.EndpointURL &&
+		s.Delivery.AuthorizationHeader == "" && !remove {
+		return
+	}
+	s.Secrets.Authorization, s.plainAuthorization = nil, ""
+	if s.Delivery.Method != DeliveryWebhook {
+		s.Secrets.Lost = false
+	}
 }
 
 // adopt validates next's receiver-supplied fields and, if they are valid,
@@ -277,6 +314,12 @@ func (s *Stream) SetStatus(to Status, reason string) (changed bool, err error) {
 	}
 	if s.Status == to && s.Reason == reason {
 		return false, nil
+	}
+	if to == StatusEnabled && s.Secrets.Lost {
+		if s.Delivery.Method == DeliveryWebhook {
+			return false, domain.Errorf(domain.EInvalidRequest, "the webhook's signing secret was lost with a revoked key: rotate it first (tokenctl ssf webhooks rotate-secret)")
+		}
+		return false, domain.Errorf(domain.EInvalidRequest, "the stream's authorization_header was lost with a revoked key: update the stream's delivery with it first")
 	}
 	s.Status, s.Reason = to, reason
 	return true, nil

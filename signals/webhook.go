@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -47,22 +48,19 @@ func webhookEvent(issuer string, st Stream, sig Signal) WebhookEvent {
 
 // postWebhook sends one event to a webhook, signed as the Standard
 // Webhooks spec says: webhook-id (the jti), webhook-timestamp (now, Unix
-// seconds) and webhook-signature (v1, HMAC-SHA256 with the webhook's
-// secret over id.timestamp.body). Any 2xx answer delivers it; anything
-// else is retried (a webhook has no error codes to tell a bad event from
-// a bad endpoint, and dropping events for a SIEM is worse than waiting).
+// seconds) and webhook-signature (v1, HMAC-SHA256 over id.timestamp.body)
+// under each of the webhook's secrets, newest first and space-separated,
+// so a SIEM holding either verifies during a rotation. Any 2xx answer
+// delivers it; anything else is retried (a webhook has no error codes to
+// tell a bad event from a bad endpoint, and dropping events for a SIEM is
+// worse than waiting).
 func (e *Engine) postWebhook(ctx context.Context, st Stream, sig Signal) attempt {
-	if e.o.Secret == nil {
-		return attempt{outcome: failed, errCode: "no_secret", detail: "this instance has no webhook secrets"}
+	secrets, a, ok := e.secrets(st)
+	if !ok {
+		return a
 	}
-	secret, err := e.o.Secret(st)
-	if err != nil {
-		return attempt{outcome: failed, errCode: "no_secret", detail: err.Error()}
-	}
-	wh, err := standardwebhooks.NewWebhook(secret)
-	if err != nil {
-		// The library's error names no part of the secret.
-		return attempt{outcome: failed, errCode: "bad_secret", detail: err.Error()}
+	if len(secrets.Webhook) == 0 {
+		return attempt{outcome: failed, errCode: "no_secrets", detail: "the webhook has no signing secret"}
 	}
 	ev := webhookEvent(e.o.Mapper.Issuer, st, sig)
 	body, err := json.Marshal(ev)
@@ -70,15 +68,24 @@ func (e *Engine) postWebhook(ctx context.Context, st Stream, sig Signal) attempt
 		return attempt{outcome: failed, errCode: "encoding", detail: err.Error()}
 	}
 	now := e.now()
-	signature, err := wh.Sign(ev.Data.ID, now, body)
-	if err != nil {
-		return attempt{outcome: failed, errCode: "signing", detail: err.Error()}
+	signatures := make([]string, 0, len(secrets.Webhook))
+	for _, secret := range secrets.Webhook {
+		wh, err := standardwebhooks.NewWebhook(secret)
+		if err != nil {
+			// The library's error names no part of the secret.
+			return attempt{outcome: failed, errCode: "bad_secret", detail: err.Error()}
+		}
+		signature, err := wh.Sign(ev.Data.ID, now, body)
+		if err != nil {
+			return attempt{outcome: failed, errCode: "signing", detail: err.Error()}
+		}
+		signatures = append(signatures, signature)
 	}
 	header := http.Header{"Content-Type": {"application/json"}}
 	header.Set(standardwebhooks.HeaderWebhookID, ev.Data.ID)
 	header.Set(standardwebhooks.HeaderWebhookTimestamp, strconv.FormatInt(now.Unix(), 10))
-	header.Set(standardwebhooks.HeaderWebhookSignature, signature)
-	a := e.post(ctx, st.Delivery.EndpointURL, header, body)
+	header.Set(standardwebhooks.HeaderWebhookSignature, strings.Join(signatures, " "))
+	a = e.post(ctx, st.Delivery.EndpointURL, header, body)
 	if a.status >= 200 && a.status < 300 {
 		a.outcome = delivered
 	}

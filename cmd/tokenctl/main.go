@@ -5,7 +5,8 @@
 // (the global flags may also follow the command). Commands: issue, refresh
 // and revoke change token families; introspect, family and audit query the
 // read model (audit can page through everything or follow new events
-// live); keys prints the JWKS, lists the keys or rotates them; rebuild
+// live); keys prints the JWKS, lists the keys or rotates them; clients
+// registers OAuth clients; ssf steers SSF streams and webhooks; rebuild
 // writes a fresh SQLite read model from the event stream; audit-token makes
 // a bearer token for the audit listener. (The benchmark is a command of
 // its own, tokenbench.)
@@ -75,6 +76,7 @@ var commands = map[string]*command{
 	"revoke":  revokeCommand,
 	"keys":    keysCommand,
 	"clients": clientsCommand,
+	"ssf":     ssfCommand,
 
 	"introspect": introspectCommand,
 	"family":     familyCommand,

@@ -155,7 +155,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.revoking = svc.Revoking
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
-	if a.streams, a.delivery, err = a.openSSF(setupCtx, ring, subjects, metrics); err != nil {
+	if a.streams, a.delivery, err = a.openSSF(setupCtx, ring, store, subjects, metrics); err != nil {
 		return nil, err
 	}
 	a.api = &api.Service{

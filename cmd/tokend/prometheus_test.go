@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -19,7 +21,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/registry"
+	"github.com/tokend/tokend/signals"
 )
 
 // opsDir is the repository's ops/ folder, seen from this package.
@@ -66,6 +71,8 @@ func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
 	for _, app := range []*App{apps[1], apps[0]} {
 		app.api.Tokens.Refresh(t.Context(), eventsRefresh(issued.Token.Value(), "web-app"))
 	}
+
+	ssfReceivers(t, apps[0])
 
 	stopLoad := steadyLoad(t, eventstest.MustConnect(t, natsURL))
 	defer stopLoad()
@@ -125,6 +132,37 @@ func TestPrometheusScrapesDashboardAndAlerts(t *testing.T) {
 		}
 		return fmt.Errorf("TokendReplayDetectionsSpike is not firing: %+v", alerts.Data.Alerts)
 	})
+}
+
+// ssfReceivers sets up SSF streams for the dashboard's and the alerts'
+// series, which the delivery exports per stream: a receiver of every event
+// with a push stream to an endpoint that accepts, one that refuses for
+// good (RFC 8935 error), and one that is down.
+func ssfReceivers(t *testing.T, app *App) {
+	t.Helper()
+	siem := domain.Client{ID: "siem", Type: domain.ClientConfidential, AuthMethod: domain.AuthSecretBasic, Receiver: domain.ReceiverAll}
+	if _, err := app.Clients().Put(t.Context(), siem, domain.HashClientSecret("siem-secret"), 0, registry.Actor{By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, answer := range []func(http.ResponseWriter){
+		func(w http.ResponseWriter) { w.WriteHeader(http.StatusAccepted) },
+		func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"err":"invalid_audience","description":"not for this receiver"}`)
+		},
+		func(w http.ResponseWriter) { w.WriteHeader(http.StatusServiceUnavailable) },
+	} {
+		receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			answer(w)
+		}))
+		t.Cleanup(receiver.Close)
+		push := &signals.Delivery{Method: signals.DeliveryPush, EndpointURL: receiver.URL}
+		if _, err := app.api.Streams.Create(t.Context(), signals.NewStream{Receiver: siem.ID, Request: signals.StreamRequest{Delivery: push}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // steadyLoad keeps every kind of outcome coming until stopped: rotations,
@@ -220,8 +258,8 @@ func dashboardExprs(t *testing.T) []string {
 	}
 	var dash struct {
 		Panels []struct {
-			Title   string
-			Targets []struct{ Expr string }
+			Title, Type string
+			Targets     []struct{ Expr string }
 		}
 	}
 	if err := json.Unmarshal(raw, &dash); err != nil {
@@ -230,6 +268,9 @@ func dashboardExprs(t *testing.T) []string {
 	resolve := strings.NewReplacer("$__rate_interval", "10s", "$instance", ".*")
 	var exprs []string
 	for _, p := range dash.Panels {
+		if p.Type == "row" {
+			continue // a row only groups the panels below it
+		}
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
 		}

@@ -15,8 +15,16 @@ import (
 // a stream exists only because a receiver or an operator asked for it,
 // and push and webhook streams need no listener of this instance (polls
 // come through the OAuth listener, --oauth-http). Every SET's iss is the
-// issuer, as for access tokens.
-func (a *App) openSSF(ctx context.Context, ring *keys.Keyring, subjects events.Subjects, metrics *api.Metrics) (*signals.Store, *signals.Engine, error) {
+// issuer, as for access tokens. The streams' delivery secrets are sealed
+// under the current MAC key and sealed again at every keyset change,
+// expiries included, so that a rotation's retired key can expire without
+// taking them along.
+func (a *App) openSSF(ctx context.Context, ring *keys.Keyring, outbox signals.Outbox, subjects events.Subjects, metrics *api.Metrics) (*signals.Store, *signals.Engine, error) {
+	log := a.log.With("component", "ssf")
+	// The engine and the store know each other: the store tells the engine
+	// of every change, the engine asks the store to open secrets, which it
+	// does only once started, after Open.
+	var streams *signals.Store
 	engine := signals.NewEngine(signals.EngineOptions{
 		JS:        a.js,
 		Subjects:  subjects,
@@ -24,12 +32,17 @@ func (a *App) openSSF(ctx context.Context, ring *keys.Keyring, subjects events.S
 		Mapper:    signals.Mapper{Issuer: a.issuer},
 		Signer:    setSigner{ring},
 		Receivers: a.clients.Lookup,
+		Secrets:   func(st signals.Stream) (signals.DeliverySecrets, error) { return streams.DeliverySecrets(st) },
 		Metrics:   metrics,
-		Log:       a.log.With("component", "ssf"),
+		Log:       log,
 	})
-	streams, err := signals.Open(ctx, a.js, signals.Options{Replicas: a.cfg.StreamReplicas, Log: a.log.With("component", "ssf"),
-		OnChange: engine.Changed})
+	streams, err := signals.Open(ctx, a.js, signals.Options{Replicas: a.cfg.StreamReplicas, Log: log,
+		Keys: ring.Loaded(), Outbox: outbox, OnChange: engine.Changed})
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := ring.OnChange(func(l *keys.LoadedKeys) error { streams.UseKeys(l); return nil }); err != nil {
+		streams.Stop()
 		return nil, nil, err
 	}
 	if err := engine.Start(ctx); err != nil {
