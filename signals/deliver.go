@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,9 +30,11 @@ var errHeld = errors.New("the stream is paused")
 var errRestart = errors.New("the stream changed")
 
 // deliver pushes st's events (push or webhook) from cons, one message at
-// a time, for as long as this instance is pinned to it, until st changes
-// status or method, or ctx ends. Every instance runs it for every push
-// stream: the others' pulls wait for the pinned one to stop.
+// a time, in the stream's order, for as long as this instance is pinned
+// to it, until st changes status or method, or ctx ends. Every instance
+// runs it for every push stream: the others' pulls wait for the pinned
+// one to stop. Messages arrive a window at a time (deliverWindow) and wait
+// in a queue, kept alive there while the one ahead is retried.
 //
 // A paused stream delivers up to its pause point (pausePoint), then holds.
 func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer, st Stream) error {
@@ -46,18 +49,11 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		}
 		holdAfter = p
 	}
-	msgs := make(chan jetstream.Msg, 2)
+	q := newMsgQueue()
 	ended := make(chan error, 1)
-	stopped := make(chan struct{})
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case msgs <- m:
-		case <-stopped:
-			m.Nak()
-		}
-	},
+	cc, err := cons.Consume(q.push,
 		jetstream.PullPriorityGroup(pinGroup),
-		jetstream.PullMaxMessages(1),
+		jetstream.PullMaxMessages(deliverWindow),
 		// Pulls keep the pin: the server unpins an instance whose last
 		// pull is PinnedTTL old.
 		jetstream.PullExpiry(max(time.Second, e.o.PinnedTTL/2)),
@@ -72,6 +68,7 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 	if err != nil {
 		return err
 	}
+	stopKeepingAlive := e.keepQueueAlive(q)
 	var pin string
 	defer func() {
 		cc.Stop()
@@ -79,12 +76,14 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		case <-cc.Closed():
 		case <-time.After(5 * time.Second):
 		}
-		close(stopped)
-		for len(msgs) > 0 {
-			(<-msgs).Nak() // back to the stream at once, for whoever delivers next
-		}
+		stopKeepingAlive()
+		q.close() // back to the stream at once, for whoever delivers next
 		e.unpin(st.ID, pin)
 	}()
+	// done is the stream sequence of the last message handled: a message
+	// at or before it came again (a lost acknowledgement) and is only
+	// acknowledged.
+	var done uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -97,20 +96,96 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 			}
 			// Any other change (endpoint, authorization, events) takes
 			// effect at the next attempt.
-		case m := <-msgs:
+		case <-q.ready:
+		}
+		for m := q.pop(); m != nil; m = q.pop() {
 			pin = cmp.Or(m.Headers().Get(pinIDHeader), pin)
 			if changedCourse(r, st) {
 				m.Nak()
 				return nil
 			}
-			if err := e.handle(ctx, r, m, st, holdAfter); err != nil {
+			md, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			if md.Sequence.Stream <= done {
+				m.Ack()
+				continue
+			}
+			if err := e.handle(ctx, r, m, md.Sequence.Stream, st, holdAfter); err != nil {
 				if errors.Is(err, errRestart) {
 					return nil
 				}
 				return err
 			}
+			done = md.Sequence.Stream
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 		}
 	}
+}
+
+// msgQueue holds the messages a consumer handed to this instance, in the
+// order they came, until they are handled.
+type msgQueue struct {
+	mu     sync.Mutex
+	msgs   []jetstream.Msg
+	closed bool
+	// ready has a value when messages arrived since it was last read.
+	ready chan struct{}
+}
+
+func newMsgQueue() *msgQueue { return &msgQueue{ready: make(chan struct{}, 1)} }
+
+// push takes a message from the consumer; once the queue is closed it
+// goes back to the stream.
+func (q *msgQueue) push(m jetstream.Msg) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		m.Nak()
+		return
+	}
+	q.msgs = append(q.msgs, m)
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the oldest message, nil if there is none.
+func (q *msgQueue) pop() jetstream.Msg {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.msgs) == 0 {
+		return nil
+	}
+	m := q.msgs[0]
+	q.msgs[0] = nil
+	q.msgs = q.msgs[1:]
+	return m
+}
+
+// each calls f with every queued message.
+func (q *msgQueue) each(f func(jetstream.Msg)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, m := range q.msgs {
+		f(m)
+	}
+}
+
+// close hands every queued message, and any that still arrives, back to
+// the stream.
+func (q *msgQueue) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	for _, m := range q.msgs {
+		m.Nak()
+	}
+	q.msgs = nil
 }
 
 // changedCourse reports whether r's stream is no longer delivered as st
@@ -144,16 +219,11 @@ func (e *Engine) unpin(streamID, pin string) {
 	}
 }
 
-// handle delivers one message of st: its signals that st's receiver may
-// see, one at a time, each until the receiver takes it or refuses it for
-// good; then acknowledges the message. A message past holdAfter is handed
-// back (errHeld).
-func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, st Stream, holdAfter uint64) error {
-	md, err := m.Metadata()
-	if err != nil {
-		return err
-	}
-	seq := md.Sequence.Stream
+// handle delivers message m, stream sequence seq, of st: its signals
+// that st's receiver may see, one at a time, each until the receiver takes
+// it or refuses it for good; then acknowledges the message. A message past
+// holdAfter is handed back (errHeld).
+func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, seq uint64, st Stream, holdAfter uint64) error {
 	if seq > holdAfter {
 		m.Nak()
 		return errHeld
@@ -198,22 +268,35 @@ func (e *Engine) ack(ctx context.Context, m jetstream.Msg, streamID string) {
 	}
 }
 
+// keepQueueAlive tells the server, until stopped, that the messages
+// waiting in q are still this instance's, so that while one ahead of them
+// is retried for longer than AckWait they are not handed out again.
+func (e *Engine) keepQueueAlive(q *msgQueue) (stop func()) {
+	return e.every(e.o.AckWait/3, func() { q.each(func(m jetstream.Msg) { m.InProgress() }) })
+}
+
 // keepAlive tells the server, while a message is being delivered (and
 // retried), that this instance is still at it, so it is not handed to
 // another after AckWait.
 func (e *Engine) keepAlive(m jetstream.Msg) (stop func()) {
+	return e.every(e.o.AckWait/3, func() { m.InProgress() })
+}
+
+// every calls f every period until stopped; stop returns once f has run
+// its last.
+func (e *Engine) every(period time.Duration, f func()) (stop func()) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(e.o.AckWait / 3)
+		t := time.NewTicker(period)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				m.InProgress()
+				f()
 			}
 		}
 	}()

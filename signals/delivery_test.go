@@ -59,11 +59,11 @@ func TestPushDeliversASessionRevokedSET(t *testing.T) {
 		t.Errorf("delivered %d, want 1", n)
 	}
 	// Design item 7: one durable consumer, its subjects, from the
-	// stream's creation, one message at a time to the pinned instance.
+	// stream's creation, a window of messages to the pinned instance.
 	info, _ := d.consumerState(st.ID)
 	cfg := info.Config
 	if !slices.Equal(cfg.FilterSubjects, []string{"tokens.evt.*", "tokens.ops.*", "tokens.ssf." + st.ID}) ||
-		cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.MaxAckPending != 1 || cfg.PriorityPolicy != jetstream.PriorityPolicyPinned ||
+		cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.MaxAckPending != deliverWindow || cfg.PriorityPolicy != jetstream.PriorityPolicyPinned ||
 		!slices.Equal(cfg.PriorityGroups, []string{pinGroup}) || cfg.PinnedTTL != 2*time.Second ||
 		cfg.DeliverPolicy != jetstream.DeliverByStartTimePolicy || cfg.OptStartTime == nil || !cfg.OptStartTime.Equal(st.CreatedAt) {
 		t.Errorf("consumer configuration %+v", cfg)
@@ -586,19 +586,19 @@ func TestEnabledAgainStartsFromThen(t *testing.T) {
 }
 
 // While a push is retried for longer than AckWait, the message stays
-// with the instance retrying it: it is not handed out again, so the
-// receiver gets it once.
+// with the instance retrying it, and so do those queued behind it: none
+// is handed out again, so the receiver gets each once.
 func TestRetriedMessageIsNotHandedOutAgain(t *testing.T) {
 	d := newDeployment(t)
 	d.register("web-app", domain.ReceiverOwn)
 	in := d.start("a", nil) // AckWait 3 s
 	rc := newReceiver(t)
-	var firstAt time.Time
-	rc.setAnswer(func(n int, r request) (int, http.Header, string) {
-		if n == 0 {
-			firstAt = r.at
-		}
-		if r.at.Sub(firstAt) < 4*time.Second {
+	var mu sync.Mutex
+	down := true
+	rc.setAnswer(func(int, request) (int, http.Header, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
 			return http.StatusServiceUnavailable, nil, ""
 		}
 		return http.StatusAccepted, nil, ""
@@ -606,8 +606,33 @@ func TestRetriedMessageIsNotHandedOutAgain(t *testing.T) {
 	st := in.pushStream(t, "web-app", rc)
 
 	first := d.revoked("web-app")
-	rc.awaitAccepted(t, 1)
-	second := d.revoked("web-app")
+	second := d.revoked("web-app") // waits behind the first
+	// Both are with the instance, the first retried, for longer than
+	// AckWait.
+	var since time.Time
+	eventstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		consumer, err := d.js.Consumer(context.Background(), events.StreamName, ConsumerName(st.ID))
+		if err != nil {
+			return err
+		}
+		info := consumer.CachedInfo()
+		switch {
+		case info.NumRedelivered != 0:
+			t.Fatalf("%d messages handed out again while the first was retried", info.NumRedelivered)
+		case info.NumAckPending != 2:
+			since = time.Time{}
+			return fmt.Errorf("%d messages with the instance", info.NumAckPending)
+		case since.IsZero():
+			since = time.Now()
+		}
+		if held := time.Since(since); held < 4*time.Second {
+			return fmt.Errorf("held for %v", held)
+		}
+		return nil
+	})
+	mu.Lock()
+	down = false
+	mu.Unlock()
 	want := []string{JTI(st.ID, first, TypeSessionRevoked), JTI(st.ID, second, TypeSessionRevoked)}
 	if got := rc.awaitAccepted(t, 2); !slices.Equal(got, want) {
 		t.Errorf("accepted %v, want %v once each", got, want)

@@ -117,6 +117,11 @@ const consumerPrefix = "ssf_"
 // instance pinned to it is the one that delivers.
 const pinGroup = "deliver"
 
+// deliverWindow bounds the messages of a push or webhook stream its
+// instance holds, received and not yet acknowledged: one pull brings that
+// many.
+const deliverWindow = 256
+
 // pollMaxAckPending bounds the SETs of a poll stream handed out and not
 // yet acknowledged: past it, polls get nothing new until receivers ack
 // or AckWait hands the old ones out again.
@@ -413,10 +418,13 @@ func (e *Engine) consumerConfig(st Stream) jetstream.ConsumerConfig {
 		// Replicas 0: the stream's.
 	}
 	if pushed(st) {
-		// One message at a time, by one instance at a time: in order
-		// (design item 7), and another instance takes over when the pinned
-		// one stops pulling for PinnedTTL.
-		c.AckWait, c.MaxAckPending = e.o.AckWait, 1
+		// By one instance at a time, which delivers them one at a time:
+		// in order (design item 7); another instance takes over when the
+		// pinned one stops pulling for PinnedTTL. It holds a window of
+		// messages rather than one, since most (rotations) carry nothing
+		// for the stream: a round trip per message would leave delivery
+		// behind the rotations it follows.
+		c.AckWait, c.MaxAckPending = e.o.AckWait, deliverWindow
 		c.PriorityGroups, c.PriorityPolicy, c.PinnedTTL = []string{pinGroup}, jetstream.PriorityPolicyPinned, e.o.PinnedTTL
 	} else {
 		c.AckWait, c.MaxAckPending = e.o.PollAckWait, pollMaxAckPending
