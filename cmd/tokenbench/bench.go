@@ -21,7 +21,7 @@ import (
 
 // synopsis and help are what tokenbench -h prints above the flags.
 const (
-	synopsis = "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--instances N [--nats-server PATH]] [--tokend-flag FLAG]..."
+	synopsis = "[-k N] [--families-per-worker N] [--duration D] [--warmup D] [--baseline [--rounds N] [--baseline-event-bytes N]] [--target [--tokend-pid PID]] [--instances N [--nats-server PATH]] [--ssf-webhooks N] [--tokend-flag FLAG]..."
 	help     = `Measures rotations per second, latency and cost of tokend, optionally
 against a minimal baseline.
 
@@ -70,6 +70,20 @@ server (the default, and the only shape --baseline compares). With
 --instances, --tokend-flag=--sync-always sets the server's sync_interval to
 always.
 
+--ssf-webhooks N measures rotations while tokend delivers security events:
+once the started tokend is ready, before the warmup, N operator webhooks
+are added to it over NATS (as tokenctl ssf webhooks add does; with
+--instances the instances share them), each for every event type of
+every client, all POSTing to a loopback HTTP sink in this process that
+answers 204 and counts the requests. Each webhook's delivery reads every
+event from the stream, off the refresh path; a rotation makes no
+security event and is acknowledged without a request. The report adds
+how long after the load tokend's delivery had nothing pending for any of
+them (asked of tokend, as tokenctl ssf streams show does; bounded like
+the read model's catch-up) and the requests the sink got. With
+--baseline only the tokend runs get webhooks; not with --target or
+--idle.
+
 A progress line is drawn on stderr when it is a terminal. A failed refresh
 counts as an error of its kind (the contract code, "timeout" or
 "transport") and is retried after a pause with the same token; a refused
@@ -100,6 +114,7 @@ func (o *benchOptions) declare(fs *flag.FlagSet) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary binaries, data directories and server logs")
 	fs.IntVar(&o.instances, "instances", 0, "start `N` tokend on one standalone nats-server instead of one tokend embedding it")
 	fs.StringVar(&o.natsServerBin, "nats-server", "", "with --instances: the nats-server binary (`PATH`; default: go build github.com/nats-io/nats-server/v2)")
+	fs.IntVar(&o.ssfWebhooks, "ssf-webhooks", 0, "add `N` webhooks of every event to the started tokend, delivered to a sink in this process")
 	fs.IntVar(&o.idle, "idle", 0, "instead of rotating: issue `N` families with K workers (--families-per-worker does not apply),\n"+
 		"stay idle for --duration, and report tokend's memory")
 }
@@ -110,6 +125,7 @@ type benchOptions struct {
 	baselineEventBytes     int
 	idle, rounds           int
 	instances              int // 0: one tokend with its NATS server embedded
+	ssfWebhooks            int
 	duration, warmup       time.Duration
 	baseline, target, keep bool
 	order                  string
@@ -146,6 +162,8 @@ func (o *benchOptions) check() error {
 		return errors.New("--instances starts tokend instances on a nats-server of their own: not with --baseline (a single process embedding its server), --target or --idle")
 	case o.natsServerBin != "" && o.instances == 0:
 		return errors.New("--nats-server goes with --instances")
+	case o.ssfWebhooks < 0 || o.ssfWebhooks > 0 && (o.target || o.idle > 0):
+		return errors.New("--ssf-webhooks N adds webhooks to the tokend bench starts: not negative, and not with --target (a deployment's webhooks are its operators') or --idle (nothing to deliver)")
 	}
 	if o.conns == 0 {
 		o.conns = 8
@@ -358,6 +376,9 @@ func bench(ctx context.Context, e *env, o *benchOptions) error {
 			if run.CatchUpError != "" {
 				problems = append(problems, fmt.Errorf("%s: %s", name, run.CatchUpError))
 			}
+			if run.SSFCatchUpError != "" {
+				problems = append(problems, fmt.Errorf("%s: %s", name, run.SSFCatchUpError))
+			}
 			for _, p := range run.Processes {
 				if p.Error != "" {
 					problems = append(problems, fmt.Errorf("%s: %s", p.Name, p.Error))
@@ -429,7 +450,16 @@ func benchRun(ctx context.Context, e *env, o *benchOptions, name string, bins ma
 			}
 			stopErr = errors.Join(stopErr, err)
 		}
+		// Only once tokend stopped: it delivers to the sink until then.
+		if t.ssf != nil {
+			t.ssf.sink.close()
+		}
 	}()
+	if o.ssfWebhooks > 0 && name != "baseline" {
+		if t.ssf, err = addSSFWebhooks(ctx, t, o.ssfWebhooks, e.timeout); err != nil {
+			return runReport{}, nil, err
+		}
+	}
 	run, err := runLoad(ctx, t, cfg)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("bench interrupted: %w", err)
@@ -522,6 +552,26 @@ func (r benchReport) writeTable(w io.Writer) {
 		}
 		return optional(x.CatchUpSeconds, "%.3f")
 	}, nil)
+	if slices.ContainsFunc(r.Runs, func(x runReport) bool { return x.SSFWebhooks > 0 }) {
+		row("SSF webhooks", func(x runReport) string {
+			if x.SSFWebhooks == 0 {
+				return "-"
+			}
+			return strconv.Itoa(x.SSFWebhooks)
+		}, nil)
+		row("SSF delivery catch-up (s)", func(x runReport) string {
+			if x.SSFCatchUpError != "" {
+				return "failed"
+			}
+			return optional(x.SSFCatchUpSeconds, "%.3f")
+		}, nil)
+		row("SSF webhook requests", func(x runReport) string {
+			if x.SSFRequests == nil {
+				return "-"
+			}
+			return strconv.FormatInt(*x.SSFRequests, 10)
+		}, nil)
+	}
 	writeColumns(w, rows)
 	for _, run := range r.Runs {
 		if len(run.Processes) > 0 {

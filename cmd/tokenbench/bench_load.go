@@ -47,6 +47,9 @@ type loadTarget struct {
 	// readModel: measure how long the read model takes to catch up, with
 	// the audit query (each process with ops is measured there instead).
 	readModel bool
+	// ssf are the webhooks tokend delivers to during the load
+	// (--ssf-webhooks), nil for none: their catch-up is measured too.
+	ssf *ssfWebhooks
 }
 
 // targetProc is one process of the server under load.
@@ -93,6 +96,14 @@ type runReport struct {
 	TokendCPUSeconds *float64        `json:"tokend_cpu_s,omitempty"` // all instances together
 	TokendCPUPer1000 *float64        `json:"tokend_cpu_s_per_1000,omitempty"`
 	Processes        []processReport `json:"processes,omitempty"`
+	// With --ssf-webhooks: the webhooks tokend delivered to during the
+	// run, how long after the load their delivery had nothing pending,
+	// and the requests their sink got (security events only: a rotation
+	// makes none).
+	SSFWebhooks       int      `json:"ssf_webhooks,omitempty"`
+	SSFCatchUpSeconds *float64 `json:"ssf_catch_up_s,omitempty"`
+	SSFCatchUpError   string   `json:"ssf_catch_up_error,omitempty"`
+	SSFRequests       *int64   `json:"ssf_requests,omitempty"`
 }
 
 type latencyReport struct {
@@ -239,6 +250,11 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 	if err := ctx.Err(); err != nil {
 		return runReport{}, err
 	}
+	// Alongside the read model's catch-up, both timed from the load's end.
+	ssfDone := make(chan ssfResult, 1)
+	if t.ssf != nil {
+		go func() { ssfDone <- t.ssf.catchUp(ctx, conns[0], cfg.timeout, loadStopped) }()
+	}
 
 	rep := runReport{Name: t.name, Seconds: cfg.duration.Seconds(), Errors: map[string]int64{}}
 	var samples []time.Duration
@@ -283,6 +299,16 @@ func runLoad(ctx context.Context, t loadTarget, cfg loadConfig) (runReport, erro
 		} else {
 			s := took.Seconds()
 			rep.CatchUpSeconds = &s
+		}
+	}
+	if t.ssf != nil {
+		r := <-ssfDone
+		rep.SSFWebhooks, rep.SSFRequests = len(t.ssf.ids), &r.requests
+		if r.err != nil {
+			rep.SSFCatchUpError = fmt.Sprintf("SSF delivery did not catch up: %v", r.err)
+		} else {
+			s := r.catchUp.Seconds()
+			rep.SSFCatchUpSeconds = &s
 		}
 	}
 	return rep, nil

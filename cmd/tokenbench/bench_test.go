@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/tokend/tokend/client"
 	"github.com/tokend/tokend/events/eventstest"
 )
 
@@ -259,6 +261,9 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--instances", "1", "--target"},
 		{"--instances", "2", "--idle", "10"},
 		{"--nats-server", "/bin/true"},
+		{"--ssf-webhooks", "-1"},
+		{"--ssf-webhooks", "2", "--target"},
+		{"--ssf-webhooks", "2", "--idle", "10"},
 		{"extra"},
 		{"--timeout", "0"},
 		{"--target", "--tls-cert", "c.pem"},
@@ -280,7 +285,7 @@ func TestBenchHelp(t *testing.T) {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
 		}
 		for _, want := range []string{"Usage: tokenbench [-k N]", "ABBA", "--baseline\n", "--rounds N", "--instances N", "--idle N",
-			"--tokend-flag FLAG", "--target\n", "--nats-url URL", "--prefix P", "--creds FILE", "--json\n", "(default \"16\")"} {
+			"--tokend-flag FLAG", "--ssf-webhooks N", "--target\n", "--nats-url URL", "--prefix P", "--creds FILE", "--json\n", "(default \"16\")"} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("%q lacks %q:\n%s", args, want, r.stdout)
 			}
@@ -308,12 +313,6 @@ const deadURL = "nats://127.0.0.1:1"
 // the refresh requests so far, decoded, oldest first.
 func serveFake(t *testing.T, issue, refresh micro.HandlerFunc) (url string, refreshes func() []map[string]any) {
 	t.Helper()
-	url = eventstest.MustServer(t).ClientURL()
-	nc := eventstest.MustConnect(t, url)
-	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var got []map[string]any
 	record := func(r micro.Request) {
@@ -324,7 +323,25 @@ func serveFake(t *testing.T, issue, refresh micro.HandlerFunc) (url string, refr
 		mu.Unlock()
 		refresh(r)
 	}
-	for subject, h := range map[string]micro.HandlerFunc{"tokens.cmd.issue": issue, "tokens.cmd.refresh": record} {
+	url = serveSubjects(t, map[string]micro.HandlerFunc{"tokens.cmd.issue": issue, "tokens.cmd.refresh": record})
+	return url, func() []map[string]any {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+}
+
+// serveSubjects answers the given subjects on an in-process NATS server
+// with their handlers, as tokend would, and returns the server's URL.
+func serveSubjects(t *testing.T, handlers map[string]micro.HandlerFunc) string {
+	t.Helper()
+	url := eventstest.MustServer(t).ClientURL()
+	nc := eventstest.MustConnect(t, url)
+	svc, err := micro.AddService(nc, micro.Config{Name: "tokens", Version: "0.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for subject, h := range handlers {
 		if err := svc.AddEndpoint(strings.ReplaceAll(subject, ".", "_"), h, micro.WithEndpointSubject(subject)); err != nil {
 			t.Fatal(err)
 		}
@@ -332,11 +349,7 @@ func serveFake(t *testing.T, issue, refresh micro.HandlerFunc) (url string, refr
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return url, func() []map[string]any {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(got)
-	}
+	return url
 }
 
 // refuse answers as tokend refuses a request: the contract body and the
@@ -807,6 +820,204 @@ func TestBenchInstances(t *testing.T) {
 	// K requests in flight at its end, which the load does not.
 	if rotations > int64(r.Rotations)+2 {
 		t.Errorf("instances appended %d rotations in the window, the load counted only %d", rotations, r.Rotations)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("bench left %v in its temporary directory", left)
+	}
+}
+
+// TestBenchSSFTable: a run with webhooks adds their rows, "-" in a run
+// without (the baseline's), and a failed catch-up says so; a report
+// without webhooks has none of them (the tables above).
+func TestBenchSSFTable(t *testing.T) {
+	baseline := runReport{Name: "baseline", Rotations: 40000, Seconds: 10, RotationsPerSecond: 4000, Errors: map[string]int64{}}
+	tokend := runReport{Name: "tokend", Rotations: 10000, Seconds: 10, RotationsPerSecond: 1000, Errors: map[string]int64{},
+		CatchUpSeconds: ptr(0.25), SSFWebhooks: 4, SSFCatchUpSeconds: ptr(1.5), SSFRequests: ptr(int64(12))}
+	var out bytes.Buffer
+	benchReport{K: 16, FamiliesPerWorker: 32, Connections: 8, WarmupSeconds: 2, DurationSeconds: 10,
+		Runs: []runReport{baseline, tokend}, Ratios: ratios(tokend, baseline)}.writeTable(&out)
+	want := `read model catch-up (s)               -   0.250
+SSF webhooks                          -       4
+SSF delivery catch-up (s)             -   1.500
+SSF webhook requests                  -      12
+`
+	if !strings.HasSuffix(out.String(), want) {
+		t.Errorf("table:\n%s\nwant it to end with:\n%s", out.String(), want)
+	}
+
+	tokend.SSFCatchUpSeconds, tokend.SSFCatchUpError = nil, "still behind"
+	out.Reset()
+	benchReport{K: 16, FamiliesPerWorker: 32, Connections: 8, WarmupSeconds: 2, DurationSeconds: 10, Runs: []runReport{tokend}}.writeTable(&out)
+	if !strings.Contains(out.String(), "SSF delivery catch-up (s)      failed\n") {
+		t.Errorf("failed SSF catch-up:\n%s", out.String())
+	}
+}
+
+// TestSSFSink: the webhooks' sink accepts every POST with 204 and counts
+// it, and nothing else.
+func TestSSFSink(t *testing.T) {
+	sink, err := startSSFSink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.close()
+	if !strings.HasPrefix(sink.url, "http://127.0.0.1:") {
+		t.Errorf("sink at %s, want a loopback http URL", sink.url)
+	}
+	for range 3 {
+		resp, err := http.Post(sink.url, "application/json", strings.NewReader(`{"type":"session-revoked"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Errorf("POST: %s, want 204", resp.Status)
+		}
+	}
+	resp, err := http.Get(sink.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET: %s, want 405", resp.Status)
+	}
+	if n := sink.requests.Load(); n != 3 {
+		t.Errorf("sink counted %d requests, want the 3 POSTs", n)
+	}
+}
+
+// TestAddSSFWebhooks: each webhook is added with the admin request, to
+// the sink, for every event of every client, with a fresh Standard
+// Webhooks secret; a refusal fails the run with tokend's error.
+func TestAddSSFWebhooks(t *testing.T) {
+	var mu sync.Mutex
+	var got []map[string]any
+	url := serveSubjects(t, map[string]micro.HandlerFunc{"tokens.admin.ssf.webhooks.add": func(r micro.Request) {
+		var req map[string]any
+		json.Unmarshal(r.Data(), &req)
+		mu.Lock()
+		got = append(got, req)
+		n := len(got)
+		mu.Unlock()
+		if n == 4 {
+			refuse(r, "400", "invalid_request")
+			return
+		}
+		r.Respond(fmt.Appendf(nil, `{"stream_id":"wh%d","delivery_method":"urn:tokend:webhook"}`, n))
+	}})
+	target := loadTarget{name: "tokend", url: url, prefix: "tokens"}
+	w, err := addSSFWebhooks(t.Context(), target, 2, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.sink.close()
+	if !reflect.DeepEqual(w.ids, []string{"wh1", "wh2"}) {
+		t.Errorf("webhooks %v, want wh1 and wh2", w.ids)
+	}
+	secrets := map[any]bool{}
+	for i, req := range got {
+		secret, _ := req["secret"].(string)
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+		if !strings.HasPrefix(secret, "whsec_") || err != nil || len(raw) != 32 {
+			t.Errorf("request %d: secret is not whsec_ and the base64 of 32 bytes", i+1)
+		}
+		secrets[secret] = true
+		delete(req, "secret")
+		if want := map[string]any{"endpoint_url": w.sink.url, "by": "tokenbench"}; !reflect.DeepEqual(req, want) {
+			t.Errorf("request %d: %v, want %v and a secret", i+1, req, want)
+		}
+	}
+	if len(secrets) != 2 {
+		t.Errorf("the webhooks share a secret")
+	}
+
+	if _, err := addSSFWebhooks(t.Context(), target, 2, 5*time.Second); err == nil ||
+		!strings.Contains(err.Error(), "add SSF webhook 2 of 2") || !strings.Contains(err.Error(), "invalid_request") {
+		t.Errorf("refused add: %v, want tokend's invalid_request for webhook 2 of 2", err)
+	}
+}
+
+// TestSSFCatchUp: the webhooks' backlog is asked of tokend until every
+// stream has nothing pending (one that has is not asked again); an
+// unknown backlog or a busy tokend is asked again, a refusal ends the
+// wait, and so does the limit.
+func TestSSFCatchUp(t *testing.T) {
+	var mu sync.Mutex
+	asked := map[string]int{}
+	url := serveSubjects(t, map[string]micro.HandlerFunc{"tokens.admin.ssf.streams.get": func(r micro.Request) {
+		var req struct {
+			StreamID string `json:"stream_id"`
+		}
+		json.Unmarshal(r.Data(), &req)
+		mu.Lock()
+		asked[req.StreamID]++
+		n := asked[req.StreamID]
+		mu.Unlock()
+		switch {
+		case req.StreamID == "gone":
+			refuse(r, "404", "not_found")
+		case req.StreamID == "stuck":
+			r.Respond([]byte(`{"stream_id":"stuck","pending":{"events":7,"oldest_seconds":3}}`))
+		case req.StreamID == "draining" && n < 3: // 2 pending, then 1, then none
+			r.Respond(fmt.Appendf(nil, `{"stream_id":"draining","pending":{"events":%d,"oldest_seconds":1}}`, 3-n))
+		case req.StreamID == "new" && n == 1: // no consumer yet: no backlog known
+			r.Respond([]byte(`{"stream_id":"new"}`))
+		case req.StreamID == "busy" && n == 1:
+			refuse(r, "503", "temporarily_unavailable")
+		default:
+			r.Respond(fmt.Appendf(nil, `{"stream_id":%q,"pending":{"events":0,"oldest_seconds":0}}`, req.StreamID))
+		}
+	}})
+	c := client.New(eventstest.MustConnect(t, url), "tokens")
+	since := time.Now()
+	took, err := ssfCatchUp(t.Context(), c, []string{"draining", "new", "busy", "idle"}, 5*time.Second, since, time.Minute)
+	if err != nil || took <= 0 {
+		t.Fatalf("catch-up %v, %v", took, err)
+	}
+	if want := map[string]int{"draining": 3, "new": 2, "busy": 2, "idle": 1}; !reflect.DeepEqual(asked, want) {
+		t.Errorf("asked %v, want %v: each until it had nothing pending", asked, want)
+	}
+
+	if _, err := ssfCatchUp(t.Context(), c, []string{"idle", "stuck"}, 5*time.Second, time.Now(), 200*time.Millisecond); err == nil ||
+		!strings.Contains(err.Error(), "1 of 2 webhooks still behind") || !strings.Contains(err.Error(), "stuck: 7 events pending") {
+		t.Errorf("a stream that never catches up: %v", err)
+	}
+	if _, err := ssfCatchUp(t.Context(), c, []string{"gone"}, 5*time.Second, time.Now(), time.Minute); err == nil ||
+		!strings.Contains(err.Error(), "stream gone") || !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("a refused question: %v, want not_found for stream gone", err)
+	}
+}
+
+// TestBenchSSFWebhooks builds tokend and runs a short load while two
+// webhooks deliver every event: both are set up, and their delivery,
+// which reads every rotation, has nothing pending after the load. The
+// load makes no security event, so the sink's count is only reported;
+// TestSSFSink checks that it counts. It asserts no timing.
+func TestBenchSSFWebhooks(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where bench makes and must remove its directories
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := run(ctx, []string{"--ssf-webhooks", "2", "-k", "2", "--families-per-worker", "2", "--duration", "1s", "--warmup", "0", "--json"}, &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	var rep benchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(rep.Runs) != 1 {
+		t.Fatalf("report: %s", out.String())
+	}
+	r := rep.Runs[0]
+	if r.Rotations == 0 || len(r.Errors) != 0 || r.CatchUpSeconds == nil {
+		t.Errorf("run: %s", out.String())
+	}
+	if r.SSFWebhooks != 2 || r.SSFCatchUpSeconds == nil || r.SSFCatchUpError != "" || r.SSFRequests == nil {
+		t.Errorf("SSF figures: webhooks %d, catch-up %v %q, requests %v; want 2 webhooks caught up and a count",
+			r.SSFWebhooks, r.SSFCatchUpSeconds, r.SSFCatchUpError, r.SSFRequests)
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("bench left %v in its temporary directory", left)
