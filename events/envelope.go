@@ -208,3 +208,33 @@ func Decode(data []byte, familyID string) (Envelope, error) {
 	}
 	return env, nil
 }
+
+// PeekType returns an encoded envelope's type without decoding the rest,
+// when it comes before any nested value (as Encode writes it: second); ok
+// is false otherwise, and Decode tells. For readers that skip most events
+// by type, such as the SSF delivery, to which a full decode of every
+// rotation would cost more than everything else it does.
+func PeekType(data []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", false
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		value, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		if key == "type" {
+			s, ok := value.(string)
+			return s, ok
+		}
+		if _, nested := value.(json.Delim); nested {
+			return "", false
+		}
+	}
+	return "", false
+}

@@ -54,6 +54,11 @@ func FuzzDecodeEvent(f *testing.F) {
 		if env.FamilyID != familyID || env.ID == "" || env.Generation == 0 {
 			t.Fatalf("accepted an event of another family or without id: %+v", env)
 		}
+		// Readers that skip events by PeekType never skip one of another
+		// type than Decode reads.
+		if typ, ok := PeekType(data); ok && typ != env.Type {
+			t.Fatalf("PeekType %q, Decode %q", typ, env.Type)
+		}
 		again, err := Encode(env)
 		if err != nil {
 			t.Fatal(err)
@@ -137,5 +142,33 @@ func TestEncodeKeepsMarkupAsIs(t *testing.T) {
 	env, err := Decode(data, "fam")
 	if err != nil || env.Context["user_agent"] != ua {
 		t.Fatalf("round trip: %v %+v", err, env.Context)
+	}
+}
+
+// PeekType reads the type of what Encode writes, of every stored form, and
+// declines what it cannot read before a nested value.
+func TestPeekType(t *testing.T) {
+	for _, h := range histories(t) {
+		for _, form := range []string{"stored-v1", "stored-v2", "stored-v3"} {
+			for _, line := range goldenLines(t, form, h.name) {
+				env, err := Decode(line, h.familyID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if typ, ok := PeekType(line); !ok || typ != env.Type {
+					t.Errorf("%s %s: PeekType %q %v, want %q", form, h.name, typ, ok, env.Type)
+				}
+				again, _ := Encode(env)
+				if typ, ok := PeekType(again); !ok || typ != env.Type {
+					t.Errorf("encoded %s: PeekType %q %v", env.Type, typ, ok)
+				}
+			}
+		}
+	}
+	for _, declined := range []string{``, `null`, `[]`, `{}`, `{"id":"x"}`, `{"data":{"type":"token.rotated"},"type":"family.revoked"}`,
+		`{"type":7}`, `{"id":"x","type":`, "\xff"} {
+		if typ, ok := PeekType([]byte(declined)); ok {
+			t.Errorf("%q: PeekType %q", declined, typ)
+		}
 	}
 }

@@ -142,6 +142,9 @@ type Mapper struct {
 // events.ErrMalformedEvent.
 func (m Mapper) Message(subjects events.Subjects, subject string, data []byte) ([]Signal, error) {
 	if family := subjects.FamilyOf(subject); family != "" {
+		if t, ok := events.PeekType(data); ok && !familyEventSignals(domain.EventType(t)) {
+			return nil, nil // most events, rotations first: not worth decoding
+		}
 		env, err := events.Decode(data, family)
 		if err != nil {
 			return nil, err
@@ -160,6 +163,12 @@ func (m Mapper) Message(subjects events.Subjects, subject string, data []byte) (
 		return nil, err
 	}
 	return m.Deployment(ev), nil
+}
+
+// familyEventSignals reports whether events of type t may map to a
+// signal (Family).
+func familyEventSignals(t domain.EventType) bool {
+	return t == domain.FamilyRevoked || t == domain.ReplayDetected || t == domain.RefreshRejected
 }
 
 // Family maps a family event: family.revoked to a session revoked;

@@ -189,3 +189,33 @@ func TestMapMessage(t *testing.T) {
 		}
 	}
 }
+
+// The types Message skips undecoded are those Family maps to nothing,
+// whatever the reason; and a message of a mapped type is decoded.
+func TestMessageSkipsOnlyUnmappedTypes(t *testing.T) {
+	m := Mapper{Issuer: "https://tokend.example"}
+	subjects := events.Subjects{Prefix: "tokens"}
+	reasons := []string{"", domain.ReasonReplayDetected, domain.ReasonRevoked, domain.ReasonClientMismatch, domain.ReasonExpired,
+		domain.ReasonFamilyRevoked, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonUnknownToken, domain.ReasonRetiredKey}
+	for _, typ := range events.Types {
+		mapped := false
+		for _, reason := range reasons {
+			env := events.Envelope{ID: "e1", Type: typ, Time: time.Now().UTC(), FamilyID: "fam", Subject: "u", ClientID: "c",
+				Generation: 2, Reason: reason, Data: events.Data{TokenHash: "9f", Family: events.Snapshot{Status: domain.StatusActive, Generation: 2}}}
+			if len(m.Family(env)) == 0 {
+				continue
+			}
+			mapped = true
+			data, err := events.Encode(env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sigs, err := m.Message(subjects, subjects.Family("fam"), data); err != nil || len(sigs) != 1 {
+				t.Errorf("%s (%s): %d signals from the message, %v", typ, reason, len(sigs), err)
+			}
+		}
+		if mapped != familyEventSignals(domain.EventType(typ)) {
+			t.Errorf("%s: maps to a signal %v, familyEventSignals %v", typ, mapped, familyEventSignals(domain.EventType(typ)))
+		}
+	}
+}
