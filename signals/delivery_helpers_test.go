@@ -318,6 +318,19 @@ func (d *deployment) consumerState(id string) (*jetstream.ConsumerInfo, error) {
 	return c.Info(context.Background())
 }
 
+// awaitLeft waits until stream id's consumer holds n messages not yet
+// acknowledged (waiting, or handed out).
+func (d *deployment) awaitLeft(t *testing.T, id string, n uint64) {
+	t.Helper()
+	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		info, err := d.consumerState(id)
+		if err != nil || info.NumPending+uint64(info.NumAckPending) != n {
+			return fmt.Errorf("consumer %+v, %v: want %d messages left", info, err, n)
+		}
+		return nil
+	})
+}
+
 // jwks is the deployment's JWKS as a receiver fetches it.
 func jwks(t *testing.T) []byte {
 	t.Helper()

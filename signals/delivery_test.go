@@ -161,12 +161,7 @@ func TestPushErrorCodes(t *testing.T) {
 			eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 				return in.metrics.expect(st.ID, len(want), failed, retried)
 			})
-			eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-				if info, err := d.consumerState(st.ID); err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
-					return fmt.Errorf("consumer %+v, %v", info, err)
-				}
-				return nil
-			})
+			d.awaitLeft(t, st.ID, 0)
 			if n := len(receivers[i].requests()); n != len(want)+1 {
 				t.Errorf("%d requests, want %d", n, len(want)+1)
 			}
@@ -264,15 +259,9 @@ func TestAnnouncedPauseDeliversUpToTheAnnouncement(t *testing.T) {
 	if got := rc.awaitAccepted(t, 2); !slices.Equal(got, want) {
 		t.Fatalf("accepted %v, want the event before the pause, then the announcement %v", got, want)
 	}
-	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		info, err := d.consumerState(st.ID)
-		// Everything up to the announcement acknowledged, the event after
-		// it not (held, or fetched and handed back).
-		if err != nil || info.NumPending+uint64(info.NumAckPending) != 1 {
-			return fmt.Errorf("consumer %+v, %v: want only the event after the announcement left", info, err)
-		}
-		return nil
-	})
+	// Everything up to the announcement acknowledged, the event after
+	// it not (held, or fetched and handed back).
+	d.awaitLeft(t, st.ID, 1)
 	if got := rc.accepted(t); len(got) != 2 {
 		t.Fatalf("a paused stream delivered past its announcement: %v", got)
 	}
@@ -355,13 +344,7 @@ func TestReceiversSeeOnlyWhatTheyMay(t *testing.T) {
 	if got := own.awaitAccepted(t, len(wantOwn)); !slices.Equal(got, wantOwn) {
 		t.Errorf("an own receiver got %v, want %v", got, wantOwn)
 	}
-	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		info, err := d.consumerState(goneSt.ID)
-		if err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
-			return fmt.Errorf("consumer %+v, %v", info, err)
-		}
-		return nil
-	})
+	d.awaitLeft(t, goneSt.ID, 0)
 	if n := len(gone.requests()); n != 0 {
 		t.Errorf("a client that is no longer a receiver got %d requests", n)
 	}
@@ -389,13 +372,7 @@ func TestOneInstanceDeliversAStreamAndAnotherTakesOver(t *testing.T) {
 	}
 	// Stopped when idle (a request in flight would be cancelled, and its
 	// SET sent again by the next instance: a duplicate the jti tells).
-	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		info, err := d.consumerState(st.ID)
-		if err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
-			return fmt.Errorf("consumer %+v, %v", info, err)
-		}
-		return nil
-	})
+	d.awaitLeft(t, st.ID, 0)
 	pinned := func() string {
 		info, err := d.consumerState(st.ID)
 		if err != nil || len(info.PriorityGroups) != 1 {

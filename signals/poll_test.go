@@ -83,13 +83,7 @@ func TestPollAcknowledgedOnAnyInstance(t *testing.T) {
 		t.Fatalf("after PollAckWait: %v, want the unacknowledged %v", keys, jtis[2:])
 	}
 	mustPoll(t, a, st, PollRequest{Ack: jtis[2:], MaxEvents: ptr(0)})
-	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		info, err := d.consumerState(st.ID)
-		if err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
-			return fmt.Errorf("consumer %+v, %v", info, err)
-		}
-		return nil
-	})
+	d.awaitLeft(t, st.ID, 0)
 	delivered := a.metrics.get(func(m *metrics) int { return m.delivered[st.ID] }) + b.metrics.get(func(m *metrics) int { return m.delivered[st.ID] })
 	if delivered != 3 {
 		t.Errorf("delivered %d, want 3", delivered)

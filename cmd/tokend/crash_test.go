@@ -31,8 +31,15 @@ type tokendProcess struct {
 func startTokend(t *testing.T, bin, dataDir string, args ...string) *tokendProcess {
 	t.Helper()
 	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
-	p := &tokendProcess{natsURL: "nats://" + natsAddr, httpAddr: httpAddr, logs: &syncBuffer{}, exited: make(chan error, 1)}
-	p.cmd = exec.Command(bin, append([]string{"--data-dir", dataDir, "--nats-listen", natsAddr, "--http", httpAddr}, args...)...)
+	return runTokend(t, bin, "nats://"+natsAddr, httpAddr, append([]string{"--data-dir", dataDir, "--nats-listen", natsAddr}, args...))
+}
+
+// runTokend runs bin with args, its NATS server at natsURL and --http at
+// httpAddr, and waits until it is ready; it is killed when the test ends.
+func runTokend(t *testing.T, bin, natsURL, httpAddr string, args []string) *tokendProcess {
+	t.Helper()
+	p := &tokendProcess{natsURL: natsURL, httpAddr: httpAddr, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, append(args, "--http", httpAddr)...)
 	p.cmd.Env = os.Environ()
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

@@ -15,8 +15,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -37,18 +35,7 @@ import (
 // until it is ready.
 func startJoined(t *testing.T, bin, natsURL string) *tokendProcess {
 	t.Helper()
-	httpAddr := freeAddr(t)
-	p := &tokendProcess{natsURL: natsURL, httpAddr: httpAddr, logs: &syncBuffer{}, exited: make(chan error, 1)}
-	p.cmd = exec.Command(bin, "--data-dir", t.TempDir(), "--nats-url", natsURL, "--http", httpAddr, "--issuer", "https://tokend.example")
-	p.cmd.Env = os.Environ()
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.exited <- p.cmd.Wait() }()
-	t.Cleanup(func() { p.cmd.Process.Kill() })
-	waitReady(t, httpAddr, p.exited)
-	return p
+	return runTokend(t, bin, natsURL, freeAddr(t), []string{"--data-dir", t.TempDir(), "--nats-url", natsURL, "--issuer", "https://tokend.example"})
 }
 
 // slowReceiver records the jti of every SET as it arrives (duplicates
