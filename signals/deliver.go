@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,7 +70,11 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		return err
 	}
 	stopKeepingAlive := e.keepQueueAlive(q)
-	var pin string
+	var (
+		pin string
+		// unfinished is the message taken from q and not acknowledged.
+		unfinished jetstream.Msg
+	)
 	defer func() {
 		cc.Stop()
 		select { // no handler runs once it is closed
@@ -77,14 +82,59 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		case <-time.After(5 * time.Second):
 		}
 		stopKeepingAlive()
-		q.close() // back to the stream at once, for whoever delivers next
+		// Back to the stream at once, for whoever delivers next, in order:
+		// the server hands out what comes back in the order it came back.
+		// Not before the consumption stopped, or the first would come back
+		// here, behind the others.
+		if unfinished != nil {
+			unfinished.Nak()
+		}
+		q.close()
 		e.unpin(st.ID, pin)
 	}()
-	// done is the stream sequence of the last message handled: a message
-	// at or before it came again (a lost acknowledgement) and is only
-	// acknowledged.
-	var done uint64
+	// Messages handed out before and not acknowledged (by this instance's
+	// previous round, or one that stopped) come back first, in no order:
+	// let them gather, so that they are delivered in the stream's.
+	if owed := cons.CachedInfo().NumAckPending; owed > 0 {
+		settle := time.NewTimer(e.o.SettleWait)
+		defer settle.Stop()
+		for q.len() < owed {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case err := <-ended:
+				return err
+			case <-settle.C:
+				owed = 0 // held elsewhere, they come after AckWait
+			case <-q.ready:
+			}
+		}
+	}
 	for {
+		for m := q.pop(); m != nil; m = q.pop() {
+			pin = cmp.Or(m.Headers().Get(pinIDHeader), pin)
+			unfinished = m
+			if changedCourse(r, st) {
+				return nil
+			}
+			md, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			acked, err := e.handle(ctx, r, m, md.Sequence.Stream, st, holdAfter)
+			if acked {
+				unfinished = nil
+			}
+			if err != nil {
+				if errors.Is(err, errRestart) {
+					return nil
+				}
+				return err
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -98,42 +148,24 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 			// effect at the next attempt.
 		case <-q.ready:
 		}
-		for m := q.pop(); m != nil; m = q.pop() {
-			pin = cmp.Or(m.Headers().Get(pinIDHeader), pin)
-			if changedCourse(r, st) {
-				m.Nak()
-				return nil
-			}
-			md, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			if md.Sequence.Stream <= done {
-				m.Ack()
-				continue
-			}
-			if err := e.handle(ctx, r, m, md.Sequence.Stream, st, holdAfter); err != nil {
-				if errors.Is(err, errRestart) {
-					return nil
-				}
-				return err
-			}
-			done = md.Sequence.Stream
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-		}
 	}
 }
 
 // msgQueue holds the messages a consumer handed to this instance, in the
-// order they came, until they are handled.
+// order of the stream, until they are handled. Messages come in that
+// order, except those handed back (Nak) or not acknowledged in time: the
+// server hands those out again in no order it promises, ahead of new ones.
 type msgQueue struct {
 	mu     sync.Mutex
-	msgs   []jetstream.Msg
+	msgs   []queued // by stream sequence
 	closed bool
 	// ready has a value when messages arrived since it was last read.
 	ready chan struct{}
+}
+
+type queued struct {
+	seq uint64 // in the stream; 0 if its metadata is unreadable
+	m   jetstream.Msg
 }
 
 func newMsgQueue() *msgQueue { return &msgQueue{ready: make(chan struct{}, 1)} }
@@ -141,38 +173,50 @@ func newMsgQueue() *msgQueue { return &msgQueue{ready: make(chan struct{}, 1)} }
 // push takes a message from the consumer; once the queue is closed it
 // goes back to the stream.
 func (q *msgQueue) push(m jetstream.Msg) {
+	var seq uint64
+	if md, err := m.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
 		m.Nak()
 		return
 	}
-	q.msgs = append(q.msgs, m)
+	i, _ := slices.BinarySearchFunc(q.msgs, seq, func(e queued, seq uint64) int { return cmp.Compare(e.seq, seq) })
+	q.msgs = slices.Insert(q.msgs, i, queued{seq, m})
 	select {
 	case q.ready <- struct{}{}:
 	default:
 	}
 }
 
-// pop returns the oldest message, nil if there is none.
+// pop returns the message first in the stream, nil if there is none.
 func (q *msgQueue) pop() jetstream.Msg {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.msgs) == 0 {
 		return nil
 	}
-	m := q.msgs[0]
-	q.msgs[0] = nil
+	m := q.msgs[0].m
+	q.msgs[0] = queued{}
 	q.msgs = q.msgs[1:]
 	return m
+}
+
+// len returns how many messages are queued.
+func (q *msgQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.msgs)
 }
 
 // each calls f with every queued message.
 func (q *msgQueue) each(f func(jetstream.Msg)) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, m := range q.msgs {
-		f(m)
+	for _, e := range q.msgs {
+		f(e.m)
 	}
 }
 
@@ -182,8 +226,8 @@ func (q *msgQueue) close() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.closed = true
-	for _, m := range q.msgs {
-		m.Nak()
+	for _, e := range q.msgs {
+		e.m.Nak()
 	}
 	q.msgs = nil
 }
@@ -221,12 +265,13 @@ func (e *Engine) unpin(streamID, pin string) {
 
 // handle delivers message m, stream sequence seq, of st: its signals
 // that st's receiver may see, one at a time, each until the receiver takes
-// it or refuses it for good; then acknowledges the message. A message past
-// holdAfter is handed back (errHeld).
-func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, seq uint64, st Stream, holdAfter uint64) error {
+// it or refuses it for good; then acknowledges the message, and says so.
+// A message past holdAfter is left alone (errHeld). One it did not
+// acknowledge goes back to the stream with the rest of the queue, in order
+// (deliver).
+func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, seq uint64, st Stream, holdAfter uint64) (acked bool, _ error) {
 	if seq > holdAfter {
-		m.Nak()
-		return errHeld
+		return false, errHeld
 	}
 	sigs, err := e.signalsFor(st, m.Subject(), m.Data())
 	if err != nil {
@@ -239,23 +284,22 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, seq uin
 		// message back, to be skipped again.
 		m.Ack()
 		if seq == holdAfter {
-			return errHeld
+			return true, errHeld
 		}
-		return nil
+		return true, nil
 	}
 	stop := e.keepAlive(m)
 	defer stop()
 	for _, sig := range sigs {
 		if err := e.send(ctx, r, st, sig); err != nil {
-			m.Nak()
-			return err
+			return false, err
 		}
 	}
 	e.ack(ctx, m, st.ID)
 	if seq == holdAfter {
-		return errHeld // the pause's announcement went out: the rest is held
+		return true, errHeld // the pause's announcement went out: the rest is held
 	}
-	return nil
+	return true, nil
 }
 
 // ack acknowledges m and waits for the server to confirm, so the next

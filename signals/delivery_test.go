@@ -699,3 +699,36 @@ func TestTransportErrorLeavesTheURLOut(t *testing.T) {
 		t.Errorf("%q", got)
 	}
 }
+
+// fakeMsg is a message of stream sequence seq that records its Nak.
+type fakeMsg struct {
+	jetstream.Msg
+	seq   uint64
+	naked *[]uint64
+}
+
+func (m fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.seq}}, nil
+}
+
+func (m fakeMsg) Nak() error { *m.naked = append(*m.naked, m.seq); return nil }
+
+// The queue hands messages out in the stream's order, whatever order the
+// server hands them back in, and gives back what is left in that order.
+func TestMsgQueueKeepsTheStreamsOrder(t *testing.T) {
+	var naked []uint64
+	q := newMsgQueue()
+	for _, seq := range []uint64{7, 5, 9, 6, 8} {
+		q.push(fakeMsg{seq: seq, naked: &naked})
+	}
+	for _, want := range []uint64{5, 6} {
+		if got := q.pop().(fakeMsg).seq; got != want {
+			t.Fatalf("popped %d, want %d", got, want)
+		}
+	}
+	q.close()
+	q.push(fakeMsg{seq: 10, naked: &naked}) // after close: straight back
+	if !slices.Equal(naked, []uint64{7, 8, 9, 10}) || q.pop() != nil {
+		t.Errorf("handed back %v", naked)
+	}
+}
