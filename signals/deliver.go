@@ -93,19 +93,28 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		e.unpin(st.ID, pin)
 	}()
 	// Messages handed out before and not acknowledged (by this instance's
-	// previous round, or one that stopped) come back first, in no order:
-	// let them gather, so that they are delivered in the stream's.
+	// previous round, or by one that stopped or crashed) come back first,
+	// in no order: let them gather, so that they go out in the stream's.
+	// Handed back, they come at once; those of a crashed instance after
+	// AckWait. The count is read again as the wait goes on, since the
+	// first may include acknowledgements not yet counted.
 	if owed := cons.CachedInfo().NumAckPending; owed > 0 {
-		settle := time.NewTimer(e.o.SettleWait)
-		defer settle.Stop()
+		giveUp := time.NewTimer(e.o.AckWait + e.o.PinnedTTL)
+		defer giveUp.Stop()
+		recount := time.NewTicker(250 * time.Millisecond)
+		defer recount.Stop()
 		for q.len() < owed {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
 			case err := <-ended:
 				return err
-			case <-settle.C:
-				owed = 0 // held elsewhere, they come after AckWait
+			case <-giveUp.C:
+				owed = 0
+			case <-recount.C:
+				if info, err := cons.Info(ctx); err == nil {
+					owed = info.NumAckPending
+				}
 			case <-q.ready:
 			}
 		}

@@ -60,12 +60,6 @@ type EngineOptions struct {
 	// before it is handed out again, and the TTL of its entry in
 	// TOKENS_SSF_ACKS.
 	PollAckWait time.Duration
-	// SettleWait bounds how long a push or webhook stream's delivery
-	// waits, as it starts, for the messages handed out before and not
-	// acknowledged to come back, so that it delivers them in order. Those
-	// of an instance that crashed come only after AckWait: after
-	// SettleWait, delivery goes on without them.
-	SettleWait time.Duration
 	// PinnedTTL is how long a push or webhook stream stays with the
 	// instance delivering it after that instance stops pulling: how soon
 	// another takes over. At least 2 s.
@@ -85,7 +79,6 @@ const (
 	DefaultAckWait        = 30 * time.Second
 	DefaultPollAckWait    = 2 * time.Minute
 	DefaultPinnedTTL      = 5 * time.Second
-	DefaultSettleWait     = 2 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultMinBackoff     = time.Second
 	DefaultMaxBackoff     = 5 * time.Minute
@@ -166,7 +159,6 @@ func NewEngine(o EngineOptions) *Engine {
 	o.AckWait = cmp.Or(o.AckWait, DefaultAckWait)
 	o.PollAckWait = cmp.Or(o.PollAckWait, DefaultPollAckWait)
 	o.PinnedTTL = max(cmp.Or(o.PinnedTTL, DefaultPinnedTTL), minPinnedTTL)
-	o.SettleWait = cmp.Or(o.SettleWait, DefaultSettleWait)
 	o.RequestTimeout = cmp.Or(o.RequestTimeout, DefaultRequestTimeout)
 	o.MinBackoff = cmp.Or(o.MinBackoff, DefaultMinBackoff)
 	o.MaxBackoff = max(cmp.Or(o.MaxBackoff, DefaultMaxBackoff), o.MinBackoff)
