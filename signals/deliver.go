@@ -109,6 +109,10 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 				return ctx.Err()
 			case err := <-ended:
 				return err
+			case <-r.wake:
+				if changedCourse(r, st) {
+					return nil
+				}
 			case <-giveUp.C:
 				owed = 0
 			case <-recount.C:
