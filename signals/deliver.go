@@ -92,6 +92,24 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 		q.close()
 		e.unpin(st.ID, pin)
 	}()
+	// next waits until messages arrive or tick fires (ticked), or delivery
+	// must end (stop, with err).
+	next := func(tick <-chan time.Time) (ticked, stop bool, err error) {
+		select {
+		case <-ctx.Done():
+			return false, true, ctx.Err()
+		case err := <-ended:
+			return false, true, err
+		case <-r.wake:
+			// Any other change (endpoint, authorization, events) takes
+			// effect at the next attempt.
+			return false, changedCourse(r, st), nil
+		case <-tick:
+			return true, false, nil
+		case <-q.ready:
+			return false, false, nil
+		}
+	}
 	// Messages handed out before and not acknowledged (by this instance's
 	// previous round, or by one that stopped or crashed) come back first,
 	// in no order: let them gather, so that they go out in the stream's.
@@ -99,27 +117,21 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 	// AckWait. The count is read again as the wait goes on, since the
 	// first may include acknowledgements not yet counted.
 	if owed := cons.CachedInfo().NumAckPending; owed > 0 {
-		giveUp := time.NewTimer(e.o.AckWait + e.o.PinnedTTL)
-		defer giveUp.Stop()
+		giveUpAt := time.Now().Add(e.o.AckWait + e.o.PinnedTTL)
 		recount := time.NewTicker(250 * time.Millisecond)
 		defer recount.Stop()
 		for q.len() < owed {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case err := <-ended:
+			ticked, stop, err := next(recount.C)
+			switch {
+			case stop:
 				return err
-			case <-r.wake:
-				if changedCourse(r, st) {
-					return nil
-				}
-			case <-giveUp.C:
+			case !ticked:
+			case time.Now().After(giveUpAt):
 				owed = 0
-			case <-recount.C:
+			default:
 				if info, err := cons.Info(ctx); err == nil {
 					owed = info.NumAckPending
 				}
-			case <-q.ready:
 			}
 		}
 	}
@@ -148,18 +160,8 @@ func (e *Engine) deliver(ctx context.Context, r *runner, cons jetstream.Consumer
 				return ctx.Err()
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-ended:
+		if _, stop, err := next(nil); stop {
 			return err
-		case <-r.wake:
-			if changedCourse(r, st) {
-				return nil
-			}
-			// Any other change (endpoint, authorization, events) takes
-			// effect at the next attempt.
-		case <-q.ready:
 		}
 	}
 }
