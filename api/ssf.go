@@ -237,10 +237,18 @@ func streamIDParam(r *http.Request) (string, error) {
 	return ids[0], nil
 }
 
+// requireStreamID refuses a request body that names no stream.
+func requireStreamID(id string) error {
+	if id == "" {
+		return domain.Errorf(domain.EInvalidRequest, "stream_id is required")
+	}
+	return nil
+}
+
 // ownStream reads stream id if it is receiver's: errNoStream otherwise.
 func (o *OAuth) ownStream(ctx context.Context, r *http.Request, receiver domain.Client, id string) (signals.Stream, error) {
-	if id == "" {
-		return signals.Stream{}, domain.Errorf(domain.EInvalidRequest, "stream_id is required")
+	if err := requireStreamID(id); err != nil {
+		return signals.Stream{}, err
 	}
 	st, err := o.svc.Streams.Get(ctx, id)
 	if err != nil {
@@ -250,6 +258,19 @@ func (o *OAuth) ownStream(ctx context.Context, r *http.Request, receiver domain.
 		return signals.Stream{}, err
 	}
 	return st, nil
+}
+
+// updateOwnStream changes stream id, if it is receiver's (else
+// errNoStream), by change under compare-and-set (Store.Update).
+func (o *OAuth) updateOwnStream(r *http.Request, receiver domain.Client, id string, change func(*signals.Stream) (bool, error)) (signals.Stream, error) {
+	ctx, cancel := ssfContext(r)
+	defer cancel()
+	return o.svc.Streams.Update(ctx, id, 0, func(st *signals.Stream) (bool, error) {
+		if err := o.owns(r, receiver, *st); err != nil {
+			return false, err
+		}
+		return change(st)
+	})
 }
 
 // owns checks that st is receiver's stream; another's is logged, for

@@ -171,19 +171,14 @@ func (o *OAuth) changeStream(w http.ResponseWriter, r *http.Request, apply func(
 	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
 		return ssfAnswer{}, err
 	}
-	if b.StreamID == "" {
-		return ssfAnswer{}, domain.Errorf(domain.EInvalidRequest, "stream_id is required")
+	if err := requireStreamID(b.StreamID); err != nil {
+		return ssfAnswer{}, err
 	}
 	req, err := b.request()
 	if err != nil {
 		return ssfAnswer{}, err
 	}
-	ctx, cancel := ssfContext(r)
-	defer cancel()
-	st, err := o.svc.Streams.Update(ctx, b.StreamID, 0, func(st *signals.Stream) (bool, error) {
-		if err := o.owns(r, receiver, *st); err != nil {
-			return false, err
-		}
+	st, err := o.updateOwnStream(r, receiver, b.StreamID, func(st *signals.Stream) (bool, error) {
 		if err := o.checkTransmitterSupplied(b, *st); err != nil {
 			return false, err
 		}
@@ -259,15 +254,10 @@ func (o *OAuth) updateStatus(w http.ResponseWriter, r *http.Request) (ssfAnswer,
 	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
 		return ssfAnswer{}, err
 	}
-	if b.StreamID == "" {
-		return ssfAnswer{}, domain.Errorf(domain.EInvalidRequest, "stream_id is required")
+	if err := requireStreamID(b.StreamID); err != nil {
+		return ssfAnswer{}, err
 	}
-	ctx, cancel := ssfContext(r)
-	defer cancel()
-	st, err := o.svc.Streams.Update(ctx, b.StreamID, 0, func(st *signals.Stream) (bool, error) {
-		if err := o.owns(r, receiver, *st); err != nil {
-			return false, err
-		}
+	st, err := o.updateOwnStream(r, receiver, b.StreamID, func(st *signals.Stream) (bool, error) {
 		return st.SetStatus(b.Status, b.Reason)
 	})
 	if err != nil {
@@ -305,8 +295,8 @@ func (o *OAuth) changeSubjects(w http.ResponseWriter, r *http.Request, change fu
 	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
 		return err
 	}
-	if b.StreamID == "" {
-		return domain.Errorf(domain.EInvalidRequest, "stream_id is required")
+	if err := requireStreamID(b.StreamID); err != nil {
+		return err
 	}
 	if len(b.Subject) == 0 || bytes.Equal(b.Subject, []byte("null")) {
 		return domain.Errorf(domain.EInvalidRequest, "subject is required")
@@ -315,12 +305,7 @@ func (o *OAuth) changeSubjects(w http.ResponseWriter, r *http.Request, change fu
 	if err != nil {
 		return err
 	}
-	ctx, cancel := ssfContext(r)
-	defer cancel()
-	_, err = o.svc.Streams.Update(ctx, b.StreamID, 0, func(st *signals.Stream) (bool, error) {
-		if err := o.owns(r, receiver, *st); err != nil {
-			return false, err
-		}
+	_, err = o.updateOwnStream(r, receiver, b.StreamID, func(st *signals.Stream) (bool, error) {
 		return change(st, subject)
 	})
 	return err
