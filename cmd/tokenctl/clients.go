@@ -252,32 +252,18 @@ func newClientSecret() string {
 // empty, is the new secret whose hash req carries: it goes to the file
 // save, or else is printed once.
 func sendWithSecret(ctx context.Context, e *env, subject string, req any, secret, save string) error {
-	commit, abort := func() error { return nil }, func() {}
-	if secret != "" && save != "" {
-		var err error
-		if commit, abort, err = stageSecretFile(save, secret+"\n"); err != nil {
-			return fmt.Errorf("--save: %w", err)
-		}
-	}
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, subject, req, &raw); err != nil {
-		abort()
+	raw, shown, saveErr, err := requestWithSecret(ctx, e, subject, req, secret, save)
+	if err != nil {
 		return err
-	}
-	saveErr := commit()
-	if saveErr != nil {
-		abort() // the secret is printed below instead
 	}
 	var ch api.ClientChangeView
 	if err := json.Unmarshal(raw, &ch); err != nil {
 		printRaw(e.stdout, raw)
 		return fmt.Errorf("decode reply: %w", err)
 	}
-	shown := secret != "" && (save == "" || saveErr != nil)
 	if e.json {
 		if shown {
-			quoted, _ := json.Marshal(secret)
-			raw = append(append([]byte(`{"client_secret":`), quoted...), append([]byte(","), raw[1:]...)...)
+			raw = withSecretMember(raw, "client_secret", secret)
 		}
 		printRaw(e.stdout, raw)
 	} else {
@@ -458,6 +444,35 @@ func receiverCell(role string) string {
 // the request, so a file that cannot be written changes nothing; linked
 // after it, and never over an existing file, which may hold a secret
 // still in use (another client's, say).
+// requestWithSecret sends req, which carries secret (or its hash), with
+// secret written to the file save before the request and linked after it,
+// so that neither a refused request leaves a file nor a lost file a secret
+// nobody holds. shown says the caller must print the secret: there is one,
+// and no file (none asked for, or saveErr).
+func requestWithSecret(ctx context.Context, e *env, subject string, req any, secret, save string) (raw json.RawMessage, shown bool, saveErr, err error) {
+	commit, abort := func() error { return nil }, func() {}
+	if secret != "" && save != "" {
+		if commit, abort, err = stageSecretFile(save, secret+"\n"); err != nil {
+			return nil, false, nil, fmt.Errorf("--save: %w", err)
+		}
+	}
+	if err := e.c.Request(ctx, subject, req, &raw); err != nil {
+		abort()
+		return nil, false, nil, err
+	}
+	if saveErr = commit(); saveErr != nil {
+		abort() // the caller prints the secret instead
+	}
+	return raw, secret != "" && (save == "" || saveErr != nil), saveErr, nil
+}
+
+// withSecretMember puts "name": secret first in the JSON object raw, for
+// --json output that shows the secret once.
+func withSecretMember(raw json.RawMessage, name, secret string) json.RawMessage {
+	member, _ := json.Marshal(map[string]string{name: secret})
+	return append(append(member[:len(member)-1], ','), raw[1:]...)
+}
+
 func stageSecretFile(path, data string) (commit func() error, abort func(), err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {

@@ -284,23 +284,10 @@ func deleteSSF(ctx context.Context, e *env, subject, id, by string) error {
 // printed once. The file is written before the request and linked after
 // it, as clients add --save does.
 func sendWithWebhookSecret(ctx context.Context, e *env, subject string, req any, secret, save, done string) error {
-	commit, abort := func() error { return nil }, func() {}
-	if save != "" {
-		var err error
-		if commit, abort, err = stageSecretFile(save, secret+"\n"); err != nil {
-			return fmt.Errorf("--save: %w", err)
-		}
-	}
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, subject, req, &raw); err != nil {
-		abort()
+	raw, shown, saveErr, err := requestWithSecret(ctx, e, subject, req, secret, save)
+	if err != nil {
 		return err
 	}
-	saveErr := commit()
-	if saveErr != nil {
-		abort() // the secret is printed below instead
-	}
-	shown := save == "" || saveErr != nil
 	var v api.SSFStreamView
 	if err := json.Unmarshal(raw, &v); err != nil {
 		if shown {
@@ -311,8 +298,7 @@ func sendWithWebhookSecret(ctx context.Context, e *env, subject string, req any,
 	}
 	if e.json {
 		if shown {
-			quoted, _ := json.Marshal(secret)
-			raw = append(append([]byte(`{"secret":`), quoted...), append([]byte(","), raw[1:]...)...)
+			raw = withSecretMember(raw, "secret", secret)
 		}
 		printRaw(e.stdout, raw)
 	} else {
