@@ -157,27 +157,38 @@ func (s *Service) addClientsAdmin(svc micro.Service, prefix string) error {
 	if s.Clients == nil {
 		return nil
 	}
-	endpoints := []struct {
-		name, subject string
-		handle        func(context.Context, []byte, registry.Actor) (any, error)
-	}{
-		{"clients_put", SubjectClientsPut, s.putClient},
-		{"clients_get", SubjectClientsGet, s.getClient},
-		{"clients_list", SubjectClientsList, s.listClients},
-		{"clients_remove", SubjectClientsRemove, s.removeClient},
-		{"clients_rotate_secret", SubjectClientsRotateSecret, s.rotateClientSecret},
-		{"clients_history", SubjectClientsHistory, s.clientHistory},
+	endpoints := []adminEndpoint{
+		{"clients_put", SubjectClientsPut, s.putClient, nil},
+		{"clients_get", SubjectClientsGet, s.getClient, nil},
+		{"clients_list", SubjectClientsList, s.listClients, nil},
+		{"clients_remove", SubjectClientsRemove, s.removeClient, nil},
+		{"clients_rotate_secret", SubjectClientsRotateSecret, s.rotateClientSecret, nil},
+		{"clients_history", SubjectClientsHistory, s.clientHistory, nil},
 	}
-	// Rare and quick, like key administration: a few slots of its own.
+	return s.addAdminEndpoints(svc, prefix, endpoints)
+}
+
+// adminEndpoint is one administration request (keys, clients, SSF
+// streams), handled with who asked.
+type adminEndpoint struct {
+	name, subject string
+	handle        func(context.Context, []byte, registry.Actor) (any, error)
+	opts          []micro.EndpointOpt
+}
+
+// addAdminEndpoints registers eps on svc. Administration is rare and
+// quick: each group has a few slots of its own, apart from both commands
+// and queries.
+func (s *Service) addAdminEndpoints(svc micro.Service, prefix string, eps []adminEndpoint) error {
 	slots := make(chan struct{}, 4)
-	for _, ep := range endpoints {
+	for _, ep := range eps {
 		handler := func(req micro.Request) {
 			who := registry.Actor{NATSUser: requestUser(req.Headers())}
 			s.async(ep.name, context.Background(), requestTimeout, slots, func(ctx context.Context, data []byte) (any, error) {
 				return ep.handle(ctx, data, who)
 			}, func(string, error, time.Duration) {})(req)
 		}
-		if err := svc.AddEndpoint(ep.name, micro.HandlerFunc(handler), micro.WithEndpointSubject(prefix+"."+ep.subject)); err != nil {
+		if err := svc.AddEndpoint(ep.name, micro.HandlerFunc(handler), append(ep.opts, micro.WithEndpointSubject(prefix+"."+ep.subject))...); err != nil {
 			return err
 		}
 	}

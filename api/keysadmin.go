@@ -3,7 +3,6 @@ package api
 import (
 	"cmp"
 	"context"
-	"time"
 
 	"github.com/nats-io/nats.go/micro"
 
@@ -100,11 +99,7 @@ func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
 			return keysStatus(id, l), nil
 		}
 	}
-	endpoints := []struct {
-		name, subject string
-		handle        func(context.Context, []byte, registry.Actor) (any, error)
-		opts          []micro.EndpointOpt
-	}{
+	endpoints := []adminEndpoint{
 		{"keys_stage", SubjectKeysStage, change("staged", ring.Stage), nil},
 		{"keys_promote", SubjectKeysPromote, change("promoted", ring.Promote), nil},
 		{"keys_revoke", SubjectKeysRevoke, func(ctx context.Context, data []byte, who registry.Actor) (any, error) {
@@ -114,21 +109,7 @@ func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
 			return keysStatus(id, ring.Loaded()), nil
 		}, []micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}},
 	}
-	// Key administration is rare and quick: a few slots of its own keep it
-	// apart from both commands and queries.
-	slots := make(chan struct{}, 4)
-	for _, ep := range endpoints {
-		handler := func(req micro.Request) {
-			who := registry.Actor{NATSUser: requestUser(req.Headers())}
-			s.async(ep.name, context.Background(), requestTimeout, slots, func(ctx context.Context, data []byte) (any, error) {
-				return ep.handle(ctx, data, who)
-			}, func(string, error, time.Duration) {})(req)
-		}
-		if err := svc.AddEndpoint(ep.name, micro.HandlerFunc(handler), append(ep.opts, micro.WithEndpointSubject(prefix+"."+ep.subject))...); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.addAdminEndpoints(svc, prefix, endpoints)
 }
 
 // revokeKey answers a revoke request. The revocation is logged as a

@@ -178,36 +178,20 @@ func (s *Service) addSSFAdmin(svc micro.Service, prefix string) error {
 	if s.Streams == nil {
 		return nil
 	}
-	endpoints := []struct {
-		name, subject string
-		handle        func(context.Context, []byte, registry.Actor) (any, error)
-	}{
-		{"ssf_streams_list", SubjectSSFStreamsList, s.listSSFStreams(false)},
-		{"ssf_streams_get", SubjectSSFStreamsGet, s.getSSFStream},
-		{"ssf_streams_pause", SubjectSSFStreamsPause, s.setSSFStatus(signals.StatusPaused)},
-		{"ssf_streams_resume", SubjectSSFStreamsResume, s.setSSFStatus(signals.StatusEnabled)},
-		{"ssf_streams_disable", SubjectSSFStreamsDisable, s.setSSFStatus(signals.StatusDisabled)},
-		{"ssf_streams_verify", SubjectSSFStreamsVerify, s.verifySSFStream},
-		{"ssf_streams_delete", SubjectSSFStreamsDelete, s.deleteSSFStream(false)},
-		{"ssf_webhooks_add", SubjectSSFWebhooksAdd, s.addWebhook},
-		{"ssf_webhooks_list", SubjectSSFWebhooksList, s.listSSFStreams(true)},
-		{"ssf_webhooks_remove", SubjectSSFWebhooksRemove, s.deleteSSFStream(true)},
-		{"ssf_webhooks_rotate_secret", SubjectSSFWebhooksRotateSecret, s.rotateWebhookSecret},
+	endpoints := []adminEndpoint{
+		{"ssf_streams_list", SubjectSSFStreamsList, s.listSSFStreams(false), nil},
+		{"ssf_streams_get", SubjectSSFStreamsGet, s.getSSFStream, nil},
+		{"ssf_streams_pause", SubjectSSFStreamsPause, s.setSSFStatus(signals.StatusPaused), nil},
+		{"ssf_streams_resume", SubjectSSFStreamsResume, s.setSSFStatus(signals.StatusEnabled), nil},
+		{"ssf_streams_disable", SubjectSSFStreamsDisable, s.setSSFStatus(signals.StatusDisabled), nil},
+		{"ssf_streams_verify", SubjectSSFStreamsVerify, s.verifySSFStream, nil},
+		{"ssf_streams_delete", SubjectSSFStreamsDelete, s.deleteSSFStream(false), nil},
+		{"ssf_webhooks_add", SubjectSSFWebhooksAdd, s.addWebhook, nil},
+		{"ssf_webhooks_list", SubjectSSFWebhooksList, s.listSSFStreams(true), nil},
+		{"ssf_webhooks_remove", SubjectSSFWebhooksRemove, s.deleteSSFStream(true), nil},
+		{"ssf_webhooks_rotate_secret", SubjectSSFWebhooksRotateSecret, s.rotateWebhookSecret, nil},
 	}
-	// Rare and quick, like client administration: a few slots of its own.
-	slots := make(chan struct{}, 4)
-	for _, ep := range endpoints {
-		handler := func(req micro.Request) {
-			who := registry.Actor{NATSUser: requestUser(req.Headers())}
-			s.async(ep.name, context.Background(), requestTimeout, slots, func(ctx context.Context, data []byte) (any, error) {
-				return ep.handle(ctx, data, who)
-			}, func(string, error, time.Duration) {})(req)
-		}
-		if err := svc.AddEndpoint(ep.name, micro.HandlerFunc(handler), micro.WithEndpointSubject(prefix+"."+ep.subject)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.addAdminEndpoints(svc, prefix, endpoints)
 }
 
 // actor is who makes a change: as the request names them, else the NATS
