@@ -237,6 +237,16 @@ func streamIDParam(r *http.Request) (string, error) {
 	return ids[0], nil
 }
 
+// receiverRequest authenticates a receiver's change (scope ssf.manage)
+// and decodes its body into b.
+func (o *OAuth) receiverRequest(w http.ResponseWriter, r *http.Request, b any) (domain.Client, error) {
+	receiver, err := o.receiver(r, domain.ScopeSSFManage)
+	if err != nil {
+		return domain.Client{}, err
+	}
+	return receiver, decodeSSF(w, r, maxSSFBody, b)
+}
+
 // requireStreamID refuses a request body that names no stream.
 func requireStreamID(id string) error {
 	if id == "" {

@@ -97,12 +97,9 @@ func removesAuthorization(sent *deliveryBody) bool {
 // configuration. Transmitter-supplied members in the body are ignored;
 // aud is the receiver's client id.
 func (o *OAuth) createStream(w http.ResponseWriter, r *http.Request) (ssfAnswer, error) {
-	receiver, err := o.receiver(r, domain.ScopeSSFManage)
-	if err != nil {
-		return ssfAnswer{}, err
-	}
 	var b streamBody
-	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
+	receiver, err := o.receiverRequest(w, r, &b)
+	if err != nil {
 		return ssfAnswer{}, err
 	}
 	req, err := b.request()
@@ -163,12 +160,9 @@ func (o *OAuth) replaceStream(w http.ResponseWriter, r *http.Request) (ssfAnswer
 }
 
 func (o *OAuth) changeStream(w http.ResponseWriter, r *http.Request, apply func(*signals.Stream, signals.StreamRequest) error) (ssfAnswer, error) {
-	receiver, err := o.receiver(r, domain.ScopeSSFManage)
-	if err != nil {
-		return ssfAnswer{}, err
-	}
 	var b streamBody
-	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
+	receiver, err := o.receiverRequest(w, r, &b)
+	if err != nil {
 		return ssfAnswer{}, err
 	}
 	if err := requireStreamID(b.StreamID); err != nil {
@@ -246,12 +240,9 @@ type statusBody struct {
 // disables its stream. Asked by the receiver, it sends no stream-updated
 // event (section 8.1.2: that is for changes it did not ask for).
 func (o *OAuth) updateStatus(w http.ResponseWriter, r *http.Request) (ssfAnswer, error) {
-	receiver, err := o.receiver(r, domain.ScopeSSFManage)
-	if err != nil {
-		return ssfAnswer{}, err
-	}
 	var b statusBody
-	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
+	receiver, err := o.receiverRequest(w, r, &b)
+	if err != nil {
 		return ssfAnswer{}, err
 	}
 	if err := requireStreamID(b.StreamID); err != nil {
@@ -287,12 +278,9 @@ func (o *OAuth) removeSubject(w http.ResponseWriter, r *http.Request) (ssfAnswer
 }
 
 func (o *OAuth) changeSubjects(w http.ResponseWriter, r *http.Request, change func(*signals.Stream, signals.Subject) (bool, error)) error {
-	receiver, err := o.receiver(r, domain.ScopeSSFManage)
-	if err != nil {
-		return err
-	}
 	var b subjectBody
-	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
+	receiver, err := o.receiverRequest(w, r, &b)
+	if err != nil {
 		return err
 	}
 	if err := requireStreamID(b.StreamID); err != nil {
@@ -322,12 +310,9 @@ type verifyBody struct {
 // More than one per VerificationInterval and stream is 429 with
 // Retry-After; a disabled stream, which delivers nothing, is refused.
 func (o *OAuth) verifyStream(w http.ResponseWriter, r *http.Request) (ssfAnswer, error) {
-	receiver, err := o.receiver(r, domain.ScopeSSFManage)
-	if err != nil {
-		return ssfAnswer{}, err
-	}
 	var b verifyBody
-	if err := decodeSSF(w, r, maxSSFBody, &b); err != nil {
+	receiver, err := o.receiverRequest(w, r, &b)
+	if err != nil {
 		return ssfAnswer{}, err
 	}
 	if b.State != "" {
