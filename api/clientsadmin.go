@@ -165,7 +165,7 @@ func (s *Service) addClientsAdmin(svc micro.Service, prefix string) error {
 		{"clients_rotate_secret", SubjectClientsRotateSecret, s.rotateClientSecret, nil},
 		{"clients_history", SubjectClientsHistory, s.clientHistory, nil},
 	}
-	return s.addAdminEndpoints(svc, prefix, endpoints)
+	return s.addAdminEndpoints(svc, prefix, requestTimeout, endpoints)
 }
 
 // adminEndpoint is one administration request (keys, clients, SSF
@@ -176,15 +176,15 @@ type adminEndpoint struct {
 	opts          []micro.EndpointOpt
 }
 
-// addAdminEndpoints registers eps on svc. Administration is rare and
-// quick: each group has a few slots of its own, apart from both commands
-// and queries.
-func (s *Service) addAdminEndpoints(svc micro.Service, prefix string, eps []adminEndpoint) error {
+// addAdminEndpoints registers eps on svc, each request bounded by
+// timeout. Administration is rare and quick: each group has a few slots of
+// its own, apart from both commands and queries.
+func (s *Service) addAdminEndpoints(svc micro.Service, prefix string, timeout time.Duration, eps []adminEndpoint) error {
 	slots := make(chan struct{}, 4)
 	for _, ep := range eps {
 		handler := func(req micro.Request) {
 			who := registry.Actor{NATSUser: requestUser(req.Headers())}
-			s.async(ep.name, context.Background(), requestTimeout, slots, func(ctx context.Context, data []byte) (any, error) {
+			s.async(ep.name, context.Background(), timeout, slots, func(ctx context.Context, data []byte) (any, error) {
 				return ep.handle(ctx, data, who)
 			}, func(string, error, time.Duration) {})(req)
 		}

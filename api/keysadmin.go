@@ -109,7 +109,7 @@ func (s *Service) addKeysAdmin(svc micro.Service, prefix string) error {
 			return keysStatus(id, ring.Loaded()), nil
 		}, []micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}},
 	}
-	return s.addAdminEndpoints(svc, prefix, endpoints)
+	return s.addAdminEndpoints(svc, prefix, requestTimeout, endpoints)
 }
 
 // revokeKey answers a revoke request. The revocation is logged as a

@@ -43,6 +43,7 @@ type Metrics struct {
 	oauthDuration   *prometheus.HistogramVec
 	archived        prometheus.Counter
 	keysRevoked     *prometheus.CounterVec
+	subjectsErased  prometheus.Counter
 	outboxFailed    *prometheus.CounterVec
 	ssf             ssfMetrics
 
@@ -135,6 +136,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		projectionApplied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokend_projection_events_applied_total", Help: "Stream messages applied to the read model.",
 		}),
+		subjectsErased: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_subjects_erased_total",
+			Help: "Subjects whose personal data this instance erased (tokenctl subjects erase).",
+		}),
 		keysRevoked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_keys_revoked_total", Help: "Keys this instance revoked (tokenctl keys revoke), by kind (mac, signing, set).",
 		}, []string{"kind"}),
@@ -160,7 +165,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
 		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied,
-		m.oauthIntrospections, m.natsIntrospections, m.keysRevoked, m.outboxFailed, buildInfo())
+		m.oauthIntrospections, m.natsIntrospections, m.keysRevoked, m.subjectsErased, m.outboxFailed, buildInfo())
 	// Series of the label values known in advance start at 0, so rates,
 	// dashboards and alerts see them before the first event, not from it.
 	for _, cmd := range []string{"issue", "refresh", "revoke"} {
@@ -364,6 +369,13 @@ func (m *Metrics) Dropped(transport, endpoint, reason string) {
 func (m *Metrics) KeyRevoked(kind string) {
 	if m != nil {
 		m.keysRevoked.WithLabelValues(kind).Inc()
+	}
+}
+
+// SubjectErased counts a subject whose personal data this instance erased.
+func (m *Metrics) SubjectErased() {
+	if m != nil {
+		m.subjectsErased.Inc()
 	}
 }
 

@@ -19,7 +19,7 @@ func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyV
 	v := wire.FamilyView{FamilyID: f.FamilyID, Subject: f.Subject, ClientID: f.ClientID, Scope: f.Scope,
 		Audience: f.Audience, Status: string(f.Status), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt, RevokedAt: f.RevokedAt, RevokedReason: f.RevokedReason, ArchivedAt: f.ArchivedAt,
-		Tokens: make([]wire.TokenView, len(f.Tokens)), AsOfSeq: f.AsOfSeq}
+		Tokens: make([]wire.TokenView, len(f.Tokens)), AsOfSeq: f.AsOfSeq, Erased: f.Erased}
 	for i, t := range f.Tokens {
 		v.Tokens[i] = wire.TokenView{Generation: t.Generation, Status: t.Status, IssuedAt: t.IssuedAt, RotatedAt: t.RotatedAt}
 	}
@@ -44,7 +44,7 @@ func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter)
 func auditEvent(e projections.AuditEvent) wire.AuditEvent {
 	return wire.AuditEvent{Seq: e.Seq, ID: e.ID, Type: e.Type, Time: e.Time, FamilyID: e.FamilyID,
 		Subject: e.Subject, ClientID: e.ClientID, PresentedBy: e.PresentedBy, Generation: e.Generation,
-		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context}
+		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context, Erased: e.Erased}
 }
 
 // auditEventBytes is an event's length in a reply: its JSON and a comma.

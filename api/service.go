@@ -18,6 +18,7 @@ import (
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/pii"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/registry"
 	"github.com/tokend/tokend/signals"
@@ -68,6 +69,9 @@ type Service struct {
 	// Delivery, if set, delivers the SSF streams' events and answers
 	// their polls; without it polls are answered temporarily_unavailable.
 	Delivery *signals.Engine
+	// Personal, set with personal data protection on, holds the subjects'
+	// data keys: erasing a subject destroys its key (subjectsadmin.go).
+	Personal *pii.Store
 
 	nc *nats.Conn
 	// stopQueries ends the waits of queries in flight at shutdown: a
@@ -157,6 +161,10 @@ func (s *Service) Start(nc *nats.Conn, prefix string) error {
 	if err := s.addClientsAdmin(svc, prefix); err != nil {
 		svc.Stop()
 		return fmt.Errorf("client administration: %w", err)
+	}
+	if err := s.addSubjectsAdmin(svc, prefix); err != nil {
+		svc.Stop()
+		return fmt.Errorf("subject administration: %w", err)
 	}
 	if err := s.addSSFAdmin(svc, prefix); err != nil {
 		svc.Stop()
@@ -398,13 +406,29 @@ const revokeTimeout = 30 * time.Second
 // Issuing for the subject or client is refused on every instance while
 // this runs (revoking.Revoking), so the chase ends.
 func (s *Service) revokeAll(ctx context.Context, subject, clientID string, in wire.RevokeRequest) (int, uint64, error) {
-	if r := s.Tokens.Revoking; r != nil {
-		end, err := r.Begin(ctx, subject, clientID)
-		if err != nil {
-			return 0, 0, &domain.Error{Code: domain.EUnavailable, Message: "cannot reach the event store, retry", RetryAfterMs: 500}
-		}
-		defer end()
+	end, err := s.beginRevoking(ctx, subject, clientID)
+	if err != nil {
+		return 0, 0, err
 	}
+	defer end()
+	return s.revokeAllMarked(ctx, subject, clientID, in)
+}
+
+// beginRevoking holds back issues for the subject or client on every
+// instance until end is called (revoking.Revoking).
+func (s *Service) beginRevoking(ctx context.Context, subject, clientID string) (end func(), err error) {
+	r := s.Tokens.Revoking
+	if r == nil {
+		return func() {}, nil
+	}
+	if end, err = r.Begin(ctx, subject, clientID); err != nil {
+		return nil, &domain.Error{Code: domain.EUnavailable, Message: "cannot reach the event store, retry", RetryAfterMs: 500}
+	}
+	return end, nil
+}
+
+// revokeAllMarked is revokeAll for a caller holding beginRevoking's mark.
+func (s *Service) revokeAllMarked(ctx context.Context, subject, clientID string, in wire.RevokeRequest) (int, uint64, error) {
 	revoked := 0
 	for {
 		if _, err := s.Projector.CatchUp(ctx); err != nil {

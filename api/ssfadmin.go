@@ -191,7 +191,7 @@ func (s *Service) addSSFAdmin(svc micro.Service, prefix string) error {
 		{"ssf_webhooks_remove", SubjectSSFWebhooksRemove, s.deleteSSFStream(true), nil},
 		{"ssf_webhooks_rotate_secret", SubjectSSFWebhooksRotateSecret, s.rotateWebhookSecret, nil},
 	}
-	return s.addAdminEndpoints(svc, prefix, endpoints)
+	return s.addAdminEndpoints(svc, prefix, requestTimeout, endpoints)
 }
 
 // actor is who makes a change: as the request names them, else the NATS

@@ -35,6 +35,9 @@ const (
 	// before its family was created: tokend never made it, so whoever did
 	// holds the retired key.
 	ReasonRetiredKey = "retired_key"
+	// ReasonSubjectErased revokes the families of a subject whose personal
+	// data is erased (tokenctl subjects erase).
+	ReasonSubjectErased = "subject_erased"
 )
 
 // Event is one fact about a family. Token fields hold hashes, never tokens.

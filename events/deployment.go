@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/tokend/tokend/pii"
 )
 
 // Types of deployment events: events about no single family, stored on
@@ -22,6 +25,10 @@ import (
 const (
 	// SubjectRevoked: a revoke by subject finished.
 	SubjectRevoked = "subject.revoked"
+	// SubjectErased: a subject's personal data was erased (its data key
+	// destroyed, every family revoked). The event holds no personal data:
+	// the subject is named by its pseudonym.
+	SubjectErased = "subject.erased"
 	// ClientRevoked: a revoke by client finished.
 	ClientRevoked = "client.revoked"
 	// KeyRevoked: a key was revoked (tokenctl keys revoke).
@@ -34,7 +41,7 @@ const (
 )
 
 // DeploymentTypes lists every deployment event type.
-var DeploymentTypes = []string{SubjectRevoked, ClientRevoked, KeyRevoked, SSFVerification, SSFStreamUpdated}
+var DeploymentTypes = []string{SubjectRevoked, SubjectErased, ClientRevoked, KeyRevoked, SSFVerification, SSFStreamUpdated}
 
 // VerificationTTL is how long a verification event stays in the stream: it
 // proves a stream works now, and is worth nothing a day later.
@@ -50,8 +57,12 @@ type DeploymentEvent struct {
 	Type string    `json:"type"`
 	Time time.Time `json:"time"`
 
-	// Subject is the revoked subject (subject.revoked).
-	Subject string `json:"subject,omitempty"`
+	// Subject is the revoked subject (subject.revoked), or the erased
+	// subject's pseudonym (subject.erased). With personal data protection
+	// on, subject.revoked holds the pseudonym too, and the subject sealed
+	// in PII (Protector.SealDeployment).
+	Subject string      `json:"subject,omitempty"`
+	PII     *pii.Sealed `json:"pii,omitempty"`
 	// ClientID is the revoked client (client.revoked).
 	ClientID string `json:"client_id,omitempty"`
 	// Reason is why (revocations), or the new status's reason
@@ -65,7 +76,7 @@ type DeploymentEvent struct {
 	Seq             uint64 `json:"seq,omitempty"`
 
 	// Kid and Kind name the revoked key (key.revoked); By is who revoked
-	// it, as the operator said or the NATS user.
+	// it (or erased the subject), as the operator said or the NATS user.
 	Kid  string `json:"kid,omitempty"`
 	Kind string `json:"kind,omitempty"`
 	By   string `json:"by,omitempty"`
@@ -91,6 +102,16 @@ type DeploymentEvent struct {
 func SubjectRevokedEvent(subject, reason string, families int, seq uint64, at time.Time) DeploymentEvent {
 	return DeploymentEvent{ID: derivedID(SubjectRevoked, subject, reason, strconv.FormatUint(seq, 10)),
 		Type: SubjectRevoked, Time: at.UTC(), Subject: subject, Reason: reason, RevokedFamilies: families, Seq: seq}
+}
+
+// SubjectErasedEvent records the erasure of the subject with that
+// pseudonym: why, who asked, and how many families the erasure revoked.
+// Erasing an erased subject again changes nothing, so the pseudonym and
+// the reason identify the event: a retried erasure's event is the first
+// one's duplicate.
+func SubjectErasedEvent(pseudonym, reason, by string, families int, at time.Time) DeploymentEvent {
+	return DeploymentEvent{ID: derivedID(SubjectErased, pseudonym, reason),
+		Type: SubjectErased, Time: at.UTC(), Subject: pseudonym, Reason: reason, By: by, RevokedFamilies: families}
 }
 
 // ClientRevokedEvent is SubjectRevokedEvent for a revoke by client.
@@ -131,7 +152,7 @@ func derivedID(parts ...string) string {
 // "subject.revoked"), "" for the types stored on a stream's subject.
 func OpsKind(t string) string {
 	switch t {
-	case SubjectRevoked, ClientRevoked, KeyRevoked:
+	case SubjectRevoked, SubjectErased, ClientRevoked, KeyRevoked:
 		return strings.ReplaceAll(t, ".", "_")
 	}
 	return ""
@@ -159,7 +180,7 @@ func (ev DeploymentEvent) check(key string) error {
 	switch {
 	case ev.ID == "" || ev.Time.IsZero():
 		missing = "id or time"
-	case ev.Type == SubjectRevoked && (ev.Subject == "" || ev.Reason == ""):
+	case (ev.Type == SubjectRevoked || ev.Type == SubjectErased) && (ev.Subject == "" || ev.Reason == ""):
 		missing = "subject or reason"
 	case ev.Type == ClientRevoked && (ev.ClientID == "" || ev.Reason == ""):
 		missing = "client_id or reason"
@@ -169,8 +190,7 @@ func (ev DeploymentEvent) check(key string) error {
 		missing = "a valid stream_id"
 	case ev.Type == SSFStreamUpdated && ev.Status == "":
 		missing = "status"
-	case ev.Type != SubjectRevoked && ev.Type != ClientRevoked && ev.Type != KeyRevoked &&
-		ev.Type != SSFVerification && ev.Type != SSFStreamUpdated:
+	case !slices.Contains(DeploymentTypes, ev.Type):
 		return fmt.Errorf("%w: unknown deployment event type %q", ErrMalformedEvent, ev.Type)
 	}
 	if missing != "" {
@@ -223,6 +243,11 @@ const deploymentAttempts = 3
 // Appending the same event again within the stream's duplicate window (2
 // minutes) stores nothing and returns the first sequence.
 func (s *Store) AppendDeployment(ctx context.Context, ev DeploymentEvent) (uint64, error) {
+	if s.Protector != nil && ev.Type == SubjectRevoked {
+		if err := s.Protector.sealDeployment(ctx, &ev); err != nil {
+			return 0, err
+		}
+	}
 	if err := ev.check(ev.key()); err != nil {
 		return 0, err
 	}

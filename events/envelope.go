@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/pii"
 )
 
 // Envelope is an event as stored in the stream and served by audit queries.
@@ -36,7 +37,19 @@ type Envelope struct {
 	PresentedGeneration uint64         `json:"presented_generation,omitempty"`
 	Reason              string         `json:"reason"`
 	Context             domain.Context `json:"context,omitempty"`
-	Data                Data           `json:"data"`
+	// PII, in an event written with personal data protection on
+	// (Protector), holds the personal fields sealed: Subject is then the
+	// subject's pseudonym and Context is empty until Protector.Reveal
+	// opens it. Absent in events written without protection.
+	PII  *pii.Sealed `json:"pii,omitempty"`
+	Data Data        `json:"data"`
+
+	// Erased reports, after Protector.Reveal, that the personal fields
+	// are gone (the subject was erased): Subject stays the pseudonym.
+	Erased bool `json:"-"`
+	// origin is what Reveal found, for the writer's next events of the
+	// family (Protector.seal).
+	origin origin
 }
 
 // Data is the type-specific part of an event plus the family snapshot.

@@ -172,6 +172,9 @@ func diffs(want, got any, byInstant bool) []string {
 		switch {
 		case w.Kind() == reflect.Struct && w.Type() != timeType:
 			for i := range w.NumField() {
+				if !w.Type().Field(i).IsExported() { // bookkeeping, not stored
+					continue
+				}
 				walk(path+"."+w.Type().Field(i).Name, w.Field(i), g.Field(i))
 			}
 		case w.Kind() == reflect.Pointer && !w.IsNil() && !g.IsNil():

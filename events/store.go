@@ -43,6 +43,10 @@ type Store struct {
 	// FullState stores events in the form of versions before data.state
 	// (EncodeFull), for a rolling upgrade from one of them.
 	FullState bool
+	// Protector, if set, seals the personal fields of the events appended
+	// and opens those of the events read. Without it, reading a sealed
+	// event fails (ErrSealedWithoutKey).
+	Protector *Protector
 }
 
 // NewStore returns a store over an existing TOKENS stream.
@@ -83,11 +87,17 @@ func (s *Store) LoadLatest(ctx context.Context, familyID string) (domain.Family,
 }
 
 func (s *Store) load(ctx context.Context, familyID string, fromLeader bool) (domain.Family, uint64, error) {
+	l, err := s.loadState(ctx, familyID, fromLeader)
+	return l.family, l.seq, err
+}
+
+// loadState is load with what the writer needs to seal the next events.
+func (s *Store) loadState(ctx context.Context, familyID string, fromLeader bool) (loaded, error) {
 	env, seq, err := s.last(ctx, familyID, fromLeader)
 	if err != nil || seq == 0 {
-		return domain.Family{}, 0, err
+		return loaded{}, err
 	}
-	return env.Family(), seq, nil
+	return loaded{family: env.Family(), seq: seq, origin: env.origin}, nil
 }
 
 // replicated reports whether the stream has followers, whose direct gets
@@ -135,10 +145,24 @@ func (s *Store) last(ctx context.Context, familyID string, fromLeader bool) (Env
 		data, seq = msg.Data, msg.Sequence
 	}
 	env, err := Decode(data, familyID)
+	if err == nil {
+		err = s.reveal(ctx, &env)
+	}
 	if err != nil {
 		return Envelope{}, 0, fmt.Errorf("family %s at seq %d: %w", familyID, seq, err)
 	}
 	return env, seq, nil
+}
+
+// reveal opens env's personal fields, if sealed.
+func (s *Store) reveal(ctx context.Context, env *Envelope) error {
+	switch {
+	case env.PII == nil:
+		return nil
+	case s.Protector == nil:
+		return ErrSealedWithoutKey
+	}
+	return s.Protector.Reveal(ctx, env)
 }
 
 // apiPrefix is the JetStream API prefix the jetstream package uses with
@@ -181,10 +205,16 @@ func (s *Store) lastEventID(ctx context.Context, familyID string) (string, uint6
 // Append stores envs on the family's subject if its last sequence is still
 // expect, all or nothing, and returns the sequence of the last one. Several
 // events go in one atomic batch. It returns ErrConflict when the fence
-// refuses.
+// refuses. With a Protector, envs are sealed in place first.
 func (s *Store) Append(ctx context.Context, familyID string, expect uint64, envs []Envelope) (uint64, error) {
 	msgs := make([]*nats.Msg, len(envs))
-	for i, env := range envs {
+	for i := range envs {
+		if s.Protector != nil {
+			if err := s.Protector.seal(ctx, &envs[i]); err != nil {
+				return 0, err
+			}
+		}
+		env := envs[i]
 		encode := Encode
 		if s.FullState {
 			encode = EncodeFull

@@ -37,6 +37,9 @@ type Writer struct {
 type loaded struct {
 	family domain.Family
 	seq    uint64
+	// origin tells how the family's next events are sealed; when it is
+	// originErased, family.Subject is the subject's pseudonym.
+	origin origin
 }
 
 // Decision is what Handle stored: the family before and after, the events
@@ -80,6 +83,7 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 		for i, e := range events {
 			after = domain.Evolve(after, e)
 			envs[i] = Wrap(e, after)
+			envs[i].origin = cur.origin
 		}
 		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
 		if errors.Is(err, ErrConflict) {
@@ -98,7 +102,11 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			w.storeError(err)
 			return Decision{}, unavailable(err)
 		}
-		w.cache.Add(familyID, loaded{family: after, seq: seq})
+		next := loaded{family: after, seq: seq, origin: envs[len(envs)-1].origin}
+		if next.origin == originErased {
+			next.family.Subject = envs[len(envs)-1].Subject
+		}
+		w.cache.Add(familyID, next)
 		if w.OnAppend != nil {
 			w.OnAppend(events)
 		}
@@ -123,16 +131,11 @@ func (w *Writer) load(ctx context.Context, familyID string, latest bool) (loaded
 	if l, ok := w.cache.Get(familyID); ok {
 		return l, nil
 	}
-	load := w.store.Load
-	if latest {
-		load = w.store.LoadLatest
-	}
-	f, seq, err := load(ctx, familyID)
+	l, err := w.store.loadState(ctx, familyID, latest && w.store.replicated())
 	if err != nil {
 		return loaded{}, err
 	}
-	l := loaded{family: f, seq: seq}
-	if f.Exists() {
+	if l.family.Exists() {
 		w.cache.Add(familyID, l)
 	}
 	return l, nil

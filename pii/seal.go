@@ -8,8 +8,8 @@ import (
 	"fmt"
 )
 
-// sealedVersion is the version of the Sealed format written.
-const sealedVersion = 1
+// SealedVersion is the version of the Sealed format written.
+const SealedVersion = 1
 
 // ErrOpen reports a sealed part that cannot be opened with the key given:
 // altered, sealed for another event, or under another key.
@@ -42,12 +42,12 @@ func Seal(key DataKey, eventID, familyID string, plaintext []byte) (Sealed, erro
 		return Sealed{}, err
 	}
 	c := key.aead.Seal(nil, nonce, plaintext, associatedData(eventID, familyID, key.Ref))
-	return Sealed{V: sealedVersion, K: key.Ref, N: nonce, C: c}, nil
+	return Sealed{V: SealedVersion, K: key.Ref, N: nonce, C: c}, nil
 }
 
 // Open decrypts s, sealed by Seal for the same event under key.
 func Open(key DataKey, eventID, familyID string, s Sealed) ([]byte, error) {
-	if s.V != sealedVersion {
+	if s.V != SealedVersion {
 		return nil, fmt.Errorf("pii: sealed version %d unknown", s.V)
 	}
 	// GCM panics on a nonce of another size, and a part sealed under

@@ -1,6 +1,7 @@
 package pii
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -10,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -24,6 +25,9 @@ const (
 	bucketSubject = "$KV." + Bucket + "."
 )
 
+// DefaultCacheTTL is Config.CacheTTL's default.
+const DefaultCacheTTL = 10 * time.Minute
+
 // ErrNoKey reports a subject (or a key ref) without a data key: never
 // created, or erased. What was sealed under an erased key is unreadable.
 var ErrNoKey = errors.New("pii: no data key (erased or never created)")
@@ -34,6 +38,11 @@ type Config struct {
 	Replicas int
 	// CacheSize bounds the data keys kept in memory.
 	CacheSize int
+	// CacheTTL bounds how long a data key stays in memory: an instance
+	// that missed an erasure's marker (cut off from the server longer
+	// than MarkerTTL) forgets the key after it all the same. Zero means
+	// DefaultCacheTTL.
+	CacheTTL time.Duration
 	// MarkerTTL is how long an erasure's purge marker stays in the bucket:
 	// every instance's watch must see it in that time to drop the key it
 	// caches. The marker holds no secret, only the pseudonym (which every
@@ -53,7 +62,7 @@ type Store struct {
 	// mu orders cache additions with the watch's removals: a key read from
 	// the bucket while an erasure was seen is not cached (see epoch).
 	mu    sync.Mutex
-	cache *lru.Cache[string, DataKey] // by bucket key
+	cache *expirable.LRU[string, DataKey] // by bucket key
 	// epoch counts the deletes and purges seen; a read that started in an
 	// older epoch may hold a key erased since, so it is not cached.
 	epoch uint64
@@ -78,10 +87,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keys, cfg Conf
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
-	cache, err := lru.New[string, DataKey](max(cfg.CacheSize, 1))
-	if err != nil {
-		return nil, err
-	}
+	cache := expirable.NewLRU[string, DataKey](max(cfg.CacheSize, 1), nil, cmp.Or(cfg.CacheTTL, DefaultCacheTTL))
 	s := &Store{keys: keys, kv: kv, stream: stream, markerTTL: cfg.MarkerTTL, cache: cache}
 	// Only changes matter (the cache starts empty), and only their kind:
 	// the wrapped keys need not travel to every watcher.
@@ -135,11 +141,15 @@ func (s *Store) Stop() { s.watcher.Stop() }
 // Pseudonym returns the subject's pseudonym (Keys.Pseudonym).
 func (s *Store) Pseudonym(subject string) string { return s.keys.Pseudonym(subject) }
 
-// DataKey returns the subject's data key. If it has none, create makes
-// one (of two instances creating it at once, both get the one written
-// first); otherwise it reports ErrNoKey.
-func (s *Store) DataKey(ctx context.Context, subject string, create bool) (DataKey, error) {
-	key := bucketKey(s.keys.Pseudonym(subject))
+// DataKey returns the data key of the subject whose pseudonym is given
+// (Pseudonym). If it has none, create makes one (of two instances
+// creating it at once, both get the one written first); otherwise it
+// reports ErrNoKey.
+func (s *Store) DataKey(ctx context.Context, pseudonym string, create bool) (DataKey, error) {
+	key := bucketKey(pseudonym)
+	if !validBucketKey(key) {
+		return DataKey{}, fmt.Errorf("pii: %q is not a pseudonym", pseudonym)
+	}
 	// Three rounds: a create that lost the race reads the winner's key,
 	// unless that was erased meanwhile; more means something is wrong.
 	for range 3 {
@@ -257,7 +267,7 @@ func dataKey(key string, rev uint64, secret []byte) (DataKey, error) {
 	return DataKey{Ref: key + "." + strconv.FormatUint(rev, 10), aead: aead}, nil
 }
 
-// Erase destroys the subject's data key on every instance; erasing a
+// Erase destroys the data key of the subject with that pseudonym on every instance; erasing a
 // subject without a key does nothing. Its message in the bucket's stream
 // is overwritten on disk first (a KV purge alone would leave its bytes in
 // the block file), then a purge marker tells every instance's watch to
@@ -268,8 +278,11 @@ func dataKey(key string, rev uint64, secret []byte) (DataKey, error) {
 // A key created for the subject between the two steps would be removed by
 // the marker without being overwritten: the caller keeps the subject from
 // being used while it erases it.
-func (s *Store) Erase(ctx context.Context, subject string) error {
-	key := bucketKey(s.keys.Pseudonym(subject))
+func (s *Store) Erase(ctx context.Context, pseudonym string) error {
+	key := bucketKey(pseudonym)
+	if !validBucketKey(key) {
+		return fmt.Errorf("pii: %q is not a pseudonym", pseudonym)
+	}
 	for {
 		msg, err := s.stream.GetLastMsgForSubject(ctx, bucketSubject+key)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {

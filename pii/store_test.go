@@ -46,6 +46,11 @@ func (ts testServer) open() *Store {
 	return s
 }
 
+// pseudonym is a subject's pseudonym under the test deployment key.
+func pseudonym(t *testing.T, subject string) string {
+	return testKeys(t, deploymentKey).Pseudonym(subject)
+}
+
 // sameKey reports whether a and b seal and open for each other.
 func sameKey(a, b DataKey) error {
 	s, err := Seal(a, "ev", "fam", []byte("x"))
@@ -66,7 +71,7 @@ func TestConcurrentCreateOneKey(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range keys {
 		wg.Go(func() {
-			k, err := stores[i%2].DataKey(t.Context(), "alice", true)
+			k, err := stores[i%2].DataKey(t.Context(), pseudonym(t, "alice"), true)
 			if err != nil {
 				t.Error(err)
 			}
@@ -90,7 +95,7 @@ func TestConcurrentCreateOneKey(t *testing.T) {
 	if err := sameKey(keys[0], k); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stores[0].DataKey(t.Context(), "bob", false); !errors.Is(err, ErrNoKey) {
+	if _, err := stores[0].DataKey(t.Context(), pseudonym(t, "bob"), false); !errors.Is(err, ErrNoKey) {
 		t.Fatalf("subject without key, create=false: %v; want ErrNoKey", err)
 	}
 	// A ref comes from a stored event: one no key can have is no key.
@@ -106,21 +111,21 @@ func TestConcurrentCreateOneKey(t *testing.T) {
 func TestEraseSeenByOtherInstance(t *testing.T) {
 	ts := newTestServer(t)
 	a, b := ts.open(), ts.open()
-	k, err := a.DataKey(t.Context(), "alice", true)
+	k, err := a.DataKey(t.Context(), pseudonym(t, "alice"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.DataKey(t.Context(), "alice", false); err != nil { // now cached on b
+	if _, err := b.DataKey(t.Context(), pseudonym(t, "alice"), false); err != nil { // now cached on b
 		t.Fatal(err)
 	}
-	if err := a.Erase(t.Context(), "alice"); err != nil {
+	if err := a.Erase(t.Context(), pseudonym(t, "alice")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.DataKey(t.Context(), "alice", false); !errors.Is(err, ErrNoKey) {
+	if _, err := a.DataKey(t.Context(), pseudonym(t, "alice"), false); !errors.Is(err, ErrNoKey) {
 		t.Fatalf("on the erasing instance: %v; want ErrNoKey at once", err)
 	}
 	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if _, err := b.DataKey(t.Context(), "alice", false); !errors.Is(err, ErrNoKey) {
+		if _, err := b.DataKey(t.Context(), pseudonym(t, "alice"), false); !errors.Is(err, ErrNoKey) {
 			return fmt.Errorf("other instance: %v; want ErrNoKey", err)
 		}
 		if _, err := b.KeyFor(t.Context(), k.Ref); !errors.Is(err, ErrNoKey) {
@@ -130,7 +135,7 @@ func TestEraseSeenByOtherInstance(t *testing.T) {
 	})
 	// The subject seen again gets a new key; what the old one sealed stays
 	// unreadable.
-	k2, err := b.DataKey(t.Context(), "alice", true)
+	k2, err := b.DataKey(t.Context(), pseudonym(t, "alice"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,14 +153,14 @@ func TestEraseSeenByOtherInstance(t *testing.T) {
 func TestKeyReadBeforeErasureNotCached(t *testing.T) {
 	ts := newTestServer(t)
 	a, b := ts.open(), ts.open()
-	k, err := a.DataKey(t.Context(), "alice", true)
+	k, err := a.DataKey(t.Context(), pseudonym(t, "alice"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.mu.Lock()
 	readStarted := b.epoch // b reads the key from the bucket now...
 	b.mu.Unlock()
-	if err := a.Erase(t.Context(), "alice"); err != nil {
+	if err := a.Erase(t.Context(), pseudonym(t, "alice")); err != nil {
 		t.Fatal(err)
 	}
 	eventstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
@@ -167,7 +172,7 @@ func TestKeyReadBeforeErasureNotCached(t *testing.T) {
 		return nil
 	})
 	b.remember(bucketKey(b.Pseudonym("alice")), k, readStarted) // ...and gets it only now
-	if got, err := b.DataKey(t.Context(), "alice", false); !errors.Is(err, ErrNoKey) {
+	if got, err := b.DataKey(t.Context(), pseudonym(t, "alice"), false); !errors.Is(err, ErrNoKey) {
 		t.Fatalf("after the erasure: key %s, %v; want ErrNoKey", got.Ref, err)
 	}
 }
@@ -181,7 +186,7 @@ func TestEraseLeavesNothingOnDisk(t *testing.T) {
 	// Keys stored before and after alice's keep her message inside the
 	// block, where a removal only marks it deleted.
 	for _, subject := range []string{"bob", "alice", "carol"} {
-		if _, err := s.DataKey(t.Context(), subject, true); err != nil {
+		if _, err := s.DataKey(t.Context(), s.Pseudonym(subject), true); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,7 +205,7 @@ func TestEraseLeavesNothingOnDisk(t *testing.T) {
 	})
 
 	for range 2 { // idempotent
-		if err := s.Erase(t.Context(), "alice"); err != nil {
+		if err := s.Erase(t.Context(), pseudonym(t, "alice")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -231,7 +236,7 @@ func TestEraseLeavesNothingOnDisk(t *testing.T) {
 		t.Fatalf("stream info: %d messages on %s", n, subject)
 	}
 	// Erasing a subject that never had a key is fine too.
-	if err := s.Erase(t.Context(), "dave"); err != nil {
+	if err := s.Erase(t.Context(), pseudonym(t, "dave")); err != nil {
 		t.Fatal(err)
 	}
 }

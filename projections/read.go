@@ -1,15 +1,19 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"time"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/pii"
 	"github.com/tokend/tokend/queries"
 )
 
@@ -19,6 +23,11 @@ type Reader struct {
 	db  *DB
 	p   *Projector
 	now func() time.Time
+
+	// Protector, set with personal data protection on, opens the sealed
+	// personal fields of the rows answered, and names the subjects looked
+	// up by their pseudonyms. Set before the reader is used.
+	Protector *events.Protector
 }
 
 // NewReader returns a reader over db, fed by p.
@@ -39,6 +48,9 @@ type FamilyView struct {
 	ArchivedAt                         *time.Time // nil unless summarized by family.archived
 	Tokens                             []TokenView
 	AsOfSeq                            uint64
+	// Erased: the subject's personal data was erased; Subject is its
+	// pseudonym.
+	Erased bool
 }
 
 // TokenView is one generation of a family; the token itself is never kept.
@@ -64,7 +76,12 @@ func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error
 		return FamilyView{}, err
 	}
 	f := familyOf(row)
-	v := FamilyView{FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
+	personal, err := r.reveal(ctx, row.PiiEvent.String, row.FamilyID, row.Subject, row.Pii, nil)
+	if err != nil {
+		return FamilyView{}, err
+	}
+	f.Subject = personal.Subject
+	v := FamilyView{Erased: personal.Erased, FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
 		Audience: f.Audience, Status: f.StatusAt(r.now()), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt(), RevokedReason: f.RevokedReason, AsOfSeq: asOf,
 		Tokens: make([]TokenView, len(toks))}
@@ -121,6 +138,9 @@ type AuditEvent struct {
 	PresentedGeneration uint64
 	Reason              string
 	Context             json.RawMessage // a JSON object, {} when none
+	// Erased: the subject's personal data was erased; Subject is its
+	// pseudonym and Context is {}.
+	Erased bool
 }
 
 // AuditPage is one page of events in ascending seq. NextAfterSeq is the
@@ -153,15 +173,19 @@ func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
 		if f.MaxBytes > 0 {
 			n = min(n, auditChunk)
 		}
-		rows, err := r.auditRows(ctx, q, int64(n))
+		rows, err := r.auditRowsBySubjectForms(ctx, q, int64(n))
 		if err != nil {
 			return AuditPage{}, err
 		}
 		for _, row := range rows {
+			personal, err := r.reveal(ctx, row.ID, row.FamilyID, row.Subject, row.Pii, json.RawMessage(row.Context))
+			if err != nil {
+				return AuditPage{}, err
+			}
 			e := AuditEvent{Seq: uint64(row.Seq), ID: row.ID, Type: row.Type, Time: unixNano(row.Time),
-				FamilyID: row.FamilyID, Subject: row.Subject, ClientID: row.ClientID, PresentedBy: row.PresentedBy,
+				FamilyID: row.FamilyID, Subject: personal.Subject, ClientID: row.ClientID, PresentedBy: row.PresentedBy,
 				Generation: uint64(row.Generation), PresentedGeneration: uint64(row.PresentedGeneration),
-				Reason: row.Reason, Context: json.RawMessage(row.Context)}
+				Reason: row.Reason, Context: personal.context, Erased: personal.Erased}
 			if f.MaxBytes > 0 {
 				size := f.Size(e)
 				if len(page.Events) > 0 && used+size > f.MaxBytes {
@@ -224,6 +248,57 @@ func (r *Reader) auditQuery(ctx context.Context, f AuditFilter) (q auditQuery, o
 	return q, q.after < q.upto, nil
 }
 
+// revealed is a row's personal part as answered.
+type revealed struct {
+	events.Revealed
+	context json.RawMessage
+}
+
+// reveal opens a row's sealed personal fields (the event eventID's), or
+// answers those stored in clear: subject and clearContext (nil for a
+// family row, which has none).
+func (r *Reader) reveal(ctx context.Context, eventID, familyID, subject string, sealed sql.NullString, clearContext json.RawMessage) (revealed, error) {
+	if !sealed.Valid {
+		return revealed{Revealed: events.Revealed{Subject: subject}, context: clearContext}, nil
+	}
+	if r.Protector == nil {
+		return revealed{}, events.ErrSealedWithoutKey
+	}
+	var s pii.Sealed
+	if err := json.Unmarshal([]byte(sealed.String), &s); err != nil {
+		return revealed{}, fmt.Errorf("event %s: sealed personal fields: %w", eventID, err)
+	}
+	p, err := r.Protector.Open(ctx, eventID, familyID, subject, &s)
+	if err != nil {
+		return revealed{}, err
+	}
+	out := revealed{Revealed: p, context: json.RawMessage("{}")}
+	if len(p.Context) > 0 {
+		out.context, _ = json.Marshal(p.Context)
+	}
+	return out, nil
+}
+
+// auditRowsBySubjectForms is auditRows, except that with protection on
+// a subject is looked up under both forms it may be stored in: its
+// pseudonym (events sealed) and in clear (events stored before protection
+// was turned on). Each read is in seq order, so the page is the first
+// limit rows of both merged.
+func (r *Reader) auditRowsBySubjectForms(ctx context.Context, q auditQuery, limit int64) ([]queries.AuditEvent, error) {
+	rows, err := r.auditRows(ctx, q, limit)
+	if err != nil || r.Protector == nil || q.f.Subject == "" {
+		return rows, err
+	}
+	q.f.Subject = r.Protector.Pseudonym(q.f.Subject)
+	sealed, err := r.auditRows(ctx, q, limit)
+	if err != nil {
+		return nil, err
+	}
+	rows = append(rows, sealed...)
+	slices.SortFunc(rows, func(a, b queries.AuditEvent) int { return cmp.Compare(a.Seq, b.Seq) })
+	return rows[:min(len(rows), int(limit))], nil
+}
+
 // auditRows reads the next rows of q after q.after, at most limit.
 func (r *Reader) auditRows(ctx context.Context, q auditQuery, limit int64) ([]queries.AuditEvent, error) {
 	f, after, upto, since, until, types := q.f, q.after, q.upto, q.since, q.until, q.typesJSON
@@ -271,7 +346,14 @@ var rareTypes = map[string]bool{
 func (r *Reader) RevocableFamilies(ctx context.Context, subject, clientID string) ([]string, error) {
 	now := r.now().UnixNano()
 	if subject != "" {
-		return r.db.R.RevocableFamiliesBySubject(ctx, queries.RevocableFamiliesBySubjectParams{Subject: subject, Now: now})
+		ids, err := r.db.R.RevocableFamiliesBySubject(ctx, queries.RevocableFamiliesBySubjectParams{Subject: subject, Now: now})
+		if err != nil || r.Protector == nil {
+			return ids, err
+		}
+		// Under its pseudonym too: see auditRowsBySubjectForms.
+		sealed, err := r.db.R.RevocableFamiliesBySubject(ctx, queries.RevocableFamiliesBySubjectParams{
+			Subject: r.Protector.Pseudonym(subject), Now: now})
+		return append(ids, sealed...), err
 	}
 	return r.db.R.RevocableFamiliesByClient(ctx, queries.RevocableFamiliesByClientParams{ClientID: clientID, Now: now})
 }

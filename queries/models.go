@@ -24,6 +24,7 @@ type AuditEvent struct {
 	ExpiresAt           sql.NullInt64
 	PresentedBy         string
 	PresentedGeneration int64
+	Pii                 sql.NullString
 }
 
 type Family struct {
@@ -44,6 +45,8 @@ type Family struct {
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
 	PruneAt           sql.NullInt64
+	Pii               sql.NullString
+	PiiEvent          sql.NullString
 }
 
 type ProjectionPosition struct {

@@ -13,10 +13,10 @@ ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq, applied_hash 
 -- of the rows this batch adds; NULL for none).
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, prune_at)
+    archived_at, prune_at, pii, pii_event)
 VALUES (@family_id, @subject, @client_id, @scope, @audience, @status, @generation, @current_hash,
     @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq,
-    @archived_at, @prune_at)
+    @archived_at, @prune_at, @pii, @pii_event)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
@@ -96,9 +96,9 @@ WHERE families.family_id = @family_id;
 
 -- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from, expires_at, presented_by, presented_generation)
+    max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii)
 VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, @reason, @context,
-    @max_time_upto, @min_time_from, @expires_at, @presented_by, @presented_generation)
+    @max_time_upto, @min_time_from, @expires_at, @presented_by, @presented_generation, @pii)
 ON CONFLICT (seq) DO NOTHING;
 
 -- name: BoundsBefore :one

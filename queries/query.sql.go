@@ -52,7 +52,7 @@ func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (i
 }
 
 const auditByClient = `-- name: AuditByClient :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_client
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_client
 WHERE client_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?4)))
   AND time >= ?5 AND time < ?6
@@ -102,6 +102,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -118,7 +119,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 
 const auditByFamily = `-- name: AuditByFamily :many
 
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_family
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
   AND (CAST(?6 AS TEXT) = '' OR presented_by = ?6)
@@ -180,6 +181,7 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -195,7 +197,7 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 }
 
 const auditByPresenter = `-- name: AuditByPresenter :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_presenter
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_presenter
 WHERE presented_by = ?1 AND presented_by <> '' AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
   AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
@@ -253,6 +255,7 @@ func (q *Queries) AuditByPresenter(ctx context.Context, arg AuditByPresenterPara
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -268,7 +271,7 @@ func (q *Queries) AuditByPresenter(ctx context.Context, arg AuditByPresenterPara
 }
 
 const auditByRareTypes = `-- name: AuditByRareTypes :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_rare
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_rare
 WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
   AND type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
@@ -318,6 +321,7 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -333,7 +337,7 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 }
 
 const auditBySeq = `-- name: AuditBySeq :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events NOT INDEXED
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events NOT INDEXED
 WHERE seq > ?1 AND seq <= ?2
   AND (CAST(?3 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?3)))
   AND time >= ?4 AND time < ?5
@@ -383,6 +387,7 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -398,7 +403,7 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 }
 
 const auditBySubject = `-- name: AuditBySubject :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_subject
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_subject
 WHERE subject = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR client_id = ?4)
   AND (CAST(?5 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?5)))
@@ -451,6 +456,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -466,7 +472,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 }
 
 const auditByType = `-- name: AuditByType :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation FROM audit_events INDEXED BY audit_by_type
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_type
 WHERE type = ?1 AND type <> 'token.rotated' AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
 ORDER BY seq LIMIT ?6
@@ -515,6 +521,7 @@ func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]Aud
 			&i.ExpiresAt,
 			&i.PresentedBy,
 			&i.PresentedGeneration,
+			&i.Pii,
 		); err != nil {
 			return nil, err
 		}
@@ -808,7 +815,7 @@ func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error)
 }
 
 const getFamily = `-- name: GetFamily :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families WHERE family_id = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at, pii, pii_event FROM families WHERE family_id = ?1
 `
 
 func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error) {
@@ -832,15 +839,17 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 		&i.LastSeq,
 		&i.ArchivedAt,
 		&i.PruneAt,
+		&i.Pii,
+		&i.PiiEvent,
 	)
 	return i, err
 }
 
 const insertAuditEvent = `-- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from, expires_at, presented_by, presented_generation)
+    max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-    ?11, ?12, ?13, ?14, ?15)
+    ?11, ?12, ?13, ?14, ?15, ?16)
 ON CONFLICT (seq) DO NOTHING
 `
 
@@ -860,6 +869,7 @@ type InsertAuditEventParams struct {
 	ExpiresAt           sql.NullInt64
 	PresentedBy         string
 	PresentedGeneration int64
+	Pii                 sql.NullString
 }
 
 func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventParams) error {
@@ -879,6 +889,7 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 		arg.ExpiresAt,
 		arg.PresentedBy,
 		arg.PresentedGeneration,
+		arg.Pii,
 	)
 	return err
 }
@@ -1055,10 +1066,10 @@ func (q *Queries) SetPosition(ctx context.Context, arg SetPositionParams) error 
 const upsertFamily = `-- name: UpsertFamily :exec
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, prune_at)
+    archived_at, prune_at, pii, pii_event)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
     ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-    ?16, ?17)
+    ?16, ?17, ?18, ?19)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
@@ -1086,6 +1097,8 @@ type UpsertFamilyParams struct {
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
 	PruneAt           sql.NullInt64
+	Pii               sql.NullString
+	PiiEvent          sql.NullString
 }
 
 // Every event carries the family's whole state, so the newest one wins;
@@ -1110,6 +1123,8 @@ func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) erro
 		arg.LastSeq,
 		arg.ArchivedAt,
 		arg.PruneAt,
+		arg.Pii,
+		arg.PiiEvent,
 	)
 	return err
 }

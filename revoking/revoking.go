@@ -32,6 +32,12 @@ type Revoking struct {
 	kv      jetstream.KeyValue
 	watcher jetstream.KeyWatcher
 
+	// SubjectName, if set, is what a subject's marker is named after in
+	// place of the subject: its pseudonym with personal data protection
+	// on, so the bucket holds no (unkeyed) hash of a person's identifier.
+	// Set before the first Begin, the same on every instance.
+	SubjectName func(subject string) string
+
 	mu     sync.RWMutex
 	active map[string]bool // marker keys present in the bucket
 }
@@ -73,7 +79,7 @@ func (r *Revoking) Stop() { r.watcher.Stop() }
 // Begin marks a revocation of subject or clientID (one of them set) as in
 // progress on every instance; end removes the mark.
 func (r *Revoking) Begin(ctx context.Context, subject, clientID string) (end func(), err error) {
-	key := markerKey(subject, clientID)
+	key := r.markerKey(subject, clientID)
 	rev, err := r.kv.Put(ctx, key, nil)
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
@@ -97,15 +103,18 @@ func (r *Revoking) Begin(ctx context.Context, subject, clientID string) (end fun
 func (r *Revoking) Blocks(subject, clientID string) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return len(r.active) > 0 && (r.active[markerKey(subject, "")] || r.active[markerKey("", clientID)])
+	return len(r.active) > 0 && (r.active[r.markerKey(subject, "")] || r.active[r.markerKey("", clientID)])
 }
 
 // markerKey names a subject's or a client's marker by a hash: KV keys
 // allow few characters, and names stay out of the bucket's subjects.
-func markerKey(subject, clientID string) string {
+func (r *Revoking) markerKey(subject, clientID string) string {
 	kind, name := "s", subject
-	if subject == "" {
+	switch {
+	case subject == "":
 		kind, name = "c", clientID
+	case r.SubjectName != nil:
+		name = r.SubjectName(subject)
 	}
 	sum := sha256.Sum256([]byte(name))
 	return kind + "_" + hex.EncodeToString(sum[:16])

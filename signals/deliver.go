@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/pii"
 )
 
 // errHeld ends a delivery that reached the events a paused stream holds.
@@ -288,8 +289,11 @@ func (e *Engine) handle(ctx context.Context, r *runner, m jetstream.Msg, seq uin
 	if seq > holdAfter {
 		return false, errHeld
 	}
-	sigs, err := e.signalsFor(st, m.Subject(), m.Data())
-	if err != nil {
+	sigs, err := e.signalsFor(ctx, st, m.Subject(), m.Data())
+	switch {
+	case err != nil && !unusable(err):
+		return false, err // the subject keys' bucket unreachable: later
+	case err != nil:
 		// Only tokend publishes on these subjects; what it cannot read now
 		// it never will, and it must not stop the stream.
 		e.log.Error("SSF: message unusable, skipped", "stream", st.ID, "seq", seq, "err", err)
@@ -362,10 +366,16 @@ func (e *Engine) every(period time.Duration, f func()) (stop func()) {
 	return func() { close(done); <-finished }
 }
 
+// unusable reports whether err, from signalsFor, means that the message
+// can never be mapped, rather than that it cannot be now.
+func unusable(err error) bool {
+	return errors.Is(err, events.ErrMalformedEvent) || errors.Is(err, pii.ErrOpen) || errors.Is(err, events.ErrSealedWithoutKey)
+}
+
 // signalsFor maps a message of the TOKENS stream to the signals stream
 // st delivers.
-func (e *Engine) signalsFor(st Stream, subject string, data []byte) ([]Signal, error) {
-	sigs, err := e.o.Mapper.Message(e.o.Subjects, subject, data)
+func (e *Engine) signalsFor(ctx context.Context, st Stream, subject string, data []byte) ([]Signal, error) {
+	sigs, err := e.o.Mapper.Message(ctx, e.o.Subjects, subject, data)
 	if err != nil {
 		return nil, err
 	}

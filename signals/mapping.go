@@ -1,6 +1,7 @@
 package signals
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -25,12 +26,15 @@ const (
 	TypeVerification = "https://schemas.openid.net/secevent/ssf/event-type/verification"
 	// TypeStreamUpdated is SSF 1.0 section 8.1.5.
 	TypeStreamUpdated = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated"
+	// TypeAccountPurged is RISC 1.0 section 2.1: a subject's personal data
+	// was erased (tokenctl subjects erase), its sessions revoked.
+	TypeAccountPurged = "https://schemas.openid.net/secevent/risc/event-type/account-purged"
 )
 
 // EventsSupported lists the event types tokend sends, for
 // events_supported. Verification and stream updated go to their stream
 // whether requested or not (Stream.Wants).
-var EventsSupported = []string{TypeSessionRevoked, TypeCredentialCompromise, TypeKeyRevoked, TypeVerification, TypeStreamUpdated}
+var EventsSupported = []string{TypeSessionRevoked, TypeCredentialCompromise, TypeAccountPurged, TypeKeyRevoked, TypeVerification, TypeStreamUpdated}
 
 // CredentialTypeRefreshToken is the credential_type of tokend's
 // credential-compromise events. CAEP's list (which RISC refers to) has no
@@ -120,6 +124,15 @@ type KeyRevoked struct {
 	EventTimestamp   int64             `json:"event_timestamp"`
 }
 
+// AccountPurged is the event object of TypeAccountPurged. Its subject is
+// the erased subject's pseudonym (opaque): the event it comes from holds
+// no personal data.
+type AccountPurged struct {
+	ReasonAdmin     map[string]string `json:"reason_admin"`
+	EventTimestamp  int64             `json:"event_timestamp"`
+	RevokedFamilies int               `json:"revoked_families"`
+}
+
 // Verification is the event object of TypeVerification.
 type Verification struct {
 	State string `json:"state,omitempty"`
@@ -131,16 +144,20 @@ type StreamUpdated struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// Mapper turns tokend's events into signals. It is pure.
+// Mapper turns tokend's events into signals. Family and Deployment are
+// pure; Message opens sealed personal fields first.
 type Mapper struct {
 	// Issuer is tokend's issuer: the iss of the iss_sub subjects.
 	Issuer string
+	// Protector, set with personal data protection on, opens the sealed
+	// subjects of the events mapped.
+	Protector *events.Protector
 }
 
 // Message maps a message of the TOKENS stream, by its subject: a family
 // event or a deployment event. Anything else there is
 // events.ErrMalformedEvent.
-func (m Mapper) Message(subjects events.Subjects, subject string, data []byte) ([]Signal, error) {
+func (m Mapper) Message(ctx context.Context, subjects events.Subjects, subject string, data []byte) ([]Signal, error) {
 	if family := subjects.FamilyOf(subject); family != "" {
 		if t, ok := events.PeekType(data); ok && !familyEventSignals(domain.EventType(t)) {
 			return nil, nil // most events, rotations first: not worth decoding
@@ -148,6 +165,14 @@ func (m Mapper) Message(subjects events.Subjects, subject string, data []byte) (
 		env, err := events.Decode(data, family)
 		if err != nil {
 			return nil, err
+		}
+		if env.PII != nil {
+			if m.Protector == nil {
+				return nil, events.ErrSealedWithoutKey
+			}
+			if err := m.Protector.Reveal(ctx, &env); err != nil {
+				return nil, err
+			}
 		}
 		return m.Family(env), nil
 	}
@@ -162,7 +187,16 @@ func (m Mapper) Message(subjects events.Subjects, subject string, data []byte) (
 	if err != nil {
 		return nil, err
 	}
-	return m.Deployment(ev), nil
+	erased := false
+	if ev.PII != nil {
+		if m.Protector == nil {
+			return nil, events.ErrSealedWithoutKey
+		}
+		if erased, err = m.Protector.RevealDeployment(ctx, &ev); err != nil {
+			return nil, err
+		}
+	}
+	return m.Deployment(ev, erased), nil
 }
 
 // familyEventSignals reports whether events of type t may map to a
@@ -219,18 +253,35 @@ func (m Mapper) compromise(env events.Envelope, reason, admin string) Credential
 // subject at tokend), the session (the family) and the application (the
 // family's client).
 func (m Mapper) session(env events.Envelope) Subject {
-	user, session, app := IssSub(m.Issuer, env.Subject), Opaque(env.FamilyID), Opaque(env.ClientID)
+	user, session, app := m.user(env.Subject, env.Erased), Opaque(env.FamilyID), Opaque(env.ClientID)
 	return Subject{Format: FormatComplex, User: &user, Session: &session, Application: &app}
+}
+
+// user is the subject identifier of a user: iss_sub, or once the user's
+// personal data is erased, its pseudonym (opaque), which is all that is
+// left of it.
+func (m Mapper) user(subject string, erased bool) Subject {
+	if erased {
+		return Opaque(subject)
+	}
+	return IssSub(m.Issuer, subject)
 }
 
 // Deployment maps a deployment event: subject.revoked and client.revoked
 // to a session revoked for all of the user's or the client's sessions,
-// key.revoked to a key revoked, and the SSF events to theirs.
-func (m Mapper) Deployment(ev events.DeploymentEvent) []Signal {
+// subject.erased to an account purged, key.revoked to a key revoked, and
+// the SSF events to theirs. erased reports that subject.revoked's subject
+// is the pseudonym of an erased subject.
+func (m Mapper) Deployment(ev events.DeploymentEvent, erased bool) []Signal {
 	sig := Signal{Time: ev.Time, Txn: ev.ID}
 	switch ev.Type {
+	case events.SubjectErased:
+		// Like subject.revoked, only receivers of every event are told.
+		sig.Type, sig.Subject = TypeAccountPurged, Opaque(ev.Subject)
+		sig.Event = AccountPurged{ReasonAdmin: en("Personal data erased at the data subject's request: " + ev.Reason),
+			EventTimestamp: ev.Time.Unix(), RevokedFamilies: ev.RevokedFamilies}
 	case events.SubjectRevoked:
-		user := IssSub(m.Issuer, ev.Subject)
+		user := m.user(ev.Subject, erased)
 		// A user may hold sessions with many clients: only receivers of
 		// every event are told; each client's receivers learn of their own
 		// sessions from the families' session revoked.

@@ -141,7 +141,7 @@ func TestMapDeploymentEvents(t *testing.T) {
 			StreamUpdated{Status: StatusPaused, Reason: "maintenance"}},
 	}
 	for _, tc := range tests {
-		sigs := m.Deployment(tc.ev)
+		sigs := m.Deployment(tc.ev, false)
 		if len(sigs) != 1 {
 			t.Fatalf("%s: %d signals", tc.ev.Type, len(sigs))
 		}
@@ -162,16 +162,16 @@ func TestMapMessage(t *testing.T) {
 	m := Mapper{Issuer: issuer}
 	subjects := events.Subjects{Prefix: "tokens"}
 	fam, _ := events.Encode(envelope(domain.FamilyRevoked, domain.ReasonRevoked))
-	if sigs, err := m.Message(subjects, "tokens.evt.fam-1", fam); err != nil || len(sigs) != 1 || sigs[0].Type != TypeSessionRevoked {
+	if sigs, err := m.Message(t.Context(), subjects, "tokens.evt.fam-1", fam); err != nil || len(sigs) != 1 || sigs[0].Type != TypeSessionRevoked {
 		t.Fatalf("a family event: %+v, %v", sigs, err)
 	}
 	ops, _ := json.Marshal(events.KeyRevokedEvent("k-1", "mac", "r", "b", 1, at))
-	if sigs, err := m.Message(subjects, "tokens.ops.key_revoked", ops); err != nil || len(sigs) != 1 || sigs[0].Type != TypeKeyRevoked {
+	if sigs, err := m.Message(t.Context(), subjects, "tokens.ops.key_revoked", ops); err != nil || len(sigs) != 1 || sigs[0].Type != TypeKeyRevoked {
 		t.Fatalf("a deployment event: %+v, %v", sigs, err)
 	}
 	stream := "0123456789abcdef0123456789abcdef"
 	ver, _ := json.Marshal(events.VerificationEvent(stream, "", at))
-	if sigs, err := m.Message(subjects, "tokens.ssf."+stream, ver); err != nil || len(sigs) != 1 || sigs[0].Visibility.Stream != stream {
+	if sigs, err := m.Message(t.Context(), subjects, "tokens.ssf."+stream, ver); err != nil || len(sigs) != 1 || sigs[0].Visibility.Stream != stream {
 		t.Fatalf("a stream's event: %+v, %v", sigs, err)
 	}
 	for _, tc := range []struct {
@@ -184,7 +184,7 @@ func TestMapMessage(t *testing.T) {
 		{"tokens.cmd.issue", ops},
 		{"tokens.ops.key_revoked", []byte(`{"refresh_token":"rt1.x"}`)},
 	} {
-		if _, err := m.Message(subjects, tc.subject, tc.data); !errors.Is(err, events.ErrMalformedEvent) {
+		if _, err := m.Message(t.Context(), subjects, tc.subject, tc.data); !errors.Is(err, events.ErrMalformedEvent) {
 			t.Errorf("%s: %v", tc.subject, err)
 		}
 	}
@@ -210,7 +210,7 @@ func TestMessageSkipsOnlyUnmappedTypes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if sigs, err := m.Message(subjects, subjects.Family("fam"), data); err != nil || len(sigs) != 1 {
+			if sigs, err := m.Message(t.Context(), subjects, subjects.Family("fam"), data); err != nil || len(sigs) != 1 {
 				t.Errorf("%s (%s): %d signals from the message, %v", typ, reason, len(sigs), err)
 			}
 		}

@@ -273,8 +273,13 @@ func (p *poll) take(ctx context.Context, m jetstream.Msg) {
 	// The pause's announcement is the last message a paused stream hands
 	// out.
 	p.held = md.Sequence.Stream == p.holdAfter
-	sigs, err := p.e.signalsFor(p.s, m.Subject(), m.Data())
-	if err != nil {
+	sigs, err := p.e.signalsFor(ctx, p.s, m.Subject(), m.Data())
+	switch {
+	case err != nil && !unusable(err):
+		p.err = err
+		m.Nak()
+		return
+	case err != nil:
 		p.e.log.Error("SSF: message unusable, skipped", "stream", p.s.ID, "seq", md.Sequence.Stream, "err", err)
 	}
 	if len(sigs) == 0 {

@@ -142,7 +142,7 @@ func TestJTI(t *testing.T) {
 	// receiver drops the second.
 	key := mustRSAKey(t)
 	st := Stream{ID: "s1", Audience: []string{"rp-1"}}
-	sig := Mapper{Issuer: issuer}.Deployment(events.KeyRevokedEvent("k", "mac", "r", "b", 1, at))[0]
+	sig := Mapper{Issuer: issuer}.Deployment(events.KeyRevokedEvent("k", "mac", "r", "b", 1, at), false)[0]
 	first, _ := EncodeSET(testSigner{"set-1", key}, sig.Claims(issuer, st, at))
 	second, _ := EncodeSET(testSigner{"set-1", key}, sig.Claims(issuer, st, at.Add(time.Minute)))
 	c1, _ := verifyAsReceiver(t, first, &key.PublicKey, "set-1", issuer, "rp-1")

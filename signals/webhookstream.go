@@ -38,6 +38,8 @@ func (s Stream) WebhookSees(v Visibility) bool {
 var eventTypeNames = map[string]string{
 	"session-revoked":              TypeSessionRevoked,
 	"credential-compromise":        TypeCredentialCompromise,
+	"account-purged":               TypeAccountPurged,
+	events.SubjectErased:           TypeAccountPurged,
 	"key-revoked":                  TypeKeyRevoked,
 	"verification":                 TypeVerification,
 	"stream-updated":               TypeStreamUpdated,

@@ -139,6 +139,9 @@ type FamilyView struct {
 	ArchivedAt *time.Time  `json:"archived_at,omitempty"`
 	Tokens     []TokenView `json:"tokens"`
 	AsOfSeq    uint64      `json:"as_of_seq"`
+	// Erased is set once the subject's personal data was erased
+	// (personal data protection): Subject is then its pseudonym.
+	Erased bool `json:"erased,omitempty"`
 }
 
 // TokenView is one generation of a family; the token itself is never kept.
@@ -167,6 +170,9 @@ type AuditEvent struct {
 	PresentedGeneration uint64          `json:"presented_generation,omitempty"`
 	Reason              string          `json:"reason"`
 	Context             json.RawMessage `json:"context"`
+	// Erased is set once the subject's personal data was erased: Subject
+	// is then its pseudonym and Context {}.
+	Erased bool `json:"erased,omitempty"`
 }
 
 // AuditPage is one page of events in ascending seq.

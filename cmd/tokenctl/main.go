@@ -71,12 +71,13 @@ type command struct {
 // commands lists the subcommands by name; add one file per command and one
 // line here.
 var commands = map[string]*command{
-	"issue":   issueCommand,
-	"refresh": refreshCommand,
-	"revoke":  revokeCommand,
-	"keys":    keysCommand,
-	"clients": clientsCommand,
-	"ssf":     ssfCommand,
+	"issue":    issueCommand,
+	"refresh":  refreshCommand,
+	"revoke":   revokeCommand,
+	"keys":     keysCommand,
+	"subjects": subjectsCommand,
+	"clients":  clientsCommand,
+	"ssf":      ssfCommand,
 
 	"introspect": introspectCommand,
 	"family":     familyCommand,

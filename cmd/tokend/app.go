@@ -25,6 +25,7 @@ import (
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/jti"
 	"github.com/tokend/tokend/keys"
+	"github.com/tokend/tokend/pii"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/ratelimit"
 	"github.com/tokend/tokend/registry"
@@ -36,18 +37,20 @@ import (
 // App is one running tokend: optionally an embedded NATS server, the
 // command service and the HTTP endpoints.
 type App struct {
-	cfg      Config
-	log      *slog.Logger
-	lock     *os.File
-	ns       *server.Server // nil with --nats-url
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	api      *api.Service
-	http     *http.Server
-	httpLn   net.Listener
-	revoking *revoking.Revoking
-	clients  *registry.Registry
-	janitor  *tokens.Janitor
+	cfg       Config
+	log       *slog.Logger
+	lock      *os.File
+	ns        *server.Server // nil with --nats-url
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	api       *api.Service
+	http      *http.Server
+	httpLn    net.Listener
+	revoking  *revoking.Revoking
+	personal  *pii.Store        // nil without --pii-key-file
+	protector *events.Protector // nil without --pii-key-file
+	clients   *registry.Registry
+	janitor   *tokens.Janitor
 	// streams and delivery are the SSF streams and their delivery engine.
 	streams  *signals.Store
 	delivery *signals.Engine
@@ -130,6 +133,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	store := events.NewStore(a.nc, a.js, stream, subjects)
 	store.Retention = retention
 	store.FullState = cfg.EventState == "full"
+	if a.personal, err = a.openPersonalData(setupCtx); err != nil {
+		return nil, err
+	}
+	if a.personal != nil {
+		a.protector = events.NewProtector(a.personal)
+		store.Protector = a.protector
+	}
 	writer := events.NewWriter(store, cfg.FamilyCache)
 	writer.OnAppend, writer.OnConflict, writer.OnStoreError = metrics.Appended, metrics.FenceConflict, metrics.StoreError
 	policy := domain.Policy{ReuseInterval: cfg.ReuseInterval, IdleTTL: cfg.IdleTTL, AbsoluteTTL: cfg.AbsoluteTTL}
@@ -137,6 +147,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 	reader := projections.NewReader(a.db, a.projector, time.Now)
+	reader.Protector = a.protector
 	registerStateMetrics(reg, a.projector, reader, a.nc, a.js)
 	svc := tokens.NewService(writer, ring.Codec(), policy, time.Now)
 	svc.UseKeyring(ring)
@@ -153,6 +164,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 	}
 	a.revoking = svc.Revoking
+	if a.protector != nil {
+		svc.Revoking.SubjectName = a.protector.Pseudonym
+	}
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
 	if a.streams, a.delivery, err = a.openSSF(setupCtx, ring, store, subjects, metrics); err != nil {
@@ -168,6 +182,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Outbox:    store,
 		Streams:   a.streams,
 		Delivery:  a.delivery,
+		Personal:  a.personal,
 		Log:       log,
 		Now:       time.Now,
 
@@ -195,6 +210,37 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		"prefix", cfg.SubjectPrefix, "reuse_interval", cfg.ReuseInterval, "embedded", a.ns != nil,
 		"fd_limit", fdLimit, "max_conns", describeCaps(a.cfg.connCaps()))
 	return a, nil
+}
+
+// piiMarkerTTL is how long an erasure's marker stays in the key bucket,
+// for instances whose watch lags to drop the key they cache; one cut off
+// longer forgets it after pii.DefaultCacheTTL all the same.
+const piiMarkerTTL = 24 * time.Hour
+
+// openPersonalData opens the subjects' data keys under --pii-key-file.
+// Without it tokend stores personal data in clear, as the v1 contract
+// describes, and refuses to start where protection was on before: it
+// could not read the sealed events, and new ones would be in clear.
+func (a *App) openPersonalData(ctx context.Context) (*pii.Store, error) {
+	if a.cfg.PIIKeyFile == "" {
+		_, err := a.js.KeyValue(ctx, pii.Bucket)
+		switch {
+		case err == nil:
+			return nil, fmt.Errorf("this deployment protects personal data (bucket %s exists): start tokend with its --pii-key-file", pii.Bucket)
+		case !errors.Is(err, jetstream.ErrBucketNotFound):
+			return nil, fmt.Errorf("kv %s: %w", pii.Bucket, err)
+		}
+		return nil, nil
+	}
+	key, err := pii.LoadDeploymentKey(a.cfg.PIIKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--pii-key-file: %w", err)
+	}
+	keys, err := pii.NewKeys(key)
+	if err != nil {
+		return nil, fmt.Errorf("--pii-key-file: %w", err)
+	}
+	return pii.OpenStore(ctx, a.js, keys, pii.Config{Replicas: a.cfg.StreamReplicas, CacheSize: a.cfg.FamilyCache, MarkerTTL: piiMarkerTTL})
 }
 
 func (a *App) retention() events.Retention {
@@ -452,6 +498,9 @@ func (a *App) Stop() {
 	}
 	if a.streams != nil {
 		a.streams.Stop()
+	}
+	if a.personal != nil {
+		a.personal.Stop()
 	}
 	if a.revoking != nil {
 		a.revoking.Stop()

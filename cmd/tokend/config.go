@@ -43,6 +43,7 @@ type Config struct {
 	JSMaxMemory     int64
 	JSMaxStore      int64
 	JSKeyFile       string
+	PIIKeyFile      string
 	JSCipher        string
 	EventState      string
 	StreamMaxBytes  int64
@@ -222,6 +223,7 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.Int64Var(&c.JSMaxMemory, "js-max-memory", 256<<20, "embedded server: JetStream memory limit in bytes")
 	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
 	fs.StringVar(&c.JSKeyFile, "js-key-file", "", "embedded server: encrypt the JetStream store with the key in this file (at least 32 bytes; keep a copy: without it the data is lost)")
+	fs.StringVar(&c.PIIKeyFile, "pii-key-file", "", "protect personal data (subjects, IPs, user agents, context): seal it in events and the read model under per-subject keys derived from the deployment key in this file (at least 32 bytes, not readable by other users), so that tokenctl subjects erase can forget a person; see docs/operations.md")
 	fs.StringVar(&c.EventState, "event-state", "compact", "how events store the family's state: compact (data.state) or full (data.family, readable by versions before 0.2's data.state; for a rolling upgrade from them)")
 	fs.StringVar(&c.JSCipher, "js-cipher", "chacha", "embedded server: cipher of --js-key-file, chacha (ChaCha20-Poly1305) or aes (AES-GCM)")
 	fs.Int64Var(&c.StreamMaxBytes, "stream-max-bytes", 0, "size limit of the TOKENS stream in bytes; when full, writes are refused (default: 90% of --js-max-store when embedded, else the account's limit)")

@@ -29,7 +29,7 @@ func (a *App) openSSF(ctx context.Context, ring *keys.Keyring, outbox signals.Ou
 		JS:        a.js,
 		Subjects:  subjects,
 		Replicas:  a.cfg.StreamReplicas,
-		Mapper:    signals.Mapper{Issuer: a.issuer},
+		Mapper:    signals.Mapper{Issuer: a.issuer, Protector: a.protector},
 		Signer:    setSigner{ring},
 		Receivers: a.clients.Lookup,
 		Secrets:   func(st signals.Stream) (signals.DeliverySecrets, error) { return streams.DeliverySecrets(st) },

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/tokend/tokend/api"
+)
+
+var subjectsCommand = &command{
+	summary:  "erase a data subject's personal data (crypto-shredding)",
+	synopsis: "erase SUBJECT --reason R [--by NAME]",
+	jsonHelp: "print the erase reply as received",
+	help: `subjects erase SUBJECT forgets a person (GDPR Art. 17), on a deployment
+that protects personal data (tokend --pii-key-file), through
+<prefix>.admin.subjects.erase:
+  1. issuing for SUBJECT is held back on every instance;
+  2. every family of SUBJECT is revoked (reason subject_erased);
+  3. SUBJECT's data key is destroyed: its identifier, IP addresses, user
+     agents and context become unreadable in every event, read model and
+     backup of the stream;
+  4. subject.erased is recorded, naming SUBJECT only by its pseudonym, and
+     sent to SSF receivers as a RISC account-purged event.
+The audit trail keeps its shape: the events stay, with subject the
+pseudonym and "erased": true. If it fails or is interrupted, run it again:
+each step is safe to repeat, and the key is destroyed only once every
+family is revoked. --reason (a request reference, say; never personal
+data) is required and recorded with --by. Needs the admin role. See
+docs/operations.md, "A data subject asks to be forgotten".`,
+	args: 2,
+	long: true,
+	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
+		reason := fs.String("reason", "", "erase: why, `R` (required; recorded: a request reference, never personal data)")
+		by := fs.String("by", operator(), "erase: who asks, `NAME` (recorded; default: your login name)")
+		return func(ctx context.Context, e *env) error {
+			switch {
+			case len(e.args) == 0 || e.args[0] != "erase":
+				return usagef("want: subjects erase SUBJECT --reason R")
+			case len(e.args) < 2 || e.args[1] == "":
+				return usagef("erase needs the subject")
+			case *reason == "":
+				return usagef("--reason is required: why the subject is erased")
+			case *by == "":
+				return usagef("--by is required (no login name found): who asks for the erasure")
+			}
+			if _, err := e.client(); err != nil {
+				return err
+			}
+			// tokend may take up to api.EraseTimeout to revoke every family.
+			ctx, cancel := context.WithTimeout(ctx, max(e.timeout, api.EraseTimeout+5*time.Second))
+			defer cancel()
+			var raw json.RawMessage
+			req := api.SubjectEraseRequest{Subject: e.args[1], Reason: *reason, By: *by}
+			if err := e.c.Request(ctx, api.SubjectSubjectsErase, req, &raw); err != nil {
+				return fmt.Errorf("erase: %w", err)
+			}
+			if e.json {
+				printRaw(e.stdout, raw)
+				return nil
+			}
+			var r api.SubjectErased
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return fmt.Errorf("erase: decode reply: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "erased: %d families revoked; the subject is %s from now on (subject.erased at seq %d)\n",
+				r.RevokedFamilies, cell(r.Pseudonym), r.Seq)
+			return nil
+		}
+	},
+}

@@ -1,0 +1,195 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/pii"
+)
+
+// Protector applies personal data protection (--pii-key-file) to events:
+// the personal fields of an event (its subject and context) are sealed
+// under the subject's data key before it is stored, and the stored subject
+// is the subject's pseudonym. Erasing the subject's key leaves every copy
+// of them unreadable. Without a Protector events are stored in clear, as
+// the contract's v1 core describes them.
+type Protector struct {
+	keys *pii.Store
+}
+
+// NewProtector returns a protector sealing under keys' data keys.
+func NewProtector(keys *pii.Store) *Protector { return &Protector{keys: keys} }
+
+// Pseudonym returns the pseudonym under which subject is stored.
+func (p *Protector) Pseudonym(subject string) string { return p.keys.Pseudonym(subject) }
+
+// origin is what the family's last event says of its personal fields: how
+// the writer seals the next events (Protector.seal).
+type origin uint8
+
+const (
+	// originClear: a new family, or one whose events were written in
+	// clear (before protection was turned on). Its next event creates the
+	// subject's data key if it has none, which brings the family under
+	// protection.
+	originClear origin = iota
+	// originSealed: the family's events are sealed. A missing data key
+	// means the subject was erased since; it is never created again for
+	// the family.
+	originSealed
+	// originErased: the subject was erased; Subject is its pseudonym.
+	originErased
+)
+
+// personal is the plaintext of an event's sealed part.
+type personal struct {
+	Subject string         `json:"subject"`
+	Context domain.Context `json:"context,omitempty"`
+}
+
+// seal replaces env's personal fields with its subject's pseudonym and
+// their sealed form. A family whose subject was erased gets events that
+// say so (pii without a key) and hold no personal data: its key is not
+// created again, so a token of an erased subject presented later records
+// neither the subject nor the presenter's context.
+func (p *Protector) seal(ctx context.Context, env *Envelope) error {
+	if env.origin == originErased {
+		env.PII, env.Context, env.Erased = erasedPart(), nil, true
+		return nil
+	}
+	pseudonym := p.keys.Pseudonym(env.Subject)
+	key, err := p.keys.DataKey(ctx, pseudonym, env.origin == originClear)
+	if errors.Is(err, pii.ErrNoKey) {
+		env.Subject = pseudonym
+		env.PII, env.Context, env.Erased, env.origin = erasedPart(), nil, true, originErased
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	plain, err := json.Marshal(personal{Subject: env.Subject, Context: env.Context})
+	if err != nil {
+		return err
+	}
+	sealed, err := pii.Seal(key, env.ID, env.FamilyID, plain)
+	if err != nil {
+		return err
+	}
+	env.Subject = pseudonym
+	env.PII, env.Context, env.origin = &sealed, nil, originSealed
+	return nil
+}
+
+// erasedPart is the sealed part of an event written after its subject was
+// erased: no key, nothing sealed.
+func erasedPart() *pii.Sealed { return &pii.Sealed{V: pii.SealedVersion} }
+
+// Reveal opens env's sealed part in place: Subject and Context become the
+// clear values again, or, if the subject was erased, Subject stays the
+// pseudonym, Context is empty and Erased is set. An event stored in clear
+// is left as it is.
+func (p *Protector) Reveal(ctx context.Context, env *Envelope) error {
+	r, err := p.open(ctx, env.ID, env.FamilyID, env.Subject, env.PII)
+	if err != nil {
+		return fmt.Errorf("event %s: %w", env.ID, err)
+	}
+	if env.PII == nil {
+		env.origin = originClear
+		return nil
+	}
+	env.Subject, env.Context, env.Erased, env.origin = r.Subject, r.Context, r.Erased, originSealed
+	if r.Erased {
+		env.origin = originErased
+	}
+	return nil
+}
+
+// Revealed is the personal part of a stored event or row.
+type Revealed struct {
+	Subject string
+	Context domain.Context
+	// Erased: the subject was erased; Subject is its pseudonym.
+	Erased bool
+}
+
+// Open returns the personal fields an event (eventID, familyID) stored as
+// subject (a pseudonym if sealed is set, else the clear subject) and
+// sealed: for read models, which keep the sealed part as the event had it.
+func (p *Protector) Open(ctx context.Context, eventID, familyID, subject string, sealed *pii.Sealed) (Revealed, error) {
+	return p.open(ctx, eventID, familyID, subject, sealed)
+}
+
+func (p *Protector) open(ctx context.Context, eventID, familyID, subject string, sealed *pii.Sealed) (Revealed, error) {
+	if sealed == nil {
+		return Revealed{Subject: subject}, nil
+	}
+	erased := Revealed{Subject: subject, Erased: true}
+	if sealed.K == "" {
+		return erased, nil
+	}
+	key, err := p.keys.KeyFor(ctx, sealed.K)
+	if errors.Is(err, pii.ErrNoKey) {
+		return erased, nil
+	}
+	if err != nil {
+		return Revealed{}, err
+	}
+	plain, err := pii.Open(key, eventID, familyID, *sealed)
+	if err != nil {
+		return Revealed{}, err
+	}
+	var r personal
+	if err := json.Unmarshal(plain, &r); err != nil {
+		return Revealed{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
+	}
+	return Revealed{Subject: r.Subject, Context: r.Context}, nil
+}
+
+// ErrSealedWithoutKey reports an event with sealed personal fields read by
+// an instance without the deployment key: it cannot tell who the family
+// belongs to, so it must not act on it.
+var ErrSealedWithoutKey = errors.New("the event's personal fields are sealed, and tokend runs without --pii-key-file")
+
+// sealDeployment seals the subject of a subject.revoked event under the
+// subject's data key, as an event of its families is, and names it by its
+// pseudonym, in its id too (derived from the subject in clear otherwise).
+// A subject without a key (erased, or never seen) is named by its
+// pseudonym alone.
+func (p *Protector) sealDeployment(ctx context.Context, ev *DeploymentEvent) error {
+	pseudonym := p.keys.Pseudonym(ev.Subject)
+	key, err := p.keys.DataKey(ctx, pseudonym, false)
+	if err != nil && !errors.Is(err, pii.ErrNoKey) {
+		return err
+	}
+	subject := ev.Subject
+	ev.ID = SubjectRevokedEvent(pseudonym, ev.Reason, ev.RevokedFamilies, ev.Seq, ev.Time).ID
+	ev.Subject, ev.PII = pseudonym, erasedPart()
+	if err != nil { // no key
+		return nil
+	}
+	plain, err := json.Marshal(personal{Subject: subject})
+	if err != nil {
+		return err
+	}
+	sealed, err := pii.Seal(key, ev.ID, "", plain)
+	if err != nil {
+		return err
+	}
+	ev.PII = &sealed
+	return nil
+}
+
+// RevealDeployment opens the subject of a subject.revoked event sealed by
+// sealDeployment; erased reports that it is gone (Subject stays the
+// pseudonym). Other events are left as they are.
+func (p *Protector) RevealDeployment(ctx context.Context, ev *DeploymentEvent) (erased bool, err error) {
+	r, err := p.open(ctx, ev.ID, "", ev.Subject, ev.PII)
+	if err != nil {
+		return false, fmt.Errorf("event %s: %w", ev.ID, err)
+	}
+	ev.Subject = r.Subject
+	return r.Erased, nil
+}
