@@ -115,11 +115,16 @@ type Revealed struct {
 	Erased bool
 }
 
-// Open returns the personal fields an event (eventID, familyID) stored as
-// subject (a pseudonym if sealed is set, else the clear subject) and
-// sealed: for read models, which keep the sealed part as the event had it.
-func (p *Protector) Open(ctx context.Context, eventID, familyID, subject string, sealed *pii.Sealed) (Revealed, error) {
-	return p.open(ctx, eventID, familyID, subject, sealed)
+// OpenStored returns the personal fields of the event eventID of family
+// familyID (family "" for a deployment event), stored as subject, its
+// pseudonym, and sealed, its sealed part as JSON: for read models, which
+// keep the sealed part as the event had it.
+func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject string, sealed []byte) (Revealed, error) {
+	var s pii.Sealed
+	if err := json.Unmarshal(sealed, &s); err != nil {
+		return Revealed{}, fmt.Errorf("event %s: sealed personal fields: %w", eventID, err)
+	}
+	return p.open(ctx, eventID, familyID, subject, &s)
 }
 
 func (p *Protector) open(ctx context.Context, eventID, familyID, subject string, sealed *pii.Sealed) (Revealed, error) {

@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/domain"
-	"github.com/tokend/tokend/pii"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/queries"
 )
@@ -552,17 +551,17 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 		Seq: int64(e.seq), ID: env.ID, Type: env.Type, Time: env.Time.UnixNano(), FamilyID: env.FamilyID, Subject: env.Subject,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
 		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom, ExpiresAt: nullTime(e.expiresAt),
-		PresentedBy: env.PresentedBy, PresentedGeneration: int64(env.PresentedGeneration), Pii: sealedColumn(env.PII),
+		PresentedBy: env.PresentedBy, PresentedGeneration: int64(env.PresentedGeneration), Pii: sealedColumn(env),
 	})
 }
 
 // sealedColumn is the stored form of an event's sealed personal fields,
 // NULL for an event stored in clear.
-func sealedColumn(s *pii.Sealed) sql.NullString {
-	if s == nil {
+func sealedColumn(env events.Envelope) sql.NullString {
+	if env.PII == nil {
 		return sql.NullString{}
 	}
-	b, _ := json.Marshal(s)
+	b, _ := json.Marshal(env.PII)
 	return sql.NullString{String: string(b), Valid: true}
 }
 
@@ -602,7 +601,7 @@ func upsertFamily(ctx context.Context, q *queries.Queries, b familyBatch) error 
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
 		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PruneAt: nullTime(b.pruneAt),
-		Pii: sealedColumn(s.env.PII), PiiEvent: sql.NullString{String: s.env.ID, Valid: s.env.PII != nil},
+		Pii: sealedColumn(s.env), PiiEvent: sql.NullString{String: s.env.ID, Valid: s.env.PII != nil},
 	})
 }
 

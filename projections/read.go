@@ -6,14 +6,12 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"math"
 	"slices"
 	"time"
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
-	"github.com/tokend/tokend/pii"
 	"github.com/tokend/tokend/queries"
 )
 
@@ -264,11 +262,7 @@ func (r *Reader) reveal(ctx context.Context, eventID, familyID, subject string, 
 	if r.Protector == nil {
 		return revealed{}, events.ErrSealedWithoutKey
 	}
-	var s pii.Sealed
-	if err := json.Unmarshal([]byte(sealed.String), &s); err != nil {
-		return revealed{}, fmt.Errorf("event %s: sealed personal fields: %w", eventID, err)
-	}
-	p, err := r.Protector.Open(ctx, eventID, familyID, subject, &s)
+	p, err := r.Protector.OpenStored(ctx, eventID, familyID, subject, []byte(sealed.String))
 	if err != nil {
 		return revealed{}, err
 	}
