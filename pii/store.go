@@ -2,7 +2,6 @@ package pii
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"strconv"
@@ -17,12 +16,9 @@ import (
 // Bucket holds one wrapped data key per subject, for every instance.
 const Bucket = "TOKENS_SUBJECT_KEYS"
 
-// bucketStream is the stream under Bucket, and bucketSubject the prefix of its subjects
-// (the names nats.go gives a KV bucket's stream).
-const (
-	bucketStream  = "KV_" + Bucket
-	bucketSubject = "$KV." + Bucket + "."
-)
+// bucketSubject is the prefix of the subjects of Bucket's stream (the
+// names nats.go gives a KV bucket's stream).
+const bucketSubject = "$KV." + Bucket + "."
 
 // ErrNoKey reports a subject (or a key ref) without a data key: never
 // created, or erased. What was sealed under an erased key is unreadable.
@@ -70,7 +66,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keys, cfg Conf
 	if cfg.MarkerTTL < time.Second {
 		return nil, fmt.Errorf("pii: MarkerTTL %v: at least a second", cfg.MarkerTTL)
 	}
-	stream, err := js.CreateOrUpdateStream(ctx, streamConfig(cfg.Replicas))
+	stream, err := js.CreateOrUpdateStream(ctx, streamConfig(Bucket, "tokend data keys of the subjects' personal data, wrapped", cfg.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
@@ -95,12 +91,12 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keys, cfg Conf
 
 // streamConfig is what CreateKeyValue would make of a bucket with History
 // 1, except that messages may be deleted, and carry a TTL (the purge
-// markers').
-func streamConfig(replicas int) jetstream.StreamConfig {
+// markers', the period keys').
+func streamConfig(bucket, description string, replicas int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:              bucketStream,
-		Description:       "tokend data keys of the subjects' personal data, wrapped",
-		Subjects:          []string{bucketSubject + ">"},
+		Name:              "KV_" + bucket,
+		Description:       description,
+		Subjects:          []string{"$KV." + bucket + ".>"},
 		MaxMsgsPerSubject: 1,
 		MaxBytes:          -1,
 		MaxMsgSize:        -1,
@@ -200,17 +196,10 @@ func (s *Store) create(ctx context.Context, key string) (DataKey, error) {
 	s.mu.Lock()
 	epoch := s.epoch
 	s.mu.Unlock()
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
+	secret, wrapped, err := s.keys.newWrappedKey(pseudonymPrefix + key)
+	if err != nil {
 		return DataKey{}, err
 	}
-	nonce := make([]byte, s.keys.kek.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return DataKey{}, err
-	}
-	// The pseudonym as associated data: a wrapped key moved to another
-	// subject's entry does not open there.
-	wrapped := s.keys.kek.Seal(nonce, nonce, secret, []byte(pseudonymPrefix+key))
 	rev, err := s.kv.Create(ctx, key, wrapped)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return DataKey{}, err
@@ -237,11 +226,7 @@ func (s *Store) remember(key string, k DataKey, epoch uint64) {
 
 // unwrap opens a wrapped data key read from the bucket.
 func (s *Store) unwrap(key string, rev uint64, wrapped []byte) (DataKey, error) {
-	n := s.keys.kek.NonceSize()
-	if len(wrapped) < n {
-		return DataKey{}, fmt.Errorf("kv %s: entry %s is not a wrapped key", Bucket, key)
-	}
-	secret, err := s.keys.kek.Open(nil, wrapped[:n], wrapped[n:], []byte(pseudonymPrefix+key))
+	secret, err := s.keys.unwrapKey(wrapped, pseudonymPrefix+key)
 	if err != nil {
 		// Most likely another deployment key than the one that wrapped it.
 		return DataKey{}, fmt.Errorf("kv %s: entry %s cannot be unwrapped: is this the deployment key it was written with?", Bucket, key)
