@@ -266,7 +266,7 @@ func (s *Store) Erase(ctx context.Context, subject string) error {
 		if msg.Header.Get("KV-Operation") != "" { // an earlier erasure's marker
 			break
 		}
-		if err := s.stream.SecureDeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if err := secureDelete(ctx, s.stream, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return fmt.Errorf("kv %s: %w", Bucket, err)
 		}
 	}
@@ -279,6 +279,22 @@ func (s *Store) Erase(ctx context.Context, subject string) error {
 	s.cache.Remove(key)
 	s.mu.Unlock()
 	return nil
+}
+
+// secureDelete overwrites message seq on disk (SecureDeleteMsg), or
+// reports jetstream.ErrMsgNotFound if it is gone already. When another
+// instance deleted it meanwhile the server answers with a deletion failure
+// ("sequence not found" or "no message found"), which nats.go passes on as
+// text only: whether the message is still there tells.
+func secureDelete(ctx context.Context, stream jetstream.Stream, seq uint64) error {
+	err := stream.SecureDeleteMsg(ctx, seq)
+	if err == nil {
+		return nil
+	}
+	if _, getErr := stream.GetMsg(ctx, seq); errors.Is(getErr, jetstream.ErrMsgNotFound) {
+		return jetstream.ErrMsgNotFound
+	}
+	return err
 }
 
 // validBucketKey reports whether key could be a bucket key: a ref read
