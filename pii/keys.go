@@ -11,8 +11,10 @@ import (
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -107,6 +109,31 @@ func (k *Keys) Pseudonym(subject string) string {
 // bucketKey is the KV key of a pseudonym's data key: its base64url part,
 // whose characters KV keys all allow.
 func bucketKey(pseudonym string) string { return strings.TrimPrefix(pseudonym, pseudonymPrefix) }
+
+// newWrappedKey makes a data key's secret and wraps it with the KEK (the
+// nonce before the ciphertext). ad names the entry it is stored under: a
+// wrapped key moved to another entry does not open there.
+func (k *Keys) newWrappedKey(ad string) (secret, wrapped []byte, err error) {
+	secret = make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, nil, err
+	}
+	nonce := make([]byte, k.kek.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, nil, err
+	}
+	return secret, k.kek.Seal(nonce, nonce, secret, []byte(ad)), nil
+}
+
+// unwrapKey opens what newWrappedKey wrapped under the same ad; it fails
+// on another entry's key or one wrapped with another deployment key.
+func (k *Keys) unwrapKey(wrapped []byte, ad string) ([]byte, error) {
+	n := k.kek.NonceSize()
+	if len(wrapped) < n {
+		return nil, errors.New("not a wrapped key")
+	}
+	return k.kek.Open(nil, wrapped[:n], wrapped[n:], []byte(ad))
+}
 
 func newAEAD(key []byte) (cipher.AEAD, error) {
 	block, err := aes.NewCipher(key)

@@ -3,7 +3,6 @@ package pii
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"strconv"
@@ -18,12 +17,9 @@ import (
 // Bucket holds one wrapped data key per subject, for every instance.
 const Bucket = "TOKENS_SUBJECT_KEYS"
 
-// bucketStream is the stream under Bucket, and bucketSubject the prefix of its subjects
-// (the names nats.go gives a KV bucket's stream).
-const (
-	bucketStream  = "KV_" + Bucket
-	bucketSubject = "$KV." + Bucket + "."
-)
+// bucketSubject is the prefix of the subjects of Bucket's stream (the
+// names nats.go gives a KV bucket's stream).
+const bucketSubject = "$KV." + Bucket + "."
 
 // DefaultCacheTTL is Config.CacheTTL's default.
 const DefaultCacheTTL = 10 * time.Minute
@@ -79,7 +75,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keys, cfg Conf
 	if cfg.MarkerTTL < time.Second {
 		return nil, fmt.Errorf("pii: MarkerTTL %v: at least a second", cfg.MarkerTTL)
 	}
-	stream, err := js.CreateOrUpdateStream(ctx, streamConfig(cfg.Replicas))
+	stream, err := js.CreateOrUpdateStream(ctx, streamConfig(Bucket, "tokend data keys of the subjects' personal data, wrapped", cfg.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
@@ -101,12 +97,12 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, keys *Keys, cfg Conf
 
 // streamConfig is what CreateKeyValue would make of a bucket with History
 // 1, except that messages may be deleted, and carry a TTL (the purge
-// markers').
-func streamConfig(replicas int) jetstream.StreamConfig {
+// markers', the period keys').
+func streamConfig(bucket, description string, replicas int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:              bucketStream,
-		Description:       "tokend data keys of the subjects' personal data, wrapped",
-		Subjects:          []string{bucketSubject + ">"},
+		Name:              "KV_" + bucket,
+		Description:       description,
+		Subjects:          []string{"$KV." + bucket + ".>"},
 		MaxMsgsPerSubject: 1,
 		MaxBytes:          -1,
 		MaxMsgSize:        -1,
@@ -210,17 +206,10 @@ func (s *Store) create(ctx context.Context, key string) (DataKey, error) {
 	s.mu.Lock()
 	epoch := s.epoch
 	s.mu.Unlock()
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
+	secret, wrapped, err := s.keys.newWrappedKey(pseudonymPrefix + key)
+	if err != nil {
 		return DataKey{}, err
 	}
-	nonce := make([]byte, s.keys.kek.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return DataKey{}, err
-	}
-	// The pseudonym as associated data: a wrapped key moved to another
-	// subject's entry does not open there.
-	wrapped := s.keys.kek.Seal(nonce, nonce, secret, []byte(pseudonymPrefix+key))
 	rev, err := s.kv.Create(ctx, key, wrapped)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return DataKey{}, err
@@ -247,11 +236,7 @@ func (s *Store) remember(key string, k DataKey, epoch uint64) {
 
 // unwrap opens a wrapped data key read from the bucket.
 func (s *Store) unwrap(key string, rev uint64, wrapped []byte) (DataKey, error) {
-	n := s.keys.kek.NonceSize()
-	if len(wrapped) < n {
-		return DataKey{}, fmt.Errorf("kv %s: entry %s is not a wrapped key", Bucket, key)
-	}
-	secret, err := s.keys.kek.Open(nil, wrapped[:n], wrapped[n:], []byte(pseudonymPrefix+key))
+	secret, err := s.keys.unwrapKey(wrapped, pseudonymPrefix+key)
 	if err != nil {
 		// Most likely another deployment key than the one that wrapped it.
 		return DataKey{}, fmt.Errorf("kv %s: entry %s cannot be unwrapped: is this the deployment key it was written with?", Bucket, key)
@@ -294,7 +279,7 @@ func (s *Store) Erase(ctx context.Context, pseudonym string) error {
 		if msg.Header.Get("KV-Operation") != "" { // an earlier erasure's marker
 			break
 		}
-		if err := s.stream.SecureDeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if err := secureDelete(ctx, s.stream, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return fmt.Errorf("kv %s: %w", Bucket, err)
 		}
 	}
@@ -307,6 +292,22 @@ func (s *Store) Erase(ctx context.Context, pseudonym string) error {
 	s.cache.Remove(key)
 	s.mu.Unlock()
 	return nil
+}
+
+// secureDelete overwrites message seq on disk (SecureDeleteMsg), or
+// reports jetstream.ErrMsgNotFound if it is gone already. When another
+// instance deleted it meanwhile the server answers with a deletion failure
+// ("sequence not found" or "no message found"), which nats.go passes on as
+// text only: whether the message is still there tells.
+func secureDelete(ctx context.Context, stream jetstream.Stream, seq uint64) error {
+	err := stream.SecureDeleteMsg(ctx, seq)
+	if err == nil {
+		return nil
+	}
+	if _, getErr := stream.GetMsg(ctx, seq); errors.Is(getErr, jetstream.ErrMsgNotFound) {
+		return jetstream.ErrMsgNotFound
+	}
+	return err
 }
 
 // validBucketKey reports whether key could be a bucket key: a ref read

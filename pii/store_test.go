@@ -147,6 +147,33 @@ func TestEraseSeenByOtherInstance(t *testing.T) {
 	}
 }
 
+// TestConcurrentErasures: instances erasing one subject at once all
+// succeed (the server refuses to delete a message another one deleted
+// first; that is not a failure of the erasure).
+func TestConcurrentErasures(t *testing.T) {
+	ts := newTestServer(t)
+	a, b := ts.open(), ts.open()
+	for range 3 {
+		for _, subject := range []string{"bob", "alice", "carol"} {
+			if _, err := a.DataKey(t.Context(), subject, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var wg sync.WaitGroup
+		for _, s := range []*Store{a, b, a, b} {
+			wg.Go(func() {
+				if err := s.Erase(t.Context(), "alice"); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if _, err := b.DataKey(t.Context(), "alice", false); !errors.Is(err, ErrNoKey) {
+			t.Fatalf("after the erasures: %v; want ErrNoKey", err)
+		}
+	}
+}
+
 // TestKeyReadBeforeErasureNotCached: a key an instance read from the
 // bucket just before another erased it is not cached once the instance saw
 // the erasure (it would be served for as long as it stays cached).
