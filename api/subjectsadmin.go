@@ -34,7 +34,8 @@ type SubjectErased struct {
 	Pseudonym string `json:"pseudonym"`
 	// RevokedFamilies counts the families this call revoked.
 	RevokedFamilies int `json:"revoked_families"`
-	// Seq is the stream sequence of the subject.erased event.
+	// Seq is, as a revoke's reply, the stream position by which every
+	// family of the subject is revoked: a query with min_seq=seq sees it.
 	Seq uint64 `json:"seq"`
 }
 
@@ -85,7 +86,7 @@ func (s *Service) eraseSubject(ctx context.Context, data []byte, who registry.Ac
 		return nil, err
 	}
 	defer end()
-	revoked, _, err := s.revokeAllMarked(ctx, in.Subject, "", wire.RevokeRequest{Reason: domain.ReasonSubjectErased})
+	revoked, pos, err := s.revokeAllMarked(ctx, in.Subject, "", wire.RevokeRequest{Reason: domain.ReasonSubjectErased})
 	if err != nil {
 		return nil, err
 	}
@@ -94,13 +95,13 @@ func (s *Service) eraseSubject(ctx context.Context, data []byte, who registry.Ac
 		s.Log.Error("erasing a subject's data key", "pseudonym", pseudonym, "err", err)
 		return nil, &domain.Error{Code: domain.EUnavailable, Message: "the families are revoked, the key could not be destroyed: retry", RetryAfterMs: 500}
 	}
-	seq, err := s.Outbox.AppendDeployment(ctx, events.SubjectErasedEvent(pseudonym, in.Reason, by, revoked, s.Now()))
+	recorded, err := s.Outbox.AppendDeployment(ctx, events.SubjectErasedEvent(pseudonym, in.Reason, by, revoked, s.Now()))
 	if err != nil {
 		s.Log.Error("recording a subject's erasure", "pseudonym", pseudonym, "err", err)
 		return nil, &domain.Error{Code: domain.EUnavailable, Message: "the data is erased, the erasure could not be recorded: retry", RetryAfterMs: 500}
 	}
 	s.Log.Warn("subject erased", "pseudonym", pseudonym, "reason", in.Reason, "by", by, "nats_user", who.NATSUser,
-		"revoked_families", revoked, "seq", seq)
+		"revoked_families", revoked, "seq", recorded)
 	s.Metrics.SubjectErased()
-	return SubjectErased{Pseudonym: pseudonym, RevokedFamilies: revoked, Seq: seq}, nil
+	return SubjectErased{Pseudonym: pseudonym, RevokedFamilies: revoked, Seq: pos}, nil
 }

@@ -65,8 +65,8 @@ docs/operations.md, "A data subject asks to be forgotten".`,
 			if err := json.Unmarshal(raw, &r); err != nil {
 				return fmt.Errorf("erase: decode reply: %w", err)
 			}
-			fmt.Fprintf(e.stdout, "erased: %d families revoked; the subject is %s from now on (subject.erased at seq %d)\n",
-				r.RevokedFamilies, cell(r.Pseudonym), r.Seq)
+			fmt.Fprintf(e.stdout, "erased: %d families revoked (seq %d); the subject is %s from now on\n",
+				r.RevokedFamilies, r.Seq, cell(r.Pseudonym))
 			return nil
 		}
 	},

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io/fs"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,7 +52,7 @@ func issueWith(tb testing.TB, nc *nats.Conn, subject, ip, ua string) wire.TokenR
 	return r.token
 }
 
-func auditOf(tb testing.TB, nc *nats.Conn, req wire.AuditRequest) wire.AuditPage {
+func auditPageOf(tb testing.TB, nc *nats.Conn, req wire.AuditRequest) wire.AuditPage {
 	tb.Helper()
 	r := call(tb, nc, "tokens.query.audit", req)
 	if r.errCode != "" {
@@ -62,7 +65,7 @@ func auditOf(tb testing.TB, nc *nats.Conn, req wire.AuditRequest) wire.AuditPage
 	return page
 }
 
-func familyOf(tb testing.TB, nc *nats.Conn, familyID string) wire.FamilyView {
+func familyViewOf(tb testing.TB, nc *nats.Conn, familyID string) wire.FamilyView {
 	tb.Helper()
 	r := call(tb, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: familyID})
 	if r.errCode != "" {
@@ -156,7 +159,7 @@ func TestErasureLeavesNoPersonalDataInTheDataDir(t *testing.T) {
 	bob := issueWith(t, nc, keptSubject, keptIP, "KeptAgent/1.0")
 
 	// Readable through the API.
-	page := auditOf(t, nc, wire.AuditRequest{Subject: erasedSubject, MinSeq: bob.Seq})
+	page := auditPageOf(t, nc, wire.AuditRequest{Subject: erasedSubject, MinSeq: bob.Seq})
 	if len(page.Events) != 3 {
 		t.Fatalf("audit by subject before erasure: %d events, want 3: %+v", len(page.Events), page.Events)
 	}
@@ -165,7 +168,7 @@ func TestErasureLeavesNoPersonalDataInTheDataDir(t *testing.T) {
 			t.Fatalf("before erasure the audit shows the subject and its context: %+v (context %s)", e, e.Context)
 		}
 	}
-	if f := familyOf(t, nc, alice.FamilyID); f.Subject != erasedSubject || f.Erased {
+	if f := familyViewOf(t, nc, alice.FamilyID); f.Subject != erasedSubject || f.Erased {
 		t.Fatalf("family before erasure: %+v", f)
 	}
 	// The scan reads what tokend wrote: the family ids (not personal)
@@ -183,34 +186,34 @@ func TestErasureLeavesNoPersonalDataInTheDataDir(t *testing.T) {
 	if erased.RevokedFamilies != 2 || !strings.HasPrefix(erased.Pseudonym, "p:") {
 		t.Fatalf("erase: %+v, want 2 families revoked and a pseudonym", erased)
 	}
-	checkErased := func(nc *nats.Conn) {
+	checkErased := func(nc *nats.Conn, want int) {
 		t.Helper()
-		page := auditOf(t, nc, wire.AuditRequest{Subject: erasedSubject, MinSeq: erased.Seq})
-		// issued, rotated, issued, and the erasure's two family.revoked.
-		if len(page.Events) != 5 {
-			t.Fatalf("audit by subject after erasure: %d events, want 5: %+v", len(page.Events), page.Events)
+		page := auditPageOf(t, nc, wire.AuditRequest{Subject: erasedSubject, MinSeq: erased.Seq})
+		if len(page.Events) != want {
+			t.Fatalf("audit by subject after erasure: %d events, want %d: %+v", len(page.Events), want, page.Events)
 		}
 		for _, e := range page.Events {
 			if !e.Erased || e.Subject != erased.Pseudonym || string(e.Context) != "{}" || e.FamilyID == "" || e.Type == "" {
 				t.Fatalf("after erasure an event keeps its structure and loses its personal fields: %+v (context %s)", e, e.Context)
 			}
 		}
-		if byPseudonym := auditOf(t, nc, wire.AuditRequest{Subject: erased.Pseudonym}); len(byPseudonym.Events) != 5 {
-			t.Fatalf("audit by the pseudonym: %d events, want 5", len(byPseudonym.Events))
+		if byPseudonym := auditPageOf(t, nc, wire.AuditRequest{Subject: erased.Pseudonym}); len(byPseudonym.Events) != want {
+			t.Fatalf("audit by the pseudonym: %d events, want %d", len(byPseudonym.Events), want)
 		}
 		for _, id := range []string{alice.FamilyID, second.FamilyID} {
-			if f := familyOf(t, nc, id); !f.Erased || f.Subject != erased.Pseudonym || f.Status != "revoked" {
+			if f := familyViewOf(t, nc, id); !f.Erased || f.Subject != erased.Pseudonym || f.Status != "revoked" {
 				t.Fatalf("family %s after erasure: %+v", id, f)
 			}
 		}
-		kept := auditOf(t, nc, wire.AuditRequest{Subject: keptSubject})
+		kept := auditPageOf(t, nc, wire.AuditRequest{Subject: keptSubject})
 		if len(kept.Events) != 1 || kept.Events[0].Erased || !strings.Contains(string(kept.Events[0].Context), keptIP) {
 			t.Fatalf("another subject's events stay readable: %+v", kept.Events)
 		}
 	}
-	checkErased(nc)
-	// A token of the erased subject presented again records no personal
-	// data, and creates no key again.
+	// issued, rotated, issued, and the erasure's two family.revoked.
+	checkErased(nc, 5)
+	// A token of the erased subject presented again is refused, and the
+	// refusal records no personal data: the key is not created again.
 	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: rotated.token.RefreshToken, ClientID: "web",
 		Context: map[string]string{"ip": erasedIP, "user_agent": erasedUA}}), "invalid_grant")
 
@@ -227,36 +230,58 @@ func TestErasureLeavesNoPersonalDataInTheDataDir(t *testing.T) {
 	}
 	app = MustApp(t, cfg, logs)
 	nc = eventstest.MustConnect(t, app.NATSURL())
-	checkErased(nc)
+	checkErased(nc, 6) // and the refused refresh's refresh.rejected
+	if found, n := scanDir(t, cfg.DataDir, erasedSubject, erasedIP, erasedUA); len(found) > 0 {
+		t.Fatalf("the erased subject's data in the data dir after the rebuild (%d files): %v", n, found)
+	}
 }
 
-// TestErasureOnOneInstanceRedactsTheOthers: two instances share the key
+// auditAt reads app's own read model, through its audit listener:
+// unlike a NATS request, which any instance may answer.
+func auditAt(tb testing.TB, app *App, subject string, minSeq uint64) wire.AuditPage {
+	tb.Helper()
+	path := fmt.Sprintf("/v1/audit?subject=%s&min_seq=%d", url.QueryEscape(subject), minSeq)
+	code, _, body := auditGet(tb, auditClient(nil), app, path, testAuditToken)
+	if code != http.StatusOK {
+		tb.Fatalf("GET %s: %d %s", path, code, body)
+	}
+	var page wire.AuditPage
+	if err := json.Unmarshal(body, &page); err != nil {
+		tb.Fatal(err)
+	}
+	return page
+}
+
+// TestErasureOnOneInstanceRedactsTheOthers: instances share the key
 // bucket; an erasure on one redacts the other's answers (its cached key
 // is dropped when the bucket's purge reaches it), and the subject can be
 // issued for again afterwards, under a new key.
 func TestErasureOnOneInstanceRedactsTheOthers(t *testing.T) {
 	key := piiKeyFile(t)
-	url, apps := mustInstances(t, 2, func(c *Config) { c.PIIKeyFile = key })
-	ncA := eventstest.MustConnect(t, apps[0].NATSURL())
-	_ = url
-	issued := issueWith(t, ncA, erasedSubject, erasedIP, erasedUA)
-	// Instance B reads (and caches) the subject's key while answering.
-	ncB := eventstest.MustConnect(t, apps[1].NATSURL())
-	subB := "tokens." // both instances answer on the same subjects; pin B by its own connection to the server
-	_ = subB
-	waitFor(t, "instance B to show the subject", func() bool {
-		page := auditB(t, apps[1], erasedSubject, issued.Seq)
-		return len(page.Events) == 1 && page.Events[0].Subject == erasedSubject
-	})
-	erased := eraseSubject(t, ncA, erasedSubject)
-	waitFor(t, "instance B to redact the erased subject", func() bool {
-		page := auditB(t, apps[1], erasedSubject, erased.Seq)
-		return len(page.Events) == 2 && page.Events[0].Erased && page.Events[1].Erased
-	})
-	_ = ncB
-	again := issueWith(t, ncA, erasedSubject, erasedIP, erasedUA)
-	page := auditOf(t, ncA, wire.AuditRequest{FamilyID: again.FamilyID, MinSeq: again.Seq})
-	if len(page.Events) != 1 || page.Events[0].Subject != erasedSubject || page.Events[0].Erased {
-		t.Fatalf("a family issued after the erasure is readable: %+v", page.Events)
+	_, apps := mustInstances(t, 2, func(c *Config) { c.PIIKeyFile = key })
+	nc := eventstest.MustConnect(t, apps[0].NATSURL())
+	issued := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
+	// Each instance reads (and caches) the subject's key to answer.
+	for _, app := range apps {
+		page := auditAt(t, app, erasedSubject, issued.Seq)
+		if len(page.Events) != 1 || page.Events[0].Subject != erasedSubject || page.Events[0].Erased {
+			t.Fatalf("before erasure: %+v", page.Events)
+		}
+	}
+	erased := eraseSubject(t, nc, erasedSubject)
+	for i, app := range apps {
+		waitFor(t, fmt.Sprintf("instance %d to redact the erased subject", i), func() bool {
+			page := auditAt(t, app, erasedSubject, erased.Seq)
+			return len(page.Events) == 2 && page.Events[0].Erased && page.Events[1].Erased &&
+				page.Events[0].Subject == erased.Pseudonym && string(page.Events[0].Context) == "{}"
+		})
+	}
+	again := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
+	for _, app := range apps {
+		page := auditAt(t, app, erasedSubject, again.Seq)
+		last := page.Events[len(page.Events)-1]
+		if last.FamilyID != again.FamilyID || last.Subject != erasedSubject || last.Erased {
+			t.Fatalf("a family issued after the erasure is readable, the erased ones are not: %+v", page.Events)
+		}
 	}
 }
