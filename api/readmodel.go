@@ -44,7 +44,7 @@ func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter)
 func auditEvent(e projections.AuditEvent) wire.AuditEvent {
 	return wire.AuditEvent{Seq: e.Seq, ID: e.ID, Type: e.Type, Time: e.Time, FamilyID: e.FamilyID,
 		Subject: e.Subject, ClientID: e.ClientID, PresentedBy: e.PresentedBy, Generation: e.Generation,
-		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context, Erased: e.Erased}
+		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context, Erased: e.Erased, ContextExpired: e.ContextExpired}
 }
 
 // auditEventBytes is an event's length in a reply: its JSON and a comma.

@@ -18,10 +18,18 @@ import (
 // the contract's v1 core describes them.
 type Protector struct {
 	keys *pii.Store
+	// periods, if set, seals each event's context a second time, under
+	// the key of the period it was written in, which expires: the context
+	// (IP, user agent, ...) becomes unreadable after the retention, the
+	// rest of the event stays.
+	periods *pii.Periods
 }
 
-// NewProtector returns a protector sealing under keys' data keys.
-func NewProtector(keys *pii.Store) *Protector { return &Protector{keys: keys} }
+// NewProtector returns a protector sealing under keys' data keys, and
+// the contexts also under periods' keys if periods is not nil.
+func NewProtector(keys *pii.Store, periods *pii.Periods) *Protector {
+	return &Protector{keys: keys, periods: periods}
+}
 
 // Pseudonym returns the pseudonym under which subject is stored.
 func (p *Protector) Pseudonym(subject string) string { return p.keys.Pseudonym(subject) }
@@ -44,10 +52,15 @@ const (
 	originErased
 )
 
-// personal is the plaintext of an event's sealed part.
+// personal is the plaintext of an event's sealed part. With a context
+// retention, the context is sealed under its period's key inside it
+// (ContextSealed), so that it is readable only while both keys exist:
+// erasing the subject shreds it at once, and its period's expiry on
+// schedule.
 type personal struct {
-	Subject string         `json:"subject"`
-	Context domain.Context `json:"context,omitempty"`
+	Subject       string         `json:"subject"`
+	Context       domain.Context `json:"context,omitempty"`
+	ContextSealed *pii.Sealed    `json:"context_sealed,omitempty"`
 }
 
 // seal replaces env's personal fields with its subject's pseudonym and
@@ -70,7 +83,14 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	plain, err := json.Marshal(personal{Subject: env.Subject, Context: env.Context})
+	part := personal{Subject: env.Subject, Context: env.Context}
+	if p.periods != nil && len(env.Context) > 0 {
+		if part.ContextSealed, err = p.sealContext(ctx, env); err != nil {
+			return err
+		}
+		part.Context = nil
+	}
+	plain, err := json.Marshal(part)
 	if err != nil {
 		return err
 	}
@@ -81,6 +101,23 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 	env.Subject = pseudonym
 	env.PII, env.Context, env.origin = &sealed, nil, originSealed
 	return nil
+}
+
+// sealContext seals env's context under the current period's key.
+func (p *Protector) sealContext(ctx context.Context, env *Envelope) (*pii.Sealed, error) {
+	key, err := p.periods.Current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := json.Marshal(env.Context)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := pii.Seal(key, env.ID, env.FamilyID, plain)
+	if err != nil {
+		return nil, err
+	}
+	return &sealed, nil
 }
 
 // erasedPart is the sealed part of an event written after its subject was
@@ -113,6 +150,9 @@ type Revealed struct {
 	Context domain.Context
 	// Erased: the subject was erased; Subject is its pseudonym.
 	Erased bool
+	// ContextExpired: the context was sealed under a period key that has
+	// expired (--pii-context-retention); Context is empty.
+	ContextExpired bool
 }
 
 // OpenStored returns the personal fields of the event eventID of family
@@ -150,7 +190,36 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject string,
 	if err := json.Unmarshal(plain, &r); err != nil {
 		return Revealed{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
 	}
-	return Revealed{Subject: r.Subject, Context: r.Context}, nil
+	out := Revealed{Subject: r.Subject, Context: r.Context}
+	if r.ContextSealed != nil {
+		out.Context, out.ContextExpired, err = p.openContext(ctx, eventID, familyID, r.ContextSealed)
+	}
+	return out, err
+}
+
+// openContext opens a context sealed under a period key; expired reports
+// that the key is gone (or that this instance keeps no period keys: the
+// context retention was turned off since).
+func (p *Protector) openContext(ctx context.Context, eventID, familyID string, sealed *pii.Sealed) (_ domain.Context, expired bool, _ error) {
+	if p.periods == nil {
+		return nil, true, nil
+	}
+	key, err := p.periods.KeyFor(ctx, sealed.K)
+	if errors.Is(err, pii.ErrNoKey) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	plain, err := pii.Open(key, eventID, familyID, *sealed)
+	if err != nil {
+		return nil, false, err
+	}
+	var c domain.Context
+	if err := json.Unmarshal(plain, &c); err != nil {
+		return nil, false, fmt.Errorf("%w: %v", pii.ErrOpen, err)
+	}
+	return c, false, nil
 }
 
 // ErrSealedWithoutKey reports an event with sealed personal fields read by

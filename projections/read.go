@@ -139,6 +139,9 @@ type AuditEvent struct {
 	// Erased: the subject's personal data was erased; Subject is its
 	// pseudonym and Context is {}.
 	Erased bool
+	// ContextExpired: the context was past its retention
+	// (--pii-context-retention); Context is {}.
+	ContextExpired bool
 }
 
 // AuditPage is one page of events in ascending seq. NextAfterSeq is the
@@ -183,7 +186,7 @@ func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
 			e := AuditEvent{Seq: uint64(row.Seq), ID: row.ID, Type: row.Type, Time: unixNano(row.Time),
 				FamilyID: row.FamilyID, Subject: personal.Subject, ClientID: row.ClientID, PresentedBy: row.PresentedBy,
 				Generation: uint64(row.Generation), PresentedGeneration: uint64(row.PresentedGeneration),
-				Reason: row.Reason, Context: personal.context, Erased: personal.Erased}
+				Reason: row.Reason, Context: personal.context, Erased: personal.Erased, ContextExpired: personal.ContextExpired}
 			if f.MaxBytes > 0 {
 				size := f.Size(e)
 				if len(page.Events) > 0 && used+size > f.MaxBytes {

@@ -173,6 +173,9 @@ type AuditEvent struct {
 	// Erased is set once the subject's personal data was erased: Subject
 	// is then its pseudonym and Context {}.
 	Erased bool `json:"erased,omitempty"`
+	// ContextExpired is set once Context is past its retention
+	// (--pii-context-retention): Context is then {}.
+	ContextExpired bool `json:"context_expired,omitempty"`
 }
 
 // AuditPage is one page of events in ascending seq.

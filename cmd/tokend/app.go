@@ -48,6 +48,7 @@ type App struct {
 	httpLn    net.Listener
 	revoking  *revoking.Revoking
 	personal  *pii.Store        // nil without --pii-key-file
+	periods   *pii.Periods      // nil without --pii-context-retention
 	protector *events.Protector // nil without --pii-key-file
 	clients   *registry.Registry
 	janitor   *tokens.Janitor
@@ -133,11 +134,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	store := events.NewStore(a.nc, a.js, stream, subjects)
 	store.Retention = retention
 	store.FullState = cfg.EventState == "full"
-	if a.personal, err = a.openPersonalData(setupCtx); err != nil {
+	if a.personal, a.periods, err = a.openPersonalData(setupCtx); err != nil {
 		return nil, err
 	}
 	if a.personal != nil {
-		a.protector = events.NewProtector(a.personal)
+		a.protector = events.NewProtector(a.personal, a.periods)
 		store.Protector = a.protector
 	}
 	writer := events.NewWriter(store, cfg.FamilyCache)
@@ -200,6 +201,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.stopBackground = stopBackground
 	a.janitor = &tokens.Janitor{Tokens: svc, Expired: reader.FamiliesToArchive, Now: time.Now, OnArchived: metrics.Archived}
 	a.backgroundDone.Go(func() { a.keepRetention(background, a.janitor) })
+	if a.periods != nil {
+		// Every instance overwrites the expired period keys on disk;
+		// concurrent sweeps are harmless.
+		a.backgroundDone.Go(func() { a.periods.Run(background) })
+	}
 	a.backgroundDone.Go(func() {
 		t := time.NewTicker(idleCheck)
 		defer t.Stop()
@@ -221,26 +227,37 @@ const piiMarkerTTL = 24 * time.Hour
 // Without it tokend stores personal data in clear, as the v1 contract
 // describes, and refuses to start where protection was on before: it
 // could not read the sealed events, and new ones would be in clear.
-func (a *App) openPersonalData(ctx context.Context) (*pii.Store, error) {
+// With --pii-context-retention it opens the period keys too.
+func (a *App) openPersonalData(ctx context.Context) (*pii.Store, *pii.Periods, error) {
 	if a.cfg.PIIKeyFile == "" {
 		_, err := a.js.KeyValue(ctx, pii.Bucket)
 		switch {
 		case err == nil:
-			return nil, fmt.Errorf("this deployment protects personal data (bucket %s exists): start tokend with its --pii-key-file", pii.Bucket)
+			return nil, nil, fmt.Errorf("this deployment protects personal data (bucket %s exists): start tokend with its --pii-key-file", pii.Bucket)
 		case !errors.Is(err, jetstream.ErrBucketNotFound):
-			return nil, fmt.Errorf("kv %s: %w", pii.Bucket, err)
+			return nil, nil, fmt.Errorf("kv %s: %w", pii.Bucket, err)
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	key, err := pii.LoadDeploymentKey(a.cfg.PIIKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("--pii-key-file: %w", err)
+		return nil, nil, fmt.Errorf("--pii-key-file: %w", err)
 	}
 	keys, err := pii.NewKeys(key)
 	if err != nil {
-		return nil, fmt.Errorf("--pii-key-file: %w", err)
+		return nil, nil, fmt.Errorf("--pii-key-file: %w", err)
 	}
-	return pii.OpenStore(ctx, a.js, keys, pii.Config{Replicas: a.cfg.StreamReplicas, CacheSize: a.cfg.FamilyCache, MarkerTTL: piiMarkerTTL})
+	store, err := pii.OpenStore(ctx, a.js, keys, pii.Config{Replicas: a.cfg.StreamReplicas, CacheSize: a.cfg.FamilyCache, MarkerTTL: piiMarkerTTL})
+	if err != nil || a.cfg.PIIContextRetention == 0 {
+		return store, nil, err
+	}
+	periods, err := pii.OpenPeriods(ctx, a.js, keys, pii.PeriodConfig{Replicas: a.cfg.StreamReplicas,
+		Retention: a.cfg.PIIContextRetention, CacheSize: 64, Log: a.log.With("component", "pii")})
+	if err != nil {
+		store.Stop()
+		return nil, nil, err
+	}
+	return store, periods, nil
 }
 
 func (a *App) retention() events.Retention {

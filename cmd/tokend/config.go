@@ -44,6 +44,9 @@ type Config struct {
 	JSMaxStore      int64
 	JSKeyFile       string
 	PIIKeyFile      string
+	// PIIContextRetention, if set, makes events' contexts (IP, user
+	// agent, ...) unreadable that long after they were written.
+	PIIContextRetention time.Duration
 	JSCipher        string
 	EventState      string
 	StreamMaxBytes  int64
@@ -224,6 +227,7 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.Int64Var(&c.JSMaxStore, "js-max-store", 10<<30, "embedded server: JetStream disk limit in bytes")
 	fs.StringVar(&c.JSKeyFile, "js-key-file", "", "embedded server: encrypt the JetStream store with the key in this file (at least 32 bytes; keep a copy: without it the data is lost)")
 	fs.StringVar(&c.PIIKeyFile, "pii-key-file", "", "protect personal data (subjects, IPs, user agents, context): seal it in events and the read model under per-subject keys derived from the deployment key in this file (at least 32 bytes, not readable by other users), so that tokenctl subjects erase can forget a person; see docs/operations.md")
+	fs.DurationVar(&c.PIIContextRetention, "pii-context-retention", 0, "with --pii-key-file: keep events' contexts (IP addresses, user agents, ...) readable this long, whole seconds (0: as long as the subject's other data); past it they are unreadable, the rest of the event stays")
 	fs.StringVar(&c.EventState, "event-state", "compact", "how events store the family's state: compact (data.state) or full (data.family, readable by versions before 0.2's data.state; for a rolling upgrade from them)")
 	fs.StringVar(&c.JSCipher, "js-cipher", "chacha", "embedded server: cipher of --js-key-file, chacha (ChaCha20-Poly1305) or aes (AES-GCM)")
 	fs.Int64Var(&c.StreamMaxBytes, "stream-max-bytes", 0, "size limit of the TOKENS stream in bytes; when full, writes are refused (default: 90% of --js-max-store when embedded, else the account's limit)")
@@ -294,6 +298,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("--nats-config configures the embedded server; it cannot go with --nats-url")
 	case c.JSKeyFile != "" && c.NATSURL != "":
 		return fmt.Errorf("--js-key-file encrypts the embedded server's store; with --nats-url configure encryption on that server")
+	case c.PIIContextRetention != 0 && c.PIIKeyFile == "":
+		return fmt.Errorf("--pii-context-retention needs --pii-key-file")
+	case c.PIIContextRetention < 0 || c.PIIContextRetention%time.Second != 0 || c.PIIContextRetention > 0 && c.PIIContextRetention < time.Second:
+		return fmt.Errorf("--pii-context-retention must be whole seconds, at least one (or 0)")
 	case c.EventState != "compact" && c.EventState != "full":
 		return fmt.Errorf("--event-state must be compact or full")
 	case c.JSCipher != "chacha" && c.JSCipher != "aes":

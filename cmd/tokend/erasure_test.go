@@ -285,3 +285,37 @@ func TestErasureOnOneInstanceRedactsTheOthers(t *testing.T) {
 		}
 	}
 }
+
+// TestContextRetentionExpiresContextsOnly: with --pii-context-retention,
+// an event's context (IP, user agent) becomes unreadable once its period
+// key expires, while the subject and the rest of the event stay.
+func TestContextRetentionExpiresContextsOnly(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.PIIKeyFile = piiKeyFile(t)
+	cfg.PIIContextRetention = time.Second
+	app := MustApp(t, cfg, nil)
+	nc := eventstest.MustConnect(t, app.NATSURL())
+	issued := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
+	page := auditPageOf(t, nc, wire.AuditRequest{FamilyID: issued.FamilyID, MinSeq: issued.Seq})
+	if len(page.Events) != 1 || !strings.Contains(string(page.Events[0].Context), erasedIP) || page.Events[0].ContextExpired {
+		t.Fatalf("within the retention the context is readable: %+v", page.Events)
+	}
+	waitFor(t, "the context to expire", func() bool {
+		e := auditPageOf(t, nc, wire.AuditRequest{FamilyID: issued.FamilyID}).Events[0]
+		return e.ContextExpired
+	})
+	e := auditPageOf(t, nc, wire.AuditRequest{FamilyID: issued.FamilyID}).Events[0]
+	if string(e.Context) != "{}" || e.Subject != erasedSubject || e.Erased || e.Type != "token.issued" {
+		t.Fatalf("past the retention only the context is gone: %+v (context %s)", e, e.Context)
+	}
+	// A refresh now records a context readable again, under a new period.
+	r := call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: issued.RefreshToken, ClientID: "web",
+		Context: map[string]string{"ip": keptIP}})
+	if r.errCode != "" {
+		t.Fatalf("refresh: %s", r.raw)
+	}
+	page = auditPageOf(t, nc, wire.AuditRequest{FamilyID: issued.FamilyID, MinSeq: r.token.Seq})
+	if last := page.Events[len(page.Events)-1]; !strings.Contains(string(last.Context), keptIP) || last.ContextExpired {
+		t.Fatalf("a new event's context is readable: %+v", last)
+	}
+}
