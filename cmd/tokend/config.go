@@ -47,23 +47,23 @@ type Config struct {
 	// PIIContextRetention, if set, makes events' contexts (IP, user
 	// agent, ...) unreadable that long after they were written.
 	PIIContextRetention time.Duration
-	JSCipher        string
-	EventState      string
-	StreamMaxBytes  int64
-	Retention       time.Duration
-	ArchiveAfter    time.Duration // how long family.archived summaries are kept
-	FamilyCache     int
-	RefreshRate     float64
-	RefreshBurst    int
-	IssueRate       float64
-	IssueBurst      int
-	ForeignRate     float64
-	ForeignBurst    int
-	ReadyMaxLag     uint64
-	MaxCommands     int // commands handled at once
-	MaxQueries      int // queries handled at once
-	LogLevel        string
-	Pprof           bool
+	JSCipher            string
+	EventState          string
+	StreamMaxBytes      int64
+	Retention           time.Duration
+	ArchiveAfter        time.Duration // how long family.archived summaries are kept
+	FamilyCache         int
+	RefreshRate         float64
+	RefreshBurst        int
+	IssueRate           float64
+	IssueBurst          int
+	ForeignRate         float64
+	ForeignBurst        int
+	ReadyMaxLag         uint64
+	MaxCommands         int // commands handled at once
+	MaxQueries          int // queries handled at once
+	LogLevel            string
+	Pprof               bool
 	// ClientRegistry enforces the client registry; it is opened and
 	// administered either way.
 	ClientRegistry bool
