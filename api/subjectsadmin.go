@@ -9,6 +9,7 @@ import (
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/pii"
 	"github.com/tokend/tokend/registry"
 )
 
@@ -16,9 +17,15 @@ import (
 // (<prefix>.admin.subjects.erase; tokenctl subjects erase).
 const SubjectSubjectsErase = "admin.subjects.erase"
 
-// SubjectEraseRequest asks to erase a subject's personal data.
+// SubjectEraseRequest asks to erase a subject's personal data, named by
+// exactly one of Subject and Pseudonym.
 type SubjectEraseRequest struct {
-	Subject string `json:"subject"`
+	Subject string `json:"subject,omitempty"`
+	// Pseudonym names a subject already erased, whose erasure is made
+	// again: after TOKENS_SUBJECT_KEYS was restored from a backup older
+	// than the erasure (docs/operations.md), from its subject.erased
+	// event.
+	Pseudonym string `json:"pseudonym,omitempty"`
 	// Reason is recorded with the erasure (subject.erased): a request
 	// reference, say, never personal data.
 	Reason string `json:"reason"`
@@ -67,8 +74,15 @@ func (s *Service) eraseSubject(ctx context.Context, data []byte, who registry.Ac
 	if err := Decode(data, &in); err != nil {
 		return nil, err
 	}
-	if err := domain.ValidateName("subject", in.Subject); err != nil {
-		return nil, err
+	switch {
+	case in.Subject != "" && in.Pseudonym != "":
+		return nil, domain.Errorf(domain.EInvalidRequest, "give subject or pseudonym, not both")
+	case in.Pseudonym != "" && !pii.IsPseudonym(in.Pseudonym):
+		return nil, domain.Errorf(domain.EInvalidRequest, "pseudonym: not a pseudonym (p: and 22 characters, as subject.erased names it)")
+	case in.Pseudonym == "":
+		if err := domain.ValidateName("subject", in.Subject); err != nil {
+			return nil, err
+		}
 	}
 	if err := domain.ValidateName("reason", in.Reason); err != nil {
 		return nil, err
@@ -81,16 +95,19 @@ func (s *Service) eraseSubject(ctx context.Context, data []byte, who registry.Ac
 		return nil, domain.Errorf(domain.EInvalidRequest,
 			"personal data protection is off (tokend --pii-key-file): subjects' data is stored in clear and cannot be erased; see docs/operations.md")
 	}
-	end, err := s.beginRevoking(ctx, in.Subject, "")
+	// A pseudonym works as a subject: the read model lists a protected
+	// subject's families under it, and its marker is named after it.
+	subject := cmp.Or(in.Subject, in.Pseudonym)
+	end, err := s.beginRevoking(ctx, subject, "")
 	if err != nil {
 		return nil, err
 	}
 	defer end()
-	revoked, pos, err := s.revokeAllMarked(ctx, in.Subject, "", wire.RevokeRequest{Reason: domain.ReasonSubjectErased})
+	revoked, pos, err := s.revokeAllMarked(ctx, subject, "", wire.RevokeRequest{Reason: domain.ReasonSubjectErased})
 	if err != nil {
 		return nil, err
 	}
-	pseudonym := s.Personal.Pseudonym(in.Subject)
+	pseudonym := cmp.Or(in.Pseudonym, s.Personal.Pseudonym(in.Subject))
 	if err := s.Personal.Erase(ctx, pseudonym); err != nil {
 		s.Log.Error("erasing a subject's data key", "pseudonym", pseudonym, "err", err)
 		return nil, &domain.Error{Code: domain.EUnavailable, Message: "the families are revoked, the key could not be destroyed: retry", RetryAfterMs: 500}

@@ -106,6 +106,18 @@ func (k *Keys) Pseudonym(subject string) string {
 	return pseudonymPrefix + base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:pseudonymBytes])
 }
 
+// IsPseudonym reports whether s has the shape of a pseudonym. A subject
+// in clear may have it too (any printable string is a subject): use it
+// only where the caller says it gives a pseudonym.
+func IsPseudonym(s string) bool {
+	rest, ok := strings.CutPrefix(s, pseudonymPrefix)
+	if !ok || len(rest) != base64.RawURLEncoding.EncodedLen(pseudonymBytes) {
+		return false
+	}
+	_, err := base64.RawURLEncoding.DecodeString(rest)
+	return err == nil
+}
+
 // bucketKey is the KV key of a pseudonym's data key: its base64url part,
 // whose characters KV keys all allow.
 func bucketKey(pseudonym string) string { return strings.TrimPrefix(pseudonym, pseudonymPrefix) }

@@ -12,7 +12,7 @@ import (
 
 var subjectsCommand = &command{
 	summary:  "erase a data subject's personal data (crypto-shredding)",
-	synopsis: "erase SUBJECT --reason R [--by NAME]",
+	synopsis: "erase (SUBJECT | --pseudonym P) --reason R [--by NAME]",
 	jsonHelp: "print the erase reply as received",
 	help: `subjects erase SUBJECT forgets a person (GDPR Art. 17), on a deployment
 that protects personal data (tokend --pii-key-file), through
@@ -29,18 +29,29 @@ pseudonym and "erased": true. If it fails or is interrupted, run it again:
 each step is safe to repeat, and the key is destroyed only once every
 family is revoked. --reason (a request reference, say; never personal
 data) is required and recorded with --by. Needs the admin role. See
-docs/operations.md, "A data subject asks to be forgotten".`,
+docs/operations.md, "A data subject asks to be forgotten".
+
+--pseudonym P, instead of SUBJECT, erases again a subject known only by
+the pseudonym its subject.erased event names: after the key bucket was
+restored from a backup older than the erasure.`,
 	args: 2,
 	long: true,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		reason := fs.String("reason", "", "erase: why, `R` (required; recorded: a request reference, never personal data)")
 		by := fs.String("by", operator(), "erase: who asks, `NAME` (recorded; default: your login name)")
+		pseudonym := fs.String("pseudonym", "", "erase: the subject's pseudonym `P`, from its subject.erased event, in place of SUBJECT")
 		return func(ctx context.Context, e *env) error {
+			subject := ""
+			if len(e.args) > 1 {
+				subject = e.args[1]
+			}
 			switch {
 			case len(e.args) == 0 || e.args[0] != "erase":
 				return usagef("want: subjects erase SUBJECT --reason R")
-			case len(e.args) < 2 || e.args[1] == "":
-				return usagef("erase needs the subject")
+			case subject == "" && *pseudonym == "":
+				return usagef("erase needs the subject (or --pseudonym)")
+			case subject != "" && *pseudonym != "":
+				return usagef("give SUBJECT or --pseudonym, not both")
 			case *reason == "":
 				return usagef("--reason is required: why the subject is erased")
 			case *by == "":
@@ -53,7 +64,7 @@ docs/operations.md, "A data subject asks to be forgotten".`,
 			ctx, cancel := context.WithTimeout(ctx, max(e.timeout, api.EraseTimeout+5*time.Second))
 			defer cancel()
 			var raw json.RawMessage
-			req := api.SubjectEraseRequest{Subject: e.args[1], Reason: *reason, By: *by}
+			req := api.SubjectEraseRequest{Subject: subject, Pseudonym: *pseudonym, Reason: *reason, By: *by}
 			if err := e.c.Request(ctx, api.SubjectSubjectsErase, req, &raw); err != nil {
 				return fmt.Errorf("erase: %w", err)
 			}

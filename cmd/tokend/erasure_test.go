@@ -212,6 +212,17 @@ func TestErasureLeavesNoPersonalDataInTheDataDir(t *testing.T) {
 	}
 	// issued, rotated, issued, and the erasure's two family.revoked.
 	checkErased(nc, 5)
+	// Erasing again, by the subject or by the pseudonym (after a restore
+	// of the key bucket), revokes nothing more and changes nothing.
+	for _, req := range []api.SubjectEraseRequest{{Subject: erasedSubject}, {Pseudonym: erased.Pseudonym}} {
+		req.Reason, req.By = "DSR-2026-0042", "dpo"
+		r := call(t, nc, "tokens.admin.subjects.erase", req)
+		var again api.SubjectErased
+		if err := json.Unmarshal(r.raw, &again); err != nil || r.errCode != "" || again.RevokedFamilies != 0 || again.Pseudonym != erased.Pseudonym {
+			t.Fatalf("erase %+v again: %s", req, r.raw)
+		}
+	}
+	checkErased(nc, 5)
 	// A token of the erased subject presented again is refused, and the
 	// refusal records no personal data: the key is not created again.
 	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: rotated.token.RefreshToken, ClientID: "web",
