@@ -98,6 +98,12 @@ type Family struct {
 	RevokedAt             time.Time
 	RevokedReason         string
 	ArchivedAt            time.Time // zero until family.archived
+	// SubjectErased reports that the subject's personal data is gone
+	// (its data key destroyed: personal data protection): Subject is its
+	// pseudonym. Not an event's doing but the key store's, so Evolve
+	// keeps it. Such a family can never be used again: a token minted for
+	// it would name the pseudonym as its subject.
+	SubjectErased bool
 }
 
 // Exists reports whether the family was issued.
@@ -350,6 +356,14 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 	}
 	if f.StatusAt(now) == StatusExpired {
 		return reject(ReasonExpired, ErrInvalidGrant)
+	}
+	if f.SubjectErased {
+		// A live family whose subject's key is gone: the key bucket lost,
+		// or restored without a key since erased again. An erasure itself
+		// revokes first.
+		revoked := d.event(f, FamilyRevoked, c.Context, now)
+		revoked.Reason = ReasonSubjectErased
+		return []Event{revoked}, ErrInvalidGrant
 	}
 
 	isCurrent := p.Generation == f.Generation && SameHash(presented, f.CurrentHash)

@@ -13,9 +13,9 @@ const IssuedAtLeeway = time.Minute
 // retired before the family was created, and the family is neither revoked
 // nor expired. A rotated parent is inactive, even inside the reuse
 // interval: only the current token may be presented without it counting
-// as a reuse.
+// as a reuse. A family whose subject was erased has no active token.
 func (f Family) RefreshTokenActive(t Token, now time.Time) bool {
-	return f.Exists() && t.FamilyID == f.ID && !t.KeyRetiredBefore(f.CreatedAt) &&
+	return f.Exists() && t.FamilyID == f.ID && !t.KeyRetiredBefore(f.CreatedAt) && !f.SubjectErased &&
 		t.Generation == f.Generation && SameHash(t.Hash(), f.CurrentHash) && f.StatusAt(now) == StatusActive
 }
 
@@ -39,7 +39,7 @@ type AccessClaims struct {
 // (less IssuedAtLeeway). tokend mints nothing else, so a token claiming
 // more was signed by someone holding a signing key, whatever it claims.
 func (f Family) AccessTokenActive(c AccessClaims, now time.Time) bool {
-	if !f.Exists() || c.FamilyID != f.ID || !now.Before(c.ExpiresAt) || f.StatusAt(now) != StatusActive {
+	if !f.Exists() || f.SubjectErased || c.FamilyID != f.ID || !now.Before(c.ExpiresAt) || f.StatusAt(now) != StatusActive {
 		return false
 	}
 	if c.ClientID != f.ClientID || c.Subject != f.Subject || !Subset(c.Scope, f.Scope) || !Subset(c.Audience, f.Audience) {

@@ -144,6 +144,7 @@ func (env Envelope) Family() domain.Family {
 		RotatedAt: s.RotatedAt, CreatedAt: s.CreatedAt, LastUsedAt: s.LastUsedAt,
 		IdleExpiresAt: s.IdleExpiresAt, AbsoluteExpiresAt: s.AbsoluteExpiresAt,
 		RevokedAt: s.RevokedAt, RevokedReason: s.RevokedReason, ArchivedAt: s.ArchivedAt,
+		SubjectErased: env.Erased,
 	}
 }
 

@@ -104,7 +104,7 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 		}
 		next := loaded{family: after, seq: seq, origin: envs[len(envs)-1].origin}
 		if next.origin == originErased {
-			next.family.Subject = envs[len(envs)-1].Subject
+			next.family.Subject, next.family.SubjectErased = envs[len(envs)-1].Subject, true
 		}
 		w.cache.Add(familyID, next)
 		if w.OnAppend != nil {

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/events/eventstest"
+	"github.com/tokend/tokend/pii"
 )
 
 // A data subject's personal data, as distinctive bytes a scan can find.
@@ -328,5 +330,43 @@ func TestContextRetentionExpiresContextsOnly(t *testing.T) {
 	page = auditPageOf(t, nc, wire.AuditRequest{FamilyID: issued.FamilyID, MinSeq: r.token.Seq})
 	if last := page.Events[len(page.Events)-1]; !strings.Contains(string(last.Context), keptIP) || last.ContextExpired {
 		t.Fatalf("a new event's context is readable: %+v", last)
+	}
+}
+
+// TestLostSubjectKeyEndsTheFamily: a live family whose subject's key is
+// gone (the key bucket lost, say) is never used again: its next refresh
+// revokes it (subject_erased) and is refused, rather than minting tokens
+// whose subject would be the pseudonym.
+func TestLostSubjectKeyEndsTheFamily(t *testing.T) {
+	key := piiKeyFile(t)
+	url, apps := mustInstances(t, 1, func(c *Config) { c.PIIKeyFile = key })
+	nc := eventstest.MustConnect(t, url)
+	issued := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
+	pseudonym := familyEvents(t, nc, issued.FamilyID)[0].Subject
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), pii.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(t.Context(), strings.TrimPrefix(pseudonym, "p:")); err != nil {
+		t.Fatal(err)
+	}
+	apps[0].Stop() // and with it the family it cached
+	cfg := testConfig(t)
+	cfg.NATSURL, cfg.PIIKeyFile = url, key
+	MustApp(t, cfg, nil)
+
+	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: issued.RefreshToken, ClientID: "web"}), "invalid_grant")
+	evs := familyEvents(t, nc, issued.FamilyID)
+	last := evs[len(evs)-1]
+	if last.Type != "family.revoked" || last.Reason != "subject_erased" || last.Subject != pseudonym || len(last.Context) > 0 {
+		t.Fatalf("the refresh revokes the family, naming no one: %+v", last.Envelope)
+	}
+	r := call(t, nc, "tokens.query.introspect", wire.IntrospectRequest{RefreshToken: issued.RefreshToken})
+	if !strings.Contains(string(r.raw), `"active":false`) {
+		t.Fatalf("introspection: %s", r.raw)
 	}
 }
