@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/pii"
@@ -39,18 +40,30 @@ func (p *Protector) Pseudonym(subject string) string { return p.keys.Pseudonym(s
 type origin uint8
 
 const (
-	// originClear: a new family, or one whose events were written in
-	// clear (before protection was turned on). Its next event creates the
-	// subject's data key if it has none, which brings the family under
+	// originClear: a new family, or a live one whose events were written
+	// in clear (before protection was turned on). Its next event creates
+	// the subject's data key if it has none, which brings the family under
 	// protection.
 	originClear origin = iota
-	// originSealed: the family's events are sealed. A missing data key
-	// means the subject was erased since; it is never created again for
-	// the family.
+	// originSealed: the subject's key must exist already: the family's
+	// events are sealed, or it is a family in clear that can no longer be
+	// used. A missing key means the subject was erased (an erasure revokes
+	// every live family first): the key is never created again for it.
 	originSealed
 	// originErased: the subject was erased; Subject is its pseudonym.
 	originErased
 )
+
+// originFor is how the events decided on family f, in the state its last
+// event left it (origin o), are sealed at time now: a family in clear
+// that is revoked or expired may belong to an erased subject, whose key
+// must not come back.
+func originFor(f domain.Family, o origin, now time.Time) origin {
+	if o == originClear && f.Exists() && f.StatusAt(now) != domain.StatusActive {
+		return originSealed
+	}
+	return o
+}
 
 // personal is the plaintext of an event's sealed part. With a context
 // retention, the context is sealed under its period's key inside it

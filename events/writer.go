@@ -79,11 +79,12 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			return Decision{Before: cur.family, After: cur.family, Seq: cur.seq}, decideErr
 		}
 		after := cur.family
+		origin := originFor(cur.family, cur.origin, events[0].Time)
 		envs := make([]Envelope, len(events))
 		for i, e := range events {
 			after = domain.Evolve(after, e)
 			envs[i] = Wrap(e, after)
-			envs[i].origin = cur.origin
+			envs[i].origin = origin
 		}
 		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
 		if errors.Is(err, ErrConflict) {

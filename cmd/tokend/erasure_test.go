@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -368,5 +369,68 @@ func TestLostSubjectKeyEndsTheFamily(t *testing.T) {
 	r := call(t, nc, "tokens.query.introspect", wire.IntrospectRequest{RefreshToken: issued.RefreshToken})
 	if !strings.Contains(string(r.raw), `"active":false`) {
 		t.Fatalf("introspection: %s", r.raw)
+	}
+}
+
+// TestProtectionOverEventsInClear: events written before --pii-key-file
+// stay readable; a live family in clear comes under protection with its
+// next event; an erasure revokes it and shreds what was sealed, but
+// cannot shred the events in clear; and a token of the subject's family
+// revoked in clear, presented after the erasure, brings no key back.
+func TestProtectionOverEventsInClear(t *testing.T) {
+	cfg := testConfig(t)
+	app := MustApp(t, cfg, nil)
+	nc := eventstest.MustConnect(t, app.NATSURL())
+	live := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
+	dead := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
+	if r := call(t, nc, "tokens.cmd.revoke", wire.RevokeRequest{FamilyID: &dead.FamilyID}); r.errCode != "" {
+		t.Fatalf("revoke: %s", r.raw)
+	}
+	app.Stop()
+
+	cfg.PIIKeyFile = piiKeyFile(t)
+	app = MustApp(t, cfg, nil)
+	nc = eventstest.MustConnect(t, app.NATSURL())
+	page := auditPageOf(t, nc, wire.AuditRequest{Subject: erasedSubject})
+	if len(page.Events) != 3 || page.Events[0].Subject != erasedSubject || !strings.Contains(string(page.Events[0].Context), erasedIP) {
+		t.Fatalf("events in clear stay readable: %+v", page.Events)
+	}
+	rotated := call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: live.RefreshToken, ClientID: "web",
+		Context: map[string]string{"ip": erasedIP}})
+	if rotated.errCode != "" {
+		t.Fatalf("refresh: %s", rotated.raw)
+	}
+	evs := familyEvents(t, nc, live.FamilyID)
+	if last := evs[len(evs)-1]; last.PII == nil || !strings.HasPrefix(last.Subject, "p:") {
+		t.Fatalf("the live family's next event is sealed: %+v", last.Envelope)
+	}
+
+	erased := eraseSubject(t, nc, erasedSubject)
+	if erased.RevokedFamilies != 1 {
+		t.Fatalf("erase: %+v, want the live family revoked", erased)
+	}
+	wantError(t, call(t, nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: dead.RefreshToken, ClientID: "web",
+		Context: map[string]string{"ip": erasedIP}}), "invalid_grant")
+	evs = familyEvents(t, nc, dead.FamilyID)
+	if last := evs[len(evs)-1]; last.Type != "refresh.rejected" || last.Subject != erased.Pseudonym || last.PII == nil || last.PII.K != "" || len(last.Context) > 0 {
+		t.Fatalf("the refusal after the erasure names no one: %+v", last.Envelope)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), pii.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(t.Context(), strings.TrimPrefix(erased.Pseudonym, "p:")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the erased subject's key is back: %v", err)
+	}
+	page = auditPageOf(t, nc, wire.AuditRequest{Subject: erasedSubject, MinSeq: erased.Seq})
+	for _, e := range page.Events {
+		clear := e.Type == "token.issued" || e.FamilyID == dead.FamilyID && e.Type == "family.revoked"
+		if clear != (e.Subject == erasedSubject) || clear == e.Erased {
+			t.Fatalf("after the erasure, only the events written in clear show the subject: %+v", page.Events)
+		}
 	}
 }
