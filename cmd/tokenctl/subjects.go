@@ -37,8 +37,10 @@ docs/operations.md, "A data subject asks to be forgotten".`,
 		by := fs.String("by", operator(), "erase: who asks, `NAME` (recorded; default: your login name)")
 		return func(ctx context.Context, e *env) error {
 			switch {
-			case len(e.args) == 0 || e.args[0] != "erase":
+			case len(e.args) == 0:
 				return usagef("want: subjects erase SUBJECT --reason R")
+			case e.args[0] != "erase":
+				return usagef("unknown subcommand %q: want erase", e.args[0])
 			case len(e.args) < 2 || e.args[1] == "":
 				return usagef("erase needs the subject")
 			case *reason == "":
