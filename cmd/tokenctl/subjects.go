@@ -46,8 +46,10 @@ restored from a backup older than the erasure.`,
 				subject = e.args[1]
 			}
 			switch {
-			case len(e.args) == 0 || e.args[0] != "erase":
+			case len(e.args) == 0:
 				return usagef("want: subjects erase SUBJECT --reason R")
+			case e.args[0] != "erase":
+				return usagef("unknown subcommand %q: want erase", e.args[0])
 			case subject == "" && *pseudonym == "":
 				return usagef("erase needs the subject (or --pseudonym)")
 			case subject != "" && *pseudonym != "":
