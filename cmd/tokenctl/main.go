@@ -238,22 +238,61 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // parseInterleaved parses fs from args and returns the positional arguments,
 // which may come before, between or after the flags ("family ID --min-seq
 // 5"); flag.Parse alone stops at the first one. After "--" everything is
-// positional.
+// positional. An id that begins with "-" (a family id does one time in
+// 64) is positional too, not an unknown flag.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+	var positional, flags []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			if err := fs.Parse(flags); err != nil {
+				return nil, err
+			}
+			return append(positional, args[i+1:]...), nil
+		case len(a) < 2 || a[0] != '-' || dashID(fs, a):
+			positional = append(positional, a)
+		default:
+			flags = append(flags, a)
+			if takesNextArg(fs, a) && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
 		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return positional, nil
-		}
-		if parsed := len(args) - len(rest); parsed > 0 && args[parsed-1] == "--" {
-			return append(positional, rest...), nil
-		}
-		positional, args = append(positional, rest[0]), rest[1:]
 	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	return positional, nil
+}
+
+// dashID reports whether a, which begins with "-", is an id rather than
+// a flag: no flag of fs, and an id's shape (22 characters of base64url).
+func dashID(fs *flag.FlagSet, a string) bool {
+	if len(a) != 22 || fs.Lookup(a[1:]) != nil {
+		return false
+	}
+	for _, c := range a[1:] {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// takesNextArg reports whether flag argument a ("-name" or "--name",
+// without "=value") takes the next argument as its value.
+func takesNextArg(fs *flag.FlagSet, a string) bool {
+	name := strings.TrimLeft(a, "-")
+	if strings.Contains(name, "=") {
+		return false
+	}
+	f := fs.Lookup(name)
+	if f == nil {
+		return false
+	}
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return !ok || !b.IsBoolFlag()
 }
 
 // acceptGlobals lets the global flags follow the command too

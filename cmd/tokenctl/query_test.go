@@ -270,6 +270,11 @@ func TestFamilyArgsAndJSON(t *testing.T) {
 		{[]string{"family", "--min-seq", "5", "fam-1", "--json"}, "fam-1", 5},
 		{[]string{"--json", "family", "fam-2", "--min-seq", "6"}, "fam-2", 6},
 		{[]string{"--json", "family", "--", "-odd-id"}, "-odd-id", 0},
+		// A family id begins with "-" one time in 64: it is an id, not a
+		// flag, wherever it comes.
+		{[]string{"--json", "family", "-q2dH0c3xJm1Xk0yR3nWtA"}, "-q2dH0c3xJm1Xk0yR3nWtA", 0},
+		{[]string{"--json", "family", "--min-seq", "7", "-q2dH0c3xJm1Xk0yR3nWtA"}, "-q2dH0c3xJm1Xk0yR3nWtA", 7},
+		{[]string{"family", "-q2dH0c3xJm1Xk0yR3nWtA", "--json"}, "-q2dH0c3xJm1Xk0yR3nWtA", 0},
 	} {
 		r := runCtl(t, "", append([]string{"--nats-url", f.url}, tc.args...)...)
 		if r.code != 0 || r.stdout != familyReply+"\n" {
