@@ -38,7 +38,7 @@ func newProtected(t *testing.T) *protected {
 	nc, js, stream := MustJetStream(t)
 	p := &protected{t: t, fx: newFixture(t), nc: nc, js: js, stream: stream, keys: openKeyStore(t, js)}
 	p.store = NewStore(nc, js, stream, testSubjects)
-	p.store.Protector = NewProtector(p.keys)
+	p.store.Protector = NewProtector(p.keys, nil)
 	p.clear = NewStore(nc, js, stream, testSubjects)
 	return p
 }
@@ -184,7 +184,7 @@ func TestProtectorSealsPersonalFields(t *testing.T) {
 	}
 	// A cold writer on a store of its own reads the family in clear too.
 	other := NewStore(p.nc, p.js, p.stream, testSubjects)
-	other.Protector = NewProtector(openKeyStore(t, p.js))
+	other.Protector = NewProtector(openKeyStore(t, p.js), nil)
 	if f, _, err := other.Load(t.Context(), "fam-a"); err != nil || f.Subject != "alice@example.com" {
 		t.Fatalf("another instance loads %+v, %v", f, err)
 	}

@@ -39,7 +39,7 @@ func TestReaderFindsSubjectUnderBothForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(keys.Stop)
-	protector := events.NewProtector(keys)
+	protector := events.NewProtector(keys, nil)
 	store := events.NewStore(h.nc, h.js, h.stream, subjects)
 	store.Protector = protector
 	inClear, protected := h.svc, tokens.NewService(events.NewWriter(store, 64), h.codec, h.policy, h.clock)

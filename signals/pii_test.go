@@ -87,7 +87,7 @@ func newSealedStream(t *testing.T) *sealedStream {
 	}
 	s.keys = s.openKeys(nc)
 	s.store = events.NewStore(nc, js, s.stream, s.subjects)
-	s.store.Protector = events.NewProtector(s.keys)
+	s.store.Protector = events.NewProtector(s.keys, nil)
 	return s
 }
 
@@ -181,7 +181,7 @@ func TestRevealFailureTransientOrUnusable(t *testing.T) {
 
 	// An instance that has not cached the key, cut off from the bucket.
 	nc := eventstest.MustConnect(t, s.url)
-	cutOff := Mapper{Issuer: issuer, Protector: events.NewProtector(s.openKeys(nc))}
+	cutOff := Mapper{Issuer: issuer, Protector: events.NewProtector(s.openKeys(nc), nil)}
 	nc.Close()
 	sigs, err := cutOff.Message(ctx, s.subjects, fam.Subject, fam.Data)
 	if err == nil || unusable(err) {
