@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func TestKeyRevocationRecordsKeyRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := events.KeyRevokedEvent(kid, "mac", "host lost", "alice", r.Revision, ev.Time)
-	if ev != want {
+	if !reflect.DeepEqual(ev, want) {
 		t.Fatalf("stored %+v, want %+v", ev, want)
 	}
 	if outboxFailed(t, s, events.KeyRevoked) != 0 {

@@ -15,8 +15,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
-
-	"github.com/tokend/tokend/pii"
 )
 
 // Types of deployment events: events about no single family, stored on
@@ -62,7 +60,7 @@ type DeploymentEvent struct {
 	// on, subject.revoked holds the pseudonym too, and the subject sealed
 	// in PII (Protector.SealDeployment).
 	Subject string      `json:"subject,omitempty"`
-	PII     *pii.Sealed `json:"pii,omitempty"`
+	PII     json.RawMessage `json:"pii,omitempty"`
 	// ClientID is the revoked client (client.revoked).
 	ClientID string `json:"client_id,omitempty"`
 	// Reason is why (revocations), or the new status's reason

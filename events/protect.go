@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/pii"
 )
@@ -24,16 +26,31 @@ type Protector struct {
 	// (IP, user agent, ...) becomes unreadable after the retention, the
 	// rest of the event stays.
 	periods *pii.Periods
+	// pseudonyms remembers the pseudonyms of the subjects seen last: an
+	// HMAC per event was a third of what protection adds to a rotation.
+	pseudonyms *lru.Cache[string, string]
 }
+
+// pseudonymCacheSize bounds the pseudonyms remembered: the subjects of as
+// many families as the writer caches by default.
+const pseudonymCacheSize = 16384
 
 // NewProtector returns a protector sealing under keys' data keys, and
 // the contexts also under periods' keys if periods is not nil.
 func NewProtector(keys *pii.Store, periods *pii.Periods) *Protector {
-	return &Protector{keys: keys, periods: periods}
+	cache, _ := lru.New[string, string](pseudonymCacheSize)
+	return &Protector{keys: keys, periods: periods, pseudonyms: cache}
 }
 
 // Pseudonym returns the pseudonym under which subject is stored.
-func (p *Protector) Pseudonym(subject string) string { return p.keys.Pseudonym(subject) }
+func (p *Protector) Pseudonym(subject string) string {
+	if ps, ok := p.pseudonyms.Get(subject); ok {
+		return ps
+	}
+	ps := p.keys.Pseudonym(subject)
+	p.pseudonyms.Add(subject, ps)
+	return ps
+}
 
 // origin is what the family's last event says of its personal fields: how
 // the writer seals the next events (Protector.seal).
@@ -73,7 +90,7 @@ func originFor(f domain.Family, o origin, now time.Time) origin {
 type personal struct {
 	Subject       string         `json:"subject"`
 	Context       domain.Context `json:"context,omitempty"`
-	ContextSealed *pii.Sealed    `json:"context_sealed,omitempty"`
+	ContextSealed json.RawMessage `json:"context_sealed,omitempty"`
 }
 
 // seal replaces env's personal fields with its subject's pseudonym and
@@ -86,7 +103,7 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 		env.PII, env.Context, env.Erased = erasedPart(), nil, true
 		return nil
 	}
-	pseudonym := p.keys.Pseudonym(env.Subject)
+	pseudonym := p.Pseudonym(env.Subject)
 	key, err := p.keys.DataKey(ctx, pseudonym, env.origin == originClear)
 	if errors.Is(err, pii.ErrNoKey) {
 		env.Subject = pseudonym
@@ -107,17 +124,27 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	sealed, err := pii.Seal(key, env.ID, env.FamilyID, plain)
+	sealed, err := sealedJSON(key, env.ID, env.FamilyID, plain)
 	if err != nil {
 		return err
 	}
 	env.Subject = pseudonym
-	env.PII, env.Context, env.origin = &sealed, nil, originSealed
+	env.PII, env.Context, env.origin = sealed, nil, originSealed
 	return nil
 }
 
+// sealedJSON seals plain for the event (eventID, familyID) under key, in
+// its stored form.
+func sealedJSON(key pii.DataKey, eventID, familyID string, plain []byte) (json.RawMessage, error) {
+	sealed, err := pii.Seal(key, eventID, familyID, plain)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(sealed)
+}
+
 // sealContext seals env's context under the current period's key.
-func (p *Protector) sealContext(ctx context.Context, env *Envelope) (*pii.Sealed, error) {
+func (p *Protector) sealContext(ctx context.Context, env *Envelope) (json.RawMessage, error) {
 	key, err := p.periods.Current(ctx)
 	if err != nil {
 		return nil, err
@@ -126,16 +153,12 @@ func (p *Protector) sealContext(ctx context.Context, env *Envelope) (*pii.Sealed
 	if err != nil {
 		return nil, err
 	}
-	sealed, err := pii.Seal(key, env.ID, env.FamilyID, plain)
-	if err != nil {
-		return nil, err
-	}
-	return &sealed, nil
+	return sealedJSON(key, env.ID, env.FamilyID, plain)
 }
 
 // erasedPart is the sealed part of an event written after its subject was
 // erased: no key, nothing sealed.
-func erasedPart() *pii.Sealed { return &pii.Sealed{V: pii.SealedVersion} }
+func erasedPart() json.RawMessage { return json.RawMessage(`{"v":1}`) }
 
 // Reveal opens env's sealed part in place: Subject and Context become the
 // clear values again, or, if the subject was erased, Subject stays the
@@ -173,16 +196,17 @@ type Revealed struct {
 // pseudonym, and sealed, its sealed part as JSON: for read models, which
 // keep the sealed part as the event had it.
 func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject string, sealed []byte) (Revealed, error) {
-	var s pii.Sealed
-	if err := json.Unmarshal(sealed, &s); err != nil {
-		return Revealed{}, fmt.Errorf("event %s: sealed personal fields: %w", eventID, err)
-	}
-	return p.open(ctx, eventID, familyID, subject, &s)
+	return p.open(ctx, eventID, familyID, subject, sealed)
 }
 
-func (p *Protector) open(ctx context.Context, eventID, familyID, subject string, sealed *pii.Sealed) (Revealed, error) {
-	if sealed == nil {
+// open opens the sealed part stored (nil for an event in clear).
+func (p *Protector) open(ctx context.Context, eventID, familyID, subject string, stored json.RawMessage) (Revealed, error) {
+	if stored == nil {
 		return Revealed{Subject: subject}, nil
+	}
+	var sealed pii.Sealed
+	if err := json.Unmarshal(stored, &sealed); err != nil {
+		return Revealed{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
 	}
 	erased := Revealed{Subject: subject, Erased: true}
 	if sealed.K == "" {
@@ -195,7 +219,7 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject string,
 	if err != nil {
 		return Revealed{}, err
 	}
-	plain, err := pii.Open(key, eventID, familyID, *sealed)
+	plain, err := pii.Open(key, eventID, familyID, sealed)
 	if err != nil {
 		return Revealed{}, err
 	}
@@ -213,9 +237,13 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject string,
 // openContext opens a context sealed under a period key; expired reports
 // that the key is gone (or that this instance keeps no period keys: the
 // context retention was turned off since).
-func (p *Protector) openContext(ctx context.Context, eventID, familyID string, sealed *pii.Sealed) (_ domain.Context, expired bool, _ error) {
+func (p *Protector) openContext(ctx context.Context, eventID, familyID string, stored json.RawMessage) (_ domain.Context, expired bool, _ error) {
 	if p.periods == nil {
 		return nil, true, nil
+	}
+	var sealed pii.Sealed
+	if err := json.Unmarshal(stored, &sealed); err != nil {
+		return nil, false, fmt.Errorf("%w: %v", pii.ErrOpen, err)
 	}
 	key, err := p.periods.KeyFor(ctx, sealed.K)
 	if errors.Is(err, pii.ErrNoKey) {
@@ -224,7 +252,7 @@ func (p *Protector) openContext(ctx context.Context, eventID, familyID string, s
 	if err != nil {
 		return nil, false, err
 	}
-	plain, err := pii.Open(key, eventID, familyID, *sealed)
+	plain, err := pii.Open(key, eventID, familyID, sealed)
 	if err != nil {
 		return nil, false, err
 	}
@@ -246,7 +274,7 @@ var ErrSealedWithoutKey = errors.New("the event's personal fields are sealed, an
 // A subject without a key (erased, or never seen) is named by its
 // pseudonym alone.
 func (p *Protector) sealDeployment(ctx context.Context, ev *DeploymentEvent) error {
-	pseudonym := p.keys.Pseudonym(ev.Subject)
+	pseudonym := p.Pseudonym(ev.Subject)
 	key, err := p.keys.DataKey(ctx, pseudonym, false)
 	if err != nil && !errors.Is(err, pii.ErrNoKey) {
 		return err
@@ -261,12 +289,8 @@ func (p *Protector) sealDeployment(ctx context.Context, ev *DeploymentEvent) err
 	if err != nil {
 		return err
 	}
-	sealed, err := pii.Seal(key, ev.ID, "", plain)
-	if err != nil {
-		return err
-	}
-	ev.PII = &sealed
-	return nil
+	ev.PII, err = sealedJSON(key, ev.ID, "", plain)
+	return err
 }
 
 // RevealDeployment opens the subject of a subject.revoked event sealed by

@@ -561,8 +561,7 @@ func sealedColumn(env events.Envelope) sql.NullString {
 	if env.PII == nil {
 		return sql.NullString{}
 	}
-	b, _ := json.Marshal(env.PII)
-	return sql.NullString{String: string(b), Valid: true}
+	return sql.NullString{String: string(env.PII), Valid: true}
 }
 
 // nullTime is a unix-ns time column, NULL for 0.

@@ -193,7 +193,14 @@ func TestRevealFailureTransientOrUnusable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stored.PII.C[0] ^= 1
+	var sealed pii.Sealed
+	if err := json.Unmarshal(stored.PII, &sealed); err != nil {
+		t.Fatal(err)
+	}
+	sealed.C[0] ^= 1
+	if stored.PII, err = json.Marshal(sealed); err != nil {
+		t.Fatal(err)
+	}
 	altered, err := events.Encode(stored)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
@@ -97,7 +98,7 @@ func TestRevocationsRecordDeploymentEvents(t *testing.T) {
 		events.KeyRevokedEvent(kid, "mac", "backup lost", "alice", kr.Revision, got[2].Time),
 	}
 	for i := range want {
-		if got[i] != want[i] {
+		if !reflect.DeepEqual(got[i], want[i]) {
 			t.Errorf("event %d:\n got %+v\nwant %+v", i, got[i], want[i])
 		}
 	}
