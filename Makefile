@@ -28,6 +28,8 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzAuditQueryString$$' -fuzztime $(FUZZTIME) ./api
 	go test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./events
 	go test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./clientaddr
+	go test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./pii
+	go test -run '^$$' -fuzz '^FuzzParseSealed$$' -fuzztime $(FUZZTIME) ./pii
 
 # The go test benchmarks behind docs/benchmarks.md; the rotation benchmark
 # is go run ./cmd/tokenbench --baseline -k 64.
@@ -35,6 +37,7 @@ bench:
 	go test -run '^$$' -bench ProjectionRebuild -benchtime 5x ./projections
 	go test -run '^$$' -bench Introspect -benchtime 2s ./cmd/tokend
 	go test -run '^$$' -bench Load -benchtime 2s ./events
+	go test -run '^$$' -bench 'SealEvent|RevealEvent' -benchtime 2s ./events
 
 # The three-node cluster test: a node fails under load (about 20 s).
 cluster-test:

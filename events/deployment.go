@@ -60,7 +60,7 @@ type DeploymentEvent struct {
 	// on, subject.revoked holds the pseudonym too, and the subject sealed
 	// in PII (Protector.SealDeployment).
 	Subject string          `json:"subject,omitempty"`
-	PII     json.RawMessage `json:"pii,omitempty"`
+	PII     string `json:"pii,omitempty"`
 	// ClientID is the revoked client (client.revoked).
 	ClientID string `json:"client_id,omitempty"`
 	// Reason is why (revocations), or the new status's reason

@@ -40,10 +40,10 @@ type Envelope struct {
 	// (Protector), holds the personal fields sealed: Subject is then the
 	// subject's pseudonym and Context is empty until Protector.Reveal
 	// opens it. Absent in events written without protection.
-	// Kept as stored (a pii.Sealed in JSON): read models store it as it
-	// is, and only Reveal parses it.
-	PII  json.RawMessage `json:"pii,omitempty"`
-	Data Data            `json:"data"`
+	// Kept as stored (pii.Sealed.Text): read models store it as it is,
+	// and only Reveal parses it.
+	PII  string `json:"pii,omitempty"`
+	Data Data   `json:"data"`
 
 	// Erased reports, after Protector.Reveal, that the personal fields
 	// are gone (the subject was erased): Subject stays the pseudonym.

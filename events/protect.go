@@ -90,7 +90,7 @@ func originFor(f domain.Family, o origin, now time.Time) origin {
 type personal struct {
 	Subject       string          `json:"subject"`
 	Context       domain.Context  `json:"context,omitempty"`
-	ContextSealed json.RawMessage `json:"context_sealed,omitempty"`
+	ContextSealed string         `json:"context_sealed,omitempty"`
 }
 
 // seal replaces env's personal fields with its subject's pseudonym and
@@ -124,7 +124,7 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 	if err != nil {
 		return err
 	}
-	sealed, err := sealedJSON(key, env.ID, env.FamilyID, plain)
+	sealed, err := sealedText(key, env.ID, env.FamilyID, plain)
 	if err != nil {
 		return err
 	}
@@ -133,32 +133,32 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 	return nil
 }
 
-// sealedJSON seals plain for the event (eventID, familyID) under key, in
+// sealedText seals plain for the event (eventID, familyID) under key, in
 // its stored form.
-func sealedJSON(key pii.DataKey, eventID, familyID string, plain []byte) (json.RawMessage, error) {
+func sealedText(key pii.DataKey, eventID, familyID string, plain []byte) (string, error) {
 	sealed, err := pii.Seal(key, eventID, familyID, plain)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return json.Marshal(sealed)
+	return sealed.Text(), nil
 }
 
 // sealContext seals env's context under the current period's key.
-func (p *Protector) sealContext(ctx context.Context, env *Envelope) (json.RawMessage, error) {
+func (p *Protector) sealContext(ctx context.Context, env *Envelope) (string, error) {
 	key, err := p.periods.Current(ctx)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	plain, err := json.Marshal(env.Context)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return sealedJSON(key, env.ID, env.FamilyID, plain)
+	return sealedText(key, env.ID, env.FamilyID, plain)
 }
 
 // erasedPart is the sealed part of an event written after its subject was
 // erased: no key, nothing sealed.
-func erasedPart() json.RawMessage { return json.RawMessage(`{"v":1}`) }
+func erasedPart() string { return pii.Sealed{V: pii.SealedVersion}.Text() }
 
 // Reveal opens env's sealed part in place: Subject and Context become the
 // clear values again, or, if the subject was erased, Subject stays the
@@ -169,7 +169,7 @@ func (p *Protector) Reveal(ctx context.Context, env *Envelope) error {
 	if err != nil {
 		return fmt.Errorf("event %s: %w", env.ID, err)
 	}
-	if env.PII == nil {
+	if env.PII == "" {
 		env.origin = originClear
 		return nil
 	}
@@ -195,18 +195,18 @@ type Revealed struct {
 // familyID (family "" for a deployment event), stored as subject, its
 // pseudonym, and sealed, its sealed part as JSON: for read models, which
 // keep the sealed part as the event had it.
-func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject string, sealed []byte) (Revealed, error) {
+func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject, sealed string) (Revealed, error) {
 	return p.open(ctx, eventID, familyID, subject, sealed)
 }
 
-// open opens the sealed part stored (nil for an event in clear).
-func (p *Protector) open(ctx context.Context, eventID, familyID, subject string, stored json.RawMessage) (Revealed, error) {
-	if stored == nil {
+// open opens the sealed part stored ("" for an event in clear).
+func (p *Protector) open(ctx context.Context, eventID, familyID, subject, stored string) (Revealed, error) {
+	if stored == "" {
 		return Revealed{Subject: subject}, nil
 	}
-	var sealed pii.Sealed
-	if err := json.Unmarshal(stored, &sealed); err != nil {
-		return Revealed{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
+	sealed, err := pii.ParseSealed(stored)
+	if err != nil {
+		return Revealed{}, err
 	}
 	erased := Revealed{Subject: subject, Erased: true}
 	if sealed.K == "" {
@@ -228,7 +228,7 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject string,
 		return Revealed{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
 	}
 	out := Revealed{Subject: r.Subject, Context: r.Context}
-	if r.ContextSealed != nil {
+	if r.ContextSealed != "" {
 		out.Context, out.ContextExpired, err = p.openContext(ctx, eventID, familyID, r.ContextSealed)
 	}
 	return out, err
@@ -237,13 +237,13 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject string,
 // openContext opens a context sealed under a period key; expired reports
 // that the key is gone (or that this instance keeps no period keys: the
 // context retention was turned off since).
-func (p *Protector) openContext(ctx context.Context, eventID, familyID string, stored json.RawMessage) (_ domain.Context, expired bool, _ error) {
+func (p *Protector) openContext(ctx context.Context, eventID, familyID, stored string) (_ domain.Context, expired bool, _ error) {
 	if p.periods == nil {
 		return nil, true, nil
 	}
-	var sealed pii.Sealed
-	if err := json.Unmarshal(stored, &sealed); err != nil {
-		return nil, false, fmt.Errorf("%w: %v", pii.ErrOpen, err)
+	sealed, err := pii.ParseSealed(stored)
+	if err != nil {
+		return nil, false, err
 	}
 	key, err := p.periods.KeyFor(ctx, sealed.K)
 	if errors.Is(err, pii.ErrNoKey) {
@@ -289,7 +289,7 @@ func (p *Protector) sealDeployment(ctx context.Context, ev *DeploymentEvent) err
 	if err != nil {
 		return err
 	}
-	ev.PII, err = sealedJSON(key, ev.ID, "", plain)
+	ev.PII, err = sealedText(key, ev.ID, "", plain)
 	return err
 }
 

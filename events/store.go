@@ -157,7 +157,7 @@ func (s *Store) last(ctx context.Context, familyID string, fromLeader bool) (Env
 // reveal opens env's personal fields, if sealed.
 func (s *Store) reveal(ctx context.Context, env *Envelope) error {
 	switch {
-	case env.PII == nil:
+	case env.PII == "":
 		return nil
 	case s.Protector == nil:
 		return ErrSealedWithoutKey

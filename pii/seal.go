@@ -3,9 +3,12 @@ package pii
 import (
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 )
 
 // SealedVersion is the version of the Sealed format written.
@@ -24,13 +27,12 @@ type DataKey struct {
 	aead cipher.AEAD
 }
 
-// Sealed is a sealed part as stored: {"v":1,"k":ref,"n":nonce,"c":ciphertext}
-// (n and c in base64).
+// Sealed is a sealed part: stored as Text.
 type Sealed struct {
-	V int    `json:"v"`
-	K string `json:"k"`
-	N []byte `json:"n"`
-	C []byte `json:"c"`
+	V int    // format version
+	K string // key ref (DataKey.Ref); "" when nothing is sealed
+	N []byte // nonce
+	C []byte // ciphertext and tag
 }
 
 // Seal encrypts plaintext under key with AES-256-GCM and a random nonce,
@@ -44,6 +46,42 @@ func Seal(key DataKey, eventID, familyID string, plaintext []byte) (Sealed, erro
 	c := key.aead.Seal(nil, nonce, plaintext, associatedData(eventID, familyID, key.Ref))
 	return Sealed{V: SealedVersion, K: key.Ref, N: nonce, C: c}, nil
 }
+
+// Text is the stored form of s: its version, the base64url (unpadded) of
+// its nonce and ciphertext, and its key ref, separated by dots
+// ("1.<sealed>.<ref>"); or its version alone for a part without a key
+// (nothing sealed). A string, not an object: it is copied into every
+// event, read model row and reply, where a JSON object would be checked
+// and compacted each time.
+func (s Sealed) Text() string {
+	if s.K == "" {
+		return strconv.Itoa(s.V)
+	}
+	b := make([]byte, 0, len(s.N)+len(s.C))
+	return strconv.Itoa(s.V) + "." + base64.RawURLEncoding.EncodeToString(append(append(b, s.N...), s.C...)) + "." + s.K
+}
+
+// ParseSealed parses Text's form; the nonce is the first NonceSize
+// bytes (AES-GCM's) of the sealed bytes.
+func ParseSealed(text string) (Sealed, error) {
+	version, rest, keyed := strings.Cut(text, ".")
+	v, err := strconv.Atoi(version)
+	if err != nil || v != SealedVersion {
+		return Sealed{}, fmt.Errorf("%w: sealed version %q unknown", ErrOpen, version)
+	}
+	if !keyed {
+		return Sealed{V: v}, nil
+	}
+	sealed, ref, ok := strings.Cut(rest, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(sealed)
+	if !ok || ref == "" || err != nil || len(raw) < NonceSize {
+		return Sealed{}, fmt.Errorf("%w: not a sealed part", ErrOpen)
+	}
+	return Sealed{V: v, K: ref, N: raw[:NonceSize:NonceSize], C: raw[NonceSize:]}, nil
+}
+
+// NonceSize is the nonce length of every sealed part (AES-GCM's standard).
+const NonceSize = 12
 
 // Open decrypts s, sealed by Seal for the same event under key.
 func Open(key DataKey, eventID, familyID string, s Sealed) ([]byte, error) {

@@ -78,3 +78,49 @@ func FuzzOpen(f *testing.F) {
 		Open(key, eventID, familyID, s)
 	})
 }
+
+// TestSealedText: a sealed part survives its stored form, as does one
+// without a key; what is not that form is refused with ErrOpen.
+func TestSealedText(t *testing.T) {
+	key := testDataKey(t, "abc.7")
+	s, err := Seal(key, "ev1", "fam1", []byte(`{"subject":"alice"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseSealed(s.Text())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain, err := Open(key, "ev1", "fam1", back); err != nil || string(plain) != `{"subject":"alice"}` {
+		t.Fatalf("open after the round trip: %q, %v", plain, err)
+	}
+	if none, err := ParseSealed(Sealed{V: SealedVersion}.Text()); err != nil || none.K != "" || none.Text() != "1" {
+		t.Fatalf("a part without a key: %+v, %v", none, err)
+	}
+	for _, bad := range []string{"", "2", "1.", "1..abc.7", "1.@@@.abc.7", "1.AAAA.abc.7", "x.AAAA.k", "1." + s.Text()[2:20]} {
+		if _, err := ParseSealed(bad); !errors.Is(err, ErrOpen) {
+			t.Errorf("ParseSealed(%q): %v, want ErrOpen", bad, err)
+		}
+	}
+}
+
+// FuzzParseSealed: any stored text parses or is refused without a panic,
+// and what parses has one stored form.
+func FuzzParseSealed(f *testing.F) {
+	key := testDataKey(f, "abc.7")
+	s, _ := Seal(key, "ev1", "fam1", []byte("x"))
+	f.Add(s.Text())
+	f.Add("1")
+	f.Add("1.AAAAAAAAAAAAAAAA.t:17.3")
+	f.Fuzz(func(t *testing.T, text string) {
+		p, err := ParseSealed(text)
+		if err != nil {
+			return
+		}
+		again, err := ParseSealed(p.Text())
+		if err != nil || again.Text() != p.Text() {
+			t.Fatalf("%q parsed to %+v, whose text %q does not parse back (%v)", text, p, p.Text(), err)
+		}
+		Open(key, "ev1", "fam1", p) // must not panic
+	})
+}

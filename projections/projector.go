@@ -558,10 +558,7 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 // sealedColumn is the stored form of an event's sealed personal fields,
 // NULL for an event stored in clear.
 func sealedColumn(env events.Envelope) sql.NullString {
-	if env.PII == nil {
-		return sql.NullString{}
-	}
-	return sql.NullString{String: string(env.PII), Valid: true}
+	return sql.NullString{String: env.PII, Valid: env.PII != ""}
 }
 
 // nullTime is a unix-ns time column, NULL for 0.
@@ -600,7 +597,7 @@ func upsertFamily(ctx context.Context, q *queries.Queries, b familyBatch) error 
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
 		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PruneAt: nullTime(b.pruneAt),
-		Pii: sealedColumn(s.env), PiiEvent: sql.NullString{String: s.env.ID, Valid: s.env.PII != nil},
+		Pii: sealedColumn(s.env), PiiEvent: sql.NullString{String: s.env.ID, Valid: s.env.PII != ""},
 	})
 }
 

@@ -265,7 +265,7 @@ func (r *Reader) reveal(ctx context.Context, eventID, familyID, subject string, 
 	if r.Protector == nil {
 		return revealed{}, events.ErrSealedWithoutKey
 	}
-	p, err := r.Protector.OpenStored(ctx, eventID, familyID, subject, []byte(sealed.String))
+	p, err := r.Protector.OpenStored(ctx, eventID, familyID, subject, sealed.String)
 	if err != nil {
 		return revealed{}, err
 	}

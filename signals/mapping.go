@@ -166,7 +166,7 @@ func (m Mapper) Message(ctx context.Context, subjects events.Subjects, subject s
 		if err != nil {
 			return nil, err
 		}
-		if env.PII != nil {
+		if env.PII != "" {
 			if m.Protector == nil {
 				return nil, events.ErrSealedWithoutKey
 			}
@@ -188,7 +188,7 @@ func (m Mapper) Message(ctx context.Context, subjects events.Subjects, subject s
 		return nil, err
 	}
 	erased := false
-	if ev.PII != nil {
+	if ev.PII != "" {
 		if m.Protector == nil {
 			return nil, events.ErrSealedWithoutKey
 		}

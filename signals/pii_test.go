@@ -193,14 +193,12 @@ func TestRevealFailureTransientOrUnusable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sealed pii.Sealed
-	if err := json.Unmarshal(stored.PII, &sealed); err != nil {
+	sealed, err := pii.ParseSealed(stored.PII)
+	if err != nil {
 		t.Fatal(err)
 	}
 	sealed.C[0] ^= 1
-	if stored.PII, err = json.Marshal(sealed); err != nil {
-		t.Fatal(err)
-	}
+	stored.PII = sealed.Text()
 	altered, err := events.Encode(stored)
 	if err != nil {
 		t.Fatal(err)
