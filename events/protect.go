@@ -120,17 +120,51 @@ func (p *Protector) seal(ctx context.Context, env *Envelope) error {
 		}
 		part.Context = nil
 	}
-	plain, err := json.Marshal(part)
+	plain, err := part.encode()
 	if err != nil {
 		return err
 	}
-	sealed, err := sealedText(key, env.ID, env.FamilyID, plain)
+	sealed, err := sealSubjectPart(key, env.ID, env.FamilyID, plain)
 	if err != nil {
 		return err
 	}
 	env.Subject = pseudonym
 	env.PII, env.Context, env.origin = sealed, nil, originSealed
 	return nil
+}
+
+// encode is the plaintext of p: the subject alone after a zero byte when
+// that is all (most events: a rotation without context), else JSON.
+// Every byte here is in every event and read model row, base64 encoded.
+func (p personal) encode() ([]byte, error) {
+	if p.Context == nil && p.ContextSealed == "" {
+		return append([]byte{0}, p.Subject...), nil
+	}
+	return json.Marshal(p)
+}
+
+// decodePersonal reads encode's plaintext.
+func decodePersonal(plain []byte) (personal, error) {
+	if len(plain) > 0 && plain[0] == 0 {
+		return personal{Subject: string(plain[1:])}, nil
+	}
+	var p personal
+	if err := json.Unmarshal(plain, &p); err != nil {
+		return personal{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
+	}
+	return p, nil
+}
+
+// sealSubjectPart seals plain for the event (eventID, familyID) under its
+// subject's key, in its stored form, naming the key by its revision alone
+// (pii.ShortRef): open completes it from the event's pseudonym.
+func sealSubjectPart(key pii.DataKey, eventID, familyID string, plain []byte) (string, error) {
+	sealed, err := pii.Seal(key, eventID, familyID, plain)
+	if err != nil {
+		return "", err
+	}
+	sealed.K = pii.ShortRef(sealed.K)
+	return sealed.Text(), nil
 }
 
 // sealedText seals plain for the event (eventID, familyID) under key, in
@@ -212,6 +246,7 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject, stored
 	if sealed.K == "" {
 		return erased, nil
 	}
+	sealed.K = pii.FullRef(subject, sealed.K)
 	key, err := p.keys.KeyFor(ctx, sealed.K)
 	if errors.Is(err, pii.ErrNoKey) {
 		return erased, nil
@@ -223,9 +258,9 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject, stored
 	if err != nil {
 		return Revealed{}, err
 	}
-	var r personal
-	if err := json.Unmarshal(plain, &r); err != nil {
-		return Revealed{}, fmt.Errorf("%w: %v", pii.ErrOpen, err)
+	r, err := decodePersonal(plain)
+	if err != nil {
+		return Revealed{}, err
 	}
 	out := Revealed{Subject: r.Subject, Context: r.Context}
 	if r.ContextSealed != "" {
@@ -285,11 +320,11 @@ func (p *Protector) sealDeployment(ctx context.Context, ev *DeploymentEvent) err
 	if err != nil { // no key
 		return nil
 	}
-	plain, err := json.Marshal(personal{Subject: subject})
+	plain, err := personal{Subject: subject}.encode()
 	if err != nil {
 		return err
 	}
-	ev.PII, err = sealedText(key, ev.ID, "", plain)
+	ev.PII, err = sealSubjectPart(key, ev.ID, "", plain)
 	return err
 }
 

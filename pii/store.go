@@ -160,6 +160,18 @@ func (s *Store) DataKey(ctx context.Context, pseudonym string, create bool) (Dat
 	return DataKey{}, fmt.Errorf("kv %s: the subject's key keeps changing", Bucket)
 }
 
+// ShortRef is what of a subject key's ref (DataKey.Ref) an event needs to
+// name it: the revision alone, the rest being the subject's pseudonym,
+// which the event holds anyway. FullRef gives the ref back.
+func ShortRef(ref string) string {
+	_, rev, _ := strings.Cut(ref, ".")
+	return rev
+}
+
+// FullRef is the ref of the key ShortRef shortened to short, of the
+// subject with that pseudonym.
+func FullRef(pseudonym, short string) string { return bucketKey(pseudonym) + "." + short }
+
 // KeyFor returns the data key named by ref (DataKey.Ref, Sealed.K), or
 // ErrNoKey if it was erased: what it sealed is then unreadable.
 func (s *Store) KeyFor(ctx context.Context, ref string) (DataKey, error) {
