@@ -59,7 +59,7 @@ type DeploymentEvent struct {
 	// subject's pseudonym (subject.erased). With personal data protection
 	// on, subject.revoked holds the pseudonym too, and the subject sealed
 	// in PII (Protector.SealDeployment).
-	Subject string          `json:"subject,omitempty"`
+	Subject string `json:"subject,omitempty"`
 	PII     string `json:"pii,omitempty"`
 	// ClientID is the revoked client (client.revoked).
 	ClientID string `json:"client_id,omitempty"`

@@ -88,8 +88,8 @@ func originFor(f domain.Family, o origin, now time.Time) origin {
 // erasing the subject shreds it at once, and its period's expiry on
 // schedule.
 type personal struct {
-	Subject       string          `json:"subject"`
-	Context       domain.Context  `json:"context,omitempty"`
+	Subject       string         `json:"subject"`
+	Context       domain.Context `json:"context,omitempty"`
 	ContextSealed string         `json:"context_sealed,omitempty"`
 }
 
