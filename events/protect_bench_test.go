@@ -41,13 +41,17 @@ func benchRotation() Envelope {
 		origin:  originSealed}
 }
 
+// benchProtections are the protections measured: the subject key alone,
+// and with a context retention a period key too.
+var benchProtections = []struct {
+	name      string
+	retention time.Duration
+}{{"subject key", 0}, {"and period key", 720 * time.Hour}}
+
 // BenchmarkSealEvent: what protection adds to every append: the subject's
 // pseudonym, its key from the cache, and AES-GCM over subject and context.
 func BenchmarkSealEvent(b *testing.B) {
-	for _, bc := range []struct {
-		name      string
-		retention time.Duration
-	}{{"subject key", 0}, {"and period key", 720 * time.Hour}} {
+	for _, bc := range benchProtections {
 		b.Run(bc.name, func(b *testing.B) {
 			p := benchProtector(b, bc.retention)
 			first := benchRotation()
@@ -69,10 +73,7 @@ func BenchmarkSealEvent(b *testing.B) {
 // BenchmarkRevealEvent: what protection adds to every uncached load of a
 // family and every audit row answered.
 func BenchmarkRevealEvent(b *testing.B) {
-	for _, bc := range []struct {
-		name      string
-		retention time.Duration
-	}{{"subject key", 0}, {"and period key", 720 * time.Hour}} {
+	for _, bc := range benchProtections {
 		b.Run(bc.name, func(b *testing.B) {
 			p := benchProtector(b, bc.retention)
 			sealed := benchRotation()

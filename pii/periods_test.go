@@ -57,26 +57,7 @@ func TestPeriodsConcurrentCreateOneKey(t *testing.T) {
 	clock := newTestClock(periodStart)
 	instances := []*Periods{ts.openPeriods(testRetention, clock), ts.openPeriods(testRetention, clock)}
 	const perInstance = 8
-	keys := make([]DataKey, 2*perInstance)
-	var wg sync.WaitGroup
-	for i := range keys {
-		wg.Go(func() {
-			k, err := instances[i%2].Current(t.Context())
-			if err != nil {
-				t.Error(err)
-			}
-			keys[i] = k
-		})
-	}
-	wg.Wait()
-	for i, k := range keys[1:] {
-		if k.Ref != keys[0].Ref {
-			t.Fatalf("caller %d got key %s, caller 0 %s", i+1, k.Ref, keys[0].Ref)
-		}
-		if err := sameKey(keys[0], k); err != nil {
-			t.Fatalf("caller %d: %v", i+1, err)
-		}
-	}
+	keys := oneKeyForAll(t, 2*perInstance, func(i int) (DataKey, error) { return instances[i%2].Current(t.Context()) })
 	if !IsPeriodRef(keys[0].Ref) {
 		t.Fatalf("ref %q is not told a period ref", keys[0].Ref)
 	}

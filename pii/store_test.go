@@ -61,17 +61,15 @@ func sameKey(a, b DataKey) error {
 	return err
 }
 
-// TestConcurrentCreateOneKey: instances creating a subject's key at once
-// all get the one key that was stored.
-func TestConcurrentCreateOneKey(t *testing.T) {
-	ts := newTestServer(t)
-	stores := []*Store{ts.open(), ts.open()}
-	const perStore = 8
-	keys := make([]DataKey, 2*perStore)
+// oneKeyForAll calls get(0..n-1) at once and fails unless every call
+// got the same key; it returns them.
+func oneKeyForAll(t *testing.T, n int, get func(i int) (DataKey, error)) []DataKey {
+	t.Helper()
+	keys := make([]DataKey, n)
 	var wg sync.WaitGroup
 	for i := range keys {
 		wg.Go(func() {
-			k, err := stores[i%2].DataKey(t.Context(), pseudonym(t, "alice"), true)
+			k, err := get(i)
 			if err != nil {
 				t.Error(err)
 			}
@@ -87,6 +85,18 @@ func TestConcurrentCreateOneKey(t *testing.T) {
 			t.Fatalf("caller %d: %v", i+1, err)
 		}
 	}
+	return keys
+}
+
+// TestConcurrentCreateOneKey: instances creating a subject's key at once
+// all get the one key that was stored.
+func TestConcurrentCreateOneKey(t *testing.T) {
+	ts := newTestServer(t)
+	stores := []*Store{ts.open(), ts.open()}
+	const perStore = 8
+	keys := oneKeyForAll(t, 2*perStore, func(i int) (DataKey, error) {
+		return stores[i%2].DataKey(t.Context(), pseudonym(t, "alice"), true)
+	})
 	// Not only cached: read back from the bucket by a fresh store too.
 	k, err := ts.open().KeyFor(t.Context(), keys[0].Ref)
 	if err != nil {

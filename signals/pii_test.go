@@ -117,16 +117,23 @@ func (s *sealedStream) last(subject string) *jetstream.RawStreamMsg {
 	return m
 }
 
+// appended stores env as a new family's first event and returns the
+// stored message.
+func (s *sealedStream) appended(env events.Envelope) *jetstream.RawStreamMsg {
+	s.t.Helper()
+	if _, err := s.store.Append(s.t.Context(), env.FamilyID, 0, []events.Envelope{env}); err != nil {
+		s.t.Fatal(err)
+	}
+	return s.last(s.subjects.Family(env.FamilyID))
+}
+
 // TestMapSealedMessages: a sealed event maps to signals about the subject
 // in clear, through the protector; without one it is unusable.
 func TestMapSealedMessages(t *testing.T) {
 	s := newSealedStream(t)
 	ctx := t.Context()
 	env := envelope(domain.FamilyRevoked, domain.ReasonRevoked)
-	if _, err := s.store.Append(ctx, env.FamilyID, 0, []events.Envelope{env}); err != nil {
-		t.Fatal(err)
-	}
-	fam := s.last(s.subjects.Family(env.FamilyID))
+	fam := s.appended(env)
 	if strings.Contains(string(fam.Data), "user-42") {
 		t.Fatalf("not sealed: %s", fam.Data)
 	}
@@ -174,10 +181,7 @@ func TestRevealFailureTransientOrUnusable(t *testing.T) {
 	s := newSealedStream(t)
 	ctx := t.Context()
 	env := envelope(domain.FamilyRevoked, domain.ReasonRevoked)
-	if _, err := s.store.Append(ctx, env.FamilyID, 0, []events.Envelope{env}); err != nil {
-		t.Fatal(err)
-	}
-	fam := s.last(s.subjects.Family(env.FamilyID))
+	fam := s.appended(env)
 
 	// An instance that has not cached the key, cut off from the bucket.
 	nc := eventstest.MustConnect(t, s.url)

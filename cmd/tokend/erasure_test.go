@@ -55,43 +55,35 @@ func issueWith(tb testing.TB, nc *nats.Conn, subject, ip, ua string) wire.TokenR
 	return r.token
 }
 
-func auditPageOf(tb testing.TB, nc *nats.Conn, req wire.AuditRequest) wire.AuditPage {
+// answer calls subject with req and decodes its answer, failing on an
+// error answer.
+func answer[T any](tb testing.TB, nc *nats.Conn, subject string, req any) T {
 	tb.Helper()
-	r := call(tb, nc, "tokens.query.audit", req)
+	r := call(tb, nc, subject, req)
 	if r.errCode != "" {
-		tb.Fatalf("audit: %s", r.raw)
+		tb.Fatalf("%s: %s", subject, r.raw)
 	}
-	var page wire.AuditPage
-	if err := json.Unmarshal(r.raw, &page); err != nil {
-		tb.Fatal(err)
-	}
-	return page
-}
-
-func familyViewOf(tb testing.TB, nc *nats.Conn, familyID string) wire.FamilyView {
-	tb.Helper()
-	r := call(tb, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: familyID})
-	if r.errCode != "" {
-		tb.Fatalf("family: %s", r.raw)
-	}
-	var v wire.FamilyView
-	if err := json.Unmarshal(r.raw, &v); err != nil {
-		tb.Fatal(err)
-	}
-	return v
-}
-
-func eraseSubject(tb testing.TB, nc *nats.Conn, subject string) api.SubjectErased {
-	tb.Helper()
-	r := call(tb, nc, "tokens.admin.subjects.erase", api.SubjectEraseRequest{Subject: subject, Reason: "DSR-2026-0042", By: "dpo"})
-	if r.errCode != "" {
-		tb.Fatalf("erase: %s", r.raw)
-	}
-	var out api.SubjectErased
+	var out T
 	if err := json.Unmarshal(r.raw, &out); err != nil {
 		tb.Fatal(err)
 	}
 	return out
+}
+
+func auditPageOf(tb testing.TB, nc *nats.Conn, req wire.AuditRequest) wire.AuditPage {
+	tb.Helper()
+	return answer[wire.AuditPage](tb, nc, "tokens.query.audit", req)
+}
+
+func familyViewOf(tb testing.TB, nc *nats.Conn, familyID string) wire.FamilyView {
+	tb.Helper()
+	return answer[wire.FamilyView](tb, nc, "tokens.query.family", wire.FamilyRequest{FamilyID: familyID})
+}
+
+func eraseSubject(tb testing.TB, nc *nats.Conn, subject string) api.SubjectErased {
+	tb.Helper()
+	return answer[api.SubjectErased](tb, nc, "tokens.admin.subjects.erase",
+		api.SubjectEraseRequest{Subject: subject, Reason: "DSR-2026-0042", By: "dpo"})
 }
 
 // scanDir returns the files under dir holding any of needles, and how
