@@ -175,7 +175,8 @@ func denied(t *testing.T, nc *nats.Conn, v *violations, subject string) {
 }
 
 func TestRolePermissions(t *testing.T) {
-	d := mustSecureDeployment(t)
+	// With personal data protection, so that tokend uses its key buckets.
+	d := mustSecureDeployment(t, func(c *Config) { c.PIIKeyFile, c.PIIContextRetention = piiKeyFile(t), time.Hour })
 
 	issuer, issuerErrs := d.connect(t, "issuer")
 	var issued struct {
@@ -273,6 +274,12 @@ func TestRolePermissions(t *testing.T) {
 		allowed(t, nc, "tokens.cmd.revoke", map[string]string{"subject": "user-1"})
 		if n := countSubjects(t, d.app.js, "tokens.ops.>"); n != 1 {
 			t.Fatalf("%d deployment events after a revoke by subject, want 1", n)
+		}
+		// An erasure destroys a key in TOKENS_SUBJECT_KEYS and records
+		// its revoke (subject.revoked) and subject.erased.
+		allowed(t, nc, "tokens.admin.subjects.erase", map[string]string{"subject": "user-1", "reason": "DSR-1", "by": "dpo"})
+		if n := countSubjects(t, d.app.js, "tokens.ops.>"); n != 3 {
+			t.Fatalf("%d deployment events after an erasure, want 3", n)
 		}
 		denied(t, nc, errs, "tokens.cmd.issue")
 		denied(t, nc, errs, "tokens.cmd.refresh")
