@@ -283,7 +283,7 @@ func (t *eventTable) print(events []json.RawMessage) error {
 			return err
 		}
 		rows = append(rows, []string{fmt.Sprint(ev.Seq), tableTime(ev.Time), cell(ev.Type), cell(ev.FamilyID),
-			cell(ev.Subject), cell(ev.ClientID), fmt.Sprint(ev.Generation), cell(ev.Reason), cell(contextIP(ev.Context)),
+			cell(erasedMark(ev.Subject, ev.Erased)), cell(ev.ClientID), fmt.Sprint(ev.Generation), cell(ev.Reason), cell(contextIP(ev.Context)),
 			cell(eventDetail(ev))})
 	}
 	for _, r := range rows {
@@ -341,4 +341,13 @@ func eventDetail(ev wire.AuditEvent) string {
 		parts = append(parts, "via proxy "+proxy)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// erasedMark is a subject as the tables show it: an erased subject's
+// pseudonym says so.
+func erasedMark(subject string, erased bool) string {
+	if erased {
+		return subject + " (erased)"
+	}
+	return subject
 }

@@ -92,7 +92,7 @@ func printFamily(w io.Writer, f wire.FamilyView, evs []wire.AuditEvent) {
 	}
 	rows := [][2]string{
 		{"family", cell(f.FamilyID)},
-		{"subject", cell(f.Subject)},
+		{"subject", cell(erasedMark(f.Subject, f.Erased))},
 		{"client", cell(f.ClientID)},
 		{"scope", cell(scope)},
 		{"audience", cell(aud)},

@@ -152,6 +152,13 @@ func TestSubjectsEraseAgainstTokend(t *testing.T) {
 					f.FamilyID, view.Status, view.Erased, view.Subject, pseudonym)
 			}
 		}
+		// The tables say so.
+		if out := mustCtl(t, "--nats-url", url, "family", "--", fams[0].FamilyID); !strings.Contains(out, pseudonym+" (erased)") {
+			t.Errorf("tokenctl family after the erasure:\n%s", out)
+		}
+		if out := mustCtl(t, "--nats-url", url, "audit", "--subject", subject); strings.Count(out, pseudonym+" (erased)") < 4 {
+			t.Errorf("tokenctl audit after the erasure:\n%s", out)
+		}
 		var view wire.FamilyView
 		if err := json.Unmarshal([]byte(mustCtl(t, "--nats-url", url, "--json", "family", "--", kept.FamilyID)), &view); err != nil {
 			t.Fatal(err)
