@@ -39,7 +39,8 @@ bench:
 	go test -run '^$$' -bench Load -benchtime 2s ./events
 	go test -run '^$$' -bench 'SealEvent|RevealEvent' -benchtime 2s ./events
 
-# The three-node cluster test: a node fails under load (about 20 s).
+# The three-node cluster tests: a node fails under load, introspection reads
+# the leader, an erasure on replicated buckets (about 20 s).
 cluster-test:
 	go test -tags cluster -race -count=1 -run TestCluster -v ./cmd/tokend
 
