@@ -227,8 +227,8 @@ type Revealed struct {
 
 // OpenStored returns the personal fields of the event eventID of family
 // familyID (family "" for a deployment event), stored as subject, its
-// pseudonym, and sealed, its sealed part as JSON: for read models, which
-// keep the sealed part as the event had it.
+// pseudonym, and sealed, its sealed part (Envelope.PII): for read models,
+// which keep the sealed part as the event had it.
 func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject, sealed string) (Revealed, error) {
 	return p.open(ctx, eventID, familyID, subject, sealed)
 }
