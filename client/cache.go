@@ -106,8 +106,17 @@ func (s *Source) newEntry(r request, reply wire.TokenReply, asked time.Time) (*e
 	if life <= 0 {
 		return nil, fmt.Errorf("%w: expires_in %d", ErrBadReply, reply.ExpiresIn)
 	}
+	claims := jwtClaims(reply.AccessToken)
+	expiry := asked.Add(life)
+	// tokend counts expires_in from its iat, which it truncates to the
+	// second: the JWT's exp may come up to a second before asked+life, and
+	// then the token expires at exp. An exp further off says the two
+	// clocks differ; asked+life, on this clock, is then the better guess.
+	if exp := time.Unix(claims.exp, 0); claims.exp != 0 && exp.Before(expiry) && expiry.Sub(exp) <= time.Second {
+		expiry = exp
+	}
 	e := &entry{
-		tok:   AccessToken{Token: reply.AccessToken, Expiry: asked.Add(life), Scope: scope, Audience: jwtAudience(reply.AccessToken)},
+		tok:   AccessToken{Token: reply.AccessToken, Expiry: expiry, Scope: scope, Audience: claims.audience},
 		asked: r.audience, full: r.full(),
 	}
 	if r.audience != "" && e.tok.Audience != r.audience {
@@ -125,31 +134,41 @@ func (s *Source) newEntry(r request, reply wire.TokenReply, asked time.Time) (*e
 	return e, nil
 }
 
-// jwtAudience returns the aud claim of a JWT, read without verifying it
-// (the Source only needs to know which audience tokend minted it for), ""
-// if there is none or the token is not a JWT.
-func jwtAudience(jwt string) string {
+// jwtClaims reads the aud and exp claims of a JWT without verifying it
+// (the Source only needs to know which audience tokend minted it for, and
+// until when), zero if the token is not a JWT.
+func jwtClaims(jwt string) (c accessClaims) {
 	parts := strings.Split(jwt, ".")
 	if len(parts) != 3 {
-		return ""
+		return c
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return ""
+		return c
 	}
 	var claims struct {
 		Aud json.RawMessage `json:"aud"`
+		Exp int64           `json:"exp"`
 	}
-	if json.Unmarshal(payload, &claims) != nil || claims.Aud == nil {
-		return ""
+	if json.Unmarshal(payload, &claims) != nil {
+		return c
 	}
+	c.exp = claims.Exp
 	var one string
-	if json.Unmarshal(claims.Aud, &one) == nil {
-		return one
-	}
 	var many []string
-	if json.Unmarshal(claims.Aud, &many) == nil && len(many) == 1 {
-		return many[0]
+	switch {
+	case claims.Aud == nil:
+	case json.Unmarshal(claims.Aud, &one) == nil:
+		c.audience = one
+	case json.Unmarshal(claims.Aud, &many) == nil && len(many) == 1:
+		c.audience = many[0]
 	}
-	return ""
+	return c
+}
+
+// accessClaims are what the cache reads of an access token: its single
+// audience ("" for none or several) and its exp (0 if absent).
+type accessClaims struct {
+	audience string
+	exp      int64
 }

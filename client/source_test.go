@@ -950,3 +950,39 @@ func TestTokensStayOutOfLogs(t *testing.T) {
 		t.Fatalf("logs lost the safe fields: %s", logs.String())
 	}
 }
+
+// TestExpiryFromTheTokenItself: tokend counts expires_in from an iat it
+// truncates to the second, so the JWT's exp can come before the time the
+// token was asked for plus expires_in: the token expires at the earlier
+// of the two (issue 22), when they are a second apart at most.
+func TestExpiryFromTheTokenItself(t *testing.T) {
+	nc := connect(t)
+	clk := newClock()
+	jwt := func(exp time.Time) string {
+		enc := base64.RawURLEncoding.EncodeToString
+		return enc([]byte(`{"alg":"EdDSA"}`)) + "." + enc(fmt.Appendf(nil, `{"aud":"api","exp":%d}`, exp.Unix())) + ".sig"
+	}
+	for _, tc := range []struct {
+		name string
+		exp  time.Time
+		want time.Time
+	}{
+		// As tokend mints it: iat truncated to the second, plus the TTL.
+		{"exp within a second before asked+expires_in", clk.Now().Add(300 * time.Second), time.Unix(clk.Now().Add(300*time.Second).Unix(), 0)},
+		{"exp after it", clk.Now().Add(time.Hour), clk.Now().Add(300 * time.Second)},
+		// Further before: tokend's clock is behind this one, and exp is
+		// not comparable with it.
+		{"exp a minute before", clk.Now().Add(240 * time.Second), clk.Now().Add(300 * time.Second)},
+	} {
+		src := client.NewSource(client.New(nc, ""), client.NewMemoryStore(), "s1", client.Options{Now: clk.Now})
+		defer src.Close()
+		issued := wire.TokenReply{RefreshToken: "rt-1", FamilyID: "fam", AccessToken: jwt(tc.exp), ExpiresIn: 300, Scope: "read"}
+		if err := src.Begin(ctx(t), "web", issued); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := src.Token(ctx(t), "")
+		if err != nil || !tok.Expiry.Equal(tc.want) {
+			t.Fatalf("%s: expiry %v (%v), want %v", tc.name, tok.Expiry, err, tc.want)
+		}
+	}
+}
