@@ -118,7 +118,7 @@ type Event struct {
 // GoString and LogValue leave the token out.
 type AccessToken struct {
 	Token    string    // the JWT, for "Authorization: Bearer"
-	Expiry   time.Time // by Options.Now: when it was asked for plus expires_in
+	Expiry   time.Time // by Options.Now: when it was asked for plus expires_in, or the JWT's exp if up to a second earlier
 	Scope    []string  // the granted scope, as the reply's scope
 	Audience string    // the JWT's aud; "" when the family has no audience
 }
