@@ -52,6 +52,17 @@ func (p *Protector) Pseudonym(subject string) string {
 	return ps
 }
 
+// MarkerName names a subject's revoking marker (revoking.SubjectName): by
+// its pseudonym, so the bucket holds no hash of a person's identifier. An
+// erasure by pseudonym (api's subjects erase) gives the pseudonym itself,
+// and marks the same subject as one by the subject in clear.
+func (p *Protector) MarkerName(subject string) string {
+	if pii.IsPseudonym(subject) {
+		return subject
+	}
+	return p.Pseudonym(subject)
+}
+
 // origin is what the family's last event says of its personal fields: how
 // the writer seals the next events (Protector.seal).
 type origin uint8
@@ -66,9 +77,8 @@ const (
 	// events are sealed, or it is a family in clear that can no longer be
 	// used. A missing key means the subject was erased (an erasure revokes
 	// every live family first): the key is never created again for it.
+	// (An erased subject's family is Envelope.Erased, whatever its origin.)
 	originSealed
-	// originErased: the subject was erased; Subject is its pseudonym.
-	originErased
 )
 
 // originFor is how the events decided on family f, in the state its last
@@ -99,15 +109,15 @@ type personal struct {
 // created again, so a token of an erased subject presented later records
 // neither the subject nor the presenter's context.
 func (p *Protector) seal(ctx context.Context, env *Envelope) error {
-	if env.origin == originErased {
-		env.PII, env.Context, env.Erased = erasedPart(), nil, true
+	if env.Erased { // Subject is the pseudonym already
+		env.PII, env.Context = erasedPart(), nil
 		return nil
 	}
 	pseudonym := p.Pseudonym(env.Subject)
 	key, err := p.keys.DataKey(ctx, pseudonym, env.origin == originClear)
 	if errors.Is(err, pii.ErrNoKey) {
 		env.Subject = pseudonym
-		env.PII, env.Context, env.Erased, env.origin = erasedPart(), nil, true, originErased
+		env.PII, env.Context, env.Erased = erasedPart(), nil, true
 		return nil
 	}
 	if err != nil {
@@ -199,7 +209,7 @@ func erasedPart() string { return pii.Sealed{V: pii.SealedVersion}.Text() }
 // pseudonym, Context is empty and Erased is set. An event stored in clear
 // is left as it is.
 func (p *Protector) Reveal(ctx context.Context, env *Envelope) error {
-	r, err := p.open(ctx, env.ID, env.FamilyID, env.Subject, env.PII)
+	r, err := p.OpenStored(ctx, env.ID, env.FamilyID, env.Subject, env.PII)
 	if err != nil {
 		return fmt.Errorf("event %s: %w", env.ID, err)
 	}
@@ -208,9 +218,6 @@ func (p *Protector) Reveal(ctx context.Context, env *Envelope) error {
 		return nil
 	}
 	env.Subject, env.Context, env.Erased, env.origin = r.Subject, r.Context, r.Erased, originSealed
-	if r.Erased {
-		env.origin = originErased
-	}
 	return nil
 }
 
@@ -227,14 +234,10 @@ type Revealed struct {
 
 // OpenStored returns the personal fields of the event eventID of family
 // familyID (family "" for a deployment event), stored as subject, its
-// pseudonym, and sealed, its sealed part (Envelope.PII): for read models,
-// which keep the sealed part as the event had it.
-func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject, sealed string) (Revealed, error) {
-	return p.open(ctx, eventID, familyID, subject, sealed)
-}
-
-// open opens the sealed part stored ("" for an event in clear).
-func (p *Protector) open(ctx context.Context, eventID, familyID, subject, stored string) (Revealed, error) {
+// pseudonym, and sealed, its sealed part (Envelope.PII; "" for an event
+// in clear): for read models, which keep the sealed part as the event had
+// it, and for Reveal.
+func (p *Protector) OpenStored(ctx context.Context, eventID, familyID, subject, stored string) (Revealed, error) {
 	if stored == "" {
 		return Revealed{Subject: subject}, nil
 	}
@@ -242,21 +245,12 @@ func (p *Protector) open(ctx context.Context, eventID, familyID, subject, stored
 	if err != nil {
 		return Revealed{}, err
 	}
-	erased := Revealed{Subject: subject, Erased: true}
-	if sealed.K == "" {
-		return erased, nil
+	if sealed.K != "" {
+		sealed.K = pii.FullRef(subject, sealed.K)
 	}
-	sealed.K = pii.FullRef(subject, sealed.K)
-	key, err := p.keys.KeyFor(ctx, sealed.K)
-	if errors.Is(err, pii.ErrNoKey) {
-		return erased, nil
-	}
-	if err != nil {
-		return Revealed{}, err
-	}
-	plain, err := pii.Open(key, eventID, familyID, sealed)
-	if err != nil {
-		return Revealed{}, err
+	plain, gone, err := openPart(ctx, p.keys.KeyFor, eventID, familyID, sealed)
+	if gone || err != nil {
+		return Revealed{Subject: subject, Erased: gone}, err
 	}
 	r, err := decodePersonal(plain)
 	if err != nil {
@@ -280,22 +274,33 @@ func (p *Protector) openContext(ctx context.Context, eventID, familyID, stored s
 	if err != nil {
 		return nil, false, err
 	}
-	key, err := p.periods.KeyFor(ctx, sealed.K)
-	if errors.Is(err, pii.ErrNoKey) {
-		return nil, true, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	plain, err := pii.Open(key, eventID, familyID, sealed)
-	if err != nil {
-		return nil, false, err
+	plain, gone, err := openPart(ctx, p.periods.KeyFor, eventID, familyID, sealed)
+	if gone || err != nil {
+		return nil, gone, err
 	}
 	var c domain.Context
 	if err := json.Unmarshal(plain, &c); err != nil {
 		return nil, false, fmt.Errorf("%w: %v", pii.ErrOpen, err)
 	}
 	return c, false, nil
+}
+
+// openPart opens a sealed part with the key keyFor finds for it; gone
+// reports that the part has no key (written after an erasure) or that its
+// key was destroyed: what it sealed is unreadable.
+func openPart(ctx context.Context, keyFor func(context.Context, string) (pii.DataKey, error), eventID, familyID string, sealed pii.Sealed) (plain []byte, gone bool, _ error) {
+	if sealed.K == "" {
+		return nil, true, nil
+	}
+	key, err := keyFor(ctx, sealed.K)
+	if errors.Is(err, pii.ErrNoKey) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	plain, err = pii.Open(key, eventID, familyID, sealed)
+	return plain, false, err
 }
 
 // ErrSealedWithoutKey reports an event with sealed personal fields read by
@@ -332,7 +337,7 @@ func (p *Protector) sealDeployment(ctx context.Context, ev *DeploymentEvent) err
 // sealDeployment; erased reports that it is gone (Subject stays the
 // pseudonym). Other events are left as they are.
 func (p *Protector) RevealDeployment(ctx context.Context, ev *DeploymentEvent) (erased bool, err error) {
-	r, err := p.open(ctx, ev.ID, "", ev.Subject, ev.PII)
+	r, err := p.OpenStored(ctx, ev.ID, "", ev.Subject, ev.PII)
 	if err != nil {
 		return false, fmt.Errorf("event %s: %w", ev.ID, err)
 	}

@@ -37,8 +37,8 @@ type Writer struct {
 type loaded struct {
 	family domain.Family
 	seq    uint64
-	// origin tells how the family's next events are sealed; when it is
-	// originErased, family.Subject is the subject's pseudonym.
+	// origin tells how the family's next events are sealed (those of a
+	// family whose SubjectErased, its Subject the pseudonym, hold none).
 	origin origin
 }
 
@@ -84,7 +84,7 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 		for i, e := range events {
 			after = domain.Evolve(after, e)
 			envs[i] = Wrap(e, after)
-			envs[i].origin = origin
+			envs[i].origin, envs[i].Erased = origin, cur.family.SubjectErased
 		}
 		seq, err := w.store.Append(ctx, familyID, cur.seq, envs)
 		if errors.Is(err, ErrConflict) {
@@ -104,7 +104,7 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			return Decision{}, unavailable(err)
 		}
 		next := loaded{family: after, seq: seq, origin: envs[len(envs)-1].origin}
-		if next.origin == originErased {
+		if envs[len(envs)-1].Erased {
 			next.family.Subject, next.family.SubjectErased = envs[len(envs)-1].Subject, true
 		}
 		w.cache.Add(familyID, next)

@@ -166,14 +166,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	a.revoking = svc.Revoking
 	if a.protector != nil {
-		// An erasure by pseudonym (subjectsadmin.go) marks the subject
-		// under the same name as one by the subject in clear.
-		svc.Revoking.SubjectName = func(subject string) string {
-			if pii.IsPseudonym(subject) {
-				return subject
-			}
-			return a.protector.Pseudonym(subject)
-		}
+		svc.Revoking.SubjectName = a.protector.MarkerName
 	}
 	svc.Clients, svc.EnforceClients = a.clients, cfg.ClientRegistry
 	a.clients.OnChange = metrics.ClientRegistryChange
