@@ -597,7 +597,6 @@ func upsertFamily(ctx context.Context, q *queries.Queries, b familyBatch) error 
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
 		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PruneAt: nullTime(b.pruneAt),
-		Pii: sealedColumn(s.env), PiiEvent: sql.NullString{String: s.env.ID, Valid: s.env.PII != ""},
 	})
 }
 

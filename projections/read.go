@@ -74,7 +74,7 @@ func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error
 		return FamilyView{}, err
 	}
 	f := familyOf(row)
-	personal, err := r.reveal(ctx, row.PiiEvent.String, row.FamilyID, row.Subject, row.Pii, nil)
+	personal, err := r.familyPersonal(ctx, row)
 	if err != nil {
 		return FamilyView{}, err
 	}
@@ -247,6 +247,20 @@ func (r *Reader) auditQuery(ctx context.Context, f AuditFilter) (q auditQuery, o
 		q.typesJSON = string(b)
 	}
 	return q, q.after < q.upto, nil
+}
+
+// familyPersonal is the family's subject as its newest event stores it,
+// opened: the family row keeps the subject its first event had, in clear
+// for a family issued before protection was turned on.
+func (r *Reader) familyPersonal(ctx context.Context, row queries.Family) (revealed, error) {
+	newest, err := r.db.R.FamilyPersonal(ctx, row.FamilyID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return revealed{Revealed: events.Revealed{Subject: row.Subject}}, nil
+	}
+	if err != nil {
+		return revealed{}, err
+	}
+	return r.reveal(ctx, newest.ID, row.FamilyID, newest.Subject, newest.Pii, nil)
 }
 
 // revealed is a row's personal part as answered.

@@ -72,6 +72,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.familiesToPruneStmt, err = db.PrepareContext(ctx, familiesToPrune); err != nil {
 		return nil, fmt.Errorf("error preparing query FamiliesToPrune: %w", err)
 	}
+	if q.familyPersonalStmt, err = db.PrepareContext(ctx, familyPersonal); err != nil {
+		return nil, fmt.Errorf("error preparing query FamilyPersonal: %w", err)
+	}
 	if q.familyTokensStmt, err = db.PrepareContext(ctx, familyTokens); err != nil {
 		return nil, fmt.Errorf("error preparing query FamilyTokens: %w", err)
 	}
@@ -199,6 +202,11 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing familiesToPruneStmt: %w", cerr)
 		}
 	}
+	if q.familyPersonalStmt != nil {
+		if cerr := q.familyPersonalStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing familyPersonalStmt: %w", cerr)
+		}
+	}
 	if q.familyTokensStmt != nil {
 		if cerr := q.familyTokensStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing familyTokensStmt: %w", cerr)
@@ -324,6 +332,7 @@ type Queries struct {
 	deleteExpiredFamilyEventsStmt  *sql.Stmt
 	familiesToArchiveStmt          *sql.Stmt
 	familiesToPruneStmt            *sql.Stmt
+	familyPersonalStmt             *sql.Stmt
 	familyTokensStmt               *sql.Stmt
 	firstMinTimeFromAfterStmt      *sql.Stmt
 	firstSeqSinceStmt              *sql.Stmt
@@ -360,6 +369,7 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		deleteExpiredFamilyEventsStmt:  q.deleteExpiredFamilyEventsStmt,
 		familiesToArchiveStmt:          q.familiesToArchiveStmt,
 		familiesToPruneStmt:            q.familiesToPruneStmt,
+		familyPersonalStmt:             q.familyPersonalStmt,
 		familyTokensStmt:               q.familyTokensStmt,
 		firstMinTimeFromAfterStmt:      q.firstMinTimeFromAfterStmt,
 		firstSeqSinceStmt:              q.firstSeqSinceStmt,

@@ -45,8 +45,6 @@ type Family struct {
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
 	PruneAt           sql.NullInt64
-	Pii               sql.NullString
-	PiiEvent          sql.NullString
 }
 
 type ProjectionPosition struct {

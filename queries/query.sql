@@ -13,10 +13,10 @@ ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq, applied_hash 
 -- of the rows this batch adds; NULL for none).
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, prune_at, pii, pii_event)
+    archived_at, prune_at)
 VALUES (@family_id, @subject, @client_id, @scope, @audience, @status, @generation, @current_hash,
     @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq,
-    @archived_at, @prune_at, @pii, @pii_event)
+    @archived_at, @prune_at)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
@@ -41,6 +41,12 @@ WHERE family_id = @family_id AND last_seq < @last_seq
 
 -- name: GetFamily :one
 SELECT * FROM families WHERE family_id = @family_id;
+
+-- name: FamilyPersonal :one
+-- The subject as the family's newest event stores it: a family row lives
+-- only as long as an event of it does (Prune).
+SELECT id, subject, pii FROM audit_events INDEXED BY audit_by_family
+WHERE family_id = @family_id ORDER BY seq DESC LIMIT 1;
 
 -- name: FamilyTokens :many
 -- A family's generations from its issued and rotated events, oldest first;

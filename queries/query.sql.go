@@ -718,6 +718,26 @@ func (q *Queries) FamiliesToPrune(ctx context.Context, arg FamiliesToPruneParams
 	return items, nil
 }
 
+const familyPersonal = `-- name: FamilyPersonal :one
+SELECT id, subject, pii FROM audit_events INDEXED BY audit_by_family
+WHERE family_id = ?1 ORDER BY seq DESC LIMIT 1
+`
+
+type FamilyPersonalRow struct {
+	ID      string
+	Subject string
+	Pii     sql.NullString
+}
+
+// The subject as the family's newest event stores it: a family row lives
+// only as long as an event of it does (Prune).
+func (q *Queries) FamilyPersonal(ctx context.Context, familyID string) (FamilyPersonalRow, error) {
+	row := q.queryRow(ctx, q.familyPersonalStmt, familyPersonal, familyID)
+	var i FamilyPersonalRow
+	err := row.Scan(&i.ID, &i.Subject, &i.Pii)
+	return i, err
+}
+
 const familyTokens = `-- name: FamilyTokens :many
 SELECT generation, time AS issued_at, CAST(COALESCE(LEAD(time) OVER (ORDER BY seq), 0) AS INTEGER) AS rotated_at
 FROM audit_events INDEXED BY audit_by_family
@@ -815,7 +835,7 @@ func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error)
 }
 
 const getFamily = `-- name: GetFamily :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at, pii, pii_event FROM families WHERE family_id = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families WHERE family_id = ?1
 `
 
 func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error) {
@@ -839,8 +859,6 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 		&i.LastSeq,
 		&i.ArchivedAt,
 		&i.PruneAt,
-		&i.Pii,
-		&i.PiiEvent,
 	)
 	return i, err
 }
@@ -1066,10 +1084,10 @@ func (q *Queries) SetPosition(ctx context.Context, arg SetPositionParams) error 
 const upsertFamily = `-- name: UpsertFamily :exec
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, prune_at, pii, pii_event)
+    archived_at, prune_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
     ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-    ?16, ?17, ?18, ?19)
+    ?16, ?17)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
@@ -1097,8 +1115,6 @@ type UpsertFamilyParams struct {
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
 	PruneAt           sql.NullInt64
-	Pii               sql.NullString
-	PiiEvent          sql.NullString
 }
 
 // Every event carries the family's whole state, so the newest one wins;
@@ -1123,8 +1139,6 @@ func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) erro
 		arg.LastSeq,
 		arg.ArchivedAt,
 		arg.PruneAt,
-		arg.Pii,
-		arg.PiiEvent,
 	)
 	return err
 }
