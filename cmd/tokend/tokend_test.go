@@ -103,22 +103,39 @@ func TestConcurrentRefreshSameToken(t *testing.T) {
 	mustRefresh(t, nc, child, "web-app")
 }
 
+// eachProtection runs test as the v1 contract stores personal data (in
+// clear) and under --pii-key-file (sealed, opened on every load): the
+// invariants hold either way.
+func eachProtection(t *testing.T, test func(t *testing.T, configure func(*Config))) {
+	t.Run("clear", func(t *testing.T) { test(t, func(*Config) {}) })
+	t.Run("protected", func(t *testing.T) {
+		key := piiKeyFile(t)
+		test(t, func(c *Config) { c.PIIKeyFile = key })
+	})
+}
+
 func TestConcurrentRefreshTwoInstances(t *testing.T) {
-	natsURL, _ := mustInstances(t, 2, nil)
-	conns := []*nats.Conn{eventstest.MustConnect(t, natsURL), eventstest.MustConnect(t, natsURL)}
-	for round := range 5 {
-		f := mustIssue(t, conns[0], "user-3", "web-app")
-		child := requireOneChild(t, conns[0], f.FamilyID, concurrentRefresh(t, conns, f.RefreshToken, "web-app", 32))
-		if round == 0 {
-			mustRefresh(t, conns[1], child, "web-app")
+	eachProtection(t, func(t *testing.T, configure func(*Config)) {
+		natsURL, _ := mustInstances(t, 2, configure)
+		conns := []*nats.Conn{eventstest.MustConnect(t, natsURL), eventstest.MustConnect(t, natsURL)}
+		for round := range 5 {
+			f := mustIssue(t, conns[0], "user-3", "web-app")
+			child := requireOneChild(t, conns[0], f.FamilyID, concurrentRefresh(t, conns, f.RefreshToken, "web-app", 32))
+			if round == 0 {
+				mustRefresh(t, conns[1], child, "web-app")
+			}
 		}
-	}
+	})
 }
 
 // TestFenceBetweenInstances makes one instance decide on a stale cached state:
 // only the expected-last-subject-sequence fence stops it from forking the chain.
 func TestFenceBetweenInstances(t *testing.T) {
-	natsURL, apps := mustInstances(t, 2, nil)
+	eachProtection(t, testFenceBetweenInstances)
+}
+
+func testFenceBetweenInstances(t *testing.T, configure func(*Config)) {
+	natsURL, apps := mustInstances(t, 2, configure)
 	nc := eventstest.MustConnect(t, natsURL)
 	// Issue through instance 0's own service so its writer caches the family.
 	issued, err := apps[0].api.Tokens.Issue(t.Context(), eventsIssue("user-4", "web-app"))
@@ -136,6 +153,11 @@ func TestFenceBetweenInstances(t *testing.T) {
 	if viaZero.Token.Value() != viaOne.Token.Value() {
 		t.Fatal("the instance with a stale state minted a second child")
 	}
+	// Its reload after the fence (from the stream, sealed under
+	// protection) still knows whose family it is: access tokens name it.
+	if viaZero.Family.Subject != "user-4" || viaOne.Family.Subject != "user-4" {
+		t.Fatalf("subjects after the reload: %q and %q", viaZero.Family.Subject, viaOne.Family.Subject)
+	}
 	c := countTypes(familyEvents(t, nc, issued.Family.ID))
 	if c["token.rotated"] != 1 || c["token.reused"] != 1 {
 		t.Fatalf("events %v; want one rotation and one reuse", c)
@@ -143,9 +165,14 @@ func TestFenceBetweenInstances(t *testing.T) {
 }
 
 func TestLostReplyRetriedGetsSameChild(t *testing.T) {
+	eachProtection(t, testLostReplyRetriedGetsSameChild)
+}
+
+func testLostReplyRetriedGetsSameChild(t *testing.T, configure func(*Config)) {
 	ns := eventstest.MustJetStream(t)
 	cfg := testConfig(t)
 	cfg.NATSURL = ns.ClientURL()
+	configure(&cfg)
 	app := MustApp(t, cfg, nil)
 	nc := eventstest.MustConnect(t, ns.ClientURL())
 	f := mustIssue(t, nc, "user-5", "web-app")
@@ -166,8 +193,13 @@ func TestLostReplyRetriedGetsSameChild(t *testing.T) {
 }
 
 func TestReplayAfterIntervalRevokesFamily(t *testing.T) {
+	eachProtection(t, testReplayAfterIntervalRevokesFamily)
+}
+
+func testReplayAfterIntervalRevokesFamily(t *testing.T, configure func(*Config)) {
 	cfg := testConfig(t)
 	cfg.ReuseInterval = 300 * time.Millisecond
+	configure(&cfg)
 	app := MustApp(t, cfg, nil)
 	nc := eventstest.MustConnect(t, app.NATSURL())
 	f := mustIssue(t, nc, "user-6", "web-app")
