@@ -287,6 +287,9 @@ func TestRolePermissions(t *testing.T) {
 		denied(t, nc, errs, "tokens.ops.subject_revoked")
 		denied(t, nc, errs, "tokens.ssf.0123456789abcdef0123456789abcdef")
 		denied(t, nc, errs, "$JS.API.STREAM.INFO.KV_TOKENS_KEYS")
+		// Nor the wrapped data keys of the subjects, or of the periods.
+		denied(t, nc, errs, "$JS.API.DIRECT.GET.KV_TOKENS_SUBJECT_KEYS")
+		denied(t, nc, errs, "$JS.API.STREAM.INFO.KV_TOKENS_PII_PERIODS")
 	})
 
 	t.Run("strangers", func(t *testing.T) {
