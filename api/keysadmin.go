@@ -1,7 +1,6 @@
 package api
 
 import (
-	"cmp"
 	"context"
 
 	"github.com/nats-io/nats.go/micro"
@@ -126,13 +125,9 @@ func (s *Service) revokeKey(ctx context.Context, ring *keys.Keyring, instanceID 
 	if err := domain.ValidateName("reason", in.Reason); err != nil {
 		return nil, err
 	}
-	if in.By == "" && who.NATSUser == "" {
-		return nil, domain.Errorf(domain.EInvalidRequest, "by is required: name who revokes the key")
-	}
-	if in.By != "" {
-		if err := domain.ValidateName("by", in.By); err != nil {
-			return nil, err
-		}
+	by, err := actor(in.By, who)
+	if err != nil {
+		return nil, err
 	}
 	l, r, err := ring.Revoke(ctx, in.Kid, in.Revision)
 	if err != nil {
@@ -145,9 +140,9 @@ func (s *Service) revokeKey(ctx context.Context, ring *keys.Keyring, instanceID 
 		out.Replacement, replacement = &v, v.Kid
 	}
 	s.Log.Warn("key revoked", "kid", r.Revoked.ID, "kind", r.Kind, "state", r.Revoked.State, "reason", in.Reason,
-		"by", in.By, "nats_user", who.NATSUser, "revision", l.Revision, "current", replacement, "generated", r.Generated)
+		"by", by, "nats_user", who.NATSUser, "revision", l.Revision, "current", replacement, "generated", r.Generated)
 	s.Metrics.KeyRevoked(r.Kind)
-	s.recordDeployment(ctx, events.KeyRevokedEvent(r.Revoked.ID, r.Kind, in.Reason, cmp.Or(in.By, who.NATSUser), l.Revision, s.Now()))
+	s.recordDeployment(ctx, events.KeyRevokedEvent(r.Revoked.ID, r.Kind, in.Reason, by, l.Revision, s.Now()))
 	return out, nil
 }
 

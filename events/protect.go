@@ -177,16 +177,6 @@ func sealSubjectPart(key pii.DataKey, eventID, familyID string, plain []byte) (s
 	return sealed.Text(), nil
 }
 
-// sealedText seals plain for the event (eventID, familyID) under key, in
-// its stored form.
-func sealedText(key pii.DataKey, eventID, familyID string, plain []byte) (string, error) {
-	sealed, err := pii.Seal(key, eventID, familyID, plain)
-	if err != nil {
-		return "", err
-	}
-	return sealed.Text(), nil
-}
-
 // sealContext seals env's context under the current period's key.
 func (p *Protector) sealContext(ctx context.Context, env *Envelope) (string, error) {
 	key, err := p.periods.Current(ctx)
@@ -197,7 +187,11 @@ func (p *Protector) sealContext(ctx context.Context, env *Envelope) (string, err
 	if err != nil {
 		return "", err
 	}
-	return sealedText(key, env.ID, env.FamilyID, plain)
+	sealed, err := pii.Seal(key, env.ID, env.FamilyID, plain) // named by its full ref: the event names no period
+	if err != nil {
+		return "", err
+	}
+	return sealed.Text(), nil
 }
 
 // erasedPart is the sealed part of an event written after its subject was
