@@ -301,89 +301,49 @@ func rotateSecret(ctx context.Context, e *env, id string, grace time.Duration, s
 }
 
 func removeClient(ctx context.Context, e *env, id, by string) error {
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, api.SubjectClientsRemove, api.ClientRemoveRequest{ClientID: id, By: by}, &raw); err != nil {
-		return err
-	}
-	if e.json {
-		printRaw(e.stdout, raw)
+	return show(ctx, e, api.SubjectClientsRemove, api.ClientRemoveRequest{ClientID: id, By: by}, func(ch api.ClientChangeView) error {
+		fmt.Fprintf(e.stdout, "removed client %s (revision %d); its history stays: tokenctl clients history\n", cell(id), ch.Revision)
 		return nil
-	}
-	var ch api.ClientChangeView
-	if err := json.Unmarshal(raw, &ch); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
-	}
-	fmt.Fprintf(e.stdout, "removed client %s (revision %d); its history stays: tokenctl clients history\n", cell(id), ch.Revision)
-	return nil
+	})
 }
 
 func showClient(ctx context.Context, e *env, id string) error {
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, api.SubjectClientsGet, api.ClientRequest{ClientID: id}, &raw); err != nil {
-		return err
-	}
-	if e.json {
-		printRaw(e.stdout, raw)
+	return show(ctx, e, api.SubjectClientsGet, api.ClientRequest{ClientID: id}, func(v api.ClientView) error {
+		printClient(e.stdout, v)
 		return nil
-	}
-	var v api.ClientView
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
-	}
-	printClient(e.stdout, v)
-	return nil
+	})
 }
 
 func listClients(ctx context.Context, e *env) error {
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, api.SubjectClientsList, struct{}{}, &raw); err != nil {
-		return err
-	}
-	if e.json {
-		printRaw(e.stdout, raw)
-		return nil
-	}
-	var list api.ClientList
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
-	}
-	if len(list.Clients) == 0 {
-		fmt.Fprintln(e.stdout, "no client is registered")
-		return nil
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT_ID\tTYPE\tAUTH_METHOD\tSCOPES\tAUDIENCES\tSECRETS\tREVISION\tUPDATED\tSSF_RECEIVER")
-	for _, c := range list.Clients {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", cell(c.ClientID), cell(c.Type), cell(c.AuthMethod),
-			listCell(c.Scopes), listCell(c.Audiences), len(c.Secrets), c.Revision, keyTime(c.UpdatedAt), receiverCell(c.SSFReceiver))
-	}
-	return tw.Flush()
+	return show(ctx, e, api.SubjectClientsList, struct{}{}, func(list api.ClientList) error {
+		if len(list.Clients) == 0 {
+			fmt.Fprintln(e.stdout, "no client is registered")
+			return nil
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "CLIENT_ID\tTYPE\tAUTH_METHOD\tSCOPES\tAUDIENCES\tSECRETS\tREVISION\tUPDATED\tSSF_RECEIVER")
+		for _, c := range list.Clients {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", cell(c.ClientID), cell(c.Type), cell(c.AuthMethod),
+				listCell(c.Scopes), listCell(c.Audiences), len(c.Secrets), c.Revision, keyTime(c.UpdatedAt), receiverCell(c.SSFReceiver))
+		}
+		return tw.Flush()
+	})
 }
 
 func clientHistory(ctx context.Context, e *env, id string) error {
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, api.SubjectClientsHistory, api.ClientRequest{ClientID: id}, &raw); err != nil {
-		return err
-	}
-	if e.json {
-		printRaw(e.stdout, raw)
-		return nil
-	}
-	var h api.ClientHistory
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "REVISION\tACTION\tAT\tBY\tNATS_USER\tCLIENT")
-	for _, ch := range h.Changes {
-		what := "(removed)"
-		if c := ch.Client; c != nil {
-			what = fmt.Sprintf("%s %s, %d secret(s), scopes %s, audiences %s", cell(c.Type), cell(c.AuthMethod), len(c.Secrets),
-				listCell(c.Scopes), listCell(c.Audiences))
+	return show(ctx, e, api.SubjectClientsHistory, api.ClientRequest{ClientID: id}, func(h api.ClientHistory) error {
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "REVISION\tACTION\tAT\tBY\tNATS_USER\tCLIENT")
+		for _, ch := range h.Changes {
+			what := "(removed)"
+			if c := ch.Client; c != nil {
+				what = fmt.Sprintf("%s %s, %d secret(s), scopes %s, audiences %s", cell(c.Type), cell(c.AuthMethod), len(c.Secrets),
+					listCell(c.Scopes), listCell(c.Audiences))
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ch.Revision, cell(ch.Action), keyTime(ch.At), cell(ch.By), cell(ch.NATSUser), what)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ch.Revision, cell(ch.Action), keyTime(ch.At), cell(ch.By), cell(ch.NATSUser), what)
-	}
-	return tw.Flush()
+		return tw.Flush()
+	})
 }
 
 // printClient shows a client as aligned lines.

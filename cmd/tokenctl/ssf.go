@@ -230,40 +230,20 @@ func methodName(method string) string {
 // sendSSF sends a request answered with a stream and prints it; done, if
 // set, says what happened to it.
 func sendSSF(ctx context.Context, e *env, subject string, req any, done string) error {
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, subject, req, &raw); err != nil {
-		return err
-	}
-	if e.json {
-		printRaw(e.stdout, raw)
+	return show(ctx, e, subject, req, func(v api.SSFStreamView) error {
+		if done != "" {
+			fmt.Fprintf(e.stdout, "%s stream %s (revision %d); its receiver is told by a stream-updated event\n\n", done, cell(v.StreamID), v.Revision)
+		}
+		printSSFStream(e.stdout, v)
 		return nil
-	}
-	var v api.SSFStreamView
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
-	}
-	if done != "" {
-		fmt.Fprintf(e.stdout, "%s stream %s (revision %d); its receiver is told by a stream-updated event\n\n", done, cell(v.StreamID), v.Revision)
-	}
-	printSSFStream(e.stdout, v)
-	return nil
+	})
 }
 
 func verifySSF(ctx context.Context, e *env, id, state string) error {
-	var raw json.RawMessage
-	if err := e.c.Request(ctx, api.SubjectSSFStreamsVerify, api.SSFVerifyRequest{StreamID: id, State: state}, &raw); err != nil {
-		return err
-	}
-	if e.json {
-		printRaw(e.stdout, raw)
+	return show(ctx, e, api.SubjectSSFStreamsVerify, api.SSFVerifyRequest{StreamID: id, State: state}, func(r api.SSFVerifyReply) error {
+		fmt.Fprintf(e.stdout, "verification event %s stored for stream %s (seq %d); its SET carries txn %s\n", cell(r.EventID), cell(r.StreamID), r.Seq, cell(r.EventID))
 		return nil
-	}
-	var r api.SSFVerifyReply
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
-	}
-	fmt.Fprintf(e.stdout, "verification event %s stored for stream %s (seq %d); its SET carries txn %s\n", cell(r.EventID), cell(r.StreamID), r.Seq, cell(r.EventID))
-	return nil
+	})
 }
 
 func deleteSSF(ctx context.Context, e *env, subject, id, by string) error {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"time"
@@ -65,21 +64,15 @@ restored from a backup older than the erasure.`,
 			// tokend may take up to api.EraseTimeout to revoke every family.
 			ctx, cancel := context.WithTimeout(ctx, max(e.timeout, api.EraseTimeout+5*time.Second))
 			defer cancel()
-			var raw json.RawMessage
 			req := api.SubjectEraseRequest{Subject: subject, Pseudonym: *pseudonym, Reason: *reason, By: *by}
-			if err := e.c.Request(ctx, api.SubjectSubjectsErase, req, &raw); err != nil {
+			err := show(ctx, e, api.SubjectSubjectsErase, req, func(r api.SubjectErased) error {
+				_, err := fmt.Fprintf(e.stdout, "erased: %d families revoked (seq %d); the subject is %s from now on\n",
+					r.RevokedFamilies, r.Seq, cell(r.Pseudonym))
+				return err
+			})
+			if err != nil {
 				return fmt.Errorf("erase: %w", err)
 			}
-			if e.json {
-				printRaw(e.stdout, raw)
-				return nil
-			}
-			var r api.SubjectErased
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return fmt.Errorf("erase: decode reply: %w", err)
-			}
-			fmt.Fprintf(e.stdout, "erased: %d families revoked (seq %d); the subject is %s from now on\n",
-				r.RevokedFamilies, r.Seq, cell(r.Pseudonym))
 			return nil
 		}
 	},

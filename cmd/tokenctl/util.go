@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -233,4 +234,22 @@ func cell(s string) string {
 		}
 		return '\uFFFD'
 	}, s)
+}
+
+// show sends req on subject and prints the reply: as received with
+// --json, else decoded as T by human.
+func show[T any](ctx context.Context, e *env, subject string, req any, human func(T) error) error {
+	var raw json.RawMessage
+	if err := e.c.Request(ctx, subject, req, &raw); err != nil {
+		return err
+	}
+	if e.json {
+		printRaw(e.stdout, raw)
+		return nil
+	}
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return fmt.Errorf("decode reply: %w", err)
+	}
+	return human(v)
 }
