@@ -208,6 +208,19 @@ func actor(by string, who registry.Actor) (string, error) {
 	return cmp.Or(by, who.NATSUser), nil
 }
 
+// decodeChange decodes a change request and names who makes it (actor).
+func decodeChange[T interface{ actorName() string }](data []byte, who registry.Actor) (in T, by string, err error) {
+	if err = Decode(data, &in); err != nil {
+		return in, "", err
+	}
+	by, err = actor(in.actorName(), who)
+	return in, by, err
+}
+
+func (r SSFStreamRequest) actorName() string        { return r.By }
+func (r SSFWebhookAddRequest) actorName() string    { return r.By }
+func (r SSFWebhookRotateRequest) actorName() string { return r.By }
+
 func (s *Service) listSSFStreams(webhooks bool) func(context.Context, []byte, registry.Actor) (any, error) {
 	return func(ctx context.Context, data []byte, _ registry.Actor) (any, error) {
 		var in struct{}
@@ -252,11 +265,7 @@ func (s *Service) getSSFStream(ctx context.Context, data []byte, _ registry.Acto
 // told first (Store.ChangeStatus appends ssf.stream_updated).
 func (s *Service) setSSFStatus(to signals.Status) func(context.Context, []byte, registry.Actor) (any, error) {
 	return func(ctx context.Context, data []byte, who registry.Actor) (any, error) {
-		var in SSFStreamRequest
-		if err := Decode(data, &in); err != nil {
-			return nil, err
-		}
-		by, err := actor(in.By, who)
+		in, by, err := decodeChange[SSFStreamRequest](data, who)
 		if err != nil {
 			return nil, err
 		}
@@ -306,11 +315,7 @@ func (s *Service) verifySSFStream(ctx context.Context, data []byte, _ registry.A
 // remove, which deletes webhooks only.
 func (s *Service) deleteSSFStream(webhook bool) func(context.Context, []byte, registry.Actor) (any, error) {
 	return func(ctx context.Context, data []byte, who registry.Actor) (any, error) {
-		var in SSFStreamRequest
-		if err := Decode(data, &in); err != nil {
-			return nil, err
-		}
-		by, err := actor(in.By, who)
+		in, by, err := decodeChange[SSFStreamRequest](data, who)
 		if err != nil {
 			return nil, err
 		}
@@ -330,11 +335,7 @@ func (s *Service) deleteSSFStream(webhook bool) func(context.Context, []byte, re
 }
 
 func (s *Service) addWebhook(ctx context.Context, data []byte, who registry.Actor) (any, error) {
-	var in SSFWebhookAddRequest
-	if err := Decode(data, &in); err != nil {
-		return nil, err
-	}
-	by, err := actor(in.By, who)
+	in, by, err := decodeChange[SSFWebhookAddRequest](data, who)
 	if err != nil {
 		return nil, err
 	}
@@ -361,11 +362,7 @@ func (s *Service) addWebhook(ctx context.Context, data []byte, who registry.Acto
 }
 
 func (s *Service) rotateWebhookSecret(ctx context.Context, data []byte, who registry.Actor) (any, error) {
-	var in SSFWebhookRotateRequest
-	if err := Decode(data, &in); err != nil {
-		return nil, err
-	}
-	by, err := actor(in.By, who)
+	in, by, err := decodeChange[SSFWebhookRotateRequest](data, who)
 	if err != nil {
 		return nil, err
 	}
