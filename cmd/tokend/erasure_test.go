@@ -113,6 +113,20 @@ func scanDir(tb testing.TB, dir string, needles ...string) (found map[string][]s
 	return found, files
 }
 
+// subjectKeys opens the subjects' key bucket over nc.
+func subjectKeys(t *testing.T, nc *nats.Conn) jetstream.KeyValue {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), pii.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
 // waitFor polls cond until it holds, failing after a generous bound.
 func waitFor(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
@@ -340,14 +354,7 @@ func TestLostSubjectKeyEndsTheFamily(t *testing.T) {
 	nc := eventstest.MustConnect(t, url)
 	issued := issueWith(t, nc, erasedSubject, erasedIP, erasedUA)
 	pseudonym := familyEvents(t, nc, issued.FamilyID)[0].Subject
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(t.Context(), pii.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := subjectKeys(t, nc)
 	if err := kv.Purge(t.Context(), strings.TrimPrefix(pseudonym, "p:")); err != nil {
 		t.Fatal(err)
 	}
@@ -411,14 +418,7 @@ func TestProtectionOverEventsInClear(t *testing.T) {
 	if last := evs[len(evs)-1]; last.Type != "refresh.rejected" || last.Subject != erased.Pseudonym || last.PII != "1" || len(last.Context) > 0 {
 		t.Fatalf("the refusal after the erasure names no one: %+v", last.Envelope)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(t.Context(), pii.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := subjectKeys(t, nc)
 	if _, err := kv.Get(t.Context(), strings.TrimPrefix(erased.Pseudonym, "p:")); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("the erased subject's key is back: %v", err)
 	}
