@@ -17,6 +17,11 @@ const (
 	// EInvalidClient: the client is unknown to the client registry, or
 	// failed to authenticate (OAuth over HTTP).
 	EInvalidClient = "invalid_client"
+	// EInvalidDPoPProof and EUseDPoPNonce are RFC 9449's (section 5 and
+	// 8): a DPoP proof is missing, malformed or fails a check; or it must
+	// carry the server's current nonce, which the answer gives.
+	EInvalidDPoPProof = "invalid_dpop_proof"
+	EUseDPoPNonce     = "use_dpop_nonce"
 )
 
 // Error is a failure with a contract error code. Message is safe to show to
@@ -29,6 +34,9 @@ type Error struct {
 	// RateLimited marks an EUnavailable that a rate limit decided, which
 	// HTTP answers 429 rather than 503.
 	RateLimited bool
+	// DPoPNonce, set on EUseDPoPNonce, is the nonce the next proof must
+	// carry (RFC 9449 section 8).
+	DPoPNonce string
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }

@@ -19,6 +19,11 @@ const (
 	// (carried by every stored event) outlives the history, which retention
 	// drops.
 	FamilyArchived EventType = "family.archived"
+	// KeyMismatch records a DPoP proof by another key than the one its
+	// family is bound to: the token was stolen, since only the thief lacks
+	// the key. Like a replay it is followed by family.revoked, unless the
+	// client's on_replay is audit_only.
+	KeyMismatch EventType = "token.key_mismatch"
 )
 
 // Reasons recorded on family.revoked and refresh.rejected events.
@@ -38,6 +43,12 @@ const (
 	// ReasonSubjectErased revokes the families of a subject whose personal
 	// data is erased (tokenctl subjects erase).
 	ReasonSubjectErased = "subject_erased"
+	// ReasonDPoPKeyMismatch revokes a family after token.key_mismatch.
+	ReasonDPoPKeyMismatch = "dpop_key_mismatch"
+	// ReasonDPoPProofMissing refuses a refresh without a DPoP proof of a
+	// family bound to a key, or of a client registered with
+	// dpop_bound_access_tokens.
+	ReasonDPoPProofMissing = "dpop_proof_missing"
 )
 
 // Event is one fact about a family. Token fields hold hashes, never tokens.
@@ -59,6 +70,11 @@ type Event struct {
 	// replay_detected, refresh.rejected), beside Generation, the family's:
 	// "generation 1 replayed after generation 2 was used" reads off one event.
 	PresentedGeneration uint64
+	// DPoPJKT is the key thumbprint the family is bound to (RFC 9449),
+	// on every event of a bound family; PresentedJKT is the other key a
+	// proof was signed with (token.key_mismatch).
+	DPoPJKT      string
+	PresentedJKT string
 
 	// TokenHash is the new current token (issued, rotated) or the presented
 	// one (reused, replay_detected, refresh.rejected).
@@ -104,6 +120,9 @@ type Family struct {
 	// keeps it. Such a family can never be used again: a token minted for
 	// it would name the pseudonym as its subject.
 	SubjectErased bool
+	// DPoPJKT is the RFC 7638 thumbprint of the key every refresh of the
+	// family must prove possession of; empty for a bearer family.
+	DPoPJKT string
 }
 
 // Exists reports whether the family was issued.
@@ -136,6 +155,7 @@ func Evolve(f Family, e Event) Family {
 			Status: StatusActive, Generation: e.Generation, CurrentHash: e.TokenHash,
 			CreatedAt: e.Time, LastUsedAt: e.Time,
 			IdleExpiresAt: e.IdleExpiresAt, AbsoluteExpiresAt: e.AbsoluteExpiresAt,
+			DPoPJKT: e.DPoPJKT,
 		}
 	case TokenRotated:
 		f.Generation = e.Generation
@@ -183,6 +203,8 @@ type Issue struct {
 	Scope    []string
 	Audience []string
 	Context  Context
+	// DPoPJKT binds the family to a DPoP key; empty for a bearer family.
+	DPoPJKT string
 }
 
 // Refresh exchanges a presented token.
@@ -204,6 +226,12 @@ type Refresh struct {
 	// ReplayRevokeFamily. ReplayRevokeSubject revokes this family here and
 	// leaves the subject's other families to the caller.
 	OnReplay ReplayAction
+	// ProofJKT is the thumbprint of the key of the request's verified DPoP
+	// proof; empty without one. ProofRequired refuses a refresh without a
+	// proof even of a bearer family (the client is registered with
+	// dpop_bound_access_tokens).
+	ProofJKT      string
+	ProofRequired bool
 }
 
 // Revoke kills a family. Reason defaults to "revoked".
@@ -268,7 +296,7 @@ func (d Decider) Decide(f Family, cmd any) ([]Event, error) {
 
 func (d Decider) event(f Family, t EventType, ctx Context, now time.Time) Event {
 	return Event{ID: d.NewEventID(), Type: t, Time: now, FamilyID: f.ID, Subject: f.Subject,
-		ClientID: f.ClientID, Generation: f.Generation, Context: ctx}
+		ClientID: f.ClientID, Generation: f.Generation, Context: ctx, DPoPJKT: f.DPoPJKT}
 }
 
 func (d Decider) archive(f Family, now time.Time) []Event {
@@ -291,10 +319,13 @@ func (d Decider) issue(f Family, c Issue, now time.Time) ([]Event, error) {
 	if err := ValidateContext(c.Context); err != nil {
 		return nil, err
 	}
+	if c.DPoPJKT != "" && !ValidThumbprint(c.DPoPJKT) {
+		return nil, Errorf(EInvalidRequest, "dpop_jkt must be the base64url SHA-256 thumbprint of a key (RFC 7638), 43 characters")
+	}
 	if c.Token.Generation != 1 {
 		return nil, errors.New("issue needs a generation-1 token")
 	}
-	f = Family{ID: c.Token.FamilyID, Subject: c.Subject, ClientID: c.ClientID, Generation: 1}
+	f = Family{ID: c.Token.FamilyID, Subject: c.Subject, ClientID: c.ClientID, Generation: 1, DPoPJKT: c.DPoPJKT}
 	e := d.event(f, TokenIssued, c.Context, now)
 	e.TokenHash = c.Token.Hash()
 	e.Scope, e.Audience = c.Scope, c.Audience
@@ -364,6 +395,24 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 		revoked := d.event(f, FamilyRevoked, c.Context, now)
 		revoked.Reason = ReasonSubjectErased
 		return []Event{revoked}, ErrInvalidGrant
+	}
+	// Possession of the key comes before the token's state: a proof by
+	// another key is theft whichever of the family's tokens it comes with,
+	// and the just-rotated parent is handed its child again only with the
+	// family's key.
+	switch {
+	case c.ProofJKT == "" && (f.DPoPJKT != "" || c.ProofRequired):
+		return reject(ReasonDPoPProofMissing, Errorf(EInvalidDPoPProof, "a DPoP proof is required with this refresh token"))
+	case f.DPoPJKT != "" && c.ProofJKT != f.DPoPJKT:
+		mismatch := d.event(f, KeyMismatch, c.Context, now)
+		mismatch.TokenHash, mismatch.PresentedGeneration = presented, p.Generation
+		mismatch.PresentedJKT = c.ProofJKT
+		if c.OnReplay == ReplayAuditOnly {
+			return []Event{mismatch}, ErrInvalidGrant
+		}
+		revoked := d.event(f, FamilyRevoked, c.Context, now)
+		revoked.Reason = ReasonDPoPKeyMismatch
+		return []Event{mismatch, revoked}, ErrInvalidGrant
 	}
 
 	isCurrent := p.Generation == f.Generation && SameHash(presented, f.CurrentHash)

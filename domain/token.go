@@ -256,3 +256,14 @@ func ValidID(s string) bool {
 
 // NewID encodes random bytes as an id (family ids, key ids).
 func NewID(random []byte) string { return b64.EncodeToString(random) }
+
+// ValidThumbprint reports whether s has the form of an RFC 7638 SHA-256
+// JWK thumbprint as DPoP carries it (RFC 9449 section 6.1): 32 bytes in
+// unpadded base64url, 43 characters.
+func ValidThumbprint(s string) bool {
+	if len(s) != 43 {
+		return false
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	return err == nil && len(b) == sha256.Size
+}

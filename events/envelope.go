@@ -33,9 +33,14 @@ type Envelope struct {
 	// replay_detected, refresh.rejected), Generation the family's; 0 when
 	// no token was presented. Both are left out when empty, so an event
 	// without them is stored as before they existed.
-	PresentedGeneration uint64         `json:"presented_generation,omitempty"`
-	Reason              string         `json:"reason"`
-	Context             domain.Context `json:"context,omitempty"`
+	PresentedGeneration uint64 `json:"presented_generation,omitempty"`
+	// DPoPJKT is the key thumbprint the family is bound to (RFC 9449), on
+	// every event of a bound family, so that the last event alone says
+	// it; PresentedJKT the other key of a token.key_mismatch.
+	DPoPJKT      string         `json:"dpop_jkt,omitempty"`
+	PresentedJKT string         `json:"presented_jkt,omitempty"`
+	Reason       string         `json:"reason"`
+	Context      domain.Context `json:"context,omitempty"`
 	// PII, in an event written with personal data protection on
 	// (Protector), holds the personal fields sealed: Subject is then the
 	// subject's pseudonym and Context is empty until Protector.Reveal
@@ -87,6 +92,7 @@ func Wrap(e domain.Event, after domain.Family) Envelope {
 		ID: e.ID, Type: string(e.Type), Time: e.Time.UTC(), FamilyID: e.FamilyID,
 		Subject: e.Subject, ClientID: e.ClientID, PresentedBy: e.PresentedBy, Generation: e.Generation,
 		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context,
+		DPoPJKT: e.DPoPJKT, PresentedJKT: e.PresentedJKT,
 		Data: Data{TokenHash: e.TokenHash, Audience: e.Audience, Family: snapshotOf(after)},
 	}
 	switch e.Type {
@@ -121,6 +127,7 @@ func (env Envelope) Event() domain.Event {
 		ID: env.ID, Type: domain.EventType(env.Type), Time: env.Time, FamilyID: env.FamilyID,
 		Subject: env.Subject, ClientID: env.ClientID, PresentedBy: env.PresentedBy, Generation: env.Generation,
 		PresentedGeneration: env.PresentedGeneration, Reason: env.Reason, Context: env.Context,
+		DPoPJKT: env.DPoPJKT, PresentedJKT: env.PresentedJKT,
 		TokenHash: env.Data.TokenHash, Audience: env.Data.Audience,
 	}
 	if env.Data.Scope != nil {
@@ -145,7 +152,7 @@ func (env Envelope) Family() domain.Family {
 		RotatedAt: s.RotatedAt, CreatedAt: s.CreatedAt, LastUsedAt: s.LastUsedAt,
 		IdleExpiresAt: s.IdleExpiresAt, AbsoluteExpiresAt: s.AbsoluteExpiresAt,
 		RevokedAt: s.RevokedAt, RevokedReason: s.RevokedReason, ArchivedAt: s.ArchivedAt,
-		SubjectErased: env.Erased,
+		SubjectErased: env.Erased, DPoPJKT: env.DPoPJKT,
 	}
 }
 
@@ -160,7 +167,7 @@ func splitScope(s string) []string {
 var Types = []string{
 	string(domain.TokenIssued), string(domain.TokenRotated), string(domain.TokenReused),
 	string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected),
-	string(domain.FamilyArchived),
+	string(domain.FamilyArchived), string(domain.KeyMismatch),
 }
 
 // KnownType reports whether t is an event type tokend writes.

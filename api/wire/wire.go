@@ -22,6 +22,10 @@ type IssueRequest struct {
 	Scope    string         `json:"scope"`
 	Audience []string       `json:"audience"`
 	Context  domain.Context `json:"context"`
+	// DPoPJKT binds the family to a DPoP key (RFC 9449): the RFC 7638
+	// SHA-256 thumbprint of the public key whose proof the authorization
+	// server verified at its code exchange. Left out: a bearer family.
+	DPoPJKT string `json:"dpop_jkt,omitempty"`
 }
 
 // RefreshRequest is the wire form of tokens.cmd.refresh.
@@ -31,6 +35,14 @@ type RefreshRequest struct {
 	Scope        *string        `json:"scope"`
 	Audience     string         `json:"audience"`
 	Context      domain.Context `json:"context"`
+	// DPoPProof is a DPoP proof JWT (RFC 9449 section 4), as the client
+	// sent it in its DPoP header. DPoPMethod and DPoPURL are the method and
+	// URL of the request it was sent with, which a gateway forwards; left
+	// out, POST and the deployment's token endpoint (issuer +
+	// /oauth2/token).
+	DPoPProof  string `json:"dpop_proof,omitempty"`
+	DPoPMethod string `json:"dpop_htm,omitempty"`
+	DPoPURL    string `json:"dpop_htu,omitempty"`
 }
 
 // RevokeRequest is the wire form of tokens.cmd.revoke: exactly one selector.
@@ -53,6 +65,9 @@ type TokenReply struct {
 	Scope                 string `json:"scope"`
 	RefreshTokenExpiresAt string `json:"refresh_token_expires_at"`
 	Seq                   uint64 `json:"seq"`
+	// DPoPNonce is the nonce the client's next DPoP proof should carry,
+	// when the deployment uses nonces (RFC 9449 section 8.2).
+	DPoPNonce string `json:"dpop_nonce,omitempty"`
 }
 
 // RevokeReply answers a revoke; Seq is the last family.revoked event's, if any.
@@ -66,6 +81,8 @@ type ErrorReply struct {
 	Error        string `json:"error"`
 	Description  string `json:"error_description"`
 	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
+	// DPoPNonce goes with use_dpop_nonce: the nonce to put in a new proof.
+	DPoPNonce string `json:"dpop_nonce,omitempty"`
 }
 
 // IntrospectRequest is the wire form of tokens.query.introspect.
