@@ -60,6 +60,11 @@ type ClientPutRequest struct {
 	RefreshAbsoluteTTL string `json:"refresh_absolute_ttl,omitempty"`
 	ReuseInterval      string `json:"reuse_interval,omitempty"`
 	OnReplay           string `json:"on_replay,omitempty"` // revoke_family (default), revoke_subject, audit_only
+	// DPoPBound is RFC 9449's dpop_bound_access_tokens: the client's
+	// families must be bound to a DPoP key and every refresh carry a proof.
+	DPoPBound bool `json:"dpop_bound_access_tokens,omitempty"`
+	// DPoPRequireNonce makes the client's proofs carry a server nonce.
+	DPoPRequireNonce bool `json:"dpop_require_nonce,omitempty"`
 	// SecretSHA256 is the hex SHA-256 of the client's first secret:
 	// required when creating a client with a secret method, and when
 	// updating one that has no secret to a secret method.
@@ -116,6 +121,8 @@ type ClientView struct {
 	RefreshAbsoluteTTL string `json:"refresh_absolute_ttl"`
 	ReuseInterval      string `json:"reuse_interval"`
 	OnReplay           string `json:"on_replay"`
+	DPoPBound          bool   `json:"dpop_bound_access_tokens"`
+	DPoPRequireNonce   bool   `json:"dpop_require_nonce"`
 	CreatedAt          string `json:"created_at"`
 	UpdatedAt          string `json:"updated_at"`
 }
@@ -245,7 +252,7 @@ func clientSettings(in ClientPutRequest) (domain.Client, error) {
 	}
 	c := domain.Client{ID: in.ClientID, Type: domain.ClientType(in.Type), AuthMethod: domain.AuthMethod(in.AuthMethod),
 		Scopes: *in.Scopes, Audiences: *in.Audiences, Resources: in.Resources, Receiver: domain.ReceiverRole(in.SSFReceiver),
-		OnReplay: domain.ReplayAction(in.OnReplay)}
+		OnReplay: domain.ReplayAction(in.OnReplay), DPoPBound: in.DPoPBound, DPoPRequireNonce: in.DPoPRequireNonce}
 	if string(in.JWKS) != "null" {
 		c.JWKS = in.JWKS
 	}
@@ -371,7 +378,8 @@ func clientView(e registry.ClientEntry, withJWKS bool) ClientView {
 	v := ClientView{ClientID: c.ID, Revision: e.Revision, Type: string(c.Type), AuthMethod: string(c.AuthMethod),
 		Scopes: nonNil(c.Scopes), Audiences: nonNil(c.Audiences), Resources: nonNil(c.Resources), SSFReceiver: string(c.Receiver), Secrets: make([]SecretView, 0, len(c.Secrets)),
 		AccessTTL: c.AccessTTL.String(), RefreshIdleTTL: c.RefreshIdleTTL.String(), RefreshAbsoluteTTL: c.RefreshAbsoluteTTL.String(),
-		ReuseInterval: c.ReuseInterval.String(), OnReplay: string(c.OnReplay), CreatedAt: rfc3339(c.CreatedAt), UpdatedAt: rfc3339(c.UpdatedAt)}
+		ReuseInterval: c.ReuseInterval.String(), OnReplay: string(c.OnReplay), DPoPBound: c.DPoPBound, DPoPRequireNonce: c.DPoPRequireNonce,
+		CreatedAt: rfc3339(c.CreatedAt), UpdatedAt: rfc3339(c.UpdatedAt)}
 	for _, sec := range c.Secrets {
 		sv := SecretView{CreatedAt: rfc3339(sec.CreatedAt)}
 		if !sec.ExpiresAt.IsZero() {

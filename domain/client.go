@@ -102,8 +102,14 @@ type Client struct {
 	RefreshAbsoluteTTL time.Duration
 	ReuseInterval      time.Duration
 	OnReplay           ReplayAction
-	CreatedAt          time.Time
-	UpdatedAt          time.Time
+	// DPoPBound is RFC 9449's dpop_bound_access_tokens (section 5.2): the
+	// client's families are bound to a DPoP key at issue and every refresh
+	// carries a proof. DPoPRequireNonce makes its proofs carry a server
+	// nonce (section 8), whatever the deployment's setting.
+	DPoPBound        bool
+	DPoPRequireNonce bool
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
 }
 
 // HashClientSecret returns the lowercase hex SHA-256 of a client secret: the

@@ -448,6 +448,8 @@ type clientJSON struct {
 	RefreshAbsoluteTTL durationText    `json:"refresh_absolute_ttl"`
 	ReuseInterval      durationText    `json:"reuse_interval"`
 	OnReplay           string          `json:"on_replay"`
+	DPoPBound          bool            `json:"dpop_bound_access_tokens,omitempty"`
+	DPoPRequireNonce   bool            `json:"dpop_require_nonce,omitempty"`
 	CreatedAt          time.Time       `json:"created_at"`
 	UpdatedAt          time.Time       `json:"updated_at"`
 }
@@ -477,7 +479,8 @@ func encodeClientEntry(e ClientEntry) ([]byte, error) {
 		j := &clientJSON{ID: c.ID, Type: string(c.Type), AuthMethod: string(c.AuthMethod), JWKS: c.JWKS,
 			Scopes: c.Scopes, Audiences: c.Audiences, Resources: c.Resources, SSFReceiver: string(c.Receiver), AccessTTL: durationText(c.AccessTTL),
 			RefreshIdleTTL: durationText(c.RefreshIdleTTL), RefreshAbsoluteTTL: durationText(c.RefreshAbsoluteTTL),
-			ReuseInterval: durationText(c.ReuseInterval), OnReplay: string(c.OnReplay), CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
+			ReuseInterval: durationText(c.ReuseInterval), OnReplay: string(c.OnReplay), DPoPBound: c.DPoPBound, DPoPRequireNonce: c.DPoPRequireNonce,
+			CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt}
 		for _, sec := range c.Secrets {
 			j.Secrets = append(j.Secrets, secretJSON{SHA256: sec.Hash, CreatedAt: sec.CreatedAt, ExpiresAt: sec.ExpiresAt})
 		}
@@ -512,7 +515,8 @@ func decodeClientEntry(e jetstream.KeyValueEntry) (string, ClientEntry, error) {
 	out.Client = domain.Client{ID: j.ID, Type: domain.ClientType(j.Type), AuthMethod: domain.AuthMethod(j.AuthMethod), JWKS: j.JWKS,
 		Scopes: j.Scopes, Audiences: j.Audiences, Resources: j.Resources, Receiver: domain.ReceiverRole(j.SSFReceiver), AccessTTL: time.Duration(j.AccessTTL), RefreshIdleTTL: time.Duration(j.RefreshIdleTTL),
 		RefreshAbsoluteTTL: time.Duration(j.RefreshAbsoluteTTL), ReuseInterval: time.Duration(j.ReuseInterval),
-		OnReplay: domain.ReplayAction(j.OnReplay), CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+		OnReplay: domain.ReplayAction(j.OnReplay), DPoPBound: j.DPoPBound, DPoPRequireNonce: j.DPoPRequireNonce,
+		CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
 	for _, sec := range j.Secrets {
 		out.Client.Secrets = append(out.Client.Secrets, domain.ClientSecret{Hash: sec.SHA256, CreatedAt: sec.CreatedAt, ExpiresAt: sec.ExpiresAt})
 	}

@@ -42,12 +42,15 @@ recorded with who made it (--by, default your login name) and when: clients hist
 
 Settings (add, update): --type, --auth-method, --scope, --audience, --jwks,
 --access-ttl, --refresh-idle-ttl, --refresh-absolute-ttl, --reuse-interval,
---on-replay, --resource, --ssf-receiver. --scope and --audience repeat, and each value may list several
+--on-replay, --resource, --ssf-receiver, --dpop-bound, --dpop-nonce. --scope and --audience repeat, and each value may list several
 separated by spaces; a client may be granted only what they list (none if
 they are not given to add; on update, --scope '' allows none). Lifetimes of
 0 mean the deployment's (tokend --access-ttl, ...). --resource A (repeatable)
 makes a confidential client a resource server for audience A: it may
 introspect access tokens issued for A to any client (POST /oauth2/introspect).
+--dpop-bound (RFC 9449 dpop_bound_access_tokens) makes every family of the
+client bound to a DPoP key and every refresh carry a proof; --dpop-nonce
+makes its proofs carry a server nonce.
 --ssf-receiver own|all makes a confidential client an SSF receiver: it gets
 access tokens for the SSF endpoints (grant_type=client_credentials) and sees
 the events of its own client (own) or every event (all); on update,
@@ -79,11 +82,13 @@ Needs the admin role (tokens.admin.clients.*).`,
 		absoluteTTL := fs.Duration("refresh-absolute-ttl", 0, "add, update: the client's families die `D` after issue (default 0: tokend's --refresh-absolute-ttl)")
 		reuse := fs.Duration("reuse-interval", 0, "add, update: the client's reuse interval `D` (default 0: tokend's --reuse-interval)")
 		onReplay := fs.String("on-replay", "", "add, update: what a replayed token does, `R`: revoke_family (the default), revoke_subject or audit_only")
+		dpopBound := fs.Bool("dpop-bound", false, "add, update: the client's families are bound to a DPoP key and every refresh carries a proof (RFC 9449 dpop_bound_access_tokens)")
+		dpopNonce := fs.Bool("dpop-nonce", false, "add, update: the client's DPoP proofs must carry a server nonce (RFC 9449 section 8)")
 		grace := fs.Duration("grace", domain.DefaultSecretGrace, "rotate-secret: the old secret keeps working for `D` (default 24h; 0: it stops at once)")
 		save := fs.String("save", "", "add, update, rotate-secret: write the new secret to `FILE` (mode 0600; it must not exist) instead of printing it")
 		by := fs.String("by", operator(), "add, update, rotate-secret, remove: who makes the change, `NAME` (recorded; default: your login name)")
 		settings := []string{"type", "auth-method", "scope", "audience", "resource", "ssf-receiver", "jwks", "access-ttl", "refresh-idle-ttl",
-			"refresh-absolute-ttl", "reuse-interval", "on-replay"}
+			"refresh-absolute-ttl", "reuse-interval", "on-replay", "dpop-bound", "dpop-nonce"}
 		return func(ctx context.Context, e *env) error {
 			sub, id := "", ""
 			if len(e.args) > 0 {
@@ -162,7 +167,8 @@ Needs the admin role (tokens.admin.clients.*).`,
 				old = domain.AuthMethod(cur.AuthMethod)
 				req = api.ClientPutRequest{ClientID: id, Type: cur.Type, AuthMethod: cur.AuthMethod, Scopes: &cur.Scopes, Audiences: &cur.Audiences, Resources: cur.Resources, SSFReceiver: cur.SSFReceiver,
 					JWKS: cur.JWKS, AccessTTL: cur.AccessTTL, RefreshIdleTTL: cur.RefreshIdleTTL, RefreshAbsoluteTTL: cur.RefreshAbsoluteTTL,
-					ReuseInterval: cur.ReuseInterval, OnReplay: cur.OnReplay, Revision: cur.Revision, By: *by}
+					ReuseInterval: cur.ReuseInterval, OnReplay: cur.OnReplay, DPoPBound: cur.DPoPBound, DPoPRequireNonce: cur.DPoPRequireNonce,
+					Revision: cur.Revision, By: *by}
 				if isSet(fs, "type") && *clientType != cur.Type && !isSet(fs, "auth-method") {
 					req.AuthMethod = "" // the new type's default
 				}
@@ -197,6 +203,12 @@ Needs the admin role (tokens.admin.clients.*).`,
 			}
 			if isSet(fs, "on-replay") {
 				req.OnReplay = *onReplay
+			}
+			if isSet(fs, "dpop-bound") {
+				req.DPoPBound = *dpopBound
+			}
+			if isSet(fs, "dpop-nonce") {
+				req.DPoPRequireNonce = *dpopNonce
 			}
 			method := effectiveMethod(req)
 			switch {
@@ -375,8 +387,24 @@ func printClient(w io.Writer, c api.ClientView) {
 		}
 		rows = append(rows, [2]string{d[0], cell(d[1])})
 	}
-	rows = append(rows, [][2]string{{"on_replay", cell(c.OnReplay)}, {"created", keyTime(c.CreatedAt)}, {"updated", keyTime(c.UpdatedAt)}}...)
+	rows = append(rows, [2]string{"on_replay", cell(c.OnReplay)})
+	if dpop := dpopCell(c); dpop != "" {
+		rows = append(rows, [2]string{"dpop", dpop})
+	}
+	rows = append(rows, [][2]string{{"created", keyTime(c.CreatedAt)}, {"updated", keyTime(c.UpdatedAt)}}...)
 	printKV(w, rows)
+}
+
+// dpopCell shows a client's DPoP settings, "" when it has none.
+func dpopCell(c api.ClientView) string {
+	var parts []string
+	if c.DPoPBound {
+		parts = append(parts, "families bound to a key (dpop_bound_access_tokens)")
+	}
+	if c.DPoPRequireNonce {
+		parts = append(parts, "nonce required")
+	}
+	return strings.Join(parts, ", ")
 }
 
 // listCell shows a scope or audience list; "(none)": nothing may be granted.

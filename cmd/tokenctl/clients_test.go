@@ -425,3 +425,27 @@ func TestClientsSSFReceiver(t *testing.T) {
 		t.Fatalf("show --ssf-receiver: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestClientsDPoP: --dpop-bound and --dpop-nonce register RFC 9449's
+// settings, show prints them, and update keeps them unless told.
+func TestClientsDPoP(t *testing.T) {
+	url, reg := startRegistry(t)
+	ctl := func(args ...string) string {
+		return mustCtl(t, append([]string{"--nats-url", url}, append(args, "--by", "alice")...)...)
+	}
+	out := ctl("clients", "add", "spa", "--type", "public", "--dpop-bound", "--dpop-nonce")
+	if !regexp.MustCompile(`dpop:\s+families bound to a key \(dpop_bound_access_tokens\), nonce required\n`).MatchString(out) {
+		t.Fatalf("add printed\n%s", out)
+	}
+	ctl("clients", "update", "spa", "--scope", "openid")
+	if c, _ := reg.Lookup("spa"); !c.DPoPBound || !c.DPoPRequireNonce {
+		t.Fatalf("update without the flags: %+v", c)
+	}
+	ctl("clients", "update", "spa", "--dpop-nonce=false")
+	if c, _ := reg.Lookup("spa"); !c.DPoPBound || c.DPoPRequireNonce {
+		t.Fatalf("update --dpop-nonce=false: %+v", c)
+	}
+	if out = ctl("clients", "update", "spa", "--dpop-bound=false"); strings.Contains(out, "dpop:") {
+		t.Fatalf("a client without DPoP settings shows them:\n%s", out)
+	}
+}
