@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -337,5 +340,38 @@ func BenchmarkVerify(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseAlgs(t *testing.T) {
+	for list, want := range map[string]string{
+		"ES256":                                  "ES256",
+		" ES256 , EdDSA":                         "ES256,EdDSA",
+		"PS256,PS256,RS256":                      "PS256,RS256",
+		"HS256":                                  "",
+		"none":                                   "",
+		"":                                       "",
+		"ES256,":                                 "",
+		"ES256K":                                 "",
+		strings.Join(AlgNames(DefaultAlgs), ","): strings.Join(AlgNames(DefaultAlgs), ","),
+	} {
+		algs, err := ParseAlgs(list)
+		if got := strings.Join(AlgNames(algs), ","); got != want || (want == "") != (err != nil) {
+			t.Errorf("ParseAlgs(%q) = %q, %v; want %q", list, got, err, want)
+		}
+	}
+}
+
+// TestReasonsNameEveryRefusal: every reason Verify refuses with is listed,
+// so the metric has its series from the start.
+func TestReasonsNameEveryRefusal(t *testing.T) {
+	src, err := os.ReadFile("dpop.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?:refuse\(|Reason: )"([a-z_]+)"`).FindAllSubmatch(src, -1) {
+		if !slices.Contains(Reasons(), string(m[1])) {
+			t.Errorf("reason %q is not in Reasons()", m[1])
+		}
 	}
 }
