@@ -241,6 +241,7 @@ type Error struct {
 	Description  string // error_description, safe to show
 	RetryAfterMs int64  // retry_after_ms hint, 0 if none
 	Status       string // the Nats-Service-Error-Code header, e.g. "400"
+	DPoPNonce    string // with use_dpop_nonce: the nonce to put in a new DPoP proof
 }
 
 func (e *Error) Error() string {
@@ -262,7 +263,7 @@ func responseError(msg *nats.Msg) *Error {
 	e := &Error{Status: status}
 	var body wire.ErrorReply
 	if json.Unmarshal(msg.Data, &body) == nil {
-		e.Code, e.Description, e.RetryAfterMs = body.Error, body.Description, body.RetryAfterMs
+		e.Code, e.Description, e.RetryAfterMs, e.DPoPNonce = body.Error, body.Description, body.RetryAfterMs, body.DPoPNonce
 	}
 	// tokend puts the error code in the error header; a body without one
 	// (a proxy's, an older server's) still leaves the header to go by.
