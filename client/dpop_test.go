@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -198,10 +199,12 @@ func TestDPoPAuthorize(t *testing.T) {
 }
 
 // fakeTokend answers tokens.cmd.refresh through nats micro with what
-// answer returns for the n-th request (from 0), and records the requests.
+// answer returns for the n-th request (from 0), and records the requests;
+// it answers every tokens.cmd.revoke with success, counting them.
 type fakeTokend struct {
-	mu   sync.Mutex
-	seen []wire.RefreshRequest
+	mu      sync.Mutex
+	seen    []wire.RefreshRequest
+	revokes int
 }
 
 func startFakeTokend(t *testing.T, answer func(n int, req wire.RefreshRequest) (status string, body any)) (*fakeTokend, *client.Client) {
@@ -228,6 +231,15 @@ func startFakeTokend(t *testing.T, answer func(n int, req wire.RefreshRequest) (
 		}
 		_ = r.Respond(data)
 	}), micro.WithEndpointSubject("tokens.cmd.refresh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = svc.AddEndpoint("revoke", micro.HandlerFunc(func(r micro.Request) {
+		f.mu.Lock()
+		f.revokes++
+		f.mu.Unlock()
+		_ = r.RespondJSON(wire.RevokeReply{RevokedFamilies: 1})
+	}), micro.WithEndpointSubject("tokens.cmd.revoke"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,5 +437,70 @@ func TestOAuth2AdapterDPoPType(t *testing.T) {
 	}
 	if tok.Type() != "DPoP" || tok.AccessToken != "at-2" {
 		t.Fatalf("type %q token %q", tok.Type(), tok.AccessToken)
+	}
+}
+
+// TestSessionsDPoP: a session started with StartDPoP refreshes with
+// proofs by its own key, kept in DPoPKeys; when tokend refuses its proof,
+// the session is signed out (family revoked, cookie cleared) and its key
+// forgotten.
+func TestSessionsDPoP(t *testing.T) {
+	f, c := startFakeTokend(t, func(n int, _ wire.RefreshRequest) (string, any) {
+		if n == 0 {
+			return "", granted(n, "")
+		}
+		return "400", wire.ErrorReply{Error: "invalid_dpop_proof", Description: "no DPoP proof"}
+	})
+	keys := &client.MemoryDPoPKeys{}
+	clk := newClock()
+	sessions, err := client.NewSessions(c, client.NewMemoryStore(), client.SessionConfig{
+		Key: []byte(strings.Repeat("k", client.MinSessionKey)), ClientID: "web", SignInURL: "/signin", Insecure: true,
+		DPoPKeys: keys, Options: client.Options{Now: clk.Now, DPoPURL: tokenEndpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sessions.Close)
+	key := newDPoP(t)
+	rec := httptest.NewRecorder()
+	issued := wire.TokenReply{RefreshToken: "rt-1", FamilyID: "fam", TokenType: "DPoP", AccessToken: "at-1",
+		ExpiresIn: 300, Scope: "read"}
+	if err := sessions.StartDPoP(rec, httptest.NewRequest(http.MethodPost, "/signin", nil), issued, key); err != nil {
+		t.Fatal(err)
+	}
+	cookie := rec.Result().Cookies()[0]
+	id, _, _ := strings.Cut(cookie.Value, ".")
+	if k, _ := keys.Key(ctx(t), id); k != key {
+		t.Fatal("the session's key is not kept")
+	}
+
+	var got client.AccessToken
+	page := sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, _ = client.AccessTokenFrom(r.Context())
+	}))
+	get := func() *http.Response {
+		req := httptest.NewRequest(http.MethodGet, "/api/me", nil)
+		req.AddCookie(cookie)
+		rec := httptest.NewRecorder()
+		page.ServeHTTP(rec, req)
+		return rec.Result()
+	}
+	clk.Add(time.Hour)
+	if resp := get(); resp.StatusCode != http.StatusOK || got.Token != "at-2" || got.TokenType != "DPoP" {
+		t.Fatalf("%d, token %q type %q", resp.StatusCode, got.Token, got.TokenType)
+	}
+	if reqs := f.requests(); len(reqs) != 1 || thumbprint(t, verifyProof(t, reqs[0].DPoPProof).jwk) != key.JKT() {
+		t.Fatalf("the refresh was not proved with the session's key: %+v", reqs)
+	}
+
+	clk.Add(time.Hour)
+	resp := get()
+	if resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 1 || resp.Cookies()[0].MaxAge >= 0 {
+		t.Fatalf("a refused proof: %d, cookies %v", resp.StatusCode, resp.Cookies())
+	}
+	f.mu.Lock()
+	revokes := f.revokes
+	f.mu.Unlock()
+	if k, _ := keys.Key(ctx(t), id); k != nil || revokes != 1 {
+		t.Fatalf("after sign-out: key kept %v, %d revokes", k != nil, revokes)
 	}
 }
