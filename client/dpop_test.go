@@ -474,8 +474,10 @@ func TestSessionsDPoP(t *testing.T) {
 	}
 
 	var got client.AccessToken
+	var gotKey *client.DPoP
 	page := sessions.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, _ = client.AccessTokenFrom(r.Context())
+		gotKey, _ = client.DPoPFrom(r.Context())
 	}))
 	get := func() *http.Response {
 		req := httptest.NewRequest(http.MethodGet, "/api/me", nil)
@@ -485,8 +487,8 @@ func TestSessionsDPoP(t *testing.T) {
 		return rec.Result()
 	}
 	clk.Add(time.Hour)
-	if resp := get(); resp.StatusCode != http.StatusOK || got.Token != "at-2" || got.TokenType != "DPoP" {
-		t.Fatalf("%d, token %q type %q", resp.StatusCode, got.Token, got.TokenType)
+	if resp := get(); resp.StatusCode != http.StatusOK || got.Token != "at-2" || got.TokenType != "DPoP" || gotKey != key {
+		t.Fatalf("%d, token %q type %q, the session's key in the context: %v", resp.StatusCode, got.Token, got.TokenType, gotKey == key)
 	}
 	if reqs := f.requests(); len(reqs) != 1 || thumbprint(t, verifyProof(t, reqs[0].DPoPProof).jwk) != key.JKT() {
 		t.Fatalf("the refresh was not proved with the session's key: %+v", reqs)

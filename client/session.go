@@ -192,10 +192,19 @@ func isAPI(r *http.Request) bool {
 
 type tokenKey struct{}
 
+type dpopKey struct{}
+
 // AccessTokenFrom returns the access token the Middleware put in ctx.
 func AccessTokenFrom(ctx context.Context) (AccessToken, bool) {
 	at, ok := ctx.Value(tokenKey{}).(AccessToken)
 	return at, ok
+}
+
+// DPoPFrom returns the DPoP key of the session the Middleware served, for
+// DPoP.Authorize; false for a session without one.
+func DPoPFrom(ctx context.Context) (*DPoP, bool) {
+	key, ok := ctx.Value(dpopKey{}).(*DPoP)
+	return key, ok && key != nil
 }
 
 // Start begins a session with reply, the answer to the issue of a family
@@ -307,10 +316,11 @@ func (s *Sessions) Middleware(next http.Handler) http.Handler {
 			s.toSignIn(w, r)
 			return
 		}
-		at, err := s.token(r.Context(), id)
+		at, key, err := s.token(r.Context(), id)
 		switch {
 		case err == nil:
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, at)))
+			ctx := context.WithValue(context.WithValue(r.Context(), tokenKey{}, at), dpopKey{}, key)
+			next.ServeHTTP(w, r.WithContext(ctx))
 		case Terminal(err):
 			s.toSignIn(w, r)
 		case errors.Is(err, ErrInvalidDPoPProof) || errors.Is(err, ErrInvalidScope) || errors.Is(err, ErrInvalidTarget):
@@ -334,13 +344,13 @@ func (s *Sessions) Middleware(next http.Handler) http.Handler {
 	})
 }
 
-// token returns the session's access token. A Source closed by eviction
-// between lookup and use is replaced from the store.
-func (s *Sessions) token(ctx context.Context, id string) (AccessToken, error) {
+// token returns the session's access token and DPoP key. A Source closed
+// by eviction between lookup and use is replaced from the store.
+func (s *Sessions) token(ctx context.Context, id string) (AccessToken, *DPoP, error) {
 	for range 3 {
 		src, err := s.source(ctx, id)
 		if err != nil {
-			return AccessToken{}, err
+			return AccessToken{}, nil, err
 		}
 		at, err := src.Token(ctx, s.cfg.Audience, s.cfg.Scope...)
 		if Terminal(err) {
@@ -348,10 +358,10 @@ func (s *Sessions) token(ctx context.Context, id string) (AccessToken, error) {
 			s.forgetKey(ctx, id)
 		}
 		if !errors.Is(err, ErrClosed) {
-			return at, err
+			return at, src.o.DPoP, err
 		}
 	}
-	return AccessToken{}, ErrClosed
+	return AccessToken{}, nil, ErrClosed
 }
 
 // source returns the session's Source, made if there is none (with the
