@@ -768,7 +768,10 @@ func (s *Source) prove(req *wire.RefreshRequest) error {
 	if err != nil {
 		return err
 	}
-	req.DPoPProof, req.DPoPMethod, req.DPoPURL = proof, http.MethodPost, s.o.DPoPURL
+	// No dpop_htm or dpop_htu: those are a gateway's, which forwards a
+	// request it received. Without them tokend checks the proof against
+	// its own token endpoint, which catches a wrong DPoPURL at once.
+	req.DPoPProof = proof
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tokend/tokend/api/wire"
+	"github.com/tokend/tokend/client"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/registry"
 )
@@ -400,5 +402,50 @@ func TestDPoPMetadata(t *testing.T) {
 	algs, _ := json.Marshal(m["dpop_signing_alg_values_supported"])
 	if string(algs) != `["ES256","EdDSA"]` {
 		t.Fatalf("dpop_signing_alg_values_supported %s", algs)
+	}
+}
+
+// TestDPoPClientSource: the Go client's Source, holding a DPoP key, keeps
+// a bound family of a client that must use nonces going (the nonce round
+// trip included); a Source with another key holding the same refresh token
+// ends the family.
+func TestDPoPClientSource(t *testing.T) {
+	e := mustDPoPEnv(t, nil)
+	key, err := client.NewDPoP(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := issueBound(t, e.nc, "nonce", key.JKT())
+	store := client.NewMemoryStore()
+	c := client.New(e.nc, "tokens")
+	var ahead atomic.Int64 // the Source's clock runs ahead, so its access tokens expire
+	now := func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	src := client.NewSource(c, store, "s1", client.Options{DPoP: key, DPoPURL: e.base + "/oauth2/token", Now: now})
+	defer src.Close()
+	if err := src.Begin(t.Context(), "nonce", issued); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		ahead.Add(int64(time.Hour))
+		at, err := src.Token(t.Context(), "")
+		if err != nil {
+			t.Fatalf("Token: %v", err)
+		}
+		if at.TokenType != "DPoP" || cnfJKT(accessTokenClaims(t, at.Token)) != key.JKT() {
+			t.Fatalf("Token: type %q, claims %v", at.TokenType, accessTokenClaims(t, at.Token))
+		}
+	}
+	if got := countTypes(familyEvents(t, e.nc, issued.FamilyID)); got["token.rotated"] != 2 || len(got) != 2 {
+		t.Fatalf("events %v, want token.issued and two token.rotated", got)
+	}
+	thiefKey, _ := client.NewDPoP(nil)
+	thief := client.NewSource(c, store, "s1", client.Options{DPoP: thiefKey, DPoPURL: e.base + "/oauth2/token",
+		Now: func() time.Time { return now().Add(time.Hour) }})
+	defer thief.Close()
+	if _, err := thief.Token(t.Context(), ""); !client.Terminal(err) {
+		t.Fatalf("the stolen token with another key: %v, want a terminal error", err)
+	}
+	if got := countTypes(familyEvents(t, e.nc, issued.FamilyID)); got["token.key_mismatch"] != 1 || got["family.revoked"] != 1 {
+		t.Fatalf("events %v", got)
 	}
 }
