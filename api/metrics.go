@@ -179,9 +179,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range events.Types {
 		m.eventsAppended.WithLabelValues(t)
 	}
-	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	for _, reason := range []string{domain.ReasonReplayDetected, domain.ReasonDPoPKeyMismatch} {
+		m.familiesRevoked.WithLabelValues(m.reasons.label(reason))
+	}
 	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
-		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey} {
+		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey,
+		domain.ReasonDPoPProofMissing} {
 		m.refreshRejected.WithLabelValues(reason)
 	}
 	for _, limit := range []string{tokens.LimitRefreshPerFamily, tokens.LimitIssuePerClient, tokens.LimitForeignPerClient} {
