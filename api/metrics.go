@@ -189,8 +189,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range events.Types {
 		m.eventsAppended.WithLabelValues(t)
 	}
-	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
-	m.familiesRevoked.WithLabelValues(domain.ReasonDPoPKeyMismatch)
+	for _, reason := range []string{domain.ReasonReplayDetected, domain.ReasonDPoPKeyMismatch} {
+		m.familiesRevoked.WithLabelValues(m.reasons.label(reason))
+	}
 	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
 		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey,
 		domain.ReasonDPoPProofMissing} {

@@ -68,3 +68,29 @@ func TestSSFMetricsPerStream(t *testing.T) {
 		t.Errorf("s2: %v", got)
 	}
 }
+
+// TestDPoPSeriesStartAtZero: the series of a key mismatch and of the two
+// DPoP reasons exist before the first one, so the dashboard and the
+// alert on them see a rate from the start.
+func TestDPoPSeriesStartAtZero(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, f := range families {
+		for _, metric := range f.GetMetric() {
+			for _, l := range metric.GetLabel() {
+				found[f.GetName()+"{"+l.GetValue()+"}"] = true
+			}
+		}
+	}
+	for _, want := range []string{"tokend_events_appended_total{token.key_mismatch}",
+		"tokend_families_revoked_total{dpop_key_mismatch}", "tokend_refresh_rejected_total{dpop_proof_missing}"} {
+		if !found[want] {
+			t.Errorf("no series %s before the first event", want)
+		}
+	}
+}

@@ -16,14 +16,18 @@ func (s *Service) readFamily(ctx context.Context, familyID string) (wire.FamilyV
 	if err != nil {
 		return wire.FamilyView{}, err
 	}
+	return familyView(f), nil
+}
+
+func familyView(f projections.FamilyView) wire.FamilyView {
 	v := wire.FamilyView{FamilyID: f.FamilyID, Subject: f.Subject, ClientID: f.ClientID, Scope: f.Scope,
 		Audience: f.Audience, Status: string(f.Status), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt, RevokedAt: f.RevokedAt, RevokedReason: f.RevokedReason, ArchivedAt: f.ArchivedAt,
-		Tokens: make([]wire.TokenView, len(f.Tokens)), AsOfSeq: f.AsOfSeq, Erased: f.Erased}
+		Tokens: make([]wire.TokenView, len(f.Tokens)), AsOfSeq: f.AsOfSeq, Erased: f.Erased, DPoPJKT: f.DPoPJKT}
 	for i, t := range f.Tokens {
 		v.Tokens[i] = wire.TokenView{Generation: t.Generation, Status: t.Status, IssuedAt: t.IssuedAt, RotatedAt: t.RotatedAt}
 	}
-	return v, nil
+	return v
 }
 
 func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter) (wire.AuditPage, error) {
@@ -44,7 +48,7 @@ func (s *Service) readAudit(ctx context.Context, filter projections.AuditFilter)
 func auditEvent(e projections.AuditEvent) wire.AuditEvent {
 	return wire.AuditEvent{Seq: e.Seq, ID: e.ID, Type: e.Type, Time: e.Time, FamilyID: e.FamilyID,
 		Subject: e.Subject, ClientID: e.ClientID, PresentedBy: e.PresentedBy, Generation: e.Generation,
-		PresentedGeneration: e.PresentedGeneration, Reason: e.Reason, Context: e.Context, Erased: e.Erased, ContextExpired: e.ContextExpired}
+		PresentedGeneration: e.PresentedGeneration, DPoPJKT: e.DPoPJKT, PresentedJKT: e.PresentedJKT, Reason: e.Reason, Context: e.Context, Erased: e.Erased, ContextExpired: e.ContextExpired}
 }
 
 // auditEventBytes is an event's length in a reply: its JSON and a comma.

@@ -136,3 +136,36 @@ func TestAuditEventNamesThePresenter(t *testing.T) {
 		}
 	}
 }
+
+// TestRepliesShowTheDPoPBinding: a family bound to a DPoP key names it
+// (dpop_jkt), an audit event of it too, and a key mismatch the other key
+// (presented_jkt); a bearer family's replies leave both out.
+func TestRepliesShowTheDPoPBinding(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	const bound, other = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I", "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+	mismatch := projections.AuditEvent{Seq: 7, ID: "e7", Type: "token.key_mismatch", Time: at, FamilyID: "fam", Subject: "user-42",
+		ClientID: "web-app", Generation: 2, PresentedGeneration: 2, DPoPJKT: bound, PresentedJKT: other, Context: json.RawMessage(`{}`)}
+	got, _ := json.Marshal(auditEvent(mismatch))
+	want := `{"seq":7,"id":"e7","type":"token.key_mismatch","time":"2026-12-01T10:00:00Z","family_id":"fam","subject":"user-42",` +
+		`"client_id":"web-app","generation":2,"presented_generation":2,"dpop_jkt":"` + bound + `","presented_jkt":"` + other + `",` +
+		`"reason":"","context":{}}`
+	if string(got) != want {
+		t.Errorf("key mismatch:\ngot  %s\nwant %s", got, want)
+	}
+
+	family := projections.FamilyView{FamilyID: "fam", Subject: "user-42", ClientID: "web-app", Status: domain.StatusActive,
+		Generation: 1, CreatedAt: at, LastUsedAt: at, ExpiresAt: at.Add(time.Hour), DPoPJKT: bound}
+	for _, tc := range []struct {
+		dpopJKT string
+		want    string
+	}{
+		{bound, `,"dpop_jkt":"` + bound + `"}`},
+		{"", `"as_of_seq":0}`},
+	} {
+		family.DPoPJKT = tc.dpopJKT
+		got, _ := json.Marshal(familyView(family))
+		if !strings.HasSuffix(string(got), tc.want) || strings.Count(string(got), "dpop_jkt") != strings.Count(tc.want, "dpop_jkt") {
+			t.Errorf("family bound to %q: %s, want it to end %s", tc.dpopJKT, got, tc.want)
+		}
+	}
+}

@@ -41,7 +41,8 @@ func (h *harness) protect(t *testing.T) (*pii.Store, *events.Protector) {
 	protector := events.NewProtector(keys, nil)
 	store := events.NewStore(h.nc, h.js, h.stream, subjects)
 	store.Protector = protector
-	h.svc = tokens.NewService(events.NewWriter(store, 64), h.codec, h.policy, h.clock)
+	h.writer = events.NewWriter(store, 64)
+	h.svc = tokens.NewService(h.writer, h.codec, h.policy, h.clock)
 	return keys, protector
 }
 

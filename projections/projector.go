@@ -552,6 +552,7 @@ func applyEvent(ctx context.Context, q *queries.Queries, e stateAt, maxTimeUpto,
 		ClientID: env.ClientID, Generation: int64(env.Generation), Reason: env.Reason, Context: string(ctxJSON),
 		MaxTimeUpto: maxTimeUpto, MinTimeFrom: minTimeFrom, ExpiresAt: nullTime(e.expiresAt),
 		PresentedBy: env.PresentedBy, PresentedGeneration: int64(env.PresentedGeneration), Pii: sealedColumn(env),
+		DpopJkt: env.DPoPJKT, PresentedJkt: env.PresentedJKT,
 	})
 }
 
@@ -597,6 +598,7 @@ func upsertFamily(ctx context.Context, q *queries.Queries, b familyBatch) error 
 		CreatedAt: f.CreatedAt.UnixNano(), LastUsedAt: f.LastUsedAt.UnixNano(), IdleExpiresAt: f.IdleExpiresAt.UnixNano(),
 		AbsoluteExpiresAt: f.AbsoluteExpiresAt.UnixNano(), RevokedAt: revokedAt, RevokedReason: f.RevokedReason,
 		LastSeq: int64(s.seq), ArchivedAt: nullTime(unixNanoOrZero(f.ArchivedAt)), PruneAt: nullTime(b.pruneAt),
+		DpopJkt: f.DPoPJKT,
 	})
 }
 

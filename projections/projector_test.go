@@ -38,6 +38,7 @@ type harness struct {
 	codec   *domain.TokenCodec
 	policy  domain.Policy
 	svc     *tokens.Service
+	writer  *events.Writer // svc's, for the DPoP outcomes svc does not decide yet (dpopWorkload)
 	now     time.Time
 	dataDir string
 }
@@ -80,7 +81,8 @@ func (h *harness) connect(tb testing.TB, url string) {
 func (h *harness) withRetention(r events.Retention) {
 	store := events.NewStore(h.nc, h.js, h.stream, subjects)
 	store.Retention = r
-	h.svc = tokens.NewService(events.NewWriter(store, 1024), h.codec, h.policy, h.clock)
+	h.writer = events.NewWriter(store, 1024)
+	h.svc = tokens.NewService(h.writer, h.codec, h.policy, h.clock)
 }
 
 // workload runs a seeded mix of every command outcome over several families
@@ -133,7 +135,7 @@ func (h *harness) workload(tb testing.TB, seed uint64, families int) uint64 {
 			track(h.svc.Refresh(ctx, tokens.RefreshRequest{Token: f.tokens[0], ClientID: h.clientOf(tb, cur)}))
 		}
 	}
-	return last
+	return max(last, h.dpopWorkload(tb))
 }
 
 // clientOf reads a token's family owner from the stream, as a caller would know it.
@@ -291,18 +293,21 @@ func TestProjectionEqualsStream(t *testing.T) {
 	types := map[string]int{}
 	byFamily := map[string][]domain.Event{}
 	lastSeqOf := map[string]uint64{}
-	presented := map[string]int{} // events naming a foreign presenter, and a presented generation
+	presented := map[string]int{} // events naming a foreign presenter, a presented generation, a bound key, a presented key
 	for i, e := range stream {
 		types[e.env.Type]++
 		var seq, presentedGen int64
-		var id, typ, presentedBy string
-		if err := db.reader.QueryRow("SELECT seq, id, type, presented_by, presented_generation FROM audit_events WHERE seq = ?",
-			e.seq).Scan(&seq, &id, &typ, &presentedBy, &presentedGen); err != nil {
+		var id, typ, presentedBy, dpopJKT, presentedJKT string
+		if err := db.reader.QueryRow("SELECT seq, id, type, presented_by, presented_generation, dpop_jkt, presented_jkt FROM audit_events WHERE seq = ?",
+			e.seq).Scan(&seq, &id, &typ, &presentedBy, &presentedGen, &dpopJKT, &presentedJKT); err != nil {
 			t.Fatalf("stream event %d (seq %d) missing from audit: %v", i, e.seq, err)
 		}
 		if id != e.env.ID || typ != e.env.Type || presentedBy != e.env.PresentedBy || uint64(presentedGen) != e.env.PresentedGeneration {
 			t.Fatalf("seq %d: audit row %s/%s presented by %q generation %d, stream %s/%s presented by %q generation %d",
 				e.seq, id, typ, presentedBy, presentedGen, e.env.ID, e.env.Type, e.env.PresentedBy, e.env.PresentedGeneration)
+		}
+		if dpopJKT != e.env.DPoPJKT || presentedJKT != e.env.PresentedJKT {
+			t.Fatalf("seq %d: audit row bound to %q presented %q, stream %q %q", e.seq, dpopJKT, presentedJKT, e.env.DPoPJKT, e.env.PresentedJKT)
 		}
 		if presentedBy != "" {
 			presented["by"]++
@@ -310,16 +315,23 @@ func TestProjectionEqualsStream(t *testing.T) {
 		if presentedGen != 0 {
 			presented["generation"]++
 		}
+		if dpopJKT != "" {
+			presented["bound"]++
+		}
+		if presentedJKT != "" {
+			presented["jkt"]++
+		}
 		byFamily[e.env.FamilyID] = append(byFamily[e.env.FamilyID], e.env.Event())
 		lastSeqOf[e.env.FamilyID] = e.seq
 	}
-	for _, want := range []string{"token.issued", "token.rotated", "token.reused", "token.replay_detected", "family.revoked", "refresh.rejected"} {
+	for _, want := range []string{"token.issued", "token.rotated", "token.reused", "token.replay_detected", "family.revoked", "refresh.rejected",
+		"token.key_mismatch"} {
 		if types[want] == 0 {
 			t.Errorf("the workload produced no %s: %v", want, types)
 		}
 	}
-	if presented["by"] == 0 || presented["generation"] == 0 {
-		t.Errorf("the workload named no presenter or no presented generation: %v", presented)
+	if presented["by"] == 0 || presented["generation"] == 0 || presented["bound"] == 0 || presented["jkt"] == 0 {
+		t.Errorf("the workload named no presenter, presented generation, bound key or presented key: %v", presented)
 	}
 	ctx := context.Background()
 	for id, evs := range byFamily {

@@ -49,6 +49,9 @@ type FamilyView struct {
 	// Erased: the subject's personal data was erased; Subject is its
 	// pseudonym.
 	Erased bool
+	// DPoPJKT is the thumbprint of the DPoP key every refresh must prove
+	// possession of (RFC 9449); "" for a bearer family.
+	DPoPJKT string
 }
 
 // TokenView is one generation of a family; the token itself is never kept.
@@ -82,7 +85,7 @@ func (r *Reader) Family(ctx context.Context, familyID string) (FamilyView, error
 	v := FamilyView{Erased: personal.Erased, FamilyID: f.ID, Subject: f.Subject, ClientID: f.ClientID, Scope: domain.ScopeString(f.Scope),
 		Audience: f.Audience, Status: f.StatusAt(r.now()), Generation: f.Generation, CreatedAt: f.CreatedAt,
 		LastUsedAt: f.LastUsedAt, ExpiresAt: f.ExpiresAt(), RevokedReason: f.RevokedReason, AsOfSeq: asOf,
-		Tokens: make([]TokenView, len(toks))}
+		Tokens: make([]TokenView, len(toks)), DPoPJKT: f.DPoPJKT}
 	if f.Status == domain.StatusRevoked {
 		v.RevokedAt = &f.RevokedAt
 	}
@@ -134,8 +137,12 @@ type AuditEvent struct {
 	// PresentedGeneration is the presented token's generation, Generation
 	// the family's; 0 when the event presented none.
 	PresentedGeneration uint64
-	Reason              string
-	Context             json.RawMessage // a JSON object, {} when none
+	// DPoPJKT is the key thumbprint the family is bound to, on every event
+	// of a bound family; PresentedJKT the other key whose proof came with
+	// the family's token (token.key_mismatch). "" when none.
+	DPoPJKT, PresentedJKT string
+	Reason                string
+	Context               json.RawMessage // a JSON object, {} when none
 	// Erased: the subject's personal data was erased; Subject is its
 	// pseudonym and Context is {}.
 	Erased bool
@@ -186,7 +193,7 @@ func (r *Reader) Audit(ctx context.Context, f AuditFilter) (AuditPage, error) {
 			e := AuditEvent{Seq: uint64(row.Seq), ID: row.ID, Type: row.Type, Time: unixNano(row.Time),
 				FamilyID: row.FamilyID, Subject: personal.Subject, ClientID: row.ClientID, PresentedBy: row.PresentedBy,
 				Generation: uint64(row.Generation), PresentedGeneration: uint64(row.PresentedGeneration),
-				Reason: row.Reason, Context: personal.context, Erased: personal.Erased, ContextExpired: personal.ContextExpired}
+				DPoPJKT: row.DpopJkt, PresentedJKT: row.PresentedJkt, Reason: row.Reason, Context: personal.context, Erased: personal.Erased, ContextExpired: personal.ContextExpired}
 			if f.MaxBytes > 0 {
 				size := f.Size(e)
 				if len(page.Events) > 0 && used+size > f.MaxBytes {
@@ -346,9 +353,10 @@ func (r *Reader) auditRows(ctx context.Context, q auditQuery, limit int64) ([]qu
 }
 
 // rareTypes are the types the partial index audit_rare holds (migration
-// 0003): few among many rotations.
+// 0003, 0012): few among many rotations.
 var rareTypes = map[string]bool{
-	string(domain.ReplayDetected): true, string(domain.FamilyRevoked): true, string(domain.RefreshRejected): true,
+	string(domain.ReplayDetected): true, string(domain.KeyMismatch): true, string(domain.FamilyRevoked): true,
+	string(domain.RefreshRejected): true,
 }
 
 // RevocableFamilies lists the families of a subject or a client (exactly
@@ -382,7 +390,7 @@ func familyOf(row queries.Family) domain.Family {
 		Audience: nonNil(aud), Status: domain.Status(row.Status), Generation: uint64(row.Generation),
 		CurrentHash: row.CurrentHash, CreatedAt: unixNano(row.CreatedAt), LastUsedAt: unixNano(row.LastUsedAt),
 		IdleExpiresAt: unixNano(row.IdleExpiresAt), AbsoluteExpiresAt: unixNano(row.AbsoluteExpiresAt),
-		RevokedReason: row.RevokedReason}
+		RevokedReason: row.RevokedReason, DPoPJKT: row.DpopJkt}
 	if row.RevokedAt.Valid {
 		f.RevokedAt = unixNano(row.RevokedAt.Int64)
 	}

@@ -93,7 +93,7 @@ func auditCases(all []auditRow) []auditCase {
 	for _, r := range all {
 		first, lastTime = minTime(first, r.time), maxTime(lastTime, r.time)
 	}
-	rare := []string{string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected)}
+	rare := []string{string(domain.ReplayDetected), string(domain.KeyMismatch), string(domain.FamilyRevoked), string(domain.RefreshRejected)}
 	var presented auditRow // the first event with a presenter
 	for _, r := range all {
 		if r.presentedBy != "" {
@@ -104,8 +104,9 @@ func auditCases(all []auditRow) []auditCase {
 	return []auditCase{
 		{name: "all"},
 		{name: "rare types", filter: AuditFilter{Types: rare}},
-		{name: "two rare types", filter: AuditFilter{Types: rare[1:]}},
-		{name: "one rare type", filter: AuditFilter{Types: rare[1:2]}},
+		{name: "two rare types", filter: AuditFilter{Types: rare[2:]}},
+		{name: "one rare type", filter: AuditFilter{Types: rare[2:3]}},
+		{name: "key mismatches", filter: AuditFilter{Types: rare[1:2]}},
 		{name: "one type twice", filter: AuditFilter{Types: []string{rare[0], rare[0]}}},
 		{name: "common type", filter: AuditFilter{Types: []string{"token.rotated"}}},
 		{name: "mixed types", filter: AuditFilter{Types: []string{"token.rotated", "family.revoked"}}},

@@ -25,6 +25,8 @@ type AuditEvent struct {
 	PresentedBy         string
 	PresentedGeneration int64
 	Pii                 sql.NullString
+	DpopJkt             string
+	PresentedJkt        string
 }
 
 type Family struct {
@@ -45,6 +47,7 @@ type Family struct {
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
 	PruneAt           sql.NullInt64
+	DpopJkt           string
 }
 
 type ProjectionPosition struct {

@@ -13,10 +13,10 @@ ON CONFLICT (id) DO UPDATE SET applied_seq = excluded.applied_seq, applied_hash 
 -- of the rows this batch adds; NULL for none).
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, prune_at)
+    archived_at, prune_at, dpop_jkt)
 VALUES (@family_id, @subject, @client_id, @scope, @audience, @status, @generation, @current_hash,
     @created_at, @last_used_at, @idle_expires_at, @absolute_expires_at, @revoked_at, @revoked_reason, @last_seq,
-    @archived_at, @prune_at)
+    @archived_at, @prune_at, @dpop_jkt)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
@@ -102,9 +102,9 @@ WHERE families.family_id = @family_id;
 
 -- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii)
+    max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt)
 VALUES (@seq, @id, @type, @time, @family_id, @subject, @client_id, @generation, @reason, @context,
-    @max_time_upto, @min_time_from, @expires_at, @presented_by, @presented_generation, @pii)
+    @max_time_upto, @min_time_from, @expires_at, @presented_by, @presented_generation, @pii, @dpop_jkt, @presented_jkt)
 ON CONFLICT (seq) DO NOTHING;
 
 -- name: BoundsBefore :one
@@ -219,10 +219,10 @@ WHERE type = @type AND type <> 'token.rotated' AND seq > @after_seq AND seq <= @
 ORDER BY seq LIMIT @lim;
 
 -- name: AuditByRareTypes :many
--- Several of the rare types (replays, revocations, rejections) among many
--- rotations; the literal list is audit_rare's.
+-- Several of the rare types (replays, key mismatches, revocations,
+-- rejections) among many rotations; the literal list is audit_rare's.
 SELECT * FROM audit_events INDEXED BY audit_rare
-WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
+WHERE type IN ('token.replay_detected', 'token.key_mismatch', 'family.revoked', 'refresh.rejected')
   AND type IN (SELECT value FROM json_each(CAST(@types AS TEXT))) AND seq > @after_seq AND seq <= @upto_seq
   AND time >= @since AND time < @until
 ORDER BY seq LIMIT @lim;

@@ -52,7 +52,7 @@ func (q *Queries) AdvanceFamily(ctx context.Context, arg AdvanceFamilyParams) (i
 }
 
 const auditByClient = `-- name: AuditByClient :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_client
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events INDEXED BY audit_by_client
 WHERE client_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?4)))
   AND time >= ?5 AND time < ?6
@@ -103,6 +103,8 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -119,7 +121,7 @@ func (q *Queries) AuditByClient(ctx context.Context, arg AuditByClientParams) ([
 
 const auditByFamily = `-- name: AuditByFamily :many
 
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_family
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events INDEXED BY audit_by_family
 WHERE family_id = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
   AND (CAST(?6 AS TEXT) = '' OR presented_by = ?6)
@@ -182,6 +184,8 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -197,7 +201,7 @@ func (q *Queries) AuditByFamily(ctx context.Context, arg AuditByFamilyParams) ([
 }
 
 const auditByPresenter = `-- name: AuditByPresenter :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_presenter
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events INDEXED BY audit_by_presenter
 WHERE presented_by = ?1 AND presented_by <> '' AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR subject = ?4) AND (CAST(?5 AS TEXT) = '' OR client_id = ?5)
   AND (CAST(?6 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?6)))
@@ -256,6 +260,8 @@ func (q *Queries) AuditByPresenter(ctx context.Context, arg AuditByPresenterPara
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -271,8 +277,8 @@ func (q *Queries) AuditByPresenter(ctx context.Context, arg AuditByPresenterPara
 }
 
 const auditByRareTypes = `-- name: AuditByRareTypes :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_rare
-WHERE type IN ('token.replay_detected', 'family.revoked', 'refresh.rejected')
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events INDEXED BY audit_rare
+WHERE type IN ('token.replay_detected', 'token.key_mismatch', 'family.revoked', 'refresh.rejected')
   AND type IN (SELECT value FROM json_each(CAST(?1 AS TEXT))) AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
 ORDER BY seq LIMIT ?6
@@ -287,8 +293,8 @@ type AuditByRareTypesParams struct {
 	Lim      int64
 }
 
-// Several of the rare types (replays, revocations, rejections) among many
-// rotations; the literal list is audit_rare's.
+// Several of the rare types (replays, key mismatches, revocations,
+// rejections) among many rotations; the literal list is audit_rare's.
 func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesParams) ([]AuditEvent, error) {
 	rows, err := q.query(ctx, q.auditByRareTypesStmt, auditByRareTypes,
 		arg.Types,
@@ -322,6 +328,8 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -337,7 +345,7 @@ func (q *Queries) AuditByRareTypes(ctx context.Context, arg AuditByRareTypesPara
 }
 
 const auditBySeq = `-- name: AuditBySeq :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events NOT INDEXED
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events NOT INDEXED
 WHERE seq > ?1 AND seq <= ?2
   AND (CAST(?3 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?3)))
   AND time >= ?4 AND time < ?5
@@ -388,6 +396,8 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -403,7 +413,7 @@ func (q *Queries) AuditBySeq(ctx context.Context, arg AuditBySeqParams) ([]Audit
 }
 
 const auditBySubject = `-- name: AuditBySubject :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_subject
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events INDEXED BY audit_by_subject
 WHERE subject = ?1 AND seq > ?2 AND seq <= ?3
   AND (CAST(?4 AS TEXT) = '' OR client_id = ?4)
   AND (CAST(?5 AS TEXT) = '' OR type IN (SELECT value FROM json_each(?5)))
@@ -457,6 +467,8 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -472,7 +484,7 @@ func (q *Queries) AuditBySubject(ctx context.Context, arg AuditBySubjectParams) 
 }
 
 const auditByType = `-- name: AuditByType :many
-SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii FROM audit_events INDEXED BY audit_by_type
+SELECT seq, id, type, time, family_id, subject, client_id, generation, reason, context, max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt FROM audit_events INDEXED BY audit_by_type
 WHERE type = ?1 AND type <> 'token.rotated' AND seq > ?2 AND seq <= ?3
   AND time >= ?4 AND time < ?5
 ORDER BY seq LIMIT ?6
@@ -522,6 +534,8 @@ func (q *Queries) AuditByType(ctx context.Context, arg AuditByTypeParams) ([]Aud
 			&i.PresentedBy,
 			&i.PresentedGeneration,
 			&i.Pii,
+			&i.DpopJkt,
+			&i.PresentedJkt,
 		); err != nil {
 			return nil, err
 		}
@@ -835,7 +849,7 @@ func (q *Queries) FirstSeqSince(ctx context.Context, since int64) (int64, error)
 }
 
 const getFamily = `-- name: GetFamily :one
-SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at FROM families WHERE family_id = ?1
+SELECT family_id, subject, client_id, scope, audience, status, generation, current_hash, created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq, archived_at, prune_at, dpop_jkt FROM families WHERE family_id = ?1
 `
 
 func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error) {
@@ -859,15 +873,16 @@ func (q *Queries) GetFamily(ctx context.Context, familyID string) (Family, error
 		&i.LastSeq,
 		&i.ArchivedAt,
 		&i.PruneAt,
+		&i.DpopJkt,
 	)
 	return i, err
 }
 
 const insertAuditEvent = `-- name: InsertAuditEvent :exec
 INSERT INTO audit_events (seq, id, type, time, family_id, subject, client_id, generation, reason, context,
-    max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii)
+    max_time_upto, min_time_from, expires_at, presented_by, presented_generation, pii, dpop_jkt, presented_jkt)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-    ?11, ?12, ?13, ?14, ?15, ?16)
+    ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
 ON CONFLICT (seq) DO NOTHING
 `
 
@@ -888,6 +903,8 @@ type InsertAuditEventParams struct {
 	PresentedBy         string
 	PresentedGeneration int64
 	Pii                 sql.NullString
+	DpopJkt             string
+	PresentedJkt        string
 }
 
 func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventParams) error {
@@ -908,6 +925,8 @@ func (q *Queries) InsertAuditEvent(ctx context.Context, arg InsertAuditEventPara
 		arg.PresentedBy,
 		arg.PresentedGeneration,
 		arg.Pii,
+		arg.DpopJkt,
+		arg.PresentedJkt,
 	)
 	return err
 }
@@ -1084,10 +1103,10 @@ func (q *Queries) SetPosition(ctx context.Context, arg SetPositionParams) error 
 const upsertFamily = `-- name: UpsertFamily :exec
 INSERT INTO families (family_id, subject, client_id, scope, audience, status, generation, current_hash,
     created_at, last_used_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, last_seq,
-    archived_at, prune_at)
+    archived_at, prune_at, dpop_jkt)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
     ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-    ?16, ?17)
+    ?16, ?17, ?18)
 ON CONFLICT (family_id) DO UPDATE SET
     status = excluded.status, generation = excluded.generation, current_hash = excluded.current_hash,
     last_used_at = excluded.last_used_at, idle_expires_at = excluded.idle_expires_at,
@@ -1115,6 +1134,7 @@ type UpsertFamilyParams struct {
 	LastSeq           int64
 	ArchivedAt        sql.NullInt64
 	PruneAt           sql.NullInt64
+	DpopJkt           string
 }
 
 // Every event carries the family's whole state, so the newest one wins;
@@ -1139,6 +1159,7 @@ func (q *Queries) UpsertFamily(ctx context.Context, arg UpsertFamilyParams) erro
 		arg.LastSeq,
 		arg.ArchivedAt,
 		arg.PruneAt,
+		arg.DpopJkt,
 	)
 	return err
 }

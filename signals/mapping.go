@@ -106,7 +106,7 @@ type CredentialCompromise struct {
 	ReasonUser     map[string]string `json:"reason_user,omitempty"`
 	EventTimestamp int64             `json:"event_timestamp"`
 	// tokend extension members: tokend's reason (replay_detected,
-	// client_mismatch, retired_key), the generation of the refresh token
+	// dpop_key_mismatch, client_mismatch, retired_key), the generation of the refresh token
 	// presented and the session's generation at that moment.
 	TokendReason        string `json:"tokend_reason"`
 	PresentedGeneration uint64 `json:"presented_generation"`
@@ -202,12 +202,12 @@ func (m Mapper) Message(ctx context.Context, subjects events.Subjects, subject s
 // familyEventSignals reports whether events of type t may map to a
 // signal (Family).
 func familyEventSignals(t domain.EventType) bool {
-	return t == domain.FamilyRevoked || t == domain.ReplayDetected || t == domain.RefreshRejected
+	return t == domain.FamilyRevoked || t == domain.ReplayDetected || t == domain.KeyMismatch || t == domain.RefreshRejected
 }
 
 // Family maps a family event: family.revoked to a session revoked;
-// token.replay_detected, and refresh.rejected for client_mismatch or
-// retired_key, to a credential compromise; the other events to nothing
+// token.replay_detected, token.key_mismatch, and refresh.rejected for
+// client_mismatch or retired_key, to a credential compromise; the other events to nothing
 // (docs/protocol.md says why).
 func (m Mapper) Family(env events.Envelope) []Signal {
 	sig := Signal{Time: env.Time, Txn: env.ID, Visibility: Visibility{Client: env.ClientID}, Subject: m.session(env)}
@@ -220,6 +220,11 @@ func (m Mapper) Family(env events.Envelope) []Signal {
 		sig.Type = TypeCredentialCompromise
 		sig.Event = m.compromise(env, domain.ReasonReplayDetected, fmt.Sprintf(
 			"Refresh token replay: generation %d of this session's refresh token was presented after it had been rotated (the session is at generation %d). Someone else likely holds it.",
+			env.PresentedGeneration, env.Generation))
+	case domain.KeyMismatch:
+		sig.Type = TypeCredentialCompromise
+		sig.Event = m.compromise(env, domain.ReasonDPoPKeyMismatch, fmt.Sprintf(
+			"DPoP key mismatch: a refresh token of this session (generation %d; the session is at %d) was presented with a proof by another key than the one the session is bound to. Someone else holds the token without the key.",
 			env.PresentedGeneration, env.Generation))
 	case domain.RefreshRejected:
 		switch env.Reason {
@@ -314,15 +319,15 @@ func (m Mapper) wideRevoke(ev events.DeploymentEvent, what string) SessionRevoke
 		ReasonUser: en(revokedForUser(ev.Reason)), EventTimestamp: ev.Time.Unix(), TokendReason: ev.Reason, RevokedFamilies: &n}
 }
 
-// initiator returns who ended a session by reason: replay detection is
-// tokend's policy; the default reason revoked is what a logout records
+// initiator returns who ended a session by reason: replay and key
+// mismatch detection are tokend's policy; the default reason revoked is what a logout records
 // (RFC 7009 revocation, a revoke by token or family without a reason) and
 // stands for the user, unless it ended every session of a user or client,
 // which is an administrative act; a reason given is a service's or
 // operator's.
 func initiator(reason string, wide bool) string {
 	switch {
-	case reason == domain.ReasonReplayDetected:
+	case reason == domain.ReasonReplayDetected || reason == domain.ReasonDPoPKeyMismatch:
 		return InitiatedByPolicy
 	case reason == domain.ReasonRevoked && !wide:
 		return InitiatedByUser
@@ -334,6 +339,8 @@ func sessionRevokedReason(reason string) string {
 	switch reason {
 	case domain.ReasonReplayDetected:
 		return "Session revoked: its refresh token was replayed (presented again after rotation), so it was likely stolen"
+	case domain.ReasonDPoPKeyMismatch:
+		return "Session revoked: its refresh token was presented with a DPoP proof by another key than the session's, so it was likely stolen"
 	case domain.ReasonRevoked:
 		return "Session revoked: logout or token revocation"
 	}
@@ -341,7 +348,7 @@ func sessionRevokedReason(reason string) string {
 }
 
 func revokedForUser(reason string) string {
-	if reason == domain.ReasonReplayDetected {
+	if reason == domain.ReasonReplayDetected || reason == domain.ReasonDPoPKeyMismatch {
 		return "Your session was ended to protect your account. Please sign in again."
 	}
 	return "Your session was ended. Please sign in again."

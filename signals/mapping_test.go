@@ -34,6 +34,13 @@ func TestMapFamilyEvents(t *testing.T) {
 	mismatch.PresentedBy, mismatch.PresentedGeneration = "evil-app", 5
 	retired := envelope(domain.RefreshRejected, domain.ReasonRetiredKey)
 	retired.PresentedGeneration = 9
+	const boundKey, thiefKey = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I", "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+	keyMismatch := envelope(domain.KeyMismatch, "")
+	keyMismatch.PresentedGeneration, keyMismatch.DPoPJKT, keyMismatch.PresentedJKT = 4, boundKey, thiefKey
+	revokedAfterMismatch := envelope(domain.FamilyRevoked, domain.ReasonDPoPKeyMismatch)
+	revokedAfterMismatch.DPoPJKT = boundKey
+	proofMissing := envelope(domain.RefreshRejected, domain.ReasonDPoPProofMissing)
+	proofMissing.DPoPJKT = boundKey
 	session := sessionOf("user-42", "fam-1", "web-app")
 	own := Visibility{Client: "web-app"}
 
@@ -57,6 +64,12 @@ func TestMapFamilyEvents(t *testing.T) {
 			wantType: TypeCredentialCompromise, wantReason: domain.ReasonClientMismatch, wantGens: [2]uint64{5, 5}},
 		{name: "forged with a retired key", env: retired,
 			wantType: TypeCredentialCompromise, wantReason: domain.ReasonRetiredKey, wantGens: [2]uint64{9, 5}},
+		{name: "proof by another DPoP key: likely stolen", env: keyMismatch,
+			wantType: TypeCredentialCompromise, wantReason: domain.ReasonDPoPKeyMismatch, wantGens: [2]uint64{4, 5}},
+		{name: "key mismatch revokes: policy", env: revokedAfterMismatch,
+			wantType: TypeSessionRevoked, wantInitiator: InitiatedByPolicy, wantReason: domain.ReasonDPoPKeyMismatch},
+		// The client's own slip as likely as theft: refused, not a signal.
+		{name: "refused: no DPoP proof", env: proofMissing},
 		{name: "issued", env: envelope(domain.TokenIssued, "")},
 		{name: "rotated", env: envelope(domain.TokenRotated, "")},
 		{name: "reused", env: envelope(domain.TokenReused, "")},
@@ -196,7 +209,8 @@ func TestMessageSkipsOnlyUnmappedTypes(t *testing.T) {
 	m := Mapper{Issuer: "https://tokend.example"}
 	subjects := events.Subjects{Prefix: "tokens"}
 	reasons := []string{"", domain.ReasonReplayDetected, domain.ReasonRevoked, domain.ReasonClientMismatch, domain.ReasonExpired,
-		domain.ReasonFamilyRevoked, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonUnknownToken, domain.ReasonRetiredKey}
+		domain.ReasonFamilyRevoked, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonUnknownToken, domain.ReasonRetiredKey,
+		domain.ReasonDPoPKeyMismatch, domain.ReasonDPoPProofMissing}
 	for _, typ := range events.Types {
 		mapped := false
 		for _, reason := range reasons {

@@ -47,6 +47,7 @@ var eventTypeNames = map[string]string{
 	events.SubjectRevoked:          TypeSessionRevoked,
 	events.ClientRevoked:           TypeSessionRevoked,
 	string(domain.ReplayDetected):  TypeCredentialCompromise,
+	string(domain.KeyMismatch):     TypeCredentialCompromise,
 	string(domain.RefreshRejected): TypeCredentialCompromise,
 	events.KeyRevoked:              TypeKeyRevoked,
 	events.SSFVerification:         TypeVerification,

@@ -41,6 +41,7 @@ func TestEventType(t *testing.T) {
 		"client.revoked":        TypeSessionRevoked,
 		"credential-compromise": TypeCredentialCompromise,
 		"token.replay_detected": TypeCredentialCompromise,
+		"token.key_mismatch":    TypeCredentialCompromise,
 		"refresh.rejected":      TypeCredentialCompromise,
 		"key.revoked":           TypeKeyRevoked,
 		"key-revoked":           TypeKeyRevoked,

@@ -9,7 +9,9 @@ import (
 // Introspection is what introspection learns of a token: whether it is
 // active and, if it verified, its family as of the family's last event,
 // stored at stream sequence Seq (zero for a token that did not verify or
-// a family that does not exist).
+// a family that does not exist). Family.DPoPJKT, set for a family bound
+// to a DPoP key, is the key the answer confirms (cnf.jkt, RFC 9449 section
+// 6.2).
 type Introspection struct {
 	Active bool
 	Family domain.Family

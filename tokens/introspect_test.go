@@ -91,3 +91,36 @@ func TestIntrospectForgeryCostsNoIO(t *testing.T) {
 		t.Fatalf("a valid token with the store unreachable: %v, want temporarily_unavailable", err)
 	}
 }
+
+// TestIntrospectionNamesTheBinding: introspection reads a family's DPoP
+// binding from its last event, for its refresh and access tokens alike, so
+// an answer can confirm the key (cnf.jkt) on any instance; a bearer
+// family has none.
+func TestIntrospectionNamesTheBinding(t *testing.T) {
+	fx := newFixture(t)
+	s, _ := newTestService(t, fx)
+	ctx := context.Background()
+	const jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+	token := fx.codec.Mint(domain.NewID([]byte("sixteen byte id.")), 1, [domain.SecretSize]byte{1})
+	// Issued through the writer: the binding comes with the issue command.
+	if _, err := s.writer.Handle(ctx, token.FamilyID, func(f domain.Family) ([]domain.Event, error) {
+		return fx.decider.Decide(f, domain.Issue{Token: token, Subject: "u", ClientID: "web", DPoPJKT: jkt})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	in, err := s.IntrospectRefresh(ctx, token.Value())
+	if err != nil || !in.Active || in.Family.DPoPJKT != jkt {
+		t.Fatalf("refresh token of a bound family: %+v %v", in, err)
+	}
+	claims := domain.AccessClaims{FamilyID: token.FamilyID, ClientID: "web", Subject: "u", IssuedAt: fx.now, ExpiresAt: fx.now.Add(time.Minute)}
+	if in, err := s.IntrospectAccess(ctx, claims); err != nil || !in.Active || in.Family.DPoPJKT != jkt {
+		t.Fatalf("access token of a bound family: %+v %v", in, err)
+	}
+	bearer, err := s.Issue(ctx, IssueRequest{Subject: "u", ClientID: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in, err := s.IntrospectRefresh(ctx, bearer.Token.Value()); err != nil || !in.Active || in.Family.DPoPJKT != "" {
+		t.Fatalf("bearer family: %+v %v", in, err)
+	}
+}

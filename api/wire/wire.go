@@ -134,18 +134,20 @@ type Introspection struct {
 	Exp       int64    `json:"exp,omitempty"`
 	Iat       int64    `json:"iat,omitempty"`
 	TokenType string   `json:"token_type,omitempty"`
-	// Cnf names the DPoP key a bound family's tokens are bound to.
+	// Cnf names the DPoP key a token of a bound family is bound to (RFC
+	// 9449 section 6.2); left out for a bearer family.
 	Cnf     *Confirmation `json:"cnf,omitempty"`
 	AsOfSeq uint64        `json:"as_of_seq"`
 }
 
-// Confirmation is the cnf claim and introspection member of a DPoP-bound
-// token (RFC 9449 section 6, RFC 7800): the SHA-256 thumbprint of its key.
+// Confirmation is RFC 7800's cnf claim as DPoP uses it (RFC 9449 section
+// 6): JKT is the RFC 7638 SHA-256 thumbprint of the key.
 type Confirmation struct {
 	JKT string `json:"jkt"`
 }
 
-// ConfirmationOf returns the cnf of a token bound to jkt, nil for "".
+// ConfirmationOf is the cnf of a token of a family bound to the key jkt,
+// nil for a bearer family ("") so that the member is left out.
 func ConfirmationOf(jkt string) *Confirmation {
 	if jkt == "" {
 		return nil
@@ -175,6 +177,9 @@ type FamilyView struct {
 	// Erased is set once the subject's personal data was erased
 	// (personal data protection): Subject is then its pseudonym.
 	Erased bool `json:"erased,omitempty"`
+	// DPoPJKT is the thumbprint of the DPoP key (RFC 9449) every refresh
+	// of the family must prove possession of; left out for a bearer family.
+	DPoPJKT string `json:"dpop_jkt,omitempty"`
 }
 
 // TokenView is one generation of a family; the token itself is never kept.
@@ -200,9 +205,14 @@ type AuditEvent struct {
 	Generation  uint64 `json:"generation"` // the family's
 	// PresentedGeneration is the presented token's generation (reused,
 	// replay_detected, refresh.rejected).
-	PresentedGeneration uint64          `json:"presented_generation,omitempty"`
-	Reason              string          `json:"reason"`
-	Context             json.RawMessage `json:"context"`
+	PresentedGeneration uint64 `json:"presented_generation,omitempty"`
+	// DPoPJKT is the key thumbprint the family is bound to, on every event
+	// of a bound family; PresentedJKT the other key whose proof came with
+	// the family's token (token.key_mismatch).
+	DPoPJKT      string          `json:"dpop_jkt,omitempty"`
+	PresentedJKT string          `json:"presented_jkt,omitempty"`
+	Reason       string          `json:"reason"`
+	Context      json.RawMessage `json:"context"`
 	// Erased is set once the subject's personal data was erased: Subject
 	// is then its pseudonym and Context {}.
 	Erased bool `json:"erased,omitempty"`

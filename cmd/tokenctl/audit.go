@@ -21,7 +21,8 @@ import (
 
 // eventTypes are the audit event types of the contract, for --type.
 var eventTypes = []string{string(domain.TokenIssued), string(domain.TokenRotated), string(domain.TokenReused),
-	string(domain.ReplayDetected), string(domain.FamilyRevoked), string(domain.RefreshRejected), string(domain.FamilyArchived)}
+	string(domain.ReplayDetected), string(domain.KeyMismatch), string(domain.FamilyRevoked), string(domain.RefreshRejected),
+	string(domain.FamilyArchived)}
 
 var auditCommand = &command{
 	summary: "list audit events: one page, all of them, or live",
@@ -32,10 +33,11 @@ var auditCommand = &command{
 	help: `Prints the events matching every filter given, oldest first, as a table in
 local time. CLIENT is the family's owner (--client-id); DETAIL names the
 client that presented another client's token (--presented-by), the
-generation of a replayed or refused token beside the family's (GEN), and
-the proxy a caller came through. Event types (--type):
+generation of a replayed or refused token beside the family's (GEN), the
+DPoP keys of a proof by another key than the family's and of a refusal
+without a proof, and the proxy a caller came through. Event types (--type):
   token.issued, token.rotated, token.reused, token.replay_detected,
-  family.revoked, refresh.rejected
+  token.key_mismatch, family.revoked, refresh.rejected, family.archived
 
 --since (inclusive) and --until (exclusive) take an RFC 3339 time
 (2026-01-02T15:04:05Z) or a duration back from now: 90m, 24h, 7d.
@@ -252,7 +254,9 @@ func newEventTable(e *env) *eventTable {
 	for _, typ := range eventTypes {
 		t.widths[2] = max(t.widths[2], len(typ))
 	}
-	t.widths[7] = len(domain.ReasonReplayDetected)
+	for _, reason := range []string{domain.ReasonReplayDetected, domain.ReasonDPoPKeyMismatch, domain.ReasonDPoPProofMissing} {
+		t.widths[7] = max(t.widths[7], len(reason))
+	}
 	return t
 }
 
@@ -326,9 +330,13 @@ func contextValue(raw json.RawMessage, key string) string {
 
 // eventDetail says in words what the columns leave out: which client
 // presented another's token, which generation a replayed or refused token
-// was when it is not the family's, and the proxy the caller came through.
+// was when it is not the family's, the DPoP keys of a refusal for want of
+// the family's key, and the proxy the caller came through.
 func eventDetail(ev wire.AuditEvent) string {
 	var parts []string
+	if dpop := dpopDetail(ev); dpop != "" {
+		parts = append(parts, dpop)
+	}
 	switch {
 	case ev.PresentedBy != "" && ev.PresentedGeneration != 0:
 		parts = append(parts, fmt.Sprintf("presented by %s (generation %d)", ev.PresentedBy, ev.PresentedGeneration))
@@ -341,6 +349,23 @@ func eventDetail(ev wire.AuditEvent) string {
 		parts = append(parts, "via proxy "+proxy)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// dpopDetail describes the events that a DPoP key decided (RFC 9449): a
+// proof by another key than the family's, the revocation that follows
+// it, and a refresh without a proof; "" for any other event.
+func dpopDetail(ev wire.AuditEvent) string {
+	switch {
+	case ev.Type == string(domain.KeyMismatch):
+		return fmt.Sprintf("proof by key %s, family bound to %s", ev.PresentedJKT, ev.DPoPJKT)
+	case ev.Reason == domain.ReasonDPoPKeyMismatch:
+		return "after a proof by another key, family bound to " + ev.DPoPJKT
+	case ev.Reason == domain.ReasonDPoPProofMissing && ev.DPoPJKT != "":
+		return "no DPoP proof, family bound to " + ev.DPoPJKT
+	case ev.Reason == domain.ReasonDPoPProofMissing:
+		return "no DPoP proof, which the client must send"
+	}
+	return ""
 }
 
 // erasedMark is a subject as the tables show it: an erased subject's

@@ -22,13 +22,15 @@ var familyCommand = &command{
 	synopsis: "ID [--min-seq N]",
 	args:     1,
 	jsonHelp: "print the family reply exactly as received, without the audit events",
-	help: `Prints the family's grant, status and lifetimes, then one timeline, oldest
-first, in local time: a line per generation of the chain (the event that
-issued it, from which IP, its status and when it was rotated), merged with
-the family's other audit events (reuse, replay, rejected refreshes,
-revocation) with their reason and IP. DETAIL names the client that
-presented another client's token, the generation of a replayed or refused
-token beside the family's, and the proxy a caller came through.
+	help: `Prints the family's grant, status, lifetimes and the DPoP key it is bound
+to (RFC 9449), if any, then one timeline, oldest first, in local time: a
+line per generation of the chain (the event that issued it, from which IP,
+its status and when it was rotated), merged with the family's other audit
+events (reuse, replay, key mismatch, rejected refreshes, revocation) with
+their reason and IP. DETAIL names the client that presented another
+client's token, the generation of a replayed or refused token beside the
+family's, the key of a proof by another key than the family's, and the
+proxy a caller came through.
 
 Family ids may start with "-": put such an id after --, as in
   tokenctl family -- -x9Qm2...
@@ -101,6 +103,9 @@ func printFamily(w io.Writer, f wire.FamilyView, evs []wire.AuditEvent) {
 		{"created", localTime(f.CreatedAt)},
 		{"last used", localTime(f.LastUsedAt)},
 		{"expires", localTime(f.ExpiresAt)},
+	}
+	if f.DPoPJKT != "" {
+		rows = append(rows, [2]string{"bound to", cell("DPoP key " + f.DPoPJKT)})
 	}
 	if f.RevokedAt != nil {
 		rows = append(rows, [2]string{"revoked at", localTime(*f.RevokedAt)})

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -611,5 +612,79 @@ func TestAuditShowsThePresenter(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &ev); err != nil || ev.PresentedBy != "evil-app" || ev.PresentedGeneration != 2 ||
 		ev.ClientID != "web-app" || !strings.Contains(lines[0], `"presented_by":"evil-app","generation":2,"presented_generation":2,`) {
 		t.Errorf("--json event %s: %+v, %v", lines[0], ev, err)
+	}
+}
+
+// withDPoP adds dpop_jkt (unless empty) and presented_jkt (unless empty)
+// to an eventJSON event, where tokend puts them.
+func withDPoP(ev, bound, presented string) string {
+	if presented != "" {
+		ev = strings.Replace(ev, `"reason"`, fmt.Sprintf(`"presented_jkt": %q, "reason"`, presented), 1)
+	}
+	if bound != "" {
+		ev = strings.Replace(ev, `"reason"`, fmt.Sprintf(`"dpop_jkt": %q, "reason"`, bound), 1)
+	}
+	return ev
+}
+
+// TestFamilyAndAuditShowTheDPoPBinding: tokenctl family says which DPoP
+// key a family is bound to, and both tables say which key a mismatched
+// proof was by, and what a refusal without a proof and the revocation
+// after a mismatch were about.
+func TestFamilyAndAuditShowTheDPoPBinding(t *testing.T) {
+	const bound, thief = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I", "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+	family := strings.Replace(familyReply, `"revoked_reason":"replay_detected"`, `"revoked_reason":"dpop_key_mismatch"`, 1)
+	family = strings.Replace(family, `"as_of_seq":9}`, `"as_of_seq":9,"dpop_jkt":"`+bound+`"}`, 1)
+	audit := &fakeAudit{}
+	audit.add(9,
+		withDPoP(eventJSON(1, "token.issued", "fam-7f3a", 1, "", "203.0.113.7", "2026-01-02T10:00:00Z"), bound, ""),
+		withDPoP(eventJSON(2, "token.rotated", "fam-7f3a", 2, "", "203.0.113.7", "2026-01-02T10:10:00Z"), bound, ""),
+		withDPoP(eventJSON(3, "token.rotated", "fam-7f3a", 3, "", "203.0.113.7", "2026-01-02T10:20:00Z"), bound, ""),
+		withDPoP(eventJSON(4, "refresh.rejected", "fam-7f3a", 3, "dpop_proof_missing", "203.0.113.7", "2026-01-02T10:25:00Z"), bound, ""),
+		withPresenter(withDPoP(eventJSON(5, "token.key_mismatch", "fam-7f3a", 3, "", "192.0.2.66", "2026-01-02T10:30:00Z"), bound, thief), "", 3),
+		withDPoP(eventJSON(6, "family.revoked", "fam-7f3a", 3, "dpop_key_mismatch", "192.0.2.66", "2026-01-02T10:30:00Z"), bound, ""),
+		eventJSON(7, "refresh.rejected", "fam-other", 1, "dpop_proof_missing", "10.0.0.1", "2026-01-02T10:31:00Z"),
+	)
+	f := serveFake(t, map[string]micro.HandlerFunc{
+		"tokens.query.family": func(r micro.Request) { _ = r.Respond([]byte(family)) },
+		"tokens.query.audit":  audit.handle,
+	})
+	r := runCtl(t, "", "--nats-url", f.url, "family", "fam-7f3a")
+	header, table, ok := strings.Cut(r.stdout, "\n\n")
+	if r.code != 0 || !ok {
+		t.Fatalf("exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+	if !slices.Contains(strings.Split(header, "\n"), "bound to:       DPoP key "+bound) {
+		t.Errorf("no binding in the header:\n%s", header)
+	}
+	at := func(s string) string { return local(t, s, rowLayout) }
+	mismatch := "proof by key " + thief + ", family bound to " + bound
+	for _, want := range []string{
+		join(at("2026-01-02T10:25:00Z"), "3 refresh.rejected - - dpop_proof_missing 203.0.113.7 no DPoP proof, family bound to", bound),
+		join(at("2026-01-02T10:30:00Z"), "3 token.key_mismatch - - - 192.0.2.66", mismatch),
+		join(at("2026-01-02T10:30:00Z"), "3 family.revoked - - dpop_key_mismatch 192.0.2.66 after a proof by another key, family bound to", bound),
+	} {
+		if !slices.Contains(fields(table), want) {
+			t.Errorf("timeline has no line %q:\n%s", want, table)
+		}
+	}
+
+	// --type takes token.key_mismatch (the fake answers every event).
+	r = runCtl(t, "", "--nats-url", f.url, "audit", "--all", "--type", "token.key_mismatch", "--type", "refresh.rejected")
+	if got := fields(r.stdout); r.code != 0 || len(got) != 8 ||
+		got[5] != join("5", at("2026-01-02T10:30:00Z"), "token.key_mismatch fam-7f3a user-42 web-app 3 - 192.0.2.66", mismatch) ||
+		got[7] != join("7", at("2026-01-02T10:31:00Z"), "refresh.rejected fam-other user-42 web-app 1 dpop_proof_missing 10.0.0.1 no DPoP proof, which the client must send") {
+		t.Errorf("exit %d, stderr %q, table:\n%s", r.code, r.stderr, r.stdout)
+	}
+
+	// A bearer family shows no binding.
+	none := &fakeAudit{}
+	none.add(9)
+	f = serveFake(t, map[string]micro.HandlerFunc{
+		"tokens.query.family": func(r micro.Request) { _ = r.Respond([]byte(familyReply)) },
+		"tokens.query.audit":  none.handle,
+	})
+	if r := runCtl(t, "", "--nats-url", f.url, "family", "fam-7f3a"); r.code != 0 || strings.Contains(r.stdout, "bound to") {
+		t.Errorf("bearer family: exit %d, stdout:\n%s", r.code, r.stdout)
 	}
 }
