@@ -33,7 +33,9 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/dpop"
 	"github.com/tokend/tokend/events"
+	"github.com/tokend/tokend/jti"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/projections"
 	"github.com/tokend/tokend/revoking"
@@ -135,6 +137,12 @@ func (td *Tokend) start() error {
 	cmds := tokens.NewService(writer, ring.Codec(),
 		domain.Policy{ReuseInterval: o.ReuseInterval, IdleTTL: o.IdleTTL, AbsoluteTTL: o.AbsoluteTTL}, time.Now)
 	cmds.UseKeyring(ring)
+	used, err := jti.Open(ctx, td.js, 1, time.Now)
+	if err != nil {
+		return err
+	}
+	cmds.DPoP = &dpop.Verifier{Replay: used, Keys: func() dpop.NonceKeys { return ring.Loaded() }}
+	cmds.TokenURL = o.Issuer + api.PathToken
 	if cmds.Revoking, err = revoking.Open(ctx, td.js, 1); err != nil {
 		return err
 	}
