@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -15,20 +14,16 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/dpop"
 )
 
 // clientAssertionType is the only client_assertion_type of RFC 7523.
 const clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-// algEd25519 is RFC 9864's fully-specified name for EdDSA over Ed25519,
-// which clients such as oauth4webapi send; go-jose v4 knows only the
-// polymorphic EdDSA, so ed25519Verifier checks it.
-const algEd25519 = jose.SignatureAlgorithm("Ed25519")
-
 // assertionAlgs are the signature algorithms accepted in a client
 // assertion: asymmetric only (a shared-secret JWT would be a
 // client_secret_jwt, which tokend does not offer).
-var assertionAlgs = []jose.SignatureAlgorithm{jose.EdDSA, algEd25519, jose.ES256, jose.ES384, jose.ES512, jose.RS256,
+var assertionAlgs = []jose.SignatureAlgorithm{jose.EdDSA, dpop.AlgEd25519, jose.ES256, jose.ES384, jose.ES512, jose.RS256,
 	jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512}
 
 // maxAssertionLifetime bounds exp - now of an accepted assertion. Common
@@ -106,8 +101,8 @@ func (v *assertionVerifier) verify(ctx context.Context, assertion, clientID stri
 	verified := false
 	for _, k := range candidates {
 		var key any = k.Key
-		if tok.Headers[0].Algorithm == string(algEd25519) {
-			key = ed25519Verifier{k.Key}
+		if tok.Headers[0].Algorithm == string(dpop.AlgEd25519) {
+			key = dpop.Ed25519Verifier{Key: k.Key}
 		}
 		if k.IsPublic() && tok.Claims(key, &claims) == nil {
 			verified = true
@@ -135,20 +130,6 @@ func (v *assertionVerifier) verify(ctx context.Context, assertion, clientID stri
 		return errors.Join(errReplayCheck, err)
 	case replayed:
 		return errors.Join(errBadAssertion, errors.New("jti already used"))
-	}
-	return nil
-}
-
-// ed25519Verifier checks RFC 9864's alg "Ed25519": EdDSA restricted to
-// Ed25519 keys. go-jose parses the JWS, refuses critical headers and
-// computes the signing input as for any other alg; only the signature
-// check is this one's.
-type ed25519Verifier struct{ key any }
-
-func (v ed25519Verifier) VerifyPayload(signingInput, signature []byte, alg jose.SignatureAlgorithm) error {
-	pub, ok := v.key.(ed25519.PublicKey)
-	if alg != algEd25519 || !ok || len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, signingInput, signature) {
-		return errors.New("Ed25519 signature refused")
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package dpop
 
 import (
+	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -37,4 +39,19 @@ func AlgNames(algs []jose.SignatureAlgorithm) []string {
 		names[i] = string(a)
 	}
 	return names
+}
+
+// Ed25519Verifier checks RFC 9864's alg Ed25519: EdDSA restricted to
+// Ed25519 keys. go-jose parses the JWS, refuses critical headers and
+// computes the signing input as for any other alg; only the signature
+// check is this one's.
+type Ed25519Verifier struct{ Key any }
+
+// VerifyPayload implements jose.OpaqueVerifier.
+func (v Ed25519Verifier) VerifyPayload(signingInput, signature []byte, alg jose.SignatureAlgorithm) error {
+	pub, ok := v.Key.(ed25519.PublicKey)
+	if alg != AlgEd25519 || !ok || len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, signingInput, signature) {
+		return errors.New("Ed25519 signature refused")
+	}
+	return nil
 }

@@ -40,12 +40,17 @@ type NonceKeys interface {
 	NonceKeys() (current []byte, all [][]byte)
 }
 
+// AlgEd25519 is RFC 9864's fully-specified name for EdDSA over Ed25519,
+// which clients such as oauth4webapi sign proofs with by default; go-jose
+// v4 knows only the polymorphic EdDSA, so Ed25519Verifier checks it.
+const AlgEd25519 = jose.SignatureAlgorithm("Ed25519")
+
 // DefaultAlgs are the signature algorithms accepted unless the Verifier
 // names fewer: every asymmetric JWS algorithm of RFC 7518 and RFC 8037
-// but ECDSA over secp256k1. No other algorithm is ever accepted, not
+// but ECDSA over secp256k1, and RFC 9864's Ed25519. No other algorithm is ever accepted, not
 // even when named: none and HMAC would let anyone make a proof.
 var DefaultAlgs = []jose.SignatureAlgorithm{
-	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA,
+	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA, AlgEd25519,
 	jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
 }
 
@@ -213,7 +218,11 @@ func (v *Verifier) Verify(ctx context.Context, r Request) (Proof, error) {
 	if err != nil {
 		return Proof{}, refuse("malformed", "not a compact JWS")
 	}
-	payload, err := jws.Verify(jwk.Key)
+	key := jwk.Key
+	if alg == AlgEd25519 {
+		key = Ed25519Verifier{jwk.Key}
+	}
+	payload, err := jws.Verify(key)
 	if err != nil {
 		return Proof{}, refuse("signature", "the signature does not verify with jwk")
 	}
@@ -294,7 +303,7 @@ func publicKey(raw json.RawMessage, alg jose.SignatureAlgorithm) (*jose.JSONWebK
 		want := map[jose.SignatureAlgorithm]elliptic.Curve{jose.ES256: elliptic.P256(), jose.ES384: elliptic.P384(), jose.ES512: elliptic.P521()}[alg]
 		fits = want != nil && key.Curve == want
 	case ed25519.PublicKey:
-		fits = alg == jose.EdDSA
+		fits = alg == jose.EdDSA || alg == AlgEd25519
 	case *rsa.PublicKey:
 		if key.N.BitLen() < minRSABits {
 			return nil, fmt.Errorf("RSA key must have at least %d bits", minRSABits)

@@ -21,7 +21,7 @@ func verifierAt(now time.Time, replay ReplayCache) *Verifier {
 }
 
 func TestVerifyAcceptsAProofOfEachAlgorithmFamily(t *testing.T) {
-	for _, alg := range []string{"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"} {
+	for _, alg := range []string{"ES256", "ES384", "ES512", "EdDSA", "Ed25519", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"} {
 		t.Run(alg, func(t *testing.T) {
 			h := newHolder(t, alg)
 			c := validClaims(t0)
@@ -159,6 +159,7 @@ func TestVerifyRefuses(t *testing.T) {
 		{name: "P-256 key with ES384", proof: es.proof(t, validClaims(t0), header(func(h map[string]any) { h["alg"] = "ES384" })), reason: "jwk"},
 		{name: "Ed25519 key with ES256", proof: ed.proof(t, validClaims(t0), header(func(h map[string]any) { h["alg"] = "ES256" })), reason: "jwk"},
 		{name: "RSA key with EdDSA", proof: rs.proof(t, validClaims(t0), header(func(h map[string]any) { h["alg"] = "EdDSA" })), reason: "jwk"},
+		{name: "RSA key with Ed25519", proof: rs.proof(t, validClaims(t0), header(func(h map[string]any) { h["alg"] = "Ed25519" })), reason: "jwk"},
 
 		{name: "signed by another key", proof: other.proof(t, validClaims(t0), header(func(h map[string]any) { h["jwk"] = es.jwk })), reason: "signature"},
 		{name: "claims changed after signing", proof: parts[0] + "." + b64(mustJSON(t, validClaims(t0))) + "." + parts[2], reason: "signature"},
@@ -318,7 +319,7 @@ func TestVerifyIsUnavailableWhenTheReplayCacheIs(t *testing.T) {
 }
 
 func TestAlgValues(t *testing.T) {
-	if got := strings.Join((&Verifier{}).AlgValues(), " "); got != "ES256 ES384 ES512 EdDSA RS256 RS384 RS512 PS256 PS384 PS512" {
+	if got := strings.Join((&Verifier{}).AlgValues(), " "); got != "ES256 ES384 ES512 EdDSA Ed25519 RS256 RS384 RS512 PS256 PS384 PS512" {
 		t.Fatalf("default algs %s", got)
 	}
 	v := &Verifier{Algs: []jose.SignatureAlgorithm{jose.EdDSA, jose.HS256, jose.ES256}}

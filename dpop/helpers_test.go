@@ -64,7 +64,7 @@ func newHolder(tb testing.TB, alg string) holder {
 			tb.Fatal(err)
 		}
 		return holder{alg, k, ecJWK(tb, &k.PublicKey)}
-	case "EdDSA":
+	case "EdDSA", "Ed25519":
 		pub, k, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
 			tb.Fatal(err)
@@ -135,7 +135,7 @@ func (h holder) signRaw(tb testing.TB, header, payload []byte) string {
 }
 
 func signWith(alg string, key crypto.Signer, input []byte) ([]byte, error) {
-	if alg == "EdDSA" {
+	if alg == "EdDSA" || alg == "Ed25519" {
 		return ed25519.Sign(key.(ed25519.PrivateKey), input), nil
 	}
 	hash := map[byte]crypto.Hash{'2': crypto.SHA256, '3': crypto.SHA384, '5': crypto.SHA512}[alg[2]]

@@ -35,7 +35,7 @@ func TestConfigDefaultsEnvAndFlags(t *testing.T) {
 		Retention: 2160 * time.Hour, ArchiveAfter: 8760 * time.Hour, ForwardedHeader: "x-forwarded-for"}
 	want.HTTPReadTimeout, want.HTTPWriteTimeout, want.HTTPIdleTimeout = 10*time.Second, 20*time.Second, 60*time.Second
 	want.DPoPProofMaxAge, want.DPoPClockSkew = 60*time.Second, 5*time.Second
-	want.DPoPSigningAlgs = "ES256,ES384,ES512,EdDSA,RS256,RS384,RS512,PS256,PS384,PS512"
+	want.DPoPSigningAlgs = "ES256,ES384,ES512,EdDSA,Ed25519,RS256,RS384,RS512,PS256,PS384,PS512"
 	want.HTTPMaxConns, want.OAuthHTTP.MaxConns, want.AuditHTTP.MaxConns, want.NATSMaxConns = 256, 1024, 64, 1024
 	if d != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", d, want)
