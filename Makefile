@@ -30,6 +30,8 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./clientaddr
 	go test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./pii
 	go test -run '^$$' -fuzz '^FuzzParseSealed$$' -fuzztime $(FUZZTIME) ./pii
+	go test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./dpop
+	go test -run '^$$' -fuzz '^FuzzNormalizeURL$$' -fuzztime $(FUZZTIME) ./dpop
 
 # The go test benchmarks behind docs/benchmarks.md; the rotation benchmark
 # is go run ./cmd/tokenbench --baseline -k 64.
@@ -38,6 +40,7 @@ bench:
 	go test -run '^$$' -bench Introspect -benchtime 2s ./cmd/tokend
 	go test -run '^$$' -bench Load -benchtime 2s ./events
 	go test -run '^$$' -bench 'SealEvent|RevealEvent' -benchtime 2s ./events
+	go test -run '^$$' -bench Verify -benchmem ./dpop
 
 # The three-node cluster tests: a node fails under load, introspection reads
 # the leader, an erasure on replicated buckets (about 20 s).

@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/nats-io/nuid"
 
+	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/tokens"
@@ -159,6 +160,7 @@ func (a *AccessTokens) Mint(g tokens.Grant, now time.Time) (string, error) {
 		Scope:    domain.ScopeString(g.Scope),
 		SID:      g.Family.ID,
 	}
+	c.Confirmation = wire.ConfirmationOf(g.DPoPJKT)
 	return a.sign(c)
 }
 
@@ -192,6 +194,9 @@ type AccessClaims struct {
 	ClientID string `json:"client_id"`
 	Scope    string `json:"scope"`
 	SID      string `json:"sid"` // the family id
+	// Confirmation binds the token to a DPoP key (RFC 9449 section 6):
+	// it is sent with a proof by that key, as token type DPoP.
+	Confirmation *wire.Confirmation `json:"cnf,omitempty"`
 }
 
 // errNotOurs is any token Verify refuses.

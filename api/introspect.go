@@ -47,7 +47,8 @@ func (s *Service) introspectRefresh(ctx context.Context, token string, minSeq ui
 	// The current token was issued at the family's last rotation, or with
 	// the family.
 	return wire.Introspection{Active: true, FamilyID: f.ID, Sub: f.Subject, ClientID: f.ClientID, Scope: &scope,
-		Aud: f.Audience, Exp: f.ExpiresAt().Unix(), Iat: f.LastUsedAt.Unix(), TokenType: "refresh_token", AsOfSeq: asOf}, nil
+		Aud: f.Audience, Exp: f.ExpiresAt().Unix(), Iat: f.LastUsedAt.Unix(), TokenType: "refresh_token",
+		Cnf: wire.ConfirmationOf(f.DPoPJKT), AsOfSeq: asOf}, nil
 }
 
 // introspection is RFC 7662's answer. TokenType is the RFC 6749 section
@@ -66,6 +67,8 @@ type introspection struct {
 	TokenType string   `json:"token_type,omitempty"`
 	TokenUse  string   `json:"token_use,omitempty"`
 	SID       string   `json:"sid,omitempty"`
+	// Cnf is the DPoP key the token is bound to (RFC 9449 section 6.2).
+	Cnf *wire.Confirmation `json:"cnf,omitempty"`
 }
 
 // How the caller of an HTTP introspection relates to the token: the caller
@@ -143,7 +146,8 @@ func (o *OAuth) inspectRefresh(ctx context.Context, r *http.Request, client doma
 	}
 	f := in.Family
 	return introspection{Active: true, Scope: domain.ScopeString(f.Scope), ClientID: f.ClientID, Sub: f.Subject, Aud: f.Audience,
-		Iss: o.issuer, Exp: f.ExpiresAt().Unix(), Iat: f.LastUsedAt.Unix(), TokenUse: "refresh_token", SID: f.ID}, callerOwnClient, nil
+		Iss: o.issuer, Exp: f.ExpiresAt().Unix(), Iat: f.LastUsedAt.Unix(), TokenUse: "refresh_token", SID: f.ID,
+		Cnf: wire.ConfirmationOf(f.DPoPJKT)}, callerOwnClient, nil
 }
 
 // inspectAccess decides who may see the token from its verified claims,
@@ -172,9 +176,13 @@ func (o *OAuth) inspectAccess(ctx context.Context, r *http.Request, client domai
 	if err != nil || !in.Active {
 		return introspection{}, caller, err
 	}
+	tokenType := "Bearer"
+	if claims.Confirmation != nil {
+		tokenType = "DPoP"
+	}
 	return introspection{Active: true, Scope: claims.Scope, ClientID: claims.ClientID, Sub: claims.Subject,
 		Aud: claims.Audience, Iss: claims.Issuer, Exp: claims.Expiry.Time().Unix(), Iat: claims.IssuedAt.Time().Unix(),
-		Jti: claims.ID, TokenType: "Bearer", TokenUse: "access_token", SID: claims.SID}, caller, nil
+		Jti: claims.ID, TokenType: tokenType, TokenUse: "access_token", SID: claims.SID, Cnf: claims.Confirmation}, caller, nil
 }
 
 func accessClaims(c AccessClaims, scope []string) domain.AccessClaims {

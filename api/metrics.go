@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokend/tokend/connlimit"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/dpop"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/registry"
@@ -37,6 +38,8 @@ type Metrics struct {
 	fenceConflicts  prometheus.Counter
 	storeErrors     prometheus.Counter
 	rateLimited     *prometheus.CounterVec
+	dpopVerified    prometheus.Counter
+	dpopRefused     *prometheus.CounterVec
 	replyErrors     *prometheus.CounterVec
 	oauthRequests   *prometheus.CounterVec
 	registryChanges *prometheus.CounterVec
@@ -106,6 +109,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_rate_limited_total", Help: "Commands refused by a rate limit (answered temporarily_unavailable with retry_after_ms), by limit.",
 		}, []string{"limit"}),
+		dpopVerified: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokend_dpop_proofs_verified_total", Help: "DPoP proofs of refreshes that passed every check (RFC 9449).",
+		}),
+		dpopRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokend_dpop_proofs_refused_total",
+			Help: "Refreshes refused for their DPoP proof, by reason: a check of the proof (malformed, typ, alg, jwk, signature, htm, htu, iat, jti, ath, nonce, replay), none where one is needed (missing), or one by another key than the family's (key_mismatch).",
+		}, []string{"reason"}),
 		replyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokend_reply_errors_total", Help: "Replies that could not be sent (too large, connection lost), by endpoint.",
 		}, []string{"endpoint"}),
@@ -163,7 +173,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.connections, m.connectionsLimit, m.connectionsRefused, m.requestsDropped)
 	reg.MustRegister(m.commands, m.commandDuration, m.queries, m.queryDuration, m.eventsAppended, m.replays,
-		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited,
+		m.familiesRevoked, m.refreshRejected, m.reuseHits, m.fenceConflicts, m.storeErrors, m.rateLimited, m.dpopVerified, m.dpopRefused,
 		m.replyErrors, m.oauthRequests, m.oauthDuration, m.registryChanges, m.archived, m.projectionBatch, m.projectionApplied,
 		m.oauthIntrospections, m.natsIntrospections, m.keysRevoked, m.subjectsErased, m.outboxFailed, buildInfo())
 	// Series of the label values known in advance start at 0, so rates,
@@ -180,12 +190,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.eventsAppended.WithLabelValues(t)
 	}
 	m.familiesRevoked.WithLabelValues(domain.ReasonReplayDetected)
+	m.familiesRevoked.WithLabelValues(domain.ReasonDPoPKeyMismatch)
 	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
-		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey} {
+		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey,
+		domain.ReasonDPoPProofMissing} {
 		m.refreshRejected.WithLabelValues(reason)
 	}
 	for _, limit := range []string{tokens.LimitRefreshPerFamily, tokens.LimitIssuePerClient, tokens.LimitForeignPerClient} {
 		m.rateLimited.WithLabelValues(limit)
+	}
+	for _, reason := range append(dpop.Reasons(), tokens.ProofMissing, tokens.ProofKeyMismatch) {
+		m.dpopRefused.WithLabelValues(reason)
 	}
 	for _, action := range []string{registry.ClientCreated, registry.ClientUpdated, registry.ClientRemoved, registry.ClientSecretRotated} {
 		m.registryChanges.WithLabelValues(action)
@@ -286,6 +301,16 @@ func (m *Metrics) FenceConflict() { m.fenceConflicts.Inc() }
 
 // StoreError counts a failed store operation (events.Writer.OnStoreError).
 func (m *Metrics) StoreError(error) { m.storeErrors.Inc() }
+
+// DPoPProof counts a proof verified ("") or refused by reason
+// (tokens.Service.OnProof).
+func (m *Metrics) DPoPProof(reason string) {
+	if reason == "" {
+		m.dpopVerified.Inc()
+		return
+	}
+	m.dpopRefused.WithLabelValues(reason).Inc()
+}
 
 // RateLimited counts a command a rate limit refused (tokens.Service.OnRateLimited).
 func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }

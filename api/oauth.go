@@ -91,7 +91,9 @@ type oauthError struct {
 	code        string
 	description string
 	retryAfter  time.Duration
-	cause       error // for the log, never for the caller
+	// dpopNonce goes in the DPoP-Nonce header (RFC 9449 section 8).
+	dpopNonce string
+	cause     error // for the log, never for the caller
 }
 
 func (e *oauthError) Error() string {
@@ -132,6 +134,9 @@ func oauthErrorOf(err error) *oauthError {
 			e.status = http.StatusTooManyRequests
 		}
 	}
+	if de != nil {
+		e.dpopNonce = de.DPoPNonce
+	}
 	if code == domain.EInvalidClient {
 		return errClientAuth
 	}
@@ -157,6 +162,12 @@ func (o *OAuth) answerError(w http.ResponseWriter, endpoint string, err error) {
 func writeOAuthError(w http.ResponseWriter, e *oauthError) {
 	if e.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Basic realm="tokend", error="invalid_client"`)
+	}
+	if e.dpopNonce != "" {
+		w.Header().Set("DPoP-Nonce", e.dpopNonce)
+	}
+	if e.code == domain.EUseDPoPNonce {
+		w.Header().Set("WWW-Authenticate", `DPoP error="use_dpop_nonce", error_description="Authorization server requires nonce in DPoP proof"`)
 	}
 	if e.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(int64((e.retryAfter+time.Second-1)/time.Second), 10))
@@ -202,7 +213,7 @@ func (o *OAuth) metadata(w http.ResponseWriter, _ *http.Request) {
 		algs[i] = string(a)
 	}
 	w.Header().Set("Cache-Control", "public, max-age=300")
-	writeJSON(w, http.StatusOK, map[string]any{
+	m := map[string]any{
 		"issuer":                                o.issuer,
 		"token_endpoint":                        o.issuer + PathToken,
 		"revocation_endpoint":                   o.issuer + PathRevoke,
@@ -220,7 +231,11 @@ func (o *OAuth) metadata(w http.ResponseWriter, _ *http.Request) {
 		// The SSF receivers' scopes only: the families' scopes are each
 		// client's own (RFC 8414 lets a server leave scopes out).
 		"scopes_supported": domain.ReceiverScopes,
-	})
+	}
+	if o.svc.Tokens.DPoP != nil {
+		m["dpop_signing_alg_values_supported"] = o.svc.Tokens.DPoP.AlgValues() // RFC 9449 section 5.1
+	}
+	writeJSON(w, http.StatusOK, m)
 }
 
 func first(v []string) string {

@@ -17,6 +17,8 @@ type tokenResponse struct {
 	ExpiresIn    int64  `json:"expires_in"`
 	RefreshToken string `json:"refresh_token"`
 	Scope        string `json:"scope"`
+	// nonce goes in the DPoP-Nonce header (RFC 9449 section 8.2).
+	nonce string
 }
 
 func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
@@ -26,6 +28,9 @@ func (o *OAuth) token(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		o.answerError(w, "token", err)
 		return
+	}
+	if tr, ok := resp.(tokenResponse); ok && tr.nonce != "" {
+		w.Header().Set("DPoP-Nonce", tr.nonce)
 	}
 	noStore(w)
 	writeJSON(w, http.StatusOK, resp)
@@ -59,6 +64,15 @@ func (o *OAuth) refresh(ctx context.Context, r *http.Request, f map[string][]str
 		return tokenResponse{}, badRequest("refresh_token is required")
 	}
 	req := tokens.RefreshRequest{Token: token, ClientID: client.ID, Context: requestContext(r)}
+	switch proofs := r.Header.Values("DPoP"); len(proofs) {
+	case 0:
+	case 1:
+		// The proof names this endpoint as the client reaches it: the
+		// public URL, whatever proxy is in between.
+		req.DPoP = &tokens.DPoPProof{Proof: proofs[0], Method: r.Method, URL: o.issuer + PathToken}
+	default:
+		return tokenResponse{}, domain.Errorf(domain.EInvalidDPoPProof, "more than one DPoP header")
+	}
 	if s, ok := f["scope"]; ok && first(s) != "" {
 		scope, err := domain.ParseScope(first(s))
 		if err != nil {
@@ -103,8 +117,8 @@ func (o *OAuth) refresh(ctx context.Context, r *http.Request, f map[string][]str
 	if err != nil {
 		return tokenResponse{}, err
 	}
-	return tokenResponse{AccessToken: reply.AccessToken, TokenType: "Bearer", ExpiresIn: reply.ExpiresIn,
-		RefreshToken: reply.RefreshToken, Scope: reply.Scope}, nil
+	return tokenResponse{AccessToken: reply.AccessToken, TokenType: reply.TokenType, ExpiresIn: reply.ExpiresIn,
+		RefreshToken: reply.RefreshToken, Scope: reply.Scope, nonce: reply.DPoPNonce}, nil
 }
 
 // revoke is RFC 7009: 200 whatever the token, unless the client fails to

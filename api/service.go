@@ -356,10 +356,14 @@ func (s *Service) tokenReply(g tokens.Grant) (wire.TokenReply, error) {
 	if err != nil {
 		return wire.TokenReply{}, fmt.Errorf("sign access token: %w", err)
 	}
+	tokenType := "Bearer"
+	if g.DPoPJKT != "" {
+		tokenType = "DPoP" // RFC 9449 section 5
+	}
 	return wire.TokenReply{
-		RefreshToken: g.Token.Value(), FamilyID: g.Family.ID, TokenType: "Bearer",
+		RefreshToken: g.Token.Value(), FamilyID: g.Family.ID, TokenType: tokenType,
 		AccessToken: at, ExpiresIn: int64(s.Access.TTL(g) / time.Second), Scope: domain.ScopeString(g.Scope),
-		RefreshTokenExpiresAt: rfc3339(g.Family.ExpiresAt()), Seq: g.Seq,
+		RefreshTokenExpiresAt: rfc3339(g.Family.ExpiresAt()), Seq: g.Seq, DPoPNonce: g.DPoPNonce,
 	}, nil
 }
 

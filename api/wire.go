@@ -55,7 +55,7 @@ func errorReply(err error) wire.ErrorReply {
 	r := wire.ErrorReply{Error: domain.ErrorCode(err), Description: domain.ErrorMessage(err)}
 	var de *domain.Error
 	if errors.As(err, &de) {
-		r.RetryAfterMs = de.RetryAfterMs
+		r.RetryAfterMs, r.DPoPNonce = de.RetryAfterMs, de.DPoPNonce
 	}
 	return r
 }
@@ -63,7 +63,8 @@ func errorReply(err error) wire.ErrorReply {
 // httpStatus maps a contract error code to its status code.
 func httpStatus(code string) int {
 	switch code {
-	case domain.EInvalidRequest, domain.EInvalidGrant, domain.EInvalidScope, domain.EInvalidTarget:
+	case domain.EInvalidRequest, domain.EInvalidGrant, domain.EInvalidScope, domain.EInvalidTarget,
+		domain.EInvalidDPoPProof, domain.EUseDPoPNonce:
 		return 400
 	case domain.EInvalidClient:
 		return 401
@@ -100,7 +101,11 @@ func ParseIssue(data []byte) (tokens.IssueRequest, error) {
 	if err := domain.ValidateContext(in.Context); err != nil {
 		return tokens.IssueRequest{}, err
 	}
-	return tokens.IssueRequest{Subject: in.Subject, ClientID: in.ClientID, Scope: scope, Audience: aud, Context: in.Context}, nil
+	if in.DPoPJKT != "" && !domain.ValidThumbprint(in.DPoPJKT) {
+		return tokens.IssueRequest{}, domain.Errorf(domain.EInvalidRequest, "dpop_jkt must be the base64url SHA-256 thumbprint of a key (RFC 7638), 43 characters")
+	}
+	return tokens.IssueRequest{Subject: in.Subject, ClientID: in.ClientID, Scope: scope, Audience: aud, Context: in.Context,
+		DPoPJKT: in.DPoPJKT}, nil
 }
 
 // ParseRefresh decodes and validates tokens.cmd.refresh. The token itself is
@@ -131,8 +136,15 @@ func ParseRefresh(data []byte) (tokens.RefreshRequest, error) {
 	if err := domain.ValidateContext(in.Context); err != nil {
 		return tokens.RefreshRequest{}, err
 	}
-	return tokens.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID, Scope: scope,
-		Audience: in.Audience, Context: in.Context}, nil
+	req := tokens.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID, Scope: scope,
+		Audience: in.Audience, Context: in.Context}
+	switch {
+	case in.DPoPProof != "":
+		req.DPoP = &tokens.DPoPProof{Proof: in.DPoPProof, Method: in.DPoPMethod, URL: in.DPoPURL}
+	case in.DPoPMethod != "" || in.DPoPURL != "":
+		return tokens.RefreshRequest{}, domain.Errorf(domain.EInvalidRequest, "dpop_htm and dpop_htu go with dpop_proof")
+	}
+	return req, nil
 }
 
 // ParseRevoke decodes tokens.cmd.revoke and checks it names exactly one

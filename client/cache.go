@@ -116,7 +116,8 @@ func (s *Source) newEntry(r request, reply wire.TokenReply, asked time.Time) (*e
 		expiry = exp
 	}
 	e := &entry{
-		tok:   AccessToken{Token: reply.AccessToken, Expiry: expiry, Scope: scope, Audience: claims.audience},
+		tok: AccessToken{Token: reply.AccessToken, Expiry: expiry, Scope: scope, Audience: claims.audience,
+			TokenType: reply.TokenType},
 		asked: r.audience, full: r.full(),
 	}
 	if r.audience != "" && e.tok.Audience != r.audience {

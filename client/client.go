@@ -25,6 +25,25 @@
 //	req.Header.Set("Authorization", "Bearer "+at.Token)
 //	// or: httpClient := oauth2.NewClient(ctx, src.OAuth2("https://api.example.com", "api:read"))
 //
+// With DPoP (RFC 9449) the refresh tokens, and the access tokens, are
+// bound to a key the service holds, so that a copy of them is of no use
+// without it: issue the family with the key's thumbprint, and give the
+// Source the key and the URL of tokend's token endpoint, which every proof
+// names. The Source signs a new proof for each refresh attempt and
+// answers tokend's nonce requests; the access tokens then have TokenType
+// DPoP and go to resource servers with a proof of their own:
+//
+//	key, err := client.NewDPoP(nil) // a new P-256 key; or a KMS's crypto.Signer
+//	issued, err := c.Issue(ctx, wire.IssueRequest{…, DPoPJKT: key.JKT()})
+//	src := client.NewSource(c, store, sessionID, client.Options{
+//		DPoP: key, DPoPURL: "https://tokend.example/oauth2/token", // tokend's --issuer + /oauth2/token
+//	})
+//	at, err := src.Token(ctx, "https://api.example.com")
+//	err = key.Authorize(req, at) // Authorization: DPoP …, and the DPoP header
+//
+// Sessions does the same per browser session with SessionConfig.DPoPKeys
+// and StartDPoP.
+//
 // A backend-for-frontend with cookie sessions uses Sessions, which keeps a
 // Source per browser session behind a signed cookie and hands handlers a
 // valid access token (AccessTokenFrom); examples/bff is a runnable one.
@@ -241,6 +260,7 @@ type Error struct {
 	Description  string // error_description, safe to show
 	RetryAfterMs int64  // retry_after_ms hint, 0 if none
 	Status       string // the Nats-Service-Error-Code header, e.g. "400"
+	DPoPNonce    string // with use_dpop_nonce: the nonce to put in a new DPoP proof
 }
 
 func (e *Error) Error() string {
@@ -262,7 +282,7 @@ func responseError(msg *nats.Msg) *Error {
 	e := &Error{Status: status}
 	var body wire.ErrorReply
 	if json.Unmarshal(msg.Data, &body) == nil {
-		e.Code, e.Description, e.RetryAfterMs = body.Error, body.Description, body.RetryAfterMs
+		e.Code, e.Description, e.RetryAfterMs, e.DPoPNonce = body.Error, body.Description, body.RetryAfterMs, body.DPoPNonce
 	}
 	// tokend puts the error code in the error header; a body without one
 	// (a proxy's, an older server's) still leaves the header to go by.

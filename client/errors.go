@@ -22,6 +22,16 @@ var (
 	// (with --client-registry on). Terminal: it will not become known by
 	// retrying.
 	ErrInvalidClient = errors.New("invalid_client")
+	// ErrInvalidDPoPProof: tokend refused the DPoP proof (RFC 9449): none
+	// for a family bound to a key, or one that failed a check its
+	// description names (a clock off by more than a minute, a DPoPURL
+	// other than tokend's token endpoint). Neither terminal nor transient:
+	// the session stays, and the refresh token was not used.
+	ErrInvalidDPoPProof = errors.New("invalid_dpop_proof")
+	// ErrUseDPoPNonce: tokend wants a proof carrying its nonce. A Source
+	// retries at once with the nonce; it returns this only when tokend
+	// refuses that retry's nonce as well. Neither terminal nor transient.
+	ErrUseDPoPNonce = errors.New("use_dpop_nonce")
 )
 
 var sentinels = map[string]error{
@@ -33,6 +43,8 @@ var sentinels = map[string]error{
 	ErrTemporarilyUnavailable.Error(): ErrTemporarilyUnavailable,
 	ErrServerError.Error():            ErrServerError,
 	ErrInvalidClient.Error():          ErrInvalidClient,
+	ErrInvalidDPoPProof.Error():       ErrInvalidDPoPProof,
+	ErrUseDPoPNonce.Error():           ErrUseDPoPNonce,
 }
 
 // Is makes errors.Is(err, ErrInvalidGrant) and the other sentinels match an

@@ -18,6 +18,7 @@ func TestSentinelsMatchCodes(t *testing.T) {
 		"invalid_scope": client.ErrInvalidScope, "invalid_target": client.ErrInvalidTarget,
 		"not_found": client.ErrNotFound, "temporarily_unavailable": client.ErrTemporarilyUnavailable,
 		"server_error": client.ErrServerError, "invalid_client": client.ErrInvalidClient,
+		"invalid_dpop_proof": client.ErrInvalidDPoPProof, "use_dpop_nonce": client.ErrUseDPoPNonce,
 	} {
 		err := fmt.Errorf("wrapped: %w", &client.Error{Code: code})
 		if !errors.Is(err, sentinel) {
@@ -51,6 +52,8 @@ func TestTerminalAndTransient(t *testing.T) {
 		{&client.Error{Code: "invalid_scope"}, false, false},
 		{&client.Error{Code: "invalid_target"}, false, false},
 		{&client.Error{Code: "not_found"}, false, false},
+		{&client.Error{Code: "invalid_dpop_proof"}, false, false},
+		{&client.Error{Code: "use_dpop_nonce"}, false, false},
 		{&client.Error{Code: "temporarily_unavailable"}, false, true},
 		{&client.Error{Code: "server_error"}, false, true},
 		{fmt.Errorf("tokens.cmd.refresh: %w", nats.ErrNoResponders), false, true},

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 
 	"golang.org/x/oauth2"
@@ -33,5 +34,7 @@ func (o oauth2Source) Token() (*oauth2.Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &oauth2.Token{AccessToken: e.tok.Token, TokenType: "Bearer", Expiry: e.renewAt}, nil
+	// The type tokend answered: DPoP for a token bound to the Source's
+	// key, which a resource server takes only with a proof.
+	return &oauth2.Token{AccessToken: e.tok.Token, TokenType: cmp.Or(e.tok.TokenType, "Bearer"), Expiry: e.renewAt}, nil
 }

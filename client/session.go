@@ -67,6 +67,56 @@ type SessionConfig struct {
 	// Log receives failures other than a session ending (nil: discarded).
 	// It never gets a token or a cookie value.
 	Log *slog.Logger
+	// DPoPKeys, if set, keeps the DPoP key (RFC 9449) of each session
+	// begun with StartDPoP, whose Source then signs its refreshes with it
+	// (Options.DPoPURL is required). A session whose key is gone refreshes
+	// without a proof, which tokend refuses for a bound family
+	// (ErrInvalidDPoPProof): the Middleware then signs it out.
+	DPoPKeys DPoPKeys
+}
+
+// DPoPKeys keeps the DPoP key of each session of a Sessions.
+type DPoPKeys interface {
+	// Key returns the session's key, nil if it has none.
+	Key(ctx context.Context, sessionID string) (*DPoP, error)
+	Put(ctx context.Context, sessionID string, key *DPoP) error
+	// Delete forgets the session's key; one it does not have is no error.
+	Delete(ctx context.Context, sessionID string) error
+}
+
+// MemoryDPoPKeys keeps DPoP keys in this process's memory, lost when it
+// stops (its sessions must sign in again) and seen by no other replica.
+// A deployment keeps each key beside its session's refresh token, sealed
+// with a key of its own, or, better, never exported at all: a key in a
+// KMS or HSM behind a crypto.Signer (NewDPoP), so that a copy of the
+// session store is not enough to use the refresh tokens. The zero value is
+// ready to use.
+type MemoryDPoPKeys struct {
+	mu   sync.Mutex
+	keys map[string]*DPoP
+}
+
+func (m *MemoryDPoPKeys) Key(_ context.Context, sessionID string) (*DPoP, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.keys[sessionID], nil
+}
+
+func (m *MemoryDPoPKeys) Put(_ context.Context, sessionID string, key *DPoP) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys == nil {
+		m.keys = map[string]*DPoP{}
+	}
+	m.keys[sessionID] = key
+	return nil
+}
+
+func (m *MemoryDPoPKeys) Delete(_ context.Context, sessionID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.keys, sessionID)
+	return nil
 }
 
 // Sessions keeps browser sessions of a backend-for-frontend: the browser
@@ -106,6 +156,8 @@ func NewSessions(c *Client, store Store, cfg SessionConfig) (*Sessions, error) {
 		return nil, errors.New("client: sessions need a client id")
 	case cfg.SignInURL == "":
 		return nil, errors.New("client: sessions need a sign-in URL")
+	case cfg.DPoPKeys != nil && cfg.Options.DPoPURL == "":
+		return nil, errNoDPoPURL
 	}
 	// Else every session would be refused and sent to sign in, again and
 	// again.
@@ -140,10 +192,19 @@ func isAPI(r *http.Request) bool {
 
 type tokenKey struct{}
 
+type dpopKey struct{}
+
 // AccessTokenFrom returns the access token the Middleware put in ctx.
 func AccessTokenFrom(ctx context.Context) (AccessToken, bool) {
 	at, ok := ctx.Value(tokenKey{}).(AccessToken)
 	return at, ok
+}
+
+// DPoPFrom returns the DPoP key of the session the Middleware served, for
+// DPoP.Authorize; false for a session without one.
+func DPoPFrom(ctx context.Context) (*DPoP, bool) {
+	key, ok := ctx.Value(dpopKey{}).(*DPoP)
+	return key, ok && key != nil
 }
 
 // Start begins a session with reply, the answer to the issue of a family
@@ -153,17 +214,38 @@ func AccessTokenFrom(ctx context.Context) (AccessToken, bool) {
 // revoked), so that a second sign-in leaves no live token behind. On
 // error no cookie is set.
 func (s *Sessions) Start(w http.ResponseWriter, r *http.Request, reply wire.TokenReply) error {
+	return s.start(w, r, reply, nil)
+}
+
+// StartDPoP is Start for a family bound to key (issued with dpop_jkt
+// key.JKT()): the session's refreshes carry proofs by key, which
+// SessionConfig.DPoPKeys keeps.
+func (s *Sessions) StartDPoP(w http.ResponseWriter, r *http.Request, reply wire.TokenReply, key *DPoP) error {
+	if s.cfg.DPoPKeys == nil {
+		return errors.New("client: StartDPoP needs SessionConfig.DPoPKeys")
+	}
+	return s.start(w, r, reply, key)
+}
+
+func (s *Sessions) start(w http.ResponseWriter, r *http.Request, reply wire.TokenReply, key *DPoP) error {
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return err
 	}
 	id := base64.RawURLEncoding.EncodeToString(raw[:]) // a valid KV key
-	src, err := s.source(id)
-	if err != nil {
-		return err
+	if key != nil {
+		if err := s.cfg.DPoPKeys.Put(r.Context(), id, key); err != nil {
+			return err
+		}
 	}
-	if err := src.Begin(r.Context(), s.cfg.ClientID, reply); err != nil {
-		s.forget(id, src)
+	src, err := s.source(r.Context(), id)
+	if err == nil {
+		if err = src.Begin(r.Context(), s.cfg.ClientID, reply); err != nil {
+			s.forget(id, src)
+		}
+	}
+	if err != nil {
+		s.forgetKey(r.Context(), id)
 		return err
 	}
 	if old, ok := s.sessionID(r); ok {
@@ -190,14 +272,28 @@ func (s *Sessions) SignOut(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Sessions) end(ctx context.Context, id string) error {
-	src, err := s.source(id)
+	src, err := s.source(ctx, id)
 	if err != nil {
 		return err
 	}
 	// A Source that End failed on is dead all the same: the next request
 	// gets a new one, which finds the session still in the store.
 	defer s.forget(id, src)
-	return src.End(ctx)
+	if err := src.End(ctx); err != nil {
+		return err
+	}
+	s.forgetKey(ctx, id)
+	return nil
+}
+
+// forgetKey deletes the DPoP key of a session that has ended.
+func (s *Sessions) forgetKey(ctx context.Context, id string) {
+	if s.cfg.DPoPKeys == nil {
+		return
+	}
+	if err := s.cfg.DPoPKeys.Delete(ctx, id); err != nil {
+		s.log.Warn("client: deleting the DPoP key of an ended session", "err", err)
+	}
 }
 
 // Middleware serves next with a valid access token in the request context
@@ -220,14 +316,17 @@ func (s *Sessions) Middleware(next http.Handler) http.Handler {
 			s.toSignIn(w, r)
 			return
 		}
-		at, err := s.token(r.Context(), id)
+		at, key, err := s.token(r.Context(), id)
 		switch {
 		case err == nil:
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, at)))
+			ctx := context.WithValue(context.WithValue(r.Context(), tokenKey{}, at), dpopKey{}, key)
+			next.ServeHTTP(w, r.WithContext(ctx))
 		case Terminal(err):
 			s.toSignIn(w, r)
-		case errors.Is(err, ErrInvalidScope) || errors.Is(err, ErrInvalidTarget):
-			s.log.Warn("client: the session's grant does not cover the configured audience and scope; signing it out",
+		case errors.Is(err, ErrInvalidDPoPProof) || errors.Is(err, ErrInvalidScope) || errors.Is(err, ErrInvalidTarget):
+			// A refused proof: the session's key is lost, or this clock is
+			// off (its description says which); it would fail again.
+			s.log.Warn("client: the session cannot refresh (its grant does not cover the configured audience and scope, or its DPoP proof is refused); signing it out",
 				"err", err)
 			if err := s.end(r.Context(), id); err != nil {
 				s.log.Warn("client: signing out a session", "err", err)
@@ -245,39 +344,51 @@ func (s *Sessions) Middleware(next http.Handler) http.Handler {
 	})
 }
 
-// token returns the session's access token. A Source closed by eviction
-// between lookup and use is replaced from the store.
-func (s *Sessions) token(ctx context.Context, id string) (AccessToken, error) {
+// token returns the session's access token and DPoP key. A Source closed
+// by eviction between lookup and use is replaced from the store.
+func (s *Sessions) token(ctx context.Context, id string) (AccessToken, *DPoP, error) {
 	for range 3 {
-		src, err := s.source(id)
+		src, err := s.source(ctx, id)
 		if err != nil {
-			return AccessToken{}, err
+			return AccessToken{}, nil, err
 		}
 		at, err := src.Token(ctx, s.cfg.Audience, s.cfg.Scope...)
 		if Terminal(err) {
 			s.forget(id, src)
+			s.forgetKey(ctx, id)
 		}
 		if !errors.Is(err, ErrClosed) {
-			return at, err
+			return at, src.o.DPoP, err
 		}
 	}
-	return AccessToken{}, ErrClosed
+	return AccessToken{}, nil, ErrClosed
 }
 
-// source returns the session's Source, made if there is none, and makes
-// it the most recently used; beyond MaxSources the least recently used is
-// closed.
-func (s *Sessions) source(id string) (*Source, error) {
+// source returns the session's Source, made if there is none (with the
+// session's DPoP key), and makes it the most recently used; beyond
+// MaxSources the least recently used is closed.
+func (s *Sessions) source(ctx context.Context, id string) (*Source, error) {
+	if src, err, ok := s.cached(id); ok {
+		return src, err
+	}
+	opts := s.cfg.Options
+	if s.cfg.DPoPKeys != nil {
+		key, err := s.cfg.DPoPKeys.Key(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("%w: DPoP key: %w", ErrStoreUnavailable, err)
+		}
+		opts.DPoP = key
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrClosed
 	}
-	if el, ok := s.sources[id]; ok {
+	if el, ok := s.sources[id]; ok { // made meanwhile by another request
 		s.lru.MoveToFront(el)
 		return el.Value.(*Source), nil
 	}
-	src := NewSource(s.c, s.store, id, s.cfg.Options)
+	src := NewSource(s.c, s.store, id, opts)
 	s.sources[id] = s.lru.PushFront(src)
 	for s.lru.Len() > s.cfg.MaxSources {
 		last := s.lru.Back()
@@ -286,6 +397,21 @@ func (s *Sessions) source(id string) (*Source, error) {
 		s.closeLater(old)
 	}
 	return src, nil
+}
+
+// cached returns the session's Source if there is one, made the most
+// recently used.
+func (s *Sessions) cached(id string) (*Source, error, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed, true
+	}
+	if el, ok := s.sources[id]; ok {
+		s.lru.MoveToFront(el)
+		return el.Value.(*Source), nil, true
+	}
+	return nil, nil, false
 }
 
 // forget drops src, the Source of session id, from memory and closes it.

@@ -586,11 +586,12 @@ func TestNewSessionsChecksConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, change := range map[string]func(*client.SessionConfig){
-		"short key":    func(c *client.SessionConfig) { c.Key = key[1:] },
-		"no client id": func(c *client.SessionConfig) { c.ClientID = "" },
-		"no sign-in":   func(c *client.SessionConfig) { c.SignInURL = "" },
-		"bad audience": func(c *client.SessionConfig) { c.Audience = "https://a.example/ x" },
-		"bad scope":    func(c *client.SessionConfig) { c.Scope = []string{`"read"`} },
+		"short key":                 func(c *client.SessionConfig) { c.Key = key[1:] },
+		"no client id":              func(c *client.SessionConfig) { c.ClientID = "" },
+		"no sign-in":                func(c *client.SessionConfig) { c.SignInURL = "" },
+		"bad audience":              func(c *client.SessionConfig) { c.Audience = "https://a.example/ x" },
+		"bad scope":                 func(c *client.SessionConfig) { c.Scope = []string{`"read"`} },
+		"DPoP keys without DPoPURL": func(c *client.SessionConfig) { c.DPoPKeys = &client.MemoryDPoPKeys{} },
 	} {
 		cfg := good
 		change(&cfg)

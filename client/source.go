@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -66,6 +67,18 @@ type Options struct {
 	// Observe, if set, receives an Event for every Token call and every
 	// refresh. Events hold no token.
 	Observe func(Event)
+	// DPoP, if set, signs a DPoP proof (RFC 9449) for every refresh
+	// request, each attempt a new one: a family bound to its key (issued
+	// with dpop_jkt DPoP.JKT()) refreshes only with them, and tokend binds
+	// the access tokens to the key (AccessToken.TokenType DPoP). When
+	// tokend answers use_dpop_nonce, the request is sent again at once
+	// with its nonce.
+	DPoP *DPoP
+	// DPoPURL is the URL the proofs are made for (their htu): the
+	// deployment's token endpoint, tokend's --issuer followed by
+	// /oauth2/token, as the proof would name it over HTTP. Required with
+	// DPoP.
+	DPoPURL string
 }
 
 // withDefaults fills in the defaults for zero and negative values.
@@ -117,10 +130,14 @@ type Event struct {
 // AccessToken is an access token as tokend granted it. Its String,
 // GoString and LogValue leave the token out.
 type AccessToken struct {
-	Token    string    // the JWT, for "Authorization: Bearer"
+	Token    string    // the JWT, for "Authorization: Bearer" (or DPoP, see TokenType)
 	Expiry   time.Time // by Options.Now: when it was asked for plus expires_in, or the JWT's exp if up to a second earlier
 	Scope    []string  // the granted scope, as the reply's scope
 	Audience string    // the JWT's aud; "" when the family has no audience
+	// TokenType is the reply's token_type: "Bearer", or TokenTypeDPoP for
+	// a token bound to the Source's DPoP key, which goes to a resource
+	// server with a proof (DPoP.Authorize).
+	TokenType string
 }
 
 func (t AccessToken) String() string {
@@ -222,6 +239,9 @@ func (s *Source) Begin(ctx context.Context, clientID string, reply wire.TokenRep
 	e, err := s.newEntry(request{}, reply, asked)
 	if err != nil {
 		return err
+	}
+	if s.o.DPoP != nil {
+		s.o.DPoP.SetNonce(reply.DPoPNonce)
 	}
 	if err := s.checkUsable(); err != nil {
 		return err
@@ -681,6 +701,7 @@ func (s *Source) exchange(r request, t StoredToken) (wire.TokenReply, time.Time,
 		req.Scope = &scope
 	}
 	sent := 0
+	nonceRetry := false // the last request was refused for its nonce
 	for n := 0; ; n++ {
 		if s.tries.first.IsZero() {
 			s.tries.first = time.Now()
@@ -692,11 +713,25 @@ func (s *Source) exchange(r request, t StoredToken) (wire.TokenReply, time.Time,
 		// after the reconnect, when this refresh has moved on: a replay.
 		if !s.c.nc.IsConnected() {
 			err = errNotSent
-		} else {
+		} else if err = s.prove(&req); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), s.o.AttemptTimeout)
 			reply, err = s.c.Refresh(ctx, req)
 			cancel()
 			sent++
+		}
+		if nonce := dpopNonce(err); nonce != "" && s.o.DPoP != nil {
+			s.o.DPoP.SetNonce(nonce)
+			if !nonceRetry {
+				// Refused before the token was looked at: not a failed
+				// attempt, and no back-off. Twice in a row is an error.
+				nonceRetry = true
+				n--
+				continue
+			}
+		}
+		nonceRetry = false
+		if err == nil && s.o.DPoP != nil {
+			s.o.DPoP.SetNonce(reply.DPoPNonce)
 		}
 		if err == nil {
 			if reply.RefreshToken == "" || reply.AccessToken == "" {
@@ -718,6 +753,34 @@ func (s *Source) exchange(r request, t StoredToken) (wire.TokenReply, time.Time,
 		}
 		time.Sleep(wait)
 	}
+}
+
+// prove puts a new DPoP proof in req when the Source has a key: every
+// attempt needs its own, as tokend refuses a proof's jti the second time.
+func (s *Source) prove(req *wire.RefreshRequest) error {
+	if s.o.DPoP == nil {
+		return nil
+	}
+	if s.o.DPoPURL == "" {
+		return errNoDPoPURL
+	}
+	proof, err := s.o.DPoP.Proof(http.MethodPost, s.o.DPoPURL, "")
+	if err != nil {
+		return err
+	}
+	req.DPoPProof, req.DPoPMethod, req.DPoPURL = proof, http.MethodPost, s.o.DPoPURL
+	return nil
+}
+
+var errNoDPoPURL = errors.New("client: Options.DPoP needs Options.DPoPURL, the token endpoint URL the proofs name")
+
+// dpopNonce returns the nonce of a use_dpop_nonce error, "" for any other.
+func dpopNonce(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Code == ErrUseDPoPNonce.Error() {
+		return e.DPoPNonce
+	}
+	return ""
 }
 
 // backoff is the pause before retry n+1: 100 ms doubling to 2 s, ±20%.

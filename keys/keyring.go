@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/json"
@@ -37,6 +38,9 @@ type LoadedKeys struct {
 
 	sealKID  string            // the current MAC key's id
 	sealKeys map[string][]byte // by MAC key id, for every MAC key in effect (sealKey)
+
+	nonceKey  []byte   // the current MAC key's (nonceKeyOf)
+	nonceKeys [][]byte // every MAC key in effect's, the current one's first
 }
 
 // sealInfo is the HKDF info of the keys that seal secrets kept outside
@@ -45,6 +49,23 @@ const sealInfo = "tokend ssf secret v1"
 
 // sealKey derives the AES-256 key that a MAC key's secret seals with.
 func sealKey(secret []byte) ([]byte, error) { return hkdf.Key(sha256.New, secret, nil, sealInfo, 32) }
+
+// nonceInfo is the HKDF info of the keys of DPoP server nonces (RFC 9449
+// section 8), apart from every other use of a MAC key.
+const nonceInfo = "tokend dpop nonce v1"
+
+func nonceKeyOf(secret []byte) ([]byte, error) {
+	return hkdf.Key(sha256.New, secret, nil, nonceInfo, 32)
+}
+
+// NonceKeys returns the HMAC keys of DPoP server nonces: current mints
+// them, all verify them. They derive from the MAC keys in effect
+// (HKDF-SHA256), so every instance of a deployment accepts the nonces of
+// every other without sharing state, and a nonce minted before a MAC key
+// rotation is accepted after it while the retired key is in effect.
+// Fixed keys (FixedKeys) have a random key of their own: their nonces
+// are accepted by that keyring only.
+func (l *LoadedKeys) NonceKeys() (current []byte, all [][]byte) { return l.nonceKey, l.nonceKeys }
 
 // SealKey returns the key that seals a secret tokend must keep outside
 // TOKENS_KEYS (an SSF stream's delivery secrets), with the id of the MAC
@@ -127,7 +148,10 @@ const changeAttempts = 5
 // FixedKeys returns a keyring that always holds codec and never reloads.
 func FixedKeys(codec *domain.TokenCodec) *Keyring {
 	k := &Keyring{now: time.Now, after: afterFunc, log: slog.New(slog.DiscardHandler)}
-	k.loaded.Store(&LoadedKeys{Codec: codec})
+	// The codec does not show its secrets to derive a nonce key from.
+	nonceKey := make([]byte, 32)
+	rand.Read(nonceKey)
+	k.loaded.Store(&LoadedKeys{Codec: codec, nonceKey: nonceKey, nonceKeys: [][]byte{nonceKey}})
 	return k
 }
 
@@ -202,8 +226,15 @@ func loadedAt(rev uint64, stored Keyset, now time.Time) (*LoadedKeys, error) {
 		if l.sealKeys[k.ID], err = sealKey(k.Secret); err != nil {
 			return nil, fmt.Errorf("mac key %s: %w", k.ID, err)
 		}
+		nonceKey, err := nonceKeyOf(k.Secret)
+		if err != nil {
+			return nil, fmt.Errorf("mac key %s: %w", k.ID, err)
+		}
 		if k.State == KeyCurrent && l.sealKID == "" {
-			l.sealKID = k.ID
+			l.sealKID, l.nonceKey = k.ID, nonceKey
+			l.nonceKeys = slices.Insert(l.nonceKeys, 0, nonceKey)
+		} else {
+			l.nonceKeys = append(l.nonceKeys, nonceKey)
 		}
 	}
 	if cur, err := ks.CurrentSET(); err == nil {

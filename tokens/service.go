@@ -7,11 +7,13 @@ package tokens
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"time"
 
 	"github.com/nats-io/nuid"
 
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/dpop"
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/keys"
 	"github.com/tokend/tokend/ratelimit"
@@ -50,6 +52,17 @@ type Service struct {
 	// a client whose on_replay is revoke_subject, to revoke the subject's
 	// other families. It must not block.
 	OnSubjectReplay func(subject string)
+
+	// DPoP checks the proofs of refreshes (RFC 9449); without it a proof
+	// is refused. DPoPRequireNonce makes every client's proofs carry a
+	// server nonce, as a registered client's dpop_require_nonce does for
+	// its own. TokenURL is the htu of a proof whose caller names none:
+	// the deployment's token endpoint. OnProof, if set, is told each
+	// proof refused, by reason (dpop.Reasons), and "" for each accepted.
+	DPoP             *dpop.Verifier
+	DPoPRequireNonce bool
+	TokenURL         string
+	OnProof          func(reason string)
 }
 
 // Policy returns the deployment's lifetimes, which registered clients may
@@ -124,6 +137,12 @@ type Grant struct {
 	// AccessTTL is the family's client's access-token lifetime; 0 for the
 	// deployment's.
 	AccessTTL time.Duration
+	// DPoPJKT is the key the access token is bound to (its cnf.jkt): the
+	// family's, or for a bearer family the key of the refresh's proof.
+	// DPoPNonce is the nonce the client's next proof carries, when its
+	// proofs need one.
+	DPoPJKT   string
+	DPoPNonce string
 }
 
 // IssueRequest starts a family.
@@ -131,6 +150,8 @@ type IssueRequest struct {
 	Subject, ClientID string
 	Scope, Audience   []string
 	Context           domain.Context
+	// DPoPJKT binds the family to a DPoP key (RFC 7638 thumbprint).
+	DPoPJKT string
 }
 
 // Issue starts a new family and returns its first token.
@@ -150,18 +171,21 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 		if err := client.CheckGrant(req.Scope, req.Audience); err != nil {
 			return Grant{}, err
 		}
+		if client.DPoPBound && req.DPoPJKT == "" {
+			return Grant{}, domain.Errorf(domain.EInvalidRequest, "dpop_jkt is required: the client is registered with dpop_bound_access_tokens")
+		}
 	}
 	familyID := domain.NewID(randomBytes(16))
 	token := s.codec.Codec().Mint(familyID, 1, newSecret())
 	d, err := s.writer.Handle(ctx, familyID, func(f domain.Family) ([]domain.Event, error) {
 		return decider.Decide(f, domain.Issue{Token: token, Subject: req.Subject, ClientID: req.ClientID,
-			Scope: req.Scope, Audience: req.Audience, Context: req.Context})
+			Scope: req.Scope, Audience: req.Audience, Context: req.Context, DPoPJKT: req.DPoPJKT})
 	})
 	if err != nil {
 		return Grant{}, err
 	}
 	return Grant{Token: token, Family: d.After, Scope: d.After.Scope, Audience: d.After.Audience[:min(1, len(d.After.Audience))],
-		Seq: d.Seq, AccessTTL: client.AccessTTL}, nil
+		Seq: d.Seq, AccessTTL: client.AccessTTL, DPoPJKT: req.DPoPJKT}, nil
 }
 
 // RefreshRequest exchanges a refresh token.
@@ -171,6 +195,16 @@ type RefreshRequest struct {
 	Scope    []string // nil: the whole grant
 	Audience string   // empty: the family's first
 	Context  domain.Context
+	// DPoP is the request's DPoP proof; nil without one.
+	DPoP *DPoPProof
+}
+
+// DPoPProof is a DPoP proof (RFC 9449) and the request it came with.
+type DPoPProof struct {
+	Proof string
+	// Method and URL are the request's, which the proof must name; empty:
+	// POST and the service's TokenURL.
+	Method, URL string
 }
 
 // Refresh rotates the presented token, or returns the same child when it is
@@ -185,6 +219,15 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	if err != nil {
 		return Grant{}, err
 	}
+	nonces := s.DPoPRequireNonce || client.DPoPRequireNonce
+	var proof dpop.Proof
+	if req.DPoP != nil {
+		// After the token's MAC, which costs no I/O: a proof records its
+		// jti in the cluster-wide cache.
+		if proof, err = s.verifyProof(ctx, *req.DPoP, nonces); err != nil {
+			return Grant{}, err
+		}
+	}
 	// The child is derived, not random: a retry of this parent, here or on
 	// another instance, derives the same one (ChildOf below).
 	child, err := codec.MintChild(presented)
@@ -195,7 +238,8 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	charged := false // a decision re-run after a fence conflict is not charged twice
 	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
 		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
-			Audience: req.Audience, Context: req.Context, OnReplay: client.OnReplay}
+			Audience: req.Audience, Context: req.Context, OnReplay: client.OnReplay,
+			ProofJKT: proof.JKT, ProofRequired: client.DPoPBound}
 		switch {
 		case presented.Generation == f.Generation:
 			cmd.Child = child
@@ -213,15 +257,24 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 		}
 		return events, err
 	})
-	if len(d.Events) > 0 && d.Events[0].Type == domain.ReplayDetected && client.OnReplay == domain.ReplayRevokeSubject &&
-		s.OnSubjectReplay != nil {
+	if len(d.Events) > 0 {
+		s.observeProof(d.Events[0])
+	}
+	if len(d.Events) > 0 && (d.Events[0].Type == domain.ReplayDetected || d.Events[0].Type == domain.KeyMismatch) &&
+		client.OnReplay == domain.ReplayRevokeSubject && s.OnSubjectReplay != nil {
 		s.OnSubjectReplay(d.After.Subject)
 	}
 	if err != nil {
-		return Grant{}, err
+		return Grant{}, s.withNonce(err, nonces)
 	}
 	last := d.Events[len(d.Events)-1]
-	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child, AccessTTL: client.AccessTTL}
+	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child, AccessTTL: client.AccessTTL,
+		DPoPJKT: proof.JKT}
+	if nonces {
+		if g.DPoPNonce, err = s.DPoP.Nonce(); err != nil {
+			return Grant{}, err
+		}
+	}
 	if last.Type == domain.TokenReused {
 		g.Token = reusable
 	}
@@ -314,4 +367,60 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
+}
+
+// verifyProof checks a refresh's DPoP proof for the token endpoint.
+func (s *Service) verifyProof(ctx context.Context, p DPoPProof, nonceRequired bool) (dpop.Proof, error) {
+	if s.DPoP == nil {
+		return dpop.Proof{}, domain.Errorf(domain.EInvalidDPoPProof, "DPoP is not offered here")
+	}
+	r := dpop.Request{Proof: p.Proof, Method: p.Method, URL: p.URL, NonceRequired: nonceRequired}
+	if r.Method == "" {
+		r.Method = "POST"
+	}
+	if r.URL == "" {
+		r.URL = s.TokenURL
+	}
+	proof, err := s.DPoP.Verify(ctx, r)
+	if s.OnProof != nil && domain.ErrorCode(err) != domain.EUnavailable {
+		s.OnProof(dpop.ReasonOf(err))
+	}
+	return proof, err
+}
+
+// Reasons OnProof reports beside dpop's: the decider's refusals.
+const (
+	ProofMissing     = "missing"
+	ProofKeyMismatch = "key_mismatch"
+)
+
+// observeProof reports the refusals the decider makes of a proof: none
+// where one was needed, or one by another key than the family's.
+func (s *Service) observeProof(first domain.Event) {
+	switch {
+	case s.OnProof == nil:
+	case first.Type == domain.KeyMismatch:
+		s.OnProof(ProofKeyMismatch)
+	case first.Type == domain.RefreshRejected && first.Reason == domain.ReasonDPoPProofMissing:
+		s.OnProof(ProofMissing)
+	}
+}
+
+// withNonce gives an invalid_dpop_proof the nonce a client whose proofs
+// need one retries with, so that one round trip fixes both.
+func (s *Service) withNonce(err error, nonces bool) error {
+	if !nonces || domain.ErrorCode(err) != domain.EInvalidDPoPProof || s.DPoP == nil {
+		return err
+	}
+	var de *domain.Error
+	if !errors.As(err, &de) {
+		return err
+	}
+	nonce, nerr := s.DPoP.Nonce()
+	if nerr != nil {
+		return err
+	}
+	e := *de
+	e.DPoPNonce = nonce
+	return &e
 }

@@ -134,7 +134,23 @@ type Introspection struct {
 	Exp       int64    `json:"exp,omitempty"`
 	Iat       int64    `json:"iat,omitempty"`
 	TokenType string   `json:"token_type,omitempty"`
-	AsOfSeq   uint64   `json:"as_of_seq"`
+	// Cnf names the DPoP key a bound family's tokens are bound to.
+	Cnf     *Confirmation `json:"cnf,omitempty"`
+	AsOfSeq uint64        `json:"as_of_seq"`
+}
+
+// Confirmation is the cnf claim and introspection member of a DPoP-bound
+// token (RFC 9449 section 6, RFC 7800): the SHA-256 thumbprint of its key.
+type Confirmation struct {
+	JKT string `json:"jkt"`
+}
+
+// ConfirmationOf returns the cnf of a token bound to jkt, nil for "".
+func ConfirmationOf(jkt string) *Confirmation {
+	if jkt == "" {
+		return nil
+	}
+	return &Confirmation{JKT: jkt}
 }
 
 // FamilyView is a family and its chain of tokens.

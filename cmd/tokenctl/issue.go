@@ -11,10 +11,11 @@ import (
 
 var issueCommand = &command{
 	summary:  "start a new token family",
-	synopsis: `--subject S --client-id C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y] [--save FILE]`,
+	synopsis: `--subject S --client-id C [--scope "a b"] [--audience URL]... [--ip X] [--user-agent Y] [--dpop-jkt T] [--save FILE]`,
 	help: `Prints the family id, the first refresh token (with --save, only into FILE)
 and an access token. --audience may repeat; the first one is the default
-audience of refreshes.`,
+audience of refreshes. --dpop-jkt binds the family to the DPoP key whose
+RFC 7638 thumbprint is T: every refresh then needs a proof by that key.`,
 	jsonHelp: saveJSONHelp,
 	setup: func(fs *flag.FlagSet) func(context.Context, *env) error {
 		subject := fs.String("subject", "", "the user the family belongs to (`S`, required)")
@@ -22,6 +23,7 @@ audience of refreshes.`,
 		scope := fs.String("scope", "", "space-separated granted `scope` (may be empty)")
 		var audience stringList
 		fs.Var(&audience, "audience", "resource `URL` the family may mint access tokens for (repeatable)")
+		jkt := fs.String("dpop-jkt", "", "bind the family to the DPoP key with this RFC 7638 SHA-256 `thumbprint` (base64url)")
 		reqContext := contextFlags(fs)
 		save := saveFlag(fs)
 		return func(ctx context.Context, e *env) error {
@@ -32,7 +34,7 @@ audience of refreshes.`,
 				return usagef("--client-id is required")
 			}
 			req := wire.IssueRequest{Subject: *subject, ClientID: *clientID, Scope: *scope,
-				Audience: audience, Context: reqContext()}
+				Audience: audience, Context: reqContext(), DPoPJKT: *jkt}
 			c, err := e.client()
 			if err != nil {
 				return err

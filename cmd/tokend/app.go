@@ -62,8 +62,9 @@ type App struct {
 	// issuerDerived says it is the OAuth listener's URL, no --issuer given.
 	issuer        string
 	issuerDerived bool
-	// assertions remembers the client assertions' jti (--oauth-http).
-	assertions *jti.Cache
+	// usedIDs remembers the one-time ids (jti) of client assertions and
+	// DPoP proofs, for every instance.
+	usedIDs *jti.Cache
 	// audit and auditLn serve the audit API (--audit-http); nil when off.
 	audit   *http.Server
 	auditLn net.Listener
@@ -159,10 +160,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if svc.Revoking, err = revoking.Open(setupCtx, a.js, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}
-	if cfg.OAuthHTTP.Addr != "" {
-		if a.assertions, err = jti.Open(setupCtx, a.js, cfg.StreamReplicas, time.Now); err != nil {
-			return nil, err
-		}
+	if a.usedIDs, err = jti.Open(setupCtx, a.js, cfg.StreamReplicas, time.Now); err != nil {
+		return nil, err
+	}
+	if err := a.useDPoP(svc, ring, metrics); err != nil {
+		return nil, err
 	}
 	a.revoking = svc.Revoking
 	if a.protector != nil {
@@ -378,7 +380,7 @@ func (a *App) serveOAuth() error {
 	if err != nil {
 		return err
 	}
-	oauth := api.NewOAuth(a.api, a.clients, a.issuer, a.assertions, a.log.With("component", "oauth"))
+	oauth := api.NewOAuth(a.api, a.clients, a.issuer, a.usedIDs, a.log.With("component", "oauth"))
 	a.oauth = a.newHTTPServer(api.WithClientAddress(clientAddr, oauth.Handler()))
 	a.oauth.ErrorLog = slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)
 	underTLS := a.cfg.OAuthHTTP.TLSCert != ""

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/clientaddr"
+	"github.com/tokend/tokend/dpop"
 )
 
 // Config is everything tokend can be told, by flag or TOKEND_* variable.
@@ -59,11 +60,16 @@ type Config struct {
 	IssueBurst          int
 	ForeignRate         float64
 	ForeignBurst        int
-	ReadyMaxLag         uint64
-	MaxCommands         int // commands handled at once
-	MaxQueries          int // queries handled at once
-	LogLevel            string
-	Pprof               bool
+	// DPoP proofs (RFC 9449): see dpop.Verifier.
+	DPoPRequireNonce bool
+	DPoPProofMaxAge  time.Duration
+	DPoPClockSkew    time.Duration
+	DPoPSigningAlgs  string
+	ReadyMaxLag      uint64
+	MaxCommands      int // commands handled at once
+	MaxQueries       int // queries handled at once
+	LogLevel         string
+	Pprof            bool
 	// ClientRegistry enforces the client registry; it is opened and
 	// administered either way.
 	ClientRegistry bool
@@ -240,6 +246,10 @@ func declareFlags(c *Config, usage io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.IssueBurst, "rate-issue-burst", 400, "issues per client id allowed at once above the rate")
 	fs.Float64Var(&c.ForeignRate, "rate-foreign-per-client", 5, "refresh tokens of other clients' families a client may present per second, on average (0: no limit); charged to the presenting client, never to the owner's family")
 	fs.IntVar(&c.ForeignBurst, "rate-foreign-burst", 20, "such presentations allowed at once above the rate")
+	fs.BoolVar(&c.DPoPRequireNonce, "dpop-require-nonce", false, "every client's DPoP proofs must carry a server nonce (RFC 9449 section 8); without it, only those of clients registered with dpop_require_nonce")
+	fs.DurationVar(&c.DPoPProofMaxAge, "dpop-proof-max-age", 60*time.Second, "a DPoP proof is accepted this long after its iat (plus --dpop-clock-skew), and its jti is remembered as long")
+	fs.DurationVar(&c.DPoPClockSkew, "dpop-clock-skew", 5*time.Second, "how far a client's clock may be ahead of or behind tokend's when it makes a DPoP proof")
+	fs.StringVar(&c.DPoPSigningAlgs, "dpop-signing-algs", strings.Join(dpop.AlgNames(dpop.DefaultAlgs), ","), "the JWS algorithms a DPoP proof may be signed with, comma-separated (asymmetric ones only)")
 	fs.IntVar(&c.MaxCommands, "max-commands-in-flight", api.DefaultCommandsInFlight, "commands (issue, refresh, revoke) handled at once; as many more may wait up to 1s for a slot, the rest are answered temporarily_unavailable")
 	fs.IntVar(&c.MaxQueries, "max-queries-in-flight", api.DefaultQueriesInFlight, "queries handled at once, apart from the commands' budget so slow audits cannot stall refreshes; as many more may wait up to 1s")
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", 10*time.Second, "every HTTP listener: the longest a client may take to send a request, headers and body (a valid one is a few KiB)")
@@ -280,6 +290,9 @@ variable shown under it; a flag on the command line beats its variable.
 }
 
 func (c Config) validate() error {
+	if _, err := dpop.ParseAlgs(c.DPoPSigningAlgs); err != nil {
+		return fmt.Errorf("--dpop-signing-algs: %w", err)
+	}
 	switch {
 	case c.SubjectPrefix == "" || strings.ContainsAny(c.SubjectPrefix, " *>\t"):
 		return fmt.Errorf("--subject-prefix %q is not a valid subject prefix", c.SubjectPrefix)
@@ -318,6 +331,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("--max-commands-in-flight and --max-queries-in-flight must be at least 1")
 	case c.ForeignRate < 0 || c.ForeignBurst < 1:
 		return fmt.Errorf("rate limits must not be negative and bursts must be at least 1")
+	case c.DPoPProofMaxAge < time.Second || c.DPoPClockSkew < 0 || c.DPoPClockSkew > c.DPoPProofMaxAge:
+		return fmt.Errorf("--dpop-proof-max-age must be at least 1s, and --dpop-clock-skew between 0 and it")
 	case (c.OAuthHTTP.TLSCert == "") != (c.OAuthHTTP.TLSKey == ""):
 		return fmt.Errorf("--oauth-tls-cert and --oauth-tls-key go together")
 	case c.OAuthHTTP.TLSCert != "" && c.OAuthHTTP.Addr == "":

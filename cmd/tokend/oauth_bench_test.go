@@ -18,7 +18,10 @@ import (
 // BenchmarkRefreshPaths compares one rotation over the OAuth token endpoint
 // (HTTP, client_secret_basic) with one over NATS (tokens.cmd.refresh), end
 // to end from a client in the same process, each worker rotating its own
-// family. It reports rotations per second and the p50/p99 latency.
+// family; http-dpop is the HTTP path with a family bound to a DPoP key,
+// each refresh with a new ES256 proof (made by the benchmark, whose cost
+// shares the machine). It reports rotations per second and the p50/p99
+// latency.
 //
 //	go test -run '^$' -bench RefreshPaths -benchtime 5s ./cmd/tokend
 func BenchmarkRefreshPaths(b *testing.B) {
@@ -33,28 +36,34 @@ func BenchmarkRefreshPaths(b *testing.B) {
 		b.Fatal(err)
 	}
 	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	paths := map[string]func(tb testing.TB, token string) string{
-		"nats": func(tb testing.TB, token string) string { return mustRefresh(tb, nc, token, "web-app").RefreshToken },
-		"http": func(tb testing.TB, token string) string {
-			req, _ := http.NewRequest(http.MethodPost, cfg.Issuer+"/oauth2/token",
-				strings.NewReader(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {token}}.Encode()))
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.SetBasicAuth("web-app", secret)
-			resp, err := httpClient.Do(req)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var body struct {
-				RefreshToken string `json:"refresh_token"`
-			}
-			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK {
-				tb.Fatalf("token endpoint: %d %v", resp.StatusCode, err)
-			}
-			return body.RefreshToken
-		},
+	key := newProver(b)
+	overHTTP := func(tb testing.TB, token string, dpop bool) string {
+		req, _ := http.NewRequest(http.MethodPost, cfg.Issuer+"/oauth2/token",
+			strings.NewReader(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("web-app", secret)
+		if dpop {
+			req.Header.Set("DPoP", key.proof(tb, http.MethodPost, cfg.Issuer+"/oauth2/token"))
+		}
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			RefreshToken string `json:"refresh_token"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK {
+			tb.Fatalf("token endpoint: %d %v", resp.StatusCode, err)
+		}
+		return body.RefreshToken
 	}
-	for _, name := range []string{"nats", "http"} {
+	paths := map[string]func(tb testing.TB, token string) string{
+		"nats":      func(tb testing.TB, token string) string { return mustRefresh(tb, nc, token, "web-app").RefreshToken },
+		"http":      func(tb testing.TB, token string) string { return overHTTP(tb, token, false) },
+		"http-dpop": func(tb testing.TB, token string) string { return overHTTP(tb, token, true) },
+	}
+	for _, name := range []string{"nats", "http", "http-dpop"} {
 		b.Run(name, func(b *testing.B) {
 			var (
 				mu        sync.Mutex
@@ -62,7 +71,12 @@ func BenchmarkRefreshPaths(b *testing.B) {
 			)
 			b.SetParallelism(8)
 			b.RunParallel(func(pb *testing.PB) {
-				token := mustIssue(b, nc, "user-bench", "web-app").RefreshToken
+				var token string
+				if name == "http-dpop" {
+					token = issueBound(b, nc, "web-app", key.jkt).RefreshToken
+				} else {
+					token = mustIssue(b, nc, "user-bench", "web-app").RefreshToken
+				}
 				var mine []time.Duration
 				for pb.Next() {
 					start := time.Now()

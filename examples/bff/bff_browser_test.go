@@ -228,6 +228,14 @@ func buildTokenctl(t *testing.T) func() string {
 // startBFF runs the demo, as main does, on td; it returns its URL.
 func startBFF(t *testing.T, td *apitest.Tokend) string {
 	t.Helper()
+	return startBFFWith(t, td, config{})
+}
+
+// startBFFWith is startBFF with cfg's flags; its NATS URL and issuer are
+// td's.
+func startBFFWith(t *testing.T, td *apitest.Tokend, cfg config) string {
+	t.Helper()
+	cfg.natsURL, cfg.issuer = td.URL(), td.Options().Issuer
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +244,7 @@ func startBFF(t *testing.T, td *apitest.Tokend) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, config{natsURL: td.URL(), issuer: td.Options().Issuer}, ln, slog.New(slog.NewTextHandler(&logs, nil)))
+		done <- run(ctx, cfg, ln, slog.New(slog.NewTextHandler(&logs, nil)))
 	}()
 	t.Cleanup(func() {
 		cancel()

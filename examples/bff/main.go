@@ -20,6 +20,15 @@
 // Sessions live in memory; with --kv-bucket they live in a JetStream KV
 // bucket, and several replicas (each with its own --listen, the same
 // --cookie-key-file and --api-url) share them.
+//
+// With --dpop each session gets a DPoP key of its own (RFC 9449): its
+// family is bound to the key at sign-in, every refresh carries a proof by
+// it, and the API takes the access tokens only with a proof. The demo
+// keeps the keys in its memory (client.MemoryDPoPKeys), so a restart
+// signs every DPoP session out, and --dpop does not go with --kv-bucket:
+// replicas would not share the keys. A real deployment keeps each key
+// where its replicas find it, sealed, or in a KMS behind a crypto.Signer
+// (see client.MemoryDPoPKeys).
 package main
 
 import (
@@ -34,6 +43,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -51,6 +61,7 @@ type config struct {
 	apiURL        string
 	kvBucket      string
 	cookieKeyFile string
+	dpop          bool
 }
 
 func main() {
@@ -61,6 +72,7 @@ func main() {
 	flag.StringVar(&cfg.apiURL, "api-url", "", "the demo API the pages call, and the audience of the access tokens (default: this process's /api)")
 	flag.StringVar(&cfg.kvBucket, "kv-bucket", "", "keep sessions in this JetStream KV bucket, shared by replicas (default: in memory)")
 	flag.StringVar(&cfg.cookieKeyFile, "cookie-key-file", "", "key signing the session cookies, at least 32 bytes, the same on every replica (default: random)")
+	flag.BoolVar(&cfg.dpop, "dpop", false, "bind each session's tokens to a DPoP key of its own, kept in memory (not with --kv-bucket)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -86,6 +98,9 @@ func run(ctx context.Context, cfg config, ln net.Listener, log *slog.Logger) err
 	}
 	defer nc.Close()
 	c := client.New(nc, "")
+	if cfg.dpop && cfg.kvBucket != "" {
+		return errors.New("--dpop keeps the sessions' keys in memory: replicas sharing --kv-bucket would not have them")
+	}
 	store, err := openStore(ctx, nc, cfg.kvBucket)
 	if err != nil {
 		return err
@@ -97,7 +112,7 @@ func run(ctx context.Context, cfg config, ln net.Listener, log *slog.Logger) err
 
 	base := "http://" + ln.Addr().String()
 	apiURL := cmp.Or(cfg.apiURL, base+"/api")
-	sessions, err := client.NewSessions(c, store, client.SessionConfig{
+	sc := client.SessionConfig{
 		Key:        key,
 		ClientID:   clientID,
 		Audience:   apiURL,
@@ -105,13 +120,19 @@ func run(ctx context.Context, cfg config, ln net.Listener, log *slog.Logger) err
 		Insecure:   true, // plain http on loopback; never in production
 		SignInURL:  "/signin",
 		Log:        log,
-	})
+	}
+	if cfg.dpop {
+		sc.DPoPKeys = &client.MemoryDPoPKeys{}
+		// The URL the proofs name: tokend's token endpoint.
+		sc.Options.DPoPURL = strings.TrimSuffix(cfg.issuer, "/") + "/oauth2/token"
+	}
+	sessions, err := client.NewSessions(c, store, sc)
 	if err != nil {
 		return err
 	}
 	defer sessions.Close() // after the server stopped: saves rotations in flight
 
-	a := &app{c: c, sessions: sessions, apiURL: apiURL, log: log,
+	a := &app{c: c, sessions: sessions, apiURL: apiURL, log: log, dpop: cfg.dpop,
 		api: &api{issuer: cfg.issuer, audience: apiURL, keys: &keySet{fetch: c.Keys, now: time.Now}}}
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)

@@ -38,6 +38,7 @@ type app struct {
 	api      *api
 	apiURL   string
 	log      *slog.Logger
+	dpop     bool // each session's family bound to a DPoP key of its own
 }
 
 func (a *app) routes() http.Handler {
@@ -69,9 +70,28 @@ func (a *app) signIn(w http.ResponseWriter, r *http.Request) {
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 	ua := r.UserAgent()
 	ua = ua[:min(len(ua), 256)] // tokend bounds the audit context
-	issued, err := a.c.Issue(r.Context(), wire.IssueRequest{Subject: user, ClientID: clientID, Scope: scope,
-		Audience: []string{a.apiURL}, Context: map[string]string{"ip": ip, "user_agent": ua}})
+	req := wire.IssueRequest{Subject: user, ClientID: clientID, Scope: scope,
+		Audience: []string{a.apiURL}, Context: map[string]string{"ip": ip, "user_agent": ua}}
+	var key *client.DPoP
+	var err error
+	if a.dpop {
+		// A real authorization server binds the family to the key whose
+		// proof it verified at its code exchange; here the BFF is the
+		// client and makes the key itself.
+		key, err = client.NewDPoP(nil)
+		if err == nil {
+			req.DPoPJKT = key.JKT()
+		}
+	}
+	var issued wire.TokenReply
 	if err == nil {
+		issued, err = a.c.Issue(r.Context(), req)
+	}
+	switch {
+	case err != nil:
+	case key != nil:
+		err = a.sessions.StartDPoP(w, r, issued, key)
+	default:
 		err = a.sessions.Start(w, r, issued)
 	}
 	if err != nil {
@@ -93,7 +113,8 @@ type profilePage struct {
 // profile asks the API who the user is, with the session's access token.
 func (a *app) profile(w http.ResponseWriter, r *http.Request) {
 	at, _ := client.AccessTokenFrom(r.Context())
-	me, err := a.callAPI(r.Context(), at)
+	key, _ := client.DPoPFrom(r.Context())
+	me, err := a.callAPI(r.Context(), at, key)
 	if err != nil {
 		a.log.Warn("calling the API", "err", err)
 		http.Error(w, "The API failed: "+err.Error(), http.StatusBadGateway)
@@ -105,12 +126,20 @@ func (a *app) profile(w http.ResponseWriter, r *http.Request) {
 
 var apiClient = &http.Client{Timeout: 5 * time.Second}
 
-func (a *app) callAPI(ctx context.Context, at client.AccessToken) (identity, error) {
+// callAPI calls the API with at, and a proof by key if at is bound to it.
+func (a *app) callAPI(ctx context.Context, at client.AccessToken, key *client.DPoP) (identity, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.apiURL+"/me", nil)
 	if err != nil {
 		return identity{}, err
 	}
-	req.Header.Set("Authorization", "Bearer "+at.Token)
+	if key != nil {
+		err = key.Authorize(req, at)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+at.Token)
+	}
+	if err != nil {
+		return identity{}, err
+	}
 	resp, err := apiClient.Do(req)
 	if err != nil {
 		return identity{}, err
