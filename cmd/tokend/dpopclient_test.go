@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/dpop"
 	"github.com/tokend/tokend/events/eventstest"
 	"github.com/tokend/tokend/examples/dpopclient"
 	"github.com/tokend/tokend/registry"
@@ -63,7 +66,8 @@ func (l *exchangeLog) take() []string {
 // is refused with use_dpop_nonce, the retry with the nonce of the refusal
 // passes, and the later refreshes carry the nonce of the previous reply.
 // Its access tokens are DPoP tokens bound to its key (cnf.jkt, the RFC
-// 7638 thumbprint jwx computes), and every rotation records the binding.
+// 7638 thumbprint jwx computes), every rotation records the binding, and
+// its resource-request proof (ath) passes tokend's own proof checks.
 // The current refresh token presented by a second client with another
 // key is theft: tokend records token.key_mismatch and revokes the family.
 func TestDPoPOutsideClient(t *testing.T) {
@@ -96,6 +100,7 @@ func TestDPoPOutsideClient(t *testing.T) {
 		return c.TokenSource(context.Background(), cfg, expired).Token()
 	}
 	current := family.RefreshToken
+	var last *oauth2.Token
 	for i := range 3 {
 		tok, err := refreshWith(owner, current)
 		if err != nil {
@@ -117,7 +122,35 @@ func TestDPoPOutsideClient(t *testing.T) {
 		if got := ownerLog.take(); !slices.Equal(got, want) {
 			t.Fatalf("refresh %d: tokend answered %q, want %q", i, got, want)
 		}
-		current = tok.RefreshToken
+		current, last = tok.RefreshToken, tok
+	}
+
+	// A resource request with the last access token: the client's proof
+	// carries its ath, and tokend's own verifier, as a resource server of
+	// the deployment would use it, accepts the proof for the token's key.
+	verifier := &dpop.Verifier{Replay: e.app.usedIDs}
+	resource := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, accessToken, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		claims, err := e.app.api.Access.Verify(accessToken, time.Now())
+		if err != nil || scheme != "DPoP" || claims.Confirmation == nil {
+			http.Error(w, fmt.Sprintf("scheme %q, claims %+v, %v", scheme, claims, err), http.StatusUnauthorized)
+			return
+		}
+		proof, err := verifier.Verify(r.Context(), dpop.Request{Proof: r.Header.Get("DPoP"), Method: r.Method,
+			URL: "http://" + r.Host + r.URL.Path, AccessToken: accessToken})
+		if err != nil || proof.JKT != claims.Confirmation.JKT {
+			http.Error(w, fmt.Sprintf("proof by %q for a token of %q: %v", proof.JKT, claims.Confirmation.JKT, err), http.StatusUnauthorized)
+		}
+	}))
+	defer resource.Close()
+	resp, err := owner.HTTPClient(oauth2.StaticTokenSource(last)).Get(resource.URL + "/items?page=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusal, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the resource request: %d %s", resp.StatusCode, refusal)
 	}
 
 	evs := familyEvents(t, e.nc, family.FamilyID)

@@ -321,9 +321,9 @@ async function refreshDPoP(c, refreshToken, DPoP) {
 
 // dpopKey is a key pair as oauth4webapi makes it, its handle and its
 // thumbprint, which jose must compute alike (RFC 7638).
-async function dpopKey(alg) {
+async function dpopKey(alg, options) {
   const keyPair = await oauth.generateKeyPair(alg)
-  const DPoP = oauth.DPoP({ client_id: dpop.client_id }, keyPair)
+  const DPoP = oauth.DPoP({ client_id: dpop.client_id }, keyPair, options)
   const jkt = await DPoP.calculateThumbprint()
   const joseJKT = await jose.calculateJwkThumbprint(await jose.exportJWK(keyPair.publicKey))
   if (joseJKT !== jkt) fail(`thumbprint ${jkt} by oauth4webapi, ${joseJKT} by jose`)
@@ -353,9 +353,20 @@ async function resourceServer() {
 // refused with use_dpop_nonce; the retry carries the nonce of the refusal,
 // and later refreshes the nonce of the previous reply. Every access token
 // is a DPoP token bound to the key, and a resource accepts it with a proof.
-for (const alg of ['ES256', 'EdDSA']) {
-  await check(o4, `dpop/refresh-bound-family-${alg}`, async () => {
-    const { DPoP, jkt } = await dpopKey(alg)
+// oauth4webapi signs with an Ed25519 key as alg Ed25519 (RFC 9864) unless
+// told to write the older EdDSA, as its documentation shows.
+const asEdDSA = {
+  [oauth.modifyAssertion]: (header) => {
+    if (header.alg === 'Ed25519') header.alg = 'EdDSA'
+  },
+}
+for (const [name, alg, options] of [
+  ['ES256', 'ES256'],
+  ['Ed25519', 'Ed25519'],
+  ['Ed25519-as-EdDSA', 'Ed25519', asEdDSA],
+]) {
+  await check(o4, `dpop/refresh-bound-family-${name}`, async () => {
+    const { DPoP, jkt } = await dpopKey(alg, options)
     const rs = await resourceServer()
     try {
       let refreshToken = (await issue(dpop, jkt)).refresh_token
