@@ -101,6 +101,7 @@ func mustInteropEnv(t *testing.T, e *oauthEnv) []byte {
 			"es256":    keyClient("node-es256", ecKey),
 			"public":   {ClientID: "spa", AuthMethod: string(domain.AuthNone)},
 			"receiver": interopReceiver(t, e),
+			"dpop":     interopDPoPClient(t, e),
 		},
 		"resource_server": interopResourceServer(t, e),
 	})
@@ -132,22 +133,37 @@ func interopReceiver(t *testing.T, e *oauthEnv) interopClient {
 	return interopClient{ClientID: c.ID, AuthMethod: string(c.AuthMethod), ClientSecret: e.secret}
 }
 
+// interopDPoPClient registers a public client whose families are bound to
+// a DPoP key and whose proofs must carry tokend's nonce (RFC 9449 sections
+// 5.2 and 8), so the script's refreshes go through the nonce round trip.
+func interopDPoPClient(t *testing.T, e *oauthEnv) interopClient {
+	c := domain.Client{ID: "spa-dpop", Type: domain.ClientPublic, DPoPBound: true, DPoPRequireNonce: true,
+		Scopes: []string{"openid", "api:read", "api:write"}, Audiences: interopAudiences}
+	if _, err := e.app.Clients().Put(t.Context(), c, "", 0, registry.Actor{By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	return interopClient{ClientID: c.ID, AuthMethod: string(domain.AuthNone)}
+}
+
 // interopAudiences are the audiences of every family the script gets.
 var interopAudiences = []string{"https://api.example.com", "https://billing.example.com"}
 
 // interopIssueHook serves the script's issue_url: a family issued over NATS
-// on demand, so a check can introspect right after the issue.
+// on demand, so a check can introspect right after the issue; bound to the
+// DPoP key of the thumbprint dpop_jkt when the script sends one, as an
+// authorization server does after its code exchange.
 func interopIssueHook(t *testing.T, e *oauthEnv) string {
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			ClientID string `json:"client_id"`
+			DPoPJKT  string `json:"dpop_jkt"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		body, _ := json.Marshal(wire.IssueRequest{Subject: "user-interop", ClientID: req.ClientID,
-			Scope: "openid api:read api:write", Audience: interopAudiences})
+			Scope: "openid api:read api:write", Audience: interopAudiences, DPoPJKT: req.DPoPJKT})
 		msg, err := e.nc.Request("tokens.cmd.issue", body, 10*time.Second)
 		switch {
 		case err != nil:

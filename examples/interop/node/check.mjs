@@ -8,11 +8,13 @@
 // stdin:
 //   issuer           --issuer of the tokend
 //   resource         the audience access tokens carry when none is asked for
-//   issue_url        POST {"client_id"} issues a new family over NATS and
+//   issue_url        POST {"client_id", "dpop_jkt"?} issues a new family over
+//                    NATS, bound to the DPoP key of dpop_jkt if given, and
 //                    answers tokend's issue reply (refresh_token, access_token)
 //   clients          basic, post, ed25519, es256, public, receiver (an SSF
-//                    receiver): {client_id, auth_method, client_secret?,
-//                    private_jwk?}
+//                    receiver), dpop (a public client whose families are
+//                    DPoP-bound and whose proofs need tokend's nonce):
+//                    {client_id, auth_method, client_secret?, private_jwk?}
 //   resource_server  the client that introspects, in the same shape
 import * as oauth from 'oauth4webapi'
 import * as client from 'openid-client'
@@ -59,8 +61,8 @@ function fail(message) {
   throw new Error(message)
 }
 
-async function issue(c) {
-  const res = await fetch(env.issue_url, { method: 'POST', body: JSON.stringify({ client_id: c.client_id }) })
+async function issue(c, dpopJKT) {
+  const res = await fetch(env.issue_url, { method: 'POST', body: JSON.stringify({ client_id: c.client_id, dpop_jkt: dpopJKT }) })
   if (!res.ok) fail(`issue hook: ${res.status} ${await res.text()}`)
   return res.json()
 }
@@ -169,7 +171,7 @@ async function failsAsClient(basic, fn) {
   fail('succeeded with a wrong secret')
 }
 
-const { basic, post, ed25519, es256, public: pub, receiver } = env.clients
+const { basic, post, ed25519, es256, public: pub, receiver, dpop } = env.clients
 
 await check(o4, 'refresh/client_secret_basic', () => rotates(basic))
 await check(o4, 'refresh/client_secret_post', () => rotates(post))
@@ -297,6 +299,113 @@ await check(o4, 'error/invalid_grant-replay', () => replayed((rt) => refresh(bas
 await check(o4, 'error/invalid_client-wrong-secret', async () => {
   const family = await issue(basic)
   return failsAsClient(true, () => refresh(basic, family.refresh_token, oauth.ClientSecretBasic(basic.client_secret + 'x')))
+})
+
+// --- oauth4webapi: DPoP (RFC 9449) -----------------------------------------
+
+// refreshDPoP refreshes with a proof by DPoP's key, retrying once when the
+// server asks for a nonce, as oauth4webapi's documentation does; it answers
+// the token and whether it had to retry.
+async function refreshDPoP(c, refreshToken, DPoP) {
+  const once = async () => {
+    const res = await oauth.refreshTokenGrantRequest(as, { client_id: c.client_id }, auth(c), refreshToken, { ...insecure, DPoP })
+    return oauth.processRefreshTokenResponse(as, { client_id: c.client_id }, res)
+  }
+  try {
+    return { token: await once(), retried: false }
+  } catch (err) {
+    if (!oauth.isDPoPNonceError(err)) throw err
+    return { token: await once(), retried: true }
+  }
+}
+
+// dpopKey is a key pair as oauth4webapi makes it, its handle and its
+// thumbprint, which jose must compute alike (RFC 7638).
+async function dpopKey(alg, options) {
+  const keyPair = await oauth.generateKeyPair(alg)
+  const DPoP = oauth.DPoP({ client_id: dpop.client_id }, keyPair, options)
+  const jkt = await DPoP.calculateThumbprint()
+  const joseJKT = await jose.calculateJwkThumbprint(await jose.exportJWK(keyPair.publicKey))
+  if (joseJKT !== jkt) fail(`thumbprint ${jkt} by oauth4webapi, ${joseJKT} by jose`)
+  return { DPoP, jkt }
+}
+
+// resourceServer is a protected resource that checks its requests with
+// oauth4webapi's validateJwtAccessToken, DPoP required: the access token
+// against the issuer's JWKS, the proof (htm, htu, iat, ath) and cnf.jkt
+// against the proof's key.
+async function resourceServer() {
+  const { createServer } = await import('node:http')
+  const server = createServer(async (req, res) => {
+    const request = new Request(`http://${req.headers.host}${req.url}`, { method: req.method, headers: req.headers })
+    try {
+      const claims = await oauth.validateJwtAccessToken(as, request, env.resource, { ...insecure, requireDPoP: true })
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jkt: claims.cnf.jkt }))
+    } catch (err) {
+      res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify(describe(err)))
+    }
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return { url: new URL(`http://127.0.0.1:${server.address().port}/items?page=1`), close: () => server.close() }
+}
+
+// The nonce round trip happens once: the first proof has no nonce and is
+// refused with use_dpop_nonce; the retry carries the nonce of the refusal,
+// and later refreshes the nonce of the previous reply. Every access token
+// is a DPoP token bound to the key, and a resource accepts it with a proof.
+// oauth4webapi signs with an Ed25519 key as alg Ed25519 (RFC 9864) unless
+// told to write the older EdDSA, as its documentation shows.
+const asEdDSA = {
+  [oauth.modifyAssertion]: (header) => {
+    if (header.alg === 'Ed25519') header.alg = 'EdDSA'
+  },
+}
+for (const [name, alg, options] of [
+  ['ES256', 'ES256'],
+  ['Ed25519', 'Ed25519'],
+  ['Ed25519-as-EdDSA', 'Ed25519', asEdDSA],
+]) {
+  await check(o4, `dpop/refresh-bound-family-${name}`, async () => {
+    const { DPoP, jkt } = await dpopKey(alg, options)
+    const rs = await resourceServer()
+    try {
+      let refreshToken = (await issue(dpop, jkt)).refresh_token
+      const retried = []
+      for (let i = 0; i < 3; i++) {
+        const { token, retried: again } = await refreshDPoP(dpop, refreshToken, DPoP)
+        if (token.token_type !== 'dpop') fail(`refresh ${i}: token_type ${token.token_type}`)
+        const { cnf } = jose.decodeJwt(token.access_token)
+        if (cnf?.jkt !== jkt) fail(`refresh ${i}: cnf ${JSON.stringify(cnf)}, want jkt ${jkt}`)
+        if (!token.refresh_token || token.refresh_token === refreshToken) fail(`refresh ${i}: no new refresh token`)
+        retried.push(again)
+        refreshToken = token.refresh_token
+        const res = await oauth.protectedResourceRequest(token.access_token, 'GET', rs.url, undefined, undefined, { ...insecure, DPoP })
+        if (res.status !== 200) fail(`refresh ${i}: the resource refused the token and its proof: ${await res.text()}`)
+      }
+      if (retried.join() !== 'true,false,false') fail(`nonce retries ${retried}, want only the first refresh to need one`)
+      return `token_type dpop, cnf.jkt the key's, resource accepted; nonce retries ${retried}`
+    } finally {
+      rs.close()
+    }
+  })
+}
+
+// A stolen refresh token presented with another key revokes its family.
+await check(o4, 'dpop/stolen-refresh-token-other-key', async () => {
+  const owner = await dpopKey('ES256')
+  const thief = await dpopKey('ES256')
+  const family = await issue(dpop, owner.jkt)
+  const { token } = await refreshDPoP(dpop, family.refresh_token, owner.DPoP)
+  const stolen = await failsWith('invalid_grant', 400, () => refreshDPoP(dpop, token.refresh_token, thief.DPoP))
+  const after = await failsWith('invalid_grant', 400, () => refreshDPoP(dpop, token.refresh_token, owner.DPoP))
+  return `the thief: ${stolen}; then the owner: ${after}`
+})
+
+// A bound family refreshed without a proof.
+await check(o4, 'dpop/bound-family-without-proof', async () => {
+  const { jkt } = await dpopKey('ES256')
+  const family = await issue(dpop, jkt)
+  return failsWith('invalid_dpop_proof', 400, () => refresh(dpop, family.refresh_token))
 })
 
 // --- openid-client ---------------------------------------------------------
