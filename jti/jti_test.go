@@ -3,6 +3,7 @@ package jti
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -130,4 +131,23 @@ func TestTTLUntil(t *testing.T) {
 			t.Errorf("ttlUntil(+%v) = %v, want %v", tc.until, got, tc.want)
 		}
 	}
+}
+
+// BenchmarkSeen is the cost of recording one new identifier, as every DPoP
+// proof and client assertion does: one write to the file-stored bucket,
+// awaited, with 8 callers at once as on a busy token endpoint.
+//
+//	go test -run '^$' -bench Seen ./jti
+func BenchmarkSeen(b *testing.B) {
+	c := mustCache(b, eventstest.MustJetStream(b).ClientURL())
+	var n atomic.Int64
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := "bench|" + strconv.FormatInt(n.Add(1), 10)
+			if mustSeen(b, c, key, time.Now().Add(65*time.Second)) {
+				b.Fatal("a new key was seen before")
+			}
+		}
+	})
 }
