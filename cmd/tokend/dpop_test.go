@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
 	"github.com/tokend/tokend/domain"
+	"github.com/tokend/tokend/events/eventstest"
 	"github.com/tokend/tokend/registry"
 )
 
@@ -447,5 +449,69 @@ func TestDPoPClientSource(t *testing.T) {
 	}
 	if got := countTypes(familyEvents(t, e.nc, issued.FamilyID)); got["token.key_mismatch"] != 1 || got["family.revoked"] != 1 {
 		t.Fatalf("events %v", got)
+	}
+}
+
+// TestDPoPConcurrentRefreshesAndRetries: parallel refreshes of a bound
+// family's token, each with its own proof by the family's key, through two
+// instances, rotate once and all get the same child (invariant 2); the
+// just-rotated parent with another key is theft, not a retry.
+func TestDPoPConcurrentRefreshesAndRetries(t *testing.T) {
+	e := mustDPoPEnv(t, nil)
+	other := MustApp(t, func() Config { c := oauthConfig(t, e.app.NATSURL()); c.Issuer = e.base; return c }(), nil)
+	p, thief := newProver(t), newProver(t)
+	issued := issueBound(t, e.nc, "spa", p.jkt)
+	conns := []*nats.Conn{e.nc, eventstest.MustConnect(t, other.NATSURL())}
+	const callers = 12
+	children := make([]string, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := call(t, conns[i%2], "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: issued.RefreshToken, ClientID: "spa",
+				DPoPProof: p.proof(t, "POST", e.base+"/oauth2/token")})
+			if r.errCode != "" {
+				t.Errorf("caller %d: %s", i, r.raw)
+				return
+			}
+			children[i] = r.token.RefreshToken
+		}()
+	}
+	wg.Wait()
+	for i := range children {
+		if children[i] != children[0] {
+			t.Fatalf("caller %d got another child", i)
+		}
+	}
+	if got := countTypes(familyEvents(t, e.nc, issued.FamilyID)); got["token.rotated"] != 1 || got["token.reused"] != callers-1 {
+		t.Fatalf("events %v, want one token.rotated and %d token.reused", got, callers-1)
+	}
+	r := call(t, e.nc, "tokens.cmd.refresh", wire.RefreshRequest{RefreshToken: issued.RefreshToken, ClientID: "spa",
+		DPoPProof: thief.proof(t, "POST", e.base+"/oauth2/token")})
+	wantError(t, r, domain.EInvalidGrant)
+	if got := countTypes(familyEvents(t, e.nc, issued.FamilyID)); got["token.key_mismatch"] != 1 || got["family.revoked"] != 1 {
+		t.Fatalf("the parent with another key inside the reuse interval: events %v", got)
+	}
+}
+
+// TestDPoPAccessTokenIntrospection: introspecting a bound access token
+// over HTTP answers token_type DPoP and its cnf (RFC 9449 section 6.2).
+func TestDPoPAccessTokenIntrospection(t *testing.T) {
+	e := mustDPoPEnv(t, nil)
+	p := newProver(t)
+	r := call(t, e.nc, "tokens.cmd.issue", wire.IssueRequest{Subject: "user-42", ClientID: "web", Scope: "openid",
+		Audience: []string{"https://api.example.com"}, DPoPJKT: p.jkt})
+	if r.errCode != "" {
+		t.Fatalf("issue: %s", r.raw)
+	}
+	code, _, body := e.post(t, "/oauth2/introspect", url.Values{"token": {r.token.AccessToken}}, "web", e.secret)
+	cnf, _ := body["cnf"].(map[string]any)
+	if code != 200 || body["active"] != true || body["token_type"] != "DPoP" || cnf["jkt"] != p.jkt {
+		t.Fatalf("introspection of a bound access token: %d %v", code, body)
+	}
+	bearer := mustIssue(t, e.nc, "user-42", "web")
+	if _, _, body = e.post(t, "/oauth2/introspect", url.Values{"token": {bearer.AccessToken}}, "web", e.secret); body["token_type"] != "Bearer" || body["cnf"] != nil {
+		t.Fatalf("introspection of a bearer access token: %v", body)
 	}
 }
