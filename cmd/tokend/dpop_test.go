@@ -105,6 +105,17 @@ func mustDPoPEnv(t *testing.T, configure func(*Config)) dpopEnv {
 	return e
 }
 
+// sibling starts another instance on e's NATS server serving the same
+// public URL, as behind a load balancer, and returns it with an env that
+// sends to its own OAuth listener.
+func (e dpopEnv) sibling(t *testing.T) (*App, Config, dpopEnv) {
+	t.Helper()
+	cfg := oauthConfig(t, e.app.NATSURL())
+	cfg.Issuer = e.base
+	app := MustApp(t, cfg, nil)
+	return app, cfg, dpopEnv{&oauthEnv{app: app, nc: e.nc, base: "http://" + app.oauthLn.Addr().String()}}
+}
+
 // issueBound issues a family of client bound to jkt over NATS.
 func issueBound(t testing.TB, nc *nats.Conn, client, jkt string) wire.TokenReply {
 	t.Helper()
@@ -308,9 +319,7 @@ func TestDPoPBoundClient(t *testing.T) {
 // instance, and gets the next nonce with every reply.
 func TestDPoPNonceRoundTrip(t *testing.T) {
 	e := mustDPoPEnv(t, nil)
-	otherCfg := oauthConfig(t, e.app.NATSURL())
-	otherCfg.Issuer = e.base // both serve one public URL, as behind a load balancer
-	other := MustApp(t, otherCfg, nil)
+	_, _, otherEnv := e.sibling(t)
 	p := newProver(t)
 	issued := issueBound(t, e.nc, "nonce", p.jkt)
 	endpoint := e.base + "/oauth2/token"
@@ -330,7 +339,6 @@ func TestDPoPNonceRoundTrip(t *testing.T) {
 		t.Fatalf("use_dpop_nonce over NATS without dpop_nonce: %s", r.raw)
 	}
 	// The other instance accepts the nonce this one made.
-	otherEnv := dpopEnv{&oauthEnv{app: other, nc: e.nc, base: "http://" + other.oauthLn.Addr().String()}}
 	code, header, body = otherEnv.refreshHTTP(t, "nonce", issued.RefreshToken, p.proof(t, "POST", endpoint, withNonce(nonce)))
 	if code != 200 || header.Get("DPoP-Nonce") == "" {
 		t.Fatalf("with the nonce: %d %v %v", code, header, body)
@@ -344,9 +352,7 @@ func TestDPoPNonceRoundTrip(t *testing.T) {
 // again and after a restart.
 func TestDPoPProofReplay(t *testing.T) {
 	e := mustDPoPEnv(t, nil)
-	otherCfg := oauthConfig(t, e.app.NATSURL())
-	otherCfg.Issuer = e.base // both serve one public URL, as behind a load balancer
-	other := MustApp(t, otherCfg, nil)
+	other, otherCfg, otherEnv := e.sibling(t)
 	p := newProver(t)
 	endpoint := e.base + "/oauth2/token"
 	issued := issueBound(t, e.nc, "spa", p.jkt)
@@ -357,7 +363,6 @@ func TestDPoPProofReplay(t *testing.T) {
 	// The same proof with the same (now rotated) token, at the other
 	// instance inside the reuse interval, would get the child again:
 	// the proof's one use stops it.
-	otherEnv := dpopEnv{&oauthEnv{app: other, nc: e.nc, base: "http://" + other.oauthLn.Addr().String()}}
 	code, _, body := otherEnv.refreshHTTP(t, "spa", issued.RefreshToken, proof)
 	if code != 400 || body["error"] != "invalid_dpop_proof" || !strings.Contains(body["error_description"].(string), "used") {
 		t.Fatalf("the proof again at another instance: %d %v", code, body)
@@ -458,7 +463,7 @@ func TestDPoPClientSource(t *testing.T) {
 // just-rotated parent with another key is theft, not a retry.
 func TestDPoPConcurrentRefreshesAndRetries(t *testing.T) {
 	e := mustDPoPEnv(t, nil)
-	other := MustApp(t, func() Config { c := oauthConfig(t, e.app.NATSURL()); c.Issuer = e.base; return c }(), nil)
+	other, _, _ := e.sibling(t)
 	p, thief := newProver(t), newProver(t)
 	issued := issueBound(t, e.nc, "spa", p.jkt)
 	conns := []*nats.Conn{e.nc, eventstest.MustConnect(t, other.NATSURL())}
