@@ -47,9 +47,9 @@ bench:
 cluster-test:
 	go test -tags cluster -race -count=1 -run TestCluster -v ./cmd/tokend
 
-# kill -9 under load, a NATS outage under load (about a minute).
+# kill -9 under load, a NATS outage under load, tokend frozen with SIGSTOP (about two minutes).
 reliability-test:
-	go test -tags reliability -race -count=1 -run 'TestCrash|TestBrokerOutage' -v ./cmd/tokend
+	go test -tags reliability -race -count=1 -run 'TestCrash|TestBrokerOutage|TestFreeze' -v ./cmd/tokend
 
 # The outside contract driver (CI only: it lives beside the repository in
 # the project's shared workspace, not in a clone). It checks the v1 layout,
