@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokend/tokend/api/wire"
@@ -220,11 +221,12 @@ type Source struct {
 	backoff  time.Time // no background refresh before this (monotonic)
 	terminal sync.Once
 
-	// tries is the retry state of the refresh token last presented, and
-	// reuse the family's reuse interval as tokend last said (nil: not
-	// said). Only the one refresh in flight touches them.
+	// tries is the retry state of the refresh token last presented. Only
+	// the one refresh in flight touches it.
 	tries tries
-	reuse *time.Duration
+	// reuse is the family's reuse interval as tokend last said (nil: not
+	// said), from Begin or a refresh.
+	reuse atomic.Pointer[time.Duration]
 }
 
 // NewSource returns a Source for the session sessionID in store, whose
@@ -250,6 +252,7 @@ func (s *Source) Begin(ctx context.Context, clientID string, reply wire.TokenRep
 	if s.o.DPoP != nil {
 		s.o.DPoP.SetNonce(reply.DPoPNonce)
 	}
+	s.learn(reply)
 	if err := s.checkUsable(); err != nil {
 		return err
 	}
@@ -677,17 +680,18 @@ func (s *Source) keep(parent, child StoredToken, rev uint64) error {
 // or less when tokend's reuse interval, less a second for the clocks and
 // the way, is shorter.
 func (s *Source) retryWindow() time.Duration {
-	if s.reuse == nil {
+	reuse := s.reuse.Load()
+	if reuse == nil {
 		return s.o.RetryWindow
 	}
-	return max(0, min(s.o.RetryWindow, *s.reuse-time.Second))
+	return max(0, min(s.o.RetryWindow, *reuse-time.Second))
 }
 
 // learn keeps what a token reply says about the family's retries.
 func (s *Source) learn(reply wire.TokenReply) {
 	if reply.ReuseIntervalMs != nil {
 		d := time.Duration(*reply.ReuseIntervalMs) * time.Millisecond
-		s.reuse = &d
+		s.reuse.Store(&d)
 	}
 }
 

@@ -709,7 +709,7 @@ func TestProactiveRenewal(t *testing.T) {
 // that said they recover a lost reply.
 type proxy struct {
 	dropRequests, dropReplies atomic.Bool
-	recovers                  atomic.Int32
+	refreshes, recovers       atomic.Int32
 	// gate, if set, holds refresh requests until it is closed; arrived
 	// says when one is held.
 	gate    atomic.Pointer[chan struct{}]
@@ -726,6 +726,7 @@ func startProxy(t *testing.T, td *apitest.Tokend) *proxy {
 			if dropReq {
 				return
 			}
+			p.refreshes.Add(1)
 			var req wire.RefreshRequest
 			if json.Unmarshal(m.Data, &req) == nil && req.Recover {
 				p.recovers.Add(1)
@@ -837,6 +838,25 @@ func TestLostReplyOutOfReachEndsSessionAndFamily(t *testing.T) {
 	})
 	if _, _, err := s.store.Load(ctx(t), "session-1"); !errors.Is(err, client.ErrNoSession) {
 		t.Fatalf("the store still holds the lost token: %v", err)
+	}
+}
+
+// TestRetryWindowBoundedByTheReuseInterval: the issue reply says the
+// family's reuse interval is 1 s, so a Source whose RetryWindow is 5 s
+// retries a timed-out refresh for no longer than the interval less a
+// second, that is not at all: a retry after the interval could not get the
+// child back.
+func TestRetryWindowBoundedByTheReuseInterval(t *testing.T) {
+	td := apitest.Start(t, apitest.Options{AccessTTL: time.Minute, ReuseInterval: time.Second})
+	p := startProxy(t, td)
+	s := newSessionVia(t, td, "proxy", nil, client.Options{RetryWindow: 5 * time.Second, AttemptTimeout: 100 * time.Millisecond})
+	s.clock.Add(2 * time.Minute)
+	p.dropReplies.Store(true)
+	if _, err := s.src.Token(ctx(t), ""); !client.Transient(err) {
+		t.Fatalf("refresh with lost replies: %v", err)
+	}
+	if n := p.refreshes.Load(); n != 1 {
+		t.Fatalf("%d attempts inside a window the reuse interval closes at once", n)
 	}
 }
 
