@@ -27,6 +27,13 @@ const maxSlotWait = time.Second
 // its append can take tens.
 const minTimeToRun = 100 * time.Millisecond
 
+// MaxDeadlineSkew is how far a caller's clock may be ahead of tokend's
+// for its Tokend-Deadline to be honoured as it meant it: tokend drops a
+// request only once that deadline is this far past by its own clock.
+// Instances' clocks are kept within 1 s of each other (docs/protocol.md
+// section 14); callers' should be too.
+const MaxDeadlineSkew = time.Second
+
 // maxCallerTimeout caps a caller's Tokend-Timeout-Ms: past maxSlotWait
 // any value means the same, and the cap keeps the arithmetic in range.
 const maxCallerTimeout = time.Hour
@@ -57,18 +64,32 @@ var dropErrors = map[string]error{
 // is not counted: a millisecond or so, since the handlers never block
 // the subscription (async).
 func startBy(arrived time.Time, h micro.Headers) (time.Time, string, error) {
-	latest := arrived.Add(maxSlotWait)
-	v := h.Get(wire.HeaderTimeout)
-	if v == "" {
-		return latest, droppedSlotWait, nil
+	latest, reason := arrived.Add(maxSlotWait), droppedSlotWait
+	if v := h.Get(wire.HeaderTimeout); v != "" {
+		ms, err := strconv.ParseUint(v, 10, 63)
+		if err != nil {
+			return time.Time{}, "", domain.Errorf(domain.EInvalidRequest, "header %s must be a whole number of milliseconds", wire.HeaderTimeout)
+		}
+		timeout := time.Duration(min(ms, uint64(maxCallerTimeout/time.Millisecond))) * time.Millisecond
+		if byCaller := arrived.Add(timeout - minTimeToRun); byCaller.Before(latest) {
+			latest, reason = byCaller, droppedCallerDeadline
+		}
 	}
-	ms, err := strconv.ParseUint(v, 10, 63)
-	if err != nil {
-		return time.Time{}, "", domain.Errorf(domain.EInvalidRequest, "header %s must be a whole number of milliseconds", wire.HeaderTimeout)
+	if v := h.Get(wire.HeaderDeadline); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < 0 || ms > maxDeadlineMs {
+			return time.Time{}, "", domain.Errorf(domain.EInvalidRequest, "header %s must be a time in Unix milliseconds", wire.HeaderDeadline)
+		}
+		// Past the caller's clock's deadline, with room for the clocks'
+		// difference: a request that waited in the socket of a frozen
+		// tokend is dropped even though its handler just got it.
+		if byCaller := time.UnixMilli(ms).Add(MaxDeadlineSkew - minTimeToRun); byCaller.Before(latest) {
+			latest, reason = byCaller, droppedCallerDeadline
+		}
 	}
-	timeout := time.Duration(min(ms, uint64(maxCallerTimeout/time.Millisecond))) * time.Millisecond
-	if byCaller := arrived.Add(timeout - minTimeToRun); byCaller.Before(latest) {
-		return byCaller, droppedCallerDeadline, nil
-	}
-	return latest, droppedSlotWait, nil
+	return latest, reason, nil
 }
+
+// maxDeadlineMs bounds a Tokend-Deadline so that the arithmetic stays in
+// range: the year 9999.
+const maxDeadlineMs = 253402300799999

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -165,4 +166,70 @@ func TestRequestsWithoutATimeoutWaitAtMostMaxSlotWait(t *testing.T) {
 	}
 	g.release <- struct{}{}
 	await(t, holder)
+}
+
+// TestStartByTheCallersDeadline: Tokend-Deadline, the caller's clock's
+// deadline, bounds when a request may start even when the handler has just
+// got it (it waited in a frozen tokend's socket), with MaxDeadlineSkew for
+// the clocks; the sooner of it and Tokend-Timeout-Ms wins; a malformed one
+// is invalid_request.
+func TestStartByTheCallersDeadline(t *testing.T) {
+	arrived := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	headers := func(kv ...string) micro.Headers {
+		h := nats.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return micro.Headers(h)
+	}
+	ms := func(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+	for _, tc := range []struct {
+		name       string
+		h          micro.Headers
+		wantLatest time.Time
+		wantReason string
+		wantErr    bool
+	}{
+		{"none", headers(), arrived.Add(maxSlotWait), droppedSlotWait, false},
+		{"given up 12 s ago", headers(wire.HeaderDeadline, ms(arrived.Add(-12*time.Second))),
+			arrived.Add(-12*time.Second + MaxDeadlineSkew - minTimeToRun), droppedCallerDeadline, false},
+		{"half a second ago: the clocks may differ", headers(wire.HeaderDeadline, ms(arrived.Add(-500*time.Millisecond))),
+			arrived.Add(-500*time.Millisecond + MaxDeadlineSkew - minTimeToRun), droppedCallerDeadline, false},
+		{"far ahead: the slot wait bounds it", headers(wire.HeaderDeadline, ms(arrived.Add(time.Minute))), arrived.Add(maxSlotWait), droppedSlotWait, false},
+		{"the sooner of the two", headers(wire.HeaderDeadline, ms(arrived.Add(-2*time.Second)), wire.HeaderTimeout, "500"),
+			arrived.Add(-2*time.Second + MaxDeadlineSkew - minTimeToRun), droppedCallerDeadline, false},
+		{"timeout the sooner", headers(wire.HeaderDeadline, ms(arrived.Add(5*time.Second)), wire.HeaderTimeout, "300"),
+			arrived.Add(300*time.Millisecond - minTimeToRun), droppedCallerDeadline, false},
+		{"not a number", headers(wire.HeaderDeadline, "soon"), time.Time{}, "", true},
+		{"negative", headers(wire.HeaderDeadline, "-5"), time.Time{}, "", true},
+		{"past year 9999", headers(wire.HeaderDeadline, "9223372036854775807"), time.Time{}, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			latest, reason, err := startBy(arrived, tc.h)
+			if (err != nil) != tc.wantErr || !latest.Equal(tc.wantLatest) || reason != tc.wantReason {
+				t.Fatalf("startBy = %v, %q, %v; want %v, %q, error %v", latest, reason, err, tc.wantLatest, tc.wantReason, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestStaleRequestIsNotRun: a request whose caller's deadline passed while
+// it was on its way is answered temporarily_unavailable and never run.
+func TestStaleRequestIsNotRun(t *testing.T) {
+	g := startGated(t)
+	msg := nats.NewMsg("t.refresh")
+	msg.Data = []byte("stale")
+	msg.Header.Set(wire.HeaderDeadline, strconv.FormatInt(time.Now().Add(-10*time.Second).UnixMilli(), 10))
+	answer, err := g.nc.RequestMsg(msg, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(answer.Data), "temporarily_unavailable") {
+		t.Fatalf("answer %q", answer.Data)
+	}
+	select {
+	case body := <-g.started:
+		t.Fatalf("the handler ran %q", body)
+	default:
+	}
 }

@@ -189,12 +189,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range events.Types {
 		m.eventsAppended.WithLabelValues(t)
 	}
-	for _, reason := range []string{domain.ReasonReplayDetected, domain.ReasonDPoPKeyMismatch} {
+	for _, reason := range []string{domain.ReasonReplayDetected, domain.ReasonDPoPKeyMismatch, domain.ReasonLostRotation} {
 		m.familiesRevoked.WithLabelValues(m.reasons.label(reason))
 	}
 	for _, reason := range []string{domain.ReasonClientMismatch, domain.ReasonFamilyRevoked, domain.ReasonExpired,
 		domain.ReasonUnknownToken, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonRetiredKey,
-		domain.ReasonDPoPProofMissing} {
+		domain.ReasonDPoPProofMissing, domain.ReasonLostRotation} {
 		m.refreshRejected.WithLabelValues(reason)
 	}
 	for _, limit := range []string{tokens.LimitRefreshPerFamily, tokens.LimitIssuePerClient, tokens.LimitForeignPerClient} {

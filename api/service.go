@@ -364,6 +364,7 @@ func (s *Service) tokenReply(g tokens.Grant) (wire.TokenReply, error) {
 		RefreshToken: g.Token.Value(), FamilyID: g.Family.ID, TokenType: tokenType,
 		AccessToken: at, ExpiresIn: int64(s.Access.TTL(g) / time.Second), Scope: domain.ScopeString(g.Scope),
 		RefreshTokenExpiresAt: rfc3339(g.Family.ExpiresAt()), Seq: g.Seq, DPoPNonce: g.DPoPNonce,
+		ReuseIntervalMs: ptr(g.ReuseInterval.Milliseconds()),
 	}, nil
 }
 

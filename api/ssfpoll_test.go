@@ -60,8 +60,6 @@ func (p *stubPoller) polls() []polled {
 	return append([]polled(nil), p.got...)
 }
 
-func ptr[T any](v T) *T { return &v }
-
 // TestSSFPoll: a poll's maxEvents, returnImmediately, ack and setErrs
 // (RFC 8936 section 2.2) reach the delivery as sent, with the receiver's
 // stream; its answer is section 2.3's, sets an object even when empty.

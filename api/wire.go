@@ -137,7 +137,7 @@ func ParseRefresh(data []byte) (tokens.RefreshRequest, error) {
 		return tokens.RefreshRequest{}, err
 	}
 	req := tokens.RefreshRequest{Token: in.RefreshToken, ClientID: in.ClientID, Scope: scope,
-		Audience: in.Audience, Context: in.Context}
+		Audience: in.Audience, Context: in.Context, Recover: in.Recover}
 	switch {
 	case in.DPoPProof != "":
 		req.DPoP = &tokens.DPoPProof{Proof: in.DPoPProof, Method: in.DPoPMethod, URL: in.DPoPURL}
@@ -253,3 +253,5 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -209,12 +209,15 @@ func (c *Client) Request(ctx context.Context, subjectSuffix string, req any, rep
 		defer cancel()
 	}
 	// tokend does not start a request it cannot start in the time the
-	// caller has left, which it learns from this header (the time left,
-	// not the deadline, so the two clocks need not agree).
+	// caller has left, which it learns from the time left (the clocks need
+	// not agree) and the deadline itself (which also covers time the
+	// request spent queued in a frozen tokend, if the clocks agree within
+	// a second).
 	deadline, _ := ctx.Deadline()
 	out := nats.NewMsg(subject)
 	out.Data = data
 	out.Header.Set(wire.HeaderTimeout, strconv.FormatInt(max(time.Until(deadline).Milliseconds(), 0), 10))
+	out.Header.Set(wire.HeaderDeadline, strconv.FormatInt(deadline.UnixMilli(), 10))
 	msg, err := c.nc.RequestMsgWithContext(ctx, out)
 	if err != nil {
 		return fmt.Errorf("%s: %w", subject, err)

@@ -72,10 +72,12 @@ var (
 	// from it is cached, and the stored refresh token stays as it was
 	// unless the reply carried a new one.
 	ErrBadReply = errors.New("client: tokend's reply lacks a token or the requested grant")
-	// ErrLostRotation: a refresh was retried until the retry window ended
-	// without an answer, and tokend now reports the token inactive: it was
-	// rotated and the reply, with the only copy of its child, was lost.
-	// It matches ErrInvalidGrant, so it is terminal.
+	// ErrLostRotation: a refresh whose reply was lost (it timed out) was
+	// presented again, saying so, and tokend refused it: the token was
+	// rotated longer ago than the reuse interval, so the child, whose only
+	// copy was in that reply, is out of reach. tokend revoked the family
+	// (reason lost_rotation), so no token is left that nobody holds. It
+	// matches ErrInvalidGrant, so it is terminal.
 	ErrLostRotation = &lostRotation{}
 	// ErrClosed: the Source was closed.
 	ErrClosed = errors.New("client: source closed")

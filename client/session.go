@@ -308,7 +308,12 @@ func (s *Sessions) forgetKey(ctx context.Context, id string) {
 //     since it was issued): the same, after signing it out;
 //   - tokend or the store unreachable while the cached token has expired
 //     (Transient): 503 with Retry-After, and the session and the cookie
-//     stay: an outage never signs anyone out.
+//     stay: an outage never signs anyone out, however long. tokend does
+//     not run a refresh whose caller gave up, and a refresh that ran but
+//     whose reply was lost is recovered (the same child) while inside
+//     tokend's reuse interval after the rotation (Source). Only a reply
+//     lost for longer ends the session (ErrLostRotation); tokend then
+//     revokes its family, so no live token is left that nobody holds.
 func (s *Sessions) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, ok := s.sessionID(r)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokend/tokend/api/wire"
@@ -184,13 +185,18 @@ func (t AccessToken) LogValue() slog.Value {
 //     returns the same child. A request that never reached tokend (no
 //     responders, connection down) proves the token unused and may be
 //     retried at any time. A timeout proves nothing: tokend may have rotated
-//     the token and lost the reply. If the window ends after such an
-//     uncertain attempt, the next refresh of that token first asks
-//     tokens.query.introspect: still active means it was never rotated, so
-//     it is presented again; inactive means it was rotated and the child is
-//     lost, which ends the session (ErrLostRotation) rather than presenting
-//     it once more as a replay that would revoke the family and raise a
-//     security alert.
+//     the token and lost the reply. Every attempt after such an uncertain
+//     one says so (recover): tokend then returns the same child while the
+//     rotation is inside its reuse interval, by its own clock, however late
+//     the rotation landed (a tokend frozen with requests in its socket);
+//     only a rotation out of reach ends the session (ErrLostRotation), and
+//     tokend revokes that family (reason lost_rotation) rather than judging
+//     a replay, so no live token is left that nobody holds. The window is
+//     also bounded by the reuse interval tokend reports, less a second.
+//     Each request carries its deadline, and tokend does not run one whose
+//     caller has given up: an outage or a freeze of tokend ends in
+//     temporarily_unavailable (transient, the session kept), not in a
+//     rotation no one receives.
 //   - A terminal failure (Terminal: invalid_grant, invalid_request, no
 //     session in the store) clears the cache, deletes the session from the
 //     Store (so other replicas learn it), calls Options.OnTerminal once,
@@ -218,6 +224,9 @@ type Source struct {
 	// tries is the retry state of the refresh token last presented. Only
 	// the one refresh in flight touches it.
 	tries tries
+	// reuse is the family's reuse interval as tokend last said (nil: not
+	// said), from Begin or a refresh.
+	reuse atomic.Pointer[time.Duration]
 }
 
 // NewSource returns a Source for the session sessionID in store, whose
@@ -243,6 +252,7 @@ func (s *Source) Begin(ctx context.Context, clientID string, reply wire.TokenRep
 	if s.o.DPoP != nil {
 		s.o.DPoP.SetNonce(reply.DPoPNonce)
 	}
+	s.learn(reply)
 	if err := s.checkUsable(); err != nil {
 		return err
 	}
@@ -615,20 +625,9 @@ func (s *Source) refresh(c *flight) (*entry, int, error) {
 		if s.tries.token != h {
 			s.tries = tries{token: h}
 		}
-		if !s.tries.first.IsZero() && time.Since(s.tries.first) >= s.o.RetryWindow {
-			if s.tries.uncertain {
-				active, err := s.introspect(t)
-				if err != nil {
-					return nil, sent, err
-				}
-				if !active {
-					if errors.Is(s.drop(rev), ErrConflict) {
-						continue
-					}
-					return nil, sent, s.die(ErrLostRotation)
-				}
-			}
-			s.tries = tries{token: h}
+		if !s.tries.first.IsZero() && time.Since(s.tries.first) >= s.retryWindow() {
+			// A new window; what the last one left uncertain stays so.
+			s.tries = tries{token: h, uncertain: s.tries.uncertain}
 		}
 		reply, asked, n, err := s.exchange(c.req, t)
 		sent += n
@@ -677,18 +676,23 @@ func (s *Source) keep(parent, child StoredToken, rev uint64) error {
 	}
 }
 
-// introspect asks tokend whether t is still its family's current token.
-func (s *Source) introspect(t StoredToken) (bool, error) {
-	if !s.c.nc.IsConnected() {
-		return false, errNotSent
+// retryWindow is how long one refresh token is retried: Options.RetryWindow,
+// or less when tokend's reuse interval, less a second for the clocks and
+// the way, is shorter.
+func (s *Source) retryWindow() time.Duration {
+	reuse := s.reuse.Load()
+	if reuse == nil {
+		return s.o.RetryWindow
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.o.AttemptTimeout)
-	defer cancel()
-	in, err := s.c.Introspect(ctx, wire.IntrospectRequest{RefreshToken: t.RefreshToken})
-	if err != nil {
-		return false, err
+	return max(0, min(s.o.RetryWindow, *reuse-time.Second))
+}
+
+// learn keeps what a token reply says about the family's retries.
+func (s *Source) learn(reply wire.TokenReply) {
+	if reply.ReuseIntervalMs != nil {
+		d := time.Duration(*reply.ReuseIntervalMs) * time.Millisecond
+		s.reuse.Store(&d)
 	}
-	return in.Active, nil
 }
 
 // exchange presents t for r, retrying transient failures within the retry
@@ -714,6 +718,7 @@ func (s *Source) exchange(r request, t StoredToken) (wire.TokenReply, time.Time,
 		if !s.c.nc.IsConnected() {
 			err = errNotSent
 		} else if err = s.prove(&req); err == nil {
+			req.Recover = s.tries.uncertain
 			ctx, cancel := context.WithTimeout(context.Background(), s.o.AttemptTimeout)
 			reply, err = s.c.Refresh(ctx, req)
 			cancel()
@@ -733,7 +738,13 @@ func (s *Source) exchange(r request, t StoredToken) (wire.TokenReply, time.Time,
 		if err == nil && s.o.DPoP != nil {
 			s.o.DPoP.SetNonce(reply.DPoPNonce)
 		}
+		if req.Recover && errors.Is(err, ErrInvalidGrant) {
+			// The child of a lost reply is out of reach; tokend revoked
+			// the family (or it had ended some other way).
+			return reply, asked, sent, ErrLostRotation
+		}
 		if err == nil {
+			s.learn(reply)
 			if reply.RefreshToken == "" || reply.AccessToken == "" {
 				// Not a success, and tokend may have rotated all the same.
 				s.tries.uncertain = true
@@ -748,7 +759,7 @@ func (s *Source) exchange(r request, t StoredToken) (wire.TokenReply, time.Time,
 			s.tries.uncertain = true
 		}
 		wait := max(backoff(n), RetryAfter(err))
-		if time.Since(s.tries.first)+wait >= s.o.RetryWindow {
+		if time.Since(s.tries.first)+wait >= s.retryWindow() {
 			return reply, asked, sent, err
 		}
 		time.Sleep(wait)

@@ -704,11 +704,12 @@ func TestProactiveRenewal(t *testing.T) {
 }
 
 // proxy sits between a Source and tokend on the subjects "proxy.…": it
-// forwards refreshes and introspections, and drops refresh requests or
-// their replies while told to, as a network losing messages would.
+// forwards refreshes, and drops refresh requests or their replies while
+// told to, as a network losing messages would. It counts the refreshes
+// that said they recover a lost reply.
 type proxy struct {
 	dropRequests, dropReplies atomic.Bool
-	introspections            atomic.Int32
+	refreshes, recovers       atomic.Int32
 	// gate, if set, holds refresh requests until it is closed; arrived
 	// says when one is held.
 	gate    atomic.Pointer[chan struct{}]
@@ -725,6 +726,11 @@ func startProxy(t *testing.T, td *apitest.Tokend) *proxy {
 			if dropReq {
 				return
 			}
+			p.refreshes.Add(1)
+			var req wire.RefreshRequest
+			if json.Unmarshal(m.Data, &req) == nil && req.Recover {
+				p.recovers.Add(1)
+			}
 			reply, err := nc.Request("tokens."+strings.TrimPrefix(m.Subject, "proxy."), m.Data, 5*time.Second)
 			if err != nil || dropReply {
 				return
@@ -740,7 +746,6 @@ func startProxy(t *testing.T, td *apitest.Tokend) *proxy {
 			}
 			return p.dropRequests.Load(), p.dropReplies.Load()
 		}),
-		"proxy.query.introspect": forward(func() (bool, bool) { p.introspections.Add(1); return false, false }),
 	}
 	for subject, h := range subs {
 		if _, err := nc.Subscribe(subject, h); err != nil {
@@ -757,59 +762,110 @@ func startProxy(t *testing.T, td *apitest.Tokend) *proxy {
 const window = 400 * time.Millisecond
 
 // lossySession is a session whose refreshes go through a proxy, with a
-// short retry window, and whose cached token has expired.
-func lossySession(t *testing.T) (*session, *proxy) {
+// short retry window, and whose cached token has expired; tokend's reuse
+// interval is reuse (0: its default, 10 s).
+func lossySession(t *testing.T, reuse time.Duration) (*session, *proxy) {
 	t.Helper()
-	td := apitest.Start(t, apitest.Options{AccessTTL: time.Minute})
+	td := apitest.Start(t, apitest.Options{AccessTTL: time.Minute, ReuseInterval: reuse})
 	p := startProxy(t, td)
 	s := newSessionVia(t, td, "proxy", nil, client.Options{RetryWindow: window, AttemptTimeout: 100 * time.Millisecond})
 	s.clock.Add(2 * time.Minute)
 	return s, p
 }
 
-// TestLostReplyEndsSessionWithoutReplay: tokend rotated the token but
-// every reply was lost until the retry window ended. The next refresh asks
-// introspection first, learns the token was rotated, and ends the session
-// instead of presenting the token again as a replay.
-func TestLostReplyEndsSessionWithoutReplay(t *testing.T) {
-	s, p := lossySession(t)
-	parent := s.stored(t)
+// TestLostReplyRecovered: tokend rotated the token but every reply was
+// lost until the retry window ended. The next refresh says it recovers a
+// lost reply, and gets the same child inside the reuse interval: the
+// session goes on, with no replay and no second rotation.
+func TestLostReplyRecovered(t *testing.T) {
+	s, p := lossySession(t, 0)
 	p.dropReplies.Store(true)
-	_, err := s.src.Token(ctx(t), "")
-	if !client.Transient(err) {
+	if _, err := s.src.Token(ctx(t), ""); !client.Transient(err) {
 		t.Fatalf("refresh with lost replies: %v", err)
 	}
-	time.Sleep(window) // a lower bound: the window has ended
+	p.dropReplies.Store(false)
+	if _, err := s.src.Token(ctx(t), ""); err != nil {
+		t.Fatalf("after the lost replies: %v", err)
+	}
+	evs := s.td.Events(t, s.issued.FamilyID)
+	if apitest.Count(evs, "token.rotated") != 1 || apitest.Count(evs, "token.reused") == 0 ||
+		apitest.Count(evs, "token.replay_detected") != 0 || apitest.Count(evs, "family.revoked") != 0 {
+		t.Fatalf("events = %+v", evs)
+	}
+	if p.recovers.Load() == 0 || s.terminals.Load() != 0 {
+		t.Fatalf("%d refreshes said they recover, OnTerminal called %d times", p.recovers.Load(), s.terminals.Load())
+	}
+	s.waitActive(t, s.stored(t), true) // the session holds the family's current token
+}
+
+// TestLostReplyOutOfReachEndsSessionAndFamily: the replies were lost for
+// longer than tokend's reuse interval. The refresh that says it recovers
+// is refused, the session ends with ErrLostRotation, and tokend revoked
+// the family as a lost rotation, not a replay: no token is left that
+// nobody holds.
+func TestLostReplyOutOfReachEndsSessionAndFamily(t *testing.T) {
+	s, p := lossySession(t, time.Second)
+	p.dropReplies.Store(true)
+	if _, err := s.src.Token(ctx(t), ""); !client.Transient(err) {
+		t.Fatalf("refresh with lost replies: %v", err)
+	}
 	eventstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if n := s.count(t, "token.rotated"); n != 1 {
 			return fmt.Errorf("%d rotations", n)
 		}
 		return nil
 	})
-	s.waitActive(t, parent, false) // the read model knows of the rotation
+	time.Sleep(time.Second) // a lower bound: the rotation is out of the reuse interval
 	p.dropReplies.Store(false)
-
-	_, err = s.src.Token(ctx(t), "")
+	_, err := s.src.Token(ctx(t), "")
 	if !client.Terminal(err) || !errors.Is(err, client.ErrLostRotation) || !errors.Is(err, client.ErrInvalidGrant) {
-		t.Fatalf("after the window: %v", err)
+		t.Fatalf("after the interval: %v", err)
 	}
-	if s.terminals.Load() != 1 || p.introspections.Load() != 1 {
-		t.Fatalf("OnTerminal called %d times, %d introspections", s.terminals.Load(), p.introspections.Load())
+	if s.terminals.Load() != 1 {
+		t.Fatalf("OnTerminal called %d times", s.terminals.Load())
 	}
-	evs := s.td.Events(t, s.issued.FamilyID)
-	if apitest.Count(evs, "token.replay_detected") != 0 || apitest.Count(evs, "family.revoked") != 0 {
-		t.Fatalf("the rotated token was presented again: %+v", evs)
-	}
+	eventstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		evs := s.td.Events(t, s.issued.FamilyID)
+		if apitest.Count(evs, "family.revoked") != 1 {
+			return fmt.Errorf("events %+v", evs)
+		}
+		for _, e := range evs {
+			if e.Type == "token.replay_detected" || (e.Type == "family.revoked" && e.Reason != "lost_rotation") {
+				return fmt.Errorf("event %s, reason %q", e.Type, e.Reason)
+			}
+		}
+		return nil
+	})
 	if _, _, err := s.store.Load(ctx(t), "session-1"); !errors.Is(err, client.ErrNoSession) {
 		t.Fatalf("the store still holds the lost token: %v", err)
 	}
 }
 
-// TestUnansweredRequestRetriedAfterIntrospection: refresh requests were
-// lost before reaching tokend until the window ended. Introspection finds
-// the token still current, so the next refresh presents it again.
-func TestUnansweredRequestRetriedAfterIntrospection(t *testing.T) {
-	s, p := lossySession(t)
+// TestRetryWindowBoundedByTheReuseInterval: the issue reply says the
+// family's reuse interval is 1 s, so a Source whose RetryWindow is 5 s
+// retries a timed-out refresh for no longer than the interval less a
+// second, that is not at all: a retry after the interval could not get the
+// child back.
+func TestRetryWindowBoundedByTheReuseInterval(t *testing.T) {
+	td := apitest.Start(t, apitest.Options{AccessTTL: time.Minute, ReuseInterval: time.Second})
+	p := startProxy(t, td)
+	s := newSessionVia(t, td, "proxy", nil, client.Options{RetryWindow: 5 * time.Second, AttemptTimeout: 100 * time.Millisecond})
+	s.clock.Add(2 * time.Minute)
+	p.dropReplies.Store(true)
+	if _, err := s.src.Token(ctx(t), ""); !client.Transient(err) {
+		t.Fatalf("refresh with lost replies: %v", err)
+	}
+	if n := p.refreshes.Load(); n != 1 {
+		t.Fatalf("%d attempts inside a window the reuse interval closes at once", n)
+	}
+}
+
+// TestUnansweredRequestRetriedAfterTheWindow: refresh requests were lost
+// before reaching tokend until the window ended. The next refresh presents
+// the token again, saying it may recover a lost reply: it was never
+// rotated, so it rotates now.
+func TestUnansweredRequestRetriedAfterTheWindow(t *testing.T) {
+	s, p := lossySession(t, 0)
 	p.dropRequests.Store(true)
 	if _, err := s.src.Token(ctx(t), ""); !client.Transient(err) {
 		t.Fatalf("refresh with lost requests: %v", err)
@@ -820,12 +876,9 @@ func TestUnansweredRequestRetriedAfterIntrospection(t *testing.T) {
 	if tok.Token == s.issued.AccessToken {
 		t.Fatal("the expired token was served")
 	}
-	if p.introspections.Load() != 1 {
-		t.Fatalf("%d introspections", p.introspections.Load())
-	}
 	evs := s.td.Events(t, s.issued.FamilyID)
-	if apitest.Count(evs, "token.rotated") != 1 || apitest.Count(evs, "token.replay_detected") != 0 {
-		t.Fatalf("events = %+v", evs)
+	if apitest.Count(evs, "token.rotated") != 1 || apitest.Count(evs, "token.replay_detected") != 0 || p.recovers.Load() == 0 {
+		t.Fatalf("events = %+v, %d recovering refreshes", evs, p.recovers.Load())
 	}
 }
 

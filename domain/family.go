@@ -43,6 +43,11 @@ const (
 	// ReasonSubjectErased revokes the families of a subject whose personal
 	// data is erased (tokenctl subjects erase).
 	ReasonSubjectErased = "subject_erased"
+	// ReasonLostRotation refuses, and revokes the family of, a parent
+	// presented again outside the reuse interval by a caller that says it
+	// lost the reply of its earlier refresh (Refresh.Recover): the child
+	// is out of its reach, and no one must be left holding a chain.
+	ReasonLostRotation = "lost_rotation"
 	// ReasonDPoPKeyMismatch revokes a family after token.key_mismatch.
 	ReasonDPoPKeyMismatch = "dpop_key_mismatch"
 	// ReasonDPoPProofMissing refuses a refresh without a DPoP proof of a
@@ -232,6 +237,11 @@ type Refresh struct {
 	// dpop_bound_access_tokens).
 	ProofJKT      string
 	ProofRequired bool
+	// Recover says the caller lost the reply of an earlier refresh of
+	// this token (it timed out): the parent outside the reuse interval is
+	// then a lost rotation, which ends the family, not a replay. Any older
+	// ancestor is a replay whatever it says.
+	Recover bool
 }
 
 // Revoke kills a family. Reason defaults to "revoked".
@@ -426,6 +436,11 @@ func (d Decider) refresh(f Family, c Refresh, now time.Time) ([]Event, error) {
 			// longer held.
 			return reject(ReasonExpired, ErrInvalidGrant)
 		}
+	case isParent && c.Recover:
+		rejected, _ := reject(ReasonLostRotation, nil)
+		revoked := d.event(f, FamilyRevoked, c.Context, now)
+		revoked.Reason = ReasonLostRotation
+		return append(rejected, revoked), ErrInvalidGrant
 	case isParent || isAncestor:
 		replay := d.event(f, ReplayDetected, c.Context, now)
 		replay.TokenHash, replay.PresentedGeneration = presented, p.Generation

@@ -320,14 +320,14 @@ func (m Mapper) wideRevoke(ev events.DeploymentEvent, what string) SessionRevoke
 }
 
 // initiator returns who ended a session by reason: replay and key
-// mismatch detection are tokend's policy; the default reason revoked is what a logout records
+// mismatch detection, and a lost rotation, are tokend's policy; the default reason revoked is what a logout records
 // (RFC 7009 revocation, a revoke by token or family without a reason) and
 // stands for the user, unless it ended every session of a user or client,
 // which is an administrative act; a reason given is a service's or
 // operator's.
 func initiator(reason string, wide bool) string {
 	switch {
-	case reason == domain.ReasonReplayDetected || reason == domain.ReasonDPoPKeyMismatch:
+	case reason == domain.ReasonReplayDetected || reason == domain.ReasonDPoPKeyMismatch || reason == domain.ReasonLostRotation:
 		return InitiatedByPolicy
 	case reason == domain.ReasonRevoked && !wide:
 		return InitiatedByUser
@@ -341,6 +341,8 @@ func sessionRevokedReason(reason string) string {
 		return "Session revoked: its refresh token was replayed (presented again after rotation), so it was likely stolen"
 	case domain.ReasonDPoPKeyMismatch:
 		return "Session revoked: its refresh token was presented with a DPoP proof by another key than the session's, so it was likely stolen"
+	case domain.ReasonLostRotation:
+		return "Session revoked: a refresh's reply was lost and its new refresh token went out of reach (the reuse interval ended)"
 	case domain.ReasonRevoked:
 		return "Session revoked: logout or token revocation"
 	}

@@ -68,8 +68,11 @@ func TestMapFamilyEvents(t *testing.T) {
 			wantType: TypeCredentialCompromise, wantReason: domain.ReasonDPoPKeyMismatch, wantGens: [2]uint64{4, 5}},
 		{name: "key mismatch revokes: policy", env: revokedAfterMismatch,
 			wantType: TypeSessionRevoked, wantInitiator: InitiatedByPolicy, wantReason: domain.ReasonDPoPKeyMismatch},
+		{name: "a lost rotation ends the family: policy", env: envelope(domain.FamilyRevoked, domain.ReasonLostRotation),
+			wantType: TypeSessionRevoked, wantInitiator: InitiatedByPolicy, wantReason: domain.ReasonLostRotation},
 		// The client's own slip as likely as theft: refused, not a signal.
 		{name: "refused: no DPoP proof", env: proofMissing},
+		{name: "refused: a lost rotation", env: envelope(domain.RefreshRejected, domain.ReasonLostRotation)},
 		{name: "issued", env: envelope(domain.TokenIssued, "")},
 		{name: "rotated", env: envelope(domain.TokenRotated, "")},
 		{name: "reused", env: envelope(domain.TokenReused, "")},
@@ -210,7 +213,7 @@ func TestMessageSkipsOnlyUnmappedTypes(t *testing.T) {
 	subjects := events.Subjects{Prefix: "tokens"}
 	reasons := []string{"", domain.ReasonReplayDetected, domain.ReasonRevoked, domain.ReasonClientMismatch, domain.ReasonExpired,
 		domain.ReasonFamilyRevoked, domain.ReasonInvalidScope, domain.ReasonInvalidTarget, domain.ReasonUnknownToken, domain.ReasonRetiredKey,
-		domain.ReasonDPoPKeyMismatch, domain.ReasonDPoPProofMissing}
+		domain.ReasonDPoPKeyMismatch, domain.ReasonDPoPProofMissing, domain.ReasonLostRotation}
 	for _, typ := range events.Types {
 		mapped := false
 		for _, reason := range reasons {

@@ -143,6 +143,8 @@ type Grant struct {
 	// proofs need one.
 	DPoPJKT   string
 	DPoPNonce string
+	// ReuseInterval is the family's: its client's, else the deployment's.
+	ReuseInterval time.Duration
 }
 
 // IssueRequest starts a family.
@@ -185,7 +187,7 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (Grant, error) {
 		return Grant{}, err
 	}
 	return Grant{Token: token, Family: d.After, Scope: d.After.Scope, Audience: d.After.Audience[:min(1, len(d.After.Audience))],
-		Seq: d.Seq, AccessTTL: client.AccessTTL, DPoPJKT: req.DPoPJKT}, nil
+		Seq: d.Seq, AccessTTL: client.AccessTTL, DPoPJKT: req.DPoPJKT, ReuseInterval: decider.Policy.ReuseInterval}, nil
 }
 
 // RefreshRequest exchanges a refresh token.
@@ -197,6 +199,9 @@ type RefreshRequest struct {
 	Context  domain.Context
 	// DPoP is the request's DPoP proof; nil without one.
 	DPoP *DPoPProof
+	// Recover: the caller lost the reply of an earlier refresh of this
+	// token (domain.Refresh.Recover).
+	Recover bool
 }
 
 // DPoPProof is a DPoP proof (RFC 9449) and the request it came with.
@@ -239,7 +244,7 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	d, err := s.writer.Handle(ctx, presented.FamilyID, func(f domain.Family) ([]domain.Event, error) {
 		cmd := domain.Refresh{Presented: presented, ClientID: req.ClientID, Scope: req.Scope,
 			Audience: req.Audience, Context: req.Context, OnReplay: client.OnReplay,
-			ProofJKT: proof.JKT, ProofRequired: client.DPoPBound}
+			ProofJKT: proof.JKT, ProofRequired: client.DPoPBound, Recover: req.Recover}
 		switch {
 		case presented.Generation == f.Generation:
 			cmd.Child = child
@@ -269,7 +274,7 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	}
 	last := d.Events[len(d.Events)-1]
 	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child, AccessTTL: client.AccessTTL,
-		DPoPJKT: proof.JKT}
+		DPoPJKT: proof.JKT, ReuseInterval: decider.Policy.ReuseInterval}
 	if nonces {
 		if g.DPoPNonce, err = s.DPoP.Nonce(); err != nil {
 			return Grant{}, err

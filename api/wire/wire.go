@@ -43,6 +43,10 @@ type RefreshRequest struct {
 	DPoPProof  string `json:"dpop_proof,omitempty"`
 	DPoPMethod string `json:"dpop_htm,omitempty"`
 	DPoPURL    string `json:"dpop_htu,omitempty"`
+	// Recover says the caller lost the reply of an earlier refresh of this
+	// token: if it was rotated longer ago than the reuse interval, the
+	// family ends as a lost rotation rather than a replay.
+	Recover bool `json:"recover,omitempty"`
 }
 
 // RevokeRequest is the wire form of tokens.cmd.revoke: exactly one selector.
@@ -68,6 +72,12 @@ type TokenReply struct {
 	// DPoPNonce is the nonce the client's next DPoP proof should carry,
 	// when the deployment uses nonces (RFC 9449 section 8.2).
 	DPoPNonce string `json:"dpop_nonce,omitempty"`
+	// ReuseIntervalMs is the family's reuse interval: how long after a
+	// rotation presenting its parent again still returns the same child.
+	// A caller retrying a refresh whose reply it lost has that long; 0:
+	// reuse is off, and no retry of a rotated token is safe. Absent from
+	// tokend before it was added (nil).
+	ReuseIntervalMs *int64 `json:"reuse_interval_ms,omitempty"`
 }
 
 // RevokeReply answers a revoke; Seq is the last family.revoked event's, if any.

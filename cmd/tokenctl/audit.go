@@ -331,11 +331,15 @@ func contextValue(raw json.RawMessage, key string) string {
 // eventDetail says in words what the columns leave out: which client
 // presented another's token, which generation a replayed or refused token
 // was when it is not the family's, the DPoP keys of a refusal for want of
-// the family's key, and the proxy the caller came through.
+// the family's key, a lost rotation, and the proxy the caller came
+// through.
 func eventDetail(ev wire.AuditEvent) string {
 	var parts []string
 	if dpop := dpopDetail(ev); dpop != "" {
 		parts = append(parts, dpop)
+	}
+	if ev.Reason == domain.ReasonLostRotation && ev.Type == string(domain.RefreshRejected) {
+		parts = append(parts, "a lost reply's retry, after the reuse interval")
 	}
 	switch {
 	case ev.PresentedBy != "" && ev.PresentedGeneration != 0:

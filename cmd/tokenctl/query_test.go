@@ -688,3 +688,21 @@ func TestFamilyAndAuditShowTheDPoPBinding(t *testing.T) {
 		t.Errorf("bearer family: exit %d, stdout:\n%s", r.code, r.stdout)
 	}
 }
+
+// TestAuditExplainsALostRotation: the refusal of a lost reply's retry
+// after the reuse interval says so, with the generation presented.
+func TestAuditExplainsALostRotation(t *testing.T) {
+	audit := &fakeAudit{}
+	audit.add(3,
+		withPresenter(eventJSON(1, "refresh.rejected", "fam-7f3a", 3, "lost_rotation", "203.0.113.7", "2026-01-02T10:25:00Z"), "", 2),
+		eventJSON(2, "family.revoked", "fam-7f3a", 3, "lost_rotation", "203.0.113.7", "2026-01-02T10:25:00Z"),
+	)
+	f := serveFake(t, map[string]micro.HandlerFunc{"tokens.query.audit": audit.handle})
+	r := runCtl(t, "", "--nats-url", f.url, "audit", "--all", "--family", "fam-7f3a")
+	at := local(t, "2026-01-02T10:25:00Z", rowLayout)
+	want := join("1", at, "refresh.rejected fam-7f3a user-42 web-app 3 lost_rotation 203.0.113.7",
+		"a lost reply's retry, after the reuse interval, generation 2 presented, family at generation 3")
+	if got := fields(r.stdout); r.code != 0 || len(got) < 2 || got[1] != want {
+		t.Fatalf("exit %d, stderr %q, table:\n%s\nwant %q", r.code, r.stderr, r.stdout, want)
+	}
+}
