@@ -38,10 +38,6 @@ import (
 // to stay well below it.
 const freezeAccessTTL = time.Minute
 
-// reasonLostRotation is the reason tokend records when a token whose reply
-// was lost is presented again with recover after the reuse interval.
-const reasonLostRotation = "lost_rotation"
-
 // TestFreezeSessions12s: tokend is frozen 12.5 s, longer than the
 // library's retry window, while browser sessions behind client.Sessions are
 // due for renewal or have expired, and their users keep sending requests.
@@ -252,18 +248,18 @@ func TestFreezeLostRotation(t *testing.T) {
 		case domain.ReplayDetected:
 			t.Errorf("token.replay_detected at generation %d: the parent was presented as a replay", e.PresentedGeneration)
 		case domain.RefreshRejected:
-			rejected = rejected || e.Reason == reasonLostRotation
+			rejected = rejected || e.Reason == domain.ReasonLostRotation
 		case domain.FamilyRevoked:
-			revoked = revoked || e.Reason == reasonLostRotation
+			revoked = revoked || e.Reason == domain.ReasonLostRotation
 		}
 	}
 	if !rejected || !revoked {
-		t.Fatalf("the family's events: %v; want refresh.rejected and family.revoked with reason %s", describe(evs), reasonLostRotation)
+		t.Fatalf("the family's events: %v; want refresh.rejected and family.revoked with reason %s", describe(evs), domain.ReasonLostRotation)
 	}
 	view := mustQuery[wire.FamilyView](t, f.nc, "tokens.query.family",
 		wire.FamilyRequest{FamilyID: reply.FamilyID, MinSeq: evs[len(evs)-1].Seq})
-	if view.Status != "revoked" || view.RevokedReason != reasonLostRotation {
-		t.Fatalf("the family is %s (%s) after ErrLostRotation; want revoked, %s", view.Status, view.RevokedReason, reasonLostRotation)
+	if view.Status != "revoked" || view.RevokedReason != domain.ReasonLostRotation {
+		t.Fatalf("the family is %s (%s) after ErrLostRotation; want revoked, %s", view.Status, view.RevokedReason, domain.ReasonLostRotation)
 	}
 	wantCleanLogs(t, f.p.logs.String())
 }
