@@ -56,6 +56,9 @@ type Envelope struct {
 	// origin is what Reveal found, for the writer's next events of the
 	// family (Protector.seal).
 	origin origin
+	// storedAt is when the stream stored the event, as loaded with it;
+	// zero otherwise.
+	storedAt time.Time
 }
 
 // Data is the type-specific part of an event plus the family snapshot.
@@ -149,12 +152,33 @@ func (env Envelope) Family() domain.Family {
 		ID: env.FamilyID, Subject: env.Subject, ClientID: env.ClientID,
 		Scope: splitScope(s.Scope), Audience: s.Audience, Status: s.Status,
 		Generation: s.Generation, CurrentHash: s.CurrentHash, ParentHash: s.ParentHash,
-		RotatedAt: s.RotatedAt, CreatedAt: s.CreatedAt, LastUsedAt: s.LastUsedAt,
+		CreatedAt: s.CreatedAt, LastUsedAt: s.LastUsedAt,
 		IdleExpiresAt: s.IdleExpiresAt, AbsoluteExpiresAt: s.AbsoluteExpiresAt,
 		RevokedAt: s.RevokedAt, RevokedReason: s.RevokedReason, ArchivedAt: s.ArchivedAt,
 		SubjectErased: env.Erased, DPoPJKT: env.DPoPJKT,
+		RotatedAt: rotatedAt(env.Type, s.RotatedAt, env.storedAt),
 	}
 }
+
+// rotatedAt is when a rotation took effect: when the stream stored it, if
+// that is between lateStore and maxLateStore after it was decided. A tokend
+// frozen (stopped, paused, swapped out) between deciding a rotation and
+// storing it would otherwise start the reuse interval before anyone could
+// have the child, and a caller's retry of the lost reply would find it
+// over at once. Below lateStore the two are the same moment give or take
+// the clocks; past maxLateStore the decision's clock is not the store's (a
+// test's), and no caller waits that long anyway.
+func rotatedAt(typ string, decided, stored time.Time) time.Time {
+	if late := stored.Sub(decided); domain.EventType(typ) == domain.TokenRotated && late > lateStore && late <= maxLateStore {
+		return stored
+	}
+	return decided
+}
+
+const (
+	lateStore    = time.Second
+	maxLateStore = 15 * time.Minute
+)
 
 func splitScope(s string) []string {
 	if s == "" {

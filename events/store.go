@@ -112,6 +112,7 @@ func (s *Store) replicated() bool {
 func (s *Store) last(ctx context.Context, familyID string, fromLeader bool) (Envelope, uint64, error) {
 	var data []byte
 	var seq uint64
+	var stored time.Time
 	if fromLeader {
 		req, err := json.Marshal(msgGetRequest{LastBySubject: s.subjects.Family(familyID), NoHeaders: true})
 		if err != nil {
@@ -133,7 +134,7 @@ func (s *Store) last(ctx context.Context, familyID string, fromLeader bool) (Env
 		case resp.Message == nil:
 			return Envelope{}, 0, jetstream.ErrInvalidJetStreamResponse
 		}
-		data, seq = resp.Message.Data, resp.Message.Sequence
+		data, seq, stored = resp.Message.Data, resp.Message.Sequence, resp.Message.Time
 	} else {
 		msg, err := s.stream.GetLastMsgForSubject(ctx, s.subjects.Family(familyID))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -142,9 +143,10 @@ func (s *Store) last(ctx context.Context, familyID string, fromLeader bool) (Env
 		if err != nil {
 			return Envelope{}, 0, err
 		}
-		data, seq = msg.Data, msg.Sequence
+		data, seq, stored = msg.Data, msg.Sequence, msg.Time
 	}
 	env, err := Decode(data, familyID)
+	env.storedAt = stored
 	if err == nil {
 		err = s.reveal(ctx, &env)
 	}
@@ -189,8 +191,9 @@ type msgGetRequest struct {
 type msgGetResponse struct {
 	Error   *jetstream.APIError `json:"error,omitempty"`
 	Message *struct {
-		Sequence uint64 `json:"seq"`
-		Data     []byte `json:"data"`
+		Sequence uint64    `json:"seq"`
+		Data     []byte    `json:"data"`
+		Time     time.Time `json:"time"`
 	} `json:"message,omitempty"`
 }
 

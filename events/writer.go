@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
@@ -103,7 +104,10 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			w.storeError(err)
 			return Decision{}, unavailable(err)
 		}
-		next := loaded{family: after, seq: seq, origin: envs[len(envs)-1].origin}
+		last := envs[len(envs)-1]
+		last.storedAt = time.Now() // acknowledged, so stored by now
+		next := loaded{family: after, seq: seq, origin: last.origin}
+		next.family.RotatedAt = rotatedAt(last.Type, after.RotatedAt, last.storedAt)
 		if envs[len(envs)-1].Erased {
 			next.family.Subject, next.family.SubjectErased = envs[len(envs)-1].Subject, true
 		}

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -376,7 +377,8 @@ func (f *freezeFixture) freezeUnderLoad(t *testing.T, users []*freezeUser, d tim
 				inFreeze := resumed.IsZero() || began.Before(resumed)
 				switch {
 				case problem != "":
-					t.Errorf("%s, %v into the freeze: %s", u.name, began.Sub(frozen).Round(time.Millisecond), problem)
+					t.Errorf("%s, %v into the freeze (resumed after %v): %s; the family: %v", u.name, began.Sub(frozen).Round(time.Millisecond),
+						d, problem, describe(familyEvents(t, f.nc, u.familyID)))
 					u.broken = true
 				case inFreeze && ok:
 					u.servedInFreeze++
@@ -432,6 +434,22 @@ func (f *freezeFixture) signal(t *testing.T, sig syscall.Signal) {
 	if err := f.p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
+	// A signal takes effect a little later: wait until the process is
+	// stopped, or running again, so that no request slips through before
+	// the freeze begins.
+	stopped := sig == syscall.SIGSTOP
+	eventstest.CheckFor(t, 10*time.Second, time.Millisecond, func() error {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", f.p.cmd.Process.Pid))
+		if err != nil {
+			return err
+		}
+		// The state follows the command name, which is in parentheses.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) == 0 || (fields[0] == "T") != stopped {
+			return fmt.Errorf("process state %q", fields)
+		}
+		return nil
+	})
 }
 
 // wantRecovered checks, after the freeze, that no session ended and that
@@ -479,7 +497,7 @@ func (f *freezeFixture) wantRecovered(t *testing.T, users []*freezeUser) {
 func describe(evs []storedEvent) []string {
 	var out []string
 	for _, e := range evs {
-		s := fmt.Sprintf("%s %d", e.Type, e.Generation)
+		s := fmt.Sprintf("%s %s %d", e.Time.Format("15:04:05.000"), e.Type, e.Generation)
 		if e.Reason != "" {
 			s += " (" + e.Reason + ")"
 		}
