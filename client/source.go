@@ -47,10 +47,10 @@ type Options struct {
 	RenewAfter float64
 	// RetryWindow bounds how long one refresh token is retried after
 	// transient failures, counted from its first presentation
-	// (DefaultRetryWindow). It must stay below tokend's --reuse-interval
-	// (10 s by default): inside that interval a retry of a token that was
-	// rotated returns the same child, after it the retry is a replay that
-	// revokes the family.
+	// (DefaultRetryWindow), and so does the family's reuse interval, less
+	// a second, which tokend's replies state: inside that interval a retry
+	// of a token that was rotated returns the same child; after it, the
+	// child is out of reach (ErrLostRotation).
 	RetryWindow time.Duration
 	// AttemptTimeout bounds each request to tokend and to the store
 	// (DefaultAttemptTimeout).
