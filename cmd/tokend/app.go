@@ -103,6 +103,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if err := waitForJetStream(setupCtx, a.js, log); err != nil {
+		return nil, err
+	}
 	ring, err := keys.OpenKeyring(setupCtx, a.js, cfg.StreamReplicas,
 		keys.Lifetimes{Refresh: cfg.AbsoluteTTL, Access: cfg.AccessTTL, Skew: cfg.keySkew}, log.With("component", "keys"))
 	if err != nil {

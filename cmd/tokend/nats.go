@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // minMaxPayload is the contract's floor for the embedded server's max_payload.
@@ -268,5 +270,35 @@ func (n natsLogger) stop(msg string) {
 	select {
 	case n.fatal <- msg:
 	default:
+	}
+}
+
+// waitForJetStream waits, within ctx, until JetStream answers a request
+// that its cluster's leader answers (listing the streams): a cluster that
+// is still forming, electing a leader or enabling the account answers no
+// one for a moment (no responders, or JetStream not enabled yet), which is
+// no reason to fail the start; JetStream never answering within ctx is.
+func waitForJetStream(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
+	logged := false
+	for {
+		names := js.StreamNames(ctx)
+		for range names.Name() {
+		}
+		err := names.Err()
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, jetstream.ErrJetStreamNotEnabled) && !errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) &&
+			!errors.Is(err, nats.ErrNoResponders):
+			return fmt.Errorf("jetstream: %w", err)
+		case !logged:
+			log.Info("waiting for JetStream to answer", "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("jetstream did not answer: %w (is JetStream enabled for this account?)", err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
