@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokend/tokend/events"
 	"github.com/tokend/tokend/events/eventstest"
@@ -89,6 +91,10 @@ func copyDir(tb testing.TB, dir string) string {
 
 // recreateStream deletes the TOKENS stream and creates it afresh, letting
 // messages be deleted if deletable.
+// errCodeStreamCreate is nats-server's JSStreamCreateErrF: the stream's
+// store could not be created (nats.go names no constant for it).
+const errCodeStreamCreate jetstream.ErrorCode = 10049
+
 func (h *harness) recreateStream(tb testing.TB, deletable bool) {
 	tb.Helper()
 	ctx := context.Background()
@@ -97,10 +103,21 @@ func (h *harness) recreateStream(tb testing.TB, deletable bool) {
 	}
 	cfg := events.StreamConfig(subjects, events.StreamLimits{Replicas: 1})
 	cfg.DenyDelete = !deletable
-	var err error
-	if h.stream, err = h.js.CreateStream(ctx, cfg); err != nil {
-		tb.Fatal(err)
-	}
+	// The server may still be removing the deleted stream's files (more so
+	// while a running projector's consumer asks for it again): it then
+	// refuses the new one's store for a moment (10049).
+	eventstest.CheckFor(tb, 10*time.Second, 20*time.Millisecond, func() error {
+		var err error
+		h.stream, err = h.js.CreateStream(ctx, cfg)
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStreamCreate {
+			return err
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return nil
+	})
 	h.withRetention(events.Retention{})
 }
 
