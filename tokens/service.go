@@ -275,10 +275,10 @@ func (s *Service) Refresh(ctx context.Context, req RefreshRequest) (Grant, error
 	last := d.Events[len(d.Events)-1]
 	g := Grant{Family: d.After, Scope: last.Scope, Audience: last.Audience, Seq: d.Seq, Token: child, AccessTTL: client.AccessTTL,
 		DPoPJKT: proof.JKT, ReuseInterval: decider.Policy.ReuseInterval}
-	if nonces {
-		if g.DPoPNonce, err = s.DPoP.Nonce(); err != nil {
-			return Grant{}, err
-		}
+	if nonces && s.DPoP != nil {
+		// The rotation is stored: failing now would lose its reply. A
+		// reply without a nonce costs the client one round trip.
+		g.DPoPNonce, _ = s.DPoP.Nonce()
 	}
 	if last.Type == domain.TokenReused {
 		g.Token = reusable
