@@ -104,12 +104,12 @@ func (w *Writer) Handle(ctx context.Context, familyID string, decide func(domain
 			w.storeError(err)
 			return Decision{}, unavailable(err)
 		}
-		last := envs[len(envs)-1]
-		last.storedAt = time.Now() // acknowledged, so stored by now
+		last := &envs[len(envs)-1]
 		next := loaded{family: after, seq: seq, origin: last.origin}
-		next.family.RotatedAt = rotatedAt(last.Type, after.RotatedAt, last.storedAt)
-		if envs[len(envs)-1].Erased {
-			next.family.Subject, next.family.SubjectErased = envs[len(envs)-1].Subject, true
+		// Acknowledged, so stored by now.
+		next.family.RotatedAt = rotatedAt(last.Type, after.RotatedAt, time.Now())
+		if last.Erased {
+			next.family.Subject, next.family.SubjectErased = last.Subject, true
 		}
 		w.cache.Add(familyID, next)
 		if w.OnAppend != nil {
