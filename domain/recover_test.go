@@ -8,7 +8,8 @@ import (
 // TestDecideRecover: a caller that lost a refresh's reply (Refresh.Recover)
 // gets the child inside the reuse interval as anyone does; outside it the
 // parent ends the family as a lost rotation, not a replay; an older
-// ancestor is a replay whatever the caller says.
+// ancestor is a replay whatever the caller says; another client's
+// presentation never ends the owner's family (invariant 5).
 func TestDecideRecover(t *testing.T) {
 	c := MustCodec(t)
 	tok := func(gen uint64) Token { return MustMint(t, c, famA, gen, byte(gen)) }
@@ -36,6 +37,10 @@ func TestDecideRecover(t *testing.T) {
 				ev("evt-1", RefreshRejected, outside, 3, withReason(ReasonLostRotation), withHash(tok2.Hash()), withPresented(2, "")),
 				ev("evt-2", FamilyRevoked, outside, 3, withReason(ReasonLostRotation)),
 			},
+			thenErr: EInvalidGrant},
+		{name: "another client saying recover is a client mismatch, never a lost rotation", at: outside,
+			when:    recovering(tok2, func(r *Refresh) { r.ClientID = foreign }),
+			then:    []Event{ev("evt-1", RefreshRejected, outside, 3, withReason(ReasonClientMismatch), withHash(tok2.Hash()), withPresented(2, foreign))},
 			thenErr: EInvalidGrant},
 		{name: "an older ancestor is a replay", at: inside, when: recovering(tok1, none),
 			then: []Event{
