@@ -403,7 +403,15 @@ func TestProjectorStoppedBetweenBatchesLosesAndRepeatsNothing(t *testing.T) {
 
 func TestRebuildFromScratchIsIdentical(t *testing.T) {
 	h := MustHarness(t)
-	last := h.workload(t, 3, 8)
+	mustRebuildIdentically(t, h, 3)
+}
+
+// mustRebuildIdentically projects a workload of seed in batches of 100 and
+// again in batches of 1000 into a fresh database, fails unless the two read
+// models are the same and hold audit rows, and returns the first's dump.
+func mustRebuildIdentically(t *testing.T, h *harness, seed uint64) map[string][]string {
+	t.Helper()
+	last := h.workload(t, seed, 8)
 	first := h.openDB(t, "first.db")
 	h.project(t, first, 100, last)
 	rebuilt := h.openDB(t, "rebuilt.db")
@@ -412,6 +420,7 @@ func TestRebuildFromScratchIsIdentical(t *testing.T) {
 	if len(a["audit_events"]) == 0 || !reflect.DeepEqual(a, b) {
 		t.Fatal("a rebuild from the stream differs from the original read model")
 	}
+	return a
 }
 
 // TestRotationsWriteTheirFamily: a batch holding only rotations of a family

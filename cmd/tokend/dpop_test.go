@@ -18,6 +18,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/tokend/tokend/api/wire"
 	"github.com/tokend/tokend/client"
@@ -58,7 +59,7 @@ type proofClaims struct {
 // proof signs a proof for method and url now, changed by mods.
 func (p *prover) proof(t testing.TB, method, url string, mods ...func(*proofClaims, *jose.SignerOptions)) string {
 	t.Helper()
-	c := proofClaims{JTI: domain.NewID(randomID()), HTM: method, HTU: url, IAT: time.Now().Unix()}
+	c := proofClaims{JTI: nuid.Next(), HTM: method, HTU: url, IAT: time.Now().Unix()}
 	opts := (&jose.SignerOptions{EmbedJWK: true}).WithType("dpop+jwt")
 	for _, m := range mods {
 		m(&c, opts)
@@ -72,12 +73,6 @@ func (p *prover) proof(t testing.TB, method, url string, mods ...func(*proofClai
 		t.Fatal(err)
 	}
 	return s
-}
-
-func randomID() []byte {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return b
 }
 
 func withNonce(n string) func(*proofClaims, *jose.SignerOptions) {
